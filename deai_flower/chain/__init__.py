@@ -1,0 +1,22 @@
+"""The chain layer: the round contract's artifact, connections, keys and encodings."""
+
+from .contract import RoundsContract, TxResult
+from .keys import keystore_key, simulation_key
+from .node import ChainNode, connect_embedded, connect_rpc
+from .protocol import DpParams, commitment_of, from_wad, is_sampled, next_beacon, to_wad
+
+__all__ = [
+    "ChainNode",
+    "DpParams",
+    "RoundsContract",
+    "TxResult",
+    "commitment_of",
+    "connect_embedded",
+    "connect_rpc",
+    "from_wad",
+    "is_sampled",
+    "keystore_key",
+    "next_beacon",
+    "simulation_key",
+    "to_wad",
+]

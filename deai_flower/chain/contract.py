@@ -1,0 +1,310 @@
+"""The round contract seen from Python: deploy, send signed calls, read state and events.
+
+Each participant (and the coordinator) holds its own :class:`RoundsContract` bound to
+its own key; transactions are signed locally and sent raw, so the same code works on
+the embedded chain and on any JSON-RPC node. Reverts are decoded from the ABI's custom
+errors into :class:`~deai_flower.errors.ContractRevertError` with a readable message.
+"""
+
+from __future__ import annotations
+
+import ast
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from eth_abi import decode
+from eth_account.signers.local import LocalAccount
+from eth_utils import function_signature_to_4byte_selector, to_checksum_address
+from web3 import Web3
+from eth_tester.exceptions import TransactionFailed
+from web3.exceptions import ContractLogicError, Web3Exception
+
+from ..errors import ChainError, ContractRevertError
+from .artifact import load_artifact
+from .node import ChainNode
+from .protocol import PHASES, DpParams
+
+#: Seconds to wait for a transaction receipt before giving up.
+RECEIPT_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class TxResult:
+    """A mined transaction: its hash, gas used and decoded events."""
+
+    tx_hash: str
+    gas_used: int
+    block_number: int
+    events: list[dict[str, Any]]
+
+
+def _abi_type(param: dict[str, Any]) -> str:
+    """Canonical ABI type string of a parameter (tuples expanded)."""
+    t = param["type"]
+    if t.startswith("tuple"):
+        inner = ",".join(_abi_type(c) for c in param["components"])
+        return f"({inner}){t[len('tuple'):]}"
+    return t
+
+
+def _error_table(abi: list[dict[str, Any]]) -> dict[bytes, tuple[str, list[str], list[str]]]:
+    table = {}
+    for entry in abi:
+        if entry["type"] != "error":
+            continue
+        types = [_abi_type(p) for p in entry["inputs"]]
+        signature = f"{entry['name']}({','.join(types)})"
+        table[function_signature_to_4byte_selector(signature)] = (
+            entry["name"],
+            [p["name"] for p in entry["inputs"]],
+            types,
+        )
+    return table
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return "0x" + bytes(value).hex()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def describe_revert(error_name: str, names: list[str], values: tuple[Any, ...]) -> str:
+    """Readable line for a custom error, e.g. ``NotSampled(runId=1, round=2, ...)``."""
+    rendered = []
+    for name, value in zip(names, values, strict=True):
+        if name in ("current", "expected") and isinstance(value, int) and value < len(PHASES):
+            value = PHASES[value]
+        rendered.append(f"{name}={_jsonable(value)}")
+    return f"{error_name}({', '.join(rendered)})"
+
+
+class RoundsContract:
+    """A handle on a deployed ``CommitRevealRounds``, signing with one account."""
+
+    def __init__(self, node: ChainNode, address: str, account: LocalAccount) -> None:
+        artifact = load_artifact()
+        self.node = node
+        self.w3: Web3 = node.w3
+        self.address = to_checksum_address(address)
+        self.account = account
+        self.contract = self.w3.eth.contract(address=self.address, abi=artifact["abi"])
+        self._errors = _error_table(artifact["abi"])
+        self._nonce: int | None = None
+        self._lock = threading.Lock()
+        self._chain_id = node.chain_id
+
+    # ------------------------------------------------------------------ deployment
+
+    @classmethod
+    def deploy(cls, node: ChainNode, account: LocalAccount) -> tuple[RoundsContract, TxResult]:
+        """Deploy the committed bytecode with ``account`` as admin."""
+        artifact = load_artifact()
+        factory = node.w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
+        handle = cls.__new__(cls)
+        handle.node, handle.w3, handle.account = node, node.w3, account
+        handle._errors = _error_table(artifact["abi"])
+        handle._nonce, handle._lock, handle._chain_id = None, threading.Lock(), node.chain_id
+        receipt = handle._send(factory.constructor(), label="deploy")
+        address = receipt["contractAddress"]
+        contract = cls(node, address, account)
+        return contract, TxResult(receipt["transactionHash"].hex(), receipt["gasUsed"], receipt["blockNumber"], [])
+
+    def as_account(self, account: LocalAccount) -> RoundsContract:
+        """The same contract, signing with another key."""
+        return RoundsContract(self.node, self.address, account)
+
+    # ------------------------------------------------------------------ transactions
+
+    def _decode_revert(self, exc: Exception, label: str) -> ContractRevertError:
+        """Decode a revert's custom error, whether web3 or the embedded EVM raised it."""
+        data: Any = getattr(exc, "data", None)
+        if data is None and exc.args:
+            data = _tester_revert_data(exc.args[0])
+        if isinstance(data, dict):
+            data = data.get("data")
+        if isinstance(data, str) and data.startswith("0x"):
+            data = bytes.fromhex(data[2:])
+        if isinstance(data, bytes) and len(data) >= 4:
+            raw = data
+            entry = self._errors.get(raw[:4])
+            if entry is not None:
+                name, names, types = entry
+                values = decode(types, raw[4:])
+                line = describe_revert(name, names, values)
+                return ContractRevertError(f"{label} reverted: {line}", error_name=name, args=tuple(values))
+        return ContractRevertError(f"{label} reverted: {getattr(exc, 'message', None) or exc}")
+
+    def _send(self, call: Any, *, label: str) -> Any:
+        """Sign and send ``call``; wait for its receipt; map failures to project errors."""
+        with self._lock:
+            try:
+                if self._nonce is None:
+                    self._nonce = self.w3.eth.get_transaction_count(self.account.address, "pending")
+                tx = call.build_transaction({"from": self.account.address, "nonce": self._nonce, "chainId": self._chain_id})
+                signed = self.account.sign_transaction(tx)
+                tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+                self._nonce += 1
+            except (ContractLogicError, TransactionFailed) as exc:
+                raise self._decode_revert(exc, label) from exc
+            except Web3Exception as exc:
+                self._nonce = None
+                raise ChainError(f"{label} failed: {exc}") from exc
+            except OSError as exc:
+                self._nonce = None
+                raise ChainError(f"{label} failed: chain node unreachable ({exc.__class__.__name__})") from exc
+        try:
+            receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S)
+        except Web3Exception as exc:
+            raise ChainError(f"{label}: no receipt within {RECEIPT_TIMEOUT_S:.0f}s ({exc})") from exc
+        if receipt["status"] != 1:
+            raise ChainError(f"{label} reverted on chain (tx {tx_hash.hex()})")
+        return receipt
+
+    def _transact(self, fn_name: str, *args: Any) -> TxResult:
+        receipt = self._send(getattr(self.contract.functions, fn_name)(*args), label=fn_name)
+        return TxResult(
+            tx_hash=receipt["transactionHash"].hex(),
+            gas_used=int(receipt["gasUsed"]),
+            block_number=int(receipt["blockNumber"]),
+            events=self._decode_logs(receipt["logs"]),
+        )
+
+    def register(self, participant: str, identity: bytes) -> TxResult:
+        return self._transact("register", to_checksum_address(participant), identity)
+
+    def create_run(self, params: dict[str, Any]) -> tuple[int, TxResult]:
+        """Create a run; ``params`` maps ``RunParams`` field names to values."""
+        order = [
+            "configHash", "codeHash", "initialModelCid", "epsilonBudgetWad", "deltaWad", "numRounds",
+            "commitDuration", "revealDuration", "attestDuration", "sampleBps", "quorum", "minReveals",
+        ]  # fmt: skip
+        result = self._transact("createRun", tuple(params[k] for k in order))
+        (created,) = [e for e in result.events if e["event"] == "RunCreated"]
+        return int(created["args"]["runId"]), result
+
+    def open_round(self, run_id: int) -> tuple[int, TxResult]:
+        result = self._transact("openRound", run_id)
+        (opened,) = [e for e in result.events if e["event"] == "RoundOpened"]
+        return int(opened["args"]["round"]), result
+
+    def commit(self, run_id: int, round_id: int, commitment: bytes) -> TxResult:
+        return self._transact("commit", run_id, round_id, commitment)
+
+    def reveal(
+        self, run_id: int, round_id: int, *, cid: bytes, num_examples: int, dp: DpParams, salt: bytes
+    ) -> TxResult:
+        return self._transact("reveal", run_id, round_id, cid, num_examples, dp.as_tuple(), salt)
+
+    def attest(self, run_id: int, round_id: int, result_cid: bytes) -> TxResult:
+        return self._transact("attest", run_id, round_id, result_cid)
+
+    def settle(self, run_id: int, participant: str) -> TxResult:
+        return self._transact("settle", run_id, to_checksum_address(participant))
+
+    # ------------------------------------------------------------------ views
+
+    def _call(self, fn_name: str, *args: Any) -> Any:
+        try:
+            return getattr(self.contract.functions, fn_name)(*args).call()
+        except (ContractLogicError, TransactionFailed) as exc:
+            raise self._decode_revert(exc, fn_name) from exc
+        except (Web3Exception, OSError) as exc:
+            raise ChainError(f"{fn_name} call failed: {exc}") from exc
+
+    def phase(self, run_id: int, round_id: int) -> str:
+        return PHASES[self._call("phase", run_id, round_id)]
+
+    def get_run(self, run_id: int) -> dict[str, Any]:
+        return self._struct("getRun", run_id)
+
+    def get_round(self, run_id: int, round_id: int) -> dict[str, Any]:
+        return self._struct("getRound", run_id, round_id)
+
+    def get_member(self, run_id: int, participant: str) -> dict[str, Any]:
+        return self._struct("getMember", run_id, to_checksum_address(participant))
+
+    def is_sampled(self, run_id: int, round_id: int, participant: str) -> bool:
+        return bool(self._call("isSampled", run_id, round_id, to_checksum_address(participant)))
+
+    def participant_info(self, participant: str) -> tuple[bool, bytes]:
+        active, identity = self._call("participantInfo", to_checksum_address(participant))
+        return bool(active), bytes(identity)
+
+    def commitment_of(
+        self, run_id: int, round_id: int, participant: str, *, cid: bytes, num_examples: int, dp: DpParams, salt: bytes
+    ) -> bytes:
+        return bytes(
+            self._call(
+                "commitmentOf", run_id, round_id, to_checksum_address(participant), cid, num_examples, dp.as_tuple(), salt
+            )
+        )
+
+    def _struct(self, fn_name: str, *args: Any) -> dict[str, Any]:
+        values = self._call(fn_name, *args)
+        (entry,) = [e for e in self.contract.abi if e.get("name") == fn_name and e["type"] == "function"]
+        names = [c["name"] for c in entry["outputs"][0]["components"]]
+        return dict(zip(names, values, strict=True))
+
+    # ------------------------------------------------------------------ events
+
+    def _decode_logs(self, logs: list[Any]) -> list[dict[str, Any]]:
+        decoded = []
+        for log in logs:
+            for event in self.contract.events:
+                try:
+                    rich = event().process_log(log)
+                except Exception:  # noqa: BLE001 - not this event's topic
+                    continue
+                decoded.append(
+                    {
+                        "event": rich["event"],
+                        "block": int(rich["blockNumber"]),
+                        "tx": rich["transactionHash"].hex(),
+                        "log_index": int(rich["logIndex"]),
+                        "args": dict(rich["args"]),
+                    }
+                )
+                break
+        return decoded
+
+    def event_log(self, *, from_block: int = 0, timeout: float = 60.0) -> list[dict[str, Any]]:
+        """Every event the contract emitted, decoded, in chain order, JSON-ready."""
+        start = time.monotonic()
+        try:
+            logs = self.w3.eth.get_logs({"address": self.address, "fromBlock": from_block, "toBlock": "latest"})
+        except (Web3Exception, OSError) as exc:
+            raise ChainError(f"reading the contract's events failed: {exc}") from exc
+        if time.monotonic() - start > timeout:
+            raise ChainError("reading the contract's events timed out")
+        return [
+            {**e, "args": {k: _jsonable(_plain(v)) for k, v in e["args"].items()}} for e in self._decode_logs(list(logs))
+        ]
+
+
+def _tester_revert_data(message: Any) -> bytes | None:
+    """The revert data inside eth-tester's ``TransactionFailed`` (it carries a bytes repr)."""
+    if isinstance(message, bytes):
+        return message
+    prefix = "execution reverted: "
+    if isinstance(message, str) and message.startswith(prefix + "b"):
+        try:
+            value = ast.literal_eval(message[len(prefix) :])
+        except (ValueError, SyntaxError):
+            return None
+        return value if isinstance(value, bytes) else None
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """AttributeDict/tuples from web3 event decoding to plain containers."""
+    if hasattr(value, "items"):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,42 @@
+"""``deai-flower``: the Hydra entry point that runs one experiment (or a sweep with -m)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+from rich.console import Console
+
+from ..config import register_configs
+from ..errors import DeaiError
+
+register_configs()
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    """Run the composed experiment; a project error becomes one line and exit status 2."""
+    from ..experiment import run_experiment  # heavy imports after Hydra parsed the overrides
+    from ..report import results_table
+
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    console = Console()
+    try:
+        results = run_experiment(cfg, output_dir=output_dir)
+    except DeaiError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        sys.exit(2)
+    console.print(results_table(results))
+    final = results["rounds"][-1] if results["rounds"] else {}
+    console.print(
+        f"final accuracy {final.get('accuracy', float('nan')):.4f} · contract {results['contract_address']} · "
+        f"results {output_dir / 'results.json'} · {results['wall_seconds']:.1f}s",
+        highlight=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

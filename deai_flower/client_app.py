@@ -1,0 +1,231 @@
+"""The ClientApp of a participant: train + commit, reveal, attest.
+
+Each handler acts on chain with the participant's own key and talks to the coordinator
+only to be told *when* to act; nothing the coordinator sends is trusted for content:
+the global model is fetched by the CID the chain records and checked against it, and
+attesters read the revealed set from chain events, not from the coordinator.
+"""
+
+from __future__ import annotations
+
+import time
+from logging import INFO, WARNING
+
+from eth_utils import keccak
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common import log
+
+from .chain import DpParams, commitment_of
+from .errors import BlobFormatError, PrivacyBudgetExhaustedError, ProtocolError, StoreError
+from .messages import CONFIG, METRICS, STATUS
+from .federation import ClientRuntime, client_runtime
+from .models import set_arrays
+from .privacy import PrivacyLedger, train_round
+from .settings import RunSettings
+from .storage import cid_from_bytes, cid_to_bytes, compute_cid, decode_arrays, encode_arrays
+from .strategies.rules import RevealedUpdate, aggregate
+
+_LEDGER = "privacy-ledger"
+_PENDING = "pending-reveal"
+
+
+def _reply(message: Message, *, status: dict, metrics: dict | None = None) -> Message:
+    content = RecordDict({STATUS: ConfigRecord(status)})
+    if metrics is not None:
+        content[METRICS] = MetricRecord(metrics)
+    return Message(content, reply_to=message)
+
+
+def _salt(runtime: ClientRuntime, round_id: int) -> bytes:
+    """The round's secret salt: unpredictable to others, reproducible for a fixed key."""
+    secret = runtime.account.key
+    return keccak(secret + runtime.contract.address.encode() + runtime.settings.run_id.to_bytes(32, "big")
+                  + round_id.to_bytes(32, "big"))  # fmt: skip
+
+
+def handle_commit(settings: RunSettings, message: Message, context: Context) -> Message:
+    """Fetch the chain's global model, train with DP-SGD, commit to the update's hash."""
+    config = message.content[CONFIG]
+    round_id = int(config["round"])
+    runtime = client_runtime(settings, int(context.node_config["partition-id"]))
+    contract = runtime.contract
+    started = time.perf_counter()
+
+    model_cid = cid_from_bytes(bytes(contract.get_run(settings.run_id)["modelCid"]))
+    if str(config["model-cid"]) != model_cid:
+        raise ProtocolError(f"coordinator announced model {config['model-cid']} but the chain records {model_cid}")
+    global_arrays = decode_arrays(
+        runtime.store.get(model_cid), max_bytes=settings.max_blob_bytes, expected=runtime.spec
+    )
+    set_arrays(runtime.model, global_arrays)
+
+    ledger = PrivacyLedger.from_record(dict(context.state[_LEDGER])) if _LEDGER in context.state else PrivacyLedger()
+    try:
+        trained = train_round(
+            model=runtime.model,
+            x=runtime.x,
+            y=runtime.y,
+            settings=settings.privacy,
+            ledger=ledger,
+            planned_rounds=settings.num_rounds,
+            local_epochs=settings.training.local_epochs,
+            batch_size=settings.training.batch_size,
+            learning_rate=settings.training.learning_rate,
+            seed=settings.seed * 1_000_003 + round_id * 1_009 + runtime.partition_id,
+            device=runtime.device,
+        )
+    except PrivacyBudgetExhaustedError as exc:
+        log(INFO, "client %s declines round %s: %s", runtime.partition_id, round_id, exc)
+        return _reply(message, status={"state": "declined", "reason": str(exc), "address": runtime.account.address})
+    context.state[_LEDGER] = ConfigRecord(ledger.to_record())
+    train_seconds = time.perf_counter() - started
+
+    blob = encode_arrays(trained.arrays)
+    cid = compute_cid(blob)  # the upload waits for the reveal phase
+    dp = DpParams.from_floats(
+        noise_multiplier=trained.noise_multiplier,
+        sample_rate=trained.sample_rate,
+        steps=trained.steps,
+        delta=trained.delta,
+        epsilon=trained.epsilon,
+        accountant=trained.accountant,
+    )
+    salt = _salt(runtime, round_id)
+    commitment = commitment_of(
+        chain_id=contract.node.chain_id,
+        contract=contract.address,
+        run_id=settings.run_id,
+        round_id=round_id,
+        participant=runtime.account.address,
+        cid=cid_to_bytes(cid),
+        num_examples=trained.num_examples,
+        dp=dp,
+        salt=salt,
+    )
+    tx = contract.commit(settings.run_id, round_id, commitment)
+    context.state[_PENDING] = ConfigRecord(
+        {
+            "round": round_id,
+            "cid": cid,
+            "blob": blob,
+            "num-examples": trained.num_examples,
+            "dp": [str(v) for v in dp.as_tuple()],
+            "salt": salt,
+        }
+    )
+    return _reply(
+        message,
+        status={"state": "committed", "address": runtime.account.address, "cid": cid},
+        metrics={
+            "num-examples": trained.num_examples,
+            "epsilon": trained.epsilon,
+            "noise-multiplier": trained.noise_multiplier,
+            "sample-rate": trained.sample_rate,
+            "steps": trained.steps,
+            "train-loss": trained.train_loss,
+            "train-seconds": train_seconds,
+            "gas": tx.gas_used,
+        },
+    )
+
+
+def handle_reveal(settings: RunSettings, message: Message, context: Context) -> Message:
+    """Upload the committed blob and reveal its preimage on chain."""
+    round_id = int(message.content[CONFIG]["round"])
+    runtime = client_runtime(settings, int(context.node_config["partition-id"]))
+    if _PENDING not in context.state or int(context.state[_PENDING]["round"]) != round_id:
+        raise ProtocolError(f"nothing committed for round {round_id}")
+    pending = context.state[_PENDING]
+    blob = bytes(pending["blob"])
+    stored_cid = runtime.store.put(blob)
+    if stored_cid != pending["cid"]:
+        raise StoreError(f"store returned CID {stored_cid}, committed {pending['cid']}")
+    dp = DpParams(*(int(v) for v in pending["dp"]))
+    tx = runtime.contract.reveal(
+        settings.run_id,
+        round_id,
+        cid=cid_to_bytes(stored_cid),
+        num_examples=int(pending["num-examples"]),
+        dp=dp,
+        salt=bytes(pending["salt"]),
+    )
+    del context.state[_PENDING]
+    return _reply(message, status={"state": "revealed", "address": runtime.account.address}, metrics={"gas": tx.gas_used})
+
+
+def revealed_updates(runtime: ClientRuntime, round_id: int) -> tuple[list[RevealedUpdate], dict[str, str]]:
+    """The round's valid reveals, read from chain events and fetched from the store.
+
+    A blob that is missing, does not match its CID or fails validation is excluded,
+    with the reason; every honest attester excludes the same ones.
+    """
+    settings = runtime.settings
+    opened_block = int(runtime.contract.get_round(settings.run_id, round_id)["openedBlock"])
+    events = runtime.contract.contract.events.Revealed.get_logs(
+        argument_filters={"runId": settings.run_id, "round": round_id}, from_block=opened_block
+    )
+    updates, rejected = [], {}
+    for event in events:
+        participant = event["args"]["participant"]
+        cid = cid_from_bytes(bytes(event["args"]["cid"]))
+        try:
+            arrays = decode_arrays(runtime.store.get(cid), max_bytes=settings.max_blob_bytes, expected=runtime.spec)
+        except (StoreError, BlobFormatError) as exc:
+            rejected[participant] = str(exc)
+            continue
+        updates.append(RevealedUpdate(participant, int(event["args"]["numExamples"]), arrays))
+    return updates, rejected
+
+
+def handle_attest(settings: RunSettings, message: Message, context: Context) -> Message:
+    """Aggregate the round's revealed updates independently and attest the result's CID."""
+    round_id = int(message.content[CONFIG]["round"])
+    runtime = client_runtime(settings, int(context.node_config["partition-id"]))
+    updates, rejected = revealed_updates(runtime, round_id)
+    for participant, reason in rejected.items():
+        log(WARNING, "round %s: excluded update of %s: %s", round_id, participant, reason)
+    if not updates:
+        raise ProtocolError(f"round {round_id}: no valid revealed update to aggregate")
+    aggregated = aggregate(settings.rule, updates)
+    result_cid = runtime.store.put(encode_arrays(aggregated))
+    contract = runtime.contract
+    if contract.phase(settings.run_id, round_id) == "finalized":
+        final = cid_from_bytes(bytes(contract.get_run(settings.run_id)["modelCid"]))
+        state = "agreed" if final == result_cid else "disagreed"
+        return _reply(message, status={"state": state, "address": runtime.account.address, "cid": result_cid})
+    tx = contract.attest(settings.run_id, round_id, cid_to_bytes(result_cid))
+    return _reply(
+        message,
+        status={"state": "attested", "address": runtime.account.address, "cid": result_cid},
+        metrics={"gas": tx.gas_used, "excluded": len(rejected)},
+    )
+
+
+def handle_identity(settings: RunSettings, message: Message, context: Context) -> Message:
+    """Tell the coordinator which chain address this node signs with."""
+    runtime = client_runtime(settings, int(context.node_config["partition-id"]))
+    return _reply(message, status={"address": runtime.account.address})
+
+
+def build_client_app(settings: RunSettings) -> ClientApp:
+    """The participants' ClientApp for a run."""
+    app = ClientApp()
+
+    @app.query("identity")
+    def identity(message: Message, context: Context) -> Message:
+        return handle_identity(settings, message, context)
+
+    @app.train("commit")
+    def commit(message: Message, context: Context) -> Message:
+        return handle_commit(settings, message, context)
+
+    @app.train("reveal")
+    def reveal(message: Message, context: Context) -> Message:
+        return handle_reveal(settings, message, context)
+
+    @app.train("attest")
+    def attest(message: Message, context: Context) -> Message:
+        return handle_attest(settings, message, context)
+
+    return app

@@ -1,0 +1,12 @@
+"""Names of the records exchanged between the coordinator and the participants.
+
+Message types: ``query.identity`` (which chain address a node signs with),
+``train.commit``, ``train.reveal`` and ``train.attest`` (the three phases of a round).
+"""
+
+#: ConfigRecord sent by the coordinator: ``round`` (chain round id), ``model-cid``.
+CONFIG = "config"
+#: ConfigRecord replied by a node: ``state``, ``address`` and phase-specific fields.
+STATUS = "status"
+#: MetricRecord replied by a node: gas used, training metrics.
+METRICS = "metrics"

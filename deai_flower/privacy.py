@@ -1,0 +1,668 @@
+"""Local DP-SGD training with a per-client privacy ledger that persists across rounds.
+
+Each federated round a client trains the global model on its own data with Opacus'
+DP-SGD (per-sample clipping, Gaussian noise, Poisson sampling) and reports how much of
+its (epsilon, delta) budget it has spent so far. Three Opacus facts shape the design:
+
+* Wrapping a module twice registers its hooks twice (an error), so every round trains
+  a fresh deep copy of the caller's model and the caller's module is never wrapped.
+* A new ``PrivacyEngine`` starts with an empty accountant, so the client's accounting
+  history, a list of ``(noise_multiplier, sample_rate, steps)``, lives in a
+  :class:`PrivacyLedger` that the ClientApp keeps in Flower's ``context.state``; it is
+  restored into each round's engine and grows by one entry per round.
+* Calibrating the noise every round for the whole budget (``make_private_with_epsilon``)
+  would spend the budget again each round, so the noise multiplier is calibrated once
+  per client for the planned number of rounds and kept in the ledger.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.util
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from opacus import PrivacyEngine
+from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants.analysis import rdp as rdp_analysis
+from opacus.accountants.utils import get_noise_multiplier
+from opacus.data_loader import DPDataLoader
+from opacus.grad_sample import AbstractGradSampleModule
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from deai_flower.errors import ConfigError, PrivacyBudgetExhaustedError, PrivacyError
+from deai_flower.models import get_arrays
+
+__all__ = [
+    "ACCOUNTANTS",
+    "GRAD_SAMPLE_MODE",
+    "PrivacyLedger",
+    "PrivacySettings",
+    "RoundTraining",
+    "train_round",
+]
+
+ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp")
+
+# Per-sample-gradient implementation tried first. Ghost clipping never materialises
+# per-sample gradients, only their norms, and measured at least as fast as "hooks" for
+# the MLP sizes used here on CPU; "hooks" is the fallback for layers ghost clipping does
+# not support.
+GRAD_SAMPLE_MODE = "ghost"
+_FALLBACK_GRAD_SAMPLE_MODE = "hooks"
+
+# SGD momentum for local training (private and non-private alike).
+MOMENTUM = 0.9
+
+# Slack when comparing a spent epsilon with the budget: calibration targets the budget
+# exactly, so float noise must not turn the last planned round into a refusal.
+_EPSILON_TOLERANCE = 1e-9
+
+_SECURE_RNG_HINT = (
+    "secure_mode needs the 'torchcsprng' package, which is not installed; install a "
+    "torchcsprng build matching your PyTorch version (pip install torchcsprng) or set "
+    "privacy.secure_mode=false"
+)
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    """A client's differential-privacy configuration.
+
+    ``epsilon=math.inf`` disables DP (plain SGD). ``accountant`` is ``"rdp"`` (Rényi DP,
+    fast) or ``"prv"`` (privacy random variables, tighter, slower). ``secure_mode``
+    draws noise and samples from a cryptographically secure generator (``torchcsprng``)
+    and then ignores seeds.
+    """
+
+    epsilon: float
+    delta: float
+    max_grad_norm: float
+    accountant: str
+    secure_mode: bool = False
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.epsilon) or not self.epsilon > 0:
+            raise ConfigError(
+                f"privacy.epsilon must be > 0 (got {self.epsilon!r}); "
+                "use inf for a non-private run"
+            )
+        if not _is_number(self.delta) or not 0.0 < self.delta < 1.0:
+            raise ConfigError(f"privacy.delta must be in (0, 1) (got {self.delta!r})")
+        if (
+            not _is_number(self.max_grad_norm)
+            or not self.max_grad_norm > 0
+            or not math.isfinite(self.max_grad_norm)
+        ):
+            raise ConfigError(
+                f"privacy.max_grad_norm must be a finite number > 0 (got {self.max_grad_norm!r})"
+            )
+        if self.accountant not in ACCOUNTANTS:
+            raise ConfigError(
+                f"privacy.accountant must be one of: {', '.join(ACCOUNTANTS)} "
+                f"(got {self.accountant!r})"
+            )
+        if not isinstance(self.secure_mode, bool):
+            raise ConfigError(f"privacy.secure_mode must be a boolean (got {self.secure_mode!r})")
+
+    @property
+    def private(self) -> bool:
+        """Whether training is differentially private (finite epsilon)."""
+        return math.isfinite(self.epsilon)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+
+
+# Keys of the ledger's persisted record (a Flower ConfigRecord holds lists or scalars).
+_REC_NOISE = "noise_multipliers"
+_REC_RATE = "sample_rates"
+_REC_STEPS = "steps"
+_REC_CALIBRATED = "calibrated_noise_multiplier"
+
+
+@dataclass
+class PrivacyLedger:
+    """One client's privacy accounting, carried from round to round.
+
+    ``history`` holds one ``(noise_multiplier, sample_rate, steps)`` entry per trained
+    round (``noise_multiplier == 0`` marks a non-private round, which spends an infinite
+    epsilon). ``noise_multiplier`` is the value calibrated on first use, or ``None``.
+    """
+
+    history: list[tuple[float, float, int]] = field(default_factory=list)
+    noise_multiplier: float | None = None
+
+    def epsilon(self, delta: float, accountant: str) -> float:
+        """Cumulative epsilon spent at ``delta`` under ``accountant`` (0.0 when empty)."""
+        return _epsilon_of(self.history, delta=delta, accountant=accountant)
+
+    def to_record(self) -> dict[str, list[float] | list[int] | float]:
+        """Plain lists and scalars suitable for a Flower ``ConfigRecord``."""
+        record: dict[str, list[float] | list[int] | float] = {
+            _REC_NOISE: [float(sigma) for sigma, _, _ in self.history],
+            _REC_RATE: [float(rate) for _, rate, _ in self.history],
+            _REC_STEPS: [int(steps) for _, _, steps in self.history],
+        }
+        # A ConfigRecord cannot hold None, so "not calibrated yet" is an absent key.
+        if self.noise_multiplier is not None:
+            record[_REC_CALIBRATED] = float(self.noise_multiplier)
+        return record
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> PrivacyLedger:
+        """Rebuild a ledger from :meth:`to_record`'s output (an empty record: new ledger).
+
+        Raises:
+            PrivacyError: the record is malformed.
+        """
+        try:
+            sigmas = [float(v) for v in record.get(_REC_NOISE, [])]
+            rates = [float(v) for v in record.get(_REC_RATE, [])]
+            steps = [int(v) for v in record.get(_REC_STEPS, [])]
+            calibrated = record.get(_REC_CALIBRATED)
+            noise = None if calibrated is None else float(calibrated)
+        except (TypeError, ValueError) as exc:
+            raise PrivacyError(f"malformed privacy ledger record: {exc}") from exc
+        if not len(sigmas) == len(rates) == len(steps):
+            raise PrivacyError(
+                "malformed privacy ledger record: history lists differ in length "
+                f"({len(sigmas)}, {len(rates)}, {len(steps)})"
+            )
+        if any(s < 0 for s in sigmas) or any(not 0 < r <= 1 for r in rates) or any(
+            n < 0 for n in steps
+        ):
+            raise PrivacyError("malformed privacy ledger record: values out of range")
+        return cls(history=list(zip(sigmas, rates, steps, strict=True)), noise_multiplier=noise)
+
+
+@dataclass(frozen=True)
+class RoundTraining:
+    """The outcome of one client's local training round.
+
+    ``epsilon`` is cumulative over all of the client's rounds so far, at ``delta``
+    (``inf`` for non-private training). ``train_loss`` is the mean per-example loss on
+    the batches trained on; it is computed from private data and is *not* covered by the
+    DP guarantee.
+    """
+
+    arrays: dict[str, np.ndarray]
+    num_examples: int
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    delta: float
+    epsilon: float
+    accountant: str
+    train_loss: float
+
+
+# --- accounting ----------------------------------------------------------------------
+
+
+def _coalesce(history: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
+    """Merge adjacent entries with equal (sigma, q), as Opacus' accountants do.
+
+    Composition makes ``k`` rounds of ``s`` steps the same mechanism as one run of
+    ``k * s`` steps, which is exactly what the noise was calibrated for; merging keeps
+    the numerics (notably PRV's) identical to the calibration's.
+    """
+    merged: list[tuple[float, float, int]] = []
+    for sigma, rate, steps in history:
+        if merged and merged[-1][0] == sigma and merged[-1][1] == rate:
+            merged[-1] = (sigma, rate, merged[-1][2] + steps)
+        else:
+            merged.append((float(sigma), float(rate), int(steps)))
+    return [entry for entry in merged if entry[2] > 0]
+
+
+@functools.lru_cache(maxsize=1024)
+def _rdp_one_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
+    # RDP composes additively and linearly in steps, so one step's curve (which costs
+    # ~0.1 s over Opacus' default orders) is computed once per (sigma, q) and scaled.
+    curve = rdp_analysis.compute_rdp(
+        q=sample_rate,
+        noise_multiplier=noise_multiplier,
+        steps=1,
+        orders=RDPAccountant.DEFAULT_ALPHAS,
+    )
+    curve = np.asarray(curve, dtype=np.float64)
+    curve.setflags(write=False)
+    return curve
+
+
+def _epsilon_of(history: list[tuple[float, float, int]], *, delta: float, accountant: str) -> float:
+    if accountant not in ACCOUNTANTS:
+        raise ConfigError(
+            f"privacy.accountant must be one of: {', '.join(ACCOUNTANTS)} (got {accountant!r})"
+        )
+    merged = _coalesce(history)
+    if not merged:
+        return 0.0
+    if any(sigma <= 0.0 for sigma, _, _ in merged):
+        return math.inf
+    if accountant == "rdp":
+        # Same computation as opacus' RDPAccountant.get_privacy_spent over the history,
+        # with the per-(sigma, q) curve memoised.
+        total = sum(_rdp_one_step(sigma, rate) * steps for sigma, rate, steps in merged)
+        eps, _ = rdp_analysis.get_privacy_spent(
+            orders=RDPAccountant.DEFAULT_ALPHAS, rdp=total, delta=delta
+        )
+        return float(eps)
+    prv = PRVAccountant()
+    prv.history = merged
+    return float(prv.get_epsilon(delta=delta))
+
+
+@functools.lru_cache(maxsize=256)
+def _calibrate(
+    *, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str
+) -> float:
+    # Memoised: clients with equal data sizes share a calibration (a few binary-search
+    # accountant evaluations, ~1 s with RDP).
+    try:
+        with warnings.catch_warnings():
+            # The search probes very large noise levels, where Opacus notes that the
+            # best RDP order is the largest one; irrelevant for the value it returns.
+            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            return float(
+                get_noise_multiplier(
+                    target_epsilon=target_epsilon,
+                    target_delta=delta,
+                    sample_rate=sample_rate,
+                    steps=steps,
+                    accountant=accountant,
+                )
+            )
+    except ValueError as exc:
+        raise PrivacyError(
+            f"cannot calibrate noise for ε={target_epsilon:g}, δ={delta:g} over {steps} "
+            f"steps at sample rate {sample_rate:.4g}: {exc}"
+        ) from exc
+
+
+# --- training ------------------------------------------------------------------------
+
+
+def _check_training_args(
+    *,
+    x: np.ndarray,
+    y: np.ndarray,
+    planned_rounds: int,
+    local_epochs: int,
+    batch_size: int,
+    learning_rate: float,
+) -> None:
+    if len(x) != len(y):
+        raise ConfigError(f"x and y differ in length ({len(x)} != {len(y)})")
+    if len(x) == 0:
+        raise ConfigError("cannot train on an empty partition")
+    if planned_rounds < 1:
+        raise ConfigError(f"planned_rounds must be >= 1 (got {planned_rounds})")
+    if local_epochs < 1:
+        raise ConfigError(f"local_epochs must be >= 1 (got {local_epochs})")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1 (got {batch_size})")
+    if not _is_number(learning_rate) or not learning_rate > 0:
+        raise ConfigError(f"learning_rate must be > 0 (got {learning_rate!r})")
+
+
+def _seeds(seed: int) -> tuple[int, int]:
+    # Independent streams for batch sampling and for noise, both derived from one seed.
+    entropy = int(seed) % 2**128  # SeedSequence wants a non-negative integer
+    sampling, noise = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint64)
+    return int(sampling) & (2**63 - 1), int(noise) & (2**63 - 1)
+
+
+def _fresh_copy(model: nn.Module, device: torch.device) -> nn.Module:
+    # Never train (or let Opacus hook) the caller's module: train a deep copy.
+    base = model._module if isinstance(model, AbstractGradSampleModule) else model
+    work = copy.deepcopy(base)
+    if base is not model or hasattr(base, _OPACUS_HOOKS_MARK):
+        # The module is (or was) inside an Opacus wrapper, and deepcopy copied that
+        # wrapper's hooks; wrapping the copy would then add them twice. The copy is
+        # ours, so drop every hook and Opacus' per-sample state from it.
+        _strip_hooks(work)
+    work.to(device)
+    work.train()
+    return work
+
+
+# Attribute Opacus sets on a module it has hooked (its "hooks twice" check reads it).
+_OPACUS_HOOKS_MARK = "autograd_grad_sample_hooks"
+
+
+def _strip_hooks(module: nn.Module) -> None:
+    if hasattr(module, _OPACUS_HOOKS_MARK):
+        delattr(module, _OPACUS_HOOKS_MARK)
+    for sub in module.modules():
+        sub._forward_hooks.clear()
+        sub._forward_pre_hooks.clear()
+        sub._backward_hooks.clear()
+        sub._backward_pre_hooks.clear()
+    for param in module.parameters():
+        param.grad = None
+        for attr in ("grad_sample", "summed_grad", "_forward_counter"):
+            if hasattr(param, attr):
+                delattr(param, attr)
+
+
+def _tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
+    return TensorDataset(
+        torch.as_tensor(np.asarray(x, dtype=np.float32)),
+        torch.as_tensor(np.asarray(y, dtype=np.int64)),
+    )
+
+
+def _step_count(history: list[tuple[float, float, int]]) -> int:
+    return sum(int(steps) for _, _, steps in history)
+
+
+def train_round(
+    *,
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    settings: PrivacySettings,
+    ledger: PrivacyLedger,
+    planned_rounds: int,
+    local_epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    device: torch.device,
+) -> RoundTraining:
+    """Train a copy of ``model`` on ``(x, y)`` for one federated round.
+
+    Private (finite epsilon): DP-SGD via Opacus with Poisson sampling at rate
+    ``q = batch_size / len(x)`` for ``local_epochs * floor(1/q)`` steps, clipping norm
+    ``settings.max_grad_norm`` and the ledger's noise multiplier, calibrated on first use
+    so that ``planned_rounds`` such rounds spend exactly the budget. The round is refused
+    *before* training if it would take the cumulative epsilon past the budget. On success
+    the round's ``(sigma, q, steps)`` is appended to ``ledger.history``; on any error the
+    ledger is left unchanged.
+
+    Non-private (``epsilon=inf``): plain shuffled mini-batch SGD without Opacus; the
+    ledger records the round with noise multiplier 0 (an infinite epsilon).
+
+    ``seed`` fixes batch sampling and noise (ignored under ``secure_mode``); callers
+    should derive a distinct seed per client and round, since reusing noise across
+    rounds weakens the guarantee.
+
+    Raises:
+        ConfigError: invalid training arguments.
+        PrivacyBudgetExhaustedError: the round would exceed the (epsilon, delta) budget.
+        PrivacyError: calibration impossible, or ``secure_mode`` without ``torchcsprng``.
+    """
+    _check_training_args(
+        x=x,
+        y=y,
+        planned_rounds=planned_rounds,
+        local_epochs=local_epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+    )
+    # A batch larger than the data would give q > 1; cap it at one full pass.
+    expected_batch = min(int(batch_size), len(x))
+    sample_rate = expected_batch / len(x)
+    sampling_seed, noise_seed = _seeds(seed)
+
+    if not settings.private:
+        return _train_non_private(
+            model=model,
+            x=x,
+            y=y,
+            settings=settings,
+            ledger=ledger,
+            local_epochs=local_epochs,
+            batch_size=expected_batch,
+            sample_rate=sample_rate,
+            learning_rate=learning_rate,
+            sampling_seed=sampling_seed,
+            device=device,
+        )
+
+    if settings.secure_mode and importlib.util.find_spec("torchcsprng") is None:
+        raise PrivacyError(_SECURE_RNG_HINT)
+
+    dataset = _tensors(x, y)
+    sampler_generator = None
+    if not settings.secure_mode:
+        sampler_generator = torch.Generator().manual_seed(sampling_seed)
+    loader = DPDataLoader(dataset, sample_rate=sample_rate, generator=sampler_generator)
+    # The Poisson sampler yields floor(1/q) batches per pass; that is the step count the
+    # accountant will see, so plan with it.
+    steps = local_epochs * len(loader)
+
+    sigma = ledger.noise_multiplier
+    if sigma is None:
+        sigma = _calibrate(
+            target_epsilon=float(settings.epsilon),
+            delta=float(settings.delta),
+            sample_rate=sample_rate,
+            steps=planned_rounds * steps,
+            accountant=settings.accountant,
+        )
+    prior = _coalesce(ledger.history)
+    epsilon_after = _epsilon_of(
+        [*prior, (sigma, sample_rate, steps)], delta=settings.delta, accountant=settings.accountant
+    )
+    if epsilon_after > settings.epsilon + _EPSILON_TOLERANCE:
+        spent = _epsilon_of(prior, delta=settings.delta, accountant=settings.accountant)
+        raise PrivacyBudgetExhaustedError(
+            f"privacy budget exhausted: one more round ({steps} steps, σ={sigma:.4g}, "
+            f"q={sample_rate:.4g}) would spend ε={epsilon_after:.4f} > budget "
+            f"ε={settings.epsilon:g} at δ={settings.delta:g} (already spent ε={spent:.4f} "
+            f"over {len(ledger.history)} round(s))"
+        )
+
+    arrays, recorded_steps, train_loss = _train_private(
+        model=model,
+        loader=loader,
+        settings=settings,
+        prior=prior,
+        sigma=sigma,
+        sample_rate=sample_rate,
+        expected_batch=expected_batch,
+        local_epochs=local_epochs,
+        learning_rate=learning_rate,
+        noise_seed=noise_seed,
+        device=device,
+    )
+    if recorded_steps != steps:
+        # Cannot happen with Opacus' sampler (fixed batch count); if it ever does, trust
+        # what the accountant recorded over the plan.
+        epsilon_after = _epsilon_of(
+            [*prior, (sigma, sample_rate, recorded_steps)],
+            delta=settings.delta,
+            accountant=settings.accountant,
+        )
+    ledger.noise_multiplier = sigma
+    ledger.history.append((sigma, sample_rate, recorded_steps))
+    return RoundTraining(
+        arrays=arrays,
+        num_examples=len(x),
+        noise_multiplier=sigma,
+        sample_rate=sample_rate,
+        steps=recorded_steps,
+        delta=settings.delta,
+        epsilon=epsilon_after,
+        accountant=settings.accountant,
+        train_loss=train_loss,
+    )
+
+
+def _make_private(
+    *,
+    engine: PrivacyEngine,
+    module: nn.Module,
+    loader: DataLoader,
+    settings: PrivacySettings,
+    sigma: float,
+    learning_rate: float,
+    expected_batch: int,
+    noise_generator: torch.Generator | None,
+    mode: str,
+) -> tuple[nn.Module, Any, Any, DataLoader]:
+    # Sum reduction: Opacus then adds noise to the sum of clipped per-sample gradients
+    # and the learning rate divides by the *expected* batch size, which is the DP-SGD
+    # estimator and, unlike mean reduction, stays finite on an empty Poisson batch.
+    optimizer = torch.optim.SGD(
+        module.parameters(), lr=learning_rate / expected_batch, momentum=MOMENTUM
+    )
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    wrapped = engine.make_private(
+        module=module,
+        optimizer=optimizer,
+        criterion=criterion,
+        data_loader=loader,
+        noise_multiplier=sigma,
+        max_grad_norm=settings.max_grad_norm,
+        loss_reduction="sum",
+        # The loader is already a Poisson DPDataLoader at q = batch/len; letting Opacus
+        # rebuild it would use q = 1/len(loader) instead.
+        poisson_sampling=False,
+        noise_generator=noise_generator,
+        grad_sample_mode=mode,
+    )
+    if len(wrapped) == 4:  # ghost clipping also returns a criterion wrapper
+        dp_module, dp_optimizer, dp_criterion, dp_loader = wrapped
+    else:
+        dp_module, dp_optimizer, dp_loader = wrapped
+        dp_criterion = criterion
+    # make_private attached an accounting hook with q = 1/len(loader); replace it with
+    # the loader's true sampling rate so the accountant records what actually happened.
+    dp_optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=loader.sample_rate))
+    dp_module.forbid_grad_accumulation()
+    return dp_module, dp_optimizer, dp_criterion, dp_loader
+
+
+def _train_private(
+    *,
+    model: nn.Module,
+    loader: DPDataLoader,
+    settings: PrivacySettings,
+    prior: list[tuple[float, float, int]],
+    sigma: float,
+    sample_rate: float,
+    expected_batch: int,
+    local_epochs: int,
+    learning_rate: float,
+    noise_seed: int,
+    device: torch.device,
+) -> tuple[dict[str, np.ndarray], int, float]:
+    with warnings.catch_warnings():
+        # Opacus warns on every engine built without secure RNG; the setting is explicit.
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        try:
+            engine = PrivacyEngine(accountant=settings.accountant, secure_mode=settings.secure_mode)
+        except ImportError as exc:
+            raise PrivacyError(_SECURE_RNG_HINT) from exc
+    # Restore the client's history so the engine's accountant continues from it.
+    engine.accountant.history = list(prior)
+
+    noise_generator = None
+    if not settings.secure_mode:
+        noise_generator = torch.Generator(device=device).manual_seed(noise_seed)
+
+    last_error: Exception | None = None
+    for mode in (GRAD_SAMPLE_MODE, _FALLBACK_GRAD_SAMPLE_MODE):
+        work = _fresh_copy(model, device)
+        try:
+            dp_module, dp_optimizer, dp_criterion, dp_loader = _make_private(
+                engine=engine,
+                module=work,
+                loader=loader,
+                settings=settings,
+                sigma=sigma,
+                learning_rate=learning_rate,
+                expected_batch=expected_batch,
+                noise_generator=noise_generator,
+                mode=mode,
+            )
+            break
+        except (NotImplementedError, ValueError) as exc:  # mode unsupported for a layer
+            last_error = exc
+    else:
+        raise PrivacyError(f"Opacus cannot make this model private: {last_error}") from last_error
+
+    loss_sum = 0.0
+    seen = 0
+    with warnings.catch_warnings():
+        # Ghost clipping's backward hooks fire on a first layer whose input needs no
+        # gradient; PyTorch warns about that, but it is exactly what Opacus expects.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        for _ in range(local_epochs):
+            for xb, yb in dp_loader:
+                xb, yb = xb.to(device), yb.to(device)
+                dp_optimizer.zero_grad(set_to_none=True)
+                loss = dp_criterion(dp_module(xb), yb)
+                loss.backward()
+                dp_optimizer.step()
+                loss_sum += float(loss.item())
+                seen += int(xb.shape[0])
+    dp_optimizer.zero_grad(set_to_none=True)
+
+    recorded_steps = _step_count(engine.accountant.history) - _step_count(prior)
+    train_loss = loss_sum / seen if seen else 0.0
+    return get_arrays(dp_module), recorded_steps, train_loss
+
+
+def _train_non_private(
+    *,
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    settings: PrivacySettings,
+    ledger: PrivacyLedger,
+    local_epochs: int,
+    batch_size: int,
+    sample_rate: float,
+    learning_rate: float,
+    sampling_seed: int,
+    device: torch.device,
+) -> RoundTraining:
+    work = _fresh_copy(model, device)
+    loader = DataLoader(
+        _tensors(x, y),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(sampling_seed),
+    )
+    optimizer = torch.optim.SGD(work.parameters(), lr=learning_rate, momentum=MOMENTUM)
+    criterion = nn.CrossEntropyLoss()
+    loss_sum = 0.0
+    seen = 0
+    steps = 0
+    for _ in range(local_epochs):
+        for xb, yb in loader:
+            xb, yb = xb.to(device), yb.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(work(xb), yb)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.item()) * int(xb.shape[0])
+            seen += int(xb.shape[0])
+            steps += 1
+    # A non-private round is recorded with sigma = 0: its epsilon is infinite, and a
+    # later private configuration must not pretend this data was never exposed.
+    ledger.history.append((0.0, sample_rate, steps))
+    return RoundTraining(
+        arrays=get_arrays(work),
+        num_examples=len(x),
+        noise_multiplier=0.0,
+        sample_rate=sample_rate,
+        steps=steps,
+        delta=settings.delta,
+        epsilon=math.inf,
+        accountant=settings.accountant,
+        train_loss=loss_sum / seen if seen else 0.0,
+    )

@@ -1,0 +1,78 @@
+"""What a person sees: a live progress display while a run goes, a table at the end."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .strategies import RoundReport
+
+
+class ProgressMonitor:
+    """Rich progress bar over rounds, showing the current phase and the last accuracy."""
+
+    def __init__(self, *, num_rounds: int, enabled: bool = True, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.enabled = enabled
+        self._progress = Progress(
+            TextColumn("[bold]round {task.fields[round]}/{task.total}[/bold]"),
+            BarColumn(),
+            TextColumn("{task.fields[phase]:<8}"),
+            TextColumn("acc {task.fields[accuracy]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            disable=not enabled,
+            transient=False,
+        )
+        self._task = self._progress.add_task("rounds", total=num_rounds, round=1, phase="setup", accuracy="-")
+
+    def __enter__(self) -> ProgressMonitor:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def phase(self, server_round: int, phase: str) -> None:
+        self._progress.update(self._task, round=server_round, phase=phase)
+
+    def round_done(self, report: RoundReport) -> None:
+        self._progress.update(self._task, advance=1, phase=report.status)
+
+    def evaluated(self, server_round: int, accuracy: float) -> None:
+        self._progress.update(self._task, accuracy=f"{accuracy:.3f}")
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, str):
+        return value
+    return format(value, spec)
+
+
+def results_table(results: dict[str, Any]) -> Table:
+    """Per-round table: accuracy, loss, max epsilon over clients, gas, wall seconds."""
+    label = "private" if results["private"] else "NON-PRIVATE"
+    eps = results["privacy"]["epsilon"]
+    table = Table(title=f"deai-flower run {results['run_id']} ({label}, ε budget {eps}, δ {results['privacy']['delta']})")
+    for column in ("round", "status", "accuracy", "loss", "max ε", "gas used", "seconds"):
+        table.add_column(column, justify="right")
+    initial = results.get("initial") or {}
+    if initial:
+        table.add_row("0", "initial", _fmt(initial.get("accuracy"), ".4f"), _fmt(initial.get("loss"), ".4f"), "-", "-", "-")
+    for r in results["rounds"]:
+        table.add_row(
+            str(r["round"]),
+            r["status"],
+            _fmt(r["accuracy"], ".4f"),
+            _fmt(r["loss"], ".4f"),
+            _fmt(r["epsilon"], ".3f"),
+            f"{r['gas_used']:,}",
+            f"{r['seconds']:.2f}",
+        )
+    return table

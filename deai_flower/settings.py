@@ -1,0 +1,46 @@
+"""What every party of a run needs to know, as one plain, picklable record.
+
+Built once by the experiment from the resolved Hydra config and handed to the
+ServerApp and ClientApp factories; under Flower's simulation engine it travels to the
+client workers, so it holds only plain values (addresses and URLs, not connections).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .privacy import PrivacySettings
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Local training hyper-parameters of every client."""
+
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """A run's fixed parameters and where its chain, contract and store are."""
+
+    seed: int
+    num_clients: int
+    num_rounds: int
+    dataset: str
+    partitioner: str
+    dirichlet_alpha: float
+    test_fraction: float
+    model: str
+    hidden: tuple[int, ...]
+    privacy: PrivacySettings
+    training: TrainingSettings
+    device: str
+    rule: str
+    chain_url: str
+    contract_address: str
+    run_id: int
+    store_kind: str
+    store_location: str
+    max_blob_bytes: int

@@ -1,0 +1,61 @@
+"""Content-addressed storage of model blobs.
+
+Every blob is named by the IPFS CID of its bytes (:mod:`.cid`), so a CID recorded on
+chain identifies exactly one blob whichever store holds it. Stores implement
+:class:`ContentStore`; :class:`LocalStore` is the embedded, daemon-free one. The blobs
+themselves are canonical safetensors files built and checked by :mod:`.blob`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from deai_flower.storage.blob import ALLOWED_DTYPES, array_spec, decode_arrays, encode_arrays
+from deai_flower.storage.cid import (
+    cid_from_bytes,
+    cid_to_bytes,
+    compute_cid,
+    compute_cid_of_file,
+    validate_cid,
+)
+from deai_flower.storage.local import LocalStore
+
+__all__ = [
+    "ALLOWED_DTYPES",
+    "ContentStore",
+    "LocalStore",
+    "array_spec",
+    "cid_from_bytes",
+    "cid_to_bytes",
+    "compute_cid",
+    "compute_cid_of_file",
+    "decode_arrays",
+    "encode_arrays",
+    "validate_cid",
+]
+
+
+@runtime_checkable
+class ContentStore(Protocol):
+    """What the engine needs from a blob store, whatever backs it.
+
+    Implementations must return from :meth:`put` the CID :func:`compute_cid` gives for
+    the same bytes, and must verify in :meth:`get` that the bytes they return hash to
+    the requested CID, raising :class:`~deai_flower.errors.TamperedBlobError` if not.
+    """
+
+    def put(self, data: bytes) -> str:
+        """Store ``data``; return its CID. Idempotent."""
+        ...
+
+    def get(self, cid: str) -> bytes:
+        """Return the verified bytes of ``cid``; :class:`BlobNotFoundError` if absent."""
+        ...
+
+    def has(self, cid: str) -> bool:
+        """Whether ``cid`` is available from this store."""
+        ...
+
+    def describe(self) -> dict[str, str]:
+        """``{"kind": ..., "location": ...}`` for logs and run manifests."""
+        ...

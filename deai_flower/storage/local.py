@@ -1,0 +1,182 @@
+"""The embedded content store: blobs in a local directory, named by their IPFS CID.
+
+It needs no daemon, so simulations and tests run anywhere, yet every blob carries the
+CID a real IPFS node would give it (see :mod:`deai_flower.storage.cid`), so switching a
+deployment to IPFS changes no identifier recorded on chain.
+
+Layout: ``<root>/<shard>/<cid>``, where ``<shard>`` is the two characters after the
+constant seven-character prefix (``bafkrei`` for raw blocks, ``bafybei`` for dag-pb
+roots). Those characters come from the digest, so the shard directories stay small and
+evenly filled. Writes go to a temporary file in the same file system, are flushed to
+disk and then renamed into place, so a reader never sees a half-written blob and a
+crash leaves at most a stray ``.incoming-*`` file.
+
+Nothing read from disk is trusted: :meth:`LocalStore.get` and
+:meth:`LocalStore.get_to_file` recompute the CID and refuse bytes that do not match it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from deai_flower.errors import (
+    BlobNotFoundError,
+    StoreError,
+    StoreUnavailableError,
+    TamperedBlobError,
+)
+from deai_flower.storage.cid import CHUNK_SIZE, CidHasher, compute_cid, validate_cid
+
+__all__ = ["LocalStore"]
+
+_PREFIX_LEN = len("bafkrei")
+_SHARD_LEN = 2
+_TEMP_PREFIX = ".incoming-"
+_COPY_SIZE = 16 * CHUNK_SIZE
+_FILE_MODE = 0o644
+
+
+class LocalStore:
+    """Content-addressed blob store in a directory; see the module docstring for layout."""
+
+    kind = "local"
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self._root = Path(root)
+        try:
+            self._root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailableError(
+                f"cannot create store directory {self._root}: {exc}"
+            ) from exc
+
+    def describe(self) -> dict[str, str]:
+        """Where blobs live, for logs and run manifests."""
+        return {"kind": self.kind, "location": str(self._root)}
+
+    def put(self, data: bytes) -> str:
+        """Store ``data`` and return its CID; storing the same bytes again is a no-op."""
+        cid = compute_cid(data)
+        target = self._path(cid)
+        if _has_size(target, len(data)):
+            return cid
+        with self._incoming(target.parent) as (handle, temp):
+            handle.write(data)
+            self._commit(handle, temp, target)
+        return cid
+
+    def put_file(self, path: str | os.PathLike[str]) -> str:
+        """Store a file's bytes and return their CID, streaming so size is not bounded by RAM."""
+        hasher = CidHasher()
+        buffer = bytearray(_COPY_SIZE)
+        view = memoryview(buffer)
+        try:
+            source = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise StoreError(f"cannot read {path}: {exc}") from exc
+        with source, self._incoming(self._root) as (handle, temp):
+            while count := source.readinto(buffer):
+                hasher.update(view[:count])
+                handle.write(view[:count])
+            cid = hasher.finalize()
+            target = self._path(cid)
+            target.parent.mkdir(exist_ok=True)
+            self._commit(handle, temp, target)
+        return cid
+
+    def get(self, cid: str) -> bytes:
+        """The bytes stored under ``cid``, verified against it.
+
+        Raises :class:`BlobNotFoundError` if absent and :class:`TamperedBlobError` if the
+        stored bytes no longer hash to ``cid`` (disk corruption or tampering).
+        """
+        with self._open_blob(cid) as source:
+            try:
+                data = source.read()
+            except OSError as exc:
+                raise StoreError(f"cannot read blob {cid}: {exc}") from exc
+        actual = compute_cid(data)
+        if actual != cid:
+            raise TamperedBlobError(_tampered(cid, actual))
+        return data
+
+    def get_to_file(self, cid: str, path: str | os.PathLike[str]) -> None:
+        """Write the verified bytes of ``cid`` to ``path`` without holding them in memory.
+
+        The destination is replaced only once the whole blob has been checked, so on
+        :class:`TamperedBlobError` an existing file at ``path`` is left untouched.
+        """
+        source = self._open_blob(cid)
+        destination = Path(path)
+        hasher = CidHasher()
+        buffer = bytearray(_COPY_SIZE)
+        view = memoryview(buffer)
+        with source, self._incoming(destination.parent) as (handle, temp):
+            while count := source.readinto(buffer):
+                hasher.update(view[:count])
+                handle.write(view[:count])
+            actual = hasher.finalize()
+            if actual != cid:
+                raise TamperedBlobError(_tampered(cid, actual))
+            self._commit(handle, temp, destination)
+
+    def has(self, cid: str) -> bool:
+        """Whether a blob is stored under ``cid`` (not verified; :meth:`get` verifies)."""
+        return self._path(validate_cid(cid)).is_file()
+
+    def _open_blob(self, cid: str) -> BinaryIO:
+        """Open the stored file of a validated ``cid`` for unbuffered reading."""
+        try:
+            return open(self._path(validate_cid(cid)), "rb", buffering=0)
+        except FileNotFoundError as exc:
+            raise BlobNotFoundError(f"blob {cid} is not in the store at {self._root}") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot open blob {cid}: {exc}") from exc
+
+    def _path(self, cid: str) -> Path:
+        return self._root / cid[_PREFIX_LEN : _PREFIX_LEN + _SHARD_LEN] / cid
+
+    @contextlib.contextmanager
+    def _incoming(self, directory: Path) -> Iterator[tuple[BinaryIO, Path]]:
+        """A temporary file in ``directory``, removed unless :meth:`_commit` renamed it."""
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=directory)
+        except OSError as exc:
+            raise StoreError(f"cannot create a temporary file in {directory}: {exc}") from exc
+        temp = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                yield handle, temp
+        except OSError as exc:
+            raise StoreError(f"store I/O failed while writing {temp}: {exc}") from exc
+        finally:
+            temp.unlink(missing_ok=True)
+
+    @staticmethod
+    def _commit(handle: BinaryIO, temp: Path, target: Path) -> None:
+        """Make the temporary file durable, then atomically give it its final name.
+
+        Blobs are public content (they are meant for IPFS), so the file is made
+        world-readable rather than keeping the owner-only mode of a temporary file.
+        """
+        handle.flush()
+        os.fchmod(handle.fileno(), _FILE_MODE)
+        os.fsync(handle.fileno())
+        os.replace(temp, target)
+
+
+def _tampered(cid: str, actual: str) -> str:
+    return f"blob {cid} is corrupted or tampered with: its stored bytes hash to {actual}"
+
+
+def _has_size(path: Path, size: int) -> bool:
+    try:
+        return path.stat().st_size == size
+    except FileNotFoundError:
+        return False

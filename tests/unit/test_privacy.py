@@ -1,0 +1,318 @@
+"""Tests for deai_flower.privacy: DP-SGD rounds, the persistent ledger, settings."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord
+from opacus import GradSampleModule
+from opacus.accountants import PRVAccountant, RDPAccountant
+from torch import nn
+
+import deai_flower.privacy as privacy
+from deai_flower.data import load_dataset
+from deai_flower.errors import ConfigError, PrivacyBudgetExhaustedError, PrivacyError
+from deai_flower.models import build_model, get_arrays
+from deai_flower.privacy import PrivacyLedger, PrivacySettings, RoundTraining, train_round
+
+CPU = torch.device("cpu")
+# 210 rows at batch 50: q = 50/210, which differs from Opacus' own 1/len(loader) = 1/4,
+# so the tests notice if the wrong sampling rate reaches the accountant.
+ROWS = 210
+BATCH = 50
+STEPS_PER_EPOCH = 4  # floor(210 / 50)
+DELTA = 1e-5
+# Every private test below plans 2 rounds of one epoch at this q, so the (slow, ~1 s)
+# noise calibration is computed once and shared through the module's cache.
+PLANNED_ROUNDS = 2
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    split = load_dataset("digits", seed=0)
+    return split.x_train[:ROWS], split.y_train[:ROWS]
+
+
+def _model(seed: int = 0) -> nn.Module:
+    return build_model("mlp", num_features=64, num_classes=10, hidden=(16,), seed=seed)
+
+
+def _settings(**overrides: object) -> PrivacySettings:
+    values: dict[str, object] = {
+        "epsilon": 8.0,
+        "delta": DELTA,
+        "max_grad_norm": 1.0,
+        "accountant": "rdp",
+    }
+    values.update(overrides)
+    return PrivacySettings(**values)  # type: ignore[arg-type]
+
+
+def _round(
+    data: tuple[np.ndarray, np.ndarray],
+    ledger: PrivacyLedger,
+    *,
+    model: nn.Module | None = None,
+    settings: PrivacySettings | None = None,
+    seed: int = 0,
+) -> RoundTraining:
+    x, y = data
+    return train_round(
+        model=model if model is not None else _model(),
+        x=x,
+        y=y,
+        settings=settings or _settings(),
+        ledger=ledger,
+        planned_rounds=PLANNED_ROUNDS,
+        local_epochs=1,
+        batch_size=BATCH,
+        learning_rate=0.5,
+        seed=seed,
+        device=CPU,
+    )
+
+
+def _has_hooks(model: nn.Module) -> bool:
+    return any(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules()
+    )
+
+
+# --- accounting ------------------------------------------------------------------------
+
+
+def test_two_rounds_match_an_independent_opacus_accountant(data) -> None:
+    ledger = PrivacyLedger()
+    first = _round(data, ledger, seed=1)
+    second = _round(data, ledger, seed=2)
+
+    q = BATCH / ROWS
+    sigma = ledger.noise_multiplier
+    assert sigma is not None and sigma > 0
+    assert ledger.history == [(sigma, q, STEPS_PER_EPOCH), (sigma, q, STEPS_PER_EPOCH)]
+    assert (first.noise_multiplier, first.sample_rate, first.steps) == (sigma, q, STEPS_PER_EPOCH)
+    assert second.noise_multiplier == sigma  # calibrated once, then reused
+
+    reference = RDPAccountant()
+    reference.history = list(ledger.history[:1])
+    assert first.epsilon == pytest.approx(reference.get_epsilon(delta=DELTA), rel=1e-9)
+    reference.history = list(ledger.history)
+    assert second.epsilon == pytest.approx(reference.get_epsilon(delta=DELTA), rel=1e-9)
+    assert ledger.epsilon(DELTA, "rdp") == pytest.approx(second.epsilon, rel=1e-12)
+
+    # Calibrated for the planned rounds: the last one lands on (not over) the budget.
+    assert 0 < first.epsilon < second.epsilon <= 8.0 + 1e-9
+    assert second.epsilon > 7.9
+    assert (first.delta, first.accountant) == (DELTA, "rdp")
+
+
+def test_empty_ledger_spends_nothing() -> None:
+    assert PrivacyLedger().epsilon(DELTA, "rdp") == 0.0
+    assert PrivacyLedger().epsilon(DELTA, "prv") == 0.0
+
+
+def test_prv_ledger_matches_opacus_prv_accountant() -> None:
+    ledger = PrivacyLedger(history=[(1.1, 0.25, 4), (1.1, 0.25, 4)])
+    reference = PRVAccountant()
+    reference.history = [(1.1, 0.25, 8)]
+    assert ledger.epsilon(DELTA, "prv") == pytest.approx(reference.get_epsilon(delta=DELTA))
+    # PRV is the tighter accountant.
+    assert ledger.epsilon(DELTA, "prv") < ledger.epsilon(DELTA, "rdp")
+
+
+def test_non_private_rounds_spend_infinite_epsilon() -> None:
+    ledger = PrivacyLedger(history=[(1.1, 0.25, 4), (0.0, 0.25, 5)])
+    assert ledger.epsilon(DELTA, "rdp") == math.inf
+
+
+def test_ledger_record_roundtrip_through_config_record(data) -> None:
+    ledger = PrivacyLedger()
+    _round(data, ledger)
+    record = ConfigRecord(ledger.to_record())  # Flower accepts the value types
+    restored = PrivacyLedger.from_record(dict(record))
+    assert restored == ledger
+    assert restored.epsilon(DELTA, "rdp") == ledger.epsilon(DELTA, "rdp")
+
+    empty = PrivacyLedger.from_record(dict(ConfigRecord(PrivacyLedger().to_record())))
+    assert empty == PrivacyLedger()
+    assert empty.noise_multiplier is None
+
+
+def test_malformed_ledger_record_is_a_privacy_error() -> None:
+    with pytest.raises(PrivacyError, match="differ in length"):
+        PrivacyLedger.from_record({"noise_multipliers": [1.0], "sample_rates": [], "steps": []})
+
+
+# --- training --------------------------------------------------------------------------
+
+
+def test_budget_exhaustion_raises_and_leaves_ledger_unchanged(data) -> None:
+    ledger = PrivacyLedger()
+    for seed in range(PLANNED_ROUNDS):
+        _round(data, ledger, seed=seed)
+    before = copy.deepcopy(ledger)
+    with pytest.raises(PrivacyBudgetExhaustedError, match=r"would spend ε=\S+ > budget ε=8"):
+        _round(data, ledger, seed=99)
+    assert ledger == before
+
+
+def test_budget_too_small_for_a_first_round_is_refused(data) -> None:
+    # A ledger calibrated elsewhere for a larger budget cannot spend a smaller one.
+    ledger = PrivacyLedger()
+    _round(data, ledger)
+    before = copy.deepcopy(ledger)
+    with pytest.raises(PrivacyBudgetExhaustedError):
+        _round(data, ledger, settings=_settings(epsilon=1.0))
+    assert ledger == before
+
+
+def test_training_twice_with_one_model_and_ledger(data) -> None:
+    model = _model()
+    initial = get_arrays(model)
+    ledger = PrivacyLedger()
+    first = _round(data, ledger, model=model, seed=1)
+    # Reusing the same module must not hit Opacus' "hooks registered twice" error.
+    second = _round(data, ledger, model=model, seed=2)
+    assert len(ledger.history) == 2
+    # The caller's module is neither trained nor hooked.
+    for name, value in get_arrays(model).items():
+        np.testing.assert_array_equal(value, initial[name])
+    assert not _has_hooks(model)
+    assert any(not np.array_equal(first.arrays[k], second.arrays[k]) for k in first.arrays)
+
+
+def test_an_opacus_wrapped_model_is_accepted(data) -> None:
+    wrapped = GradSampleModule(_model())
+    result = _round(data, PrivacyLedger(), model=wrapped)
+    assert set(result.arrays) == set(get_arrays(_model()))
+
+
+def test_round_returns_unwrapped_float32_arrays_that_moved(data) -> None:
+    model = _model()
+    result = _round(data, PrivacyLedger(), model=model)
+    initial = get_arrays(model)
+    assert set(result.arrays) == set(initial)
+    assert not any(name.startswith("_module.") for name in result.arrays)
+    for name, value in result.arrays.items():
+        assert value.dtype == np.float32
+        assert value.shape == initial[name].shape
+        assert np.isfinite(value).all()
+    assert any(not np.array_equal(result.arrays[k], initial[k]) for k in initial)
+    assert result.num_examples == ROWS
+    assert math.isfinite(result.train_loss) and result.train_loss > 0
+
+
+def test_training_is_deterministic_for_a_seed(data) -> None:
+    a = _round(data, PrivacyLedger(), seed=5)
+    b = _round(data, PrivacyLedger(), seed=5)
+    c = _round(data, PrivacyLedger(), seed=6)
+    for name in a.arrays:
+        np.testing.assert_array_equal(a.arrays[name], b.arrays[name])
+    assert a.train_loss == b.train_loss
+    assert any(not np.array_equal(a.arrays[k], c.arrays[k]) for k in a.arrays)
+
+
+def test_ghost_clipping_matches_hooks(data, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Both per-sample-gradient modes implement the same DP-SGD step: with the same
+    # seed (same batches and noise) they must produce the same weights.
+    monkeypatch.setattr(privacy, "GRAD_SAMPLE_MODE", "ghost")
+    ghost = _round(data, PrivacyLedger(), seed=3)
+    monkeypatch.setattr(privacy, "GRAD_SAMPLE_MODE", "hooks")
+    hooks = _round(data, PrivacyLedger(), seed=3)
+    for name in ghost.arrays:
+        np.testing.assert_allclose(ghost.arrays[name], hooks.arrays[name], atol=1e-5)
+
+
+def test_empty_poisson_batches_keep_weights_finite() -> None:
+    # Ten rows at q = 0.1: Poisson sampling draws empty batches; each must still be a
+    # (noise-only) step rather than poisoning the weights with NaN.
+    split = load_dataset("digits", seed=0)
+    ledger = PrivacyLedger(noise_multiplier=1.0)
+    result = train_round(
+        model=_model(),
+        x=split.x_train[:10],
+        y=split.y_train[:10],
+        settings=_settings(epsilon=1e6),
+        ledger=ledger,
+        planned_rounds=1,
+        local_epochs=3,
+        batch_size=1,
+        learning_rate=0.1,
+        seed=0,
+        device=CPU,
+    )
+    assert result.steps == 30
+    assert all(np.isfinite(v).all() for v in result.arrays.values())
+
+
+def test_non_private_mode(data) -> None:
+    ledger = PrivacyLedger()
+    model = _model()
+    result = _round(data, ledger, model=model, settings=_settings(epsilon=math.inf))
+    assert result.epsilon == math.inf
+    assert result.noise_multiplier == 0.0
+    assert result.steps == math.ceil(ROWS / BATCH)  # one shuffled pass, last batch partial
+    assert result.sample_rate == BATCH / ROWS
+    assert ledger.history == [(0.0, BATCH / ROWS, result.steps)]
+    assert ledger.noise_multiplier is None
+    initial = get_arrays(model)
+    assert any(not np.array_equal(result.arrays[k], initial[k]) for k in initial)
+    assert not _has_hooks(model)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("torchcsprng") is not None, reason="torchcsprng is installed"
+)
+def test_secure_mode_without_torchcsprng_is_a_privacy_error(data) -> None:
+    with pytest.raises(PrivacyError, match="torchcsprng"):
+        _round(data, PrivacyLedger(), settings=_settings(secure_mode=True))
+
+
+def test_invalid_training_arguments_are_config_errors(data) -> None:
+    x, y = data
+    with pytest.raises(ConfigError, match="planned_rounds"):
+        train_round(
+            model=_model(),
+            x=x,
+            y=y,
+            settings=_settings(),
+            ledger=PrivacyLedger(),
+            planned_rounds=0,
+            local_epochs=1,
+            batch_size=BATCH,
+            learning_rate=0.5,
+            seed=0,
+            device=CPU,
+        )
+
+
+# --- settings --------------------------------------------------------------------------
+
+
+def test_settings_validation_messages() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"^privacy\.epsilon must be > 0 \(got -1\.0\); use inf for a non-private run$",
+    ):
+        _settings(epsilon=-1.0)
+    with pytest.raises(ConfigError, match=r"privacy\.epsilon must be > 0"):
+        _settings(epsilon=0.0)
+    with pytest.raises(ConfigError, match=r"privacy\.epsilon"):
+        _settings(epsilon=float("nan"))
+    for delta in (0.0, 1.0, -0.1):
+        with pytest.raises(ConfigError, match=r"privacy\.delta must be in \(0, 1\)"):
+            _settings(delta=delta)
+    with pytest.raises(ConfigError, match=r"privacy\.max_grad_norm must be"):
+        _settings(max_grad_norm=0.0)
+    with pytest.raises(ConfigError, match=r"privacy\.accountant must be one of: prv, rdp"):
+        _settings(accountant="gdp")
+
+
+def test_settings_private_flag() -> None:
+    assert _settings().private
+    assert not _settings(epsilon=math.inf).private
