@@ -120,7 +120,10 @@ contract CommitRevealRounds {
     error NotAdmin(address caller);
     error AlreadyRegistered(address participant);
     error NotRegistered(address participant);
-    error InvalidRunParams(string reason);
+    error ZeroRounds();
+    error InvalidQuorum(uint16 quorum, uint16 minReveals);
+    error InvalidSampleRate(uint16 sampleBps);
+    error InvalidPhaseDurations(uint32 commitDuration, uint32 revealDuration, uint32 attestDuration);
     error UnknownRun(uint256 runId);
     error RunComplete(uint256 runId, uint32 finalizedRounds);
     error PreviousRoundOpen(uint256 runId, uint32 round, Phase current);
@@ -129,7 +132,7 @@ contract CommitRevealRounds {
     error AlreadyCommitted(uint256 runId, uint32 round, address participant);
     error NotCommitted(uint256 runId, uint32 round, address participant);
     error CommitmentMismatch(uint256 runId, uint32 round, address participant, bytes32 committed, bytes32 revealed);
-    error InvalidCid(bytes cid);
+    error InvalidCid(bytes4 prefix, uint256 length);
     error ZeroExamples(uint256 runId, uint32 round, address participant);
     error DeltaMismatch(uint256 runId, uint128 expectedWad, uint128 revealedWad);
     error EpsilonDecreased(uint256 runId, address participant, uint256 previousWad, uint256 revealedWad);
@@ -237,12 +240,13 @@ contract CommitRevealRounds {
     /// @param params the run's parameters, fixed for its lifetime
     /// @return runId the new run's id (1-based)
     function createRun(RunParams calldata params) external onlyAdmin returns (uint256 runId) {
-        if (params.numRounds == 0) revert InvalidRunParams("numRounds must be > 0");
-        if (params.quorum == 0) revert InvalidRunParams("quorum must be > 0");
-        if (params.minReveals < params.quorum) revert InvalidRunParams("minReveals must be >= quorum");
-        if (params.sampleBps == 0 || params.sampleBps > _BPS) revert InvalidRunParams("sampleBps must be in 1..10000");
+        if (params.numRounds == 0) revert ZeroRounds();
+        if (params.quorum == 0 || params.minReveals < params.quorum) {
+            revert InvalidQuorum(params.quorum, params.minReveals);
+        }
+        if (params.sampleBps == 0 || params.sampleBps > _BPS) revert InvalidSampleRate(params.sampleBps);
         if (params.commitDuration == 0 || params.revealDuration == 0 || params.attestDuration == 0) {
-            revert InvalidRunParams("phase durations must be > 0");
+            revert InvalidPhaseDurations(params.commitDuration, params.revealDuration, params.attestDuration);
         }
         _checkCid(params.initialModelCid);
         runId = ++runCount;
@@ -512,9 +516,7 @@ contract CommitRevealRounds {
 
     /// @dev Accepts CIDv1 with a sha2-256 multihash and codec raw (0x55) or dag-pb (0x70).
     function _checkCid(bytes calldata cid) private pure {
-        if (
-            cid.length != 36 || cid[0] != 0x01 || (cid[1] != 0x55 && cid[1] != 0x70) || cid[2] != 0x12
-                || cid[3] != 0x20
-        ) revert InvalidCid(cid);
+        bytes4 prefix = cid.length >= 4 ? bytes4(cid[:4]) : bytes4(0);
+        if (cid.length != 36 || (prefix != 0x01551220 && prefix != 0x01701220)) revert InvalidCid(prefix, cid.length);
     }
 }

@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 from flwr.common import log
 
 from .chain import DpParams, commitment_of
-from .errors import BlobFormatError, PrivacyBudgetExhaustedError, ProtocolError, StoreError
+from .errors import BlobFormatError, ChainError, PrivacyBudgetExhaustedError, ProtocolError, StoreError
 from .messages import CONFIG, METRICS, STATUS
 from .federation import ClientRuntime, client_runtime
 from .models import set_arrays
@@ -178,6 +178,13 @@ def revealed_updates(runtime: ClientRuntime, round_id: int) -> tuple[list[Reveal
     return updates, rejected
 
 
+def _finalized_reply(message: Message, runtime: ClientRuntime, result_cid: str) -> Message:
+    """Reply of an attester that found the round already finalized by the quorum."""
+    final = cid_from_bytes(bytes(runtime.contract.get_run(runtime.settings.run_id)["modelCid"]))
+    state = "agreed" if final == result_cid else "disagreed"
+    return _reply(message, status={"state": state, "address": runtime.account.address, "cid": result_cid})
+
+
 def handle_attest(settings: RunSettings, message: Message, context: Context) -> Message:
     """Aggregate the round's revealed updates independently and attest the result's CID."""
     round_id = int(message.content[CONFIG]["round"])
@@ -191,10 +198,14 @@ def handle_attest(settings: RunSettings, message: Message, context: Context) -> 
     result_cid = runtime.store.put(encode_arrays(aggregated))
     contract = runtime.contract
     if contract.phase(settings.run_id, round_id) == "finalized":
-        final = cid_from_bytes(bytes(contract.get_run(settings.run_id)["modelCid"]))
-        state = "agreed" if final == result_cid else "disagreed"
-        return _reply(message, status={"state": state, "address": runtime.account.address, "cid": result_cid})
-    tx = contract.attest(settings.run_id, round_id, cid_to_bytes(result_cid))
+        return _finalized_reply(message, runtime, result_cid)
+    try:
+        tx = contract.attest(settings.run_id, round_id, cid_to_bytes(result_cid))
+    except ChainError:
+        # Other attesters may have reached the quorum while this one aggregated.
+        if contract.phase(settings.run_id, round_id) != "finalized":
+            raise
+        return _finalized_reply(message, runtime, result_cid)
     return _reply(
         message,
         status={"state": "attested", "address": runtime.account.address, "cid": result_cid},

@@ -178,6 +178,9 @@ class RoundsContract:
     def register(self, participant: str, identity: bytes) -> TxResult:
         return self._transact("register", to_checksum_address(participant), identity)
 
+    def revoke(self, participant: str) -> TxResult:
+        return self._transact("revoke", to_checksum_address(participant))
+
     def create_run(self, params: dict[str, Any]) -> tuple[int, TxResult]:
         """Create a run; ``params`` maps ``RunParams`` field names to values."""
         order = [

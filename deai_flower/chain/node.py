@@ -71,6 +71,7 @@ class ChainNode:
             return
         if self._tester is not None:
             self._tester.time_travel(timestamp)
+            self._tester.mine_blocks(1)  # calls then see the new time, as on a real node
             return
         try:
             self.w3.provider.make_request("evm_setNextBlockTimestamp", [timestamp])

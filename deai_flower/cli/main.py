@@ -27,7 +27,7 @@ def main(cfg: DictConfig) -> None:
     try:
         results = run_experiment(cfg, output_dir=output_dir)
     except DeaiError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     console.print(results_table(results))
     final = results["rounds"][-1] if results["rounds"] else {}
@@ -36,7 +36,3 @@ def main(cfg: DictConfig) -> None:
         f"results {output_dir / 'results.json'} · {results['wall_seconds']:.1f}s",
         highlight=False,
     )
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,82 @@
+"""``deai``: tools around a run — the content store for now.
+
+    deai store add FILE            store FILE, print its CID (ipfs add --cid-version=1)
+    deai store get CID [-o OUT]    write the verified blob to OUT (default: stdout)
+    deai store verify CID          check the stored blob still matches its CID
+
+The store is the embedded one at ``--root`` (default: ``$DEAI_STORE_ROOT``, else
+``./store``); a run keeps its blobs in ``<output dir>/store``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from ..errors import DeaiError
+from ..storage import LocalStore, validate_cid
+
+
+def _store(args: argparse.Namespace) -> LocalStore:
+    return LocalStore(args.root)
+
+
+def _add(args: argparse.Namespace) -> None:
+    path = Path(args.file)
+    if not path.is_file():
+        raise DeaiError(f"no such file: {path}")
+    print(_store(args).put_file(path))
+
+
+def _get(args: argparse.Namespace) -> None:
+    store = _store(args)
+    cid = validate_cid(args.cid)
+    if args.output:
+        store.get_to_file(cid, args.output)
+    else:
+        sys.stdout.buffer.write(store.get(cid))
+        sys.stdout.buffer.flush()
+
+
+def _verify(args: argparse.Namespace) -> None:
+    cid = validate_cid(args.cid)
+    _store(args).get(cid)  # raises if missing or tampered
+    print(f"ok {cid}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deai", description="deai-flower tools")
+    groups = parser.add_subparsers(dest="group", required=True)
+    store = groups.add_parser("store", help="the content-addressed blob store")
+    store.add_argument("--root", default=os.environ.get("DEAI_STORE_ROOT", "store"),
+                       help="embedded store directory (default: $DEAI_STORE_ROOT or ./store)")  # fmt: skip
+    actions = store.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="store a file and print its CID")
+    add.add_argument("file")
+    add.set_defaults(func=_add)
+    get = actions.add_parser("get", help="write a blob, verified against its CID")
+    get.add_argument("cid")
+    get.add_argument("-o", "--output", help="output file (default: standard output)")
+    get.set_defaults(func=_get)
+    verify = actions.add_parser("verify", help="check a stored blob against its CID")
+    verify.add_argument("cid")
+    verify.set_defaults(func=_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except DeaiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""A whole experiment on the embedded defaults, checked by an independent recomputation.
+
+The verifier below uses only the published protocol: hashlib for the CID of a
+single-chunk raw blob, eth_abi/keccak for commitments, the safetensors library for
+decoding, numpy for the weighted mean. It does not import the strategy or store code.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from eth_abi import encode
+from eth_utils import keccak, to_canonical_address
+from hydra import compose, initialize_config_module
+from safetensors.numpy import load as load_safetensors
+
+from deai_flower.config import register_configs
+from deai_flower.experiment import run_experiment
+
+pytestmark = pytest.mark.slow
+
+DP_FIELDS = ("noiseMultiplierWad", "sampleRateWad", "steps", "deltaWad", "epsilonWad", "accountant")
+SMALL = ["num_clients=3", "num_rounds=2", "progress=false", "training.local_epochs=1"]
+
+
+def compose_with(*overrides: str):
+    register_configs()
+    with initialize_config_module(config_module="deai_flower.conf", version_base=None):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("run")
+    run_experiment(compose_with(*SMALL), output_dir=out)
+    return out, json.loads((out / "results.json").read_text())
+
+
+def cid_string(raw_hex: str) -> str:
+    return "b" + base64.b32encode(bytes.fromhex(raw_hex[2:])).decode().lower().rstrip("=")
+
+
+def read_blob(store: Path, cid_hex: str) -> bytes:
+    raw = bytes.fromhex(cid_hex[2:])
+    assert raw[:4] == bytes([0x01, 0x55, 0x12, 0x20]), "expected a single-chunk raw-leaf CID"
+    (path,) = list(store.rglob(cid_string(cid_hex)))
+    blob = path.read_bytes()
+    assert hashlib.sha256(blob).digest() == raw[4:], f"blob {path.name} does not match its CID"
+    return blob
+
+
+def test_results_have_the_documented_fields(finished_run: tuple[Path, dict[str, Any]]) -> None:
+    _, results = finished_run
+    for key in ("rounds", "contract_address", "chain", "store", "global_model_cids", "events"):
+        assert key in results
+    assert results["chain"]["kind"] == "embedded" and results["store"]["kind"] == "local"
+    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    for r in results["rounds"]:
+        assert r["status"] == "finalized"
+        assert set(r) >= {"round", "accuracy", "loss", "epsilon", "gas_used", "seconds"}
+        assert 0 < r["epsilon"] <= 8.0 and r["gas_used"] > 0
+    assert results["rounds"][-1]["accuracy"] > 0.3  # chance is 0.1
+    assert len(results["global_model_cids"]) == 3
+
+
+def test_aggregate_recomputed_independently_equals_the_finalized_model(
+    finished_run: tuple[Path, dict[str, Any]],
+) -> None:
+    out, results = finished_run
+    store = Path(results["store"]["location"])
+    events = results["events"]
+    finalized = [e for e in events if e["event"] == "RoundFinalized"]
+    assert len(finalized) == 2
+    for fin in finalized:
+        round_id = fin["args"]["round"]
+        reveals = [e["args"] for e in events if e["event"] == "Revealed" and e["args"]["round"] == round_id]
+        assert len(reveals) == 3
+        reveals.sort(key=lambda a: int(a["participant"], 16))  # canonical order: by address
+        arrays = [load_safetensors(read_blob(store, a["cid"])) for a in reveals]
+        weights = [a["numExamples"] for a in reveals]
+        total = sum(weights)
+        expected = {
+            name: sum(arr[name].astype(np.float64) * (w / total) for arr, w in zip(arrays, weights)).astype(np.float32)
+            for name in arrays[0]
+        }
+        final = load_safetensors(read_blob(store, fin["args"]["resultCid"]))
+        assert final.keys() == expected.keys()
+        for name in final:
+            np.testing.assert_array_equal(final[name], expected[name])
+
+
+def test_every_reveal_opens_its_commitment(finished_run: tuple[Path, dict[str, Any]]) -> None:
+    _, results = finished_run
+    events = results["events"]
+    commitments = {(e["args"]["round"], e["args"]["participant"]): e["args"]["commitment"]
+                   for e in events if e["event"] == "Committed"}  # fmt: skip
+    reveals = [e["args"] for e in events if e["event"] == "Revealed"]
+    assert reveals and len(reveals) == len(commitments)
+    for a in reveals:
+        preimage = encode(
+            ["uint256", "address", "uint256", "uint32", "address", "bytes", "uint64",
+             "(uint128,uint128,uint32,uint128,uint128,uint8)", "bytes32"],
+            [results["chain"]["chain_id"], to_canonical_address(results["contract_address"]), a["runId"], a["round"],
+             to_canonical_address(a["participant"]), bytes.fromhex(a["cid"][2:]), a["numExamples"], tuple(a["dp"][k] for k in DP_FIELDS),
+             bytes.fromhex(a["salt"][2:])],
+        )  # fmt: skip
+        assert "0x" + keccak(preimage).hex() == commitments[(a["round"], a["participant"])]
+
+
+def test_the_same_seed_gives_the_same_models(
+    finished_run: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    _, first = finished_run
+    run_experiment(compose_with(*SMALL), output_dir=tmp_path)
+    second = json.loads((tmp_path / "results.json").read_text())
+    assert second["global_model_cids"] == first["global_model_cids"]

@@ -1,0 +1,45 @@
+"""Helpers shared by the tests (importable: ``tests`` is on pytest's pythonpath)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+
+from deai_flower.chain import RoundsContract, to_wad
+from deai_flower.chain.node import ChainNode
+
+
+def cid_of(tag: int, codec: int = 0x55) -> bytes:
+    """A well-formed binary CIDv1 (sha2-256) with a recognisable digest."""
+    return bytes([0x01, codec, 0x12, 0x20]) + bytes([tag % 256]) * 32
+
+
+@dataclass
+class Deployment:
+    node: ChainNode
+    admin: RoundsContract
+    clients: list[LocalAccount]
+
+    def as_client(self, i: int) -> RoundsContract:
+        return self.admin.as_account(self.clients[i])
+
+    def create_run(self, **overrides: Any) -> int:
+        params = {
+            "configHash": b"\x01" * 32,
+            "codeHash": b"\x02" * 32,
+            "initialModelCid": cid_of(0),
+            "epsilonBudgetWad": to_wad(8.0),
+            "deltaWad": to_wad(1e-5),
+            "numRounds": 3,
+            "commitDuration": 100,
+            "revealDuration": 100,
+            "attestDuration": 100,
+            "sampleBps": 10_000,
+            "quorum": 2,
+            "minReveals": 2,
+        }
+        params.update(overrides)
+        run_id, _ = self.admin.create_run(params)
+        return run_id

@@ -1,0 +1,76 @@
+"""Python encodings equal the contract's, byte for byte (property tests on real bytecode)."""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deai_flower.chain import DpParams, RoundsContract, commitment_of, connect_embedded, from_wad, simulation_key
+from deai_flower.chain.protocol import UINT128_MAX, next_beacon, to_wad, xor_salts
+
+
+@cache
+def contract() -> RoundsContract:
+    node = connect_embedded()
+    admin = simulation_key(seed=7, role="coordinator")
+    node.fund([admin.address])
+    deployed, _ = RoundsContract.deploy(node, admin)
+    return deployed
+
+
+uint128 = st.integers(min_value=0, max_value=UINT128_MAX)
+dp_params = st.builds(
+    DpParams,
+    noise_multiplier_wad=uint128,
+    sample_rate_wad=uint128,
+    steps=st.integers(min_value=0, max_value=2**32 - 1),
+    delta_wad=uint128,
+    epsilon_wad=uint128,
+    accountant=st.integers(min_value=0, max_value=2),
+)
+addresses = st.binary(min_size=20, max_size=20).map(lambda b: "0x" + b.hex())
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    run_id=st.integers(min_value=0, max_value=2**256 - 1),
+    round_id=st.integers(min_value=0, max_value=2**32 - 1),
+    participant=addresses,
+    cid=st.binary(min_size=0, max_size=80),
+    num_examples=st.integers(min_value=0, max_value=2**64 - 1),
+    dp=dp_params,
+    salt=st.binary(min_size=32, max_size=32),
+)
+def test_commitment_matches_contract(run_id, round_id, participant, cid, num_examples, dp, salt) -> None:
+    c = contract()
+    ours = commitment_of(chain_id=c.node.chain_id, contract=c.address, run_id=run_id, round_id=round_id,
+                         participant=participant, cid=cid, num_examples=num_examples, dp=dp, salt=salt)  # fmt: skip
+    theirs = c.commitment_of(run_id, round_id, participant, cid=cid, num_examples=num_examples, dp=dp, salt=salt)
+    assert ours == theirs
+
+
+@given(st.binary(min_size=20, max_size=20), st.binary(min_size=20, max_size=20))
+def test_commitment_binds_the_sender(a: bytes, b: bytes) -> None:
+    dp = DpParams.from_floats(noise_multiplier=1.0, sample_rate=0.1, steps=1, delta=1e-5, epsilon=1.0, accountant="rdp")
+    common = dict(chain_id=1, contract="0x" + "11" * 20, run_id=1, round_id=1, cid=b"x", num_examples=1, dp=dp,
+                  salt=b"\x00" * 32)  # fmt: skip
+    same = commitment_of(participant="0x" + a.hex(), **common) == commitment_of(participant="0x" + b.hex(), **common)
+    assert same == (a == b)
+
+
+@given(st.floats(min_value=0, max_value=1e9, allow_nan=False))
+def test_wad_roundtrip(value: float) -> None:
+    assert math.isclose(from_wad(to_wad(value)), value, rel_tol=1e-12, abs_tol=1e-18)
+
+
+def test_infinity_is_the_saturated_value() -> None:
+    assert to_wad(math.inf) == UINT128_MAX and from_wad(UINT128_MAX) == math.inf
+
+
+@given(st.lists(st.binary(min_size=32, max_size=32), max_size=6))
+def test_salt_xor_is_order_free(salts: list[bytes]) -> None:
+    assert xor_salts(salts) == xor_salts(list(reversed(salts)))
+    assert len(next_beacon(beacon=b"\x00" * 32, salt_xor=xor_salts(salts))) == 32
