@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from .chain.artifact import load_artifact
 from .client_app import build_client_app
 from .config import validate
 from .data import load_dataset
-from .federation import client_role, open_store, register_embedded_node, unregister_embedded_node
+from .federation import client_role, forget_runtimes, open_store, register_embedded_node, unregister_embedded_node
 from .models import build_model, evaluate, get_arrays, select_device, set_arrays
 from .privacy import PrivacySettings
 from .report import ProgressMonitor
@@ -131,6 +132,7 @@ def run_experiment(cfg: DictConfig, *, output_dir: Path) -> dict[str, Any]:
         store_kind=cfg.storage.kind,
         store_location=str(store_root),
         max_blob_bytes=cfg.storage.max_blob_bytes,
+        session=uuid.uuid4().hex,
     )
 
     evaluation: dict[int, dict[str, float]] = {}
@@ -178,6 +180,7 @@ def run_experiment(cfg: DictConfig, *, output_dir: Path) -> dict[str, Any]:
             bridge.stop()
         elif node.kind == "embedded":
             unregister_embedded_node(chain_url)
+        forget_runtimes(settings.session)
 
     results = _results(cfg, strategy.reports, evaluation, contract=contract, run_id=run_id, node=node, store=store,
                        initial_cid=initial_cid, setup_gas=setup_gas, first_block=first_block,

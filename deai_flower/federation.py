@@ -26,7 +26,7 @@ from .settings import RunSettings
 from .storage import ContentStore, LocalStore, array_spec
 
 _EMBEDDED_NODES: dict[str, ChainNode] = {}
-_RUNTIMES: dict[tuple[str, int, int], ClientRuntime] = {}
+_RUNTIMES: dict[tuple[str, int], ClientRuntime] = {}
 _LOCK = threading.Lock()
 
 
@@ -84,13 +84,20 @@ class ClientRuntime:
 
 def client_runtime(settings: RunSettings, partition_id: int) -> ClientRuntime:
     """The (cached) runtime of simulated client ``partition_id``."""
-    key = (settings.contract_address, settings.run_id, partition_id)
+    key = (settings.session, partition_id)
     with _LOCK:
         runtime = _RUNTIMES.get(key)
         if runtime is None:
             runtime = _build_runtime(settings, partition_id)
             _RUNTIMES[key] = runtime
         return runtime
+
+
+def forget_runtimes(session: str) -> None:
+    """Drop the cached clients of a finished experiment."""
+    with _LOCK:
+        for key in [k for k in _RUNTIMES if k[0] == session]:
+            del _RUNTIMES[key]
 
 
 def _build_runtime(settings: RunSettings, partition_id: int) -> ClientRuntime:

@@ -51,11 +51,16 @@ __all__ = [
 
 ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp")
 
-# Per-sample-gradient implementation tried first. Ghost clipping never materialises
-# per-sample gradients, only their norms, and measured at least as fast as "hooks" for
-# the MLP sizes used here on CPU; "hooks" is the fallback for layers ghost clipping does
-# not support.
-GRAD_SAMPLE_MODE = "ghost"
+# Per-sample-gradient implementation: "hooks", "ghost" or "auto". Ghost clipping only
+# computes per-sample gradient *norms* and so scales better with layer width; hooks
+# materialises per-sample gradients and has less overhead on small models. Measured on
+# a 2-core CPU (digits, ~287 rows, batch 64, 3 local epochs, one client round): hidden
+# [64] (4.8k parameters) hooks 17 ms vs ghost 19 ms; [128] (9.6k) hooks 30 ms vs ghost
+# 22 ms; [256, 128] (51k) hooks 115 ms vs ghost 37 ms. "auto" picks by parameter count.
+# Both produce the same update (checked in the tests); "hooks" is also the fallback for
+# layers ghost clipping does not support.
+GRAD_SAMPLE_MODE = "auto"
+_GHOST_MIN_PARAMETERS = 8_000
 _FALLBACK_GRAD_SAMPLE_MODE = "hooks"
 
 # SGD momentum for local training (private and non-private alike).
@@ -322,6 +327,10 @@ def _seeds(seed: int) -> tuple[int, int]:
     return int(sampling) & (2**63 - 1), int(noise) & (2**63 - 1)
 
 
+# Attribute Opacus sets on a module it has hooked (its "hooks twice" check reads it).
+_OPACUS_HOOKS_MARK = "autograd_grad_sample_hooks"
+
+
 def _fresh_copy(model: nn.Module, device: torch.device) -> nn.Module:
     # Never train (or let Opacus hook) the caller's module: train a deep copy.
     base = model._module if isinstance(model, AbstractGradSampleModule) else model
@@ -334,10 +343,6 @@ def _fresh_copy(model: nn.Module, device: torch.device) -> nn.Module:
     work.to(device)
     work.train()
     return work
-
-
-# Attribute Opacus sets on a module it has hooked (its "hooks twice" check reads it).
-_OPACUS_HOOKS_MARK = "autograd_grad_sample_hooks"
 
 
 def _strip_hooks(module: nn.Module) -> None:
@@ -509,6 +514,7 @@ def _make_private(
     sigma: float,
     learning_rate: float,
     expected_batch: int,
+    sample_rate: float,
     noise_generator: torch.Generator | None,
     mode: str,
 ) -> tuple[nn.Module, Any, Any, DataLoader]:
@@ -540,9 +546,16 @@ def _make_private(
         dp_criterion = criterion
     # make_private attached an accounting hook with q = 1/len(loader); replace it with
     # the loader's true sampling rate so the accountant records what actually happened.
-    dp_optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=loader.sample_rate))
+    dp_optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
     dp_module.forbid_grad_accumulation()
     return dp_module, dp_optimizer, dp_criterion, dp_loader
+
+
+def _grad_sample_mode(model: nn.Module) -> str:
+    if GRAD_SAMPLE_MODE != "auto":
+        return GRAD_SAMPLE_MODE
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return "ghost" if trainable >= _GHOST_MIN_PARAMETERS else "hooks"
 
 
 def _train_private(
@@ -574,7 +587,7 @@ def _train_private(
         noise_generator = torch.Generator(device=device).manual_seed(noise_seed)
 
     last_error: Exception | None = None
-    for mode in (GRAD_SAMPLE_MODE, _FALLBACK_GRAD_SAMPLE_MODE):
+    for mode in dict.fromkeys((_grad_sample_mode(model), _FALLBACK_GRAD_SAMPLE_MODE)):
         work = _fresh_copy(model, device)
         try:
             dp_module, dp_optimizer, dp_criterion, dp_loader = _make_private(
@@ -585,6 +598,7 @@ def _train_private(
                 sigma=sigma,
                 learning_rate=learning_rate,
                 expected_batch=expected_batch,
+                sample_rate=sample_rate,
                 noise_generator=noise_generator,
                 mode=mode,
             )

@@ -44,3 +44,6 @@ class RunSettings:
     store_kind: str
     store_location: str
     max_blob_bytes: int
+    #: Unique per experiment: keys the per-process client caches, so two runs in one
+    #: process (deterministic keys, same contract address) never share clients.
+    session: str

@@ -161,7 +161,7 @@ def test_budget_exhaustion_raises_and_leaves_ledger_unchanged(data) -> None:
     assert ledger == before
 
 
-def test_budget_too_small_for_a_first_round_is_refused(data) -> None:
+def test_a_budget_smaller_than_already_spent_is_refused(data) -> None:
     # A ledger calibrated elsewhere for a larger budget cannot spend a smaller one.
     ledger = PrivacyLedger()
     _round(data, ledger)
@@ -226,6 +226,14 @@ def test_ghost_clipping_matches_hooks(data, monkeypatch: pytest.MonkeyPatch) -> 
     hooks = _round(data, PrivacyLedger(), seed=3)
     for name in ghost.arrays:
         np.testing.assert_allclose(ghost.arrays[name], hooks.arrays[name], atol=1e-5)
+
+
+def test_auto_mode_uses_ghost_clipping_only_for_larger_models() -> None:
+    small = build_model("mlp", num_features=64, num_classes=10, hidden=(64,), seed=0)
+    large = build_model("mlp", num_features=64, num_classes=10, hidden=(256, 128), seed=0)
+    assert privacy.GRAD_SAMPLE_MODE == "auto"
+    assert privacy._grad_sample_mode(small) == "hooks"
+    assert privacy._grad_sample_mode(large) == "ghost"
 
 
 def test_empty_poisson_batches_keep_weights_finite() -> None:
