@@ -9,6 +9,7 @@ attesters read the revealed set from chain events, not from the coordinator.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from logging import INFO, WARNING
 
 from eth_utils import keccak
@@ -223,20 +224,14 @@ def build_client_app(settings: RunSettings) -> ClientApp:
     """The participants' ClientApp for a run."""
     app = ClientApp()
 
-    @app.query("identity")
-    def identity(message: Message, context: Context) -> Message:
-        return handle_identity(settings, message, context)
+    def bound(handler: Callable[[RunSettings, Message, Context], Message]) -> Callable[[Message, Context], Message]:
+        def serve(message: Message, context: Context) -> Message:
+            return handler(settings, message, context)
 
-    @app.train("commit")
-    def commit(message: Message, context: Context) -> Message:
-        return handle_commit(settings, message, context)
+        return serve
 
-    @app.train("reveal")
-    def reveal(message: Message, context: Context) -> Message:
-        return handle_reveal(settings, message, context)
-
-    @app.train("attest")
-    def attest(message: Message, context: Context) -> Message:
-        return handle_attest(settings, message, context)
-
+    app.query("identity")(bound(handle_identity))
+    app.train("commit")(bound(handle_commit))
+    app.train("reveal")(bound(handle_reveal))
+    app.train("attest")(bound(handle_attest))
     return app

@@ -22,7 +22,7 @@ import functools
 import importlib.util
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -558,6 +558,36 @@ def _grad_sample_mode(model: nn.Module) -> str:
     return "ghost" if trainable >= _GHOST_MIN_PARAMETERS else "hooks"
 
 
+def _run_epochs(
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    epochs: int,
+    device: torch.device,
+    loss_scale: str | None,
+) -> tuple[float, int, int]:
+    """Plain training epochs; returns (summed loss, examples seen, optimizer steps).
+
+    ``loss_scale="batch"`` multiplies a mean-reduced loss by the batch size, so the sum
+    is comparable with a criterion that already sums.
+    """
+    loss_sum, seen, steps = 0.0, 0, 0
+    for _ in range(epochs):
+        for xb, yb in loader:
+            xb, yb = xb.to(device), yb.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(module(xb), yb)
+            loss.backward()
+            optimizer.step()
+            batch = int(xb.shape[0])
+            loss_sum += float(loss.item()) * (batch if loss_scale == "batch" else 1)
+            seen += batch
+            steps += 1
+    return loss_sum, seen, steps
+
+
 def _train_private(
     *,
     model: nn.Module,
@@ -608,21 +638,13 @@ def _train_private(
     else:
         raise PrivacyError(f"Opacus cannot make this model private: {last_error}") from last_error
 
-    loss_sum = 0.0
-    seen = 0
     with warnings.catch_warnings():
         # Ghost clipping's backward hooks fire on a first layer whose input needs no
         # gradient; PyTorch warns about that, but it is exactly what Opacus expects.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        for _ in range(local_epochs):
-            for xb, yb in dp_loader:
-                xb, yb = xb.to(device), yb.to(device)
-                dp_optimizer.zero_grad(set_to_none=True)
-                loss = dp_criterion(dp_module(xb), yb)
-                loss.backward()
-                dp_optimizer.step()
-                loss_sum += float(loss.item())
-                seen += int(xb.shape[0])
+        # The private criterion sums over the batch (see _make_private): no rescaling.
+        loss_sum, seen, _ = _run_epochs(dp_module, dp_optimizer, dp_criterion, dp_loader,
+                                        epochs=local_epochs, device=device, loss_scale=None)  # fmt: skip
     dp_optimizer.zero_grad(set_to_none=True)
 
     recorded_steps = _step_count(engine.accountant.history) - _step_count(prior)
@@ -653,19 +675,8 @@ def _train_non_private(
     )
     optimizer = torch.optim.SGD(work.parameters(), lr=learning_rate, momentum=MOMENTUM)
     criterion = nn.CrossEntropyLoss()
-    loss_sum = 0.0
-    seen = 0
-    steps = 0
-    for _ in range(local_epochs):
-        for xb, yb in loader:
-            xb, yb = xb.to(device), yb.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = criterion(work(xb), yb)
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.item()) * int(xb.shape[0])
-            seen += int(xb.shape[0])
-            steps += 1
+    loss_sum, seen, steps = _run_epochs(work, optimizer, criterion, loader, epochs=local_epochs, device=device,
+                                        loss_scale="batch")  # fmt: skip
     # A non-private round is recorded with sigma = 0: its epsilon is infinite, and a
     # later private configuration must not pretend this data was never exposed.
     ledger.history.append((0.0, sample_rate, steps))
