@@ -7,12 +7,20 @@ pragma solidity 0.8.37;
 /// after the commit phase, and a quorum of revealers attests the aggregate's content id,
 /// which becomes the next round's global model. One deployment hosts many runs; the
 /// participant registry is shared by them and managed by the consortium admin.
-/// @dev Phases are derived from the clock and the counters, never stored twice. Per
-/// participant state lives in two storage slots per run that are reused round after
-/// round, so steady-state rounds only rewrite warm, non-zero slots. Penalties for
-/// missing reveals and minority attestations are settled lazily (on the participant's
-/// next commit, or by anyone through `settle`), keeping every call O(1) in the number
-/// of participants; only `openRound` walks the registry, to count the sampled set.
+/// @dev Gas layout. A run keeps only its current round in storage, in a fixed set of slots
+/// that every round rewrites (never fresh slots): the clock (everything `phase` needs
+/// except the reveal count, packed in one word), the reveal tally (count and salt XOR),
+/// the vote tally (the first attested CID and its votes), the beacon and the model's
+/// digest. Each participant has two slots per run, also rewritten round after round: its
+/// round record (round, stage, truncated commitment or attested CID hash) and its ledger
+/// (rewards, penalties, cumulative epsilon). Once a run and a participant have had their
+/// first round, the only slots written fresh are for rare events: a failed round (one
+/// bit), a disputed finalization (its result hash) and votes for CIDs other than the
+/// first attested one. Past rounds live in the events.
+/// Penalties for missing reveals and minority attestations are settled lazily (on the
+/// participant's next commit, or by anyone through `settle`), so every call is O(1) in the
+/// number of participants except `openRound` with a sampling rate below 100 %, which walks
+/// the registry once to count the sampled set.
 contract CommitRevealRounds {
     // ------------------------------------------------------------------ types
 
@@ -68,7 +76,8 @@ contract CommitRevealRounds {
         uint16 minReveals; // valid reveals needed for a round to be aggregated
     }
 
-    struct Run {
+    /// @notice A run as `getRun` reports it.
+    struct RunView {
         address creator;
         uint32 numRounds;
         uint32 finalizedRounds;
@@ -81,32 +90,108 @@ contract CommitRevealRounds {
         uint16 minReveals;
         uint128 epsilonBudgetWad;
         uint128 deltaWad;
-        bytes32 beacon; // sampling seed of round 1
+        bytes32 beacon; // sampling seed of the current round (of round 1 before it opens)
         bytes modelCid; // current global model
     }
 
-    struct Round {
+    /// @notice The current round as `getRound` reports it.
+    struct RoundView {
+        uint32 round;
         bytes32 beacon; // sampling seed of this round
-        bytes32 saltXor; // XOR of revealed salts; seeds the next round
-        bytes32 finalCidHash; // keccak256 of the finalized aggregate's CID
+        bytes24 saltXor; // XOR of the first 24 bytes of the revealed salts
         uint64 commitDeadline;
         uint64 revealDeadline;
         uint64 attestDeadline;
         uint32 sampledCount;
         uint32 commitCount;
         uint32 revealCount;
-        uint32 attestCount;
+        uint16 leadingVotes; // votes for the first CID attested in this round
+        bool disputed; // a different CID was attested too
         bool finalized;
         uint64 openedBlock; // where to start reading the round's events
     }
 
-    /// @dev One slot per (run, participant), rewritten every round.
-    struct Member {
+    /// @notice A participant's record in a run as `getMember` reports it.
+    struct MemberView {
         uint32 round; // the round `stage` refers to
         Stage stage;
         uint64 rewardPoints; // examples contributed by valid reveals
         uint32 penalties;
         uint112 epsilonWad; // cumulative epsilon revealed so far (saturating)
+    }
+
+    /// @dev Run slot 0: fixed parameters, counters and the model CID's codec.
+    struct RunConfig {
+        uint32 numRounds;
+        uint32 finalizedRounds;
+        uint32 commitDuration;
+        uint32 revealDuration;
+        uint32 attestDuration;
+        uint16 sampleBps;
+        uint16 quorum;
+        uint16 minReveals;
+        uint8 modelCodec; // multicodec of the model CID: 0x55 raw or 0x70 dag-pb
+        uint40 openedBlock; // block in which the current round was opened
+    }
+
+    /// @dev Run slot 1: the current round's clock, all `phase` reads besides the reveal count.
+    struct RoundClock {
+        uint32 round; // current round id, 0 before the first
+        uint40 commitDeadline;
+        uint32 revealDuration; // revealDeadline = commitDeadline + revealDuration
+        uint32 attestDuration; // attestDeadline = revealDeadline + attestDuration
+        uint32 sampledCount;
+        uint32 commitCount;
+        uint16 sampleBps;
+        uint16 quorum;
+        uint16 minReveals;
+        bool finalized;
+    }
+
+    /// @dev Run slot 2: reveals of round `round` (another round id means none yet).
+    struct RevealTally {
+        uint32 round;
+        uint32 revealCount;
+        bytes24 saltXor;
+    }
+
+    /// @dev Run slot 3: the first CID attested in round `round` and its votes.
+    struct VoteTally {
+        uint32 round;
+        uint16 votes;
+        bool disputed;
+        bytes24 cidHash; // first 24 bytes of keccak256(cid)
+    }
+
+    struct Run {
+        RunConfig config;
+        RoundClock clock;
+        RevealTally reveals;
+        VoteTally votes;
+        bytes32 beacon; // the current round's sampling seed
+        bytes32 modelDigest; // sha2-256 digest of the model CID
+        uint128 epsilonBudgetWad;
+        uint128 deltaWad;
+        address creator;
+    }
+
+    /// @dev A participant's round record: while committed, the commitment's first 27
+    /// bytes; once attested, the attested CID hash's first 27 bytes.
+    struct MemberRound {
+        uint32 round;
+        Stage stage;
+        bytes27 hash;
+    }
+
+    struct MemberLedger {
+        uint64 rewardPoints;
+        uint32 penalties;
+        uint112 epsilonWad;
+    }
+
+    struct Member {
+        MemberRound current;
+        MemberLedger ledger;
     }
 
     struct Participant {
@@ -127,11 +212,12 @@ contract CommitRevealRounds {
     error UnknownRun(uint256 runId);
     error RunComplete(uint256 runId, uint32 finalizedRounds);
     error PreviousRoundOpen(uint256 runId, uint32 round, Phase current);
+    error RoundNotCurrent(uint256 runId, uint32 round, uint32 currentRound);
     error UnexpectedPhase(uint256 runId, uint32 round, Phase current, Phase expected);
     error NotSampled(uint256 runId, uint32 round, address participant);
     error AlreadyCommitted(uint256 runId, uint32 round, address participant);
     error NotCommitted(uint256 runId, uint32 round, address participant);
-    error CommitmentMismatch(uint256 runId, uint32 round, address participant, bytes32 committed, bytes32 revealed);
+    error CommitmentMismatch(uint256 runId, uint32 round, address participant, bytes27 committed, bytes32 revealed);
     error InvalidCid(bytes4 prefix, uint256 length);
     error ZeroExamples(uint256 runId, uint32 round, address participant);
     error DeltaMismatch(uint256 runId, uint128 expectedWad, uint128 revealedWad);
@@ -173,17 +259,21 @@ contract CommitRevealRounds {
     uint16 private constant _BPS = 10_000;
     uint112 private constant _EPSILON_SATURATED = type(uint112).max;
 
+    /// @notice The consortium admin (the deployer): registers participants, creates runs.
     address public immutable admin;
+    /// @notice Runs created so far; the last run's id.
     uint256 public runCount;
 
     address[] private _members;
     mapping(address => Participant) private _participants;
     mapping(uint256 => Run) private _runs;
-    mapping(uint256 => mapping(uint32 => Round)) private _rounds;
-    mapping(uint256 => mapping(address => Member)) private _memberState;
-    /// @dev While committed: the commitment. While attested: keccak256 of the attested CID.
-    mapping(uint256 => mapping(address => bytes32)) private _memberHash;
-    mapping(uint256 => mapping(uint32 => mapping(bytes32 => uint32))) private _votes;
+    mapping(uint256 => mapping(address => Member)) private _memberOf;
+    /// @dev Bit `round % 256` of word `round / 256` is set once round `round` failed.
+    mapping(uint256 => mapping(uint256 => uint256)) private _failedRounds;
+    /// @dev keccak256 of the result CID of a round finalized while another CID had votes.
+    mapping(uint256 => mapping(uint32 => bytes32)) private _disputedResult;
+    /// @dev Votes for CIDs other than the first one attested in a round.
+    mapping(uint256 => mapping(uint32 => mapping(bytes32 => uint256))) private _otherVotes;
 
     constructor() {
         admin = msg.sender;
@@ -197,6 +287,7 @@ contract CommitRevealRounds {
     // ------------------------------------------------------------------ registry
 
     /// @notice Adds `participant` to the consortium, bound to an off-chain identity.
+    /// @dev Register and revoke between rounds: a round's sampled count is fixed when it opens.
     /// @param participant the participant's signing address
     /// @param identity hash binding the address to its node (e.g. SuperNode public key)
     function register(address participant, bytes32 identity) external onlyAdmin {
@@ -206,7 +297,8 @@ contract CommitRevealRounds {
         emit ParticipantRegistered(participant, identity);
     }
 
-    /// @notice Removes `participant`; it can no longer be sampled, commit or reveal.
+    /// @notice Removes `participant`; it can no longer be sampled or commit. A reveal or an
+    /// attestation for a commitment made before the revocation is still accepted.
     /// @param participant the address to revoke
     function revoke(address participant) external onlyAdmin {
         Participant storage p = _participants[participant];
@@ -248,22 +340,28 @@ contract CommitRevealRounds {
         if (params.commitDuration == 0 || params.revealDuration == 0 || params.attestDuration == 0) {
             revert InvalidPhaseDurations(params.commitDuration, params.revealDuration, params.attestDuration);
         }
-        _checkCid(params.initialModelCid);
+        bytes calldata cid = params.initialModelCid;
+        _checkCid(cid);
         runId = ++runCount;
         bytes32 beacon = keccak256(abi.encode(block.chainid, address(this), runId, params.configHash));
         Run storage run = _runs[runId];
-        run.creator = msg.sender;
-        run.numRounds = params.numRounds;
-        run.commitDuration = params.commitDuration;
-        run.revealDuration = params.revealDuration;
-        run.attestDuration = params.attestDuration;
-        run.sampleBps = params.sampleBps;
-        run.quorum = params.quorum;
-        run.minReveals = params.minReveals;
+        run.config = RunConfig({
+            numRounds: params.numRounds,
+            finalizedRounds: 0,
+            commitDuration: params.commitDuration,
+            revealDuration: params.revealDuration,
+            attestDuration: params.attestDuration,
+            sampleBps: params.sampleBps,
+            quorum: params.quorum,
+            minReveals: params.minReveals,
+            modelCodec: uint8(cid[1]),
+            openedBlock: 0
+        });
+        run.beacon = beacon;
+        run.modelDigest = bytes32(cid[4:36]);
         run.epsilonBudgetWad = params.epsilonBudgetWad;
         run.deltaWad = params.deltaWad;
-        run.beacon = beacon;
-        run.modelCid = params.initialModelCid;
+        run.creator = msg.sender;
         emit RunCreated(runId, msg.sender, params, beacon);
     }
 
@@ -273,53 +371,70 @@ contract CommitRevealRounds {
     /// @param runId the run
     /// @return round the opened round's id
     function openRound(uint256 runId) external returns (uint32 round) {
-        Run storage run = _existingRun(runId);
-        if (run.finalizedRounds >= run.numRounds) revert RunComplete(runId, run.finalizedRounds);
+        Run storage run = _runs[runId];
+        RunConfig memory cfg = run.config;
+        if (cfg.numRounds == 0) revert UnknownRun(runId);
+        if (cfg.finalizedRounds >= cfg.numRounds) revert RunComplete(runId, cfg.finalizedRounds);
+        RoundClock memory c = run.clock;
         bytes32 beacon = run.beacon;
-        uint32 previous = run.currentRound;
+        uint32 previous = c.round;
         if (previous != 0) {
-            Phase p = phase(runId, previous);
+            Phase p = _phase(runId, run, c, previous);
             if (p != Phase.Finalized && p != Phase.Failed) revert PreviousRoundOpen(runId, previous, p);
-            Round storage prev = _rounds[runId][previous];
-            beacon = keccak256(abi.encode(prev.beacon, prev.saltXor));
+            if (p == Phase.Failed) _failedRounds[runId][previous >> 8] |= 1 << (previous & 0xff);
+            RevealTally memory t = run.reveals;
+            beacon = keccak256(abi.encode(beacon, t.round == previous ? t.saltXor : bytes24(0)));
+            run.beacon = beacon;
         }
         round = previous + 1;
-        run.currentRound = round;
-        uint32 sampled = 0;
-        uint256 n = _members.length;
-        for (uint256 i = 0; i < n; ++i) {
-            if (_sampled(beacon, run.sampleBps, _members[i])) ++sampled;
-        }
-        Round storage r = _rounds[runId][round];
-        r.beacon = beacon;
-        r.sampledCount = sampled;
-        r.openedBlock = uint64(block.number);
-        uint64 commitDeadline = uint64(block.timestamp) + run.commitDuration;
-        r.commitDeadline = commitDeadline;
-        r.revealDeadline = commitDeadline + run.revealDuration;
-        r.attestDeadline = commitDeadline + run.revealDuration + run.attestDuration;
+        uint32 sampled = cfg.sampleBps >= _BPS ? uint32(_members.length) : _countSampled(beacon, cfg.sampleBps);
+        uint40 commitDeadline = uint40(block.timestamp) + cfg.commitDuration;
+        run.clock = RoundClock({
+            round: round,
+            commitDeadline: commitDeadline,
+            revealDuration: cfg.revealDuration,
+            attestDuration: cfg.attestDuration,
+            sampledCount: sampled,
+            commitCount: 0,
+            sampleBps: cfg.sampleBps,
+            quorum: cfg.quorum,
+            minReveals: cfg.minReveals,
+            finalized: false
+        });
+        run.config.openedBlock = uint40(block.number);
+        uint64 revealDeadline = uint64(commitDeadline) + cfg.revealDuration;
         emit RoundOpened(
-            runId, round, beacon, run.modelCid, sampled, r.commitDeadline, r.revealDeadline, r.attestDeadline
+            runId,
+            round,
+            beacon,
+            _cidOf(cfg.modelCodec, run.modelDigest),
+            sampled,
+            commitDeadline,
+            revealDeadline,
+            revealDeadline + cfg.attestDuration
         );
     }
 
     /// @notice Commits to an update: `commitment` must equal `commitmentOf(...)` of the
-    /// values revealed later.
+    /// values revealed later. Settles the sender's previous round first.
     /// @param runId the run
     /// @param round the open round
     /// @param commitment keccak256 of the ABI-encoded reveal preimage
     function commit(uint256 runId, uint32 round, bytes32 commitment) external {
-        _expectPhase(runId, round, Phase.Commit);
+        Run storage run = _runs[runId];
+        RoundClock memory c = run.clock;
+        Phase p = _phase(runId, run, c, round);
+        if (p != Phase.Commit) revert UnexpectedPhase(runId, round, p, Phase.Commit);
         if (!_participants[msg.sender].active) revert NotRegistered(msg.sender);
-        Round storage r = _rounds[runId][round];
-        if (!_sampled(r.beacon, _runs[runId].sampleBps, msg.sender)) revert NotSampled(runId, round, msg.sender);
-        Member storage m = _memberState[runId][msg.sender];
-        if (m.round == round) revert AlreadyCommitted(runId, round, msg.sender);
-        _settle(runId, msg.sender, m);
-        m.round = round;
-        m.stage = Stage.Committed;
-        _memberHash[runId][msg.sender] = commitment;
-        ++r.commitCount;
+        if (c.sampleBps < _BPS && !_sampled(run.beacon, c.sampleBps, msg.sender)) {
+            revert NotSampled(runId, round, msg.sender);
+        }
+        Member storage m = _memberOf[runId][msg.sender];
+        MemberRound memory last = m.current;
+        if (last.round == round) revert AlreadyCommitted(runId, round, msg.sender);
+        _settle(runId, run, c, msg.sender, m, last);
+        m.current = MemberRound(round, Stage.Committed, bytes27(commitment));
+        run.clock.commitCount = c.commitCount + 1;
         emit Committed(runId, round, msg.sender, commitment);
     }
 
@@ -340,29 +455,29 @@ contract CommitRevealRounds {
         DpParams calldata dp,
         bytes32 salt
     ) external {
-        _expectPhase(runId, round, Phase.Reveal);
-        if (!_participants[msg.sender].active) revert NotRegistered(msg.sender);
-        Member storage m = _memberState[runId][msg.sender];
-        if (m.round != round || m.stage != Stage.Committed) revert NotCommitted(runId, round, msg.sender);
-        bytes32 committed = _memberHash[runId][msg.sender];
+        Run storage run = _runs[runId];
+        Phase p = _phase(runId, run, run.clock, round);
+        if (p != Phase.Reveal) revert UnexpectedPhase(runId, round, p, Phase.Reveal);
+        Member storage m = _memberOf[runId][msg.sender];
+        MemberRound memory last = m.current;
+        if (last.round != round || last.stage != Stage.Committed) revert NotCommitted(runId, round, msg.sender);
         bytes32 computed = commitmentOf(runId, round, msg.sender, cid, numExamples, dp, salt);
-        if (committed != computed) revert CommitmentMismatch(runId, round, msg.sender, committed, computed);
+        if (bytes27(computed) != last.hash) revert CommitmentMismatch(runId, round, msg.sender, last.hash, computed);
         _checkCid(cid);
         if (numExamples == 0) revert ZeroExamples(runId, round, msg.sender);
-        Run storage run = _runs[runId];
-        if (dp.deltaWad != run.deltaWad) revert DeltaMismatch(runId, run.deltaWad, dp.deltaWad);
-        if (dp.epsilonWad > run.epsilonBudgetWad) {
-            revert PrivacyBudgetExceeded(runId, msg.sender, dp.epsilonWad, run.epsilonBudgetWad);
-        }
+        uint128 deltaWad = run.deltaWad;
+        uint128 budgetWad = run.epsilonBudgetWad;
+        if (dp.deltaWad != deltaWad) revert DeltaMismatch(runId, deltaWad, dp.deltaWad);
+        if (dp.epsilonWad > budgetWad) revert PrivacyBudgetExceeded(runId, msg.sender, dp.epsilonWad, budgetWad);
         uint112 epsilon = dp.epsilonWad >= _EPSILON_SATURATED ? _EPSILON_SATURATED : uint112(dp.epsilonWad);
-        if (epsilon < m.epsilonWad) revert EpsilonDecreased(runId, msg.sender, m.epsilonWad, epsilon);
+        MemberLedger memory ledger = m.ledger;
+        if (epsilon < ledger.epsilonWad) revert EpsilonDecreased(runId, msg.sender, ledger.epsilonWad, epsilon);
 
-        m.stage = Stage.Revealed;
-        m.epsilonWad = epsilon;
-        m.rewardPoints += numExamples;
-        Round storage r = _rounds[runId][round];
-        r.saltXor ^= salt;
-        ++r.revealCount;
+        m.current.stage = Stage.Revealed;
+        m.ledger = MemberLedger(ledger.rewardPoints + numExamples, ledger.penalties, epsilon);
+        RevealTally memory t = run.reveals;
+        if (t.round != round) t = RevealTally(round, 0, bytes24(0));
+        run.reveals = RevealTally(round, t.revealCount + 1, t.saltXor ^ bytes24(salt));
         emit Revealed(runId, round, msg.sender, cid, numExamples, dp, salt);
     }
 
@@ -373,26 +488,39 @@ contract CommitRevealRounds {
     /// @param round the round in its attest phase
     /// @param resultCid binary CIDv1 of the aggregate blob
     function attest(uint256 runId, uint32 round, bytes calldata resultCid) external {
-        _expectPhase(runId, round, Phase.Attest);
-        Member storage m = _memberState[runId][msg.sender];
-        if (m.round != round || m.stage != Stage.Revealed) {
-            revert NotEligibleAttester(runId, round, msg.sender, m.round == round ? m.stage : Stage.None);
+        Run storage run = _runs[runId];
+        RoundClock memory c = run.clock;
+        Phase p = _phase(runId, run, c, round);
+        if (p != Phase.Attest) revert UnexpectedPhase(runId, round, p, Phase.Attest);
+        Member storage m = _memberOf[runId][msg.sender];
+        MemberRound memory last = m.current;
+        if (last.round != round || last.stage != Stage.Revealed) {
+            revert NotEligibleAttester(runId, round, msg.sender, last.round == round ? last.stage : Stage.None);
         }
         _checkCid(resultCid);
         bytes32 cidHash = keccak256(resultCid);
-        m.stage = Stage.Attested;
-        _memberHash[runId][msg.sender] = cidHash;
-        Round storage r = _rounds[runId][round];
-        ++r.attestCount;
-        uint32 votes = ++_votes[runId][round][cidHash];
-        emit Attested(runId, round, msg.sender, resultCid, votes);
-        Run storage run = _runs[runId];
-        if (votes >= run.quorum) {
-            r.finalized = true;
-            r.finalCidHash = cidHash;
-            run.modelCid = resultCid;
-            ++run.finalizedRounds;
-            emit RoundFinalized(runId, round, resultCid, votes);
+        m.current = MemberRound(round, Stage.Attested, bytes27(cidHash));
+
+        VoteTally memory v = run.votes;
+        if (v.round != round) v = VoteTally(round, 0, false, bytes24(cidHash));
+        uint256 votes;
+        if (v.cidHash == bytes24(cidHash)) {
+            votes = ++v.votes; // never past quorum (uint16): the round finalizes there
+        } else {
+            v.disputed = true;
+            votes = ++_otherVotes[runId][round][cidHash];
+        }
+        run.votes = v;
+        emit Attested(runId, round, msg.sender, resultCid, uint32(votes));
+
+        if (votes >= c.quorum) {
+            run.clock.finalized = true;
+            RunConfig storage cfg = run.config;
+            cfg.finalizedRounds += 1;
+            cfg.modelCodec = uint8(resultCid[1]);
+            run.modelDigest = bytes32(resultCid[4:36]);
+            if (v.disputed) _disputedResult[runId][round] = cidHash;
+            emit RoundFinalized(runId, round, resultCid, uint32(votes));
         }
     }
 
@@ -401,8 +529,10 @@ contract CommitRevealRounds {
     /// @param runId the run
     /// @param participant the participant to settle
     function settle(uint256 runId, address participant) external {
-        _existingRun(runId);
-        _settle(runId, participant, _memberState[runId][participant]);
+        Run storage run = _runs[runId];
+        if (run.config.numRounds == 0) revert UnknownRun(runId);
+        Member storage m = _memberOf[runId][participant];
+        if (_settle(runId, run, run.clock, participant, m, m.current)) m.current.stage = Stage.None;
     }
 
     // ------------------------------------------------------------------ views
@@ -411,6 +541,13 @@ contract CommitRevealRounds {
     /// @dev keccak256(abi.encode(chainId, contract, runId, round, participant, cid,
     /// numExamples, dp, salt)): bound to chain, contract, run, round and sender, so a
     /// commitment can neither be replayed elsewhere nor copied by another participant.
+    /// @param runId the run
+    /// @param round the round
+    /// @param participant the committing address
+    /// @param cid binary CIDv1 of the update blob
+    /// @param numExamples training examples behind the update
+    /// @param dp the round's DP-SGD parameters
+    /// @param salt the secret
     /// @return the commitment hash
     function commitmentOf(
         uint256 runId,
@@ -426,64 +563,110 @@ contract CommitRevealRounds {
         );
     }
 
-    /// @notice The phase of `round` of `runId` now.
+    /// @notice The phase of `round` of `runId` now. Rounds before the current one are
+    /// `Finalized` or `Failed`.
     /// @param runId the run
     /// @param round the round
     /// @return the phase
-    function phase(uint256 runId, uint32 round) public view returns (Phase) {
-        Round storage r = _rounds[runId][round];
-        if (r.finalized) return Phase.Finalized;
-        if (r.commitDeadline == 0) return Phase.None;
-        if (block.timestamp < r.commitDeadline && r.commitCount < r.sampledCount) return Phase.Commit;
-        if (block.timestamp < r.revealDeadline && r.revealCount < r.commitCount) return Phase.Reveal;
-        if (block.timestamp < r.attestDeadline && r.revealCount >= _runs[runId].minReveals) return Phase.Attest;
-        return Phase.Failed;
+    function phase(uint256 runId, uint32 round) external view returns (Phase) {
+        Run storage run = _runs[runId];
+        return _phase(runId, run, run.clock, round);
     }
 
-    /// @notice Whether `participant` is in the sampled set of `round`.
+    /// @notice Whether `participant` is in the sampled set of the current round `round`.
     /// @param runId the run
-    /// @param round the round
+    /// @param round the run's current round
     /// @param participant the address
     /// @return whether it is sampled (and registered)
     function isSampled(uint256 runId, uint32 round, address participant) external view returns (bool) {
-        return _participants[participant].active
-            && _sampled(_rounds[runId][round].beacon, _runs[runId].sampleBps, participant);
+        Run storage run = _runs[runId];
+        RoundClock memory c = run.clock;
+        if (round == 0 || round != c.round) revert RoundNotCurrent(runId, round, c.round);
+        return _participants[participant].active && _sampled(run.beacon, c.sampleBps, participant);
     }
 
     /// @notice A run's state.
     /// @param runId the run
-    /// @return the run
-    function getRun(uint256 runId) external view returns (Run memory) {
-        return _runs[runId];
+    /// @return v the run (all zero for an unknown run)
+    function getRun(uint256 runId) external view returns (RunView memory v) {
+        Run storage run = _runs[runId];
+        RunConfig memory cfg = run.config;
+        if (cfg.numRounds == 0) return v;
+        v = RunView({
+            creator: run.creator,
+            numRounds: cfg.numRounds,
+            finalizedRounds: cfg.finalizedRounds,
+            currentRound: run.clock.round,
+            commitDuration: cfg.commitDuration,
+            revealDuration: cfg.revealDuration,
+            attestDuration: cfg.attestDuration,
+            sampleBps: cfg.sampleBps,
+            quorum: cfg.quorum,
+            minReveals: cfg.minReveals,
+            epsilonBudgetWad: run.epsilonBudgetWad,
+            deltaWad: run.deltaWad,
+            beacon: run.beacon,
+            modelCid: _cidOf(cfg.modelCodec, run.modelDigest)
+        });
     }
 
-    /// @notice A round's state.
+    /// @notice The state of the run's current round (earlier rounds are in the events).
     /// @param runId the run
-    /// @param round the round
-    /// @return the round
-    function getRound(uint256 runId, uint32 round) external view returns (Round memory) {
-        return _rounds[runId][round];
+    /// @param round the run's current round
+    /// @return v the round
+    function getRound(uint256 runId, uint32 round) external view returns (RoundView memory v) {
+        Run storage run = _runs[runId];
+        RoundClock memory c = run.clock;
+        if (round == 0 || round != c.round) revert RoundNotCurrent(runId, round, c.round);
+        RevealTally memory t = run.reveals;
+        VoteTally memory votes = run.votes;
+        uint64 revealDeadline = uint64(c.commitDeadline) + c.revealDuration;
+        v = RoundView({
+            round: round,
+            beacon: run.beacon,
+            saltXor: t.round == round ? t.saltXor : bytes24(0),
+            commitDeadline: c.commitDeadline,
+            revealDeadline: revealDeadline,
+            attestDeadline: revealDeadline + c.attestDuration,
+            sampledCount: c.sampledCount,
+            commitCount: c.commitCount,
+            revealCount: t.round == round ? t.revealCount : 0,
+            leadingVotes: votes.round == round ? votes.votes : 0,
+            disputed: votes.round == round && votes.disputed,
+            finalized: c.finalized,
+            openedBlock: run.config.openedBlock
+        });
     }
 
     /// @notice A participant's ledger in a run: last round, stage, rewards, penalties, epsilon.
     /// @param runId the run
     /// @param participant the address
     /// @return the member record
-    function getMember(uint256 runId, address participant) external view returns (Member memory) {
-        return _memberState[runId][participant];
+    function getMember(uint256 runId, address participant) external view returns (MemberView memory) {
+        Member storage m = _memberOf[runId][participant];
+        MemberRound memory r = m.current;
+        MemberLedger memory l = m.ledger;
+        return MemberView(r.round, r.stage, l.rewardPoints, l.penalties, l.epsilonWad);
     }
 
     // ------------------------------------------------------------------ internals
 
-    function _existingRun(uint256 runId) private view returns (Run storage run) {
-        run = _runs[runId];
-        if (run.creator == address(0)) revert UnknownRun(runId);
-    }
-
-    function _expectPhase(uint256 runId, uint32 round, Phase expected) private view {
-        _existingRun(runId);
-        Phase current = phase(runId, round);
-        if (current != expected) revert UnexpectedPhase(runId, round, current, expected);
+    /// @dev Phase of `round` given the run's clock `c`. Reads the reveal tally only once
+    /// the commit phase is over, so a commit never touches it.
+    function _phase(uint256 runId, Run storage run, RoundClock memory c, uint32 round) private view returns (Phase) {
+        if (round == 0 || round > c.round) return Phase.None;
+        if (round < c.round) {
+            return (_failedRounds[runId][round >> 8] >> (round & 0xff)) & 1 == 1 ? Phase.Failed : Phase.Finalized;
+        }
+        if (c.finalized) return Phase.Finalized;
+        uint256 commitDeadline = c.commitDeadline;
+        if (block.timestamp < commitDeadline && c.commitCount < c.sampledCount) return Phase.Commit;
+        RevealTally memory t = run.reveals;
+        uint256 revealCount = t.round == round ? t.revealCount : 0;
+        uint256 revealDeadline = commitDeadline + c.revealDuration;
+        if (block.timestamp < revealDeadline && revealCount < c.commitCount) return Phase.Reveal;
+        if (block.timestamp < revealDeadline + c.attestDuration && revealCount >= c.minReveals) return Phase.Attest;
+        return Phase.Failed;
     }
 
     /// @dev Bernoulli sampling keyed by the round's beacon: O(1) to check per participant,
@@ -493,25 +676,52 @@ contract CommitRevealRounds {
         return uint256(keccak256(abi.encode(beacon, participant))) % _BPS < sampleBps;
     }
 
-    function _settle(uint256 runId, address participant, Member storage m) private {
-        uint32 round = m.round;
-        if (round == 0) return;
-        Stage stage = m.stage;
-        if (stage == Stage.Committed) {
-            Phase p = phase(runId, round);
-            if (p == Phase.Commit || p == Phase.Reveal) return;
-            m.stage = Stage.None;
-            ++m.penalties;
+    function _countSampled(bytes32 beacon, uint16 sampleBps) private view returns (uint32 sampled) {
+        uint256 n = _members.length;
+        for (uint256 i = 0; i < n; ++i) {
+            if (_sampled(beacon, sampleBps, _members[i])) ++sampled;
+        }
+    }
+
+    /// @dev Records the penalty the participant's last round earned, if that round is
+    /// closed; returns whether the round is settled.
+    function _settle(
+        uint256 runId,
+        Run storage run,
+        RoundClock memory c,
+        address participant,
+        Member storage m,
+        MemberRound memory last
+    ) private returns (bool) {
+        uint32 round = last.round;
+        if (last.stage == Stage.Committed) {
+            if (round == c.round) {
+                Phase p = _phase(runId, run, c, round);
+                if (p == Phase.Commit || p == Phase.Reveal) return false;
+            }
+            m.ledger.penalties += 1;
             emit PenaltyRecorded(runId, round, participant, PenaltyReason.MissingReveal);
-        } else if (stage == Stage.Attested) {
-            Round storage r = _rounds[runId][round];
-            if (!r.finalized) return;
-            m.stage = Stage.None;
-            if (_memberHash[runId][participant] != r.finalCidHash) {
-                ++m.penalties;
+            return true;
+        }
+        if (last.stage == Stage.Attested) {
+            if (round == c.round && !c.finalized) {
+                // not finalized: still attesting (pending) or failed (no result, no penalty)
+                return _phase(runId, run, c, round) != Phase.Attest;
+            }
+            // Only a finalized round in which another CID had votes recorded its result.
+            bytes32 result = _disputedResult[runId][round];
+            if (result != 0 && bytes27(result) != last.hash) {
+                m.ledger.penalties += 1;
                 emit PenaltyRecorded(runId, round, participant, PenaltyReason.MinorityAttestation);
             }
+            return true;
         }
+        return false;
+    }
+
+    /// @dev The 36-byte binary CIDv1 with a sha2-256 multihash.
+    function _cidOf(uint8 codec, bytes32 digest) private pure returns (bytes memory) {
+        return abi.encodePacked(uint8(0x01), codec, uint16(0x1220), digest);
     }
 
     /// @dev Accepts CIDv1 with a sha2-256 multihash and codec raw (0x55) or dag-pb (0x70).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from logging import INFO, WARNING
+from pathlib import Path
 
 from eth_utils import keccak
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -22,7 +23,7 @@ from .errors import BlobFormatError, ChainError, PrivacyBudgetExhaustedError, Pr
 from .messages import CONFIG, METRICS, STATUS
 from .federation import ClientRuntime, client_runtime
 from .models import set_arrays
-from .privacy import PrivacyLedger, train_round
+from .privacy import PrivacyLedger, ledger_path, load_ledger, save_ledger, train_round
 from .settings import RunSettings
 from .storage import cid_from_bytes, cid_to_bytes, compute_cid, decode_arrays, encode_arrays
 from .strategies.rules import RevealedUpdate, aggregate
@@ -45,6 +46,33 @@ def _salt(runtime: ClientRuntime, round_id: int) -> bytes:
                   + round_id.to_bytes(32, "big"))  # fmt: skip
 
 
+def _ledger_file(runtime: ClientRuntime) -> tuple[Path | None, dict[str, object]]:
+    """The client's ledger state file (None without ``privacy.state_dir``) and its owner."""
+    identity = {"participant": runtime.account.address, "chain_id": runtime.contract.node.chain_id,
+                "contract": runtime.contract.address, "run_id": runtime.settings.run_id}  # fmt: skip
+    state_dir = runtime.settings.privacy.state_dir
+    return (None if state_dir is None else ledger_path(state_dir, **identity)), identity  # type: ignore[arg-type]
+
+
+def _load_ledger(runtime: ClientRuntime, context: Context) -> PrivacyLedger:
+    """The privacy ledger from ``context.state`` or, after a restart, from the state file.
+
+    When both exist the one with more rounds wins: never account for less than was spent.
+    """
+    in_memory = PrivacyLedger.from_record(dict(context.state[_LEDGER])) if _LEDGER in context.state else None
+    path, identity = _ledger_file(runtime)
+    on_disk = None if path is None else load_ledger(path, identity=identity)
+    candidates = [ledger for ledger in (in_memory, on_disk) if ledger is not None]
+    return max(candidates, key=lambda ledger: len(ledger.history)) if candidates else PrivacyLedger()
+
+
+def _save_ledger(runtime: ClientRuntime, context: Context, ledger: PrivacyLedger) -> None:
+    context.state[_LEDGER] = ConfigRecord(ledger.to_record())
+    path, identity = _ledger_file(runtime)
+    if path is not None:
+        save_ledger(path, ledger, settings=runtime.settings.privacy, identity=identity)
+
+
 def handle_commit(settings: RunSettings, message: Message, context: Context) -> Message:
     """Fetch the chain's global model, train with DP-SGD, commit to the update's hash."""
     config = message.content[CONFIG]
@@ -61,7 +89,7 @@ def handle_commit(settings: RunSettings, message: Message, context: Context) -> 
     )
     set_arrays(runtime.model, global_arrays)
 
-    ledger = PrivacyLedger.from_record(dict(context.state[_LEDGER])) if _LEDGER in context.state else PrivacyLedger()
+    ledger = _load_ledger(runtime, context)
     try:
         trained = train_round(
             model=runtime.model,
@@ -79,10 +107,15 @@ def handle_commit(settings: RunSettings, message: Message, context: Context) -> 
     except PrivacyBudgetExhaustedError as exc:
         log(INFO, "client %s declines round %s: %s", runtime.partition_id, round_id, exc)
         return _reply(message, status={"state": "declined", "reason": str(exc), "address": runtime.account.address})
-    context.state[_LEDGER] = ConfigRecord(ledger.to_record())
+    _save_ledger(runtime, context, ledger)
     train_seconds = time.perf_counter() - started
 
-    blob = encode_arrays(trained.arrays)
+    update = trained.arrays
+    if runtime.partition_id in settings.poisoned_clients:
+        # A simulated adversary, for robustness experiments: scale its own update.
+        scale = settings.poison_scale
+        update = {k: (global_arrays[k] + scale * (v - global_arrays[k])).astype(v.dtype) for k, v in update.items()}
+    blob = encode_arrays(update)
     cid = compute_cid(blob)  # the upload waits for the reveal phase
     dp = DpParams.from_floats(
         noise_multiplier=trained.noise_multiplier,
@@ -179,11 +212,17 @@ def revealed_updates(runtime: ClientRuntime, round_id: int) -> tuple[list[Reveal
     return updates, rejected
 
 
-def _finalized_reply(message: Message, runtime: ClientRuntime, result_cid: str) -> Message:
+def _exclusions(rejected: dict[str, str]) -> dict[str, list[str]]:
+    """The excluded reveals as two parallel lists (a ConfigRecord holds no mappings)."""
+    return {"excluded": list(rejected), "excluded-reasons": list(rejected.values())}
+
+
+def _finalized_reply(message: Message, runtime: ClientRuntime, result_cid: str, rejected: dict[str, str]) -> Message:
     """Reply of an attester that found the round already finalized by the quorum."""
     final = cid_from_bytes(bytes(runtime.contract.get_run(runtime.settings.run_id)["modelCid"]))
     state = "agreed" if final == result_cid else "disagreed"
-    return _reply(message, status={"state": state, "address": runtime.account.address, "cid": result_cid})
+    return _reply(message, status={"state": state, "address": runtime.account.address, "cid": result_cid,
+                                   **_exclusions(rejected)})  # fmt: skip
 
 
 def handle_attest(settings: RunSettings, message: Message, context: Context) -> Message:
@@ -195,21 +234,21 @@ def handle_attest(settings: RunSettings, message: Message, context: Context) -> 
         log(WARNING, "round %s: excluded update of %s: %s", round_id, participant, reason)
     if not updates:
         raise ProtocolError(f"round {round_id}: no valid revealed update to aggregate")
-    aggregated = aggregate(settings.rule, updates)
+    aggregated = aggregate(settings.rule, updates, dict(settings.rule_params))
     result_cid = runtime.store.put(encode_arrays(aggregated))
     contract = runtime.contract
     if contract.phase(settings.run_id, round_id) == "finalized":
-        return _finalized_reply(message, runtime, result_cid)
+        return _finalized_reply(message, runtime, result_cid, rejected)
     try:
         tx = contract.attest(settings.run_id, round_id, cid_to_bytes(result_cid))
     except ChainError:
         # Other attesters may have reached the quorum while this one aggregated.
         if contract.phase(settings.run_id, round_id) != "finalized":
             raise
-        return _finalized_reply(message, runtime, result_cid)
+        return _finalized_reply(message, runtime, result_cid, rejected)
     return _reply(
         message,
-        status={"state": "attested", "address": runtime.account.address, "cid": result_cid},
+        status={"state": "attested", "address": runtime.account.address, "cid": result_cid, **_exclusions(rejected)},
         metrics={"gas": tx.gas_used, "excluded": len(rejected)},
     )
 

@@ -13,6 +13,7 @@ import logging
 import math
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +23,32 @@ from omegaconf import DictConfig, OmegaConf
 from . import __version__
 from .chain import RoundsContract, connect_embedded, connect_rpc, simulation_key, to_wad
 from .chain.artifact import load_artifact
+from .chain.protocol import ACCOUNTANT_NAMES, from_wad
 from .client_app import build_client_app
 from .config import validate
-from .data import load_dataset
+from .data import client_partitions, load_dataset
 from .federation import client_role, forget_runtimes, open_store, register_embedded_node, unregister_embedded_node
-from .models import build_model, evaluate, get_arrays, select_device, set_arrays
+from .models import build_model, check_engine_devices, evaluate, get_arrays, select_device, set_arrays
 from .privacy import PrivacySettings
 from .report import ProgressMonitor
 from .server_app import build_server_app
 from .settings import RunSettings, TrainingSettings
-from .storage import array_spec, cid_to_bytes, encode_arrays
+from .errors import ConfigError
+from .storage import array_spec, cid_from_bytes, cid_to_bytes, decode_arrays, encode_arrays
 from .strategies import CommitRevealStrategy, RoundReport
+
+
+#: Keys that steer a process, not the experiment: left out of the on-chain config hash,
+#: so a coordinator resuming a run presents the same hash.
+_RUN_CONTROL_KEYS = ("resume", "progress")
 
 
 def config_hash(cfg: DictConfig) -> bytes:
     """keccak256 of the resolved config as canonical JSON (recorded on chain)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    for key in _RUN_CONTROL_KEYS:
+        resolved.pop(key, None)
     return keccak(json.dumps(resolved, sort_keys=True, separators=(",", ":"), default=str).encode())
 
 
@@ -49,58 +60,59 @@ def code_hash() -> bytes:
 def run_experiment(cfg: DictConfig, *, output_dir: Path) -> dict[str, Any]:
     """Run the experiment ``cfg`` describes; write and return its results."""
     validate(cfg)  # type: ignore[arg-type]
+    output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    # The chain first: an unreachable node stops the run before any data is loaded.
+    node = connect_embedded() if cfg.chain.kind == "embedded" else connect_rpc(
+        cfg.chain.rpc_url, timeout=cfg.chain.request_timeout_s)  # fmt: skip
     privacy = PrivacySettings(
         epsilon=float(cfg.privacy.epsilon),
         delta=float(cfg.privacy.delta),
         max_grad_norm=float(cfg.privacy.max_grad_norm),
         accountant=str(cfg.privacy.accountant),
         secure_mode=bool(cfg.privacy.secure_mode),
+        grad_sample_mode=str(cfg.privacy.grad_sample_mode),
+        # Relative to the run's output directory, like storage.root.
+        state_dir=None if cfg.privacy.state_dir is None else str(output_dir / Path(cfg.privacy.state_dir)),
     )
-    split = load_dataset(cfg.dataset.name, seed=cfg.seed, test_fraction=cfg.dataset.test_fraction)
+    split = load_dataset(cfg.dataset.name, seed=cfg.seed, test_fraction=cfg.dataset.test_fraction,
+                         max_groups=cfg.dataset.max_groups)  # fmt: skip
     if cfg.num_clients > len(split.x_train):
-        from .errors import ConfigError
-
         raise ConfigError(f"num_clients ({cfg.num_clients}) exceeds the {len(split.x_train)} training samples")
+    # Partition once here so an impossible split (e.g. num_clients differing from a natural
+    # split's institutions) stops the run before anything is deployed.
+    client_partitions(split, num_partitions=cfg.num_clients, partitioner=cfg.dataset.partitioner, seed=cfg.seed,
+                      alpha=float(cfg.dataset.dirichlet_alpha),
+                      classes_per_partition=cfg.dataset.classes_per_partition)  # fmt: skip
     model = build_model(cfg.model.name, num_features=split.num_features, num_classes=split.num_classes,
-                        hidden=tuple(cfg.model.hidden), seed=cfg.seed)  # fmt: skip
+                        hidden=tuple(cfg.model.hidden), seed=cfg.seed, input_shape=split.input_shape,
+                        channels=tuple(cfg.model.channels), activation=cfg.model.activation,
+                        norm=cfg.model.norm, pool=cfg.model.pool)  # fmt: skip
     initial = get_arrays(model)
     device = select_device(cfg.device)
+    check_engine_devices(cfg.engine.kind, cfg.device, float(cfg.engine.num_gpus_per_client))
 
-    store_root = Path(cfg.storage.root)
-    if not store_root.is_absolute():
-        store_root = output_dir / store_root
-    store = open_store(cfg.storage.kind, str(store_root))
+    if cfg.storage.kind == "ipfs":
+        store_location = str(cfg.storage.api_addr)
+    else:
+        store_root = Path(cfg.storage.root)
+        store_location = str(store_root if store_root.is_absolute() else output_dir / store_root)
+    store = open_store(cfg.storage.kind, store_location, timeout_s=float(cfg.storage.timeout_s),
+                       retries=int(cfg.storage.retries), max_bytes=int(cfg.storage.max_blob_bytes))  # fmt: skip
     initial_cid = store.put(encode_arrays(initial))
 
-    node = connect_embedded() if cfg.chain.kind == "embedded" else connect_rpc(
-        cfg.chain.rpc_url, timeout=cfg.chain.request_timeout_s)  # fmt: skip
     admin = simulation_key(seed=cfg.seed, role="coordinator")
     clients = [simulation_key(seed=cfg.seed, role=client_role(i)) for i in range(cfg.num_clients)]
     node.fund([admin.address] + [c.address for c in clients])
-    first_block = int(node.w3.eth.block_number) + 1
-    contract, deploy_tx = RoundsContract.deploy(node, admin)
-    setup_gas = {"deploy": deploy_tx.gas_used, "register": 0}
-    for i, client in enumerate(clients):
-        setup_gas["register"] += contract.register(client.address, keccak(f"simulated-node/{i}".encode())).gas_used
+    if cfg.resume.contract_address:
+        chain_run = _resume_run(cfg, node, admin, store, spec=array_spec(initial))
+        initial = chain_run.model
+        initial_cid = store.put(encode_arrays(initial))  # canonical bytes: the chain's model CID
+    else:
+        chain_run = _create_run(cfg, node, admin, clients, initial_cid=initial_cid, privacy=privacy)
+    contract, run_id, setup_gas, first_block = (chain_run.contract, chain_run.run_id, chain_run.setup_gas,
+                                                chain_run.first_block)  # fmt: skip
     s = cfg.strategy
-    run_id, run_tx = contract.create_run(
-        {
-            "configHash": config_hash(cfg),
-            "codeHash": code_hash(),
-            "initialModelCid": cid_to_bytes(initial_cid),
-            "epsilonBudgetWad": to_wad(privacy.epsilon),
-            "deltaWad": to_wad(privacy.delta),
-            "numRounds": cfg.num_rounds,
-            "commitDuration": s.commit_timeout_s,
-            "revealDuration": s.reveal_timeout_s,
-            "attestDuration": s.attest_timeout_s,
-            "sampleBps": round(s.sample_fraction * 10_000),
-            "quorum": s.quorum,
-            "minReveals": s.min_reveals,
-        }
-    )
-    setup_gas["createRun"] = run_tx.gas_used
 
     chain_url = node.url
     bridge = None
@@ -130,9 +142,21 @@ def run_experiment(cfg: DictConfig, *, output_dir: Path) -> dict[str, Any]:
         contract_address=contract.address,
         run_id=run_id,
         store_kind=cfg.storage.kind,
-        store_location=str(store_root),
+        store_location=store_location,
+        store_timeout_s=float(cfg.storage.timeout_s),
+        store_retries=int(cfg.storage.retries),
         max_blob_bytes=cfg.storage.max_blob_bytes,
         session=uuid.uuid4().hex,
+        rule_params=(("num_malicious_nodes", s.num_malicious_nodes), ("num_nodes_to_select", s.num_nodes_to_select),
+                     ("beta", float(s.beta))),  # fmt: skip
+        poisoned_clients=tuple(cfg.adversary.poisoned_clients),
+        poison_scale=float(cfg.adversary.scale),
+        classes_per_partition=int(cfg.dataset.classes_per_partition),
+        max_groups=cfg.dataset.max_groups,
+        channels=tuple(cfg.model.channels),
+        activation=str(cfg.model.activation),
+        norm=str(cfg.model.norm),
+        pool=int(cfg.model.pool),
     )
 
     evaluation: dict[int, dict[str, float]] = {}
@@ -144,7 +168,8 @@ def run_experiment(cfg: DictConfig, *, output_dir: Path) -> dict[str, Any]:
         monitor.evaluated(server_round, accuracy)
         return {"loss": loss, "accuracy": accuracy}
 
-    monitor = ProgressMonitor(num_rounds=cfg.num_rounds, enabled=bool(cfg.progress))
+    done = chain_run.finalized_rounds
+    monitor = ProgressMonitor(num_rounds=cfg.num_rounds, enabled=bool(cfg.progress), completed=done)
     strategy = CommitRevealStrategy(
         contract=contract,
         run_id=run_id,
@@ -155,9 +180,10 @@ def run_experiment(cfg: DictConfig, *, output_dir: Path) -> dict[str, Any]:
         phase_timeout_s=float(max(s.commit_timeout_s, s.reveal_timeout_s, s.attest_timeout_s)),
         on_phase=monitor.phase,
         on_round=monitor.round_done,
+        first_round=done + 1,
     )
-    server_app = build_server_app(strategy=strategy, initial_arrays=initial, num_rounds=cfg.num_rounds,
-                                  evaluate=evaluate_global)  # fmt: skip
+    server_app = build_server_app(strategy=strategy, initial_arrays=initial, num_rounds=cfg.num_rounds - done,
+                                  evaluate=evaluate_global, first_round=done + 1)  # fmt: skip
     client_app = build_client_app(settings)
 
     flwr_logger = logging.getLogger("flwr")
@@ -187,6 +213,70 @@ def run_experiment(cfg: DictConfig, *, output_dir: Path) -> dict[str, Any]:
                        wall_seconds=time.perf_counter() - started, private=privacy.private)  # fmt: skip
     (output_dir / "results.json").write_text(json.dumps(results, indent=2, allow_nan=True) + "\n", encoding="utf-8")
     return results
+
+
+@dataclass
+class ChainRun:
+    """The run on chain this process drives: new, or resumed after a coordinator restart."""
+
+    contract: RoundsContract
+    run_id: int
+    setup_gas: dict[str, int]
+    first_block: int
+    finalized_rounds: int = 0
+    model: dict[str, Any] = field(default_factory=dict)
+
+
+def _create_run(cfg: DictConfig, node: Any, admin: Any, clients: list[Any], *, initial_cid: str,
+                privacy: PrivacySettings) -> ChainRun:  # fmt: skip
+    """Deploy the contract, register the simulated participants and create the run."""
+    first_block = int(node.w3.eth.block_number) + 1
+    contract, deploy_tx = RoundsContract.deploy(node, admin)
+    setup_gas = {"deploy": deploy_tx.gas_used, "register": 0}
+    for i, client in enumerate(clients):
+        setup_gas["register"] += contract.register(client.address, keccak(f"simulated-node/{i}".encode())).gas_used
+    s = cfg.strategy
+    run_id, run_tx = contract.create_run(
+        {
+            "configHash": config_hash(cfg),
+            "codeHash": code_hash(),
+            "initialModelCid": cid_to_bytes(initial_cid),
+            "epsilonBudgetWad": to_wad(privacy.epsilon),
+            "deltaWad": to_wad(privacy.delta),
+            "numRounds": cfg.num_rounds,
+            "commitDuration": s.commit_timeout_s,
+            "revealDuration": s.reveal_timeout_s,
+            "attestDuration": s.attest_timeout_s,
+            "sampleBps": round(s.sample_fraction * 10_000),
+            "quorum": s.quorum,
+            "minReveals": s.min_reveals,
+        }
+    )
+    setup_gas["createRun"] = run_tx.gas_used
+    return ChainRun(contract=contract, run_id=run_id, setup_gas=setup_gas, first_block=first_block)
+
+
+def _resume_run(cfg: DictConfig, node: Any, admin: Any, store: Any, *, spec: dict[str, Any]) -> ChainRun:
+    """Take over a run a previous coordinator created: same config, the chain's model.
+
+    Finalized rounds stay done; the Flower loop runs only the rounds still missing, from
+    the model the chain finalized last. A round left in flight is let lapse first by
+    the strategy (its deadlines pass; a new attempt opens).
+    """
+    contract = RoundsContract(node, cfg.resume.contract_address, admin)
+    run_id = int(cfg.resume.run_id)
+    run = contract.get_run(run_id)
+    if int(run["numRounds"]) == 0:
+        raise ConfigError(f"resume: contract {contract.address} has no run {run_id}")
+    created = [e for e in contract.event_log() if e["event"] == "RunCreated" and e["args"]["runId"] == run_id]
+    recorded = created[0]["args"]["params"]["configHash"] if created else ""
+    if recorded != "0x" + config_hash(cfg).hex():
+        raise ConfigError(f"resume: run {run_id} was created with a different config (hash {recorded}); "
+                          "resume it with the same overrides")  # fmt: skip
+    model_cid = cid_from_bytes(bytes(run["modelCid"]))
+    model = decode_arrays(store.get(model_cid), max_bytes=int(cfg.storage.max_blob_bytes), expected=spec)
+    return ChainRun(contract=contract, run_id=run_id, setup_gas={}, first_block=0,
+                    finalized_rounds=int(run["finalizedRounds"]), model=model)  # fmt: skip
 
 
 def _finite(value: float) -> float | str:
@@ -232,9 +322,11 @@ def _results(
                 "revealed": report.revealed,
                 "attested": report.attested,
                 "declined": report.declined,
+                "excluded": report.excluded,
                 "errors": report.errors,
             }
         )
+    events = contract.event_log(from_block=first_block)
     return {
         "private": private,
         "privacy": {"epsilon": _finite(float(cfg.privacy.epsilon)), "delta": float(cfg.privacy.delta),
@@ -249,5 +341,34 @@ def _results(
         "setup_gas": setup_gas,
         "wall_seconds": wall_seconds,
         "config": OmegaConf.to_container(cfg, resolve=True),
-        "events": contract.event_log(from_block=first_block),
+        "events": events,
+        "privacy_ledger": _privacy_ledger(events, seed=cfg.seed, num_clients=cfg.num_clients),
     }
+
+
+def _privacy_ledger(events: list[dict[str, Any]], *, seed: int, num_clients: int) -> dict[str, Any]:
+    """Each client's DP-SGD record per round, decoded from the chain's ``Revealed`` events.
+
+    Keyed by participant address; ``client`` is the simulated client's index. Values are
+    the revealed fixed-point numbers converted back to floats (protocol §2.4); anyone
+    can recompute ``epsilon`` from the (σ, q, steps) history at δ with the accountant.
+    """
+    index = {simulation_key(seed=seed, role=client_role(i)).address: i for i in range(num_clients)}
+    ledger: dict[str, Any] = {}
+    for event in events:
+        if event["event"] != "Revealed":
+            continue
+        args, dp = event["args"], event["args"]["dp"]
+        entry = ledger.setdefault(args["participant"], {"client": index.get(args["participant"]), "rounds": []})
+        entry["rounds"].append(
+            {
+                "round": args["round"],
+                "noise_multiplier": from_wad(int(dp["noiseMultiplierWad"])),
+                "sample_rate": from_wad(int(dp["sampleRateWad"])),
+                "steps": int(dp["steps"]),
+                "delta": from_wad(int(dp["deltaWad"])),
+                "accountant": ACCOUNTANT_NAMES.get(int(dp["accountant"]), str(dp["accountant"])),
+                "epsilon": _finite(from_wad(int(dp["epsilonWad"]))),
+            }
+        )
+    return ledger

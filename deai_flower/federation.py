@@ -19,11 +19,11 @@ from eth_account.signers.local import LocalAccount
 
 from .chain import RoundsContract, simulation_key
 from .chain.node import ChainNode, connect_rpc
-from .data import load_dataset, partition
+from .data import client_partitions, load_dataset
 from .errors import ChainUnavailableError, ConfigError
 from .models import build_model, get_arrays, select_device
 from .settings import RunSettings
-from .storage import ContentStore, LocalStore, array_spec
+from .storage import ContentStore, IpfsStore, LocalStore, array_spec
 
 _EMBEDDED_NODES: dict[str, ChainNode] = {}
 _RUNTIMES: dict[tuple[str, int], ClientRuntime] = {}
@@ -54,11 +54,18 @@ def connect_chain(url: str) -> ChainNode:
     return connect_rpc(url)
 
 
-def open_store(kind: str, location: str) -> ContentStore:
-    """The content store of a run."""
+def open_store(
+    kind: str, location: str, *, timeout_s: float = 30.0, retries: int = 2, max_bytes: int | None = None
+) -> ContentStore:
+    """The content store of a run: a directory (``local``) or an IPFS node's RPC API multiaddr (``ipfs``).
+
+    ``timeout_s``, ``retries`` and ``max_bytes`` (a download cap) apply to ``ipfs`` only.
+    """
     if kind == "local":
         return LocalStore(location)
-    raise ConfigError(f"unknown storage kind {kind!r}; choose one of: local")
+    if kind == "ipfs":
+        return IpfsStore(location, timeout=timeout_s, retries=retries, max_bytes=max_bytes)
+    raise ConfigError(f"unknown storage kind {kind!r}; choose one of: local, ipfs")
 
 
 def client_role(partition_id: int) -> str:
@@ -101,14 +108,15 @@ def forget_runtimes(session: str) -> None:
 
 
 def _build_runtime(settings: RunSettings, partition_id: int) -> ClientRuntime:
-    split = load_dataset(settings.dataset, seed=settings.seed, test_fraction=settings.test_fraction)
-    parts = partition(
-        split.x_train,
-        split.y_train,
+    split = load_dataset(settings.dataset, seed=settings.seed, test_fraction=settings.test_fraction,
+                         max_groups=settings.max_groups)  # fmt: skip
+    parts = client_partitions(
+        split,
         num_partitions=settings.num_clients,
         partitioner=settings.partitioner,
         seed=settings.seed,
         alpha=settings.dirichlet_alpha,
+        classes_per_partition=settings.classes_per_partition,
     )
     x, y = parts[partition_id]
     model = build_model(
@@ -117,6 +125,11 @@ def _build_runtime(settings: RunSettings, partition_id: int) -> ClientRuntime:
         num_classes=split.num_classes,
         hidden=settings.hidden,
         seed=settings.seed,
+        input_shape=split.input_shape,
+        channels=settings.channels,
+        activation=settings.activation,
+        norm=settings.norm,
+        pool=settings.pool,
     )
     account = simulation_key(seed=settings.seed, role=client_role(partition_id))
     node = connect_chain(settings.chain_url)
@@ -125,10 +138,11 @@ def _build_runtime(settings: RunSettings, partition_id: int) -> ClientRuntime:
         partition_id=partition_id,
         account=account,
         contract=RoundsContract(node, settings.contract_address, account),
-        store=open_store(settings.store_kind, settings.store_location),
+        store=open_store(settings.store_kind, settings.store_location, timeout_s=settings.store_timeout_s,
+                         retries=settings.store_retries, max_bytes=settings.max_blob_bytes),  # fmt: skip
         x=x,
         y=y,
         model=model,
         spec=array_spec(get_arrays(model)),
-        device=select_device(settings.device),
+        device=select_device(settings.device, index=partition_id),
     )

@@ -5,41 +5,204 @@ parameter name to ``float32`` numpy array. Names are those of the plain PyTorch 
 when Opacus wraps a module (``GradSampleModule``) its state dict gains a ``_module.``
 prefix, which :func:`get_arrays` removes and :func:`set_arrays` restores, so wrapped and
 unwrapped models exchange the same names.
+
+Every model takes flat ``float32`` features (the datasets' common format) and is
+Opacus-ready: no batch statistics (BatchNorm mixes examples, which per-sample clipping
+cannot bound), so convolutional nets normalise with GroupNorm. A model built with
+BatchNorm layers is converted by :func:`make_dp_compatible`, which logs the layers it
+replaced; the conversion happens when the model is built, never during training, since
+it changes the parameter names and shapes every party must agree on.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+from opacus.validators import ModuleValidator
 from torch import nn
 
 from deai_flower.errors import ConfigError
 
 __all__ = [
+    "ACTIVATIONS",
     "MODELS",
     "build_model",
+    "check_engine_devices",
     "evaluate",
     "get_arrays",
+    "make_dp_compatible",
     "select_device",
     "set_arrays",
 ]
 
+logger = logging.getLogger(__name__)
+
 # Prefix Opacus' GradSampleModule (all grad-sample modes) puts before every name.
 _WRAPPED_PREFIX = "_module."
 
-MODELS: tuple[str, ...] = ("mlp",)
+MODELS: tuple[str, ...] = ("cnn", "mlp", "resnet")
+
+# Bounded activations (tanh) keep activations, and so per-sample gradient norms, small,
+# which often suits DP-SGD's clipping better than ReLU (Papernot et al., 2021).
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+NORMS: tuple[str, ...] = ("batch", "group")
+
+# Channels per GroupNorm group in the ResNet (a common choice; fewer for thin layers).
+_GROUP_CHANNELS = 8
 
 
-def _build_mlp(*, num_features: int, num_classes: int, hidden: Sequence[int]) -> nn.Module:
+def _build_mlp(
+    *,
+    num_features: int,
+    num_classes: int,
+    hidden: Sequence[int],
+    activation: type[nn.Module],
+    input_shape: tuple[int, int, int] | None = None,
+    pool: int = 1,
+) -> nn.Module:
     layers: list[nn.Module] = []
     width = num_features
+    if pool > 1 and input_shape is not None:
+        # Average-pool the image first (a fixed, parameter-free transform): fewer input
+        # weights, so less DP noise in total for little lost detail.
+        channels, height, width_px = input_shape
+        layers += [nn.Unflatten(1, input_shape), nn.AvgPool2d(pool), nn.Flatten()]
+        width = channels * (height // pool) * (width_px // pool)
     for size in hidden:
-        layers += [nn.Linear(width, size), nn.ReLU()]
+        layers += [nn.Linear(width, size), activation()]
         width = size
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
+
+
+def _build_cnn(
+    *,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    channels: Sequence[int],
+    hidden: Sequence[int],
+    activation: type[nn.Module],
+) -> nn.Module:
+    # Conv(3x3, same padding) + activation + 2x2 max-pool per entry of `channels`, then
+    # the dense head. Pooling stops once a side would drop below 2 (8x8 digits: 8->4->2).
+    in_channels, height, width = input_shape
+    layers: list[nn.Module] = [nn.Unflatten(1, input_shape)]
+    for out_channels in channels:
+        layers += [nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1), activation()]
+        if height >= 4 and width >= 4:
+            layers.append(nn.MaxPool2d(2))
+            height, width = height // 2, width // 2
+        in_channels = out_channels
+    layers.append(nn.Flatten())
+    features = in_channels * height * width
+    for size in hidden:
+        layers += [nn.Linear(features, size), activation()]
+        features = size
+    layers.append(nn.Linear(features, num_classes))
+    return nn.Sequential(*layers)
+
+
+def _norm_layer(norm: str, channels: int) -> nn.Module:
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    return nn.GroupNorm(max(1, channels // _GROUP_CHANNELS), channels)
+
+
+class _ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with normalisation and an identity (or 1x1) shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, stride: int, norm: str,
+                 activation: type[nn.Module]) -> None:  # fmt: skip
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.norm1 = _norm_layer(norm, out_channels)
+        self.act1 = activation()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.norm2 = _norm_layer(norm, out_channels)
+        self.act2 = activation()
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                _norm_layer(norm, out_channels),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act1(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        return self.act2(out + self.shortcut(x))
+
+
+def _build_resnet(
+    *,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    channels: Sequence[int],
+    norm: str,
+    activation: type[nn.Module],
+) -> nn.Module:
+    # A small ResNet for 32x32 colour images (CIFAR-10): a 3x3 stem, one residual block
+    # per entry of `channels` (stride 2 from the second on), global average pooling.
+    in_channels = input_shape[0]
+    width = channels[0]
+    layers: list[nn.Module] = [
+        nn.Unflatten(1, input_shape),
+        nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+        _norm_layer(norm, width),
+        activation(),
+    ]
+    for i, out_channels in enumerate(channels):
+        layers.append(_ResidualBlock(width, out_channels, stride=1 if i == 0 else 2, norm=norm,
+                                     activation=activation))  # fmt: skip
+        width = out_channels
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def make_dp_compatible(model: nn.Module) -> nn.Module:
+    """Return ``model`` in a form Opacus can train, logging every layer replaced.
+
+    Uses Opacus' ``ModuleValidator``: BatchNorm becomes GroupNorm, and so on. A model
+    that is already valid is returned unchanged (the same object).
+
+    Raises:
+        ConfigError: the model has layers Opacus can neither train nor fix.
+    """
+    if not ModuleValidator.validate(model, strict=False):
+        return model
+    before = dict(model.named_modules())
+    fixed = ModuleValidator.fix(model)
+    replaced = [
+        f"{name} ({type(before[name]).__name__} -> {type(module).__name__})"
+        for name, module in fixed.named_modules()
+        if name in before and type(before[name]) is not type(module)
+    ]
+    if replaced:
+        logger.warning("made the model Opacus-compatible by replacing %d layer(s): %s",
+                       len(replaced), ", ".join(replaced))  # fmt: skip
+    errors = ModuleValidator.validate(fixed, strict=False)
+    if errors:
+        raise ConfigError(
+            "the model has layers Opacus cannot train privately: "
+            + "; ".join(str(error) for error in errors)
+        )
+    return fixed
+
+
+def _image_shape(input_shape: Sequence[int] | None, num_features: int, model: str) -> tuple[int, int, int]:
+    if input_shape is None or len(input_shape) != 3:
+        raise ConfigError(
+            f"model {model!r} needs image data (a dataset with a [channels, height, width] shape); "
+            f"got input shape {None if input_shape is None else tuple(input_shape)}"
+        )
+    shape = (int(input_shape[0]), int(input_shape[1]), int(input_shape[2]))
+    if shape[0] * shape[1] * shape[2] != num_features or min(shape) < 1:
+        raise ConfigError(f"input shape {shape} does not hold {num_features} features")
+    return shape
 
 
 def build_model(
@@ -49,15 +212,32 @@ def build_model(
     num_classes: int,
     hidden: Sequence[int],
     seed: int,
+    input_shape: Sequence[int] | None = None,
+    channels: Sequence[int] = (16, 32),
+    activation: str = "relu",
+    norm: str = "group",
+    pool: int = 1,
 ) -> nn.Module:
-    """Build a freshly initialised model; the same arguments give identical weights.
+    """Build a freshly initialised, Opacus-ready model; equal arguments give equal weights.
 
-    ``"mlp"`` is a stack of ``Linear + ReLU`` for each size in ``hidden`` followed by a
-    ``Linear`` to ``num_classes`` logits (empty ``hidden``: multinomial logistic
-    regression). The model is in ``float32`` on the CPU.
+    Every model takes flat features ``[N, num_features]`` and returns ``num_classes``
+    logits; ``input_shape`` (``[channels, height, width]``) tells the convolutional
+    ones how to view them as images.
+
+    * ``"mlp"``: ``Linear + activation`` per size in ``hidden``, then a ``Linear`` to the
+      logits (empty ``hidden``: multinomial logistic regression); with ``pool > 1``
+      image inputs are first average-pooled ``pool x pool``.
+    * ``"cnn"``: per size in ``channels`` a 3x3 convolution, the activation and a 2x2
+      max-pool; then the ``hidden`` dense layers and the logits.
+    * ``"resnet"``: a 3x3 stem and one residual block per size in ``channels``
+      (stride 2 after the first), ``norm`` normalisation (``"batch"`` is converted to
+      GroupNorm by :func:`make_dp_compatible`), global average pooling, logits.
+
+    The model is in ``float32`` on the CPU.
 
     Raises:
-        ConfigError: unknown ``name`` or non-positive sizes.
+        ConfigError: unknown ``name``/``activation``/``norm``, non-positive sizes, or an
+            image model without a matching ``input_shape``.
     """
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
@@ -68,11 +248,39 @@ def build_model(
     sizes = [int(h) for h in hidden]
     if any(h < 1 for h in sizes):
         raise ConfigError(f"model.hidden sizes must all be >= 1 (got {list(hidden)})")
+    widths = [int(c) for c in channels]
+    if any(c < 1 for c in widths):
+        raise ConfigError(f"model.channels must all be >= 1 (got {list(channels)})")
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {activation!r}; choose one of: {', '.join(ACTIVATIONS)}")
+    if norm not in NORMS:
+        raise ConfigError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
+    act = ACTIVATIONS[activation]
+    if pool < 1:
+        raise ConfigError(f"model.pool must be >= 1 (got {pool})")
+    shape = None
+    if name != "mlp" or pool > 1:
+        shape = _image_shape(input_shape, num_features, name)
+        if min(shape[1:]) < pool:
+            raise ConfigError(f"model.pool={pool} is larger than the {shape[1]}x{shape[2]} images")
+    if name != "mlp":
+        if not widths:
+            raise ConfigError(f"model {name!r} needs at least one entry in model.channels")
     # Seed the default generator only inside a forked RNG scope, so building a model
     # neither depends on nor disturbs the caller's global random state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _build_mlp(num_features=num_features, num_classes=num_classes, hidden=sizes)
+        if name == "mlp":
+            model = _build_mlp(num_features=num_features, num_classes=num_classes, hidden=sizes, activation=act,
+                               input_shape=shape, pool=pool)  # fmt: skip
+        elif name == "cnn":
+            model = _build_cnn(input_shape=shape, num_classes=num_classes, channels=widths, hidden=sizes,
+                               activation=act)  # fmt: skip
+        else:
+            model = _build_resnet(input_shape=shape, num_classes=num_classes, channels=widths, norm=norm,
+                                  activation=act)  # fmt: skip
+        # Inside the seeded scope: replacement layers are initialised reproducibly too.
+        model = make_dp_compatible(model)
     return model
 
 
@@ -155,21 +363,67 @@ def evaluate(
     return total_loss / num_rows, correct / num_rows
 
 
-def select_device(preference: str = "auto") -> torch.device:
-    """Resolve a device preference: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+def select_device(preference: str = "auto", *, index: int | None = None) -> torch.device:
+    """Resolve a device preference: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``
+    or ``"cuda:N"``.
+
+    ``index`` (a client's partition id) spreads clients over the visible GPUs
+    round-robin when ``"auto"``/``"cuda"`` finds several; under Flower's simulation
+    engine Ray makes only the GPU(s) granted to the actor visible, so every client
+    there lands on its own share (``engine.num_gpus_per_client``).
 
     Raises:
-        ConfigError: unknown preference, or ``"cuda"`` on a machine without CUDA.
+        ConfigError: unknown preference, or CUDA requested on a machine without CUDA
+            (or an ordinal it does not have).
     """
-    if preference == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if preference == "cpu":
         return torch.device("cpu")
-    if preference == "cuda":
+    if preference == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if preference in ("auto", "cuda") or preference.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise ConfigError(
-                "device 'cuda' was requested but no CUDA GPU is available to PyTorch; "
+                f"device {preference!r} was requested but no CUDA GPU is available to PyTorch; "
                 "use 'cpu' or 'auto'"
             )
-        return torch.device("cuda")
-    raise ConfigError(f"unknown device {preference!r}; choose one of: auto, cpu, cuda")
+        count = max(1, torch.cuda.device_count())
+        if preference.startswith("cuda:"):
+            ordinal = preference.removeprefix("cuda:")
+            if not ordinal.isdigit() or int(ordinal) >= count:
+                raise ConfigError(f"device {preference!r}: this machine has CUDA devices 0..{count - 1}")
+            return torch.device("cuda", int(ordinal))
+        if index is None or count == 1:
+            return torch.device("cuda")
+        return torch.device("cuda", int(index) % count)
+    raise ConfigError(f"unknown device {preference!r}; choose one of: auto, cpu, cuda, cuda:N")
+
+
+def check_engine_devices(engine: str, device: str, num_gpus_per_client: float) -> None:
+    """Check that the engine's GPU share per client fits the device preference.
+
+    Under Flower's simulation engine (``engine="ray"``) an actor sees only the GPUs Ray
+    grants it (``engine.num_gpus_per_client``, a fraction shares one GPU among clients).
+
+    Raises:
+        ConfigError: CUDA requested with no GPU share per client, or a GPU share asked
+            for on a machine without CUDA (Ray would wait for it forever).
+    """
+    if engine != "ray":
+        return
+    cuda = torch.cuda.is_available()
+    wants_cuda = device == "cuda" or device.startswith("cuda:")
+    if num_gpus_per_client > 0 and not cuda:
+        raise ConfigError(
+            f"engine.num_gpus_per_client={num_gpus_per_client:g} but no CUDA GPU is available; "
+            "set engine.num_gpus_per_client=0"
+        )
+    if num_gpus_per_client == 0 and wants_cuda:
+        raise ConfigError(
+            f"device={device} with engine=ray needs a GPU share per client actor: set "
+            "engine.num_gpus_per_client (e.g. 0.2 lets five clients share one GPU)"
+        )
+    if num_gpus_per_client == 0 and device == "auto" and cuda:
+        logger.warning(
+            "a GPU is present but engine.num_gpus_per_client=0, so Ray's client actors see no GPU "
+            "and train on the CPU; set engine.num_gpus_per_client to use it"
+        )

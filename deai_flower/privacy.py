@@ -13,6 +13,10 @@ its (epsilon, delta) budget it has spent so far. Three Opacus facts shape the de
 * Calibrating the noise every round for the whole budget (``make_private_with_epsilon``)
   would spend the budget again each round, so the noise multiplier is calibrated once
   per client for the planned number of rounds and kept in the ledger.
+
+A client that must survive restarts also keeps its ledger in a JSON state file
+(:func:`save_ledger`/:func:`load_ledger`, one file per participant and run), written
+atomically after every trained round.
 """
 
 from __future__ import annotations
@@ -20,10 +24,14 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
+import json
 import math
+import os
+import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +42,7 @@ from opacus.accountants.analysis import rdp as rdp_analysis
 from opacus.accountants.utils import get_noise_multiplier
 from opacus.data_loader import DPDataLoader
 from opacus.grad_sample import AbstractGradSampleModule
+from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -42,25 +51,32 @@ from deai_flower.models import get_arrays
 
 __all__ = [
     "ACCOUNTANTS",
-    "GRAD_SAMPLE_MODE",
+    "GRAD_SAMPLE_MODES",
     "PrivacyLedger",
     "PrivacySettings",
     "RoundTraining",
+    "choose_grad_sample_mode",
+    "ledger_path",
+    "load_ledger",
+    "save_ledger",
     "train_round",
 ]
 
 ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp")
 
-# Per-sample-gradient implementation: "hooks", "ghost" or "auto". Ghost clipping only
-# computes per-sample gradient *norms* and so scales better with layer width; hooks
-# materialises per-sample gradients and has less overhead on small models. Measured on
-# a 2-core CPU (digits, ~287 rows, batch 64, 3 local epochs, one client round): hidden
-# [64] (4.8k parameters) hooks 17 ms vs ghost 19 ms; [128] (9.6k) hooks 30 ms vs ghost
-# 22 ms; [256, 128] (51k) hooks 115 ms vs ghost 37 ms. "auto" picks by parameter count.
-# Both produce the same update (checked in the tests); "hooks" is also the fallback for
-# layers ghost clipping does not support.
-GRAD_SAMPLE_MODE = "auto"
-_GHOST_MIN_PARAMETERS = 8_000
+# Per-sample-gradient implementation: "hooks", "ghost" or "auto". Hooks materialise
+# every example's gradient; ghost clipping computes per-example gradient *norms* without
+# them for Linear layers (other layers fall back to per-sample gradients) and then
+# backpropagates a second time through the clipped loss. Measured with this trainer,
+# one CPU thread, batch 64 (bench/bench_dp.py, samples/s hooks vs ghost): MLP [64] on
+# digits (4.8k Linear parameters) 46k vs 32k; MLP [256, 128] (51k) 4.5k vs 12.5k; CNN
+# on digits (4.4k Linear) 13.1k vs 12.0k; CNN on MNIST (50k Linear) 2.1k vs 2.6k. So
+# ghost pays off once the Linear layers are large, whatever the rest of the model, and
+# "auto" picks it from _GHOST_MIN_LINEAR_PARAMETERS trainable Linear parameters on.
+# Both modes give the same update (tested); "hooks" is also the fallback for a layer
+# ghost clipping rejects.
+GRAD_SAMPLE_MODES: tuple[str, ...] = ("auto", "ghost", "hooks")
+_GHOST_MIN_LINEAR_PARAMETERS = 8_000
 _FALLBACK_GRAD_SAMPLE_MODE = "hooks"
 
 # SGD momentum for local training (private and non-private alike).
@@ -84,7 +100,9 @@ class PrivacySettings:
     ``epsilon=math.inf`` disables DP (plain SGD). ``accountant`` is ``"rdp"`` (Rényi DP,
     fast) or ``"prv"`` (privacy random variables, tighter, slower). ``secure_mode``
     draws noise and samples from a cryptographically secure generator (``torchcsprng``)
-    and then ignores seeds.
+    and then ignores seeds. ``grad_sample_mode`` is Opacus' per-sample-gradient
+    implementation (``"auto"``, ``"hooks"`` or ``"ghost"``). ``state_dir``, when set, is
+    where each client keeps its ledger file so its accounting survives a restart.
     """
 
     epsilon: float
@@ -92,6 +110,8 @@ class PrivacySettings:
     max_grad_norm: float
     accountant: str
     secure_mode: bool = False
+    grad_sample_mode: str = "auto"
+    state_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not _is_number(self.epsilon) or not self.epsilon > 0:
@@ -116,6 +136,11 @@ class PrivacySettings:
             )
         if not isinstance(self.secure_mode, bool):
             raise ConfigError(f"privacy.secure_mode must be a boolean (got {self.secure_mode!r})")
+        if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise ConfigError(
+                f"privacy.grad_sample_mode must be one of: {', '.join(GRAD_SAMPLE_MODES)} "
+                f"(got {self.grad_sample_mode!r})"
+            )
 
     @property
     def private(self) -> bool:
@@ -194,9 +219,9 @@ class RoundTraining:
     """The outcome of one client's local training round.
 
     ``epsilon`` is cumulative over all of the client's rounds so far, at ``delta``
-    (``inf`` for non-private training). ``train_loss`` is the mean per-example loss on
-    the batches trained on; it is computed from private data and is *not* covered by the
-    DP guarantee.
+    (``inf`` for non-private training, whose ``accountant`` is ``"none"``).
+    ``train_loss`` is the mean per-example loss on the batches trained on; it is
+    computed from private data and is *not* covered by the DP guarantee.
     """
 
     arrays: dict[str, np.ndarray]
@@ -264,7 +289,11 @@ def _epsilon_of(history: list[tuple[float, float, int]], *, delta: float, accoun
         return float(eps)
     prv = PRVAccountant()
     prv.history = merged
-    return float(prv.get_epsilon(delta=delta))
+    with warnings.catch_warnings():
+        # PRV bounds its discretisation domain with an RDP estimate, which notes when the
+        # best order is the largest one; irrelevant for the PRV epsilon it returns.
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        return float(prv.get_epsilon(delta=delta))
 
 
 @functools.lru_cache(maxsize=256)
@@ -294,7 +323,113 @@ def _calibrate(
         ) from exc
 
 
+# --- the ledger's state file ----------------------------------------------------------
+
+LEDGER_FORMAT = "deai-flower/privacy-ledger/1"
+
+
+def ledger_path(state_dir: str | os.PathLike[str], *, chain_id: int, contract: str, run_id: int,
+                participant: str) -> Path:  # fmt: skip
+    """Where a participant keeps its ledger for one run (the on-chain budget is per run)."""
+    name = f"privacy-ledger-{int(chain_id)}-{contract.lower()}-{int(run_id)}-{participant.lower()}.json"
+    return Path(state_dir) / name
+
+
+def save_ledger(path: str | os.PathLike[str], ledger: PrivacyLedger, *, settings: PrivacySettings,
+                identity: Mapping[str, Any]) -> None:  # fmt: skip
+    """Write ``ledger`` as JSON, atomically (a crash leaves the old file or the new one).
+
+    ``identity`` (participant, chain, contract, run) is stored with it and checked by
+    :func:`load_ledger`, so a file is never applied to the wrong participant or run.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "format": LEDGER_FORMAT,
+        **{key: identity[key] for key in sorted(identity)},
+        "delta": settings.delta,
+        "accountant": settings.accountant,
+        "epsilon_budget": settings.epsilon if settings.private else "inf",
+        "epsilon": _json_float(ledger.epsilon(settings.delta, settings.accountant)),
+        "calibrated_noise_multiplier": ledger.noise_multiplier,
+        # JSON floats are written with repr(), so the history round-trips bit for bit.
+        "history": [{"noise_multiplier": float(sigma), "sample_rate": float(rate), "steps": int(steps)}
+                    for sigma, rate, steps in ledger.history],  # fmt: skip
+    }
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump(document, stream, indent=2)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def load_ledger(path: str | os.PathLike[str], *, identity: Mapping[str, Any]) -> PrivacyLedger | None:
+    """Read a ledger written by :func:`save_ledger`; ``None`` if there is no file.
+
+    Raises:
+        PrivacyError: the file is unreadable, malformed, or belongs to another
+            participant or run than ``identity``.
+    """
+    source = Path(path)
+    try:
+        document = json.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise PrivacyError(f"cannot read the privacy ledger {source}: {exc}") from exc
+    if not isinstance(document, dict) or document.get("format") != LEDGER_FORMAT:
+        raise PrivacyError(f"{source} is not a privacy ledger ({LEDGER_FORMAT})")
+    for key, expected in identity.items():
+        if str(document.get(key)).lower() != str(expected).lower():
+            raise PrivacyError(
+                f"privacy ledger {source} belongs to {key}={document.get(key)!r}, not {expected!r}"
+            )
+    try:
+        history = document["history"]
+        record = {
+            _REC_NOISE: [entry["noise_multiplier"] for entry in history],
+            _REC_RATE: [entry["sample_rate"] for entry in history],
+            _REC_STEPS: [entry["steps"] for entry in history],
+        }
+    except (KeyError, TypeError) as exc:
+        raise PrivacyError(f"malformed privacy ledger {source}: {exc!r}") from exc
+    if document.get("calibrated_noise_multiplier") is not None:
+        record[_REC_CALIBRATED] = document["calibrated_noise_multiplier"]
+    return PrivacyLedger.from_record(record)
+
+
+def _json_float(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)
+
+
 # --- training ------------------------------------------------------------------------
+
+
+def _check_trainable(model: nn.Module) -> None:
+    # Fixing layers here would change the parameter names and shapes of the update the
+    # other parties expect, so an incompatible model is an error; the fix belongs at
+    # build time (deai_flower.models.make_dp_compatible).
+    base = model._module if isinstance(model, AbstractGradSampleModule) else model
+    # The validator also demands training mode, which the trained copy will be in; the
+    # caller's module may have been left in eval mode by an evaluation.
+    was_training = base.training
+    base.train()
+    try:
+        errors = ModuleValidator.validate(base, strict=False)
+    finally:
+        base.train(was_training)
+    if errors:
+        raise PrivacyError(
+            "the model cannot be trained with DP-SGD: "
+            + "; ".join(str(error) for error in errors)
+            + " (build it through deai_flower.models.make_dp_compatible, which replaces such layers)"
+        )
+
 
 
 def _check_training_args(
@@ -437,6 +572,7 @@ def train_round(
 
     if settings.secure_mode and importlib.util.find_spec("torchcsprng") is None:
         raise PrivacyError(_SECURE_RNG_HINT)
+    _check_trainable(model)
 
     dataset = _tensors(x, y)
     sampler_generator = None
@@ -551,11 +687,20 @@ def _make_private(
     return dp_module, dp_optimizer, dp_criterion, dp_loader
 
 
-def _grad_sample_mode(model: nn.Module) -> str:
-    if GRAD_SAMPLE_MODE != "auto":
-        return GRAD_SAMPLE_MODE
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return "ghost" if trainable >= _GHOST_MIN_PARAMETERS else "hooks"
+def choose_grad_sample_mode(model: nn.Module, requested: str = "auto") -> str:
+    """The per-sample-gradient mode to train ``model`` with (``requested`` unless "auto").
+
+    "auto" picks ghost clipping when the model's Linear layers hold at least
+    ``_GHOST_MIN_LINEAR_PARAMETERS`` trainable parameters, hooks otherwise (see the
+    measurements next to ``GRAD_SAMPLE_MODES``).
+    """
+    if requested not in GRAD_SAMPLE_MODES:
+        raise ConfigError(f"grad_sample_mode must be one of: {', '.join(GRAD_SAMPLE_MODES)} (got {requested!r})")
+    if requested != "auto":
+        return requested
+    linear = sum(p.numel() for m in model.modules() if isinstance(m, nn.Linear)
+                 for p in m.parameters(recurse=False) if p.requires_grad)  # fmt: skip
+    return "ghost" if linear >= _GHOST_MIN_LINEAR_PARAMETERS else "hooks"
 
 
 def _run_epochs(
@@ -617,7 +762,8 @@ def _train_private(
         noise_generator = torch.Generator(device=device).manual_seed(noise_seed)
 
     last_error: Exception | None = None
-    for mode in dict.fromkeys((_grad_sample_mode(model), _FALLBACK_GRAD_SAMPLE_MODE)):
+    for mode in dict.fromkeys((choose_grad_sample_mode(model, settings.grad_sample_mode),
+                               _FALLBACK_GRAD_SAMPLE_MODE)):  # fmt: skip
         work = _fresh_copy(model, device)
         try:
             dp_module, dp_optimizer, dp_criterion, dp_loader = _make_private(
@@ -688,6 +834,6 @@ def _train_non_private(
         steps=steps,
         delta=settings.delta,
         epsilon=math.inf,
-        accountant=settings.accountant,
+        accountant="none",  # recorded on chain as accountant 0: no accounting, ε = ∞
         train_loss=loss_sum / seen if seen else 0.0,
     )

@@ -15,7 +15,9 @@ from .strategies import RoundReport
 class ProgressMonitor:
     """Rich progress bar over rounds, showing the current phase and the last accuracy."""
 
-    def __init__(self, *, num_rounds: int, enabled: bool = True, console: Console | None = None) -> None:
+    def __init__(
+        self, *, num_rounds: int, enabled: bool = True, completed: int = 0, console: Console | None = None
+    ) -> None:
         self.console = console or Console(stderr=True)
         self.enabled = enabled
         self._progress = Progress(
@@ -28,7 +30,8 @@ class ProgressMonitor:
             disable=not enabled,
             transient=False,
         )
-        self._task = self._progress.add_task("rounds", total=num_rounds, round=1, phase="setup", accuracy="-")
+        self._task = self._progress.add_task("rounds", total=num_rounds, completed=completed, round=completed + 1,
+                                             phase="setup", accuracy="-")  # fmt: skip
 
     def __enter__(self) -> ProgressMonitor:
         self._progress.start()

@@ -17,12 +17,18 @@ def build_server_app(
     initial_arrays: dict[str, np.ndarray],
     num_rounds: int,
     evaluate: Callable[[int, dict[str, np.ndarray]], dict[str, float]],
+    first_round: int = 1,
 ) -> ServerApp:
-    """A ServerApp that runs ``num_rounds`` rounds and evaluates each finalized model."""
+    """A ServerApp that runs ``num_rounds`` rounds and evaluates each finalized model.
+
+    ``first_round`` > 1 when a restarted coordinator resumes a run: Flower counts its
+    rounds from 1 again, ``evaluate`` sees the run's round numbers.
+    """
     app = ServerApp()
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        return MetricRecord(evaluate(server_round, {k: v.numpy() for k, v in arrays.items()}))
+        run_round = server_round + first_round - 1
+        return MetricRecord(evaluate(run_round, {k: v.numpy() for k, v in arrays.items()}))
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:

@@ -47,3 +47,19 @@ class RunSettings:
     #: Unique per experiment: keys the per-process client caches, so two runs in one
     #: process (deterministic keys, same contract address) never share clients.
     session: str
+    #: Data and model options beyond the basics (pathological classes per client, natural
+    #: groups loaded, convolutional channels, activation, normalisation, input pooling).
+    classes_per_partition: int = 2
+    max_groups: int | None = None
+    channels: tuple[int, ...] = (16, 32)
+    activation: str = "relu"
+    norm: str = "group"
+    pool: int = 1
+    #: Parameters of the aggregation rule (e.g. ``num_malicious_nodes`` for Krum).
+    rule_params: tuple[tuple[str, float | int], ...] = ()
+    #: Simulated adversaries: these partitions send ``w_global + poison_scale * delta``.
+    poisoned_clients: tuple[int, ...] = ()
+    poison_scale: float = 1.0
+    #: IPFS store only: per-request timeout and extra attempts (``store_location`` is the API multiaddr).
+    store_timeout_s: float = 30.0
+    store_retries: int = 2

@@ -1,13 +1,14 @@
 """Flower strategies of deai-flower (import path ``deai_flower.strategies``)."""
 
 from .commit_reveal import CommitRevealStrategy, RoundReport
-from .rules import AGGREGATION_RULES, RevealedUpdate, aggregate, canonical_order
+from .rules import RULES, RevealedUpdate, aggregate, canonical_order, minimum_updates
 
 __all__ = [
-    "AGGREGATION_RULES",
+    "RULES",
     "CommitRevealStrategy",
     "RevealedUpdate",
     "RoundReport",
     "aggregate",
     "canonical_order",
+    "minimum_updates",
 ]

@@ -50,6 +50,7 @@ class RoundReport:
     revealed: list[str] = field(default_factory=list)
     attested: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
+    excluded: dict[str, str] = field(default_factory=dict)  # revealer -> why attesters refused its blob
     gas_used: int = 0
     gas_by_call: dict[str, int] = field(default_factory=dict)
     phase_seconds: dict[str, float] = field(default_factory=dict)
@@ -98,6 +99,7 @@ class CommitRevealStrategy(Strategy):
         phase_timeout_s: float = 600.0,
         on_phase: Callable[[int, str], None] | None = None,
         on_round: Callable[[RoundReport], None] | None = None,
+        first_round: int = 1,
     ) -> None:
         if committee_size < 1:
             raise ConfigError(f"committee_size must be >= 1 (got {committee_size})")
@@ -112,6 +114,7 @@ class CommitRevealStrategy(Strategy):
         self.phase_timeout_s = phase_timeout_s
         self._on_phase = on_phase or (lambda _r, _p: None)
         self._on_round = on_round or (lambda _report: None)
+        self.first_round = first_round
         self.reports: list[RoundReport] = []
         self._grid: Grid | None = None
         self._addresses: dict[int, str] | None = None
@@ -148,6 +151,21 @@ class CommitRevealStrategy(Strategy):
             addresses[node_id] = address
         return addresses
 
+    def _let_in_flight_round_lapse(self) -> None:
+        """After a coordinator restart, wait out a round a previous coordinator left open.
+
+        Its participants' pending reveals lived in that coordinator's run; the round
+        fails at its deadlines and a new attempt opens with the same model.
+        """
+        round_id = int(self.contract.get_run(self.run_id)["currentRound"])
+        if round_id == 0:
+            return
+        phase = self.contract.phase(self.run_id, round_id)
+        if phase in ("commit", "reveal", "attest"):
+            log(WARNING, "round attempt %s is still in phase '%s'; letting its deadlines pass", round_id, phase)
+            deadline = int(self.contract.get_round(self.run_id, round_id)["attestDeadline"])
+            self.contract.node.advance_to(deadline, timeout=self.phase_timeout_s)
+
     def _mark(self, phase: str) -> None:
         """Close the timing of the current phase and announce the next."""
         assert self._report is not None
@@ -178,6 +196,18 @@ class CommitRevealStrategy(Strategy):
                 self._report.declined[address] = str(status.get("reason", ""))
         return good
 
+    @staticmethod
+    def _record_exclusions(report: RoundReport, replies: list[Message]) -> None:
+        """Collect the reveals attesters refused (bad blobs), with the first reason given."""
+        for reply in replies:
+            if reply.has_error():
+                continue
+            status = reply.content[STATUS]
+            if "excluded" not in status:
+                continue
+            for participant, reason in zip(status["excluded"], status["excluded-reasons"], strict=True):
+                report.excluded.setdefault(str(participant), str(reason))
+
     def _wait_for_phase_end(self, round_id: int, phase: str, deadline_key: str) -> str:
         """Wait (bounded) until the round leaves ``phase``; return the phase it is in."""
         current = self.contract.phase(self.run_id, round_id)
@@ -204,6 +234,8 @@ class CommitRevealStrategy(Strategy):
         if self._addresses is None:
             self._addresses = self._discover(grid)
         self._grid = grid
+        self._let_in_flight_round_lapse()
+        server_round += self.first_round - 1  # the run's round number (after a resume)
         round_id, tx = self.contract.open_round(self.run_id)
         (opened,) = [e for e in tx.events if e["event"] == "RoundOpened"]
         model_cid = cid_from_bytes(bytes(opened["args"]["modelCid"]))
@@ -267,8 +299,9 @@ class CommitRevealStrategy(Strategy):
         if phase != "attest":
             return self._fail(report, f"reveal phase ended in phase '{phase}' with {len(revealed)} valid reveals")
         committee = self._committee(round_id, {n: self._addresses[n] for n in revealed})
-        attested = self._split(self._exchange(committee, "train.attest", {"round": round_id}, report.server_round),
-                               "attested")  # fmt: skip
+        attest_replies = self._exchange(committee, "train.attest", {"round": round_id}, report.server_round)
+        attested = self._split(attest_replies, "attested")
+        self._record_exclusions(report, attest_replies)
         for reply in attested.values():
             report.add_gas("attest", int(reply.content[METRICS]["gas"]))
         report.attested = [self._addresses[n] for n in attested]

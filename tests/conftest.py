@@ -1,25 +1,23 @@
-"""Shared fixtures: a fresh embedded chain with the compiled contract deployed."""
+"""Shared fixtures: a fresh chain (embedded unless overridden) with the contract deployed."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
-from support import Deployment
+from support import Deployment, deploy_for_tests
 
-from deai_flower.chain import RoundsContract, connect_embedded, simulation_key
+from deai_flower.chain import ChainNode, connect_embedded
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 @pytest.fixture
-def deployment() -> Deployment:
-    node = connect_embedded()
-    admin_key = simulation_key(seed=123, role="coordinator")
-    clients = [simulation_key(seed=123, role=f"client-{i}") for i in range(4)]
-    outsider = simulation_key(seed=123, role="outsider")
-    node.fund([admin_key.address, outsider.address] + [c.address for c in clients])
-    admin, _ = RoundsContract.deploy(node, admin_key)
-    for i, c in enumerate(clients[:3]):  # client 3 stays unregistered
-        admin.register(c.address, bytes([i]) * 32)
-    return Deployment(node=node, admin=admin, clients=clients)
+def chain_node() -> ChainNode:
+    """The chain the contract tests run on; tests/integration/chain overrides it with anvil."""
+    return connect_embedded()
+
+
+@pytest.fixture
+def deployment(chain_node: ChainNode) -> Deployment:
+    return deploy_for_tests(chain_node)

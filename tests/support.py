@@ -7,7 +7,7 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 
-from deai_flower.chain import RoundsContract, to_wad
+from deai_flower.chain import RoundsContract, simulation_key, to_wad
 from deai_flower.chain.node import ChainNode
 
 
@@ -43,3 +43,15 @@ class Deployment:
         params.update(overrides)
         run_id, _ = self.admin.create_run(params)
         return run_id
+
+
+def deploy_for_tests(node: ChainNode) -> Deployment:
+    """Deploy the contract on ``node``; register clients 0-2 (client 3 stays unregistered)."""
+    admin_key = simulation_key(seed=123, role="coordinator")
+    clients = [simulation_key(seed=123, role=f"client-{i}") for i in range(4)]
+    outsider = simulation_key(seed=123, role="outsider")
+    node.fund([admin_key.address, outsider.address] + [c.address for c in clients])
+    admin, _ = RoundsContract.deploy(node, admin_key)
+    for i, c in enumerate(clients[:3]):
+        admin.register(c.address, bytes([i]) * 32)
+    return Deployment(node=node, admin=admin, clients=clients)

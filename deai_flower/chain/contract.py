@@ -17,6 +17,7 @@ from typing import Any
 from eth_abi import decode
 from eth_account.signers.local import LocalAccount
 from eth_utils import function_signature_to_4byte_selector, to_checksum_address
+from eth_utils.exceptions import ValidationError
 from web3 import Web3
 from eth_tester.exceptions import TransactionFailed
 from web3.exceptions import ContractLogicError, Web3Exception
@@ -24,7 +25,7 @@ from web3.exceptions import ContractLogicError, Web3Exception
 from ..errors import ChainError, ContractRevertError
 from .artifact import load_artifact
 from .node import ChainNode
-from .protocol import PHASES, DpParams
+from .protocol import PHASES, STAGES, DpParams
 
 #: Seconds to wait for a transaction receipt before giving up.
 RECEIPT_TIMEOUT_S = 120.0
@@ -80,6 +81,8 @@ def describe_revert(error_name: str, names: list[str], values: tuple[Any, ...]) 
     for name, value in zip(names, values, strict=True):
         if name in ("current", "expected") and isinstance(value, int) and value < len(PHASES):
             value = PHASES[value]
+        elif name == "stage" and isinstance(value, int) and value < len(STAGES):
+            value = STAGES[value]
         rendered.append(f"{name}={_jsonable(value)}")
     return f"{error_name}({', '.join(rendered)})"
 
@@ -143,21 +146,28 @@ class RoundsContract:
     def _send(self, call: Any, *, label: str) -> Any:
         """Sign and send ``call``; wait for its receipt; map failures to project errors."""
         with self._lock:
-            try:
-                if self._nonce is None:
-                    self._nonce = self.w3.eth.get_transaction_count(self.account.address, "pending")
-                tx = call.build_transaction({"from": self.account.address, "nonce": self._nonce, "chainId": self._chain_id})
-                signed = self.account.sign_transaction(tx)
-                tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
-                self._nonce += 1
-            except (ContractLogicError, TransactionFailed) as exc:
-                raise self._decode_revert(exc, label) from exc
-            except Web3Exception as exc:
-                self._nonce = None
-                raise ChainError(f"{label} failed: {exc}") from exc
-            except OSError as exc:
-                self._nonce = None
-                raise ChainError(f"{label} failed: chain node unreachable ({exc.__class__.__name__})") from exc
+            for attempt in range(2):
+                try:
+                    if self._nonce is None:
+                        self._nonce = self.w3.eth.get_transaction_count(self.account.address, "pending")
+                    tx = call.build_transaction({"from": self.account.address, "nonce": self._nonce,
+                                                 "chainId": self._chain_id})  # fmt: skip
+                    signed = self.account.sign_transaction(tx)
+                    tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+                    self._nonce += 1
+                    break
+                except (ContractLogicError, TransactionFailed) as exc:
+                    raise self._decode_revert(exc, label) from exc
+                except (Web3Exception, ValidationError) as exc:
+                    self._nonce = None
+                    # Another handle on this key (another run, another process) sent
+                    # transactions since this one counted: re-read the nonce once.
+                    if attempt == 0 and "nonce" in str(exc).lower():
+                        continue
+                    raise ChainError(f"{label} failed: {exc}") from exc
+                except OSError as exc:
+                    self._nonce = None
+                    raise ChainError(f"{label} failed: chain node unreachable ({exc.__class__.__name__})") from exc
         try:
             receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S)
         except Web3Exception as exc:

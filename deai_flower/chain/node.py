@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from web3 import Web3
 from web3.exceptions import Web3Exception
@@ -105,5 +106,11 @@ def connect_rpc(url: str, *, timeout: float = 30.0) -> ChainNode:
     try:
         w3.eth.chain_id  # noqa: B018 - a cheap call that proves the node answers
     except Exception as exc:  # requests/OS errors surface in many shapes
-        raise ChainUnavailableError(f"chain node at {url} is unreachable: {exc.__class__.__name__}") from exc
+        hint = "is the node running? A local one: npx --yes @foundry-rs/anvil"
+        try:
+            port = urlsplit(url).port if url.startswith("http://") else None
+        except ValueError:  # a malformed port: the hint stays generic
+            port = None
+        hint += f" --port {port}" if port else ""
+        raise ChainUnavailableError(f"chain node at {url} is unreachable ({exc.__class__.__name__}); {hint}") from exc
     return ChainNode(w3=w3, kind="rpc", url=url)

@@ -27,8 +27,17 @@ ACCOUNTANT_NAMES = {v: k for k, v in ACCOUNTANT_IDS.items()}
 
 #: Contract ``Phase`` enum, in declaration order.
 PHASES = ("none", "commit", "reveal", "attest", "finalized", "failed")
+#: Contract ``Stage`` enum (a participant's progress in its last round), in order.
+STAGES = ("none", "committed", "revealed", "attested")
+#: Contract ``PenaltyReason`` enum, in order.
+PENALTY_REASONS = ("missing-reveal", "minority-attestation")
 
 DP_PARAMS_ABI = "(uint128,uint128,uint32,uint128,uint128,uint8)"
+
+#: Bytes of each salt the contract folds into the next beacon.
+SALT_XOR_BYTES = 24
+#: Bytes of a commitment the contract stores (the event carries all 32).
+STORED_COMMITMENT_BYTES = 27
 
 
 def to_wad(value: float) -> int:
@@ -142,13 +151,25 @@ def is_sampled(*, beacon: bytes, sample_bps: int, participant: str) -> bool:
 
 
 def next_beacon(*, beacon: bytes, salt_xor: bytes) -> bytes:
-    """Sampling seed of the round after one with ``beacon`` and revealed ``salt_xor``."""
-    return keccak(encode(["bytes32", "bytes32"], [beacon, salt_xor]))
+    """Sampling seed of the round after one with ``beacon`` and revealed ``salt_xor``.
+
+    ``keccak256(abi.encode(bytes32 beacon, bytes24 saltXor))``; ``salt_xor`` is the
+    24-byte value :func:`xor_salts` returns (all zero when nobody revealed).
+    """
+    if len(salt_xor) != SALT_XOR_BYTES:
+        raise ValueError(f"salt_xor must be {SALT_XOR_BYTES} bytes (see xor_salts)")
+    return keccak(encode(["bytes32", "bytes24"], [beacon, salt_xor]))
 
 
 def xor_salts(salts: list[bytes]) -> bytes:
-    """XOR of 32-byte salts (the round's ``saltXor``)."""
+    """The round's ``saltXor``: XOR of the first 24 bytes of each revealed 32-byte salt.
+
+    The contract keeps 24 bytes so that the XOR shares one storage word with the round's
+    reveal count; 192 bits of the salts still feed every beacon.
+    """
     acc = 0
     for salt in salts:
-        acc ^= int.from_bytes(salt, "big")
-    return acc.to_bytes(32, "big")
+        if len(salt) != 32:
+            raise ValueError("salts are 32 bytes")
+        acc ^= int.from_bytes(salt[:SALT_XOR_BYTES], "big")
+    return acc.to_bytes(SALT_XOR_BYTES, "big")

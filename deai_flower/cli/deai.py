@@ -1,11 +1,14 @@
-"""``deai``: tools around a run — the content store for now.
+"""``deai``: tools around a run.
 
-    deai store add FILE            store FILE, print its CID (ipfs add --cid-version=1)
+    deai store add FILE            store FILE, print its CID (ipfs add --cid-version=1 --raw-leaves)
     deai store get CID [-o OUT]    write the verified blob to OUT (default: stdout)
     deai store verify CID          check the stored blob still matches its CID
 
 The store is the embedded one at ``--root`` (default: ``$DEAI_STORE_ROOT``, else
-``./store``); a run keeps its blobs in ``<output dir>/store``.
+``./store``; a run keeps its blobs in ``<output dir>/store``), or with ``--store ipfs``
+(implied by ``--api-addr``) the IPFS node whose RPC API is at ``--api-addr`` (default:
+``$DEAI_IPFS_API``, else ``/ip4/127.0.0.1/tcp/5001``). Either way every blob read is
+verified against its CID on this machine. Errors are one line on stderr, exit status 2.
 """
 
 from __future__ import annotations
@@ -16,10 +19,17 @@ import sys
 from pathlib import Path
 
 from ..errors import DeaiError
-from ..storage import LocalStore, validate_cid
+from . import verify_cmd
+from ..storage import DEFAULT_API_ADDR, IpfsStore, LocalStore, validate_cid
 
 
-def _store(args: argparse.Namespace) -> LocalStore:
+def _store(args: argparse.Namespace) -> LocalStore | IpfsStore:
+    kind = args.store or ("ipfs" if args.api_addr else os.environ.get("DEAI_STORE", "local"))
+    if kind == "ipfs":
+        api_addr = args.api_addr or os.environ.get("DEAI_IPFS_API", DEFAULT_API_ADDR)
+        return IpfsStore(api_addr, timeout=args.timeout, retries=args.retries)
+    if kind != "local":
+        raise DeaiError(f"unknown store {kind!r} (from $DEAI_STORE); choose local or ipfs")
     return LocalStore(args.root)
 
 
@@ -50,8 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deai", description="deai-flower tools")
     groups = parser.add_subparsers(dest="group", required=True)
     store = groups.add_parser("store", help="the content-addressed blob store")
+    store.add_argument("--store", choices=("local", "ipfs"), default=None,
+                       help="local directory or IPFS node (default: $DEAI_STORE, else ipfs if --api-addr "
+                            "is given, else local)")  # fmt: skip
     store.add_argument("--root", default=os.environ.get("DEAI_STORE_ROOT", "store"),
                        help="embedded store directory (default: $DEAI_STORE_ROOT or ./store)")  # fmt: skip
+    store.add_argument("--api-addr", default=None, metavar="MULTIADDR",
+                       help=f"IPFS node's RPC API (default: $DEAI_IPFS_API or {DEFAULT_API_ADDR})")  # fmt: skip
+    store.add_argument("--timeout", type=float, default=30.0, help="IPFS: seconds per request (default: 30)")
+    store.add_argument("--retries", type=int, default=2,
+                       help="IPFS: extra attempts when the node is unreachable (default: 2)")  # fmt: skip
     actions = store.add_subparsers(dest="action", required=True)
     add = actions.add_parser("add", help="store a file and print its CID")
     add.add_argument("file")
@@ -63,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify = actions.add_parser("verify", help="check a stored blob against its CID")
     verify.add_argument("cid")
     verify.set_defaults(func=_verify)
+    verify_cmd.add_parser(groups)
     return parser
 
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.console import Console
 
 from ..config import register_configs
 from ..errors import DeaiError
+from ..sweep import FAILED_FILE
 
 register_configs()
 
@@ -28,6 +31,12 @@ def main(cfg: DictConfig) -> None:
         results = run_experiment(cfg, output_dir=output_dir)
     except DeaiError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # Let the sweep go on: the failure is recorded for the sweep summary, which
+            # exits with status 2 once every job ran (deai_flower.sweep).
+            (output_dir / FAILED_FILE).write_text(json.dumps({"error": str(exc), "type": type(exc).__name__}) + "\n",
+                                                  encoding="utf-8")  # fmt: skip
+            return
         sys.exit(2)
     console.print(results_table(results))
     final = results["rounds"][-1] if results["rounds"] else {}

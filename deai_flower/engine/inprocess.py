@@ -9,10 +9,9 @@ unchanged under Flower's simulation engine or a real deployment.
 
 from __future__ import annotations
 
-import contextlib
 import random
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from logging import WARNING
 from uuid import uuid4
 
@@ -22,20 +21,8 @@ from flwr.common import log
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
 
-
-@contextlib.contextmanager
-def _acting_as(*, run_id: int, node_id: int) -> Iterator[None]:
-    """Set Flower's process-wide task identity (messages read their source from it)."""
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id = 1
-    TaskIdentity.run_id = run_id
-    TaskIdentity.node_id = node_id
-    try:
-        yield
-    finally:
-        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+from ..flower_compat import task_identity
 
 
 class InProcessGrid(Grid):
@@ -88,7 +75,7 @@ class InProcessGrid(Grid):
     def _deliver(self, message: Message) -> Message:
         node_id = message.metadata.dst_node_id
         context = self._contexts.get(node_id)
-        with _acting_as(run_id=self._run.run_id, node_id=node_id):
+        with task_identity(run_id=self._run.run_id, node_id=node_id):
             if context is None:
                 return Message(Error(ErrorCode.NODE_UNAVAILABLE, f"node {node_id} is unknown"), reply_to=message)
             try:
@@ -112,5 +99,5 @@ def run_inprocess(*, server_app: ServerApp, client_app: ClientApp, num_nodes: in
     run_id = random.Random(seed ^ 0x5EED).getrandbits(63) or 1
     grid = InProcessGrid(client_app, num_nodes=num_nodes, run_id=run_id, seed=seed)
     context = Context(run_id=run_id, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config={})
-    with _acting_as(run_id=run_id, node_id=SUPERLINK_NODE_ID):
+    with task_identity(run_id=run_id, node_id=SUPERLINK_NODE_ID):
         server_app(grid, context)

@@ -2,8 +2,10 @@
 
 Every blob is named by the IPFS CID of its bytes (:mod:`.cid`), so a CID recorded on
 chain identifies exactly one blob whichever store holds it. Stores implement
-:class:`ContentStore`; :class:`LocalStore` is the embedded, daemon-free one. The blobs
-themselves are canonical safetensors files built and checked by :mod:`.blob`.
+:class:`ContentStore`: :class:`LocalStore` is the embedded, daemon-free one,
+:class:`IpfsStore` an IPFS node reached through its RPC API. Both re-verify every blob
+they return against its CID. The blobs themselves are canonical safetensors files built
+and checked by :mod:`.blob`.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from deai_flower.storage.cid import (
     compute_cid_of_file,
     validate_cid,
 )
+from deai_flower.storage.ipfs import DEFAULT_API_ADDR, IpfsStore
 from deai_flower.storage.local import LocalStore
 
 __all__ = [
     "ALLOWED_DTYPES",
     "ContentStore",
+    "DEFAULT_API_ADDR",
+    "IpfsStore",
     "LocalStore",
     "array_spec",
     "cid_from_bytes",

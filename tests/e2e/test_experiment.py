@@ -2,7 +2,8 @@
 
 The verifier below uses only the published protocol: hashlib for the CID of a
 single-chunk raw blob, eth_abi/keccak for commitments, the safetensors library for
-decoding, numpy for the weighted mean. It does not import the strategy or store code.
+decoding, numpy for the weighted mean; those checks call no strategy or store code.
+A separate test also runs the project's own verifier (`deai verify`) on the run.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from safetensors.numpy import load as load_safetensors
 
 from deai_flower.config import register_configs
 from deai_flower.experiment import run_experiment
+from deai_flower.storage import LocalStore
+from deai_flower.verify import RunRecord, verify_run
 
 pytestmark = pytest.mark.slow
 
@@ -111,6 +114,11 @@ def test_every_reveal_opens_its_commitment(finished_run: tuple[Path, dict[str, A
              bytes.fromhex(a["salt"][2:])],
         )  # fmt: skip
         assert "0x" + keccak(preimage).hex() == commitments[(a["round"], a["participant"])]
+
+
+def test_deai_verify_accepts_the_run(finished_run: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = finished_run
+    assert all(v.ok for v in verify_run(RunRecord.from_output_dir(out), LocalStore(out / "store")))
 
 
 def test_the_same_seed_gives_the_same_models(

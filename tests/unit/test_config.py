@@ -34,7 +34,7 @@ def test_default_config_is_the_documented_main_job() -> None:
     "group,option", [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 )
 def test_every_group_option_composes_and_validates(group: str, option: str) -> None:
-    cfg = compose_with(f"{group}={option}")
+    cfg = compose_with(f"{group}={option}", "num_clients=10")  # enough for Bulyan's n >= 4f + 3
     validate(cfg)
 
 

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
 from opacus import GradSampleModule
+from opacus.validators import ModuleValidator
 from torch import nn
 
 from deai_flower.errors import ConfigError
-from deai_flower.models import build_model, evaluate, get_arrays, select_device, set_arrays
+from deai_flower.models import (
+    build_model,
+    check_engine_devices,
+    evaluate,
+    get_arrays,
+    make_dp_compatible,
+    select_device,
+    set_arrays,
+)
 
 
 def _mlp(seed: int = 0, hidden: tuple[int, ...] = (16, 8)) -> nn.Module:
@@ -47,10 +58,62 @@ def test_build_leaves_global_rng_untouched() -> None:
 
 
 def test_unknown_model_and_bad_sizes_are_config_errors() -> None:
-    with pytest.raises(ConfigError, match="unknown model 'cnn'"):
-        build_model("cnn", num_features=6, num_classes=3, hidden=(4,), seed=0)
+    with pytest.raises(ConfigError, match="unknown model 'vit'; choose one of: cnn, mlp, resnet"):
+        build_model("vit", num_features=6, num_classes=3, hidden=(4,), seed=0)
     with pytest.raises(ConfigError, match="hidden"):
         build_model("mlp", num_features=6, num_classes=3, hidden=(4, 0), seed=0)
+    with pytest.raises(ConfigError, match="channels"):
+        build_model("cnn", num_features=64, num_classes=3, hidden=(), channels=(0,), input_shape=(1, 8, 8), seed=0)
+    with pytest.raises(ConfigError, match="unknown activation 'gelu'"):
+        build_model("mlp", num_features=6, num_classes=3, hidden=(4,), activation="gelu", seed=0)
+    with pytest.raises(ConfigError, match="unknown norm"):
+        build_model("resnet", num_features=48, num_classes=3, hidden=(), norm="layer", input_shape=(3, 4, 4), seed=0)
+
+
+def test_image_models_need_an_image_shape() -> None:
+    with pytest.raises(ConfigError, match=r"model 'cnn' needs image data.*got input shape \(30,\)"):
+        build_model("cnn", num_features=30, num_classes=2, hidden=(), input_shape=(30,), seed=0)
+    with pytest.raises(ConfigError, match="does not hold 64 features"):
+        build_model("cnn", num_features=64, num_classes=2, hidden=(), input_shape=(1, 28, 28), seed=0)
+
+
+@pytest.mark.parametrize(
+    "name,shape,kwargs",
+    [
+        ("cnn", (1, 8, 8), {"hidden": (32,), "channels": (16, 32), "activation": "tanh"}),
+        ("cnn", (1, 28, 28), {"hidden": (32,), "channels": (16, 32)}),
+        ("resnet", (3, 32, 32), {"hidden": (), "channels": (16, 32, 64)}),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+def test_image_models_take_flat_features_and_are_opacus_ready(name, shape, kwargs) -> None:
+    features = int(np.prod(shape))
+    model = build_model(name, num_features=features, num_classes=10, input_shape=shape, seed=0, **kwargs)
+    assert model(torch.randn(3, features)).shape == (3, 10)
+    assert ModuleValidator.validate(model, strict=False) == []
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    again = build_model(name, num_features=features, num_classes=10, input_shape=shape, seed=0, **kwargs)
+    for key, value in get_arrays(model).items():
+        np.testing.assert_array_equal(value, get_arrays(again)[key])
+    # Opacus computes per-sample gradients for every layer (hooks mode).
+    wrapped = GradSampleModule(model)
+    wrapped(torch.randn(4, features)).sum().backward()
+    assert all(p.grad_sample.shape[0] == 4 for p in wrapped.parameters())
+
+
+def test_batchnorm_is_replaced_by_groupnorm_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="deai_flower.models"):
+        model = build_model("resnet", num_features=3 * 8 * 8, num_classes=4, hidden=(), channels=(8, 16),
+                            norm="batch", input_shape=(3, 8, 8), seed=0)  # fmt: skip
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert ModuleValidator.validate(model, strict=False) == []
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert "replacing 6 layer(s)" in message and "4.norm1 (BatchNorm2d -> GroupNorm)" in message
+    # A user's own module goes through the same fix; a valid one is returned as is.
+    plain = nn.Sequential(nn.Linear(4, 2))
+    assert make_dp_compatible(plain) is plain
+    fixed = make_dp_compatible(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)))
+    assert isinstance(fixed[1], nn.GroupNorm)
 
 
 def test_get_set_arrays_roundtrip() -> None:
@@ -123,4 +186,45 @@ def test_select_device(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="unknown device 'tpu'"):
         select_device("tpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert select_device("auto") == torch.device("cuda")
+    assert select_device("auto", index=3) == torch.device("cuda")
+
+
+def test_select_device_spreads_clients_over_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [select_device("auto", index=i) for i in range(3)] == [
+        torch.device("cuda", 0), torch.device("cuda", 1), torch.device("cuda", 0)]  # fmt: skip
+    assert select_device("cuda", index=1) == torch.device("cuda", 1)
+    assert select_device("cuda:1", index=0) == torch.device("cuda", 1)
+    assert select_device("cpu", index=1) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="CUDA devices 0..1"):
+        select_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        select_device("cuda:0")
+
+
+def test_engine_gpu_share_must_match_the_device(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    check_engine_devices("inprocess", "cuda", 0.0)  # only Ray hands out GPU shares
+    check_engine_devices("ray", "auto", 0.0)
+    with pytest.raises(ConfigError, match="num_gpus_per_client=0.5 but no CUDA GPU"):
+        check_engine_devices("ray", "auto", 0.5)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    check_engine_devices("ray", "cuda", 0.2)
+    with pytest.raises(ConfigError, match="set engine.num_gpus_per_client"):
+        check_engine_devices("ray", "cuda", 0.0)
+    with caplog.at_level(logging.WARNING, logger="deai_flower.models"):
+        check_engine_devices("ray", "auto", 0.0)
+    assert "train on the CPU" in caplog.text
+
+
+def test_evaluate_on_a_selected_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The CPU path of the device logic that a GPU machine takes with CUDA.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model = _mlp(0)
+    x = np.zeros((4, 6), np.float32)
+    loss, acc = evaluate(model, x, np.zeros(4, np.int64), device=select_device("auto", index=0))
+    assert np.isfinite(loss) and 0.0 <= acc <= 1.0

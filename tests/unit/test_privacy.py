@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import math
 
 import numpy as np
@@ -148,6 +149,53 @@ def test_malformed_ledger_record_is_a_privacy_error() -> None:
         PrivacyLedger.from_record({"noise_multipliers": [1.0], "sample_rates": [], "steps": []})
 
 
+IDENTITY = {"participant": "0xAbC0000000000000000000000000000000000001", "chain_id": 131277322940537,
+            "contract": "0x00000000000000000000000000000000000000c0", "run_id": 1}  # fmt: skip
+
+
+def test_ledger_state_file_survives_a_restart(data, tmp_path) -> None:
+    # Round 1 in one "process", then a restart: a fresh ledger loaded from the file
+    # must continue the accounting exactly as the in-memory one would.
+    path = privacy.ledger_path(tmp_path / "state", **IDENTITY)
+    assert path.name.endswith(f"-{IDENTITY['participant'].lower()}.json") and str(IDENTITY["run_id"]) in path.name
+    assert privacy.load_ledger(path, identity=IDENTITY) is None  # nothing saved yet
+    ledger = PrivacyLedger()
+    _round(data, ledger, seed=1)
+    privacy.save_ledger(path, ledger, settings=_settings(), identity=IDENTITY)
+    restored = privacy.load_ledger(path, identity=IDENTITY)
+    assert restored == ledger  # bit-for-bit: JSON floats round-trip
+    document = json.loads(path.read_text())
+    assert document["participant"] == IDENTITY["participant"] and document["accountant"] == "rdp"
+    assert document["epsilon"] == pytest.approx(ledger.epsilon(DELTA, "rdp"))
+    assert list(tmp_path.joinpath("state").iterdir()) == [path]  # no temporary file left
+
+    continued = _round(data, restored, seed=2)
+    uninterrupted = _round(data, ledger, seed=2)
+    assert continued.epsilon == uninterrupted.epsilon
+    assert restored.history == ledger.history and len(ledger.history) == 2
+    # The planned budget is spent: after a second restart the client declines.
+    privacy.save_ledger(path, restored, settings=_settings(), identity=IDENTITY)
+    with pytest.raises(PrivacyBudgetExhaustedError):
+        _round(data, privacy.load_ledger(path, identity=IDENTITY), seed=3)
+
+
+def test_ledger_state_file_of_another_run_or_corrupt_is_refused(data, tmp_path) -> None:
+    path = tmp_path / "ledger.json"
+    ledger = PrivacyLedger()
+    _round(data, ledger)
+    privacy.save_ledger(path, ledger, settings=_settings(), identity=IDENTITY)
+    with pytest.raises(PrivacyError, match="belongs to run_id=1"):
+        privacy.load_ledger(path, identity={**IDENTITY, "run_id": 2})
+    # Addresses compare case-insensitively (checksummed or not).
+    assert privacy.load_ledger(path, identity={**IDENTITY, "participant": IDENTITY["participant"].lower()})
+    path.write_text("{not json")
+    with pytest.raises(PrivacyError, match="cannot read"):
+        privacy.load_ledger(path, identity=IDENTITY)
+    path.write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(PrivacyError, match="not a privacy ledger"):
+        privacy.load_ledger(path, identity=IDENTITY)
+
+
 # --- training --------------------------------------------------------------------------
 
 
@@ -217,23 +265,65 @@ def test_training_is_deterministic_for_a_seed(data) -> None:
     assert any(not np.array_equal(a.arrays[k], c.arrays[k]) for k in a.arrays)
 
 
-def test_ghost_clipping_matches_hooks(data, monkeypatch: pytest.MonkeyPatch) -> None:
+def _cnn(seed: int = 0) -> nn.Module:
+    return build_model("cnn", num_features=64, num_classes=10, hidden=(8,), channels=(4, 8), activation="tanh",
+                       input_shape=(1, 8, 8), seed=seed)  # fmt: skip
+
+
+@pytest.mark.parametrize("make_model", [_model, _cnn], ids=["mlp", "cnn"])
+def test_ghost_clipping_matches_hooks(data, make_model) -> None:
     # Both per-sample-gradient modes implement the same DP-SGD step: with the same
     # seed (same batches and noise) they must produce the same weights.
-    monkeypatch.setattr(privacy, "GRAD_SAMPLE_MODE", "ghost")
-    ghost = _round(data, PrivacyLedger(), seed=3)
-    monkeypatch.setattr(privacy, "GRAD_SAMPLE_MODE", "hooks")
-    hooks = _round(data, PrivacyLedger(), seed=3)
+    ghost = _round(data, PrivacyLedger(), model=make_model(), settings=_settings(grad_sample_mode="ghost"), seed=3)
+    hooks = _round(data, PrivacyLedger(), model=make_model(), settings=_settings(grad_sample_mode="hooks"), seed=3)
     for name in ghost.arrays:
         np.testing.assert_allclose(ghost.arrays[name], hooks.arrays[name], atol=1e-5)
+    assert not any(name.startswith("_module.") for name in ghost.arrays)
 
 
-def test_auto_mode_uses_ghost_clipping_only_for_larger_models() -> None:
+def test_auto_mode_uses_ghost_clipping_for_large_linear_layers() -> None:
+    # Measured (bench/bench_dp.py): ghost wins once Linear layers hold many parameters.
     small = build_model("mlp", num_features=64, num_classes=10, hidden=(64,), seed=0)
     large = build_model("mlp", num_features=64, num_classes=10, hidden=(256, 128), seed=0)
-    assert privacy.GRAD_SAMPLE_MODE == "auto"
-    assert privacy._grad_sample_mode(small) == "hooks"
-    assert privacy._grad_sample_mode(large) == "ghost"
+    digits_cnn = _cnn()
+    mnist_cnn = build_model("cnn", num_features=784, num_classes=10, hidden=(32,), channels=(16, 32),
+                            input_shape=(1, 28, 28), seed=0)  # fmt: skip
+    choose = privacy.choose_grad_sample_mode
+    assert (choose(small), choose(large)) == ("hooks", "ghost")
+    assert (choose(digits_cnn), choose(mnist_cnn)) == ("hooks", "ghost")
+    assert choose(large, "hooks") == "hooks" and choose(small, "ghost") == "ghost"
+    with pytest.raises(ConfigError, match="grad_sample_mode"):
+        choose(small, "functorch")
+
+
+def test_a_mode_opacus_rejects_falls_back_to_hooks(data, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    original = privacy._make_private
+
+    def reject_ghost(**kwargs):
+        calls.append(kwargs["mode"])
+        if kwargs["mode"] == "ghost":
+            raise NotImplementedError("no norm sampler for this layer")
+        return original(**kwargs)
+
+    monkeypatch.setattr(privacy, "_make_private", reject_ghost)
+    result = _round(data, PrivacyLedger(), settings=_settings(grad_sample_mode="ghost"), seed=3)
+    assert calls == ["ghost", "hooks"]
+    assert all(np.isfinite(v).all() for v in result.arrays.values())
+
+
+def test_a_model_opacus_cannot_train_is_refused_with_the_fix(data) -> None:
+    model = nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(),
+                          nn.Linear(144, 10))  # fmt: skip
+    with pytest.raises(PrivacyError, match="BatchNorm.*make_dp_compatible"):
+        _round(data, PrivacyLedger(), model=model)
+
+
+def test_a_model_left_in_eval_mode_is_trained(data) -> None:
+    model = _model().eval()
+    result = _round(data, PrivacyLedger(), model=model)
+    assert result.steps == STEPS_PER_EPOCH
+    assert not model.training  # the caller's mode is left as it was
 
 
 def test_empty_poisson_batches_keep_weights_finite() -> None:
@@ -264,6 +354,7 @@ def test_non_private_mode(data) -> None:
     result = _round(data, ledger, model=model, settings=_settings(epsilon=math.inf))
     assert result.epsilon == math.inf
     assert result.noise_multiplier == 0.0
+    assert result.accountant == "none"  # protocol §2.4: accountant 0 for non-private reveals
     assert result.steps == math.ceil(ROWS / BATCH)  # one shuffled pass, last batch partial
     assert result.sample_rate == BATCH / ROWS
     assert ledger.history == [(0.0, BATCH / ROWS, result.steps)]
@@ -319,8 +410,26 @@ def test_settings_validation_messages() -> None:
         _settings(max_grad_norm=0.0)
     with pytest.raises(ConfigError, match=r"privacy\.accountant must be one of: prv, rdp"):
         _settings(accountant="gdp")
+    with pytest.raises(ConfigError, match=r"privacy\.grad_sample_mode must be one of: auto, ghost, hooks"):
+        _settings(grad_sample_mode="functorch")
 
 
 def test_settings_private_flag() -> None:
     assert _settings().private
     assert not _settings(epsilon=math.inf).private
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_a_round_on_the_gpu_matches_the_cpu_contract(data, mode: str) -> None:
+    # The CUDA path: noise drawn by a CUDA generator, batches moved per step, weights
+    # returned as CPU float32 arrays under the unwrapped names.
+    x, y = data
+    result = train_round(model=_model(), x=x, y=y, settings=_settings(grad_sample_mode=mode), ledger=PrivacyLedger(),
+                         planned_rounds=PLANNED_ROUNDS, local_epochs=1, batch_size=BATCH, learning_rate=0.5, seed=0,
+                         device=torch.device("cuda"))  # fmt: skip
+    assert set(result.arrays) == set(get_arrays(_model()))
+    assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 and np.isfinite(v).all()
+               for v in result.arrays.values())  # fmt: skip
+    assert result.steps == STEPS_PER_EPOCH

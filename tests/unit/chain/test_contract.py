@@ -1,4 +1,8 @@
-"""The round contract's rules, every revert path, on the embedded EVM (real bytecode)."""
+"""The round contract's rules and every revert path, on the real bytecode.
+
+These tests run on the embedded EVM here and, unchanged, on a real anvil node in
+``tests/integration/chain/test_contract_anvil.py`` (whose conftest overrides the ``chain_node`` fixture).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,16 @@ from dataclasses import dataclass
 import pytest
 from support import Deployment, cid_of
 
-from deai_flower.chain import DpParams, commitment_of, is_sampled, to_wad
-from deai_flower.chain.protocol import UINT128_MAX
+from deai_flower.chain import (
+    DpParams,
+    RoundsContract,
+    commitment_of,
+    is_sampled,
+    next_beacon,
+    simulation_key,
+    to_wad,
+)
+from deai_flower.chain.protocol import PENALTY_REASONS, STORED_COMMITMENT_BYTES, UINT128_MAX, xor_salts
 from deai_flower.errors import ContractRevertError
 
 
@@ -26,8 +38,10 @@ def dp(epsilon: float = 1.0, delta: float = 1e-5) -> DpParams:
 
 
 def commit(d: Deployment, i: int, run_id: int, round_id: int, *, epsilon: float = 1.0, tag: int | None = None,
-           delta: float = 1e-5) -> Reveal:  # fmt: skip
-    reveal = Reveal(cid_of(10 + i if tag is None else tag), 100 + i, dp(epsilon, delta), bytes([i + 1]) * 32)
+           delta: float = 1e-5, cid: bytes | None = None, num_examples: int | None = None) -> Reveal:  # fmt: skip
+    reveal = Reveal(cid if cid is not None else cid_of(10 + i if tag is None else tag),
+                    100 + i if num_examples is None else num_examples, dp(epsilon, delta),
+                    bytes([i + 1, round_id % 256]) * 16)  # fmt: skip
     c = d.as_client(i)
     commitment = commitment_of(chain_id=d.node.chain_id, contract=c.address, run_id=run_id, round_id=round_id,
                                participant=c.account.address, cid=reveal.cid, num_examples=reveal.num_examples,
@@ -44,38 +58,78 @@ def expect_revert(name: str):
     return pytest.raises(ContractRevertError, match=rf"\b{name}\(")
 
 
-def full_round(d: Deployment, run_id: int, *, attest_tag: int = 99) -> int:
+def deadline(d: Deployment, run_id: int, round_id: int, key: str) -> int:
+    return int(d.admin.get_round(run_id, round_id)[key])
+
+
+def full_round(d: Deployment, run_id: int, *, attest_tag: int = 99) -> tuple[int, list[Reveal]]:
     round_id, _ = d.admin.open_round(run_id)
     reveals = [commit(d, i, run_id, round_id) for i in range(3)]
     for i, r in enumerate(reveals):
         do_reveal(d, i, run_id, round_id, r)
     d.as_client(0).attest(run_id, round_id, cid_of(attest_tag, 0x70))
     d.as_client(1).attest(run_id, round_id, cid_of(attest_tag, 0x70))
-    return round_id
+    return round_id, reveals
+
+
+# ---------------------------------------------------------------------- happy path
 
 
 def test_happy_round_finalizes_and_moves_the_model(deployment: Deployment) -> None:
     d = deployment
     run_id = d.create_run()
-    round_id = full_round(d, run_id)
+    round_id, reveals = full_round(d, run_id)
     assert d.admin.phase(run_id, round_id) == "finalized"
+    state = d.admin.get_round(run_id, round_id)
+    assert state["finalized"] and state["revealCount"] == 3 and state["commitCount"] == 3
+    assert state["leadingVotes"] == 2 and not state["disputed"]
+    assert bytes(state["saltXor"]) == xor_salts([r.salt for r in reveals])
     run = d.admin.get_run(run_id)
     assert bytes(run["modelCid"]) == cid_of(99, 0x70)
-    assert run["finalizedRounds"] == 1
+    assert run["finalizedRounds"] == 1 and run["currentRound"] == 1
     member = d.admin.get_member(run_id, d.clients[1].address)
     assert member["rewardPoints"] == 101
     assert member["epsilonWad"] == to_wad(1.0)
-    # the next round starts from the finalized model, with a beacon fed by the salts
+    assert (member["round"], member["stage"]) == (1, 3)  # attested
+    # the next round starts from the finalized model, with the beacon the salts fed
     nxt, tx = d.admin.open_round(run_id)
     (opened,) = [e for e in tx.events if e["event"] == "RoundOpened"]
     assert bytes(opened["args"]["modelCid"]) == cid_of(99, 0x70)
-    assert opened["args"]["beacon"] != d.admin.get_round(run_id, round_id)["beacon"]
+    expected = next_beacon(beacon=bytes(state["beacon"]), salt_xor=xor_salts([r.salt for r in reveals]))
+    assert bytes(opened["args"]["beacon"]) == expected == bytes(d.admin.get_run(run_id)["beacon"])
+    assert d.admin.phase(run_id, round_id) == "finalized"  # a past round keeps its outcome
+    with expect_revert("RoundNotCurrent"):  # past rounds are read from the events
+        d.admin.get_round(run_id, round_id)
+
+
+def test_first_beacon_binds_chain_contract_run_and_config(deployment: Deployment) -> None:
+    from eth_abi import encode
+    from eth_utils import keccak, to_canonical_address
+
+    d = deployment
+    run_id = d.create_run()
+    preimage = [d.node.chain_id, to_canonical_address(d.admin.address), run_id, b"\x01" * 32]
+    expected = keccak(encode(["uint256", "address", "uint256", "bytes32"], preimage))
+    assert bytes(d.admin.get_run(run_id)["beacon"]) == expected
+    round_id, tx = d.admin.open_round(run_id)
+    (opened,) = [e for e in tx.events if e["event"] == "RoundOpened"]
+    assert bytes(opened["args"]["beacon"]) == expected
+    assert opened["args"]["sampledCount"] == 3
+    state = d.admin.get_round(run_id, round_id)
+    assert opened["args"]["revealDeadline"] == state["revealDeadline"] == state["commitDeadline"] + 100
+    assert opened["args"]["attestDeadline"] == state["attestDeadline"] == state["revealDeadline"] + 100
+    assert state["openedBlock"] == tx.block_number
+
+
+# ---------------------------------------------------------------------- registry and runs
 
 
 def test_admin_only_registry_and_runs(deployment: Deployment) -> None:
     d = deployment
     with expect_revert("NotAdmin"):
         d.as_client(0).register(d.clients[3].address, b"\x00" * 32)
+    with expect_revert("NotAdmin"):
+        d.as_client(0).revoke(d.clients[1].address)
     with expect_revert("AlreadyRegistered"):
         d.admin.register(d.clients[0].address, b"\x00" * 32)
     with expect_revert("NotAdmin"):
@@ -85,14 +139,20 @@ def test_admin_only_registry_and_runs(deployment: Deployment) -> None:
                                    "sampleBps": 1, "quorum": 1, "minReveals": 1})  # fmt: skip
     with expect_revert("InvalidQuorum"):
         d.create_run(quorum=3, minReveals=2)
+    with expect_revert("InvalidQuorum"):
+        d.create_run(quorum=0, minReveals=2)
     with expect_revert("InvalidSampleRate"):
         d.create_run(sampleBps=10_001)
+    with expect_revert("InvalidSampleRate"):
+        d.create_run(sampleBps=0)
     with expect_revert("ZeroRounds"):
         d.create_run(numRounds=0)
     with expect_revert("InvalidPhaseDurations"):
         d.create_run(revealDuration=0)
     with expect_revert("InvalidCid"):
         d.create_run(initialModelCid=b"\x01\x55")
+    with expect_revert("InvalidCid"):  # sha2-256 multihash, but codec dag-cbor
+        d.create_run(initialModelCid=bytes([0x01, 0x71, 0x12, 0x20]) + b"\x00" * 32)
 
 
 def test_revoked_participant_cannot_commit(deployment: Deployment) -> None:
@@ -100,19 +160,49 @@ def test_revoked_participant_cannot_commit(deployment: Deployment) -> None:
     run_id = d.create_run()
     d.admin.revoke(d.clients[2].address)
     assert d.admin.participant_info(d.clients[2].address) == (False, b"\x00" * 32)
-    round_id, _ = d.admin.open_round(run_id)
+    assert d.admin.participant_info(d.clients[0].address) == (True, b"\x00" * 32)
+    round_id, tx = d.admin.open_round(run_id)
+    (opened,) = [e for e in tx.events if e["event"] == "RoundOpened"]
+    assert opened["args"]["sampledCount"] == 2
+    assert not d.admin.is_sampled(run_id, round_id, d.clients[2].address)
     with expect_revert("NotRegistered"):
         commit(d, 2, run_id, round_id)
     with expect_revert("NotRegistered"):
         d.admin.revoke(d.clients[2].address)
 
 
+def test_revocation_after_commit_lets_the_committed_update_be_revealed(deployment: Deployment) -> None:
+    d = deployment
+    run_id = d.create_run()
+    round_id, _ = d.admin.open_round(run_id)
+    reveals = [commit(d, i, run_id, round_id) for i in range(3)]
+    d.admin.revoke(d.clients[2].address)
+    do_reveal(d, 2, run_id, round_id, reveals[2])  # committed while registered
+    assert d.admin.get_member(run_id, d.clients[2].address)["stage"] == 2
+
+
+def test_unknown_run(deployment: Deployment) -> None:
+    d = deployment
+    with expect_revert("UnknownRun"):
+        d.admin.open_round(7)
+    with expect_revert("UnknownRun"):
+        d.admin.settle(7, d.clients[0].address)
+    assert d.admin.phase(7, 1) == "none"
+    with expect_revert("UnexpectedPhase"):
+        d.as_client(0).commit(7, 1, b"\x01" * 32)
+    assert d.admin.get_run(7)["numRounds"] == 0
+
+
+# ---------------------------------------------------------------------- commit
+
+
 def test_commit_rules(deployment: Deployment) -> None:
     d = deployment
     run_id = d.create_run()
-    with expect_revert("UnknownRun"):
-        d.admin.open_round(run_id + 1)
+    with expect_revert("UnexpectedPhase"):  # no round open yet
+        commit(d, 0, run_id, 1)
     round_id, _ = d.admin.open_round(run_id)
+    assert d.admin.phase(run_id, round_id) == "commit"
     with expect_revert("NotRegistered"):
         commit(d, 3, run_id, round_id)  # client 3 is not registered
     commit(d, 0, run_id, round_id)
@@ -122,6 +212,9 @@ def test_commit_rules(deployment: Deployment) -> None:
         commit(d, 1, run_id, round_id + 1)  # a round that is not open
     with expect_revert("PreviousRoundOpen"):
         d.admin.open_round(run_id)
+    d.node.advance_to(deadline(d, run_id, round_id, "commitDeadline"), timeout=5)
+    with pytest.raises(ContractRevertError, match=r"current=reveal, expected=commit"):  # late commit
+        commit(d, 1, run_id, round_id)
 
 
 def test_sampling_follows_the_beacon_and_excludes_the_unsampled(deployment: Deployment) -> None:
@@ -138,6 +231,11 @@ def test_sampling_follows_the_beacon_and_excludes_the_unsampled(deployment: Depl
     with expect_revert("NotSampled"):
         commit(d, sampled.index(False), run_id, round_id)
     commit(d, sampled.index(True), run_id, round_id)
+    with expect_revert("RoundNotCurrent"):
+        d.admin.is_sampled(run_id, round_id + 1, d.clients[0].address)
+
+
+# ---------------------------------------------------------------------- reveal
 
 
 def test_reveal_rules(deployment: Deployment) -> None:
@@ -151,9 +249,11 @@ def test_reveal_rules(deployment: Deployment) -> None:
     r2 = commit(d, 2, run_id, round_id, epsilon=9.0)  # over the 8.0 budget
     assert d.admin.phase(run_id, round_id) == "reveal"  # everyone committed: early close
     wrong = Reveal(r0.cid, r0.num_examples + 1, r0.dp, r0.salt)
-    with expect_revert("CommitmentMismatch"):
+    with pytest.raises(ContractRevertError) as mismatch:
         do_reveal(d, 0, run_id, round_id, wrong)
-    with expect_revert("NotRegistered"):
+    assert mismatch.value.error_name == "CommitmentMismatch"
+    assert len(mismatch.value.error_args[3]) == STORED_COMMITMENT_BYTES
+    with expect_revert("NotCommitted"):  # never committed (and not registered)
         do_reveal(d, 3, run_id, round_id, r0)
     with expect_revert("PrivacyBudgetExceeded"):
         do_reveal(d, 2, run_id, round_id, r2)
@@ -162,10 +262,23 @@ def test_reveal_rules(deployment: Deployment) -> None:
         do_reveal(d, 0, run_id, round_id, r0)
     do_reveal(d, 1, run_id, round_id, r1)
     # client 2 cannot reveal within budget: after the deadline the reveal is late
-    d.node.advance_to(int(d.admin.get_round(run_id, round_id)["revealDeadline"]), timeout=5)
+    d.node.advance_to(deadline(d, run_id, round_id, "revealDeadline"), timeout=5)
     assert d.admin.phase(run_id, round_id) == "attest"
-    with expect_revert("UnexpectedPhase"):
+    with pytest.raises(ContractRevertError, match=r"current=attest, expected=reveal"):
         do_reveal(d, 2, run_id, round_id, r2)
+
+
+def test_reveal_checks_the_cid_and_the_example_count(deployment: Deployment) -> None:
+    d = deployment
+    run_id = d.create_run()
+    round_id, _ = d.admin.open_round(run_id)
+    bad_cid = commit(d, 0, run_id, round_id, cid=b"\x01\x55\x12\x20" + b"\x07" * 31)  # 35 bytes
+    no_examples = commit(d, 1, run_id, round_id, num_examples=0)
+    commit(d, 2, run_id, round_id)
+    with expect_revert("InvalidCid"):
+        do_reveal(d, 0, run_id, round_id, bad_cid)
+    with expect_revert("ZeroExamples"):
+        do_reveal(d, 1, run_id, round_id, no_examples)
 
 
 def test_reveal_checks_delta_and_monotone_epsilon(deployment: Deployment) -> None:
@@ -178,7 +291,7 @@ def test_reveal_checks_delta_and_monotone_epsilon(deployment: Deployment) -> Non
     with expect_revert("DeltaMismatch"):
         do_reveal(d, 1, run_id, round_id, r1)
     do_reveal(d, 0, run_id, round_id, r0)
-    d.node.advance_to(int(d.admin.get_round(run_id, round_id)["revealDeadline"]), timeout=5)
+    d.node.advance_to(deadline(d, run_id, round_id, "revealDeadline"), timeout=5)
     d.as_client(0).attest(run_id, round_id, cid_of(1, 0x70))
     round2, _ = d.admin.open_round(run_id)
     lower = commit(d, 0, run_id, round2, epsilon=2.0)
@@ -197,9 +310,13 @@ def test_non_private_reveal_needs_an_infinite_budget(deployment: Deployment) -> 
         reveals = [commit(d, i, run_id, round_id, epsilon=float("inf")) for i in range(3)]
         if ok:
             do_reveal(d, 0, run_id, round_id, reveals[0])
+            assert d.admin.get_member(run_id, d.clients[0].address)["epsilonWad"] == 2**112 - 1  # saturated
         else:
             with expect_revert("PrivacyBudgetExceeded"):
                 do_reveal(d, 0, run_id, round_id, reveals[0])
+
+
+# ---------------------------------------------------------------------- attest and finalize
 
 
 def test_attest_rules_and_quorum(deployment: Deployment) -> None:
@@ -211,20 +328,25 @@ def test_attest_rules_and_quorum(deployment: Deployment) -> None:
         d.as_client(0).attest(run_id, round_id, cid_of(5, 0x70))
     for i in (0, 1):
         do_reveal(d, i, run_id, round_id, reveals[i])
-    with expect_revert("UnexpectedPhase"):  # client 2 may still reveal
+    with pytest.raises(ContractRevertError, match=r"current=reveal, expected=attest"):  # client 2 may still reveal
         d.as_client(0).attest(run_id, round_id, cid_of(5, 0x70))
-    d.node.advance_to(int(d.admin.get_round(run_id, round_id)["revealDeadline"]), timeout=5)
-    with expect_revert("NotEligibleAttester"):  # committed but never revealed
+    d.node.advance_to(deadline(d, run_id, round_id, "revealDeadline"), timeout=5)
+    with pytest.raises(ContractRevertError, match=r"NotEligibleAttester\(.*stage=committed\)"):  # never revealed
         d.as_client(2).attest(run_id, round_id, cid_of(5, 0x70))
+    with pytest.raises(ContractRevertError, match=r"NotEligibleAttester\(.*stage=none\)"):  # not in this round
+        d.as_client(3).attest(run_id, round_id, cid_of(5, 0x70))
     with expect_revert("InvalidCid"):
         d.as_client(0).attest(run_id, round_id, b"\x00" * 36)
     d.as_client(0).attest(run_id, round_id, cid_of(5, 0x70))
-    with expect_revert("NotEligibleAttester"):  # attests once
+    with pytest.raises(ContractRevertError, match=r"NotEligibleAttester\(.*stage=attested\)"):  # attests once
         d.as_client(0).attest(run_id, round_id, cid_of(5, 0x70))
     assert d.admin.phase(run_id, round_id) == "attest"  # one vote, quorum 2
     tx = d.as_client(1).attest(run_id, round_id, cid_of(5, 0x70))
     assert [e["event"] for e in tx.events] == ["Attested", "RoundFinalized"]
+    assert tx.events[1]["args"]["votes"] == 2
     assert d.admin.phase(run_id, round_id) == "finalized"
+    with expect_revert("UnexpectedPhase"):  # no attestation after finalization
+        d.as_client(2).attest(run_id, round_id, cid_of(5, 0x70))
 
 
 def test_failed_round_lets_the_next_open_with_the_same_model(deployment: Deployment) -> None:
@@ -232,13 +354,35 @@ def test_failed_round_lets_the_next_open_with_the_same_model(deployment: Deploym
     run_id = d.create_run()
     round_id, _ = d.admin.open_round(run_id)
     r0 = commit(d, 0, run_id, round_id)
-    d.node.advance_to(int(d.admin.get_round(run_id, round_id)["commitDeadline"]), timeout=5)
+    d.node.advance_to(deadline(d, run_id, round_id, "commitDeadline"), timeout=5)
     do_reveal(d, 0, run_id, round_id, r0)  # only one reveal, minReveals is 2
-    d.node.advance_to(int(d.admin.get_round(run_id, round_id)["revealDeadline"]), timeout=5)
+    d.node.advance_to(deadline(d, run_id, round_id, "revealDeadline"), timeout=5)
     assert d.admin.phase(run_id, round_id) == "failed"
+    with pytest.raises(ContractRevertError, match=r"current=failed, expected=attest"):
+        d.as_client(0).attest(run_id, round_id, cid_of(5, 0x70))
     nxt, tx = d.admin.open_round(run_id)
     (opened,) = [e for e in tx.events if e["event"] == "RoundOpened"]
     assert nxt == round_id + 1 and bytes(opened["args"]["modelCid"]) == cid_of(0)
+    assert d.admin.phase(run_id, round_id) == "failed"  # recorded when the next round opened
+    assert d.admin.get_run(run_id)["finalizedRounds"] == 0
+
+
+def test_round_without_quorum_fails_at_the_attest_deadline(deployment: Deployment) -> None:
+    d = deployment
+    run_id = d.create_run()
+    round_id, _ = d.admin.open_round(run_id)
+    reveals = [commit(d, i, run_id, round_id) for i in range(3)]
+    for i, r in enumerate(reveals):
+        do_reveal(d, i, run_id, round_id, r)
+    d.as_client(0).attest(run_id, round_id, cid_of(5, 0x70))
+    with expect_revert("PreviousRoundOpen"):
+        d.admin.open_round(run_id)
+    d.node.advance_to(deadline(d, run_id, round_id, "attestDeadline"), timeout=5)
+    assert d.admin.phase(run_id, round_id) == "failed"
+    d.admin.settle(run_id, d.clients[0].address)  # attested in a failed round: no penalty
+    assert d.admin.get_member(run_id, d.clients[0].address)["penalties"] == 0
+    d.admin.open_round(run_id)
+    assert d.admin.phase(run_id, round_id) == "failed"
 
 
 def test_run_completes_after_its_rounds(deployment: Deployment) -> None:
@@ -249,6 +393,19 @@ def test_run_completes_after_its_rounds(deployment: Deployment) -> None:
         d.admin.open_round(run_id)
 
 
+def test_runs_are_independent(deployment: Deployment) -> None:
+    d = deployment
+    first, second = d.create_run(), d.create_run(configHash=b"\x09" * 32)
+    full_round(d, first, attest_tag=1)
+    round_id, _ = d.admin.open_round(second)
+    assert round_id == 1 and d.admin.phase(second, 1) == "commit"
+    assert bytes(d.admin.get_run(second)["modelCid"]) == cid_of(0)
+    assert d.admin.get_run(first)["beacon"] != d.admin.get_run(second)["beacon"]
+
+
+# ---------------------------------------------------------------------- accounting
+
+
 def test_penalties_for_missing_reveal_and_minority_attestation(deployment: Deployment) -> None:
     d = deployment
     run_id = d.create_run()
@@ -256,16 +413,104 @@ def test_penalties_for_missing_reveal_and_minority_attestation(deployment: Deplo
     reveals = [commit(d, i, run_id, round_id) for i in range(3)]
     for i in (0, 1, 2):
         do_reveal(d, i, run_id, round_id, reveals[i])
-    d.as_client(2).attest(run_id, round_id, cid_of(7, 0x70))  # the minority CID
+    d.as_client(2).attest(run_id, round_id, cid_of(7, 0x70))  # the minority CID, attested first
     d.as_client(0).attest(run_id, round_id, cid_of(8, 0x70))
+    assert d.admin.get_round(run_id, round_id)["disputed"]
     d.as_client(1).attest(run_id, round_id, cid_of(8, 0x70))
+    assert bytes(d.admin.get_run(run_id)["modelCid"]) == cid_of(8, 0x70)
     round2, _ = d.admin.open_round(run_id)
     commit(d, 0, run_id, round2)  # client 0 will not reveal
     tx = d.admin.settle(run_id, d.clients[2].address)
-    assert [(e["event"], e["args"]["reason"]) for e in tx.events] == [("PenaltyRecorded", 1)]
+    assert [(e["event"], PENALTY_REASONS[e["args"]["reason"]]) for e in tx.events] == [
+        ("PenaltyRecorded", "minority-attestation")
+    ]
     assert d.admin.get_member(run_id, d.clients[2].address)["penalties"] == 1
+    assert d.admin.settle(run_id, d.clients[2].address).events == []  # settled once
     assert d.admin.get_member(run_id, d.clients[1].address)["penalties"] == 0
-    d.node.advance_to(int(d.admin.get_round(run_id, round2)["attestDeadline"]), timeout=5)
     tx = d.admin.settle(run_id, d.clients[0].address)
-    assert [(e["event"], e["args"]["reason"]) for e in tx.events] == [("PenaltyRecorded", 0)]
+    assert tx.events == []  # round 2 still open: nothing to settle yet
+    d.node.advance_to(deadline(d, run_id, round2, "attestDeadline"), timeout=5)
+    tx = d.admin.settle(run_id, d.clients[0].address)
+    assert [(e["event"], PENALTY_REASONS[e["args"]["reason"]]) for e in tx.events] == [
+        ("PenaltyRecorded", "missing-reveal")
+    ]
     assert d.admin.get_member(run_id, d.clients[0].address)["penalties"] == 1
+
+
+def test_minority_attester_is_penalized_when_the_first_cid_wins(deployment: Deployment) -> None:
+    d = deployment
+    run_id = d.create_run()
+    round_id, _ = d.admin.open_round(run_id)
+    reveals = [commit(d, i, run_id, round_id) for i in range(3)]
+    for i in (0, 1, 2):
+        do_reveal(d, i, run_id, round_id, reveals[i])
+    d.as_client(0).attest(run_id, round_id, cid_of(8, 0x70))
+    tx = d.as_client(2).attest(run_id, round_id, cid_of(7, 0x70))
+    assert tx.events[0]["args"]["votes"] == 1
+    d.as_client(1).attest(run_id, round_id, cid_of(8, 0x70))
+    # the penalty is settled by the participant's next commit
+    round2, _ = d.admin.open_round(run_id)
+    tx = d.as_client(2).commit(run_id, round2, b"\x05" * 32)
+    assert [e["event"] for e in tx.events] == ["PenaltyRecorded", "Committed"]
+    tx = d.as_client(0).commit(run_id, round2, b"\x06" * 32)
+    assert [e["event"] for e in tx.events] == ["Committed"]
+
+
+def test_majority_attesters_of_an_undisputed_round_are_not_penalized(deployment: Deployment) -> None:
+    d = deployment
+    run_id = d.create_run()
+    round_id, _ = full_round(d, run_id)
+    round2, _ = d.admin.open_round(run_id)
+    for i in range(3):
+        tx = d.as_client(i).commit(run_id, round2, bytes([i + 1]) * 32)
+        assert [e["event"] for e in tx.events] == ["Committed"]
+    assert all(d.admin.get_member(run_id, c.address)["penalties"] == 0 for c in d.clients[:3])
+
+
+def test_rewards_accumulate_examples_of_valid_reveals(deployment: Deployment) -> None:
+    d = deployment
+    run_id = d.create_run()
+    full_round(d, run_id)
+    full_round(d, run_id)
+    assert [d.admin.get_member(run_id, c.address)["rewardPoints"] for c in d.clients[:3]] == [200, 202, 204]
+
+
+def test_handles_sharing_a_key_recover_their_nonces(deployment: Deployment) -> None:
+    """A second run (or process) signing with the same key makes a handle's cached nonce
+    stale; the handle re-reads it instead of failing."""
+    d = deployment
+    other = RoundsContract(d.node, d.admin.address, d.admin.account)
+    other.register(d.clients[3].address, b"\x03" * 32)
+    d.admin.revoke(d.clients[3].address)  # d.admin's cached nonce was one behind
+    other.register(d.clients[3].address, b"\x04" * 32)
+    assert d.admin.participant_info(d.clients[3].address) == (True, b"\x04" * 32)
+
+
+# ---------------------------------------------------------------------- gas shape
+
+
+def test_round_cost_does_not_grow_with_the_registry(deployment: Deployment) -> None:
+    """With full sampling, opening and finalizing a round cost the same for 3 or 8 members."""
+    d = deployment
+
+    def one_round(run_id: int, tag: int) -> tuple[int, int]:
+        round_id, opened = d.admin.open_round(run_id)
+        reveals = [commit(d, i, run_id, round_id) for i in range(3)]
+        d.node.advance_to(deadline(d, run_id, round_id, "commitDeadline"), timeout=5)  # unsampled-yet members
+        for i, r in enumerate(reveals):
+            do_reveal(d, i, run_id, round_id, r)
+        d.as_client(0).attest(run_id, round_id, cid_of(tag, 0x70))
+        final = d.as_client(1).attest(run_id, round_id, cid_of(tag, 0x70))
+        return opened.gas_used, final.gas_used
+
+    def round_gas() -> tuple[int, int]:
+        run_id = d.create_run()
+        one_round(run_id, 41)  # the first round writes fresh slots; measure the second
+        return one_round(run_id, 42)
+
+    small = round_gas()
+    extra = [simulation_key(seed=123, role=f"extra-{i}") for i in range(5)]
+    for i, key in enumerate(extra):
+        d.admin.register(key.address, bytes([9, i]) * 16)
+    large = round_gas()
+    assert large == small

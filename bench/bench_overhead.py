@@ -1,0 +1,143 @@
+"""What commit–reveal costs over plain Flower: the same experiment both ways.
+
+A ~1M-parameter MLP on digits, 10 clients, 5 rounds, the same data, seeds and DP-SGD
+trainer. Plain: Flower's FedAvg strategy with ClientApps that return their weights.
+Commit–reveal: this project on a real anvil node (started here). Both run on the
+in-process engine, so the difference is the protocol, not the engine. The time compared
+is the federated loop (rounds), set-up (deploying, registering) reported apart.
+
+Prints a summary and writes ``bench/results/overhead.json``. Run from the repository
+root: ``python bench/bench_overhead.py [--rounds 5] [--clients 10]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+from hydra import compose, initialize_config_module
+
+from deai_flower.chain.devnode import AnvilNode, find_anvil, install_anvil
+from deai_flower.config import register_configs
+from deai_flower.data import client_partitions, load_dataset
+from deai_flower.engine.inprocess import run_inprocess
+from deai_flower.experiment import run_experiment
+from deai_flower.models import build_model, get_arrays, select_device, set_arrays
+from deai_flower.privacy import PrivacyLedger, PrivacySettings, train_round
+
+RESULTS = Path(__file__).resolve().parent / "results" / "overhead.json"
+HIDDEN = [1024, 960]  # 64*1024 + 1024*960 + 960*10 weights: about 1.06M parameters
+
+
+def compose_cfg(*overrides: str):
+    register_configs()
+    with initialize_config_module(config_module="deai_flower.conf", version_base=None):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def plain_flower(cfg: Any) -> dict[str, Any]:
+    """Flower's FedAvg with the same data, model, trainer and seeds; no chain, no store."""
+    split = load_dataset(cfg.dataset.name, seed=cfg.seed, test_fraction=cfg.dataset.test_fraction)
+    parts = client_partitions(split, num_partitions=cfg.num_clients, partitioner=cfg.dataset.partitioner,
+                              seed=cfg.seed)  # fmt: skip
+    model = build_model(cfg.model.name, num_features=split.num_features, num_classes=split.num_classes,
+                        hidden=tuple(cfg.model.hidden), seed=cfg.seed)  # fmt: skip
+    privacy = PrivacySettings(epsilon=float(cfg.privacy.epsilon), delta=float(cfg.privacy.delta),
+                              max_grad_norm=float(cfg.privacy.max_grad_norm), accountant=str(cfg.privacy.accountant))  # fmt: skip
+    device = select_device("cpu")
+    ledgers = {i: PrivacyLedger() for i in range(cfg.num_clients)}
+    round_seconds: list[float] = []
+
+    client_app = ClientApp()
+
+    @client_app.train()
+    def train(message: Message, context: Context) -> Message:
+        pid = int(context.node_config["partition-id"])
+        set_arrays(model, {k: v.numpy() for k, v in message.content["arrays"].items()})
+        x, y = parts[pid]
+        trained = train_round(model=model, x=x, y=y, settings=privacy, ledger=ledgers[pid],
+                              planned_rounds=cfg.num_rounds, local_epochs=cfg.training.local_epochs,
+                              batch_size=cfg.training.batch_size, learning_rate=float(cfg.training.learning_rate),
+                              seed=cfg.seed * 1_000_003 + int(message.content["config"]["round"]) * 1_009 + pid,
+                              device=device)  # fmt: skip
+        content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in trained.arrays.items()}),
+                              "metrics": MetricRecord({"num-examples": trained.num_examples})})  # fmt: skip
+        return Message(content, reply_to=message)
+
+    class TimedFedAvg(FedAvg):
+        def configure_train(self, server_round: int, arrays: ArrayRecord, config: Any, grid: Grid):
+            self._started = time.perf_counter()
+            config["round"] = server_round
+            return super().configure_train(server_round, arrays, config, grid)
+
+        def aggregate_train(self, server_round: int, replies: Any):
+            result = super().aggregate_train(server_round, replies)
+            round_seconds.append(time.perf_counter() - self._started)
+            return result
+
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        strategy = TimedFedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=cfg.num_clients)
+        strategy.start(grid=grid, initial_arrays=ArrayRecord({k: Array(v) for k, v in get_arrays(model).items()}),
+                       num_rounds=cfg.num_rounds)  # fmt: skip
+
+    started = time.perf_counter()
+    run_inprocess(server_app=server_app, client_app=client_app, num_nodes=cfg.num_clients, seed=cfg.seed)
+    parameters = sum(int(v.size) for v in get_arrays(model).values())
+    return {"wall_seconds": time.perf_counter() - started, "round_seconds": round_seconds, "parameters": parameters}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--clients", type=int, default=10)
+    args = parser.parse_args()
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    overrides = [f"num_clients={args.clients}", f"num_rounds={args.rounds}", f"model.hidden=[{','.join(map(str, HIDDEN))}]",
+                 "progress=false", "device=cpu"]  # fmt: skip
+    plain = plain_flower(compose_cfg(*overrides))
+    binary = find_anvil() or install_anvil()
+    with AnvilNode(binary) as anvil, tempfile.TemporaryDirectory() as out:
+        results = run_experiment(compose_cfg(*overrides, "chain=anvil", f"chain.rpc_url={anvil.url}"),
+                                 output_dir=Path(out))  # fmt: skip
+    rounds = results["rounds"]
+    cr_rounds = [r["seconds"] for r in rounds]
+    phases = {p: statistics.mean(r["phase_seconds"].get(p, 0.0) for r in rounds) for p in rounds[0]["phase_seconds"]}
+    ratio = sum(cr_rounds) / sum(plain["round_seconds"])
+    summary = {
+        "clients": args.clients,
+        "rounds": args.rounds,
+        "parameters": plain["parameters"],
+        "plain_round_seconds": plain["round_seconds"],
+        "commit_reveal_round_seconds": cr_rounds,
+        "commit_reveal_phase_seconds_mean": phases,
+        "ratio": ratio,
+        "plain_wall_seconds": plain["wall_seconds"],
+        "commit_reveal_wall_seconds": results["wall_seconds"],
+        "final_accuracy": rounds[-1]["accuracy"],
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"{summary['parameters']:,} parameters, {args.clients} clients, {args.rounds} rounds")
+    print(f"plain Flower FedAvg: {sum(plain['round_seconds']):.2f}s in rounds "
+          f"({statistics.mean(plain['round_seconds']):.2f}s/round)")  # fmt: skip
+    print(f"commit-reveal on anvil: {sum(cr_rounds):.2f}s in rounds ({statistics.mean(cr_rounds):.2f}s/round): "
+          + ", ".join(f"{p} {s:.2f}s" for p, s in phases.items()))  # fmt: skip
+    print(f"overhead ratio (commit-reveal / plain): {ratio:.3f}")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
