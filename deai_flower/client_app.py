@@ -103,6 +103,7 @@ def handle_commit(settings: RunSettings, message: Message, context: Context) -> 
             learning_rate=settings.training.learning_rate,
             seed=settings.seed * 1_000_003 + round_id * 1_009 + runtime.partition_id,
             device=runtime.device,
+            num_threads=settings.training.num_threads,
         )
     except PrivacyBudgetExhaustedError as exc:
         log(INFO, "client %s declines round %s: %s", runtime.partition_id, round_id, exc)

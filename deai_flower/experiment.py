@@ -135,7 +135,8 @@ def run_experiment(cfg: DictConfig, *, output_dir: Path) -> dict[str, Any]:
         model=cfg.model.name,
         hidden=tuple(cfg.model.hidden),
         privacy=privacy,
-        training=TrainingSettings(cfg.training.local_epochs, cfg.training.batch_size, float(cfg.training.learning_rate)),
+        training=TrainingSettings(cfg.training.local_epochs, cfg.training.batch_size, float(cfg.training.learning_rate),
+                                  num_threads=max(1, int(cfg.engine.num_cpus_per_client))),  # fmt: skip
         device=cfg.device,
         rule=s.name,
         chain_url=chain_url,

@@ -21,6 +21,7 @@ atomically after every trained round.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib.util
@@ -29,7 +30,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,12 +70,12 @@ ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp")
 # them for Linear layers (other layers fall back to per-sample gradients) and then
 # backpropagates a second time through the clipped loss. Measured with this trainer,
 # one CPU thread, batch 64 (bench/bench_dp.py, samples/s hooks vs ghost): MLP [64] on
-# digits (4.8k Linear parameters) 46k vs 32k; MLP [256, 128] (51k) 4.5k vs 12.5k; CNN
-# on digits (4.4k Linear) 13.1k vs 12.0k; CNN on MNIST (50k Linear) 2.1k vs 2.6k. So
-# ghost pays off once the Linear layers are large, whatever the rest of the model, and
-# "auto" picks it from _GHOST_MIN_LINEAR_PARAMETERS trainable Linear parameters on.
-# Both modes give the same update (tested); "hooks" is also the fallback for a layer
-# ghost clipping rejects.
+# digits (4.8k parameters) 45.9k vs 39.8k; MLP [256, 128] (51k) 11.1k vs 24.0k; CNN on
+# digits 11.5k vs 10.2k; CNN on MNIST (55k, 50k of them in its Linear head) 2.7k vs
+# 2.4-2.6k over three runs. So ghost pays off only for large all-Linear models, and
+# "auto" picks it for models whose every trainable layer is Linear once they hold
+# _GHOST_MIN_LINEAR_PARAMETERS parameters. Both modes give the same update (tested);
+# "hooks" is also the fallback for a layer ghost clipping rejects.
 GRAD_SAMPLE_MODES: tuple[str, ...] = ("auto", "ghost", "hooks")
 _GHOST_MIN_LINEAR_PARAMETERS = 8_000
 _FALLBACK_GRAD_SAMPLE_MODE = "hooks"
@@ -410,6 +411,25 @@ def _json_float(value: float) -> float | str:
 # --- training ------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _cpu_threads(count: int | None) -> Iterator[None]:
+    # A client's CPU share. Small models train fastest on one thread, and on a busy
+    # machine PyTorch's thread pool otherwise stalls them (measured: 18 ms vs 40-400 ms
+    # for one main-job client round on a loaded 2-core machine). Ray sets the same cap
+    # for its actors through OMP_NUM_THREADS.
+    if count is None:
+        yield
+        return
+    if count < 1:
+        raise ConfigError(f"num_threads must be >= 1 (got {count})")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _check_trainable(model: nn.Module) -> None:
     # Fixing layers here would change the parameter names and shapes of the update the
     # other parties expect, so an incompatible model is an error; the fix belongs at
@@ -519,6 +539,7 @@ def train_round(
     learning_rate: float,
     seed: int,
     device: torch.device,
+    num_threads: int | None = None,
 ) -> RoundTraining:
     """Train a copy of ``model`` on ``(x, y)`` for one federated round.
 
@@ -535,7 +556,8 @@ def train_round(
 
     ``seed`` fixes batch sampling and noise (ignored under ``secure_mode``); callers
     should derive a distinct seed per client and round, since reusing noise across
-    rounds weakens the guarantee.
+    rounds weakens the guarantee. ``num_threads`` caps PyTorch's CPU threads while
+    training (restored afterwards); ``None`` leaves PyTorch's setting.
 
     Raises:
         ConfigError: invalid training arguments.
@@ -556,19 +578,20 @@ def train_round(
     sampling_seed, noise_seed = _seeds(seed)
 
     if not settings.private:
-        return _train_non_private(
-            model=model,
-            x=x,
-            y=y,
-            settings=settings,
-            ledger=ledger,
-            local_epochs=local_epochs,
-            batch_size=expected_batch,
-            sample_rate=sample_rate,
-            learning_rate=learning_rate,
-            sampling_seed=sampling_seed,
-            device=device,
-        )
+        with _cpu_threads(num_threads):
+            return _train_non_private(
+                model=model,
+                x=x,
+                y=y,
+                settings=settings,
+                ledger=ledger,
+                local_epochs=local_epochs,
+                batch_size=expected_batch,
+                sample_rate=sample_rate,
+                learning_rate=learning_rate,
+                sampling_seed=sampling_seed,
+                device=device,
+            )
 
     if settings.secure_mode and importlib.util.find_spec("torchcsprng") is None:
         raise PrivacyError(_SECURE_RNG_HINT)
@@ -605,19 +628,20 @@ def train_round(
             f"over {len(ledger.history)} round(s))"
         )
 
-    arrays, recorded_steps, train_loss = _train_private(
-        model=model,
-        loader=loader,
-        settings=settings,
-        prior=prior,
-        sigma=sigma,
-        sample_rate=sample_rate,
-        expected_batch=expected_batch,
-        local_epochs=local_epochs,
-        learning_rate=learning_rate,
-        noise_seed=noise_seed,
-        device=device,
-    )
+    with _cpu_threads(num_threads):
+        arrays, recorded_steps, train_loss = _train_private(
+            model=model,
+            loader=loader,
+            settings=settings,
+            prior=prior,
+            sigma=sigma,
+            sample_rate=sample_rate,
+            expected_batch=expected_batch,
+            local_epochs=local_epochs,
+            learning_rate=learning_rate,
+            noise_seed=noise_seed,
+            device=device,
+        )
     if recorded_steps != steps:
         # Cannot happen with Opacus' sampler (fixed batch count); if it ever does, trust
         # what the accountant recorded over the plan.
@@ -690,17 +714,19 @@ def _make_private(
 def choose_grad_sample_mode(model: nn.Module, requested: str = "auto") -> str:
     """The per-sample-gradient mode to train ``model`` with (``requested`` unless "auto").
 
-    "auto" picks ghost clipping when the model's Linear layers hold at least
-    ``_GHOST_MIN_LINEAR_PARAMETERS`` trainable parameters, hooks otherwise (see the
+    "auto" picks ghost clipping for models whose trainable layers are all Linear and
+    hold at least ``_GHOST_MIN_LINEAR_PARAMETERS`` parameters, hooks otherwise (see the
     measurements next to ``GRAD_SAMPLE_MODES``).
     """
     if requested not in GRAD_SAMPLE_MODES:
         raise ConfigError(f"grad_sample_mode must be one of: {', '.join(GRAD_SAMPLE_MODES)} (got {requested!r})")
     if requested != "auto":
         return requested
-    linear = sum(p.numel() for m in model.modules() if isinstance(m, nn.Linear)
-                 for p in m.parameters(recurse=False) if p.requires_grad)  # fmt: skip
-    return "ghost" if linear >= _GHOST_MIN_LINEAR_PARAMETERS else "hooks"
+    layers = [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
+    if not layers or not all(isinstance(m, nn.Linear) for m in layers):
+        return "hooks"
+    trainable = sum(p.numel() for m in layers for p in m.parameters(recurse=False) if p.requires_grad)
+    return "ghost" if trainable >= _GHOST_MIN_LINEAR_PARAMETERS else "hooks"
 
 
 def _run_epochs(

@@ -19,6 +19,8 @@ class TrainingSettings:
     local_epochs: int
     batch_size: int
     learning_rate: float
+    #: PyTorch CPU threads while a client trains (its CPU share); None: PyTorch's default.
+    num_threads: int | None = None
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,14 @@ def collect_jobs(sweep_dir: Path) -> list[_Job]:
         directory = hydra_dir.parent
         overrides = _parse_overrides(hydra_dir / "overrides.yaml")
         results_path, failed_path = directory / RESULTS_FILE, directory / FAILED_FILE
-        if results_path.exists():
+        # A failed job may still have written results (every round failed): it failed.
+        if failed_path.exists():
+            try:
+                error = str(json.loads(failed_path.read_text(encoding="utf-8")).get("error", "failed"))
+            except ValueError:
+                error = "failed"
+            jobs.append(_Job(directory, overrides, _epsilon(overrides.get(_EPSILON_KEY)), None, error))
+        elif results_path.exists():
             try:
                 results = json.loads(results_path.read_text(encoding="utf-8"))
             except ValueError as exc:
@@ -126,12 +133,6 @@ def collect_jobs(sweep_dir: Path) -> list[_Job]:
                 continue
             epsilon = _epsilon(results.get("privacy", {}).get("epsilon", overrides.get(_EPSILON_KEY)))
             jobs.append(_Job(directory, overrides, epsilon, _final_accuracy(results)))
-        elif failed_path.exists():
-            try:
-                error = str(json.loads(failed_path.read_text(encoding="utf-8")).get("error", "failed"))
-            except ValueError:
-                error = "failed"
-            jobs.append(_Job(directory, overrides, _epsilon(overrides.get(_EPSILON_KEY)), None, error))
     return jobs
 
 

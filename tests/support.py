@@ -55,3 +55,14 @@ def deploy_for_tests(node: ChainNode) -> Deployment:
     for i, c in enumerate(clients[:3]):
         admin.register(c.address, bytes([i]) * 32)
     return Deployment(node=node, admin=admin, clients=clients)
+
+
+def compose_with(*overrides: str) -> Any:
+    """The packaged Hydra config with ``overrides``, as ``deai-flower`` would compose it."""
+    from hydra import compose, initialize_config_module
+
+    from deai_flower.config import register_configs
+
+    register_configs()
+    with initialize_config_module(config_module="deai_flower.conf", version_base=None):
+        return compose(config_name="config", overrides=list(overrides))

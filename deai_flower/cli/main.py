@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from ..config import register_configs
-from ..errors import DeaiError
+from ..errors import DeaiError, ProtocolError
 from ..sweep import FAILED_FILE
 
 register_configs()
@@ -29,6 +29,10 @@ def main(cfg: DictConfig) -> None:
     console = Console()
     try:
         results = run_experiment(cfg, output_dir=output_dir)
+        if not any(r["status"] == "finalized" for r in results["rounds"]):
+            console.print(results_table(results))
+            first = results["rounds"][0] if results["rounds"] else {"round": "-", "reason": "no round ran"}
+            raise ProtocolError(f"no round finalized (round {first['round']}: {first['reason']})")
     except DeaiError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:

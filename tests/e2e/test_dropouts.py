@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from flwr.app import Context, Error, Message
 from flwr.common.constant import ErrorCode
-from hydra import compose, initialize_config_module
+
+from support import compose_with
 
 from deai_flower import experiment
-from deai_flower.config import register_configs
 from deai_flower.federation import client_runtime
 from deai_flower.storage import LocalStore
 from deai_flower.verify import RunRecord, verify_run
@@ -56,10 +56,8 @@ def misbehave(kinds: dict[int, str]) -> Callable[..., Callable[[Message, Context
 
 def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kinds: dict[int, str], *overrides: str) -> dict[str, Any]:
     monkeypatch.setattr(experiment, "build_client_app", misbehave(kinds))
-    register_configs()
-    with initialize_config_module(config_module="deai_flower.conf", version_base=None):
-        cfg = compose(config_name="config", overrides=["num_clients=4", "num_rounds=2", "progress=false",
-                                                       "training.local_epochs=1", *overrides])  # fmt: skip
+    cfg = compose_with("num_clients=4", "num_rounds=2", "progress=false",
+                       "training.local_epochs=1", *overrides)  # fmt: skip
     return experiment.run_experiment(cfg, output_dir=tmp_path)
 
 
@@ -104,11 +102,9 @@ def test_a_lying_attester_is_outvoted_and_penalized(tmp_path: Path, monkeypatch:
         return call
 
     monkeypatch.setattr(experiment, "build_client_app", build)
-    register_configs()
-    with initialize_config_module(config_module="deai_flower.conf", version_base=None):
-        cfg = compose(config_name="config", overrides=["num_clients=4", "num_rounds=2", "progress=false",
-                                                       "training.local_epochs=1", "strategy.committee_size=4",
-                                                       "strategy.quorum=2"])  # fmt: skip
+    cfg = compose_with("num_clients=4", "num_rounds=2", "progress=false",
+                       "training.local_epochs=1", "strategy.committee_size=4",
+                       "strategy.quorum=2")  # fmt: skip
     results = experiment.run_experiment(cfg, output_dir=tmp_path)
     assert [r["status"] for r in results["rounds"]] == ["finalized", "finalized"]
     penalties = [(e["args"]["participant"], e["args"]["round"], e["args"]["reason"])

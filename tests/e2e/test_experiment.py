@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from eth_abi import encode
 from eth_utils import keccak, to_canonical_address
-from hydra import compose, initialize_config_module
 from safetensors.numpy import load as load_safetensors
 
-from deai_flower.config import register_configs
+from support import compose_with
+
 from deai_flower.experiment import run_experiment
 from deai_flower.storage import LocalStore
 from deai_flower.verify import RunRecord, verify_run
@@ -31,11 +31,6 @@ pytestmark = pytest.mark.slow
 DP_FIELDS = ("noiseMultiplierWad", "sampleRateWad", "steps", "deltaWad", "epsilonWad", "accountant")
 SMALL = ["num_clients=3", "num_rounds=2", "progress=false", "training.local_epochs=1"]
 
-
-def compose_with(*overrides: str):
-    register_configs()
-    with initialize_config_module(config_module="deai_flower.conf", version_base=None):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 @pytest.fixture(scope="module")

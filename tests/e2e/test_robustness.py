@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 
-from deai_flower.config import register_configs
+from support import compose_with
+
 from deai_flower.experiment import run_experiment
 from deai_flower.storage import LocalStore
 from deai_flower.verify import RunRecord, verify_run
@@ -16,9 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def final_accuracy(tmp_path: Path, *overrides: str) -> float:
-    register_configs()
-    with initialize_config_module(config_module="deai_flower.conf", version_base=None):
-        cfg = compose(config_name="config", overrides=["num_rounds=3", "progress=false", *overrides])
+    cfg = compose_with("num_rounds=3", "progress=false", *overrides)
     out = tmp_path / "_".join(o.replace("=", "-") for o in overrides)
     out.mkdir()
     results = run_experiment(cfg, output_dir=out)

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 
-from deai_flower.config import register_configs
+from support import compose_with
+
 from deai_flower.experiment import run_experiment
 from deai_flower.storage import LocalStore, cid_from_bytes
 from deai_flower.verify import RunRecord, verify_run
@@ -21,10 +21,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    register_configs()
-    with initialize_config_module(config_module="deai_flower.conf", version_base=None):
-        cfg = compose(config_name="config", overrides=["num_clients=3", "num_rounds=2", "progress=false",
-                                                       "training.local_epochs=1"])  # fmt: skip
+    cfg = compose_with("num_clients=3", "num_rounds=2", "progress=false",
+                       "training.local_epochs=1")  # fmt: skip
     out = tmp_path_factory.mktemp("verified")
     run_experiment(cfg, output_dir=out)
     return out

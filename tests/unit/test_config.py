@@ -5,21 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError
 
-from deai_flower.config import register_configs, validate
+from support import compose_with
+
+from deai_flower.config import validate
 from deai_flower.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and not p.name.startswith("_"))
 
-
-def compose_with(*overrides: str):
-    register_configs()
-    with initialize_config_module(config_module="deai_flower.conf", version_base=None):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 def test_default_config_is_the_documented_main_job() -> None:

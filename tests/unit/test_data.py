@@ -237,7 +237,8 @@ class _FakeHub:
             label_column: [i % 3 for i in range(rows)],
             "writer_id": [f"w{i % 4}" for i in range(rows)],
         }
-        features = datasets.Features({image_column: datasets.Image(), label_column: datasets.ClassLabel(num_classes=classes),
+        features = datasets.Features({image_column: datasets.Image(),
+                                      label_column: datasets.ClassLabel(num_classes=classes),
                                       "writer_id": datasets.Value("string")})  # fmt: skip
         self.table = datasets.Dataset.from_dict(columns, features=features)
 

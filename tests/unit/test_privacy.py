@@ -281,8 +281,8 @@ def test_ghost_clipping_matches_hooks(data, make_model) -> None:
     assert not any(name.startswith("_module.") for name in ghost.arrays)
 
 
-def test_auto_mode_uses_ghost_clipping_for_large_linear_layers() -> None:
-    # Measured (bench/bench_dp.py): ghost wins once Linear layers hold many parameters.
+def test_auto_mode_uses_ghost_clipping_for_large_all_linear_models() -> None:
+    # Measured (bench/bench_dp.py): ghost wins only for large all-Linear models.
     small = build_model("mlp", num_features=64, num_classes=10, hidden=(64,), seed=0)
     large = build_model("mlp", num_features=64, num_classes=10, hidden=(256, 128), seed=0)
     digits_cnn = _cnn()
@@ -290,7 +290,7 @@ def test_auto_mode_uses_ghost_clipping_for_large_linear_layers() -> None:
                             input_shape=(1, 28, 28), seed=0)  # fmt: skip
     choose = privacy.choose_grad_sample_mode
     assert (choose(small), choose(large)) == ("hooks", "ghost")
-    assert (choose(digits_cnn), choose(mnist_cnn)) == ("hooks", "ghost")
+    assert (choose(digits_cnn), choose(mnist_cnn)) == ("hooks", "hooks")
     assert choose(large, "hooks") == "hooks" and choose(small, "ghost") == "ghost"
     with pytest.raises(ConfigError, match="grad_sample_mode"):
         choose(small, "functorch")
@@ -317,6 +317,27 @@ def test_a_model_opacus_cannot_train_is_refused_with_the_fix(data) -> None:
                           nn.Linear(144, 10))  # fmt: skip
     with pytest.raises(PrivacyError, match="BatchNorm.*make_dp_compatible"):
         _round(data, PrivacyLedger(), model=model)
+
+
+def test_num_threads_caps_training_and_is_restored(data, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+    original = privacy._run_epochs
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(privacy, "_run_epochs", spy)
+    before = torch.get_num_threads()
+    x, y = data
+    for settings in (_settings(), _settings(epsilon=math.inf)):
+        train_round(model=_model(), x=x, y=y, settings=settings, ledger=PrivacyLedger(), planned_rounds=PLANNED_ROUNDS,
+                    local_epochs=1, batch_size=BATCH, learning_rate=0.5, seed=0, device=CPU, num_threads=1)  # fmt: skip
+    assert seen == [1, 1]
+    assert torch.get_num_threads() == before
+    with pytest.raises(ConfigError, match="num_threads"):
+        train_round(model=_model(), x=x, y=y, settings=_settings(), ledger=PrivacyLedger(), planned_rounds=PLANNED_ROUNDS,
+                    local_epochs=1, batch_size=BATCH, learning_rate=0.5, seed=0, device=CPU, num_threads=0)  # fmt: skip
 
 
 def test_a_model_left_in_eval_mode_is_trained(data) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
+
+from support import compose_with
 
 from deai_flower import experiment
 from deai_flower.chain.devnode import AnvilNode
-from deai_flower.config import register_configs
 from deai_flower.report import ProgressMonitor
 from deai_flower.storage import LocalStore
 from deai_flower.verify import RunRecord, verify_run
@@ -20,11 +20,6 @@ pytestmark = [pytest.mark.chain, pytest.mark.slow]
 class CoordinatorCrashed(Exception):
     pass
 
-
-def compose_with(*overrides: str):
-    register_configs()
-    with initialize_config_module(config_module="deai_flower.conf", version_base=None):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 def test_restart_resumes_from_the_chain(anvil: AnvilNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
