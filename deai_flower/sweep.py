@@ -10,9 +10,10 @@ job's ``results.json`` and writes, into the sweep directory:
   run (ε = ∞) as a labelled point on the right.
 
 The summary is rewritten after every job, so an interrupted sweep still leaves one for
-the jobs that finished. A job that stopped on a project error leaves ``failed.json``
-instead of ``results.json`` (see ``deai_flower.cli.main``) and is counted as failed;
-when any job failed the sweep exits with status 2 after writing the summary.
+the jobs that finished. A job that stopped on a project error, or whose rounds all
+failed, leaves ``failed.json`` (see ``deai_flower.cli.main``) and is counted as failed
+even if it wrote ``results.json``; when any job failed the sweep exits with status 2
+after writing the summary.
 
 :func:`summarize` is the plain function behind the callback (usable on any directory of
 job outputs).

@@ -157,6 +157,11 @@ class RoundsContract:
                     self._nonce += 1
                     break
                 except (ContractLogicError, TransactionFailed) as exc:
+                    # The bridged embedded chain reports a stale nonce (another worker
+                    # sent with this key) as a failed call: re-read the nonce once.
+                    if attempt == 0 and "nonce" in str(exc).lower():
+                        self._nonce = None
+                        continue
                     raise self._decode_revert(exc, label) from exc
                 except (Web3Exception, ValidationError) as exc:
                     self._nonce = None
