@@ -18,7 +18,7 @@ const SOURCE_FILE = `${CONTRACT}.sol`;
 const EXPECTED_COMPILER = "0.8.37";
 const settings = {
   evmVersion: "cancun",
-  optimizer: { enabled: true, runs: 200 },
+  optimizer: { enabled: true, runs: 1000000 },
   viaIR: true,
   metadata: { bytecodeHash: "none" },
   outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },

@@ -19,7 +19,14 @@ from flwr.clientapp import ClientApp
 from flwr.common import log
 
 from .chain import DpParams, commitment_of
-from .errors import BlobFormatError, ChainError, PrivacyBudgetExhaustedError, ProtocolError, StoreError
+from .errors import (
+    BlobFormatError,
+    ChainError,
+    ContractRevertError,
+    PrivacyBudgetExhaustedError,
+    ProtocolError,
+    StoreError,
+)
 from .messages import CONFIG, METRICS, STATUS
 from .federation import ClientRuntime, client_runtime
 from .models import set_arrays
@@ -173,7 +180,7 @@ def handle_reveal(settings: RunSettings, message: Message, context: Context) -> 
         raise ProtocolError(f"nothing committed for round {round_id}")
     pending = context.state[_PENDING]
     blob = bytes(pending["blob"])
-    stored_cid = runtime.store.put(blob)
+    stored_cid = runtime.store.put(blob, cid=str(pending["cid"]))  # hashed at commit
     if stored_cid != pending["cid"]:
         raise StoreError(f"store returned CID {stored_cid}, committed {pending['cid']}")
     dp = DpParams(*(int(v) for v in pending["dp"]))
@@ -189,27 +196,26 @@ def handle_reveal(settings: RunSettings, message: Message, context: Context) -> 
     return _reply(message, status={"state": "revealed", "address": runtime.account.address}, metrics={"gas": tx.gas_used})
 
 
-def revealed_updates(runtime: ClientRuntime, round_id: int) -> tuple[list[RevealedUpdate], dict[str, str]]:
-    """The round's valid reveals, read from chain events and fetched from the store.
+def revealed_updates(
+    runtime: ClientRuntime, round_id: int, opened_block: int
+) -> tuple[list[RevealedUpdate], dict[str, str]]:
+    """The round's valid reveals, read from chain events (from the round's opening
+    block on) and fetched from the store.
 
     A blob that is missing, does not match its CID or fails validation is excluded,
     with the reason; every honest attester excludes the same ones.
     """
     settings = runtime.settings
-    opened_block = int(runtime.contract.get_round(settings.run_id, round_id)["openedBlock"])
-    events = runtime.contract.contract.events.Revealed.get_logs(
-        argument_filters={"runId": settings.run_id, "round": round_id}, from_block=opened_block
-    )
     updates, rejected = [], {}
-    for event in events:
-        participant = event["args"]["participant"]
-        cid = cid_from_bytes(bytes(event["args"]["cid"]))
+    for reveal in runtime.contract.revealed(settings.run_id, round_id, from_block=opened_block):
+        participant = reveal["participant"]
+        cid = cid_from_bytes(reveal["cid"])
         try:
             arrays = decode_arrays(runtime.store.get(cid), max_bytes=settings.max_blob_bytes, expected=runtime.spec)
         except (StoreError, BlobFormatError) as exc:
             rejected[participant] = str(exc)
             continue
-        updates.append(RevealedUpdate(participant, int(event["args"]["numExamples"]), arrays))
+        updates.append(RevealedUpdate(participant, reveal["numExamples"], arrays))
     return updates, rejected
 
 
@@ -226,18 +232,33 @@ def _finalized_reply(message: Message, runtime: ClientRuntime, result_cid: str, 
                                    **_exclusions(rejected)})  # fmt: skip
 
 
+def _late_reply(message: Message, runtime: ClientRuntime) -> Message:
+    """Reply of a committee member asked after the quorum had finalized the round: there
+    is nothing left to attest (`deai verify` replays the round for anyone who wants to)."""
+    return _reply(message, status={"state": "late", "address": runtime.account.address})
+
+
 def handle_attest(settings: RunSettings, message: Message, context: Context) -> Message:
     """Aggregate the round's revealed updates independently and attest the result's CID."""
     round_id = int(message.content[CONFIG]["round"])
     runtime = client_runtime(settings, int(context.node_config["partition-id"]))
-    updates, rejected = revealed_updates(runtime, round_id)
+    contract = runtime.contract
+    if contract.phase(settings.run_id, round_id) == "finalized":
+        return _late_reply(message, runtime)
+    try:
+        opened_block = int(contract.get_round(settings.run_id, round_id)["openedBlock"])
+    except ContractRevertError:
+        # finalized since (its finalization opened the next round), or not current at all
+        if contract.phase(settings.run_id, round_id) == "finalized":
+            return _late_reply(message, runtime)
+        raise
+    updates, rejected = revealed_updates(runtime, round_id, opened_block)
     for participant, reason in rejected.items():
         log(WARNING, "round %s: excluded update of %s: %s", round_id, participant, reason)
     if not updates:
         raise ProtocolError(f"round {round_id}: no valid revealed update to aggregate")
     aggregated = aggregate(settings.rule, updates, dict(settings.rule_params))
     result_cid = runtime.store.put(encode_arrays(aggregated))
-    contract = runtime.contract
     if contract.phase(settings.run_id, round_id) == "finalized":
         return _finalized_reply(message, runtime, result_cid, rejected)
     try:

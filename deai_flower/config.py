@@ -186,7 +186,8 @@ def validate(cfg: ExperimentConfig) -> None:
              "resume.contract_address needs a live chain (chain=anvil or chain.kind=rpc): "
              "the embedded chain ends with its process")  # fmt: skip
     for key in ("commit_timeout_s", "reveal_timeout_s", "attest_timeout_s"):
-        _require(getattr(s, key) > 0, f"strategy.{key} must be > 0")
+        # the contract keeps phase durations in 24 bits
+        _require(0 < getattr(s, key) < 2**24, f"strategy.{key} must be between 1 and {2**24 - 1} seconds")
     _require(cfg.chain.kind in ("embedded", "rpc"), f"chain.kind must be 'embedded' or 'rpc' (got {cfg.chain.kind!r})")
     _require(cfg.chain.kind != "rpc" or bool(cfg.chain.rpc_url), "chain.rpc_url is required when chain.kind=rpc")
     _require(cfg.storage.kind in ("local", "ipfs"), f"storage.kind must be 'local' or 'ipfs' (got {cfg.storage.kind!r})")

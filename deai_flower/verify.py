@@ -18,10 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eth_abi import encode
-from eth_utils import keccak, to_canonical_address, to_checksum_address
+from eth_utils import to_checksum_address
 
-from .chain.protocol import ACCOUNTANT_NAMES, DpParams, commitment_of, from_wad, is_sampled, next_beacon, xor_salts
+from .chain.protocol import (
+    ACCOUNTANT_NAMES,
+    DpParams,
+    beacon_of,
+    commitment_of,
+    from_wad,
+    is_sampled,
+    parse_reveal_record,
+)
 from .errors import BlobFormatError, DeaiError, StoreError
 from .privacy import PrivacyLedger
 from .storage import ContentStore, array_spec, cid_from_bytes, compute_cid, decode_arrays, encode_arrays
@@ -118,10 +125,6 @@ def verify_run(record: RunRecord, store: ContentStore) -> list[RoundVerdict]:
     if len(created) != 1:
         raise DeaiError(f"run {record.run_id}: expected one RunCreated event, found {len(created)}")
     params = created[0]["args"]["params"]
-    expected_beacon = keccak(
-        encode(["uint256", "address", "uint256", "bytes32"],
-               [record.chain_id, to_canonical_address(record.contract), record.run_id, _bytes(params["configHash"])])
-    )  # fmt: skip
     model_cid = params["initialModelCid"]
     try:
         spec = array_spec(decode_arrays(store.get(cid_from_bytes(_bytes(model_cid))), max_bytes=record.max_blob_bytes))
@@ -143,10 +146,9 @@ def verify_run(record: RunRecord, store: ContentStore) -> list[RoundVerdict]:
             continue
         o = opened[0]["args"]
         beacon = _bytes(o["beacon"])
-        if beacon != expected_beacon:
-            verdict.problems.append("beacon differs from the one derived from the previous round")
-        if o["modelCid"] != model_cid:
-            verdict.problems.append(f"round started from {o['modelCid']}, not the last finalized model {model_cid}")
+        if beacon != beacon_of(chain_id=record.chain_id, contract=record.contract, run_id=record.run_id,
+                               round_id=round_id, model_cid=_bytes(model_cid)):  # fmt: skip
+            verdict.problems.append("beacon differs from the one derived from the round's model")
         members = _participants_at(events, opened[0]["block"])
         sample_bps = int(params["sampleBps"])
         sampled = {a for a in members if is_sampled(beacon=beacon, sample_bps=sample_bps, participant=a)}
@@ -163,21 +165,25 @@ def verify_run(record: RunRecord, store: ContentStore) -> list[RoundVerdict]:
         updates = []
         for r in reveals:
             who = to_checksum_address(r["participant"])
-            dp = DpParams(*(int(r["dp"][k]) for k in ("noiseMultiplierWad", "sampleRateWad", "steps", "deltaWad",
-                                                       "epsilonWad", "accountant")))  # fmt: skip
+            try:  # the record as logged; decoded fields next to it in an export are not trusted
+                revealed = parse_reveal_record(_bytes(r["record"]))
+            except ValueError as exc:
+                verdict.problems.append(f"reveal of {who}: {exc}")
+                continue
+            dp = revealed.dp
             expected = commitment_of(chain_id=record.chain_id, contract=record.contract, run_id=record.run_id,
-                                     round_id=round_id, participant=who, cid=_bytes(r["cid"]),
-                                     num_examples=int(r["numExamples"]), dp=dp, salt=_bytes(r["salt"]))  # fmt: skip
+                                     round_id=round_id, participant=who, cid=revealed.cid,
+                                     num_examples=revealed.num_examples, dp=dp, salt=revealed.salt)  # fmt: skip
             if commitments.get(who) != expected:
                 verdict.problems.append(f"reveal of {who} does not open its commitment")
             _check_epsilon(verdict, who, dp, histories[who])
             try:
-                cid = cid_from_bytes(_bytes(r["cid"]))
+                cid = cid_from_bytes(revealed.cid)
                 arrays = decode_arrays(store.get(cid), max_bytes=record.max_blob_bytes, expected=spec)
             except (StoreError, BlobFormatError) as exc:
                 verdict.checks.append(f"excluded {who}: {exc}")
                 continue
-            updates.append(RevealedUpdate(who, int(r["numExamples"]), arrays))
+            updates.append(RevealedUpdate(who, revealed.num_examples, arrays))
         verdict.checks.append(f"{len(reveals)} reveals vs commitments, CIDs, ε")
 
         finalized = [e["args"] for e in round_events if e["event"] == "RoundFinalized"]
@@ -198,7 +204,6 @@ def verify_run(record: RunRecord, store: ContentStore) -> list[RoundVerdict]:
             model_cid = result_cid
         else:
             verdict.status = "not finalized"
-        expected_beacon = next_beacon(beacon=beacon, salt_xor=xor_salts([_bytes(r["salt"]) for r in reveals]))
         verdicts.append(verdict)
     return verdicts
 

@@ -29,7 +29,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from deai_flower.chain import RoundsContract
+from deai_flower.chain import RoundsContract, TxResult
 from deai_flower.messages import CONFIG, METRICS, STATUS
 from deai_flower.errors import ConfigError
 from deai_flower.storage import ContentStore, cid_from_bytes, decode_arrays
@@ -151,20 +151,29 @@ class CommitRevealStrategy(Strategy):
             addresses[node_id] = address
         return addresses
 
-    def _let_in_flight_round_lapse(self) -> None:
-        """After a coordinator restart, wait out a round a previous coordinator left open.
+    def _round_to_play(self) -> tuple[int, bytes, TxResult | None]:
+        """The chain round to play next, its global model's CID and the ``openRound``
+        transaction if one was needed.
 
-        Its participants' pending reveals lived in that coordinator's run; the round
-        fails at its deadlines and a new attempt opens with the same model.
+        The attestation that finalizes a round opens the next, so normally that round is
+        in its commit phase with no commit yet, and it is played as it is. Otherwise a new
+        attempt is opened: for the first round, after a failed one, or after a coordinator
+        restart, when a round the previous coordinator left in flight is waited out first
+        (its participants' pending reveals lived in that coordinator's run; it fails at
+        its deadlines and the new attempt has the same model).
         """
-        round_id = int(self.contract.get_run(self.run_id)["currentRound"])
-        if round_id == 0:
-            return
-        phase = self.contract.phase(self.run_id, round_id)
-        if phase in ("commit", "reveal", "attest"):
-            log(WARNING, "round attempt %s is still in phase '%s'; letting its deadlines pass", round_id, phase)
-            deadline = int(self.contract.get_round(self.run_id, round_id)["attestDeadline"])
-            self.contract.node.advance_to(deadline, timeout=self.phase_timeout_s)
+        run = self.contract.get_run(self.run_id)
+        round_id = int(run["currentRound"])
+        if round_id:
+            phase = self.contract.phase(self.run_id, round_id)
+            state = self.contract.get_round(self.run_id, round_id) if phase != "failed" else {}
+            if phase == "commit" and int(state["commitCount"]) == 0:
+                return round_id, bytes(run["modelCid"]), None
+            if phase in ("commit", "reveal", "attest"):
+                log(WARNING, "round attempt %s is still in phase '%s'; letting its deadlines pass", round_id, phase)
+                self.contract.node.advance_to(int(state["attestDeadline"]), timeout=self.phase_timeout_s)
+        round_id, tx = self.contract.open_round(self.run_id)
+        return round_id, bytes(self.contract.get_run(self.run_id)["modelCid"]), tx
 
     def _mark(self, phase: str) -> None:
         """Close the timing of the current phase and announce the next."""
@@ -230,17 +239,16 @@ class CommitRevealStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Open the on-chain round and ask the sampled nodes to train and commit."""
+        """Take the open on-chain round (or open one) and ask the sampled nodes to train and commit."""
         if self._addresses is None:
             self._addresses = self._discover(grid)
         self._grid = grid
-        self._let_in_flight_round_lapse()
         server_round += self.first_round - 1  # the run's round number (after a resume)
-        round_id, tx = self.contract.open_round(self.run_id)
-        (opened,) = [e for e in tx.events if e["event"] == "RoundOpened"]
-        model_cid = cid_from_bytes(bytes(opened["args"]["modelCid"]))
+        round_id, model_cid_bytes, tx = self._round_to_play()
+        model_cid = cid_from_bytes(model_cid_bytes)
         report = RoundReport(server_round=server_round, chain_round=round_id, model_cid=model_cid)
-        report.add_gas("openRound", tx.gas_used)
+        if tx is not None:
+            report.add_gas("openRound", tx.gas_used)
         self._report = report
         self._phase_start = 0.0
         self._mark("commit")

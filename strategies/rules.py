@@ -72,11 +72,22 @@ def _sum_rows(rows: np.ndarray) -> np.ndarray:
 
 
 def _weighted_mean(ordered: list[RevealedUpdate]) -> dict[str, np.ndarray]:
-    """FedAvg over ``ordered`` (Flower's arithmetic: sum of w_i / W * x_i in order)."""
+    """FedAvg over ``ordered`` (Flower's arithmetic: sum of w_i / W * x_i in order).
+
+    Each product is rounded to float64 and added to the running sum in order, exactly as
+    summing the stacked products row by row would, without holding them all at once.
+    """
     total = sum(u.num_examples for u in ordered)
     factors = [u.num_examples / total for u in ordered]
-    return {name: _sum_rows(np.stack([u.arrays[name] * f for u, f in zip(ordered, factors, strict=True)]))
-            for name in ordered[0].arrays}  # fmt: skip
+    result = {}
+    for name in ordered[0].arrays:
+        acc = ordered[0].arrays[name] * factors[0]
+        product = np.empty_like(acc)
+        for u, f in zip(ordered[1:], factors[1:], strict=True):
+            np.multiply(u.arrays[name], f, out=product)
+            acc += product
+        result[name] = acc
+    return result
 
 
 def _trimmed_mean(ordered: list[RevealedUpdate], params: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -3,20 +3,20 @@
 from .contract import RoundsContract, TxResult
 from .keys import keystore_key, simulation_key
 from .node import ChainNode, connect_embedded, connect_rpc
-from .protocol import DpParams, commitment_of, from_wad, is_sampled, next_beacon, to_wad
+from .protocol import DpParams, beacon_of, commitment_of, from_wad, is_sampled, to_wad
 
 __all__ = [
     "ChainNode",
     "DpParams",
     "RoundsContract",
     "TxResult",
+    "beacon_of",
     "commitment_of",
     "connect_embedded",
     "connect_rpc",
     "from_wad",
     "is_sampled",
     "keystore_key",
-    "next_beacon",
     "simulation_key",
     "to_wad",
 ]

@@ -25,7 +25,7 @@ from web3.exceptions import ContractLogicError, Web3Exception
 from ..errors import ChainError, ContractRevertError
 from .artifact import load_artifact
 from .node import ChainNode
-from .protocol import PHASES, STAGES, DpParams
+from .protocol import PHASES, STAGES, DpParams, parse_reveal_record, reveal_record
 
 #: Seconds to wait for a transaction receipt before giving up.
 RECEIPT_TIMEOUT_S = 120.0
@@ -151,7 +151,7 @@ class RoundsContract:
                     if self._nonce is None:
                         self._nonce = self.w3.eth.get_transaction_count(self.account.address, "pending")
                     tx = call.build_transaction({"from": self.account.address, "nonce": self._nonce,
-                                                 "chainId": self._chain_id})  # fmt: skip
+                                                 "chainId": self._chain_id, **self.node.fee_fields()})  # fmt: skip
                     signed = self.account.sign_transaction(tx)
                     tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
                     self._nonce += 1
@@ -217,7 +217,8 @@ class RoundsContract:
     def reveal(
         self, run_id: int, round_id: int, *, cid: bytes, num_examples: int, dp: DpParams, salt: bytes
     ) -> TxResult:
-        return self._transact("reveal", run_id, round_id, cid, num_examples, dp.as_tuple(), salt)
+        record = reveal_record(cid=cid, num_examples=num_examples, dp=dp, salt=salt)
+        return self._transact("reveal", run_id, round_id, record)
 
     def attest(self, run_id: int, round_id: int, result_cid: bytes) -> TxResult:
         return self._transact("attest", run_id, round_id, result_cid)
@@ -257,11 +258,11 @@ class RoundsContract:
     def commitment_of(
         self, run_id: int, round_id: int, participant: str, *, cid: bytes, num_examples: int, dp: DpParams, salt: bytes
     ) -> bytes:
-        return bytes(
-            self._call(
-                "commitmentOf", run_id, round_id, to_checksum_address(participant), cid, num_examples, dp.as_tuple(), salt
-            )
-        )
+        record = reveal_record(cid=cid, num_examples=num_examples, dp=dp, salt=salt)
+        return bytes(self._call("commitmentOf", run_id, round_id, to_checksum_address(participant), record))
+
+    def beacon_of(self, run_id: int, round_id: int, model_cid: bytes) -> bytes:
+        return bytes(self._call("beaconOf", run_id, round_id, model_cid[4:36]))
 
     def _struct(self, fn_name: str, *args: Any) -> dict[str, Any]:
         values = self._call(fn_name, *args)
@@ -285,11 +286,21 @@ class RoundsContract:
                         "block": int(rich["blockNumber"]),
                         "tx": rich["transactionHash"].hex(),
                         "log_index": int(rich["logIndex"]),
-                        "args": dict(rich["args"]),
+                        "args": _expand_record(rich["event"], dict(rich["args"])),
                     }
                 )
                 break
         return decoded
+
+    def revealed(self, run_id: int, round_id: int, *, from_block: int) -> list[dict[str, Any]]:
+        """The ``Revealed`` events of one round, their records decoded (see :func:`_expand_record`)."""
+        try:
+            events = self.contract.events.Revealed.get_logs(
+                argument_filters={"runId": run_id, "round": round_id}, from_block=from_block
+            )
+        except (Web3Exception, OSError) as exc:
+            raise ChainError(f"reading round {round_id}'s reveals failed: {exc}") from exc
+        return [_expand_record("Revealed", dict(e["args"])) for e in events]
 
     def event_log(self, *, from_block: int = 0, timeout: float = 60.0) -> list[dict[str, Any]]:
         """Every event the contract emitted, decoded, in chain order, JSON-ready."""
@@ -317,6 +328,30 @@ def _tester_revert_data(message: Any) -> bytes | None:
             return None
         return value if isinstance(value, bytes) else None
     return None
+
+
+def _expand_record(event: str, args: dict[str, Any]) -> dict[str, Any]:
+    """A ``Revealed`` event's packed record, also as named fields: ``cid``, ``numExamples``,
+    ``dp`` (the DP fields by their contract names) and ``salt``. The contract checked the
+    record's length, so every logged record parses."""
+    if event != "Revealed":
+        return args
+    parsed = parse_reveal_record(bytes(args["record"]))
+    dp = parsed.dp
+    return {
+        **args,
+        "cid": parsed.cid,
+        "numExamples": parsed.num_examples,
+        "dp": {
+            "noiseMultiplierWad": dp.noise_multiplier_wad,
+            "sampleRateWad": dp.sample_rate_wad,
+            "steps": dp.steps,
+            "deltaWad": dp.delta_wad,
+            "epsilonWad": dp.epsilon_wad,
+            "accountant": dp.accountant,
+        },
+        "salt": parsed.salt,
+    }
 
 
 def _plain(value: Any) -> Any:

@@ -18,6 +18,8 @@ from ..errors import ChainError, ChainUnavailableError
 
 #: Ether given to each simulated participant key on development chains.
 DEV_FUNDING_WEI = 10**20
+#: Seconds a fee quote serves transactions before it is read again.
+FEE_QUOTE_TTL_S = 6.0
 
 
 @dataclass
@@ -28,10 +30,29 @@ class ChainNode:
     kind: str
     url: str
     _tester: Any = field(default=None, repr=False)
+    _chain_id: int | None = field(default=None, repr=False)
+    _fee_quote: tuple[float, dict[str, int]] | None = field(default=None, repr=False)
 
     @property
     def chain_id(self) -> int:
-        return int(self.w3.eth.chain_id)
+        """The chain's id, read once: a connection's chain does not change."""
+        if self._chain_id is None:
+            self._chain_id = int(self.w3.eth.chain_id)
+        return self._chain_id
+
+    def fee_fields(self) -> dict[str, int]:
+        """EIP-1559 fee fields for a transaction, by web3's own rule (max fee = twice the
+        latest base fee plus the node's suggested tip), quoted at most every
+        ``FEE_QUOTE_TTL_S`` seconds instead of two extra requests per transaction."""
+        now = time.monotonic()
+        if self._fee_quote is None or now - self._fee_quote[0] > FEE_QUOTE_TTL_S:
+            try:
+                tip = int(self.w3.eth.max_priority_fee)
+                base = int(self.w3.eth.get_block("latest").get("baseFeePerGas") or 0)
+            except (Web3Exception, OSError) as exc:
+                raise ChainError(f"reading the chain's fees failed: {exc}") from exc
+            self._fee_quote = (now, {"maxPriorityFeePerGas": tip, "maxFeePerGas": 2 * base + tip})
+        return dict(self._fee_quote[1])
 
     def describe(self) -> dict[str, Any]:
         """What ``results.json`` records about the chain."""
@@ -102,7 +123,10 @@ def connect_rpc(url: str, *, timeout: float = 30.0) -> ChainNode:
     """A JSON-RPC node at ``url`` (http(s)://...), checked to answer."""
     if not url.startswith(("http://", "https://")):
         raise ChainUnavailableError(f"chain RPC URL must start with http:// or https:// (got {url!r})")
-    w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": timeout}))
+    # eth_chainId is cached: web3 re-reads it to validate every transaction otherwise
+    provider = Web3.HTTPProvider(url, request_kwargs={"timeout": timeout}, cache_allowed_requests=True,
+                                 cacheable_requests={"eth_chainId"})  # fmt: skip
+    w3 = Web3(provider)
     try:
         w3.eth.chain_id  # noqa: B018 - a cheap call that proves the node answers
     except Exception as exc:  # requests/OS errors surface in many shapes

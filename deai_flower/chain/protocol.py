@@ -32,10 +32,6 @@ STAGES = ("none", "committed", "revealed", "attested")
 #: Contract ``PenaltyReason`` enum, in order.
 PENALTY_REASONS = ("missing-reveal", "minority-attestation")
 
-DP_PARAMS_ABI = "(uint128,uint128,uint32,uint128,uint128,uint8)"
-
-#: Bytes of each salt the contract folds into the next beacon.
-SALT_XOR_BYTES = 24
 #: Bytes of a commitment the contract stores (the event carries all 32).
 STORED_COMMITMENT_BYTES = 27
 
@@ -106,6 +102,57 @@ class DpParams:
         return from_wad(self.epsilon_wad)
 
 
+#: Byte length of a reveal record (the contract's ``_RECORD_BYTES``).
+REVEAL_RECORD_BYTES = 145
+_CID_BYTES = 36
+
+
+def reveal_record(*, cid: bytes, num_examples: int, dp: DpParams, salt: bytes) -> bytes:
+    """The 145-byte reveal record a participant commits to, reveals and the chain logs.
+
+    ``abi.encodePacked(cid, uint64 numExamples, uint128 noiseMultiplierWad, uint128
+    sampleRateWad, uint32 steps, uint128 deltaWad, uint128 epsilonWad, uint8 accountant,
+    bytes32 salt)``: big-endian fields back to back (protocol §2.3).
+    """
+    if len(cid) != _CID_BYTES:
+        raise ValueError(f"cid must be a {_CID_BYTES}-byte binary CIDv1")
+    if len(salt) != 32:
+        raise ValueError("salt must be 32 bytes")
+    fields = (
+        (num_examples, 8),
+        (dp.noise_multiplier_wad, 16),
+        (dp.sample_rate_wad, 16),
+        (dp.steps, 4),
+        (dp.delta_wad, 16),
+        (dp.epsilon_wad, 16),
+        (dp.accountant, 1),
+    )
+    return cid + b"".join(int(value).to_bytes(size, "big") for value, size in fields) + salt
+
+
+@dataclass(frozen=True)
+class RevealRecord:
+    """A decoded reveal record."""
+
+    cid: bytes
+    num_examples: int
+    dp: DpParams
+    salt: bytes
+
+
+def parse_reveal_record(record: bytes) -> RevealRecord:
+    """Inverse of :func:`reveal_record`; refuses any other length."""
+    if len(record) != REVEAL_RECORD_BYTES:
+        raise ValueError(f"a reveal record is {REVEAL_RECORD_BYTES} bytes, got {len(record)}")
+    offset = _CID_BYTES
+    values = []
+    for size in (8, 16, 16, 4, 16, 16, 1):
+        values.append(int.from_bytes(record[offset : offset + size], "big"))
+        offset += size
+    num_examples, *dp = values
+    return RevealRecord(cid=record[:_CID_BYTES], num_examples=num_examples, dp=DpParams(*dp), salt=record[offset:])
+
+
 def commitment_of(
     *,
     chain_id: int,
@@ -120,23 +167,18 @@ def commitment_of(
 ) -> bytes:
     """The commitment a participant sends before revealing (``commitmentOf`` on chain).
 
-    ``keccak256(abi.encode(chainId, contract, runId, round, participant, cid,
-    numExamples, dp, salt))``.
+    ``keccak256(abi.encode(chainId, contract, runId, round, participant, record))`` with
+    ``record`` the :func:`reveal_record` of the other arguments.
     """
-    if len(salt) != 32:
-        raise ValueError("salt must be 32 bytes")
     preimage = encode(
-        ["uint256", "address", "uint256", "uint32", "address", "bytes", "uint64", DP_PARAMS_ABI, "bytes32"],
+        ["uint256", "address", "uint256", "uint32", "address", "bytes"],
         [
             chain_id,
             to_canonical_address(contract),
             run_id,
             round_id,
             to_canonical_address(participant),
-            cid,
-            num_examples,
-            dp.as_tuple(),
-            salt,
+            reveal_record(cid=cid, num_examples=num_examples, dp=dp, salt=salt),
         ],
     )
     return keccak(preimage)
@@ -150,26 +192,17 @@ def is_sampled(*, beacon: bytes, sample_bps: int, participant: str) -> bool:
     return int.from_bytes(digest, "big") % BPS < sample_bps
 
 
-def next_beacon(*, beacon: bytes, salt_xor: bytes) -> bytes:
-    """Sampling seed of the round after one with ``beacon`` and revealed ``salt_xor``.
+def beacon_of(*, chain_id: int, contract: str, run_id: int, round_id: int, model_cid: bytes) -> bytes:
+    """Sampling seed of round ``round_id`` played on the global model ``model_cid`` (``beaconOf``).
 
-    ``keccak256(abi.encode(bytes32 beacon, bytes24 saltXor))``; ``salt_xor`` is the
-    24-byte value :func:`xor_salts` returns (all zero when nobody revealed).
+    ``keccak256(abi.encode(chainId, contract, runId, round, modelDigest))`` with
+    ``modelDigest`` the sha2-256 digest inside the binary CIDv1 (its bytes 4..36).
     """
-    if len(salt_xor) != SALT_XOR_BYTES:
-        raise ValueError(f"salt_xor must be {SALT_XOR_BYTES} bytes (see xor_salts)")
-    return keccak(encode(["bytes32", "bytes24"], [beacon, salt_xor]))
-
-
-def xor_salts(salts: list[bytes]) -> bytes:
-    """The round's ``saltXor``: XOR of the first 24 bytes of each revealed 32-byte salt.
-
-    The contract keeps 24 bytes so that the XOR shares one storage word with the round's
-    reveal count; 192 bits of the salts still feed every beacon.
-    """
-    acc = 0
-    for salt in salts:
-        if len(salt) != 32:
-            raise ValueError("salts are 32 bytes")
-        acc ^= int.from_bytes(salt[:SALT_XOR_BYTES], "big")
-    return acc.to_bytes(SALT_XOR_BYTES, "big")
+    if len(model_cid) != 36:
+        raise ValueError("model_cid must be a 36-byte binary CIDv1 with a sha2-256 multihash")
+    return keccak(
+        encode(
+            ["uint256", "address", "uint256", "uint32", "bytes32"],
+            [chain_id, to_canonical_address(contract), run_id, round_id, model_cid[4:36]],
+        )
+    )

@@ -49,8 +49,9 @@ class ContentStore(Protocol):
     the requested CID, raising :class:`~deai_flower.errors.TamperedBlobError` if not.
     """
 
-    def put(self, data: bytes) -> str:
-        """Store ``data``; return its CID. Idempotent."""
+    def put(self, data: bytes, *, cid: str | None = None) -> str:
+        """Store ``data``; return its CID. Idempotent. ``cid``, when given, is the CID
+        the caller computed for ``data`` (it spares hashing the bytes again)."""
         ...
 
     def get(self, cid: str) -> bytes:

@@ -140,9 +140,13 @@ class IpfsStore:
 
     # ------------------------------------------------------------------ writing
 
-    def put(self, data: bytes) -> str:
-        """Add and pin ``data``; return its CID once the node has confirmed the same CID."""
-        expected = compute_cid(data)
+    def put(self, data: bytes, *, cid: str | None = None) -> str:
+        """Add and pin ``data``; return its CID once the node has confirmed the same CID.
+
+        ``cid``: the CID the caller already computed for these bytes (spares hashing them
+        again; the node's CID must still equal it).
+        """
+        expected = cid or compute_cid(data)
         reply = self._call("add", lambda client: client.add_bytes(bytes(data), opts=ADD_OPTIONS))
         self._check_added(reply, expected)
         return expected

@@ -59,9 +59,14 @@ class LocalStore:
         """Where blobs live, for logs and run manifests."""
         return {"kind": self.kind, "location": str(self._root)}
 
-    def put(self, data: bytes) -> str:
-        """Store ``data`` and return its CID; storing the same bytes again is a no-op."""
-        cid = compute_cid(data)
+    def put(self, data: bytes, *, cid: str | None = None) -> str:
+        """Store ``data`` and return its CID; storing the same bytes again is a no-op.
+
+        ``cid``: the CID the caller already computed for exactly these bytes, which spares
+        hashing them again. A wrong one names the file wrongly, and every read of it then
+        fails verification; nothing wrong is ever returned.
+        """
+        cid = cid or compute_cid(data)
         target = self._path(cid)
         if _has_size(target, len(data)):
             return cid

@@ -28,7 +28,6 @@ from deai_flower.verify import RunRecord, verify_run
 
 pytestmark = pytest.mark.slow
 
-DP_FIELDS = ("noiseMultiplierWad", "sampleRateWad", "steps", "deltaWad", "epsilonWad", "accountant")
 SMALL = ["num_clients=3", "num_rounds=2", "progress=false", "training.local_epochs=1"]
 
 
@@ -38,6 +37,13 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[s
     out = tmp_path_factory.mktemp("run")
     run_experiment(compose_with(*SMALL), output_dir=out)
     return out, json.loads((out / "results.json").read_text())
+
+
+def record_fields(reveal: dict[str, Any]) -> tuple[str, int]:
+    """The CID (hex) and example count packed in a ``Revealed`` record (protocol §2.3)."""
+    record = bytes.fromhex(reveal["record"][2:])
+    assert len(record) == 145
+    return "0x" + record[:36].hex(), int.from_bytes(record[36:44], "big")
 
 
 def cid_string(raw_hex: str) -> str:
@@ -61,6 +67,7 @@ def test_results_have_the_documented_fields(finished_run: tuple[Path, dict[str, 
     assert [r["round"] for r in results["rounds"]] == [1, 2]
     for r in results["rounds"]:
         assert r["status"] == "finalized"
+        assert r["errors"] == {}, r["errors"]  # a clean run: no node failed, late attesters included
         assert set(r) >= {"round", "accuracy", "loss", "epsilon", "gas_used", "seconds"}
         assert 0 < r["epsilon"] <= 8.0 and r["gas_used"] > 0
     assert results["rounds"][-1]["accuracy"] > 0.3  # chance is 0.1
@@ -80,8 +87,8 @@ def test_aggregate_recomputed_independently_equals_the_finalized_model(
         reveals = [e["args"] for e in events if e["event"] == "Revealed" and e["args"]["round"] == round_id]
         assert len(reveals) == 3
         reveals.sort(key=lambda a: int(a["participant"], 16))  # canonical order: by address
-        arrays = [load_safetensors(read_blob(store, a["cid"])) for a in reveals]
-        weights = [a["numExamples"] for a in reveals]
+        arrays = [load_safetensors(read_blob(store, record_fields(a)[0])) for a in reveals]
+        weights = [record_fields(a)[1] for a in reveals]
         total = sum(weights)
         expected = {
             name: sum(arr[name].astype(np.float64) * (w / total) for arr, w in zip(arrays, weights)).astype(np.float32)
@@ -102,11 +109,9 @@ def test_every_reveal_opens_its_commitment(finished_run: tuple[Path, dict[str, A
     assert reveals and len(reveals) == len(commitments)
     for a in reveals:
         preimage = encode(
-            ["uint256", "address", "uint256", "uint32", "address", "bytes", "uint64",
-             "(uint128,uint128,uint32,uint128,uint128,uint8)", "bytes32"],
+            ["uint256", "address", "uint256", "uint32", "address", "bytes"],
             [results["chain"]["chain_id"], to_canonical_address(results["contract_address"]), a["runId"], a["round"],
-             to_canonical_address(a["participant"]), bytes.fromhex(a["cid"][2:]), a["numExamples"], tuple(a["dp"][k] for k in DP_FIELDS),
-             bytes.fromhex(a["salt"][2:])],
+             to_canonical_address(a["participant"]), bytes.fromhex(a["record"][2:])],
         )  # fmt: skip
         assert "0x" + keccak(preimage).hex() == commitments[(a["round"], a["participant"])]
 

@@ -53,10 +53,19 @@ def tampered_copy(run_dir: Path, tmp_path: Path) -> tuple[Path, dict]:
     return copy, results
 
 
+def patch_record(reveal: dict, start: int, end: int, change) -> None:
+    """Rewrite the big-endian integer at ``record[start:end]`` of an exported ``Revealed``
+    event (protocol §2.3) with ``change(old value)``."""
+    record = bytearray(bytes.fromhex(reveal["args"]["record"][2:]))
+    value = change(int.from_bytes(record[start:end], "big"))
+    record[start:end] = value.to_bytes(end - start, "big")
+    reveal["args"]["record"] = "0x" + record.hex()
+
+
 def test_a_changed_reveal_fails_its_commitment(run_dir: Path, tmp_path: Path) -> None:
     copy, results = tampered_copy(run_dir, tmp_path)
     reveal = next(e for e in results["events"] if e["event"] == "Revealed" and e["args"]["round"] == 2)
-    reveal["args"]["numExamples"] += 1
+    patch_record(reveal, 36, 44, lambda examples: examples + 1)
     (copy / "results.json").write_text(json.dumps(results))
     result = verdicts(copy)
     assert result[0].ok and not result[1].ok
@@ -84,7 +93,7 @@ def test_a_tampered_blob_changes_the_aggregate(run_dir: Path, tmp_path: Path) ->
 def test_a_forged_epsilon_is_caught(run_dir: Path, tmp_path: Path) -> None:
     copy, results = tampered_copy(run_dir, tmp_path)
     reveal = next(e for e in results["events"] if e["event"] == "Revealed" and e["args"]["round"] == 1)
-    reveal["args"]["dp"]["epsilonWad"] //= 2
+    patch_record(reveal, 96, 112, lambda epsilon_wad: epsilon_wad // 2)
     (copy / "results.json").write_text(json.dumps(results))
     problems = verdicts(copy)[0].problems
     assert any("its revealed parameters give" in p for p in problems)

@@ -55,6 +55,7 @@ def test_unknown_group_option_is_refused() -> None:
         ("strategy.quorum=4", "strategy.min_reveals (2) must be >= strategy.quorum (4)"),
         ("chain.kind=rpc", "chain.rpc_url is required"),
         ("engine.kind=spark", "engine.kind must be"),
+        ("strategy.attest_timeout_s=16777216", "strategy.attest_timeout_s must be between 1 and 16777215 seconds"),
     ],
 )
 def test_bad_values_name_the_key(override: str, message: str) -> None:

@@ -14,13 +14,13 @@ from support import Deployment, cid_of
 from deai_flower.chain import (
     DpParams,
     RoundsContract,
+    beacon_of,
     commitment_of,
     is_sampled,
-    next_beacon,
     simulation_key,
     to_wad,
 )
-from deai_flower.chain.protocol import PENALTY_REASONS, STORED_COMMITMENT_BYTES, UINT128_MAX, xor_salts
+from deai_flower.chain.protocol import PENALTY_REASONS, STORED_COMMITMENT_BYTES, UINT128_MAX, reveal_record
 from deai_flower.errors import ContractRevertError
 
 
@@ -62,8 +62,16 @@ def deadline(d: Deployment, run_id: int, round_id: int, key: str) -> int:
     return int(d.admin.get_round(run_id, round_id)[key])
 
 
+def next_round(d: Deployment, run_id: int) -> int:
+    """The round to play: the one the last finalization opened, else a newly opened one."""
+    current = int(d.admin.get_run(run_id)["currentRound"])
+    if current and d.admin.phase(run_id, current) == "commit":
+        return current
+    return d.admin.open_round(run_id)[0]
+
+
 def full_round(d: Deployment, run_id: int, *, attest_tag: int = 99) -> tuple[int, list[Reveal]]:
-    round_id, _ = d.admin.open_round(run_id)
+    round_id = next_round(d, run_id)
     reveals = [commit(d, i, run_id, round_id) for i in range(3)]
     for i, r in enumerate(reveals):
         do_reveal(d, i, run_id, round_id, r)
@@ -75,49 +83,56 @@ def full_round(d: Deployment, run_id: int, *, attest_tag: int = 99) -> tuple[int
 # ---------------------------------------------------------------------- happy path
 
 
-def test_happy_round_finalizes_and_moves_the_model(deployment: Deployment) -> None:
+def test_happy_round_finalizes_moves_the_model_and_opens_the_next(deployment: Deployment) -> None:
     d = deployment
     run_id = d.create_run()
-    round_id, reveals = full_round(d, run_id)
-    assert d.admin.phase(run_id, round_id) == "finalized"
+    round_id, _ = d.admin.open_round(run_id)
+    reveals = [commit(d, i, run_id, round_id) for i in range(3)]
+    for i, r in enumerate(reveals):
+        do_reveal(d, i, run_id, round_id, r)
+    d.as_client(0).attest(run_id, round_id, cid_of(99, 0x70))
     state = d.admin.get_round(run_id, round_id)
-    assert state["finalized"] and state["revealCount"] == 3 and state["commitCount"] == 3
-    assert state["leadingVotes"] == 2 and not state["disputed"]
-    assert bytes(state["saltXor"]) == xor_salts([r.salt for r in reveals])
+    assert not state["finalized"] and state["revealCount"] == 3 and state["commitCount"] == 3
+    assert state["leadingVotes"] == 1 and not state["disputed"]
+    tx = d.as_client(1).attest(run_id, round_id, cid_of(99, 0x70))
+    assert [e["event"] for e in tx.events] == ["Attested", "RoundFinalized", "RoundOpened"]
+    assert d.admin.phase(run_id, round_id) == "finalized"
     run = d.admin.get_run(run_id)
     assert bytes(run["modelCid"]) == cid_of(99, 0x70)
-    assert run["finalizedRounds"] == 1 and run["currentRound"] == 1
+    assert run["finalizedRounds"] == 1 and run["currentRound"] == 2
     member = d.admin.get_member(run_id, d.clients[1].address)
     assert member["rewardPoints"] == 101
     assert member["epsilonWad"] == to_wad(1.0)
     assert (member["round"], member["stage"]) == (1, 3)  # attested
-    # the next round starts from the finalized model, with the beacon the salts fed
-    nxt, tx = d.admin.open_round(run_id)
-    (opened,) = [e for e in tx.events if e["event"] == "RoundOpened"]
-    assert bytes(opened["args"]["modelCid"]) == cid_of(99, 0x70)
-    expected = next_beacon(beacon=bytes(state["beacon"]), salt_xor=xor_salts([r.salt for r in reveals]))
-    assert bytes(opened["args"]["beacon"]) == expected == bytes(d.admin.get_run(run_id)["beacon"])
-    assert d.admin.phase(run_id, round_id) == "finalized"  # a past round keeps its outcome
+    # the finalizing attestation opened round 2 on the finalized model, its beacon from that model
+    opened = tx.events[2]["args"]
+    assert opened["round"] == 2 and opened["sampledCount"] == 3
+    expected = beacon_of(chain_id=d.node.chain_id, contract=d.admin.address, run_id=run_id, round_id=2,
+                         model_cid=cid_of(99, 0x70))  # fmt: skip
+    assert bytes(opened["beacon"]) == expected == bytes(run["beacon"])
+    nxt = d.admin.get_round(run_id, 2)
+    assert d.admin.phase(run_id, 2) == "commit" and nxt["commitCount"] == 0 and nxt["revealCount"] == 0
+    assert nxt["openedBlock"] == tx.block_number and bytes(nxt["beacon"]) == expected
+    with expect_revert("PreviousRoundOpen"):  # nothing to open by hand
+        d.admin.open_round(run_id)
     with expect_revert("RoundNotCurrent"):  # past rounds are read from the events
         d.admin.get_round(run_id, round_id)
 
 
-def test_first_beacon_binds_chain_contract_run_and_config(deployment: Deployment) -> None:
-    from eth_abi import encode
-    from eth_utils import keccak, to_canonical_address
-
+def test_first_beacon_binds_chain_contract_run_and_initial_model(deployment: Deployment) -> None:
     d = deployment
     run_id = d.create_run()
-    preimage = [d.node.chain_id, to_canonical_address(d.admin.address), run_id, b"\x01" * 32]
-    expected = keccak(encode(["uint256", "address", "uint256", "bytes32"], preimage))
+    expected = beacon_of(chain_id=d.node.chain_id, contract=d.admin.address, run_id=run_id, round_id=1,
+                         model_cid=cid_of(0))  # fmt: skip
     assert bytes(d.admin.get_run(run_id)["beacon"]) == expected
     round_id, tx = d.admin.open_round(run_id)
     (opened,) = [e for e in tx.events if e["event"] == "RoundOpened"]
     assert bytes(opened["args"]["beacon"]) == expected
     assert opened["args"]["sampledCount"] == 3
     state = d.admin.get_round(run_id, round_id)
-    assert opened["args"]["revealDeadline"] == state["revealDeadline"] == state["commitDeadline"] + 100
-    assert opened["args"]["attestDeadline"] == state["attestDeadline"] == state["revealDeadline"] + 100
+    assert opened["args"]["commitDeadline"] == state["commitDeadline"]
+    assert state["revealDeadline"] == state["commitDeadline"] + 100
+    assert state["attestDeadline"] == state["revealDeadline"] + 100
     assert state["openedBlock"] == tx.block_number
 
 
@@ -149,6 +164,8 @@ def test_admin_only_registry_and_runs(deployment: Deployment) -> None:
         d.create_run(numRounds=0)
     with expect_revert("InvalidPhaseDurations"):
         d.create_run(revealDuration=0)
+    with expect_revert("InvalidPhaseDurations"):  # the clock keeps durations in 24 bits
+        d.create_run(attestDuration=2**24)
     with expect_revert("InvalidCid"):
         d.create_run(initialModelCid=b"\x01\x55")
     with expect_revert("InvalidCid"):  # sha2-256 multihash, but codec dag-cbor
@@ -219,15 +236,18 @@ def test_commit_rules(deployment: Deployment) -> None:
 
 def test_sampling_follows_the_beacon_and_excludes_the_unsampled(deployment: Deployment) -> None:
     d = deployment
-    run_id = d.create_run(sampleBps=5_000, quorum=1, minReveals=1)
-    round_id, tx = d.admin.open_round(run_id)
-    (opened,) = [e for e in tx.events if e["event"] == "RoundOpened"]
-    beacon = bytes(opened["args"]["beacon"])
-    sampled = [d.admin.is_sampled(run_id, round_id, c.address) for c in d.clients[:3]]
-    # the Python rule verifiers use reproduces the contract's
-    assert sampled == [is_sampled(beacon=beacon, sample_bps=5_000, participant=c.address) for c in d.clients[:3]]
-    assert opened["args"]["sampledCount"] == sum(sampled)
-    assert True in sampled and False in sampled  # fixed keys and beacon: a known mix
+    for tag in range(1, 20):  # the initial model fixes round 1's beacon: take one giving a mix
+        run_id = d.create_run(sampleBps=5_000, quorum=1, minReveals=1, initialModelCid=cid_of(tag))
+        round_id, tx = d.admin.open_round(run_id)
+        (opened,) = [e for e in tx.events if e["event"] == "RoundOpened"]
+        beacon = bytes(opened["args"]["beacon"])
+        sampled = [d.admin.is_sampled(run_id, round_id, c.address) for c in d.clients[:3]]
+        # the Python rule verifiers use reproduces the contract's
+        assert sampled == [is_sampled(beacon=beacon, sample_bps=5_000, participant=c.address) for c in d.clients[:3]]
+        assert opened["args"]["sampledCount"] == sum(sampled)
+        if True in sampled and False in sampled:
+            break
+    assert True in sampled and False in sampled
     with expect_revert("NotSampled"):
         commit(d, sampled.index(False), run_id, round_id)
     commit(d, sampled.index(True), run_id, round_id)
@@ -248,6 +268,9 @@ def test_reveal_rules(deployment: Deployment) -> None:
     r1 = commit(d, 1, run_id, round_id)
     r2 = commit(d, 2, run_id, round_id, epsilon=9.0)  # over the 8.0 budget
     assert d.admin.phase(run_id, round_id) == "reveal"  # everyone committed: early close
+    record = reveal_record(cid=r0.cid, num_examples=r0.num_examples, dp=r0.dp, salt=r0.salt)
+    with pytest.raises(ContractRevertError, match=r"InvalidRevealRecord\(length=144\)"):
+        d.as_client(0)._transact("reveal", run_id, round_id, record[:-1])
     wrong = Reveal(r0.cid, r0.num_examples + 1, r0.dp, r0.salt)
     with pytest.raises(ContractRevertError) as mismatch:
         do_reveal(d, 0, run_id, round_id, wrong)
@@ -272,7 +295,7 @@ def test_reveal_checks_the_cid_and_the_example_count(deployment: Deployment) -> 
     d = deployment
     run_id = d.create_run()
     round_id, _ = d.admin.open_round(run_id)
-    bad_cid = commit(d, 0, run_id, round_id, cid=b"\x01\x55\x12\x20" + b"\x07" * 31)  # 35 bytes
+    bad_cid = commit(d, 0, run_id, round_id, cid=b"\x01\x71\x12\x20" + b"\x07" * 32)  # codec dag-cbor
     no_examples = commit(d, 1, run_id, round_id, num_examples=0)
     commit(d, 2, run_id, round_id)
     with expect_revert("InvalidCid"):
@@ -293,7 +316,7 @@ def test_reveal_checks_delta_and_monotone_epsilon(deployment: Deployment) -> Non
     do_reveal(d, 0, run_id, round_id, r0)
     d.node.advance_to(deadline(d, run_id, round_id, "revealDeadline"), timeout=5)
     d.as_client(0).attest(run_id, round_id, cid_of(1, 0x70))
-    round2, _ = d.admin.open_round(run_id)
+    round2 = next_round(d, run_id)
     lower = commit(d, 0, run_id, round2, epsilon=2.0)
     for i in (1, 2):
         commit(d, i, run_id, round2)
@@ -337,13 +360,15 @@ def test_attest_rules_and_quorum(deployment: Deployment) -> None:
         d.as_client(3).attest(run_id, round_id, cid_of(5, 0x70))
     with expect_revert("InvalidCid"):
         d.as_client(0).attest(run_id, round_id, b"\x00" * 36)
+    assert d.admin.settle(run_id, d.clients[0].address).events == []  # a revealer owes nothing...
+    assert d.admin.get_member(run_id, d.clients[0].address)["stage"] == 2  # ...and may still attest
     d.as_client(0).attest(run_id, round_id, cid_of(5, 0x70))
     with pytest.raises(ContractRevertError, match=r"NotEligibleAttester\(.*stage=attested\)"):  # attests once
         d.as_client(0).attest(run_id, round_id, cid_of(5, 0x70))
     assert d.admin.phase(run_id, round_id) == "attest"  # one vote, quorum 2
     tx = d.as_client(1).attest(run_id, round_id, cid_of(5, 0x70))
-    assert [e["event"] for e in tx.events] == ["Attested", "RoundFinalized"]
-    assert tx.events[1]["args"]["votes"] == 2
+    assert [e["event"] for e in tx.events] == ["Attested", "RoundFinalized", "RoundOpened"]
+    assert bytes(tx.events[1]["args"]["resultCid"]) == cid_of(5, 0x70)
     assert d.admin.phase(run_id, round_id) == "finalized"
     with expect_revert("UnexpectedPhase"):  # no attestation after finalization
         d.as_client(2).attest(run_id, round_id, cid_of(5, 0x70))
@@ -362,7 +387,10 @@ def test_failed_round_lets_the_next_open_with_the_same_model(deployment: Deploym
         d.as_client(0).attest(run_id, round_id, cid_of(5, 0x70))
     nxt, tx = d.admin.open_round(run_id)
     (opened,) = [e for e in tx.events if e["event"] == "RoundOpened"]
-    assert nxt == round_id + 1 and bytes(opened["args"]["modelCid"]) == cid_of(0)
+    assert nxt == round_id + 1 and bytes(d.admin.get_run(run_id)["modelCid"]) == cid_of(0)
+    expected = beacon_of(chain_id=d.node.chain_id, contract=d.admin.address, run_id=run_id, round_id=nxt,
+                         model_cid=cid_of(0))  # fmt: skip
+    assert bytes(opened["args"]["beacon"]) == expected  # same model, new round: a fresh sample
     assert d.admin.phase(run_id, round_id) == "failed"  # recorded when the next round opened
     assert d.admin.get_run(run_id)["finalizedRounds"] == 0
 
@@ -388,9 +416,36 @@ def test_round_without_quorum_fails_at_the_attest_deadline(deployment: Deploymen
 def test_run_completes_after_its_rounds(deployment: Deployment) -> None:
     d = deployment
     run_id = d.create_run(numRounds=1)
-    full_round(d, run_id)
+    round_id, _ = full_round(d, run_id)
     with expect_revert("RunComplete"):
         d.admin.open_round(run_id)
+    state = d.admin.get_round(run_id, round_id)  # the last round stays current, finalized
+    assert state["finalized"] and bytes(state["beacon"]) == b"\x00" * 32
+    assert d.admin.phase(run_id, round_id) == "finalized"
+    with pytest.raises(ContractRevertError, match=r"current=finalized, expected=commit"):
+        d.admin.is_sampled(run_id, round_id, d.clients[0].address)
+
+
+def test_with_partial_sampling_finalization_leaves_opening_to_open_round(deployment: Deployment) -> None:
+    """Opening a round with partial sampling walks the registry, so finalization does not:
+    it stays O(1) and anyone opens the next round, which settles as usual."""
+    d = deployment
+    run_id = d.create_run(sampleBps=9_999, quorum=1, minReveals=1)
+    round_id, _ = d.admin.open_round(run_id)
+    sampled = [i for i in range(3) if d.admin.is_sampled(run_id, round_id, d.clients[i].address)]
+    reveals = {i: commit(d, i, run_id, round_id) for i in sampled}
+    for i, r in reveals.items():
+        do_reveal(d, i, run_id, round_id, r)
+    tx = d.as_client(sampled[0]).attest(run_id, round_id, cid_of(3, 0x70))
+    assert [e["event"] for e in tx.events] == ["Attested", "RoundFinalized"]
+    state = d.admin.get_round(run_id, round_id)
+    assert state["finalized"] and bytes(state["beacon"]) == b"\x00" * 32
+    assert d.admin.phase(run_id, round_id) == "finalized"
+    nxt, opened = d.admin.open_round(run_id)
+    assert nxt == round_id + 1 and d.admin.phase(run_id, round_id) == "finalized"
+    expected = beacon_of(chain_id=d.node.chain_id, contract=d.admin.address, run_id=run_id, round_id=nxt,
+                         model_cid=cid_of(3, 0x70))  # fmt: skip
+    assert bytes(opened.events[0]["args"]["beacon"]) == expected
 
 
 def test_runs_are_independent(deployment: Deployment) -> None:
@@ -418,7 +473,7 @@ def test_penalties_for_missing_reveal_and_minority_attestation(deployment: Deplo
     assert d.admin.get_round(run_id, round_id)["disputed"]
     d.as_client(1).attest(run_id, round_id, cid_of(8, 0x70))
     assert bytes(d.admin.get_run(run_id)["modelCid"]) == cid_of(8, 0x70)
-    round2, _ = d.admin.open_round(run_id)
+    round2 = next_round(d, run_id)
     commit(d, 0, run_id, round2)  # client 0 will not reveal
     tx = d.admin.settle(run_id, d.clients[2].address)
     assert [(e["event"], PENALTY_REASONS[e["args"]["reason"]]) for e in tx.events] == [
@@ -445,11 +500,11 @@ def test_minority_attester_is_penalized_when_the_first_cid_wins(deployment: Depl
     for i in (0, 1, 2):
         do_reveal(d, i, run_id, round_id, reveals[i])
     d.as_client(0).attest(run_id, round_id, cid_of(8, 0x70))
-    tx = d.as_client(2).attest(run_id, round_id, cid_of(7, 0x70))
-    assert tx.events[0]["args"]["votes"] == 1
+    d.as_client(2).attest(run_id, round_id, cid_of(7, 0x70))
+    assert d.admin.get_round(run_id, round_id)["leadingVotes"] == 1
     d.as_client(1).attest(run_id, round_id, cid_of(8, 0x70))
     # the penalty is settled by the participant's next commit
-    round2, _ = d.admin.open_round(run_id)
+    round2 = next_round(d, run_id)
     tx = d.as_client(2).commit(run_id, round2, b"\x05" * 32)
     assert [e["event"] for e in tx.events] == ["PenaltyRecorded", "Committed"]
     tx = d.as_client(0).commit(run_id, round2, b"\x06" * 32)
@@ -460,11 +515,36 @@ def test_majority_attesters_of_an_undisputed_round_are_not_penalized(deployment:
     d = deployment
     run_id = d.create_run()
     round_id, _ = full_round(d, run_id)
-    round2, _ = d.admin.open_round(run_id)
+    round2 = next_round(d, run_id)
     for i in range(3):
         tx = d.as_client(i).commit(run_id, round2, bytes([i + 1]) * 32)
         assert [e["event"] for e in tx.events] == ["Committed"]
     assert all(d.admin.get_member(run_id, c.address)["penalties"] == 0 for c in d.clients[:3])
+
+
+def test_minority_attester_skipping_rounds_is_penalized_when_it_returns(deployment: Deployment) -> None:
+    """The clock only remembers whether the round just before was disputed; an older
+    disputed round is looked up, so skipping rounds does not dodge the penalty."""
+    d = deployment
+    run_id = d.create_run(numRounds=4)
+    round_id = next_round(d, run_id)
+    reveals = [commit(d, i, run_id, round_id) for i in range(3)]
+    for i in (0, 1, 2):
+        do_reveal(d, i, run_id, round_id, reveals[i])
+    d.as_client(2).attest(run_id, round_id, cid_of(7, 0x70))
+    d.as_client(0).attest(run_id, round_id, cid_of(8, 0x70))
+    d.as_client(1).attest(run_id, round_id, cid_of(8, 0x70))
+    round2 = next_round(d, run_id)  # client 2 sits this one out; round 2 is undisputed
+    reveals = [commit(d, i, run_id, round2) for i in (0, 1)]
+    d.node.advance_to(deadline(d, run_id, round2, "commitDeadline"), timeout=5)
+    for i in (0, 1):
+        do_reveal(d, i, run_id, round2, reveals[i])
+    for i in (0, 1):
+        d.as_client(i).attest(run_id, round2, cid_of(9, 0x70))
+    round3 = next_round(d, run_id)
+    assert round3 == round2 + 1
+    tx = d.as_client(2).commit(run_id, round3, b"\x05" * 32)
+    assert [e["event"] for e in tx.events] == ["PenaltyRecorded", "Committed"]
 
 
 def test_rewards_accumulate_examples_of_valid_reveals(deployment: Deployment) -> None:
@@ -490,18 +570,18 @@ def test_handles_sharing_a_key_recover_their_nonces(deployment: Deployment) -> N
 
 
 def test_round_cost_does_not_grow_with_the_registry(deployment: Deployment) -> None:
-    """With full sampling, opening and finalizing a round cost the same for 3 or 8 members."""
+    """With full sampling, finalizing a round and opening the next cost the same for 3 or 8 members."""
     d = deployment
 
     def one_round(run_id: int, tag: int) -> tuple[int, int]:
-        round_id, opened = d.admin.open_round(run_id)
+        round_id = next_round(d, run_id)
         reveals = [commit(d, i, run_id, round_id) for i in range(3)]
         d.node.advance_to(deadline(d, run_id, round_id, "commitDeadline"), timeout=5)  # unsampled-yet members
         for i, r in enumerate(reveals):
             do_reveal(d, i, run_id, round_id, r)
         d.as_client(0).attest(run_id, round_id, cid_of(tag, 0x70))
-        final = d.as_client(1).attest(run_id, round_id, cid_of(tag, 0x70))
-        return opened.gas_used, final.gas_used
+        final = d.as_client(1).attest(run_id, round_id, cid_of(tag, 0x70))  # finalizes and opens the next
+        return final.gas_used, next_round(d, run_id)
 
     def round_gas() -> tuple[int, int]:
         run_id = d.create_run()

@@ -9,7 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deai_flower.chain import DpParams, RoundsContract, commitment_of, connect_embedded, from_wad, simulation_key
-from deai_flower.chain.protocol import UINT128_MAX, next_beacon, to_wad, xor_salts
+import pytest
+
+from deai_flower.chain import beacon_of
+from deai_flower.chain.protocol import REVEAL_RECORD_BYTES, UINT128_MAX, parse_reveal_record, reveal_record, to_wad
 
 
 @cache
@@ -39,7 +42,7 @@ addresses = st.binary(min_size=20, max_size=20).map(lambda b: "0x" + b.hex())
     run_id=st.integers(min_value=0, max_value=2**256 - 1),
     round_id=st.integers(min_value=0, max_value=2**32 - 1),
     participant=addresses,
-    cid=st.binary(min_size=0, max_size=80),
+    cid=st.binary(min_size=36, max_size=36),
     num_examples=st.integers(min_value=0, max_value=2**64 - 1),
     dp=dp_params,
     salt=st.binary(min_size=32, max_size=32),
@@ -55,7 +58,7 @@ def test_commitment_matches_contract(run_id, round_id, participant, cid, num_exa
 @given(st.binary(min_size=20, max_size=20), st.binary(min_size=20, max_size=20))
 def test_commitment_binds_the_sender(a: bytes, b: bytes) -> None:
     dp = DpParams.from_floats(noise_multiplier=1.0, sample_rate=0.1, steps=1, delta=1e-5, epsilon=1.0, accountant="rdp")
-    common = dict(chain_id=1, contract="0x" + "11" * 20, run_id=1, round_id=1, cid=b"x", num_examples=1, dp=dp,
+    common = dict(chain_id=1, contract="0x" + "11" * 20, run_id=1, round_id=1, cid=b"x" * 36, num_examples=1, dp=dp,
                   salt=b"\x00" * 32)  # fmt: skip
     same = commitment_of(participant="0x" + a.hex(), **common) == commitment_of(participant="0x" + b.hex(), **common)
     assert same == (a == b)
@@ -70,7 +73,31 @@ def test_infinity_is_the_saturated_value() -> None:
     assert to_wad(math.inf) == UINT128_MAX and from_wad(UINT128_MAX) == math.inf
 
 
-@given(st.lists(st.binary(min_size=32, max_size=32), max_size=6))
-def test_salt_xor_is_order_free(salts: list[bytes]) -> None:
-    assert xor_salts(salts) == xor_salts(list(reversed(salts)))
-    assert len(next_beacon(beacon=b"\x00" * 32, salt_xor=xor_salts(salts))) == 32
+@settings(max_examples=40, deadline=None)
+@given(
+    run_id=st.integers(min_value=0, max_value=2**256 - 1),
+    round_id=st.integers(min_value=0, max_value=2**32 - 1),
+    model_cid=st.binary(min_size=36, max_size=36),
+)
+def test_beacon_matches_contract(run_id: int, round_id: int, model_cid: bytes) -> None:
+    c = contract()
+    ours = beacon_of(chain_id=c.node.chain_id, contract=c.address, run_id=run_id, round_id=round_id,
+                     model_cid=model_cid)  # fmt: skip
+    assert ours == c.beacon_of(run_id, round_id, model_cid)
+
+
+@given(cid=st.binary(min_size=36, max_size=36), num_examples=st.integers(min_value=0, max_value=2**64 - 1),
+       dp=dp_params, salt=st.binary(min_size=32, max_size=32))  # fmt: skip
+def test_reveal_record_roundtrips(cid: bytes, num_examples: int, dp: DpParams, salt: bytes) -> None:
+    record = reveal_record(cid=cid, num_examples=num_examples, dp=dp, salt=salt)
+    assert len(record) == REVEAL_RECORD_BYTES
+    parsed = parse_reveal_record(record)
+    assert (parsed.cid, parsed.num_examples, parsed.dp, parsed.salt) == (cid, num_examples, dp, salt)
+
+
+def test_reveal_record_refuses_other_lengths() -> None:
+    dp = DpParams.from_floats(noise_multiplier=1.0, sample_rate=0.1, steps=1, delta=1e-5, epsilon=1.0, accountant="rdp")
+    with pytest.raises(ValueError, match="36-byte"):
+        reveal_record(cid=b"x" * 35, num_examples=1, dp=dp, salt=b"\x00" * 32)
+    with pytest.raises(ValueError, match="145 bytes, got 144"):
+        parse_reveal_record(b"\x00" * 144)

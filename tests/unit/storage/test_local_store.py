@@ -115,3 +115,14 @@ def test_describe_and_protocol(store: LocalStore, tmp_path: Path) -> None:
     assert store.kind == "local"
     assert store.describe() == {"kind": "local", "location": str(tmp_path / "blobs")}
     assert isinstance(store, ContentStore)
+
+
+def test_put_with_a_known_cid_and_a_wrong_one_caught_on_read(store: LocalStore) -> None:
+    data = b"update bytes" * 1000
+    cid = compute_cid(data)
+    assert store.put(data, cid=cid) == cid
+    assert store.get(cid) == data
+    other = b"other bytes"
+    wrong = store.put(other, cid=compute_cid(b"not these bytes"))  # a caller's bug...
+    with pytest.raises(TamperedBlobError):  # ...is caught by every read
+        store.get(wrong)
