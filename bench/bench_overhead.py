@@ -40,6 +40,7 @@ from deai_flower.config import register_configs
 from deai_flower.data import client_partitions, load_dataset
 from deai_flower.engine.inprocess import run_inprocess
 from deai_flower.experiment import run_experiment
+from deai_flower import privacy
 from deai_flower.models import build_model, get_arrays, select_device, set_arrays
 from deai_flower.privacy import PrivacyLedger, PrivacySettings, train_round
 
@@ -58,7 +59,7 @@ def compose_cfg(*overrides: str):
 
 
 def plain_flower(cfg: Any) -> dict[str, Any]:
-    """Flower's FedAvg with the same data, model, trainer and seeds; no chain, no store."""
+    """Flower's FedAvg with the same data, model, trainer, thread cap and seeds; no chain, no store."""
     split = load_dataset(cfg.dataset.name, seed=cfg.seed, test_fraction=cfg.dataset.test_fraction)
     parts = client_partitions(split, num_partitions=cfg.num_clients, partitioner=cfg.dataset.partitioner,
                               seed=cfg.seed)  # fmt: skip
@@ -81,7 +82,7 @@ def plain_flower(cfg: Any) -> dict[str, Any]:
                               planned_rounds=cfg.num_rounds, local_epochs=cfg.training.local_epochs,
                               batch_size=cfg.training.batch_size, learning_rate=float(cfg.training.learning_rate),
                               seed=cfg.seed * 1_000_003 + int(message.content["config"]["round"]) * 1_009 + pid,
-                              device=device)  # fmt: skip
+                              device=device, num_threads=max(1, int(cfg.engine.num_cpus_per_client)))  # fmt: skip
         content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in trained.arrays.items()}),
                               "metrics": MetricRecord({"num-examples": trained.num_examples})})  # fmt: skip
         return Message(content, reply_to=message)
@@ -116,7 +117,10 @@ def measure(workload: str, *, rounds: int, clients: int) -> dict[str, Any]:
     dataset, hidden = WORKLOADS[workload]
     overrides = [f"num_clients={clients}", f"num_rounds={rounds}", f"dataset={dataset}",
                  f"model.hidden=[{','.join(map(str, hidden))}]", "progress=false", "device=cpu"]  # fmt: skip
+    # σ calibration is memoised per process: each side starts cold and pays it in round 1
+    privacy._calibrate.cache_clear()
     plain = plain_flower(compose_cfg(*overrides))
+    privacy._calibrate.cache_clear()
     binary = find_anvil() or install_anvil()
     with AnvilNode(binary) as anvil, tempfile.TemporaryDirectory() as out:
         results = run_experiment(compose_cfg(*overrides, "chain=anvil", f"chain.rpc_url={anvil.url}"),

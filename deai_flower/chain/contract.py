@@ -251,6 +251,10 @@ class RoundsContract:
     def is_sampled(self, run_id: int, round_id: int, participant: str) -> bool:
         return bool(self._call("isSampled", run_id, round_id, to_checksum_address(participant)))
 
+    def members(self) -> list[str]:
+        """The registered participants' addresses, in registry order."""
+        return [to_checksum_address(a) for a in self._call("members")]
+
     def participant_info(self, participant: str) -> tuple[bool, bytes]:
         active, identity = self._call("participantInfo", to_checksum_address(participant))
         return bool(active), bytes(identity)
