@@ -17,7 +17,7 @@
    reference for what centralized DP-SGD reaches with this trainer.
 
 Prints the tables and writes ``bench/results/dp.json``. Run from the repository root:
-``python bench/bench_dp.py [speed|utility] [--seeds N]``.
+``python bench/bench_dp.py [speed|utility] [--seeds N] [--datasets digits mnist_5k]``.
 """
 
 from __future__ import annotations
@@ -200,9 +200,11 @@ def centralized_accuracy(overrides: list[str]) -> tuple[float, float]:
     return float(accuracy), time.perf_counter() - started
 
 
-def run_utility(seeds: int) -> list[dict[str, Any]]:
+def run_utility(seeds: int, datasets: list[str] | None = None) -> list[dict[str, Any]]:
     rows = []
     for dataset, experiment in UTILITY_DATASETS.items():
+        if datasets and dataset not in datasets:
+            continue
         for epsilon in UTILITY_EPSILONS:
             privacy = ["privacy=none"] if math.isinf(epsilon) else [f"privacy.epsilon={epsilon:g}"]
             for seed in range(seeds):
@@ -251,6 +253,8 @@ def main() -> None:
     parser.add_argument("part", nargs="?", choices=("all", "speed", "utility"), default="all")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per utility cell (mean ± std when > 1)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per speed case (best of)")
+    parser.add_argument("--datasets", nargs="+", choices=tuple(UTILITY_DATASETS), default=None,
+                        help="utility: re-measure only these datasets, keeping the others' rows in the results")
     args = parser.parse_args()
 
     summary: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
@@ -263,7 +267,13 @@ def main() -> None:
         print(speed_table(rows))
     if args.part in ("all", "utility"):
         print("privacy vs utility (5 clients x 5 rounds federated vs centralized, same total steps):")
-        rows = run_utility(args.seeds)
+        rows = run_utility(args.seeds, args.datasets)
+        previous = summary.get("utility", {})
+        if args.datasets and previous.get("seeds") == args.seeds:
+            # Keep the other datasets' rows (same number of seeds), in the usual order.
+            kept = [r for r in previous.get("rows", []) if r["dataset"] not in args.datasets]
+            order = list(UTILITY_DATASETS)
+            rows = sorted([*kept, *rows], key=lambda r: order.index(r["dataset"]))
         summary["utility"] = {"delta": 1e-5, "seeds": args.seeds, "rows": rows}
         print(utility_table(rows))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 # Prefix Opacus' GradSampleModule (all grad-sample modes) puts before every name.
 _WRAPPED_PREFIX = "_module."
 
-MODELS: tuple[str, ...] = ("cnn", "mlp", "resnet")
+MODELS: tuple[str, ...] = ("cnn", "mlp", "resnet", "scatter")
 
 # Bounded activations (tanh) keep activations, and so per-sample gradient norms, small,
 # which often suits DP-SGD's clipping better than ReLU (Papernot et al., 2021).
@@ -86,11 +86,17 @@ def _build_cnn(
     channels: Sequence[int],
     hidden: Sequence[int],
     activation: type[nn.Module],
+    pool: int = 1,
 ) -> nn.Module:
+    # Optional pool x pool average-pooling of the input (parameter-free; 28x28 MNIST ->
+    # 14x14 quarters the per-sample-gradient work of every convolution), then
     # Conv(3x3, same padding) + activation + 2x2 max-pool per entry of `channels`, then
     # the dense head. Pooling stops once a side would drop below 2 (8x8 digits: 8->4->2).
     in_channels, height, width = input_shape
     layers: list[nn.Module] = [nn.Unflatten(1, input_shape)]
+    if pool > 1:
+        layers.append(nn.AvgPool2d(pool))
+        height, width = height // pool, width // pool
     for out_channels in channels:
         layers += [nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1), activation()]
         if height >= 4 and width >= 4:
@@ -99,6 +105,121 @@ def _build_cnn(
         in_channels = out_channels
     layers.append(nn.Flatten())
     features = in_channels * height * width
+    for size in hidden:
+        layers += [nn.Linear(features, size), activation()]
+        features = size
+    layers.append(nn.Linear(features, num_classes))
+    return nn.Sequential(*layers)
+
+
+# Scattering: orientations per scale (as in Kymatio's and Tramer & Boneh's ScatterNet).
+_SCATTER_ORIENTATIONS = 8
+
+
+def _gabor(size: int, sigma: float, theta: float, xi: float, slant: float) -> torch.Tensor:
+    # A complex 2-D Gabor filter on a size x size periodic grid centred at 0 (Kymatio's
+    # construction, without its periodisation sum: the filters here are small).
+    coords = torch.arange(size, dtype=torch.float64)
+    coords = torch.where(coords >= (size + 1) // 2, coords - size, coords)
+    x, y = torch.meshgrid(coords, coords, indexing="ij")
+    cos, sin = float(np.cos(theta)), float(np.sin(theta))
+    rotation = torch.tensor([[cos, -sin], [sin, cos]], dtype=torch.float64)
+    curvature = rotation @ torch.diag(torch.tensor([1.0, slant**2], dtype=torch.float64)) @ rotation.T
+    curvature = curvature / (2 * sigma**2)
+    envelope = torch.exp(-(curvature[0, 0] * x**2 + (curvature[0, 1] + curvature[1, 0]) * x * y
+                           + curvature[1, 1] * y**2))  # fmt: skip
+    wave = torch.exp(1j * (x * xi * cos + y * xi * sin))
+    return envelope * wave / (2 * np.pi * sigma**2 / slant)
+
+
+def _morlet(size: int, sigma: float, theta: float, xi: float, slant: float) -> torch.Tensor:
+    wave = _gabor(size, sigma, theta, xi, slant)
+    envelope = _gabor(size, sigma, theta, 0.0, slant)
+    return wave - (wave.sum() / envelope.sum()) * envelope  # zero mean
+
+
+class Scattering2D(nn.Module):
+    """A fixed (untrained) 2-D scattering transform of order 2 (Bruna & Mallat).
+
+    Morlet wavelets at ``J`` scales and 8 orientations, complex modulus, a Gaussian
+    low-pass and ``2**J`` subsampling, computed with FFTs on a reflect-padded image, as
+    in Kymatio. ``[N, C, H, W]`` becomes ``[N, C * K, H / 2**J, W / 2**J]`` with
+    ``K = 1 + 8J + 64 J(J-1)/2`` (9 for J = 1, 81 for J = 2). It has no parameters and
+    its filters are non-persistent buffers: nothing of it is trained or exchanged.
+    """
+
+    def __init__(self, input_shape: tuple[int, int, int], scales: int) -> None:
+        super().__init__()
+        channels, height, width = input_shape
+        self.scales = scales
+        self.step = 2**scales
+        if height % self.step or width % self.step:
+            raise ConfigError(f"scattering with pool={self.step} needs image sides divisible by it "
+                              f"(got {height}x{width})")  # fmt: skip
+        self.pad = self.step
+        size = max(height, width) + 2 * self.pad
+        self.size = size
+        orientations = _SCATTER_ORIENTATIONS
+        slant = 4.0 / orientations
+        psi = []
+        for j in range(scales):
+            for angle in range(orientations):
+                theta = (int(orientations - orientations / 2 - 1) - angle) * np.pi / orientations
+                morlet = _morlet(size, 0.8 * 2**j, theta, 3.0 / 4.0 * np.pi / 2**j, slant)
+                psi.append(torch.fft.fft2(morlet).real)
+        phi = torch.fft.fft2(_gabor(size, 0.8 * self.step, 0.0, 0.0, 1.0)).real
+        self.register_buffer("psi", torch.stack(psi).to(torch.float32), persistent=False)
+        self.register_buffer("phi", phi.to(torch.float32), persistent=False)
+        self.out_channels = channels * (1 + scales * orientations + orientations**2 * scales * (scales - 1) // 2)
+        self.out_height, self.out_width = height // self.step, width // self.step
+
+    def _low(self, spectrum: torch.Tensor) -> torch.Tensor:
+        smooth = torch.fft.ifft2(spectrum * self.phi).real
+        return smooth[..., :: self.step, :: self.step][..., 1:-1, 1:-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        padded = nn.functional.pad(x, (self.pad, self.size - width - self.pad,
+                                       self.pad, self.size - height - self.pad), mode="reflect")  # fmt: skip
+        spectrum = torch.fft.fft2(padded)  # [N, C, S, S]
+        orientations = _SCATTER_ORIENTATIONS
+        outputs = [self._low(spectrum).unsqueeze(2)]
+        first = torch.fft.ifft2(spectrum.unsqueeze(2) * self.psi).abs()  # [N, C, J*L, S, S]
+        first_spectrum = torch.fft.fft2(first)
+        outputs.append(self._low(first_spectrum))
+        for j1 in range(self.scales):
+            for j2 in range(j1 + 1, self.scales):
+                u1 = first_spectrum[:, :, j1 * orientations : (j1 + 1) * orientations].unsqueeze(3)
+                psi2 = self.psi[j2 * orientations : (j2 + 1) * orientations]
+                second = torch.fft.ifft2(u1 * psi2).abs().flatten(2, 3)  # [N, C, L*L, S, S]
+                outputs.append(self._low(torch.fft.fft2(second)))
+        return torch.cat(outputs, dim=2).flatten(1, 2)
+
+
+def _build_scatter(
+    *,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    pool: int,
+    hidden: Sequence[int],
+    activation: type[nn.Module],
+) -> nn.Module:
+    # Tramer & Boneh (2021), "Differentially private learning needs better features":
+    # fixed scattering features, normalised per example (GroupNorm without weights, so
+    # no privacy cost), then a linear model (or the `hidden` dense layers) trained.
+    scales = int(round(np.log2(pool)))
+    if pool < 2 or 2**scales != pool:
+        raise ConfigError(f"model 'scatter' needs model.pool = 2, 4 or 8 (2**scales; got {pool})")
+    scatter = Scattering2D(input_shape, scales)
+    channels = scatter.out_channels
+    per_group = 3 if channels % 3 == 0 else 1
+    layers: list[nn.Module] = [
+        nn.Unflatten(1, input_shape),
+        scatter,
+        nn.GroupNorm(channels // per_group, channels, affine=False),
+        nn.Flatten(),
+    ]
+    features = channels * scatter.out_height * scatter.out_width
     for size in hidden:
         layers += [nn.Linear(features, size), activation()]
         features = size
@@ -227,8 +348,14 @@ def build_model(
     * ``"mlp"``: ``Linear + activation`` per size in ``hidden``, then a ``Linear`` to the
       logits (empty ``hidden``: multinomial logistic regression); with ``pool > 1``
       image inputs are first average-pooled ``pool x pool``.
-    * ``"cnn"``: per size in ``channels`` a 3x3 convolution, the activation and a 2x2
-      max-pool; then the ``hidden`` dense layers and the logits.
+    * ``"cnn"``: optionally a ``pool x pool`` average-pooling of the input, then per size
+      in ``channels`` a 3x3 convolution, the activation and a 2x2 max-pool; then the
+      ``hidden`` dense layers and the logits.
+    * ``"scatter"``: a fixed, untrained order-2 scattering transform with
+      ``J = log2(pool)`` scales (:class:`Scattering2D`; ``pool`` is 2, 4 or 8), per-example
+      GroupNorm without weights, then the ``hidden`` dense layers and the logits; only
+      those are trained and exchanged (Tramer & Boneh, 2021: such fixed features suit
+      DP-SGD on little data far better than a CNN trained end to end).
     * ``"resnet"``: a 3x3 stem and one residual block per size in ``channels``
       (stride 2 after the first), ``norm`` normalisation (``"batch"`` is converted to
       GroupNorm by :func:`make_dp_compatible`), global average pooling, logits.
@@ -263,7 +390,7 @@ def build_model(
         shape = _image_shape(input_shape, num_features, name)
         if min(shape[1:]) < pool:
             raise ConfigError(f"model.pool={pool} is larger than the {shape[1]}x{shape[2]} images")
-    if name != "mlp":
+    if name in ("cnn", "resnet"):
         if not widths:
             raise ConfigError(f"model {name!r} needs at least one entry in model.channels")
     # Seed the default generator only inside a forked RNG scope, so building a model
@@ -275,7 +402,10 @@ def build_model(
                                input_shape=shape, pool=pool)  # fmt: skip
         elif name == "cnn":
             model = _build_cnn(input_shape=shape, num_classes=num_classes, channels=widths, hidden=sizes,
-                               activation=act)  # fmt: skip
+                               activation=act, pool=pool)  # fmt: skip
+        elif name == "scatter":
+            model = _build_scatter(input_shape=shape, num_classes=num_classes, pool=pool, hidden=sizes,
+                                   activation=act)  # fmt: skip
         else:
             model = _build_resnet(input_shape=shape, num_classes=num_classes, channels=widths, norm=norm,
                                   activation=act)  # fmt: skip

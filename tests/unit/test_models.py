@@ -58,7 +58,7 @@ def test_build_leaves_global_rng_untouched() -> None:
 
 
 def test_unknown_model_and_bad_sizes_are_config_errors() -> None:
-    with pytest.raises(ConfigError, match="unknown model 'vit'; choose one of: cnn, mlp, resnet"):
+    with pytest.raises(ConfigError, match="unknown model 'vit'; choose one of: cnn, mlp, resnet, scatter"):
         build_model("vit", num_features=6, num_classes=3, hidden=(4,), seed=0)
     with pytest.raises(ConfigError, match="hidden"):
         build_model("mlp", num_features=6, num_classes=3, hidden=(4, 0), seed=0)
@@ -82,7 +82,10 @@ def test_image_models_need_an_image_shape() -> None:
     [
         ("cnn", (1, 8, 8), {"hidden": (32,), "channels": (16, 32), "activation": "tanh"}),
         ("cnn", (1, 28, 28), {"hidden": (32,), "channels": (16, 32)}),
+        ("cnn", (1, 28, 28), {"hidden": (32,), "channels": (16, 32, 32), "pool": 2}),
         ("resnet", (3, 32, 32), {"hidden": (), "channels": (16, 32, 64)}),
+        ("scatter", (1, 8, 8), {"hidden": (), "pool": 2}),
+        ("scatter", (1, 28, 28), {"hidden": (16,), "pool": 4}),
     ],
 )
 @pytest.mark.filterwarnings("ignore:Full backward hook is firing")
@@ -99,6 +102,37 @@ def test_image_models_take_flat_features_and_are_opacus_ready(name, shape, kwarg
     wrapped = GradSampleModule(model)
     wrapped(torch.randn(4, features)).sum().backward()
     assert all(p.grad_sample.shape[0] == 4 for p in wrapped.parameters())
+
+
+def test_cnn_input_pooling_shrinks_the_dense_head() -> None:
+    plain = build_model("cnn", num_features=784, num_classes=10, hidden=(), channels=(4, 8), input_shape=(1, 28, 28),
+                        seed=0)  # fmt: skip
+    pooled = build_model("cnn", num_features=784, num_classes=10, hidden=(), channels=(4, 8), input_shape=(1, 28, 28),
+                         pool=2, seed=0)  # fmt: skip
+    # 28 -> 14 -> 7 vs 28 -> 14 (average pool) -> 7 -> 3 after the two max-pools.
+    assert get_arrays(plain)["8.weight"].shape == (10, 8 * 7 * 7)
+    assert get_arrays(pooled)["9.weight"].shape == (10, 8 * 3 * 3)
+
+
+def test_scatter_features_are_fixed_and_not_exchanged() -> None:
+    model = build_model("scatter", num_features=784, num_classes=10, hidden=(), pool=2, input_shape=(1, 28, 28),
+                        seed=0)  # fmt: skip
+    # Only the linear head is trained and exchanged: 9 channels (1 low-pass + 8
+    # orientations at one scale) on a 14x14 grid.
+    assert {name: a.shape for name, a in get_arrays(model).items()} == {
+        "4.weight": (10, 9 * 14 * 14),
+        "4.bias": (10,),
+    }
+    scatter = model[1]
+    assert not list(scatter.parameters())
+    # The wavelets have zero mean: a constant image has only low-pass coefficients.
+    constant = scatter(torch.full((1, 1, 28, 28), 0.5))
+    assert torch.allclose(constant[:, 1:], torch.zeros_like(constant[:, 1:]), atol=1e-4)
+    assert scatter(torch.rand(2, 1, 28, 28)).shape == (2, 9, 14, 14)
+    with pytest.raises(ConfigError, match="pool = 2, 4 or 8"):
+        build_model("scatter", num_features=784, num_classes=10, hidden=(), pool=3, input_shape=(1, 28, 28), seed=0)
+    with pytest.raises(ConfigError, match="divisible"):
+        build_model("scatter", num_features=36, num_classes=10, hidden=(), pool=4, input_shape=(1, 6, 6), seed=0)
 
 
 def test_batchnorm_is_replaced_by_groupnorm_and_logged(caplog: pytest.LogCaptureFixture) -> None:

@@ -270,7 +270,13 @@ def _cnn(seed: int = 0) -> nn.Module:
                        input_shape=(1, 8, 8), seed=seed)  # fmt: skip
 
 
-@pytest.mark.parametrize("make_model", [_model, _cnn], ids=["mlp", "cnn"])
+def _scatter(seed: int = 0) -> nn.Module:
+    # Fixed scattering features (no parameters) before the trained Linear head.
+    return build_model("scatter", num_features=64, num_classes=10, hidden=(), pool=2, input_shape=(1, 8, 8),
+                       seed=seed)  # fmt: skip
+
+
+@pytest.mark.parametrize("make_model", [_model, _cnn, _scatter], ids=["mlp", "cnn", "scatter"])
 def test_ghost_clipping_matches_hooks(data, make_model) -> None:
     # Both per-sample-gradient modes implement the same DP-SGD step: with the same
     # seed (same batches and noise) they must produce the same weights.
@@ -291,6 +297,10 @@ def test_auto_mode_uses_ghost_clipping_for_large_all_linear_models() -> None:
     choose = privacy.choose_grad_sample_mode
     assert (choose(small), choose(large)) == ("hooks", "ghost")
     assert (choose(digits_cnn), choose(mnist_cnn)) == ("hooks", "hooks")
+    # The MNIST scattering preset: only its 17,650-weight Linear head is trained.
+    mnist_scatter = build_model("scatter", num_features=784, num_classes=10, hidden=(), pool=2,
+                                input_shape=(1, 28, 28), seed=0)  # fmt: skip
+    assert choose(mnist_scatter) == "ghost"
     assert choose(large, "hooks") == "hooks" and choose(small, "ghost") == "ghost"
     with pytest.raises(ConfigError, match="grad_sample_mode"):
         choose(small, "functorch")
