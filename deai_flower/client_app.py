@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from logging import INFO, WARNING
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from eth_utils import keccak
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -206,16 +209,25 @@ def revealed_updates(
     with the reason; every honest attester excludes the same ones.
     """
     settings = runtime.settings
-    updates, rejected = [], {}
-    for reveal in runtime.contract.revealed(settings.run_id, round_id, from_block=opened_block):
-        participant = reveal["participant"]
-        cid = cid_from_bytes(reveal["cid"])
+    reveals = runtime.contract.revealed(settings.run_id, round_id, from_block=opened_block)
+
+    def fetch(reveal: dict[str, Any]) -> dict[str, np.ndarray] | str:
         try:
-            arrays = decode_arrays(runtime.store.get(cid), max_bytes=settings.max_blob_bytes, expected=runtime.spec)
+            blob = runtime.store.get(cid_from_bytes(reveal["cid"]))
+            return decode_arrays(blob, max_bytes=settings.max_blob_bytes, expected=runtime.spec)
         except (StoreError, BlobFormatError) as exc:
-            rejected[participant] = str(exc)
-            continue
-        updates.append(RevealedUpdate(participant, reveal["numExamples"], arrays))
+            return str(exc)
+
+    # Hashing and decoding release the GIL: a store that allows it is read on all cores.
+    workers = max(1, min(len(reveals), getattr(runtime.store, "read_concurrency", 1)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        fetched = list(pool.map(fetch, reveals))
+    updates, rejected = [], {}
+    for reveal, arrays in zip(reveals, fetched, strict=True):
+        if isinstance(arrays, str):
+            rejected[reveal["participant"]] = arrays
+        else:
+            updates.append(RevealedUpdate(reveal["participant"], reveal["numExamples"], arrays))
     return updates, rejected
 
 

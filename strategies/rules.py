@@ -81,10 +81,11 @@ def _weighted_mean(ordered: list[RevealedUpdate]) -> dict[str, np.ndarray]:
     factors = [u.num_examples / total for u in ordered]
     result = {}
     for name in ordered[0].arrays:
-        acc = ordered[0].arrays[name] * factors[0]
+        # dtype=float64: each x_i is widened (exactly) before the product, as Flower does
+        acc = np.multiply(ordered[0].arrays[name], factors[0], dtype=np.float64)
         product = np.empty_like(acc)
         for u, f in zip(ordered[1:], factors[1:], strict=True):
-            np.multiply(u.arrays[name], f, out=product)
+            np.multiply(u.arrays[name], f, out=product, dtype=np.float64)
             acc += product
         result[name] = acc
     return result
@@ -194,10 +195,11 @@ def aggregate(
     needed = minimum_updates(rule, params)
     if len(updates) < needed:
         raise ValueError(f"rule {rule!r} needs at least {needed} updates, got {len(updates)}")
-    ordered = [
-        RevealedUpdate(u.participant, u.num_examples, {k: np.asarray(v, dtype=np.float64) for k, v in u.arrays.items()})
-        for u in canonical_order(updates)
-    ]
+    ordered = canonical_order(updates)
+    if rule != "fedavg":  # FedAvg widens as it accumulates; the others work on float64 copies
+        ordered = [RevealedUpdate(u.participant, u.num_examples,
+                                  {k: np.asarray(v, dtype=np.float64) for k, v in u.arrays.items()})
+                   for u in ordered]  # fmt: skip
     reference = canonical_order(updates)[0].arrays
     result = implementation(ordered, params)
     return {name: np.asarray(result[name]).astype(reference[name].dtype) for name in sorted(reference)}

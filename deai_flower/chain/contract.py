@@ -20,7 +20,7 @@ from eth_utils import function_signature_to_4byte_selector, to_checksum_address
 from eth_utils.exceptions import ValidationError
 from web3 import Web3
 from eth_tester.exceptions import TransactionFailed
-from web3.exceptions import ContractLogicError, Web3Exception
+from web3.exceptions import ContractLogicError, TransactionNotFound, Web3Exception
 
 from ..errors import ChainError, ContractRevertError
 from .artifact import load_artifact
@@ -101,6 +101,7 @@ class RoundsContract:
         self._nonce: int | None = None
         self._lock = threading.Lock()
         self._chain_id = node.chain_id
+        self._events_by_topic: dict[bytes, Any] | None = None
 
     # ------------------------------------------------------------------ deployment
 
@@ -174,7 +175,10 @@ class RoundsContract:
                     self._nonce = None
                     raise ChainError(f"{label} failed: chain node unreachable ({exc.__class__.__name__})") from exc
         try:
-            receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S)
+            try:  # nodes that mine on arrival (anvil, the embedded chain) have it already
+                receipt = self.w3.eth.get_transaction_receipt(tx_hash)
+            except TransactionNotFound:
+                receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S)
         except Web3Exception as exc:
             raise ChainError(f"{label}: no receipt within {RECEIPT_TIMEOUT_S:.0f}s ({exc})") from exc
         if receipt["status"] != 1:
@@ -277,23 +281,26 @@ class RoundsContract:
     # ------------------------------------------------------------------ events
 
     def _decode_logs(self, logs: list[Any]) -> list[dict[str, Any]]:
+        if self._events_by_topic is None:
+            self._events_by_topic = {
+                bytes(Web3.keccak(text=event.signature)): event for event in self.contract.events
+            }
         decoded = []
         for log in logs:
-            for event in self.contract.events:
-                try:
-                    rich = event().process_log(log)
-                except Exception:  # noqa: BLE001 - not this event's topic
-                    continue
-                decoded.append(
-                    {
-                        "event": rich["event"],
-                        "block": int(rich["blockNumber"]),
-                        "tx": rich["transactionHash"].hex(),
-                        "log_index": int(rich["logIndex"]),
-                        "args": _expand_record(rich["event"], dict(rich["args"])),
-                    }
-                )
-                break
+            topics = log["topics"]
+            event = self._events_by_topic.get(bytes(topics[0])) if topics else None
+            if event is None:  # not one of this contract's events
+                continue
+            rich = event().process_log(log)
+            decoded.append(
+                {
+                    "event": rich["event"],
+                    "block": int(rich["blockNumber"]),
+                    "tx": rich["transactionHash"].hex(),
+                    "log_index": int(rich["logIndex"]),
+                    "args": _expand_record(rich["event"], dict(rich["args"])),
+                }
+            )
         return decoded
 
     def revealed(self, run_id: int, round_id: int, *, from_block: int) -> list[dict[str, Any]]:

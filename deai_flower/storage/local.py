@@ -45,6 +45,8 @@ class LocalStore:
     """Content-addressed blob store in a directory; see the module docstring for layout."""
 
     kind = "local"
+    #: Concurrent reads are safe (each opens its own file) and hash on separate cores.
+    read_concurrency = os.cpu_count() or 1
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self._root = Path(root)
