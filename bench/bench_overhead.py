@@ -112,38 +112,49 @@ def plain_flower(cfg: Any) -> dict[str, Any]:
     return {"wall_seconds": time.perf_counter() - started, "round_seconds": round_seconds, "parameters": parameters}
 
 
-def measure(workload: str, *, rounds: int, clients: int) -> dict[str, Any]:
-    """Plain Flower, then commit-reveal on a fresh anvil, on one workload."""
+def _commit_reveal(overrides: list[str]) -> dict[str, Any]:
+    privacy._calibrate.cache_clear()  # memoised per process: each run starts cold
+    binary = find_anvil() or install_anvil()
+    with AnvilNode(binary) as anvil, tempfile.TemporaryDirectory() as out:
+        return run_experiment(compose_cfg(*overrides, "chain=anvil", f"chain.rpc_url={anvil.url}"),
+                              output_dir=Path(out))  # fmt: skip
+
+
+def measure(workload: str, *, rounds: int, clients: int, repeats: int) -> dict[str, Any]:
+    """Plain Flower and commit-reveal (each on a fresh anvil) in turn, ``repeats`` times.
+
+    The runs alternate so that a slow spell of the machine hits both sides; the ratio is
+    that of the median times in rounds.
+    """
     dataset, hidden = WORKLOADS[workload]
     overrides = [f"num_clients={clients}", f"num_rounds={rounds}", f"dataset={dataset}",
                  f"model.hidden=[{','.join(map(str, hidden))}]", "progress=false", "device=cpu"]  # fmt: skip
-    # σ calibration is memoised per process: each side starts cold and pays it in round 1
-    privacy._calibrate.cache_clear()
-    plain = plain_flower(compose_cfg(*overrides))
-    privacy._calibrate.cache_clear()
-    binary = find_anvil() or install_anvil()
-    with AnvilNode(binary) as anvil, tempfile.TemporaryDirectory() as out:
-        results = run_experiment(compose_cfg(*overrides, "chain=anvil", f"chain.rpc_url={anvil.url}"),
-                                 output_dir=Path(out))  # fmt: skip
-    rounds_run = results["rounds"]
-    cr_rounds = [r["seconds"] for r in rounds_run]
-    phases = {p: statistics.mean(r["phase_seconds"].get(p, 0.0) for r in rounds_run)
-              for p in rounds_run[0]["phase_seconds"]}  # fmt: skip
+    plain_runs, cr_runs = [], []
+    for _ in range(repeats):
+        privacy._calibrate.cache_clear()
+        plain_runs.append(plain_flower(compose_cfg(*overrides)))
+        cr_runs.append(_commit_reveal(overrides))
+    plain_totals = [sum(r["round_seconds"]) for r in plain_runs]
+    cr_totals = [sum(r["seconds"] for r in run["rounds"]) for run in cr_runs]
+    median_cr = cr_runs[cr_totals.index(statistics.median_low(cr_totals))]["rounds"]
+    phases = {p: statistics.mean(r["phase_seconds"].get(p, 0.0) for r in median_cr)
+              for p in median_cr[0]["phase_seconds"]}  # fmt: skip
     return {
         "workload": workload,
         "dataset": dataset,
         "hidden": hidden,
         "clients": clients,
         "rounds": rounds,
-        "parameters": plain["parameters"],
-        "plain_round_seconds": plain["round_seconds"],
-        "commit_reveal_round_seconds": cr_rounds,
+        "repeats": repeats,
+        "parameters": plain_runs[0]["parameters"],
+        "plain_seconds_in_rounds": plain_totals,
+        "commit_reveal_seconds_in_rounds": cr_totals,
+        "plain_round_seconds": [r["round_seconds"] for r in plain_runs],
+        "commit_reveal_round_seconds": [[r["seconds"] for r in run["rounds"]] for run in cr_runs],
         "commit_reveal_phase_seconds_mean": phases,
-        "ratio": sum(cr_rounds) / sum(plain["round_seconds"]),
-        "ratio_after_round_1": sum(cr_rounds[1:]) / sum(plain["round_seconds"][1:]) if rounds > 1 else None,
-        "plain_wall_seconds": plain["wall_seconds"],
-        "commit_reveal_wall_seconds": results["wall_seconds"],
-        "final_accuracy": rounds_run[-1]["accuracy"],
+        "ratio": statistics.median(cr_totals) / statistics.median(plain_totals),
+        "ratio_per_repeat": [c / p for c, p in zip(cr_totals, plain_totals, strict=True)],
+        "final_accuracy": median_cr[-1]["accuracy"],
     }
 
 
@@ -151,21 +162,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per side (median taken)")
     parser.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
     args = parser.parse_args()
     logging.getLogger("flwr").setLevel(logging.WARNING)
     names = list(WORKLOADS) if args.workload == "all" else [args.workload]
     summary = {"machine": {"cpus": os.cpu_count()}, "workloads": {}}
     for name in names:
-        m = measure(name, rounds=args.rounds, clients=args.clients)
+        m = measure(name, rounds=args.rounds, clients=args.clients, repeats=args.repeats)
         summary["workloads"][name] = m
-        plain, cr = m["plain_round_seconds"], m["commit_reveal_round_seconds"]
-        print(f"{name}: {m['parameters']:,} parameters, {args.clients} clients, {args.rounds} rounds")
-        print(f"  plain Flower FedAvg: {sum(plain):.2f}s in rounds ({statistics.mean(plain):.2f}s/round)")
-        print(f"  commit-reveal on anvil: {sum(cr):.2f}s in rounds ({statistics.mean(cr):.2f}s/round): "
+        plain, cr = statistics.median(m["plain_seconds_in_rounds"]), statistics.median(m["commit_reveal_seconds_in_rounds"])
+        print(f"{name}: {m['parameters']:,} parameters, {args.clients} clients, {args.rounds} rounds, "
+              f"median of {args.repeats}")  # fmt: skip
+        print(f"  plain Flower FedAvg: {plain:.2f}s in rounds ({plain / args.rounds:.2f}s/round)")
+        print(f"  commit-reveal on anvil: {cr:.2f}s in rounds ({cr / args.rounds:.2f}s/round): "
               + ", ".join(f"{p} {t:.2f}s" for p, t in m["commit_reveal_phase_seconds_mean"].items()))  # fmt: skip
-        print(f"  overhead ratio (commit-reveal / plain): {m['ratio']:.3f}"
-              + (f" (rounds 2-{args.rounds}: {m['ratio_after_round_1']:.3f})" if m["ratio_after_round_1"] else ""))
+        print(f"  overhead ratio (commit-reveal / plain): {m['ratio']:.3f} "
+              f"(per repeat: {', '.join(f'{r:.3f}' for r in m['ratio_per_repeat'])})")  # fmt: skip
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {RESULTS}")

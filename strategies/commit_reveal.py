@@ -151,6 +151,11 @@ class CommitRevealStrategy(Strategy):
             addresses[node_id] = address
         return addresses
 
+    def discover(self, grid: Grid) -> None:
+        """Learn which chain address each node signs with (``query.identity``), keeping
+        the registered ones. Done once; the first round does it if nobody did before."""
+        self._addresses = self._discover(grid)
+
     def _round_to_play(self) -> tuple[int, bytes, TxResult | None]:
         """The chain round to play next, its global model's CID and the ``openRound``
         transaction if one was needed.
