@@ -32,7 +32,6 @@ def build_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        strategy.discover(grid)  # set-up, before Flower's round loop (and its round timing)
         strategy.start(
             grid=grid,
             initial_arrays=ArrayRecord({k: Array(v) for k, v in initial_arrays.items()}),

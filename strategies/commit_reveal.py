@@ -6,7 +6,8 @@ Each Flower round drives one on-chain round in three message exchanges:
    chain records, train with DP-SGD and commit to the hash of their update;
 2. ``train.reveal`` to the nodes that committed: they upload the blob and reveal;
 3. ``train.attest`` to a committee of revealers: each aggregates the revealed set on its
-   own and attests the result's CID; a quorum finalizes it on chain.
+   own and attests the result's CID; a quorum finalizes it on chain, and the finalizing
+   attestation opens the next on-chain round.
 
 The coordinator only reads the finalized CID, fetches that blob, checks it against the
 CID and hands it to Flower's loop as the next global model. Sampling comes from the
@@ -150,11 +151,6 @@ class CommitRevealStrategy(Strategy):
                 continue
             addresses[node_id] = address
         return addresses
-
-    def discover(self, grid: Grid) -> None:
-        """Learn which chain address each node signs with (``query.identity``), keeping
-        the registered ones. Done once; the first round does it if nobody did before."""
-        self._addresses = self._discover(grid)
 
     def _round_to_play(self) -> tuple[int, bytes, TxResult | None]:
         """The chain round to play next, its global model's CID and the ``openRound``
