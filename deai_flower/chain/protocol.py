@@ -86,7 +86,7 @@ class DpParams:
         )
 
     def as_tuple(self) -> tuple[int, int, int, int, int, int]:
-        """The ABI tuple, in the contract's field order."""
+        """The fields in reveal-record order (see :func:`reveal_record`)."""
         return (
             self.noise_multiplier_wad,
             self.sample_rate_wad,
