@@ -9,12 +9,15 @@ errors into :class:`~deai_flower.errors.ContractRevertError` with a readable mes
 from __future__ import annotations
 
 import ast
+import functools
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from eth_abi import decode
+from eth_abi import decode, encode
+from eth_abi.exceptions import DecodingError
 from eth_account.signers.local import LocalAccount
 from eth_utils import function_signature_to_4byte_selector, to_checksum_address
 from eth_utils.exceptions import ValidationError
@@ -33,12 +36,19 @@ RECEIPT_TIMEOUT_S = 120.0
 
 @dataclass(frozen=True)
 class TxResult:
-    """A mined transaction: its hash, gas used and decoded events."""
+    """A mined transaction: its hash, gas used and (on first use) its decoded events."""
 
     tx_hash: str
     gas_used: int
     block_number: int
-    events: list[dict[str, Any]]
+    logs: tuple[Any, ...] = field(default=(), repr=False)
+    decoder: Callable[[list[Any]], list[dict[str, Any]]] | None = field(default=None, repr=False, compare=False)
+
+    @functools.cached_property
+    def events(self) -> list[dict[str, Any]]:
+        """The transaction's events, decoded when first asked for: most callers only need
+        to know it was mined, and web3's event decoding costs a millisecond or more."""
+        return self.decoder(list(self.logs)) if self.decoder is not None else []
 
 
 def _abi_type(param: dict[str, Any]) -> str:
@@ -48,6 +58,40 @@ def _abi_type(param: dict[str, Any]) -> str:
         inner = ",".join(_abi_type(c) for c in param["components"])
         return f"({inner}){t[len('tuple'):]}"
     return t
+
+
+@dataclass(frozen=True)
+class _ViewSpec:
+    """What a view call needs from the ABI: selector, argument types and outputs."""
+
+    selector: bytes
+    input_types: list[str]
+    outputs: list[dict[str, Any]]
+
+    @property
+    def output_types(self) -> list[str]:
+        return [_abi_type(p) for p in self.outputs]
+
+
+def _view_table(abi: list[dict[str, Any]]) -> dict[str, _ViewSpec]:
+    table = {}
+    for entry in abi:
+        if entry["type"] == "function" and entry.get("stateMutability") in ("view", "pure"):
+            types = [_abi_type(p) for p in entry["inputs"]]
+            selector = function_signature_to_4byte_selector(f"{entry['name']}({','.join(types)})")
+            table[entry["name"]] = _ViewSpec(selector, types, entry["outputs"])
+    return table
+
+
+def _checksummed(value: Any, param: dict[str, Any]) -> Any:
+    """``value`` decoded by eth_abi with its addresses checksummed, as web3 returns them."""
+    t = param["type"]
+    if t.endswith("[]"):
+        inner = {**param, "type": t[:-2]}
+        return [_checksummed(v, inner) for v in value]
+    if t == "tuple":
+        return tuple(_checksummed(v, c) for v, c in zip(value, param["components"], strict=True))
+    return to_checksum_address(value) if t == "address" else value
 
 
 def _error_table(abi: list[dict[str, Any]]) -> dict[bytes, tuple[str, list[str], list[str]]]:
@@ -98,6 +142,7 @@ class RoundsContract:
         self.account = account
         self.contract = self.w3.eth.contract(address=self.address, abi=artifact["abi"])
         self._errors = _error_table(artifact["abi"])
+        self._views = _view_table(artifact["abi"])
         self._nonce: int | None = None
         self._lock = threading.Lock()
         self._chain_id = node.chain_id
@@ -117,7 +162,7 @@ class RoundsContract:
         receipt = handle._send(factory.constructor(), label="deploy")
         address = receipt["contractAddress"]
         contract = cls(node, address, account)
-        return contract, TxResult(receipt["transactionHash"].hex(), receipt["gasUsed"], receipt["blockNumber"], [])
+        return contract, TxResult(receipt["transactionHash"].hex(), receipt["gasUsed"], receipt["blockNumber"])
 
     def as_account(self, account: LocalAccount) -> RoundsContract:
         """The same contract, signing with another key."""
@@ -191,7 +236,8 @@ class RoundsContract:
             tx_hash=receipt["transactionHash"].hex(),
             gas_used=int(receipt["gasUsed"]),
             block_number=int(receipt["blockNumber"]),
-            events=self._decode_logs(receipt["logs"]),
+            logs=tuple(receipt["logs"]),
+            decoder=self._decode_logs,
         )
 
     def register(self, participant: str, identity: bytes) -> TxResult:
@@ -233,12 +279,20 @@ class RoundsContract:
     # ------------------------------------------------------------------ views
 
     def _call(self, fn_name: str, *args: Any) -> Any:
+        # ABI-encoded by hand with eth_abi and sent with eth_call: web3's contract-call
+        # machinery costs more Python time than the node takes to answer.
+        spec = self._views[fn_name]
         try:
-            return getattr(self.contract.functions, fn_name)(*args).call()
+            raw = self.w3.eth.call({"to": self.address, "data": spec.selector + encode(spec.input_types, args)})
+            values = [_checksummed(v, p) for v, p in zip(decode(spec.output_types, raw), spec.outputs, strict=True)]
+            return values[0] if len(values) == 1 else tuple(values)
         except (ContractLogicError, TransactionFailed) as exc:
             raise self._decode_revert(exc, fn_name) from exc
         except (Web3Exception, OSError) as exc:
             raise ChainError(f"{fn_name} call failed: {exc}") from exc
+        except DecodingError as exc:
+            raise ChainError(f"{fn_name}: the answer from {self.address} is not a CommitRevealRounds answer "
+                             f"(no such contract at that address?): {exc}") from exc  # fmt: skip
 
     def phase(self, run_id: int, round_id: int) -> str:
         return PHASES[self._call("phase", run_id, round_id)]

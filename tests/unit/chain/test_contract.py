@@ -594,3 +594,12 @@ def test_round_cost_does_not_grow_with_the_registry(deployment: Deployment) -> N
         d.admin.register(key.address, bytes([9, i]) * 16)
     large = round_gas()
     assert large == small
+
+
+def test_reading_an_address_without_the_contract_is_a_clear_error(deployment: Deployment) -> None:
+    from deai_flower.errors import ChainError
+
+    d = deployment
+    nothing = RoundsContract(d.node, "0x" + "12" * 20, d.admin.account)
+    with pytest.raises(ChainError, match=r"getRun: the answer from 0x1212.* is not a CommitRevealRounds answer"):
+        nothing.get_run(1)
