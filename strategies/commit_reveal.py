@@ -119,6 +119,7 @@ class CommitRevealStrategy(Strategy):
         self.reports: list[RoundReport] = []
         self._grid: Grid | None = None
         self._addresses: dict[int, str] | None = None
+        self._asked: set[int] = set()  # nodes asked for their address already
         self._report: RoundReport | None = None
         self._phase_start = 0.0
 
@@ -135,11 +136,18 @@ class CommitRevealStrategy(Strategy):
             return []
         return list(self._grid.send_and_receive(messages, timeout=self.phase_timeout_s))
 
-    def _discover(self, grid: Grid) -> dict[int, str]:
-        """Map node ids to chain addresses, keeping only registered participants."""
+    def _discover(self, grid: Grid) -> None:
+        """Learn the chain address of every node not asked before, keeping registered
+        participants: a node that connects after the first round takes part from the next.
+
+        Each node is asked once, whatever its answer: a node that does not answer is not
+        waited for again every round.
+        """
         self._grid = grid
-        addresses = {}
-        for reply in self._exchange(grid.get_node_ids(), "query.identity", {}, 0):
+        addresses = self._addresses if self._addresses is not None else {}
+        new = [n for n in grid.get_node_ids() if n not in self._asked]
+        self._asked.update(new)
+        for reply in self._exchange(new, "query.identity", {}, 0):
             node_id = reply.metadata.src_node_id
             if reply.has_error():
                 log(WARNING, "node %s did not tell its chain address: %s", node_id, reply.error.reason)
@@ -150,7 +158,7 @@ class CommitRevealStrategy(Strategy):
                 log(WARNING, "node %s signs as %s, which is not a registered participant", node_id, address)
                 continue
             addresses[node_id] = address
-        return addresses
+        self._addresses = addresses
 
     def _round_to_play(self) -> tuple[int, bytes, TxResult | None]:
         """The chain round to play next, its global model's CID and the ``openRound``
@@ -254,9 +262,7 @@ class CommitRevealStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Take the open on-chain round (or open one) and ask the sampled nodes to train and commit."""
-        if self._addresses is None:
-            self._addresses = self._discover(grid)
-        self._grid = grid
+        self._discover(grid)
         server_round += self.first_round - 1  # the run's round number (after a resume)
         round_id, model_cid_bytes, tx = self._round_to_play()
         model_cid = cid_from_bytes(model_cid_bytes)

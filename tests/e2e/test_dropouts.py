@@ -119,3 +119,25 @@ def test_too_few_reveals_fail_the_round_with_a_reason(tmp_path: Path, monkeypatc
     assert r["status"] == "failed"
     assert "1 valid reveals" in r["reason"]
     assert results["global_model_cids"] == results["global_model_cids"][:1]  # the model did not move
+
+
+def test_a_node_that_connects_late_takes_part_from_the_next_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deai_flower.engine.inprocess import InProcessGrid
+
+    real_node_ids = InProcessGrid.get_node_ids
+    calls = []
+
+    def node_ids(self: InProcessGrid) -> list[int]:
+        calls.append(1)
+        ids = list(real_node_ids(self))
+        return ids[:-1] if len(calls) == 1 else ids  # the last node is not up in round 1
+
+    monkeypatch.setattr(InProcessGrid, "get_node_ids", node_ids)
+    results = run(tmp_path, monkeypatch, {})
+    first, second = results["rounds"]
+    assert first["status"] == second["status"] == "finalized"
+    assert len(first["sampled"]) == 3 and len(second["sampled"]) == 4
+    assert set(first["sampled"]) < set(second["sampled"])
+    assert second["errors"] == {}
