@@ -160,9 +160,9 @@ class CommitRevealStrategy(Strategy):
             addresses[node_id] = address
         self._addresses = addresses
 
-    def _round_to_play(self) -> tuple[int, bytes, TxResult | None]:
-        """The chain round to play next, its global model's CID and the ``openRound``
-        transaction if one was needed.
+    def _round_to_play(self) -> tuple[dict[str, Any], dict[str, Any], TxResult | None]:
+        """The run (``getRun``) and the chain round to play next (``getRound``) as the
+        chain now has them, and the ``openRound`` transaction if one was needed.
 
         The attestation that finalizes a round opens the next, so normally that round is
         in its commit phase with no commit yet, and it is played as it is. Otherwise a new
@@ -177,12 +177,12 @@ class CommitRevealStrategy(Strategy):
             phase = self.contract.phase(self.run_id, round_id)
             state = self.contract.get_round(self.run_id, round_id) if phase != "failed" else {}
             if phase == "commit" and int(state["commitCount"]) == 0:
-                return round_id, bytes(run["modelCid"]), None
+                return run, state, None
             if phase in ("commit", "reveal", "attest"):
                 log(WARNING, "round attempt %s is still in phase '%s'; letting its deadlines pass", round_id, phase)
                 self.contract.node.advance_to(int(state["attestDeadline"]), timeout=self.phase_timeout_s)
         round_id, tx = self.contract.open_round(self.run_id)
-        return round_id, bytes(self.contract.get_run(self.run_id)["modelCid"]), tx
+        return self.contract.get_run(self.run_id), self.contract.get_round(self.run_id, round_id), tx
 
     def _mark(self, phase: str) -> None:
         """Close the timing of the current phase and announce the next."""
@@ -235,15 +235,15 @@ class CommitRevealStrategy(Strategy):
             current = self.contract.phase(self.run_id, round_id)
         return current
 
-    def _sampled_nodes(self, round_id: int) -> list[int]:
+    def _sampled_nodes(self, run: dict[str, Any], state: dict[str, Any]) -> list[int]:
         """Nodes in the round's sampled set: registered, and drawn by the round's beacon.
 
-        The contract's rule (``isSampled``) evaluated locally, which the protocol tests
-        keep equal to the chain's: three reads per round instead of one per node.
+        The contract's rule (``isSampled``) evaluated locally from the run's sampling rate
+        and the round's beacon, which the protocol tests keep equal to the chain's: one
+        read of the registry per round instead of one call per node.
         """
         assert self._addresses is not None
-        beacon = bytes(self.contract.get_round(self.run_id, round_id)["beacon"])
-        sample_bps = int(self.contract.get_run(self.run_id)["sampleBps"])
+        beacon, sample_bps = bytes(state["beacon"]), int(run["sampleBps"])
         registered = set(self.contract.members())
         return [n for n, a in self._addresses.items()
                 if a in registered and is_sampled(beacon=beacon, sample_bps=sample_bps, participant=a)]  # fmt: skip
@@ -264,15 +264,15 @@ class CommitRevealStrategy(Strategy):
         """Take the open on-chain round (or open one) and ask the sampled nodes to train and commit."""
         self._discover(grid)
         server_round += self.first_round - 1  # the run's round number (after a resume)
-        round_id, model_cid_bytes, tx = self._round_to_play()
-        model_cid = cid_from_bytes(model_cid_bytes)
+        run, state, tx = self._round_to_play()
+        round_id, model_cid = int(state["round"]), cid_from_bytes(bytes(run["modelCid"]))
         report = RoundReport(server_round=server_round, chain_round=round_id, model_cid=model_cid)
         if tx is not None:
             report.add_gas("openRound", tx.gas_used)
         self._report = report
         self._phase_start = 0.0
         self._mark("commit")
-        sampled = self._sampled_nodes(round_id)
+        sampled = self._sampled_nodes(run, state)
         report.sampled = [self._addresses[n] for n in sampled]
         log(INFO, "round %s (chain round %s): %s of %s nodes sampled", server_round, round_id, len(sampled),
             len(self._addresses))  # fmt: skip

@@ -67,10 +67,7 @@ class _ViewSpec:
     selector: bytes
     input_types: list[str]
     outputs: list[dict[str, Any]]
-
-    @property
-    def output_types(self) -> list[str]:
-        return [_abi_type(p) for p in self.outputs]
+    output_types: list[str]
 
 
 def _view_table(abi: list[dict[str, Any]]) -> dict[str, _ViewSpec]:
@@ -79,7 +76,8 @@ def _view_table(abi: list[dict[str, Any]]) -> dict[str, _ViewSpec]:
         if entry["type"] == "function" and entry.get("stateMutability") in ("view", "pure"):
             types = [_abi_type(p) for p in entry["inputs"]]
             selector = function_signature_to_4byte_selector(f"{entry['name']}({','.join(types)})")
-            table[entry["name"]] = _ViewSpec(selector, types, entry["outputs"])
+            outputs = entry["outputs"]
+            table[entry["name"]] = _ViewSpec(selector, types, outputs, [_abi_type(p) for p in outputs])
     return table
 
 

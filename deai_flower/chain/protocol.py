@@ -105,6 +105,9 @@ class DpParams:
 #: Byte length of a reveal record (the contract's ``_RECORD_BYTES``).
 REVEAL_RECORD_BYTES = 145
 _CID_BYTES = 36
+#: Big-endian byte widths of the integers between the CID and the salt, in record order:
+#: numExamples, then the DpParams fields.
+_RECORD_INT_BYTES = (8, 16, 16, 4, 16, 16, 1)
 
 
 def reveal_record(*, cid: bytes, num_examples: int, dp: DpParams, salt: bytes) -> bytes:
@@ -118,16 +121,8 @@ def reveal_record(*, cid: bytes, num_examples: int, dp: DpParams, salt: bytes) -
         raise ValueError(f"cid must be a {_CID_BYTES}-byte binary CIDv1")
     if len(salt) != 32:
         raise ValueError("salt must be 32 bytes")
-    fields = (
-        (num_examples, 8),
-        (dp.noise_multiplier_wad, 16),
-        (dp.sample_rate_wad, 16),
-        (dp.steps, 4),
-        (dp.delta_wad, 16),
-        (dp.epsilon_wad, 16),
-        (dp.accountant, 1),
-    )
-    return cid + b"".join(int(value).to_bytes(size, "big") for value, size in fields) + salt
+    values = (num_examples, *dp.as_tuple())
+    return cid + b"".join(int(v).to_bytes(size, "big") for v, size in zip(values, _RECORD_INT_BYTES, strict=True)) + salt
 
 
 @dataclass(frozen=True)
@@ -146,7 +141,7 @@ def parse_reveal_record(record: bytes) -> RevealRecord:
         raise ValueError(f"a reveal record is {REVEAL_RECORD_BYTES} bytes, got {len(record)}")
     offset = _CID_BYTES
     values = []
-    for size in (8, 16, 16, 4, 16, 16, 1):
+    for size in _RECORD_INT_BYTES:
         values.append(int.from_bytes(record[offset : offset + size], "big"))
         offset += size
     num_examples, *dp = values
