@@ -26,6 +26,7 @@ from .errors import (
     BlobFormatError,
     ChainError,
     ContractRevertError,
+    DeaiError,
     PrivacyBudgetExhaustedError,
     ProtocolError,
     StoreError,
@@ -127,7 +128,11 @@ def handle_commit(settings: RunSettings, message: Message, context: Context) -> 
         scale = settings.poison_scale
         update = {k: (global_arrays[k] + scale * (v - global_arrays[k])).astype(v.dtype) for k, v in update.items()}
     blob = encode_arrays(update)
-    cid = compute_cid(blob)  # the upload waits for the reveal phase
+    cid = compute_cid(blob)
+    if _PENDING in context.state:  # a round abandoned before its reveal
+        runtime.store.discard(str(context.state[_PENDING].get("staged", "")))
+    # Published only at the reveal; staging writes it meanwhile, out of sight.
+    staged = runtime.store.stage(blob, cid=cid)
     dp = DpParams.from_floats(
         noise_multiplier=trained.noise_multiplier,
         sample_rate=trained.sample_rate,
@@ -148,12 +153,17 @@ def handle_commit(settings: RunSettings, message: Message, context: Context) -> 
         dp=dp,
         salt=salt,
     )
-    tx = contract.commit(settings.run_id, round_id, commitment)
+    try:
+        tx = contract.commit(settings.run_id, round_id, commitment)
+    except DeaiError:
+        runtime.store.discard(staged)
+        raise
     context.state[_PENDING] = ConfigRecord(
         {
             "round": round_id,
             "cid": cid,
-            "blob": blob,
+            "blob": blob,  # to put at the reveal if the staged copy is gone (a restart)
+            "staged": staged,
             "num-examples": trained.num_examples,
             "dp": [str(v) for v in dp.as_tuple()],
             "salt": salt,
@@ -182,8 +192,10 @@ def handle_reveal(settings: RunSettings, message: Message, context: Context) -> 
     if _PENDING not in context.state or int(context.state[_PENDING]["round"]) != round_id:
         raise ProtocolError(f"nothing committed for round {round_id}")
     pending = context.state[_PENDING]
-    blob = bytes(pending["blob"])
-    stored_cid = runtime.store.put(blob, cid=str(pending["cid"]))  # hashed at commit
+    stored_cid, staged = str(pending["cid"]), str(pending.get("staged", ""))
+    if not runtime.store.publish(staged, cid=stored_cid):
+        stored_cid = runtime.store.put(bytes(pending["blob"]), cid=stored_cid)  # hashed at commit
+        runtime.store.discard(staged)
     if stored_cid != pending["cid"]:
         raise StoreError(f"store returned CID {stored_cid}, committed {pending['cid']}")
     dp = DpParams(*(int(v) for v in pending["dp"]))

@@ -264,9 +264,11 @@ class CommitRevealStrategy(Strategy):
         """Take the open on-chain round (or open one) and ask the sampled nodes to train and commit."""
         self._discover(grid)
         server_round += self.first_round - 1  # the run's round number (after a resume)
+        opening = time.perf_counter()
         run, state, tx = self._round_to_play()
         round_id, model_cid = int(state["round"]), cid_from_bytes(bytes(run["modelCid"]))
         report = RoundReport(server_round=server_round, chain_round=round_id, model_cid=model_cid)
+        report.phase_seconds["open"] = time.perf_counter() - opening  # reading the chain, opening if needed
         if tx is not None:
             report.add_gas("openRound", tx.gas_used)
         self._report = report

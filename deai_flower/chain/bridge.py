@@ -10,26 +10,10 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .node import ChainNode
-
-
-def _to_json(value: Any) -> Any:
-    """Tester results carry bytes and ints; JSON-RPC wants 0x-hex for both."""
-    if isinstance(value, (bytes, bytearray)):
-        return "0x" + bytes(value).hex()
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return hex(value)
-    if isinstance(value, Mapping):
-        return {k: _to_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_json(v) for v in value]
-    return value
+from .node import ChainNode, JsonRpcError
 
 
 class JsonRpcBridge:
@@ -37,26 +21,16 @@ class JsonRpcBridge:
 
     def __init__(self, node: ChainNode) -> None:
         self._node = node
-        self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
-        with self._lock:
-            try:
-                # Through web3's request manager, so the tester middleware translates
-                # wire-format parameters exactly as for an in-process caller.
-                result = self._node.w3.manager.request_blocking(request["method"], request.get("params", []))
-            except Exception as exc:  # noqa: BLE001 - becomes a JSON-RPC error for the caller
-                data = getattr(exc, "data", None)
-                if data is None and exc.args:
-                    from .contract import _tester_revert_data
-
-                    raw = _tester_revert_data(exc.args[0])
-                    data = "0x" + raw.hex() if raw is not None else None
-                error = {"code": 3, "message": str(getattr(exc, "message", None) or exc), "data": data}
-                return {"jsonrpc": "2.0", "id": request.get("id"), "error": error}
-        return {"jsonrpc": "2.0", "id": request.get("id"), "result": _to_json(result)}
+        try:  # the node serializes requests to the EVM itself
+            result = self._node.request(request["method"], request.get("params", []))
+        except JsonRpcError as exc:
+            error = {"code": exc.code, "message": exc.rpc_message, "data": exc.data}
+            return {"jsonrpc": "2.0", "id": request.get("id"), "error": error}
+        return {"jsonrpc": "2.0", "id": request.get("id"), "result": result}
 
     def start(self) -> str:
         """Start serving on a free loopback port; return the URL."""

@@ -8,7 +8,6 @@ errors into :class:`~deai_flower.errors.ContractRevertError` with a readable mes
 
 from __future__ import annotations
 
-import ast
 import functools
 import threading
 import time
@@ -20,18 +19,21 @@ from eth_abi import decode, encode
 from eth_abi.exceptions import DecodingError
 from eth_account.signers.local import LocalAccount
 from eth_utils import function_signature_to_4byte_selector, to_checksum_address
-from eth_utils.exceptions import ValidationError
+from hexbytes import HexBytes
 from web3 import Web3
-from eth_tester.exceptions import TransactionFailed
-from web3.exceptions import ContractLogicError, TransactionNotFound, Web3Exception
 
 from ..errors import ChainError, ContractRevertError
 from .artifact import load_artifact
-from .node import ChainNode
+from .node import ChainNode, JsonRpcError
 from .protocol import PHASES, STAGES, DpParams, parse_reveal_record, reveal_record
 
 #: Seconds to wait for a transaction receipt before giving up.
 RECEIPT_TIMEOUT_S = 120.0
+#: Gas limit = estimate + a quarter + this. The state can change between the estimate
+#: and inclusion: when attesters send at once, the one whose attestation reaches the
+#: quorum also finalizes the round and opens the next (about 25,000 gas more than its
+#: estimate as a plain attestation said).
+GAS_HEADROOM = 30_000
 
 
 @dataclass(frozen=True)
@@ -61,23 +63,26 @@ def _abi_type(param: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
-class _ViewSpec:
-    """What a view call needs from the ABI: selector, argument types and outputs."""
+class _FunctionSpec:
+    """What a call needs from the ABI: selector, argument types and outputs."""
 
     selector: bytes
     input_types: list[str]
     outputs: list[dict[str, Any]]
     output_types: list[str]
 
+    def calldata(self, args: tuple[Any, ...]) -> bytes:
+        return self.selector + encode(self.input_types, args)
 
-def _view_table(abi: list[dict[str, Any]]) -> dict[str, _ViewSpec]:
+
+def _function_table(abi: list[dict[str, Any]]) -> dict[str, _FunctionSpec]:
     table = {}
     for entry in abi:
-        if entry["type"] == "function" and entry.get("stateMutability") in ("view", "pure"):
+        if entry["type"] == "function":
             types = [_abi_type(p) for p in entry["inputs"]]
             selector = function_signature_to_4byte_selector(f"{entry['name']}({','.join(types)})")
             outputs = entry["outputs"]
-            table[entry["name"]] = _ViewSpec(selector, types, outputs, [_abi_type(p) for p in outputs])
+            table[entry["name"]] = _FunctionSpec(selector, types, outputs, [_abi_type(p) for p in outputs])
     return table
 
 
@@ -140,7 +145,7 @@ class RoundsContract:
         self.account = account
         self.contract = self.w3.eth.contract(address=self.address, abi=artifact["abi"])
         self._errors = _error_table(artifact["abi"])
-        self._views = _view_table(artifact["abi"])
+        self._functions = _function_table(artifact["abi"])
         self._nonce: int | None = None
         self._lock = threading.Lock()
         self._chain_id = node.chain_id
@@ -151,16 +156,11 @@ class RoundsContract:
     @classmethod
     def deploy(cls, node: ChainNode, account: LocalAccount) -> tuple[RoundsContract, TxResult]:
         """Deploy the committed bytecode with ``account`` as admin."""
-        artifact = load_artifact()
-        factory = node.w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
-        handle = cls.__new__(cls)
-        handle.node, handle.w3, handle.account = node, node.w3, account
-        handle._errors = _error_table(artifact["abi"])
-        handle._nonce, handle._lock, handle._chain_id = None, threading.Lock(), node.chain_id
-        receipt = handle._send(factory.constructor(), label="deploy")
-        address = receipt["contractAddress"]
-        contract = cls(node, address, account)
-        return contract, TxResult(receipt["transactionHash"].hex(), receipt["gasUsed"], receipt["blockNumber"])
+        deployer = cls(node, "0x" + "00" * 20, account)  # a handle to sign with; no contract yet
+        receipt = deployer._send(bytes.fromhex(load_artifact()["bytecode"].removeprefix("0x")), to=None,
+                                 label="deploy")  # fmt: skip
+        contract = cls(node, receipt["contractAddress"], account)
+        return contract, contract._tx_result(receipt)
 
     def as_account(self, account: LocalAccount) -> RoundsContract:
         """The same contract, signing with another key."""
@@ -168,75 +168,70 @@ class RoundsContract:
 
     # ------------------------------------------------------------------ transactions
 
-    def _decode_revert(self, exc: Exception, label: str) -> ContractRevertError:
-        """Decode a revert's custom error, whether web3 or the embedded EVM raised it."""
-        data: Any = getattr(exc, "data", None)
-        if data is None and exc.args:
-            data = _tester_revert_data(exc.args[0])
-        if isinstance(data, dict):
+    def _decode_revert(self, exc: JsonRpcError, label: str) -> ContractRevertError:
+        """Decode a revert's custom error from a node's error answer."""
+        data: Any = exc.data
+        if isinstance(data, dict):  # some nodes nest it
             data = data.get("data")
         if isinstance(data, str) and data.startswith("0x"):
-            data = bytes.fromhex(data[2:])
-        if isinstance(data, bytes) and len(data) >= 4:
-            raw = data
-            entry = self._errors.get(raw[:4])
+            raw = bytes.fromhex(data[2:])
+            entry = self._errors.get(raw[:4]) if len(raw) >= 4 else None
             if entry is not None:
                 name, names, types = entry
                 values = decode(types, raw[4:])
                 line = describe_revert(name, names, values)
                 return ContractRevertError(f"{label} reverted: {line}", error_name=name, args=tuple(values))
-        return ContractRevertError(f"{label} reverted: {getattr(exc, 'message', None) or exc}")
+        return ContractRevertError(f"{label} reverted: {exc.rpc_message}")
 
-    def _send(self, call: Any, *, label: str) -> Any:
-        """Sign and send ``call``; wait for its receipt; map failures to project errors."""
+    def _send(self, data: bytes, *, to: str | None, label: str) -> dict[str, Any]:
+        """Sign and send a transaction with ``data``; return its receipt (wire form).
+
+        The gas is estimated first, so a call that would revert is refused with its
+        decoded reason before anything is sent or paid.
+        """
+        node, sender = self.node, self.account.address
         with self._lock:
             for attempt in range(2):
                 try:
                     if self._nonce is None:
-                        self._nonce = self.w3.eth.get_transaction_count(self.account.address, "pending")
-                    tx = call.build_transaction({"from": self.account.address, "nonce": self._nonce,
-                                                 "chainId": self._chain_id, **self.node.fee_fields()})  # fmt: skip
-                    signed = self.account.sign_transaction(tx)
-                    tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+                        self._nonce = int(node.request("eth_getTransactionCount", [sender, "pending"]), 16)
+                    call = {"from": sender, "data": "0x" + data.hex(), **({"to": to} if to else {})}
+                    gas = int(node.request("eth_estimateGas", [call]), 16)
+                    signed = self.account.sign_transaction({
+                        **({"to": to} if to else {}), "data": data, "value": 0, "nonce": self._nonce,
+                        "gas": gas + gas // 4 + GAS_HEADROOM, "chainId": self._chain_id, **node.fee_fields(),
+                    })  # fmt: skip
+                    receipt = node.send_raw_transaction(signed.raw_transaction, timeout=RECEIPT_TIMEOUT_S)
                     self._nonce += 1
                     break
-                except (ContractLogicError, TransactionFailed) as exc:
-                    # The bridged embedded chain reports a stale nonce (another worker
-                    # sent with this key) as a failed call: re-read the nonce once.
-                    if attempt == 0 and "nonce" in str(exc).lower():
-                        self._nonce = None
-                        continue
-                    raise self._decode_revert(exc, label) from exc
-                except (Web3Exception, ValidationError) as exc:
+                except JsonRpcError as exc:
                     self._nonce = None
                     # Another handle on this key (another run, another process) sent
                     # transactions since this one counted: re-read the nonce once.
-                    if attempt == 0 and "nonce" in str(exc).lower():
+                    if attempt == 0 and "nonce" in exc.rpc_message.lower():
                         continue
+                    if exc.data is not None or "revert" in exc.rpc_message.lower():
+                        raise self._decode_revert(exc, label) from exc
                     raise ChainError(f"{label} failed: {exc}") from exc
-                except OSError as exc:
+                except ChainError as exc:  # unreachable, or no receipt in time
                     self._nonce = None
-                    raise ChainError(f"{label} failed: chain node unreachable ({exc.__class__.__name__})") from exc
-        try:
-            try:  # nodes that mine on arrival (anvil, the embedded chain) have it already
-                receipt = self.w3.eth.get_transaction_receipt(tx_hash)
-            except TransactionNotFound:
-                receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S)
-        except Web3Exception as exc:
-            raise ChainError(f"{label}: no receipt within {RECEIPT_TIMEOUT_S:.0f}s ({exc})") from exc
-        if receipt["status"] != 1:
-            raise ChainError(f"{label} reverted on chain (tx {tx_hash.hex()})")
+                    raise ChainError(f"{label} failed: {exc}") from exc
+        if int(receipt["status"], 16) != 1:
+            raise ChainError(f"{label} reverted on chain (tx {receipt['transactionHash']})")
         return receipt
 
-    def _transact(self, fn_name: str, *args: Any) -> TxResult:
-        receipt = self._send(getattr(self.contract.functions, fn_name)(*args), label=fn_name)
+    def _tx_result(self, receipt: dict[str, Any]) -> TxResult:
         return TxResult(
-            tx_hash=receipt["transactionHash"].hex(),
-            gas_used=int(receipt["gasUsed"]),
-            block_number=int(receipt["blockNumber"]),
+            tx_hash=receipt["transactionHash"][2:],
+            gas_used=int(receipt["gasUsed"], 16),
+            block_number=int(receipt["blockNumber"], 16),
             logs=tuple(receipt["logs"]),
             decoder=self._decode_logs,
         )
+
+    def _transact(self, fn_name: str, *args: Any) -> TxResult:
+        data = self._functions[fn_name].calldata(args)
+        return self._tx_result(self._send(data, to=self.address, label=fn_name))
 
     def register(self, participant: str, identity: bytes) -> TxResult:
         return self._transact("register", to_checksum_address(participant), identity)
@@ -277,16 +272,16 @@ class RoundsContract:
     # ------------------------------------------------------------------ views
 
     def _call(self, fn_name: str, *args: Any) -> Any:
-        # ABI-encoded by hand with eth_abi and sent with eth_call: web3's contract-call
-        # machinery costs more Python time than the node takes to answer.
-        spec = self._views[fn_name]
+        spec = self._functions[fn_name]
         try:
-            raw = self.w3.eth.call({"to": self.address, "data": spec.selector + encode(spec.input_types, args)})
+            answer = self.node.request("eth_call", [{"to": self.address, "data": "0x" + spec.calldata(args).hex()},
+                                                    "latest"])  # fmt: skip
+            raw = bytes.fromhex(answer.removeprefix("0x"))
             values = [_checksummed(v, p) for v, p in zip(decode(spec.output_types, raw), spec.outputs, strict=True)]
             return values[0] if len(values) == 1 else tuple(values)
-        except (ContractLogicError, TransactionFailed) as exc:
-            raise self._decode_revert(exc, fn_name) from exc
-        except (Web3Exception, OSError) as exc:
+        except JsonRpcError as exc:
+            if exc.data is not None or "revert" in exc.rpc_message.lower():
+                raise self._decode_revert(exc, fn_name) from exc
             raise ChainError(f"{fn_name} call failed: {exc}") from exc
         except DecodingError as exc:
             raise ChainError(f"{fn_name}: the answer from {self.address} is not a CommitRevealRounds answer "
@@ -332,13 +327,14 @@ class RoundsContract:
 
     # ------------------------------------------------------------------ events
 
-    def _decode_logs(self, logs: list[Any]) -> list[dict[str, Any]]:
+    def _decode_logs(self, logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """This contract's events among ``logs`` (wire form), decoded by web3's event ABI."""
         if self._events_by_topic is None:
             self._events_by_topic = {
                 bytes(Web3.keccak(text=event.signature)): event for event in self.contract.events
             }
         decoded = []
-        for log in logs:
+        for log in map(_log_entry, logs):
             topics = log["topics"]
             event = self._events_by_topic.get(bytes(topics[0])) if topics else None
             if event is None:  # not one of this contract's events
@@ -355,42 +351,46 @@ class RoundsContract:
             )
         return decoded
 
+    def _logs(self, what: str, *, from_block: int, topics: list[str | None] | None = None) -> list[dict[str, Any]]:
+        # the address as a list: the embedded chain's filter formatter only takes that form
+        query: dict[str, Any] = {"address": [self.address], "fromBlock": hex(from_block), "toBlock": "latest"}
+        if topics is not None:
+            query["topics"] = topics
+        try:
+            return self.node.request("eth_getLogs", [query])
+        except ChainError as exc:
+            raise ChainError(f"reading {what} failed: {exc}") from exc
+
     def revealed(self, run_id: int, round_id: int, *, from_block: int) -> list[dict[str, Any]]:
         """The ``Revealed`` events of one round, their records decoded (see :func:`_expand_record`)."""
-        try:
-            events = self.contract.events.Revealed.get_logs(
-                argument_filters={"runId": run_id, "round": round_id}, from_block=from_block
-            )
-        except (Web3Exception, OSError) as exc:
-            raise ChainError(f"reading round {round_id}'s reveals failed: {exc}") from exc
-        return [_expand_record("Revealed", dict(e["args"])) for e in events]
+        signature = "0x" + Web3.keccak(text=self.contract.events.Revealed.signature).hex().removeprefix("0x")
+        topics = [signature, "0x" + encode(["uint256"], [run_id]).hex(), "0x" + encode(["uint32"], [round_id]).hex()]
+        logs = self._logs(f"round {round_id}'s reveals", from_block=from_block, topics=topics)
+        return [e["args"] for e in self._decode_logs(logs)]
 
     def event_log(self, *, from_block: int = 0, timeout: float = 60.0) -> list[dict[str, Any]]:
         """Every event the contract emitted, decoded, in chain order, JSON-ready."""
         start = time.monotonic()
-        try:
-            logs = self.w3.eth.get_logs({"address": self.address, "fromBlock": from_block, "toBlock": "latest"})
-        except (Web3Exception, OSError) as exc:
-            raise ChainError(f"reading the contract's events failed: {exc}") from exc
+        logs = self._logs("the contract's events", from_block=from_block)
         if time.monotonic() - start > timeout:
             raise ChainError("reading the contract's events timed out")
         return [
-            {**e, "args": {k: _jsonable(_plain(v)) for k, v in e["args"].items()}} for e in self._decode_logs(list(logs))
+            {**e, "args": {k: _jsonable(_plain(v)) for k, v in e["args"].items()}} for e in self._decode_logs(logs)
         ]
 
 
-def _tester_revert_data(message: Any) -> bytes | None:
-    """The revert data inside eth-tester's ``TransactionFailed`` (it carries a bytes repr)."""
-    if isinstance(message, bytes):
-        return message
-    prefix = "execution reverted: "
-    if isinstance(message, str) and message.startswith(prefix + "b"):
-        try:
-            value = ast.literal_eval(message[len(prefix) :])
-        except (ValueError, SyntaxError):
-            return None
-        return value if isinstance(value, bytes) else None
-    return None
+def _log_entry(wire: dict[str, Any]) -> dict[str, Any]:
+    """A log in wire form (0x-hex) as web3's event decoding takes it."""
+    return {
+        "address": to_checksum_address(wire["address"]),
+        "topics": [HexBytes(t) for t in wire["topics"]],
+        "data": HexBytes(wire["data"]),
+        "blockNumber": int(wire["blockNumber"], 16),
+        "blockHash": HexBytes(wire["blockHash"]),
+        "transactionHash": HexBytes(wire["transactionHash"]),
+        "transactionIndex": int(wire["transactionIndex"], 16),
+        "logIndex": int(wire["logIndex"], 16),
+    }
 
 
 def _expand_record(event: str, args: dict[str, Any]) -> dict[str, Any]:

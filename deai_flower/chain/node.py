@@ -6,7 +6,10 @@ and fast-forwarding the clock differ (a simulation may skip time, a real node wa
 
 from __future__ import annotations
 
+import ast
+import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,6 +23,61 @@ from ..errors import ChainError, ChainUnavailableError
 DEV_FUNDING_WEI = 10**20
 #: Seconds a fee quote serves transactions before it is read again.
 FEE_QUOTE_TTL_S = 6.0
+#: JSON-RPC error codes meaning "this node does not offer that method".
+_NO_SUCH_METHOD = (-32601, -32600)
+#: EIP-7966: the node sent the transaction but its receipt was not ready in time.
+_SYNC_SEND_TIMEOUT = 4
+
+
+class JsonRpcError(ChainError):
+    """A node's JSON-RPC error answer; ``data`` holds a failed call's revert data."""
+
+    def __init__(self, method: str, error: Mapping[str, Any]) -> None:
+        self.code = error.get("code")
+        self.data = error.get("data")
+        self.rpc_message = str(error.get("message", ""))
+        super().__init__(f"{method}: {self.rpc_message} (code {self.code})")
+
+
+def to_wire(value: Any) -> Any:
+    """A web3/eth-tester result in JSON-RPC wire form: bytes and ints as 0x-hex."""
+    if isinstance(value, (bytes, bytearray)):
+        return "0x" + bytes(value).hex()
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return hex(value)
+    if isinstance(value, Mapping):
+        return {k: to_wire(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_wire(v) for v in value]
+    return value
+
+
+def tester_revert_data(message: Any) -> bytes | None:
+    """The revert data inside eth-tester's ``TransactionFailed`` (it carries a bytes repr)."""
+    if isinstance(message, bytes):
+        return message
+    prefix = "execution reverted: "
+    if isinstance(message, str) and message.startswith(prefix + "b"):
+        try:
+            value = ast.literal_eval(message[len(prefix) :])
+        except (ValueError, SyntaxError):
+            return None
+        return value if isinstance(value, bytes) else None
+    return None
+
+
+def embedded_error(exc: Exception) -> dict[str, Any]:
+    """The JSON-RPC error object a node would answer for an exception of the embedded chain."""
+    response = getattr(exc, "rpc_response", None)  # web3 relays a JSON-RPC error (an unknown method, ...)
+    if isinstance(response, Mapping) and isinstance(response.get("error"), Mapping):
+        return dict(response["error"])
+    data = getattr(exc, "data", None)
+    if data is None and exc.args:
+        raw = tester_revert_data(exc.args[0])
+        data = "0x" + raw.hex() if raw is not None else None
+    return {"code": 3, "message": str(getattr(exc, "message", None) or exc), "data": data}
 
 
 @dataclass
@@ -32,6 +90,65 @@ class ChainNode:
     _tester: Any = field(default=None, repr=False)
     _chain_id: int | None = field(default=None, repr=False)
     _fee_quote: tuple[float, dict[str, int]] | None = field(default=None, repr=False)
+    #: whether the node answers eth_sendRawTransactionSync (None: not tried yet)
+    _sync_send: bool | None = field(default=None, repr=False)
+    _embedded_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def request(self, method: str, params: list[Any]) -> Any:
+        """One JSON-RPC request with wire-format (0x-hex) parameters; the result as sent.
+
+        The per-round calls (views, transactions) go this way rather than through web3's
+        method pipeline, whose formatters and middleware cost more Python time than a
+        local node takes to answer. The embedded chain answers through web3's request
+        manager, whose tester middleware reads wire-format parameters, so both kinds of
+        node speak the same wire format here. Raises :class:`JsonRpcError` on an error
+        answer and :class:`ChainUnavailableError` when the node cannot be reached.
+        """
+        if self._tester is not None:
+            with self._embedded_lock:  # py-evm is not thread-safe
+                try:
+                    return to_wire(self.w3.manager.request_blocking(method, params))
+                except Exception as exc:  # noqa: BLE001 - eth-tester raises many kinds; all become answers
+                    raise JsonRpcError(method, embedded_error(exc)) from exc
+        try:
+            response = self.w3.provider.make_request(method, params)
+        except (Web3Exception, OSError) as exc:  # requests' errors are OSErrors
+            raise ChainUnavailableError(
+                f"{method}: chain node at {self.url} is unreachable ({exc.__class__.__name__})"
+            ) from exc
+        if response.get("error") is not None:
+            raise JsonRpcError(method, response["error"])
+        return response.get("result")
+
+    def send_raw_transaction(self, raw: bytes, *, timeout: float) -> dict[str, Any]:
+        """Send a signed transaction; return its receipt (wire form) once it is mined.
+
+        A node that implements EIP-7966 ``eth_sendRawTransactionSync`` (anvil does)
+        answers with the receipt in one round trip; any other gets the classic
+        ``eth_sendRawTransaction`` and receipt polling, at most ``timeout`` seconds.
+        """
+        payload = "0x" + raw.hex()
+        if self._sync_send is not False and self._tester is None:
+            try:
+                receipt = self.request("eth_sendRawTransactionSync", [payload])
+                self._sync_send = True
+                return receipt
+            except JsonRpcError as exc:
+                if exc.code == _SYNC_SEND_TIMEOUT and isinstance(exc.data, str):
+                    return self._wait_for_receipt(exc.data, timeout=timeout)  # sent; mined later
+                if self._sync_send or exc.code not in _NO_SUCH_METHOD:
+                    raise
+                self._sync_send = False  # not offered by this node: nothing was sent
+        return self._wait_for_receipt(self.request("eth_sendRawTransaction", [payload]), timeout=timeout)
+
+    def _wait_for_receipt(self, tx_hash: str, *, timeout: float) -> dict[str, Any]:
+        deadline, pause = time.monotonic() + timeout, 0.01
+        while (receipt := self.request("eth_getTransactionReceipt", [tx_hash])) is None:
+            if time.monotonic() > deadline:
+                raise ChainError(f"transaction {tx_hash} was sent but not mined within {timeout:.0f}s")
+            time.sleep(pause)
+            pause = min(2 * pause, 1.0)
+        return receipt
 
     @property
     def chain_id(self) -> int:
@@ -60,7 +177,7 @@ class ChainNode:
 
     def now(self) -> int:
         """The timestamp the next block will carry at the earliest."""
-        return int(self.w3.eth.get_block("latest")["timestamp"])
+        return int(self.request("eth_getBlockByNumber", ["latest", False])["timestamp"], 16)
 
     def fund(self, addresses: list[str], *, wei: int = DEV_FUNDING_WEI) -> None:
         """Give development ether to fresh keys from the node's first unlocked account.

@@ -54,6 +54,20 @@ class ContentStore(Protocol):
         the caller computed for ``data`` (it spares hashing the bytes again)."""
         ...
 
+    def stage(self, data: bytes, *, cid: str) -> str:
+        """Prepare to store a blob that must stay secret for now (a committed update);
+        return a token for :meth:`publish` or :meth:`discard` (may be empty)."""
+        ...
+
+    def publish(self, token: str, *, cid: str) -> bool:
+        """Store the blob staged under ``token``; False if there is none to publish, in
+        which case the caller must :meth:`put` the bytes itself."""
+        ...
+
+    def discard(self, token: str) -> None:
+        """Drop a staged blob that will not be published."""
+        ...
+
     def get(self, cid: str) -> bytes:
         """Return the verified bytes of ``cid``; :class:`BlobNotFoundError` if absent."""
         ...

@@ -151,6 +151,18 @@ class IpfsStore:
         self._check_added(reply, expected)
         return expected
 
+    def stage(self, data: bytes, *, cid: str) -> str:
+        """Nothing to prepare: adding to IPFS announces the blob, so a secret update is
+        only added by :meth:`put` at its reveal. Returns an empty token."""
+        return ""
+
+    def publish(self, token: str, *, cid: str) -> bool:
+        """Never staged anything (see :meth:`stage`): the caller puts the blob."""
+        return False
+
+    def discard(self, token: str) -> None:
+        return None
+
     def put_file(self, path: str | os.PathLike[str]) -> str:
         """Add and pin a file's bytes, streamed from disk; return their CID."""
         try:

@@ -13,6 +13,11 @@ crash leaves at most a stray ``.incoming-*`` file.
 
 Nothing read from disk is trusted: :meth:`LocalStore.get` and
 :meth:`LocalStore.get_to_file` recompute the CID and refuse bytes that do not match it.
+
+A committed update must stay secret until its reveal, yet writing 4 MB durably is the
+costliest step of a reveal. :meth:`LocalStore.stage` therefore writes it at commit time,
+in a background thread, under ``<root>/.staging/`` with owner-only permissions and a
+name that is not its CID; :meth:`LocalStore.publish` then makes it public with a rename.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,8 +43,12 @@ __all__ = ["LocalStore"]
 _PREFIX_LEN = len("bafkrei")
 _SHARD_LEN = 2
 _TEMP_PREFIX = ".incoming-"
+_STAGING_DIR = ".staging"
 _COPY_SIZE = 16 * CHUNK_SIZE
 _FILE_MODE = 0o644
+#: Writes staged blobs while their owner goes on (in a simulation: while the next
+#: client trains). One thread: staged writes are few and disk-bound.
+_STAGING_WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deai-store-staging")
 
 
 class LocalStore:
@@ -56,6 +66,7 @@ class LocalStore:
             raise StoreUnavailableError(
                 f"cannot create store directory {self._root}: {exc}"
             ) from exc
+        self._staged: dict[str, Future[None]] = {}
 
     def describe(self) -> dict[str, str]:
         """Where blobs live, for logs and run manifests."""
@@ -76,6 +87,51 @@ class LocalStore:
             handle.write(data)
             self._commit(handle, temp, target)
         return cid
+
+    def stage(self, data: bytes, *, cid: str) -> str:
+        """Start writing ``data`` (whose CID is ``cid``) durably, hidden; return a token.
+
+        The copy is readable by its owner only and named so that nobody can find it by
+        its CID; :meth:`publish` with the token makes it a stored blob, :meth:`discard`
+        drops it. The write happens in a background thread, so the caller goes on.
+        """
+        directory = self._root / _STAGING_DIR
+        try:
+            directory.mkdir(exist_ok=True)
+            fd, token = tempfile.mkstemp(prefix=".staged-", dir=directory)  # owner-only, created atomically
+        except OSError as exc:
+            raise StoreError(f"cannot create a staging file in {directory}: {exc}") from exc
+        self._staged[token] = _STAGING_WRITER.submit(_write_durably, fd, Path(token), bytes(data))
+        return token
+
+    def publish(self, token: str, *, cid: str) -> bool:
+        """Make the copy staged under ``token`` the blob ``cid``; False if this store
+        staged no such copy (another process did, or it was discarded): put it instead.
+
+        Raises :class:`StoreError` if the staged write failed.
+        """
+        future = self._staged.pop(token, None)
+        if future is None:
+            return False
+        future.result()
+        target = self._path(validate_cid(cid))
+        try:
+            target.parent.mkdir(exist_ok=True)
+            os.chmod(token, _FILE_MODE)
+            os.replace(token, target)
+        except OSError as exc:
+            raise StoreError(f"cannot publish staged blob {cid}: {exc}") from exc
+        return True
+
+    def discard(self, token: str) -> None:
+        """Drop a staged copy that will never be published (its round was abandoned)."""
+        future = self._staged.pop(token, None)
+        if future is not None:
+            with contextlib.suppress(StoreError):
+                future.result()
+        path = Path(token)
+        if path.parent == self._root / _STAGING_DIR:  # never anything outside it
+            path.unlink(missing_ok=True)
 
     def put_file(self, path: str | os.PathLike[str]) -> str:
         """Store a file's bytes and return their CID, streaming so size is not bounded by RAM."""
@@ -176,6 +232,18 @@ class LocalStore:
         os.fchmod(handle.fileno(), _FILE_MODE)
         os.fsync(handle.fileno())
         os.replace(temp, target)
+
+
+def _write_durably(fd: int, path: Path, data: bytes) -> None:
+    """Write ``data`` to the open file ``fd`` (at ``path``), flush it to disk, close it."""
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise StoreError(f"cannot write staged blob {path.name}: {exc}") from exc
 
 
 def _tampered(cid: str, actual: str) -> str:

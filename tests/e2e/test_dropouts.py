@@ -40,6 +40,11 @@ def misbehave(kinds: dict[int, str]) -> Callable[..., Callable[[Message, Context
                 return Message(Error(ErrorCode.NODE_UNAVAILABLE, "node went away"), reply_to=message)
             if (kind, action) in (("no-commit", "train.commit"), ("no-reveal", "train.reveal")):
                 return Message(Error(ErrorCode.CLIENT_APP_CRASHED, "client crashed"), reply_to=message)
+            if (kind, action) == ("restart", "train.reveal"):
+                # the node's process restarted since it committed: its state survived, the
+                # store handle that staged its update in the background did not
+                runtime = client_runtime(settings, partition)
+                runtime.store = LocalStore(runtime.store.describe()["location"])
             if (kind, action) == ("bad-reveal", "train.reveal"):
                 context.state["pending-reveal"]["num-examples"] = 10**6  # not what it committed to
             if (kind, action) == ("late", "train.commit"):
@@ -79,6 +84,18 @@ def test_round_goes_on_without_the_faulty_node(
         assert [(p["participant"], p["round"], p["reason"]) for p in penalties] == [(address, 1, 0)]
     else:
         assert penalties == []
+    assert all(v.ok for v in verify_run(RunRecord.from_output_dir(tmp_path), LocalStore(tmp_path / "store")))
+
+
+def test_a_node_restarted_between_commit_and_reveal_still_reveals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = run(tmp_path, monkeypatch, {2: "restart"})
+    address = experiment.simulation_key(seed=0, role="client-2").address
+    for r in results["rounds"]:
+        assert r["status"] == "finalized", r["reason"]
+        assert address in r["revealed"] and len(r["revealed"]) == 4 and not r["errors"]
+    assert list((tmp_path / "store" / ".staging").iterdir()) == []  # its staged copy was dropped
     assert all(v.ok for v in verify_run(RunRecord.from_output_dir(tmp_path), LocalStore(tmp_path / "store")))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deai_flower.errors import BlobNotFoundError, InvalidCidError, TamperedBlobError
+from deai_flower.errors import BlobNotFoundError, InvalidCidError, StoreError, TamperedBlobError
 from deai_flower.storage import ContentStore, LocalStore, compute_cid
 
 LARGE = hashlib.shake_256(b"local store").digest(3 * 262_144 + 11)  # a multi-block dag-pb CID
@@ -126,3 +126,50 @@ def test_put_with_a_known_cid_and_a_wrong_one_caught_on_read(store: LocalStore) 
     wrong = store.put(other, cid=compute_cid(b"not these bytes"))  # a caller's bug...
     with pytest.raises(TamperedBlobError):  # ...is caught by every read
         store.get(wrong)
+
+
+def test_staged_blob_is_hidden_until_published(store: LocalStore, tmp_path: Path) -> None:
+    cid = compute_cid(LARGE)
+    token = store.stage(LARGE, cid=cid)
+    assert not store.has(cid)
+    with pytest.raises(BlobNotFoundError):
+        store.get(cid)
+    staged = Path(token)
+    assert staged.parent == tmp_path / "blobs" / ".staging" and cid not in staged.name
+    assert staged.stat().st_mode & 0o077 == 0  # owner-only while secret
+    assert store.publish(token, cid=cid)
+    assert store.get(cid) == LARGE
+    assert _stored_file(tmp_path / "blobs", cid).stat().st_mode & 0o777 == 0o644
+    assert not staged.exists()
+
+
+def test_publish_of_an_unknown_token_asks_for_a_put(store: LocalStore, tmp_path: Path) -> None:
+    other = LocalStore(tmp_path / "blobs")  # the same directory, another process's handle
+    token = store.stage(b"secret update", cid=compute_cid(b"secret update"))
+    assert not other.publish(token, cid=compute_cid(b"secret update"))
+    assert not store.publish("", cid=compute_cid(b"secret update"))
+    assert not other.has(compute_cid(b"secret update"))
+
+
+def test_discard_removes_the_staged_copy_and_nothing_outside_staging(store: LocalStore, tmp_path: Path) -> None:
+    token = store.stage(b"abandoned", cid=compute_cid(b"abandoned"))
+    store.discard(token)
+    assert not Path(token).exists()
+    assert not store.publish(token, cid=compute_cid(b"abandoned"))
+    outside = tmp_path / "keep.txt"
+    outside.write_text("not the store's")
+    store.discard(str(outside))
+    assert outside.exists()
+
+
+def test_a_failed_staged_write_fails_the_publish_clearly(store: LocalStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full_disk(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    token = store.stage(b"x" * 1000, cid=compute_cid(b"x" * 1000))
+    with pytest.raises(StoreError, match="cannot write staged blob"):
+        store.publish(token, cid=compute_cid(b"x" * 1000))
+    monkeypatch.undo()
+    assert not Path(token).exists()
+    assert not store.has(compute_cid(b"x" * 1000))
