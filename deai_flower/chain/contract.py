@@ -31,9 +31,9 @@ from .protocol import PHASES, STAGES, DpParams, parse_reveal_record, reveal_reco
 RECEIPT_TIMEOUT_S = 120.0
 #: Gas limit = estimate + a quarter + this. The state can change between the estimate
 #: and inclusion: when attesters send at once, the one whose attestation reaches the
-#: quorum also finalizes the round and opens the next (about 25,000 gas more than its
-#: estimate as a plain attestation said).
-GAS_HEADROOM = 30_000
+#: quorum also finalizes the round and opens the next, up to about 42,000 gas more than
+#: its estimate as a plain attestation said (measured: 43,688 estimated, 85,879 used).
+GAS_HEADROOM = 60_000
 
 
 @dataclass(frozen=True)

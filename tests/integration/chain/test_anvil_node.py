@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from support import Deployment, cid_of, deploy_for_tests
 
-from deai_flower.chain import ChainNode, DpParams, commitment_of, connect_embedded
+from deai_flower.chain import ChainNode, DpParams, commitment_of, connect_embedded, simulation_key
 
 DP = DpParams.from_floats(noise_multiplier=1.1, sample_rate=0.1, steps=10, delta=1e-5, epsilon=1.0, accountant="rdp")
 
@@ -58,3 +58,15 @@ def test_a_second_deployment_on_the_same_node_works(chain_node: ChainNode) -> No
         run_id = d.create_run(quorum=1, minReveals=1)
         round_id, _ = d.admin.open_round(run_id)
         assert d.admin.phase(run_id, round_id) == "commit"
+
+
+def test_a_transaction_is_an_estimate_and_a_synchronous_send(deployment: Deployment, monkeypatch) -> None:
+    """anvil implements EIP-7966: the receipt comes back with the send, no polling."""
+    d = deployment
+    d.create_run()  # the admin's nonce is known from here on
+    methods: list[str] = []
+    real = ChainNode.request
+    monkeypatch.setattr(ChainNode, "request", lambda node, m, p: (methods.append(m), real(node, m, p))[1])
+    tx = d.admin.register(simulation_key(seed=5, role="late joiner").address, b"\x07" * 32)
+    assert methods == ["eth_estimateGas", "eth_sendRawTransactionSync"]
+    assert d.node._sync_send is True and tx.gas_used > 21_000

@@ -374,6 +374,34 @@ def test_attest_rules_and_quorum(deployment: Deployment) -> None:
         d.as_client(2).attest(run_id, round_id, cid_of(5, 0x70))
 
 
+def test_an_attestation_that_turns_finalizing_after_its_estimate_still_lands(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attesters send at once: one's gas is estimated as a plain attestation, another's
+    lands first, and the first then reaches the quorum, finalizes and opens the next
+    round, which costs about twice what it was estimated at."""
+    d = deployment
+    run_id = d.create_run(quorum=3, minReveals=3)
+    round_id, _ = d.admin.open_round(run_id)
+    for i, r in enumerate([commit(d, i, run_id, round_id) for i in range(3)]):
+        do_reveal(d, i, run_id, round_id, r)
+    d.as_client(0).attest(run_id, round_id, cid_of(5, 0x70))
+    slow, fast = d.as_client(1), d.as_client(2)
+    real_request, raced = type(d.node).request, []
+
+    def request(node, method, params):  # noqa: ANN001, ANN202 - a pass-through spy
+        answer = real_request(node, method, params)
+        if method == "eth_estimateGas" and params[0].get("from") == slow.account.address and not raced:
+            raced.append(fast.attest(run_id, round_id, cid_of(5, 0x70)))  # between estimate and send
+        return answer
+
+    monkeypatch.setattr(type(d.node), "request", request)
+    tx = slow.attest(run_id, round_id, cid_of(5, 0x70))
+    assert raced and [e["event"] for e in raced[0].events] == ["Attested"]
+    assert tx.gas_used > 80_000  # the finalizing path was taken (a plain attestation: about 43,700)
+    assert [e["event"] for e in tx.events] == ["Attested", "RoundFinalized", "RoundOpened"]
+
+
 def test_failed_round_lets_the_next_open_with_the_same_model(deployment: Deployment) -> None:
     d = deployment
     run_id = d.create_run()

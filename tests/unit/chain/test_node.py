@@ -1,0 +1,51 @@
+"""How transactions reach a JSON-RPC node: raw requests, receipts with or without EIP-7966."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from support import deploy_for_tests
+
+from deai_flower.chain import ChainNode, connect_embedded, connect_rpc, simulation_key
+from deai_flower.chain.bridge import JsonRpcBridge
+from deai_flower.chain.node import JsonRpcError
+
+
+@pytest.fixture
+def bridged() -> Iterator[ChainNode]:
+    """The embedded chain over loopback JSON-RPC: a node without eth_sendRawTransactionSync."""
+    bridge = JsonRpcBridge(connect_embedded())
+    url = bridge.start()
+    try:
+        yield connect_rpc(url)
+    finally:
+        bridge.stop()
+
+
+def test_a_node_without_sync_send_is_polled_for_the_receipt(bridged: ChainNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = deploy_for_tests(bridged)  # deploying and registering already went this way
+    assert bridged._sync_send is False
+    methods: list[str] = []
+    real = ChainNode.request
+    def spy(node: ChainNode, method: str, params: list) -> object:
+        if node is bridged:  # not the embedded chain answering behind the bridge
+            methods.append(method)
+        return real(node, method, params)
+
+    monkeypatch.setattr(ChainNode, "request", spy)
+    tx = d.admin.register(simulation_key(seed=5, role="late joiner").address, b"\x07" * 32)
+    assert methods == ["eth_estimateGas", "eth_sendRawTransaction", "eth_getTransactionReceipt"]
+    assert [e["event"] for e in tx.events] == ["ParticipantRegistered"]
+
+
+def test_an_error_answer_keeps_its_code_and_data(bridged: ChainNode) -> None:
+    with pytest.raises(JsonRpcError) as caught:
+        bridged.request("eth_noSuchMethod", [])
+    assert caught.value.code == -32601
+    d = deploy_for_tests(bridged)
+    open_round = d.admin._functions["openRound"].calldata((7,))  # run 7 does not exist
+    with pytest.raises(JsonRpcError) as caught:  # the custom error's data comes back
+        bridged.request("eth_estimateGas", [{"from": d.admin.account.address, "to": d.admin.address,
+                                             "data": "0x" + open_round.hex()}])  # fmt: skip
+    assert d.admin._decode_revert(caught.value, "openRound").error_name == "UnknownRun"
