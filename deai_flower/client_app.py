@@ -283,12 +283,11 @@ def handle_attest(settings: RunSettings, message: Message, context: Context) -> 
         raise ProtocolError(f"round {round_id}: no valid revealed update to aggregate")
     aggregated = aggregate(settings.rule, updates, dict(settings.rule_params))
     result_cid = runtime.store.put(encode_arrays(aggregated))
-    if contract.phase(settings.run_id, round_id) == "finalized":
-        return _finalized_reply(message, runtime, result_cid, rejected)
     try:
         tx = contract.attest(settings.run_id, round_id, cid_to_bytes(result_cid))
     except ChainError:
-        # Other attesters may have reached the quorum while this one aggregated.
+        # Other attesters may have reached the quorum while this one aggregated (the
+        # gas estimate refuses the attestation before anything is sent).
         if contract.phase(settings.run_id, round_id) != "finalized":
             raise
         return _finalized_reply(message, runtime, result_cid, rejected)

@@ -210,7 +210,7 @@ class RoundsContract:
                     # transactions since this one counted: re-read the nonce once.
                     if attempt == 0 and "nonce" in exc.rpc_message.lower():
                         continue
-                    if exc.data is not None or "revert" in exc.rpc_message.lower():
+                    if exc.is_revert:
                         raise self._decode_revert(exc, label) from exc
                     raise ChainError(f"{label} failed: {exc}") from exc
                 except ChainError as exc:  # unreachable, or no receipt in time
@@ -280,7 +280,7 @@ class RoundsContract:
             values = [_checksummed(v, p) for v, p in zip(decode(spec.output_types, raw), spec.outputs, strict=True)]
             return values[0] if len(values) == 1 else tuple(values)
         except JsonRpcError as exc:
-            if exc.data is not None or "revert" in exc.rpc_message.lower():
+            if exc.is_revert:
                 raise self._decode_revert(exc, fn_name) from exc
             raise ChainError(f"{fn_name} call failed: {exc}") from exc
         except DecodingError as exc:

@@ -38,6 +38,11 @@ class JsonRpcError(ChainError):
         self.rpc_message = str(error.get("message", ""))
         super().__init__(f"{method}: {self.rpc_message} (code {self.code})")
 
+    @property
+    def is_revert(self) -> bool:
+        """Whether the EVM reverted the call (rather than the node refusing the request)."""
+        return self.data is not None or "revert" in self.rpc_message.lower()
+
 
 def to_wire(value: Any) -> Any:
     """A web3/eth-tester result in JSON-RPC wire form: bytes and ints as 0x-hex."""
