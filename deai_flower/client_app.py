@@ -26,7 +26,6 @@ from .errors import (
     BlobFormatError,
     ChainError,
     ContractRevertError,
-    DeaiError,
     PrivacyBudgetExhaustedError,
     ProtocolError,
     StoreError,
@@ -129,10 +128,6 @@ def handle_commit(settings: RunSettings, message: Message, context: Context) -> 
         update = {k: (global_arrays[k] + scale * (v - global_arrays[k])).astype(v.dtype) for k, v in update.items()}
     blob = encode_arrays(update)
     cid = compute_cid(blob)
-    if _PENDING in context.state:  # a round abandoned before its reveal
-        runtime.store.discard(str(context.state[_PENDING].get("staged", "")))
-    # Published only at the reveal; staging writes it meanwhile, out of sight.
-    staged = runtime.store.stage(blob, cid=cid)
     dp = DpParams.from_floats(
         noise_multiplier=trained.noise_multiplier,
         sample_rate=trained.sample_rate,
@@ -153,11 +148,12 @@ def handle_commit(settings: RunSettings, message: Message, context: Context) -> 
         dp=dp,
         salt=salt,
     )
-    try:
-        tx = contract.commit(settings.run_id, round_id, commitment)
-    except DeaiError:
-        runtime.store.discard(staged)
-        raise
+    tx = contract.commit(settings.run_id, round_id, commitment)
+    if _PENDING in context.state:  # a round abandoned before its reveal
+        runtime.store.discard(str(context.state[_PENDING].get("staged", "")))
+    # Published only at the reveal; staging writes it meanwhile, out of sight (after the
+    # transaction, so that the write overlaps what comes next rather than the send).
+    staged = runtime.store.stage(blob, cid=cid)
     context.state[_PENDING] = ConfigRecord(
         {
             "round": round_id,

@@ -112,7 +112,10 @@ def decode_arrays(
         raise BlobFormatError(f"blob rejected: safetensors refused it: {exc}") from exc
     arrays: dict[str, np.ndarray] = {}
     for name, (dtype, _) in header.items():
-        array = np.array(loaded[name], dtype=np.dtype(dtype), copy=True)
+        array = loaded[name]
+        if array.dtype != np.dtype(dtype) or not (array.flags.writeable and array.flags.aligned):
+            # safetensors returns fresh, writable, aligned arrays; anything else is copied
+            array = np.array(array, dtype=np.dtype(dtype), copy=True)
         _check_finite(name, array, "blob rejected")
         arrays[name] = array
     return arrays

@@ -158,3 +158,26 @@ def test_a_node_that_connects_late_takes_part_from_the_next_round(
     assert len(first["sampled"]) == 3 and len(second["sampled"]) == 4
     assert set(first["sampled"]) < set(second["sampled"])
     assert second["errors"] == {}
+
+
+def test_nodes_refuse_a_model_the_chain_does_not_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A coordinator that announces another model (here: a valid, stored blob) gets no
+    commit: every node checks the announced CID against the chain's before training."""
+    from deai_flower.strategies import CommitRevealStrategy
+
+    real = CommitRevealStrategy.configure_train
+
+    def lying(self: CommitRevealStrategy, *args: Any, **kwargs: Any) -> Any:
+        messages = list(real(self, *args, **kwargs))
+        decoy = self.store.put(b"not the global model")
+        for message in messages:
+            message.content["config"]["model-cid"] = decoy
+        return messages
+
+    monkeypatch.setattr(CommitRevealStrategy, "configure_train", lying)
+    results = run(tmp_path, monkeypatch, {}, "num_rounds=1")
+    (r,) = results["rounds"]
+    assert r["status"] == "failed" and r["committed"] == []
+    assert len(r["errors"]) == 4
+    assert all("coordinator announced model" in reason and "but the chain records" in reason
+               for reason in r["errors"].values())  # fmt: skip

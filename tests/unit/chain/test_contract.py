@@ -20,6 +20,7 @@ from deai_flower.chain import (
     simulation_key,
     to_wad,
 )
+from deai_flower.chain.contract import ROUND_CALL_GAS
 from deai_flower.chain.protocol import PENALTY_REASONS, STORED_COMMITMENT_BYTES, UINT128_MAX, reveal_record
 from deai_flower.errors import ContractRevertError
 
@@ -374,12 +375,12 @@ def test_attest_rules_and_quorum(deployment: Deployment) -> None:
         d.as_client(2).attest(run_id, round_id, cid_of(5, 0x70))
 
 
-def test_an_attestation_that_turns_finalizing_after_its_estimate_still_lands(
+def test_an_attestation_that_turns_finalizing_after_its_check_still_lands(
     deployment: Deployment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Attesters send at once: one's gas is estimated as a plain attestation, another's
+    """Attesters send at once: one's call is checked as a plain attestation, another's
     lands first, and the first then reaches the quorum, finalizes and opens the next
-    round, which costs about twice what it was estimated at."""
+    round, which costs about twice as much; its gas limit must cover that."""
     d = deployment
     run_id = d.create_run(quorum=3, minReveals=3)
     round_id, _ = d.admin.open_round(run_id)
@@ -391,8 +392,8 @@ def test_an_attestation_that_turns_finalizing_after_its_estimate_still_lands(
 
     def request(node, method, params):  # noqa: ANN001, ANN202 - a pass-through spy
         answer = real_request(node, method, params)
-        if method == "eth_estimateGas" and params[0].get("from") == slow.account.address and not raced:
-            raced.append(fast.attest(run_id, round_id, cid_of(5, 0x70)))  # between estimate and send
+        if method in ("eth_call", "eth_estimateGas") and params[0].get("from") == slow.account.address and not raced:
+            raced.append(fast.attest(run_id, round_id, cid_of(5, 0x70)))  # between the check and the send
         return answer
 
     monkeypatch.setattr(type(d.node), "request", request)
@@ -518,6 +519,43 @@ def test_penalties_for_missing_reveal_and_minority_attestation(deployment: Deplo
         ("PenaltyRecorded", "missing-reveal")
     ]
     assert d.admin.get_member(run_id, d.clients[0].address)["penalties"] == 1
+
+
+def test_round_calls_stay_well_within_their_fixed_gas_limits(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dearest paths of commit, reveal and attest use at most 2/3 of the fixed limits
+    they are sent with: first rounds, a disputed finalization that opens the next round,
+    and penalties (minority attestation, missing reveal) settled by a commit."""
+    used: dict[str, list[int]] = {}
+    real = RoundsContract._transact
+
+    def spy(self: RoundsContract, fn_name: str, *args: object) -> object:
+        tx = real(self, fn_name, *args)
+        used.setdefault(fn_name, []).append(tx.gas_used)
+        return tx
+
+    monkeypatch.setattr(RoundsContract, "_transact", spy)
+    d = deployment
+    run_id = d.create_run()
+    round1, _ = d.admin.open_round(run_id)
+    for i, r in enumerate([commit(d, i, run_id, round1) for i in range(3)]):
+        do_reveal(d, i, run_id, round1, r)
+    d.as_client(2).attest(run_id, round1, cid_of(7, 0x70))  # the minority
+    d.as_client(0).attest(run_id, round1, cid_of(8, 0x70))
+    d.as_client(1).attest(run_id, round1, cid_of(8, 0x70))  # finalizes a disputed round, opens round 2
+    round2 = next_round(d, run_id)
+    reveals = {i: commit(d, i, run_id, round2, tag=20 + i) for i in range(3)}  # 2 settles its penalty
+    for i in (1, 2):  # client 0 never reveals
+        do_reveal(d, i, run_id, round2, reveals[i])
+    d.node.advance_to(deadline(d, run_id, round2, "revealDeadline"), timeout=5)
+    d.as_client(1).attest(run_id, round2, cid_of(9, 0x70))
+    d.as_client(2).attest(run_id, round2, cid_of(9, 0x70))
+    commit(d, 0, run_id, next_round(d, run_id), tag=30)  # settles the missing reveal
+    assert d.admin.get_member(run_id, d.clients[0].address)["penalties"] == 1
+    assert d.admin.get_member(run_id, d.clients[2].address)["penalties"] == 1
+    for fn_name, limit in ROUND_CALL_GAS.items():
+        assert used[fn_name] and 3 * max(used[fn_name]) <= 2 * limit, (fn_name, max(used[fn_name]), limit)
 
 
 def test_minority_attester_is_penalized_when_the_first_cid_wins(deployment: Deployment) -> None:
