@@ -189,7 +189,12 @@ def handle_reveal(settings: RunSettings, message: Message, context: Context) -> 
         raise ProtocolError(f"nothing committed for round {round_id}")
     pending = context.state[_PENDING]
     stored_cid, staged = str(pending["cid"]), str(pending.get("staged", ""))
-    if not runtime.store.publish(staged, cid=stored_cid):
+    try:
+        published = runtime.store.publish(staged, cid=stored_cid)
+    except StoreError as exc:  # the background write failed: the bytes are still here
+        log(WARNING, "client %s: staged copy unusable (%s); storing the update again", runtime.partition_id, exc)
+        published = False
+    if not published:
         stored_cid = runtime.store.put(bytes(pending["blob"]), cid=stored_cid)  # hashed at commit
         runtime.store.discard(staged)
     if stored_cid != pending["cid"]:
@@ -283,7 +288,7 @@ def handle_attest(settings: RunSettings, message: Message, context: Context) -> 
         tx = contract.attest(settings.run_id, round_id, cid_to_bytes(result_cid))
     except ChainError:
         # Other attesters may have reached the quorum while this one aggregated (the
-        # gas estimate refuses the attestation before anything is sent).
+        # eth_call check refuses the attestation before anything is sent).
         if contract.phase(settings.run_id, round_id) != "finalized":
             raise
         return _finalized_reply(message, runtime, result_cid, rejected)

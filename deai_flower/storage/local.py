@@ -18,6 +18,7 @@ A committed update must stay secret until its reveal, yet writing 4 MB durably i
 costliest step of a reveal. :meth:`LocalStore.stage` therefore writes it at commit time,
 in a background thread, under ``<root>/.staging/`` with owner-only permissions and a
 name that is not its CID; :meth:`LocalStore.publish` then makes it public with a rename.
+A copy whose owner stopped for good before revealing stays there and may be deleted.
 """
 
 from __future__ import annotations

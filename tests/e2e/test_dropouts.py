@@ -45,6 +45,8 @@ def misbehave(kinds: dict[int, str]) -> Callable[..., Callable[[Message, Context
                 # store handle that staged its update in the background did not
                 runtime = client_runtime(settings, partition)
                 runtime.store = LocalStore(runtime.store.describe()["location"])
+            if (kind, action) == ("lost-staging", "train.reveal"):
+                Path(str(context.state["pending-reveal"]["staged"])).unlink()  # its staged copy is gone
             if (kind, action) == ("bad-reveal", "train.reveal"):
                 context.state["pending-reveal"]["num-examples"] = 10**6  # not what it committed to
             if (kind, action) == ("late", "train.commit"):
@@ -87,10 +89,13 @@ def test_round_goes_on_without_the_faulty_node(
     assert all(v.ok for v in verify_run(RunRecord.from_output_dir(tmp_path), LocalStore(tmp_path / "store")))
 
 
-def test_a_node_restarted_between_commit_and_reveal_still_reveals(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("kind", ["restart", "lost-staging"])
+def test_a_node_whose_staged_update_is_gone_still_reveals(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    results = run(tmp_path, monkeypatch, {2: "restart"})
+    """The update staged at commit time is lost (the process restarted, or the file was
+    removed): the node stores it again from its state and reveals as usual."""
+    results = run(tmp_path, monkeypatch, {2: kind})
     address = experiment.simulation_key(seed=0, role="client-2").address
     for r in results["rounds"]:
         assert r["status"] == "finalized", r["reason"]
