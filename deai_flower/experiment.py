@@ -8,11 +8,13 @@ engine and everything that happened is read back from the chain.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,38 +67,13 @@ def run_experiment(cfg: DictConfig, *, output_dir: Path) -> dict[str, Any]:
     # The chain first: an unreachable node stops the run before any data is loaded.
     node = connect_embedded() if cfg.chain.kind == "embedded" else connect_rpc(
         cfg.chain.rpc_url, timeout=cfg.chain.request_timeout_s)  # fmt: skip
-    privacy = PrivacySettings(
-        epsilon=float(cfg.privacy.epsilon),
-        delta=float(cfg.privacy.delta),
-        max_grad_norm=float(cfg.privacy.max_grad_norm),
-        accountant=str(cfg.privacy.accountant),
-        secure_mode=bool(cfg.privacy.secure_mode),
-        grad_sample_mode=str(cfg.privacy.grad_sample_mode),
-        # Relative to the run's output directory, like storage.root.
-        state_dir=None if cfg.privacy.state_dir is None else str(output_dir / Path(cfg.privacy.state_dir)),
-    )
-    split = load_dataset(cfg.dataset.name, seed=cfg.seed, test_fraction=cfg.dataset.test_fraction,
-                         max_groups=cfg.dataset.max_groups)  # fmt: skip
-    if cfg.num_clients > len(split.x_train):
-        raise ConfigError(f"num_clients ({cfg.num_clients}) exceeds the {len(split.x_train)} training samples")
-    # Partition once here so an impossible split (e.g. num_clients differing from a natural
-    # split's institutions) stops the run before anything is deployed.
-    client_partitions(split, num_partitions=cfg.num_clients, partitioner=cfg.dataset.partitioner, seed=cfg.seed,
-                      alpha=float(cfg.dataset.dirichlet_alpha),
-                      classes_per_partition=cfg.dataset.classes_per_partition)  # fmt: skip
-    model = build_model(cfg.model.name, num_features=split.num_features, num_classes=split.num_classes,
-                        hidden=tuple(cfg.model.hidden), seed=cfg.seed, input_shape=split.input_shape,
-                        channels=tuple(cfg.model.channels), activation=cfg.model.activation,
-                        norm=cfg.model.norm, pool=cfg.model.pool)  # fmt: skip
+    privacy = _privacy_settings(cfg, output_dir)
+    split, model = _data_and_model(cfg)
     initial = get_arrays(model)
     device = select_device(cfg.device)
     check_engine_devices(cfg.engine.kind, cfg.device, float(cfg.engine.num_gpus_per_client))
 
-    if cfg.storage.kind == "ipfs":
-        store_location = str(cfg.storage.api_addr)
-    else:
-        store_root = Path(cfg.storage.root)
-        store_location = str(store_root if store_root.is_absolute() else output_dir / store_root)
+    store_location = _store_location(cfg, output_dir)
     store = open_store(cfg.storage.kind, store_location, timeout_s=float(cfg.storage.timeout_s),
                        retries=int(cfg.storage.retries), max_bytes=int(cfg.storage.max_blob_bytes))  # fmt: skip
     initial_cid = store.put(encode_arrays(initial))
@@ -110,21 +87,119 @@ def run_experiment(cfg: DictConfig, *, output_dir: Path) -> dict[str, Any]:
         initial_cid = store.put(encode_arrays(initial))  # canonical bytes: the chain's model CID
     else:
         chain_run = _create_run(cfg, node, admin, clients, initial_cid=initial_cid, privacy=privacy)
-    contract, run_id, setup_gas, first_block = (chain_run.contract, chain_run.run_id, chain_run.setup_gas,
-                                                chain_run.first_block)  # fmt: skip
+
+    evaluation: dict[int, dict[str, float]] = {}
+
+    def evaluate_global(server_round: int, arrays: dict[str, Any]) -> dict[str, float]:
+        set_arrays(model, arrays)
+        loss, accuracy = evaluate(model, split.x_test, split.y_test, device=device)
+        evaluation[server_round] = {"loss": loss, "accuracy": accuracy}
+        monitor.evaluated(server_round, accuracy)
+        return {"loss": loss, "accuracy": accuracy}
+
+    s, done = cfg.strategy, chain_run.finalized_rounds
+    monitor = ProgressMonitor(num_rounds=cfg.num_rounds, enabled=bool(cfg.progress), completed=done)
+    strategy = CommitRevealStrategy(
+        contract=chain_run.contract,
+        run_id=chain_run.run_id,
+        store=store,
+        expected_spec=array_spec(initial),
+        max_blob_bytes=cfg.storage.max_blob_bytes,
+        committee_size=s.committee_size,
+        phase_timeout_s=float(max(s.commit_timeout_s, s.reveal_timeout_s, s.attest_timeout_s)),
+        on_phase=monitor.phase,
+        on_round=monitor.round_done,
+        first_round=done + 1,
+    )
+    server_app = build_server_app(strategy=strategy, initial_arrays=initial, num_rounds=cfg.num_rounds - done,
+                                  evaluate=evaluate_global, first_round=done + 1)  # fmt: skip
+    with _chain_for_clients(node, cfg.engine.kind) as chain_url:
+        settings = _run_settings(cfg, privacy=privacy, chain_url=chain_url, contract_address=chain_run.contract.address,
+                                 run_id=chain_run.run_id, store_location=store_location)  # fmt: skip
+        try:
+            with monitor:
+                _run_engine(cfg, server_app=server_app, client_app=build_client_app(settings))
+        finally:
+            forget_runtimes(settings.session)
+
+    results = _results(cfg, strategy.reports, evaluation, contract=chain_run.contract, run_id=chain_run.run_id,
+                       node=node, store=store, initial_cid=initial_cid, setup_gas=chain_run.setup_gas,
+                       first_block=chain_run.first_block, wall_seconds=time.perf_counter() - started,
+                       private=privacy.private)  # fmt: skip
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2, allow_nan=True) + "\n", encoding="utf-8")
+    return results
+
+
+def _privacy_settings(cfg: DictConfig, output_dir: Path) -> PrivacySettings:
+    return PrivacySettings(
+        epsilon=float(cfg.privacy.epsilon),
+        delta=float(cfg.privacy.delta),
+        max_grad_norm=float(cfg.privacy.max_grad_norm),
+        accountant=str(cfg.privacy.accountant),
+        secure_mode=bool(cfg.privacy.secure_mode),
+        grad_sample_mode=str(cfg.privacy.grad_sample_mode),
+        # Relative to the run's output directory, like storage.root.
+        state_dir=None if cfg.privacy.state_dir is None else str(output_dir / Path(cfg.privacy.state_dir)),
+    )
+
+
+def _data_and_model(cfg: DictConfig) -> tuple[Any, Any]:
+    """The dataset split and the initial model, after checking that the data can be
+    partitioned as configured (before anything is deployed)."""
+    split = load_dataset(cfg.dataset.name, seed=cfg.seed, test_fraction=cfg.dataset.test_fraction,
+                         max_groups=cfg.dataset.max_groups)  # fmt: skip
+    if cfg.num_clients > len(split.x_train):
+        raise ConfigError(f"num_clients ({cfg.num_clients}) exceeds the {len(split.x_train)} training samples")
+    # Partition once here so an impossible split (e.g. num_clients differing from a natural
+    # split's institutions) stops the run before anything is deployed.
+    client_partitions(split, num_partitions=cfg.num_clients, partitioner=cfg.dataset.partitioner, seed=cfg.seed,
+                      alpha=float(cfg.dataset.dirichlet_alpha),
+                      classes_per_partition=cfg.dataset.classes_per_partition)  # fmt: skip
+    model = build_model(cfg.model.name, num_features=split.num_features, num_classes=split.num_classes,
+                        hidden=tuple(cfg.model.hidden), seed=cfg.seed, input_shape=split.input_shape,
+                        channels=tuple(cfg.model.channels), activation=cfg.model.activation,
+                        norm=cfg.model.norm, pool=cfg.model.pool)  # fmt: skip
+    return split, model
+
+
+def _store_location(cfg: DictConfig, output_dir: Path) -> str:
+    """The IPFS API address, or the local store's directory (relative to the output)."""
+    if cfg.storage.kind == "ipfs":
+        return str(cfg.storage.api_addr)
+    root = Path(cfg.storage.root)
+    return str(root if root.is_absolute() else output_dir / root)
+
+
+@contextlib.contextmanager
+def _chain_for_clients(node: Any, engine_kind: str) -> Iterator[str]:
+    """The URL clients reach the chain at for the duration of the block.
+
+    A JSON-RPC node's own URL; the embedded chain is registered for clients in this
+    process, or served over loopback JSON-RPC for Ray's worker processes.
+    """
+    if node.kind != "embedded":
+        yield node.url
+    elif engine_kind == "ray":
+        from .chain.bridge import JsonRpcBridge
+
+        bridge = JsonRpcBridge(node)
+        try:
+            yield bridge.start()
+        finally:
+            bridge.stop()
+    else:
+        url = register_embedded_node(node)
+        try:
+            yield url
+        finally:
+            unregister_embedded_node(url)
+
+
+def _run_settings(cfg: DictConfig, *, privacy: PrivacySettings, chain_url: str, contract_address: str, run_id: int,
+                  store_location: str) -> RunSettings:  # fmt: skip
+    """What every client needs to rebuild its side of the run, in any process."""
     s = cfg.strategy
-
-    chain_url = node.url
-    bridge = None
-    if node.kind == "embedded":
-        if cfg.engine.kind == "ray":
-            from .chain.bridge import JsonRpcBridge
-
-            bridge = JsonRpcBridge(node)
-            chain_url = bridge.start()
-        else:
-            chain_url = register_embedded_node(node)
-    settings = RunSettings(
+    return RunSettings(
         seed=cfg.seed,
         num_clients=cfg.num_clients,
         num_rounds=cfg.num_rounds,
@@ -140,7 +215,7 @@ def run_experiment(cfg: DictConfig, *, output_dir: Path) -> dict[str, Any]:
         device=cfg.device,
         rule=s.name,
         chain_url=chain_url,
-        contract_address=contract.address,
+        contract_address=contract_address,
         run_id=run_id,
         store_kind=cfg.storage.kind,
         store_location=store_location,
@@ -160,60 +235,24 @@ def run_experiment(cfg: DictConfig, *, output_dir: Path) -> dict[str, Any]:
         pool=int(cfg.model.pool),
     )
 
-    evaluation: dict[int, dict[str, float]] = {}
 
-    def evaluate_global(server_round: int, arrays: dict[str, Any]) -> dict[str, float]:
-        set_arrays(model, arrays)
-        loss, accuracy = evaluate(model, split.x_test, split.y_test, device=device)
-        evaluation[server_round] = {"loss": loss, "accuracy": accuracy}
-        monitor.evaluated(server_round, accuracy)
-        return {"loss": loss, "accuracy": accuracy}
-
-    done = chain_run.finalized_rounds
-    monitor = ProgressMonitor(num_rounds=cfg.num_rounds, enabled=bool(cfg.progress), completed=done)
-    strategy = CommitRevealStrategy(
-        contract=contract,
-        run_id=run_id,
-        store=store,
-        expected_spec=array_spec(initial),
-        max_blob_bytes=cfg.storage.max_blob_bytes,
-        committee_size=s.committee_size,
-        phase_timeout_s=float(max(s.commit_timeout_s, s.reveal_timeout_s, s.attest_timeout_s)),
-        on_phase=monitor.phase,
-        on_round=monitor.round_done,
-        first_round=done + 1,
-    )
-    server_app = build_server_app(strategy=strategy, initial_arrays=initial, num_rounds=cfg.num_rounds - done,
-                                  evaluate=evaluate_global, first_round=done + 1)  # fmt: skip
-    client_app = build_client_app(settings)
-
+def _run_engine(cfg: DictConfig, *, server_app: Any, client_app: Any) -> None:
+    """Run the apps on the configured engine, with Flower's own logging quietened."""
     flwr_logger = logging.getLogger("flwr")
     previous_level = flwr_logger.level
     flwr_logger.setLevel(logging.WARNING)
     try:
-        with monitor:
-            if cfg.engine.kind == "ray":
-                from .engine.ray import run_ray
+        if cfg.engine.kind == "ray":
+            from .engine.ray import run_ray
 
-                run_ray(server_app=server_app, client_app=client_app, num_nodes=cfg.num_clients,
-                        num_cpus=cfg.engine.num_cpus_per_client, num_gpus=cfg.engine.num_gpus_per_client)  # fmt: skip
-            else:
-                from .engine.inprocess import run_inprocess
+            run_ray(server_app=server_app, client_app=client_app, num_nodes=cfg.num_clients,
+                    num_cpus=cfg.engine.num_cpus_per_client, num_gpus=cfg.engine.num_gpus_per_client)  # fmt: skip
+        else:
+            from .engine.inprocess import run_inprocess
 
-                run_inprocess(server_app=server_app, client_app=client_app, num_nodes=cfg.num_clients, seed=cfg.seed)
+            run_inprocess(server_app=server_app, client_app=client_app, num_nodes=cfg.num_clients, seed=cfg.seed)
     finally:
         flwr_logger.setLevel(previous_level)
-        if bridge is not None:
-            bridge.stop()
-        elif node.kind == "embedded":
-            unregister_embedded_node(chain_url)
-        forget_runtimes(settings.session)
-
-    results = _results(cfg, strategy.reports, evaluation, contract=contract, run_id=run_id, node=node, store=store,
-                       initial_cid=initial_cid, setup_gas=setup_gas, first_block=first_block,
-                       wall_seconds=time.perf_counter() - started, private=privacy.private)  # fmt: skip
-    (output_dir / "results.json").write_text(json.dumps(results, indent=2, allow_nan=True) + "\n", encoding="utf-8")
-    return results
 
 
 @dataclass
