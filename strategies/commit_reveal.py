@@ -121,6 +121,7 @@ class CommitRevealStrategy(Strategy):
         self._addresses: dict[int, str] | None = None
         self._asked: set[int] = set()  # nodes asked for their address already
         self._report: RoundReport | None = None
+        self._beacon = b""  # the current round's sampling beacon
         self._phase_start = 0.0
 
     # ------------------------------------------------------------------ helpers
@@ -248,9 +249,9 @@ class CommitRevealStrategy(Strategy):
         return [n for n, a in self._addresses.items()
                 if a in registered and is_sampled(beacon=beacon, sample_bps=sample_bps, participant=a)]  # fmt: skip
 
-    def _committee(self, round_id: int, revealers: dict[int, str]) -> list[int]:
+    def _committee(self, revealers: dict[int, str]) -> list[int]:
         """Revealers ordered by keccak(round beacon, address): a fixed, unbiased order."""
-        beacon = bytes(self.contract.get_round(self.run_id, round_id)["beacon"])
+        beacon = self._beacon  # fixed when the round opened, read in configure_train
         ranked = sorted(
             revealers, key=lambda n: keccak(encode(["bytes32", "address"], [beacon, to_canonical_address(revealers[n])]))
         )
@@ -274,6 +275,7 @@ class CommitRevealStrategy(Strategy):
         self._report = report
         self._phase_start = 0.0
         self._mark("commit")
+        self._beacon = bytes(state["beacon"])
         sampled = self._sampled_nodes(run, state)
         report.sampled = [self._addresses[n] for n in sampled]
         log(INFO, "round %s (chain round %s): %s of %s nodes sampled", server_round, round_id, len(sampled),
@@ -328,7 +330,7 @@ class CommitRevealStrategy(Strategy):
         phase = self._wait_for_phase_end(round_id, "reveal", "revealDeadline")
         if phase != "attest":
             return self._fail(report, f"reveal phase ended in phase '{phase}' with {len(revealed)} valid reveals")
-        committee = self._committee(round_id, {n: self._addresses[n] for n in revealed})
+        committee = self._committee({n: self._addresses[n] for n in revealed})
         attest_replies = self._exchange(committee, "train.attest", {"round": round_id}, report.server_round)
         attested = self._split(attest_replies, "attested")
         self._record_exclusions(report, attest_replies)

@@ -198,12 +198,13 @@ class RoundsContract:
         anything is sent or paid.
         """
         node, sender = self.node, self.account.address
+        recipient = {"to": to} if to else {}  # none: a contract creation
         with self._lock:
             for attempt in range(2):
                 try:
                     if self._nonce is None:
                         self._nonce = int(node.request("eth_getTransactionCount", [sender, "pending"]), 16)
-                    call = {"from": sender, "data": "0x" + data.hex(), **({"to": to} if to else {})}
+                    call = {"from": sender, "data": "0x" + data.hex(), **recipient}
                     if gas is None:
                         estimate = int(node.request("eth_estimateGas", [call]), 16)
                         limit = estimate + estimate // 4 + GAS_HEADROOM
@@ -211,7 +212,7 @@ class RoundsContract:
                         node.request("eth_call", [{**call, "gas": hex(gas)}, "latest"])
                         limit = gas
                     signed = self.account.sign_transaction({
-                        **({"to": to} if to else {}), "data": data, "value": 0, "nonce": self._nonce,
+                        **recipient, "data": data, "value": 0, "nonce": self._nonce,
                         "gas": limit, "chainId": self._chain_id, **node.fee_fields(),
                     })  # fmt: skip
                     receipt = node.send_raw_transaction(signed.raw_transaction, timeout=RECEIPT_TIMEOUT_S)
@@ -336,8 +337,7 @@ class RoundsContract:
 
     def _struct(self, fn_name: str, *args: Any) -> dict[str, Any]:
         values = self._call(fn_name, *args)
-        (entry,) = [e for e in self.contract.abi if e.get("name") == fn_name and e["type"] == "function"]
-        names = [c["name"] for c in entry["outputs"][0]["components"]]
+        names = [c["name"] for c in self._functions[fn_name].outputs[0]["components"]]
         return dict(zip(names, values, strict=True))
 
     # ------------------------------------------------------------------ events
