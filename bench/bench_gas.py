@@ -36,7 +36,7 @@ from eth_utils import keccak
 
 from deai_flower.chain import ChainNode, DpParams, RoundsContract, commitment_of, connect_embedded, simulation_key
 from deai_flower.chain import contract as contract_module
-from deai_flower.chain.protocol import to_wad
+from deai_flower.protocol.encoding import to_wad
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gas.json"
 BUDGET = 110_000

@@ -36,7 +36,7 @@ from .models import set_arrays
 from .privacy import PrivacyLedger, ledger_path, load_ledger, save_ledger, train_round
 from .settings import RunSettings
 from .storage import cid_from_bytes, cid_to_bytes, compute_cid, decode_arrays, encode_arrays
-from .strategies.rules import RevealedUpdate, aggregate
+from .protocol.rules import RevealedUpdate, aggregate
 
 _LEDGER = "privacy-ledger"
 _PENDING = "pending-reveal"

@@ -57,7 +57,7 @@ class TrainingConfig:
 
 @dataclass
 class StrategyConfig:
-    name: str = "fedavg"  # the Flower rule attesters run: see deai_flower.strategies.RULES
+    name: str = "fedavg"  # the Flower rule attesters run: see deai_flower.protocol.rules.RULES
     num_malicious_nodes: int = 0  # krum, multikrum, bulyan
     num_nodes_to_select: int = 1  # multikrum
     beta: float = 0.2  # fedtrimmedavg: fraction cut at each end
@@ -171,7 +171,7 @@ def validate(cfg: ExperimentConfig) -> None:
              f"strategy.committee_size ({s.committee_size}) must be >= strategy.quorum ({s.quorum})")  # fmt: skip
     _require(s.min_reveals <= cfg.num_clients,
              f"strategy.min_reveals ({s.min_reveals}) cannot exceed num_clients ({cfg.num_clients})")  # fmt: skip
-    from .strategies import RULES, minimum_updates
+    from .protocol.rules import RULES, minimum_updates
 
     _require(s.name in RULES, f"strategy.name must be one of {', '.join(RULES)} (got {s.name!r})")
     needed = minimum_updates(s.name, {"num_malicious_nodes": s.num_malicious_nodes})

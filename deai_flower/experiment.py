@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import __version__
 from .chain import RoundsContract, connect_embedded, connect_rpc, simulation_key, to_wad
 from .chain.artifact import load_artifact
-from .chain.protocol import ACCOUNTANT_NAMES, from_wad
+from .protocol.encoding import ACCOUNTANT_NAMES, from_wad
 from .client_app import build_client_app
 from .config import validate
 from .data import client_partitions, load_dataset

@@ -20,7 +20,7 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
-from .chain.protocol import (
+from .protocol.encoding import (
     ACCOUNTANT_NAMES,
     DpParams,
     beacon_of,
@@ -32,7 +32,7 @@ from .chain.protocol import (
 from .errors import BlobFormatError, DeaiError, StoreError
 from .privacy import PrivacyLedger
 from .storage import ContentStore, array_spec, cid_from_bytes, compute_cid, decode_arrays, encode_arrays
-from .strategies.rules import RevealedUpdate, aggregate, minimum_updates
+from .protocol.rules import RevealedUpdate, aggregate, minimum_updates
 
 #: Relative tolerance on a recomputed ε (fixed-point rounding of σ, q and δ).
 EPSILON_RTOL = 1e-6

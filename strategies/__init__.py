@@ -1,14 +1,8 @@
-"""Flower strategies of deai-flower (import path ``deai_flower.strategies``)."""
+"""Flower strategies of deai-flower (import path ``deai_flower.strategies``).
+
+The aggregation rules attesters run are protocol core: :mod:`deai_flower.protocol.rules`.
+"""
 
 from .commit_reveal import CommitRevealStrategy, RoundReport
-from .rules import RULES, RevealedUpdate, aggregate, canonical_order, minimum_updates
 
-__all__ = [
-    "RULES",
-    "CommitRevealStrategy",
-    "RevealedUpdate",
-    "RoundReport",
-    "aggregate",
-    "canonical_order",
-    "minimum_updates",
-]
+__all__ = ["CommitRevealStrategy", "RoundReport"]

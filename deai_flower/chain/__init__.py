@@ -3,7 +3,7 @@
 from .contract import RoundsContract, TxResult
 from .keys import keystore_key, simulation_key
 from .node import ChainNode, connect_embedded, connect_rpc
-from .protocol import DpParams, beacon_of, commitment_of, from_wad, is_sampled, to_wad
+from ..protocol.encoding import DpParams, beacon_of, commitment_of, from_wad, is_sampled, to_wad
 
 __all__ = [
     "ChainNode",

@@ -25,7 +25,7 @@ from web3 import Web3
 from ..errors import ChainError, ContractRevertError
 from .artifact import load_artifact
 from .node import ChainNode, JsonRpcError
-from .protocol import PHASES, STAGES, DpParams, parse_reveal_record, reveal_record
+from ..protocol.encoding import PHASES, STAGES, DpParams, parse_reveal_record, reveal_record
 
 #: Seconds to wait for a transaction receipt before giving up.
 RECEIPT_TIMEOUT_S = 120.0

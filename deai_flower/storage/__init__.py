@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from deai_flower.storage.blob import ALLOWED_DTYPES, array_spec, decode_arrays, encode_arrays
-from deai_flower.storage.cid import (
+from deai_flower.protocol.blob import ALLOWED_DTYPES, array_spec, decode_arrays, encode_arrays
+from deai_flower.protocol.cid import (
     cid_from_bytes,
     cid_to_bytes,
     compute_cid,

@@ -2,7 +2,7 @@
 
 Blobs are added the way ``ipfs add --cid-version=1 --raw-leaves`` adds them (CIDv1, raw
 leaves, fixed-size 262144-byte chunks, balanced layout), so the node assigns the CID
-:func:`~deai_flower.storage.cid.compute_cid` computes locally, and pinned so the node's
+:func:`~deai_flower.protocol.cid.compute_cid` computes locally, and pinned so the node's
 garbage collector keeps them. Two checks make a lying or misconfigured node harmless:
 
 * on :meth:`IpfsStore.put` the CID the node reports must equal the locally computed
@@ -44,7 +44,7 @@ from deai_flower.errors import (
     StoreUnavailableError,
     TamperedBlobError,
 )
-from deai_flower.storage.cid import (
+from deai_flower.protocol.cid import (
     CHUNK_SIZE,
     CidHasher,
     compute_cid,

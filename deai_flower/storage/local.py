@@ -1,7 +1,7 @@
 """The embedded content store: blobs in a local directory, named by their IPFS CID.
 
 It needs no daemon, so simulations and tests run anywhere, yet every blob carries the
-CID a real IPFS node would give it (see :mod:`deai_flower.storage.cid`), so switching a
+CID a real IPFS node would give it (see :mod:`deai_flower.protocol.cid`), so switching a
 deployment to IPFS changes no identifier recorded on chain.
 
 Layout: ``<root>/<shard>/<cid>``, where ``<shard>`` is the two characters after the
@@ -37,7 +37,7 @@ from deai_flower.errors import (
     StoreUnavailableError,
     TamperedBlobError,
 )
-from deai_flower.storage.cid import CHUNK_SIZE, CidHasher, compute_cid, validate_cid
+from deai_flower.protocol.cid import CHUNK_SIZE, CidHasher, compute_cid, validate_cid
 
 __all__ = ["LocalStore"]
 

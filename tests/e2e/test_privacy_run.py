@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_module
 from opacus.accountants import RDPAccountant
 
 from deai_flower.chain import simulation_key
-from deai_flower.chain.protocol import from_wad
+from deai_flower.protocol.encoding import from_wad
 from deai_flower.config import register_configs
 from deai_flower.errors import ConfigError
 from deai_flower.experiment import run_experiment

@@ -15,7 +15,7 @@ from deai_flower.cli.deai import main as deai_main
 from deai_flower.errors import BlobNotFoundError, StoreError, StoreUnavailableError, TamperedBlobError
 from deai_flower.storage import IpfsStore, LocalStore, compute_cid
 from deai_flower.storage import ipfs as ipfs_module
-from deai_flower.storage.cid import CHUNK_SIZE, MAX_LINKS
+from deai_flower.protocol.cid import CHUNK_SIZE, MAX_LINKS
 from deai_flower.storage.ipfs_daemon import DaemonCommand, IpfsDaemon
 
 pytestmark = [pytest.mark.ipfs, pytest.mark.filterwarnings("ignore:The 'strict' parameter:FutureWarning")]

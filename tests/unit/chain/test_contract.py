@@ -21,7 +21,7 @@ from deai_flower.chain import (
     to_wad,
 )
 from deai_flower.chain.contract import ROUND_CALL_GAS
-from deai_flower.chain.protocol import PENALTY_REASONS, STORED_COMMITMENT_BYTES, UINT128_MAX, reveal_record
+from deai_flower.protocol.encoding import PENALTY_REASONS, STORED_COMMITMENT_BYTES, UINT128_MAX, reveal_record
 from deai_flower.errors import ContractRevertError
 
 

@@ -11,7 +11,7 @@ from deai_flower.errors import ConfigError
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
-from deai_flower.strategies import RevealedUpdate, aggregate, canonical_order, minimum_updates
+from deai_flower.protocol.rules import RevealedUpdate, aggregate, canonical_order, minimum_updates
 from deai_flower.flower_compat import task_identity
 
 

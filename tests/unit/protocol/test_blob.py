@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 from safetensors.numpy import save as raw_safetensors
 
 from deai_flower.errors import BlobFormatError
-from deai_flower.storage.blob import array_spec, decode_arrays, encode_arrays
+from deai_flower.protocol.blob import array_spec, decode_arrays, encode_arrays
 
 LIMIT = 1 << 20
 

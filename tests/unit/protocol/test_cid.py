@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deai_flower.errors import InvalidCidError
-from deai_flower.storage.cid import (
+from deai_flower.protocol.cid import (
     CHUNK_SIZE,
     CidHasher,
     cid_from_bytes,

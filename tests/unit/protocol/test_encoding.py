@@ -12,7 +12,7 @@ from deai_flower.chain import DpParams, RoundsContract, commitment_of, connect_e
 import pytest
 
 from deai_flower.chain import beacon_of
-from deai_flower.chain.protocol import REVEAL_RECORD_BYTES, UINT128_MAX, parse_reveal_record, reveal_record, to_wad
+from deai_flower.protocol.encoding import REVEAL_RECORD_BYTES, UINT128_MAX, parse_reveal_record, reveal_record, to_wad
 
 
 @cache

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 from eth_abi import encode
 from eth_utils import keccak, to_canonical_address
@@ -37,12 +38,17 @@ STORED_COMMITMENT_BYTES = 27
 
 
 def to_wad(value: float) -> int:
-    """Real number to 18-decimal fixed point; ``inf`` saturates to ``UINT128_MAX``."""
+    """Real number to 18-decimal fixed point; ``inf`` saturates to ``UINT128_MAX``.
+
+    The float's exact binary value times 10**18, rounded to the nearest integer (ties to
+    even): computing ``value * 1e18`` in floating point first would lose the low digits
+    (σ = 1.38916015625 would become 1389160156249999872).
+    """
     if math.isinf(value) and value > 0:
         return UINT128_MAX
     if not math.isfinite(value) or value < 0:
         raise ConfigError(f"cannot encode {value!r} as unsigned fixed point")
-    wad = round(value * WAD)
+    wad = round(Fraction(value) * WAD)
     return min(wad, UINT128_MAX)
 
 
