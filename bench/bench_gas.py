@@ -99,7 +99,7 @@ class Bench:
 
     def create_run(self, *, quorum: int, sample_bps: int, rounds: int) -> tuple[int, int]:
         run_id, tx = self.admin.create_run({
-            "configHash": keccak(b"bench config"), "codeHash": keccak(b"bench code"),
+            "specHash": keccak(b"bench config"), "codeHash": keccak(b"bench code"),
             "initialModelCid": _cid(b"initial model"), "epsilonBudgetWad": to_wad(8.0), "deltaWad": DP.delta_wad,
             "numRounds": rounds, "commitDuration": 3600, "revealDuration": 3600, "attestDuration": 3600,
             "sampleBps": sample_bps, "quorum": quorum, "minReveals": quorum,

@@ -72,7 +72,9 @@ contract CommitRevealRounds {
 
     /// @notice Parameters fixed when a run is created.
     struct RunParams {
-        bytes32 configHash; // keccak256 of the resolved experiment config
+        // sha-256 digest of the run spec's canonical bytes (docs/protocol.md); the spec is
+        // stored as one raw IPFS block, so its CIDv1 (raw, sha2-256) follows from this digest
+        bytes32 specHash;
         bytes32 codeHash; // keccak256 of the code release
         bytes initialModelCid; // binary CIDv1 of the round-1 global model
         uint128 epsilonBudgetWad; // per-participant budget; uint128 max = no budget

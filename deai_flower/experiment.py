@@ -278,7 +278,7 @@ def _create_run(cfg: DictConfig, node: Any, admin: Any, clients: list[Any], *, i
     s = cfg.strategy
     run_id, run_tx = contract.create_run(
         {
-            "configHash": config_hash(cfg),
+            "specHash": config_hash(cfg),
             "codeHash": code_hash(),
             "initialModelCid": cid_to_bytes(initial_cid),
             "epsilonBudgetWad": to_wad(privacy.epsilon),
@@ -309,7 +309,7 @@ def _resume_run(cfg: DictConfig, node: Any, admin: Any, store: Any, *, spec: dic
     if int(run["numRounds"]) == 0:
         raise ConfigError(f"resume: contract {contract.address} has no run {run_id}")
     created = [e for e in contract.event_log() if e["event"] == "RunCreated" and e["args"]["runId"] == run_id]
-    recorded = created[0]["args"]["params"]["configHash"] if created else ""
+    recorded = created[0]["args"]["params"]["specHash"] if created else ""
     if recorded != "0x" + config_hash(cfg).hex():
         raise ConfigError(f"resume: run {run_id} was created with a different config (hash {recorded}); "
                           "resume it with the same overrides")  # fmt: skip

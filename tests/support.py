@@ -27,7 +27,7 @@ class Deployment:
 
     def create_run(self, **overrides: Any) -> int:
         params = {
-            "configHash": b"\x01" * 32,
+            "specHash": b"\x01" * 32,
             "codeHash": b"\x02" * 32,
             "initialModelCid": cid_of(0),
             "epsilonBudgetWad": to_wad(8.0),

@@ -258,7 +258,7 @@ class RoundsContract:
     def create_run(self, params: dict[str, Any]) -> tuple[int, TxResult]:
         """Create a run; ``params`` maps ``RunParams`` field names to values."""
         order = [
-            "configHash", "codeHash", "initialModelCid", "epsilonBudgetWad", "deltaWad", "numRounds",
+            "specHash", "codeHash", "initialModelCid", "epsilonBudgetWad", "deltaWad", "numRounds",
             "commitDuration", "revealDuration", "attestDuration", "sampleBps", "quorum", "minReveals",
         ]  # fmt: skip
         result = self._transact("createRun", tuple(params[k] for k in order))

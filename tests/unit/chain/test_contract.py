@@ -149,7 +149,7 @@ def test_admin_only_registry_and_runs(deployment: Deployment) -> None:
     with expect_revert("AlreadyRegistered"):
         d.admin.register(d.clients[0].address, b"\x00" * 32)
     with expect_revert("NotAdmin"):
-        d.as_client(0).create_run({"configHash": b"\x00" * 32, "codeHash": b"\x00" * 32,
+        d.as_client(0).create_run({"specHash": b"\x00" * 32, "codeHash": b"\x00" * 32,
                                    "initialModelCid": cid_of(0), "epsilonBudgetWad": 1, "deltaWad": 1,
                                    "numRounds": 1, "commitDuration": 1, "revealDuration": 1, "attestDuration": 1,
                                    "sampleBps": 1, "quorum": 1, "minReveals": 1})  # fmt: skip
@@ -479,7 +479,7 @@ def test_with_partial_sampling_finalization_leaves_opening_to_open_round(deploym
 
 def test_runs_are_independent(deployment: Deployment) -> None:
     d = deployment
-    first, second = d.create_run(), d.create_run(configHash=b"\x09" * 32)
+    first, second = d.create_run(), d.create_run(specHash=b"\x09" * 32)
     full_round(d, first, attest_tag=1)
     round_id, _ = d.admin.open_round(second)
     assert round_id == 1 and d.admin.phase(second, 1) == "commit"
