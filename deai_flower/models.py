@@ -1,4 +1,11 @@
-"""Model construction, weight exchange as numpy arrays, evaluation and device choice.
+"""Models as Hydra targets, weight exchange as numpy arrays, evaluation and device choice.
+
+A run's model is a Hydra ``_target_`` with its arguments (:class:`ModelSpec`): any
+importable callable returning a ``torch.nn.Module`` that Opacus can train, e.g.
+``model._target_=my_package.MyNet``. :func:`instantiate_model` builds it for a data
+schema, passing ``num_features``, ``num_classes`` and ``input_shape`` as keywords where
+the callable takes them. The bundled models are targets of the same kind:
+:func:`mlp`, :func:`cnn`, :func:`scatter` and :func:`resnet` (``conf/model/*.yaml``).
 
 Weights travel between the server, the clients and the content store as a mapping of
 parameter name to ``float32`` numpy array. Names are those of the plain PyTorch module:
@@ -6,34 +13,50 @@ when Opacus wraps a module (``GradSampleModule``) its state dict gains a ``_modu
 prefix, which :func:`get_arrays` removes and :func:`set_arrays` restores, so wrapped and
 unwrapped models exchange the same names.
 
-Every model takes flat ``float32`` features (the datasets' common format) and is
-Opacus-ready: no batch statistics (BatchNorm mixes examples, which per-sample clipping
-cannot bound), so convolutional nets normalise with GroupNorm. A model built with
-BatchNorm layers is converted by :func:`make_dp_compatible`, which logs the layers it
-replaced; the conversion happens when the model is built, never during training, since
-it changes the parameter names and shapes every party must agree on.
+Every model takes flat ``float32`` features ``[N, num_features]`` (the datasets' common
+format; ``input_shape`` tells image models how to view them) and returns
+``num_classes`` logits. Models must be Opacus-ready: no batch statistics (BatchNorm
+mixes examples, which per-sample clipping cannot bound), so the bundled convolutional
+nets normalise with GroupNorm. A model built with BatchNorm layers is converted by
+:func:`make_dp_compatible`, which logs the layers it replaced; the conversion happens
+when the model is built, never during training, since it changes the parameter names
+and shapes every party must agree on.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from opacus.validators import ModuleValidator
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
 from torch import nn
 
 from deai_flower.errors import ConfigError
+from deai_flower.protocol.spec import DataSchema, ModelSpec
 
 __all__ = [
     "ACTIVATIONS",
     "MODELS",
+    "MODEL_TARGETS",
     "build_model",
     "check_engine_devices",
+    "check_model_args",
+    "cnn",
     "evaluate",
     "get_arrays",
+    "instantiate_model",
     "make_dp_compatible",
+    "mlp",
+    "model_spec",
+    "resnet",
+    "scatter",
     "select_device",
     "set_arrays",
 ]
@@ -55,58 +78,133 @@ NORMS: tuple[str, ...] = ("batch", "group")
 _GROUP_CHANNELS = 8
 
 
-def _build_mlp(
+def _check_schema(num_features: int, num_classes: int) -> None:
+    if num_features < 1:
+        raise ConfigError(f"num_features must be >= 1 (got {num_features})")
+    if num_classes < 2:
+        raise ConfigError(f"num_classes must be >= 2 (got {num_classes})")
+
+
+def _sizes(values: Sequence[int], key: str) -> list[int]:
+    sizes = [int(v) for v in values]
+    if any(v < 1 for v in sizes):
+        suffix = " sizes" if key == "hidden" else ""
+        raise ConfigError(f"model.{key}{suffix} must all be >= 1 (got {list(values)})")
+    return sizes
+
+
+def _activation(name: str) -> type[nn.Module]:
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {name!r}; choose one of: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def _check_pool(pool: int) -> int:
+    if int(pool) < 1:
+        raise ConfigError(f"model.pool must be >= 1 (got {pool})")
+    return int(pool)
+
+
+def _image_shape(
+    input_shape: Sequence[int] | None, num_features: int, model: str, pool: int = 1
+) -> tuple[int, int, int]:
+    if input_shape is None or len(input_shape) != 3:
+        raise ConfigError(
+            f"model {model!r} needs image data (a dataset with a [channels, height, width] shape); "
+            f"got input shape {None if input_shape is None else tuple(input_shape)}"
+        )
+    shape = (int(input_shape[0]), int(input_shape[1]), int(input_shape[2]))
+    if shape[0] * shape[1] * shape[2] != num_features or min(shape) < 1:
+        raise ConfigError(f"input shape {shape} does not hold {num_features} features")
+    if min(shape[1:]) < pool:
+        raise ConfigError(f"model.pool={pool} is larger than the {shape[1]}x{shape[2]} images")
+    return shape
+
+
+def mlp(
     *,
     num_features: int,
     num_classes: int,
-    hidden: Sequence[int],
-    activation: type[nn.Module],
-    input_shape: tuple[int, int, int] | None = None,
+    input_shape: Sequence[int] | None = None,
+    hidden: Sequence[int] = (64,),
+    activation: str = "relu",
     pool: int = 1,
 ) -> nn.Module:
+    """A multi-layer perceptron on the flat features.
+
+    ``Linear + activation`` per size in ``hidden``, then a ``Linear`` to the logits
+    (empty ``hidden``: multinomial logistic regression). With ``pool > 1`` image inputs
+    (``input_shape`` ``[channels, height, width]``) are first average-pooled
+    ``pool x pool``: a fixed, parameter-free transform, so fewer input weights and less
+    DP noise in total for little lost detail.
+
+    Raises:
+        ConfigError: non-positive sizes, an unknown activation, or pooling without a
+            matching image shape.
+    """
+    _check_schema(num_features, num_classes)
+    sizes = _sizes(hidden, "hidden")
+    act = _activation(activation)
+    pool = _check_pool(pool)
     layers: list[nn.Module] = []
     width = num_features
-    if pool > 1 and input_shape is not None:
-        # Average-pool the image first (a fixed, parameter-free transform): fewer input
-        # weights, so less DP noise in total for little lost detail.
-        channels, height, width_px = input_shape
-        layers += [nn.Unflatten(1, input_shape), nn.AvgPool2d(pool), nn.Flatten()]
+    if pool > 1:
+        shape = _image_shape(input_shape, num_features, "mlp", pool)
+        channels, height, width_px = shape
+        layers += [nn.Unflatten(1, shape), nn.AvgPool2d(pool), nn.Flatten()]
         width = channels * (height // pool) * (width_px // pool)
-    for size in hidden:
-        layers += [nn.Linear(width, size), activation()]
+    for size in sizes:
+        layers += [nn.Linear(width, size), act()]
         width = size
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
 
 
-def _build_cnn(
+def cnn(
     *,
-    input_shape: tuple[int, int, int],
+    num_features: int,
     num_classes: int,
-    channels: Sequence[int],
-    hidden: Sequence[int],
-    activation: type[nn.Module],
+    input_shape: Sequence[int],
+    hidden: Sequence[int] = (32,),
+    channels: Sequence[int] = (16, 32),
+    activation: str = "tanh",
     pool: int = 1,
 ) -> nn.Module:
-    # Optional pool x pool average-pooling of the input (parameter-free; 28x28 MNIST ->
-    # 14x14 quarters the per-sample-gradient work of every convolution), then
-    # Conv(3x3, same padding) + activation + 2x2 max-pool per entry of `channels`, then
-    # the dense head. Pooling stops once a side would drop below 2 (8x8 digits: 8->4->2).
-    in_channels, height, width = input_shape
-    layers: list[nn.Module] = [nn.Unflatten(1, input_shape)]
+    """A small CNN for images given as flat features of shape ``input_shape``.
+
+    Optionally a ``pool x pool`` average-pooling of the input (parameter-free; 28x28
+    MNIST -> 14x14 quarters the per-sample-gradient work of every convolution), then per
+    size in ``channels`` a 3x3 convolution (same padding), the activation and a 2x2
+    max-pool (pooling stops once a side would drop below 2: 8x8 digits go 8->4->2); then
+    the ``hidden`` dense layers and the logits.
+
+    Raises:
+        ConfigError: non-positive or no ``channels``, non-positive ``hidden``, an
+            unknown activation, or no matching image shape.
+    """
+    _check_schema(num_features, num_classes)
+    sizes = _sizes(hidden, "hidden")
+    widths = _sizes(channels, "channels")
+    act = _activation(activation)
+    pool = _check_pool(pool)
+    shape = _image_shape(input_shape, num_features, "cnn", pool)
+    if not widths:
+        raise ConfigError("model 'cnn' needs at least one entry in model.channels")
+    in_channels, height, width = shape
+    layers: list[nn.Module] = [nn.Unflatten(1, shape)]
     if pool > 1:
         layers.append(nn.AvgPool2d(pool))
         height, width = height // pool, width // pool
-    for out_channels in channels:
-        layers += [nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1), activation()]
+    for out_channels in widths:
+        layers += [nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1), act()]
         if height >= 4 and width >= 4:
             layers.append(nn.MaxPool2d(2))
             height, width = height // 2, width // 2
         in_channels = out_channels
     layers.append(nn.Flatten())
     features = in_channels * height * width
-    for size in hidden:
-        layers += [nn.Linear(features, size), activation()]
+    for size in sizes:
+        layers += [nn.Linear(features, size), act()]
         features = size
     layers.append(nn.Linear(features, num_classes))
     return nn.Sequential(*layers)
@@ -196,32 +294,48 @@ class Scattering2D(nn.Module):
         return torch.cat(outputs, dim=2).flatten(1, 2)
 
 
-def _build_scatter(
+def scatter(
     *,
-    input_shape: tuple[int, int, int],
+    num_features: int,
     num_classes: int,
-    pool: int,
-    hidden: Sequence[int],
-    activation: type[nn.Module],
+    input_shape: Sequence[int],
+    pool: int = 2,
+    hidden: Sequence[int] = (),
+    activation: str = "relu",
 ) -> nn.Module:
-    # Tramer & Boneh (2021), "Differentially private learning needs better features":
-    # fixed scattering features, normalised per example (GroupNorm without weights, so
-    # no privacy cost), then a linear model (or the `hidden` dense layers) trained.
+    """Fixed scattering features and a linear model (Tramer & Boneh, 2021).
+
+    A fixed, untrained order-2 scattering transform with ``J = log2(pool)`` scales
+    (:class:`Scattering2D`; ``pool`` is 2, 4 or 8), per-example GroupNorm without
+    weights (no privacy cost), then the ``hidden`` dense layers and the logits; only
+    those are trained and exchanged ("Differentially private learning needs better
+    features": such fixed features suit DP-SGD on little data far better than a CNN
+    trained end to end).
+
+    Raises:
+        ConfigError: ``pool`` not a power of two in 2..8, image sides it does not
+            divide, non-positive ``hidden``, an unknown activation, or no image shape.
+    """
+    _check_schema(num_features, num_classes)
+    sizes = _sizes(hidden, "hidden")
+    act = _activation(activation)
+    pool = _check_pool(pool)
+    shape = _image_shape(input_shape, num_features, "scatter", pool)
     scales = int(round(np.log2(pool)))
     if pool < 2 or 2**scales != pool:
         raise ConfigError(f"model 'scatter' needs model.pool = 2, 4 or 8 (2**scales; got {pool})")
-    scatter = Scattering2D(input_shape, scales)
-    channels = scatter.out_channels
+    transform = Scattering2D(shape, scales)
+    channels = transform.out_channels
     per_group = 3 if channels % 3 == 0 else 1
     layers: list[nn.Module] = [
-        nn.Unflatten(1, input_shape),
-        scatter,
+        nn.Unflatten(1, shape),
+        transform,
         nn.GroupNorm(channels // per_group, channels, affine=False),
         nn.Flatten(),
     ]
-    features = channels * scatter.out_height * scatter.out_width
-    for size in hidden:
-        layers += [nn.Linear(features, size), activation()]
+    features = channels * transform.out_height * transform.out_width
+    for size in sizes:
+        layers += [nn.Linear(features, size), act()]
         features = size
     layers.append(nn.Linear(features, num_classes))
     return nn.Sequential(*layers)
@@ -258,27 +372,44 @@ class _ResidualBlock(nn.Module):
         return self.act2(out + self.shortcut(x))
 
 
-def _build_resnet(
+def resnet(
     *,
-    input_shape: tuple[int, int, int],
+    num_features: int,
     num_classes: int,
-    channels: Sequence[int],
-    norm: str,
-    activation: type[nn.Module],
+    input_shape: Sequence[int],
+    channels: Sequence[int] = (16, 32, 64),
+    norm: str = "group",
+    activation: str = "relu",
 ) -> nn.Module:
-    # A small ResNet for 32x32 colour images (CIFAR-10): a 3x3 stem, one residual block
-    # per entry of `channels` (stride 2 from the second on), global average pooling.
-    in_channels = input_shape[0]
-    width = channels[0]
+    """A small ResNet for 32x32 colour images (CIFAR-10).
+
+    A 3x3 stem, one residual block per size in ``channels`` (stride 2 from the second
+    on), ``norm`` normalisation (``"batch"`` is converted to GroupNorm by
+    :func:`make_dp_compatible` when the model is instantiated), global average pooling,
+    logits.
+
+    Raises:
+        ConfigError: non-positive or no ``channels``, an unknown norm or activation, or
+            no image shape.
+    """
+    _check_schema(num_features, num_classes)
+    widths = _sizes(channels, "channels")
+    act = _activation(activation)
+    if norm not in NORMS:
+        raise ConfigError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
+    shape = _image_shape(input_shape, num_features, "resnet")
+    if not widths:
+        raise ConfigError("model 'resnet' needs at least one entry in model.channels")
+    width = widths[0]
     layers: list[nn.Module] = [
-        nn.Unflatten(1, input_shape),
-        nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+        nn.Unflatten(1, shape),
+        nn.Conv2d(shape[0], width, 3, padding=1, bias=False),
         _norm_layer(norm, width),
-        activation(),
+        act(),
     ]
-    for i, out_channels in enumerate(channels):
+    for i, out_channels in enumerate(widths):
         layers.append(_ResidualBlock(width, out_channels, stride=1 if i == 0 else 2, norm=norm,
-                                     activation=activation))  # fmt: skip
+                                     activation=act))  # fmt: skip
         width = out_channels
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes)]
     return nn.Sequential(*layers)
@@ -314,16 +445,190 @@ def make_dp_compatible(model: nn.Module) -> nn.Module:
     return fixed
 
 
-def _image_shape(input_shape: Sequence[int] | None, num_features: int, model: str) -> tuple[int, int, int]:
-    if input_shape is None or len(input_shape) != 3:
-        raise ConfigError(
-            f"model {model!r} needs image data (a dataset with a [channels, height, width] shape); "
-            f"got input shape {None if input_shape is None else tuple(input_shape)}"
-        )
-    shape = (int(input_shape[0]), int(input_shape[1]), int(input_shape[2]))
-    if shape[0] * shape[1] * shape[2] != num_features or min(shape) < 1:
-        raise ConfigError(f"input shape {shape} does not hold {num_features} features")
-    return shape
+# The bundled models as Hydra targets, by the short names the old API and reports use.
+MODEL_TARGETS: dict[str, str] = {name: f"{__name__}.{name}" for name in MODELS}
+
+# What the data schema passes to a model target that accepts it.
+_SCHEMA_ARGS: tuple[str, ...] = ("num_features", "num_classes", "input_shape")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, ConfigError):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def resolve_target(target: object, kind: str) -> Callable[..., Any]:
+    """Import the callable a ``_target_`` names (``"package.module.name"``).
+
+    Raises:
+        ConfigError: ``target`` is not a dotted name, cannot be imported, or is not
+            callable; the message names the ``kind`` (``"model"``, ``"dataset loader"``).
+    """
+    if not isinstance(target, str) or "." not in target.strip("."):
+        raise ConfigError(f"{kind} target must be an importable 'package.module.name' (got {target!r})")
+    try:
+        obj = get_object(target)
+    except Exception as exc:  # noqa: BLE001 - any import failure means "cannot use this target"
+        cause = exc.__cause__ or exc
+        raise ConfigError(f"{kind} {target}: cannot import it ({_one_line(cause)})") from exc
+    if not callable(obj):
+        raise ConfigError(f"{kind} {target}: not callable (a {type(obj).__name__})")
+    return obj
+
+
+def _parameters(fn: Callable[..., Any]) -> Mapping[str, inspect.Parameter] | None:
+    try:
+        return inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # some builtins have no introspectable signature
+        return None
+
+
+def accepted_arguments(fn: Callable[..., Any], names: Sequence[str]) -> list[str]:
+    """Those of ``names`` that ``fn`` takes as keywords (all of them if it has ``**kwargs``)."""
+    params = _parameters(fn)
+    if params is None:
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return list(names)
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [name for name in names if name in params and params[name].kind in keyword]
+
+
+def check_call(fn: Callable[..., Any], target: str, kwargs: Mapping[str, Any], kind: str) -> None:
+    """Check that ``fn`` accepts exactly ``kwargs`` (no unknown, none required missing).
+
+    Hydra's own keys (``_partial_``, ``_convert_``, ...) are left to Hydra.
+
+    Raises:
+        ConfigError: one line naming the target and the argument.
+    """
+    params = _parameters(fn)
+    if params is None:
+        return
+    given = {key: value for key, value in kwargs.items() if not (key.startswith("_") and key.endswith("_"))}
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        names = [name for name, p in params.items() if p.kind in keyword]
+        for key in given:
+            if key not in names:
+                raise ConfigError(f"{kind} {target}: unknown argument {key!r} "
+                                  f"(it takes: {', '.join(names) or 'no keyword arguments'})")  # fmt: skip
+    for name, p in params.items():
+        if p.kind in keyword and p.default is inspect.Parameter.empty and name not in given:
+            raise ConfigError(f"{kind} {target}: missing required argument {name!r}")
+
+
+def model_spec(node: Mapping[str, Any]) -> ModelSpec:
+    """The :class:`ModelSpec` of a ``model`` config node (``_target_`` plus its arguments).
+
+    Interpolations are resolved; the arguments become plain JSON values (lists, dicts).
+
+    Raises:
+        ConfigError: the node has no ``_target_``.
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    args = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    assert isinstance(args, dict)
+    target = args.pop("_target_", None)
+    if not target:
+        raise ConfigError("model._target_ is required (e.g. model=mlp, or model._target_=my_package.MyNet)")
+    return ModelSpec(target=str(target), args={str(key): value for key, value in args.items()})
+
+
+def check_model_args(model: ModelSpec, schema: DataSchema | None = None) -> None:
+    """Check a model spec without building it: the target imports, takes the arguments.
+
+    With ``schema`` None the schema's keys count as given where the target takes them
+    (a config is checked before its dataset is loaded). For the bundled targets the
+    argument values are checked too (sizes, activation, norm, pool).
+
+    Raises:
+        ConfigError: one line naming the target and the problem.
+    """
+    fn = resolve_target(model.target, "model")
+    clash = [key for key in _SCHEMA_ARGS if key in model.args]
+    if clash:
+        raise ConfigError(f"model {model.target}: {clash[0]!r} comes from the data, not from the model's "
+                          "arguments; remove it")  # fmt: skip
+    schema_values = _schema_values(schema)
+    kwargs = {**model.args, **{key: schema_values[key] for key in accepted_arguments(fn, _SCHEMA_ARGS)}}
+    check_call(fn, model.target, kwargs, "model")
+    if fn in _BUNDLED.values():
+        try:
+            _check_bundled_values(model.args)
+        except ConfigError as exc:
+            raise ConfigError(f"model {model.target}: {exc}") from exc
+
+
+def _schema_values(schema: DataSchema | None) -> dict[str, Any]:
+    if schema is None:
+        return {key: None for key in _SCHEMA_ARGS}
+    return {"num_features": int(schema.num_features), "num_classes": int(schema.num_classes),
+            "input_shape": tuple(int(d) for d in schema.input_shape)}  # fmt: skip
+
+
+def _check_bundled_values(args: Mapping[str, Any]) -> None:
+    try:
+        for key in ("hidden", "channels"):
+            if key in args:
+                _sizes(args[key], key)
+        if "activation" in args:
+            _activation(args["activation"])
+        if "norm" in args and args["norm"] not in NORMS:
+            raise ConfigError(f"unknown norm {args['norm']!r}; choose one of: {', '.join(NORMS)}")
+        if "pool" in args:
+            _check_pool(args["pool"])
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(_one_line(exc)) from exc
+
+
+def instantiate_model(model: ModelSpec, schema: DataSchema, *, seed: int | None = None) -> nn.Module:
+    """Build the model a spec names, for data of ``schema``, ready for Opacus.
+
+    Hydra instantiates ``{"_target_": model.target, **model.args}`` (nested
+    ``_target_`` nodes are instantiated too) and calls it with ``num_features``,
+    ``num_classes`` and ``input_shape`` (a tuple) as keywords where the target's
+    signature takes them (or has ``**kwargs``). The result must be an ``nn.Module``;
+    :func:`make_dp_compatible` then converts layers Opacus cannot train (BatchNorm).
+    With ``seed`` the model is built in a forked, seeded torch RNG, so equal specs give
+    equal weights and the caller's random state is left as it was.
+
+    Raises:
+        ConfigError: one line naming the target: it cannot be imported, an argument is
+            unknown or missing, building it failed, it is not an ``nn.Module``, or
+            Opacus cannot train it.
+    """
+    target = model.target
+    check_model_args(model, schema)
+    fn = resolve_target(target, "model")
+    schema_values = _schema_values(schema)
+    data_args = {key: schema_values[key] for key in accepted_arguments(fn, _SCHEMA_ARGS)}
+    scope = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+    with scope:
+        if seed is not None:
+            torch.manual_seed(seed)
+        try:
+            # _partial_: Hydra builds the arguments (and nested targets); the data's
+            # values are passed as given, so input_shape stays a tuple.
+            factory = instantiate({"_target_": target, "_partial_": True, **model.args}, _convert_="all")
+            module = factory(**data_args)
+        except InstantiationException as exc:
+            raise ConfigError(f"model {target}: {_one_line(exc.__cause__ or exc)}") from exc
+        except Exception as exc:  # noqa: BLE001 - a user's model may raise anything while built
+            raise ConfigError(f"model {target}: {_one_line(exc)}") from exc
+        if not isinstance(module, nn.Module):
+            raise ConfigError(f"model {target} returned a {type(module).__name__}, not a torch nn.Module")
+        try:
+            # Inside the seeded scope: replacement layers are initialised reproducibly too.
+            return make_dp_compatible(module)
+        except ConfigError as exc:
+            raise ConfigError(f"model {target}: {_one_line(exc)}") from exc
+
+
+_BUNDLED: dict[str, Callable[..., nn.Module]] = {"cnn": cnn, "mlp": mlp, "resnet": resnet, "scatter": scatter}
 
 
 def build_model(
@@ -339,79 +644,30 @@ def build_model(
     norm: str = "group",
     pool: int = 1,
 ) -> nn.Module:
-    """Build a freshly initialised, Opacus-ready model; equal arguments give equal weights.
+    """Build a bundled model by name, seeded and Opacus-ready (the pre-target API).
 
-    Every model takes flat features ``[N, num_features]`` and returns ``num_classes``
-    logits; ``input_shape`` (``[channels, height, width]``) tells the convolutional
-    ones how to view them as images.
-
-    * ``"mlp"``: ``Linear + activation`` per size in ``hidden``, then a ``Linear`` to the
-      logits (empty ``hidden``: multinomial logistic regression); with ``pool > 1``
-      image inputs are first average-pooled ``pool x pool``.
-    * ``"cnn"``: optionally a ``pool x pool`` average-pooling of the input, then per size
-      in ``channels`` a 3x3 convolution, the activation and a 2x2 max-pool; then the
-      ``hidden`` dense layers and the logits.
-    * ``"scatter"``: a fixed, untrained order-2 scattering transform with
-      ``J = log2(pool)`` scales (:class:`Scattering2D`; ``pool`` is 2, 4 or 8), per-example
-      GroupNorm without weights, then the ``hidden`` dense layers and the logits; only
-      those are trained and exchanged (Tramer & Boneh, 2021: such fixed features suit
-      DP-SGD on little data far better than a CNN trained end to end).
-    * ``"resnet"``: a 3x3 stem and one residual block per size in ``channels``
-      (stride 2 after the first), ``norm`` normalisation (``"batch"`` is converted to
-      GroupNorm by :func:`make_dp_compatible`), global average pooling, logits.
-
-    The model is in ``float32`` on the CPU.
+    ``name`` is one of :data:`MODELS`; each model takes the arguments of its target
+    (:func:`mlp`, :func:`cnn`, :func:`scatter`, :func:`resnet`), the others are ignored.
+    Equal arguments give equal weights. The model is ``float32`` on the CPU.
 
     Raises:
-        ConfigError: unknown ``name``/``activation``/``norm``, non-positive sizes, or an
-            image model without a matching ``input_shape``.
+        ConfigError: unknown ``name``, or the target's own checks.
     """
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
-    if num_features < 1:
-        raise ConfigError(f"num_features must be >= 1 (got {num_features})")
-    if num_classes < 2:
-        raise ConfigError(f"num_classes must be >= 2 (got {num_classes})")
-    sizes = [int(h) for h in hidden]
-    if any(h < 1 for h in sizes):
-        raise ConfigError(f"model.hidden sizes must all be >= 1 (got {list(hidden)})")
-    widths = [int(c) for c in channels]
-    if any(c < 1 for c in widths):
-        raise ConfigError(f"model.channels must all be >= 1 (got {list(channels)})")
-    if activation not in ACTIVATIONS:
-        raise ConfigError(f"unknown activation {activation!r}; choose one of: {', '.join(ACTIVATIONS)}")
-    if norm not in NORMS:
-        raise ConfigError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
-    act = ACTIVATIONS[activation]
-    if pool < 1:
-        raise ConfigError(f"model.pool must be >= 1 (got {pool})")
-    shape = None
-    if name != "mlp" or pool > 1:
-        shape = _image_shape(input_shape, num_features, name)
-        if min(shape[1:]) < pool:
-            raise ConfigError(f"model.pool={pool} is larger than the {shape[1]}x{shape[2]} images")
-    if name in ("cnn", "resnet"):
-        if not widths:
-            raise ConfigError(f"model {name!r} needs at least one entry in model.channels")
+    own: dict[str, dict[str, Any]] = {
+        "mlp": {"hidden": hidden, "activation": activation, "pool": pool},
+        "cnn": {"hidden": hidden, "channels": channels, "activation": activation, "pool": pool},
+        "scatter": {"hidden": hidden, "activation": activation, "pool": pool},
+        "resnet": {"channels": channels, "norm": norm, "activation": activation},
+    }
     # Seed the default generator only inside a forked RNG scope, so building a model
     # neither depends on nor disturbs the caller's global random state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if name == "mlp":
-            model = _build_mlp(num_features=num_features, num_classes=num_classes, hidden=sizes, activation=act,
-                               input_shape=shape, pool=pool)  # fmt: skip
-        elif name == "cnn":
-            model = _build_cnn(input_shape=shape, num_classes=num_classes, channels=widths, hidden=sizes,
-                               activation=act, pool=pool)  # fmt: skip
-        elif name == "scatter":
-            model = _build_scatter(input_shape=shape, num_classes=num_classes, pool=pool, hidden=sizes,
-                                   activation=act)  # fmt: skip
-        else:
-            model = _build_resnet(input_shape=shape, num_classes=num_classes, channels=widths, norm=norm,
-                                  activation=act)  # fmt: skip
-        # Inside the seeded scope: replacement layers are initialised reproducibly too.
-        model = make_dp_compatible(model)
-    return model
+        model = _BUNDLED[name](num_features=num_features, num_classes=num_classes, input_shape=input_shape,
+                               **own[name])  # fmt: skip
+        return make_dp_compatible(model)
 
 
 def _strip(name: str) -> str:

@@ -1,4 +1,4 @@
-"""Tests for deai_flower.models: construction, weight exchange, evaluation, devices."""
+"""Tests for deai_flower.models: targets and construction, weight exchange, evaluation, devices."""
 
 from __future__ import annotations
 
@@ -13,14 +13,19 @@ from torch import nn
 
 from deai_flower.errors import ConfigError
 from deai_flower.models import (
+    MODEL_TARGETS,
     build_model,
     check_engine_devices,
+    check_model_args,
     evaluate,
     get_arrays,
+    instantiate_model,
     make_dp_compatible,
+    model_spec,
     select_device,
     set_arrays,
 )
+from deai_flower.protocol.spec import DataSchema, ModelSpec
 
 
 def _mlp(seed: int = 0, hidden: tuple[int, ...] = (16, 8)) -> nn.Module:
@@ -262,3 +267,151 @@ def test_evaluate_on_a_selected_device(monkeypatch: pytest.MonkeyPatch) -> None:
     x = np.zeros((4, 6), np.float32)
     loss, acc = evaluate(model, x, np.zeros(4, np.int64), device=select_device("auto", index=0))
     assert np.isfinite(loss) and 0.0 <= acc <= 1.0
+
+
+# --- models as targets ------------------------------------------------------------------
+
+
+class TinyNet(nn.Module):
+    """A user's own model, named by ``_target_``: it takes the schema's two numbers."""
+
+    def __init__(self, num_features: int, num_classes: int, width: int = 4) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(num_features, width), nn.ReLU(), nn.Linear(width, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class ShapedNet(nn.Module):
+    """Takes whatever the data offers through **kwargs; has a BatchNorm to be fixed."""
+
+    def __init__(self, **data: object) -> None:
+        super().__init__()
+        self.data = data
+        features = int(data["num_features"])  # type: ignore[call-overload]
+        self.body = nn.Sequential(nn.Linear(features, 3), nn.BatchNorm1d(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class FrozenNet(TinyNet):
+    """Left in eval mode, which Opacus refuses to train."""
+
+    def __init__(self, num_features: int, num_classes: int) -> None:
+        super().__init__(num_features, num_classes)
+        self.eval()
+
+
+def not_a_module(num_classes: int) -> str:
+    return "model"
+
+
+def failing_model(num_classes: int) -> nn.Module:
+    raise ValueError("no weights\nfor this size")
+
+
+def _target(obj: object) -> str:
+    return f"{obj.__module__}.{obj.__qualname__}"  # type: ignore[attr-defined]
+
+
+DIGITS = DataSchema(num_features=64, num_classes=10, input_shape=(1, 8, 8))
+
+
+def test_bundled_targets_match_the_named_models() -> None:
+    spec = ModelSpec(MODEL_TARGETS["cnn"], {"hidden": [8], "channels": [4, 8], "activation": "tanh"})
+    by_target = get_arrays(instantiate_model(spec, DIGITS, seed=7))
+    by_name = get_arrays(build_model("cnn", num_features=64, num_classes=10, input_shape=(1, 8, 8), hidden=(8,),
+                                     channels=(4, 8), activation="tanh", seed=7))  # fmt: skip
+    assert by_target.keys() == by_name.keys()
+    for name, value in by_target.items():
+        np.testing.assert_array_equal(value, by_name[name])
+
+
+def test_instantiate_model_is_seeded_and_leaves_global_rng_untouched() -> None:
+    spec = ModelSpec(MODEL_TARGETS["mlp"], {"hidden": [8]})
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a, b = instantiate_model(spec, DIGITS, seed=1), instantiate_model(spec, DIGITS, seed=1)
+    np.testing.assert_array_equal(torch.rand(3).numpy(), expected.numpy())
+    c = instantiate_model(spec, DIGITS, seed=2)
+    assert all(np.array_equal(get_arrays(a)[k], get_arrays(b)[k]) for k in get_arrays(a))
+    assert any(not np.array_equal(get_arrays(a)[k], get_arrays(c)[k]) for k in get_arrays(a))
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+def test_a_users_model_class_runs_through_instantiate_model() -> None:
+    model = instantiate_model(ModelSpec(_target(TinyNet), {"width": 5}), DIGITS, seed=0)
+    assert isinstance(model, TinyNet)
+    assert model(torch.randn(2, 64)).shape == (2, 10)
+    assert get_arrays(model)["body.0.weight"].shape == (5, 64)
+    # Opacus computes its per-sample gradients.
+    wrapped = GradSampleModule(model)
+    wrapped(torch.randn(4, 64)).sum().backward()
+    assert all(p.grad_sample.shape[0] == 4 for p in wrapped.parameters())
+
+
+def test_kwargs_targets_get_the_whole_schema_and_batchnorm_is_fixed() -> None:
+    model = instantiate_model(ModelSpec(_target(ShapedNet), {}), DIGITS, seed=0)
+    assert model.data == {"num_features": 64, "num_classes": 10, "input_shape": (1, 8, 8)}
+    assert isinstance(model.body[1], nn.GroupNorm)
+
+
+def test_model_spec_from_a_config_node() -> None:
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.create({"_target_": "deai_flower.models.mlp", "hidden": [64], "pool": "${width}", "width": 1})
+    node = OmegaConf.create({"model": node, "width": 2}).model
+    assert model_spec(node) == ModelSpec("deai_flower.models.mlp", {"hidden": [64], "pool": 2, "width": 1})
+    with pytest.raises(ConfigError, match=r"model._target_ is required"):
+        model_spec({"hidden": [64]})
+
+
+@pytest.mark.parametrize(
+    "target,args,message",
+    [
+        ("deai_flower.models.mlp", {"hiden": [8]},
+         r"model deai_flower.models.mlp: unknown argument 'hiden' \(it takes: "
+         r"num_features, num_classes, input_shape, hidden, activation, pool\)"),
+        ("deai_flower.models.mlp", {"num_classes": 3}, "'num_classes' comes from the data"),
+        ("deai_flower.models.mlp", {"activation": "gelu"}, "model deai_flower.models.mlp: unknown activation 'gelu'"),
+        ("deai_flower.models.cnn", {"channels": [0]}, "model deai_flower.models.cnn: model.channels must all be >= 1"),
+        ("no_such_package.Net", {}, r"model no_such_package.Net: cannot import it \(.*no_such_package"),
+        ("deai_flower.models.NoSuchNet", {}, "model deai_flower.models.NoSuchNet: cannot import it"),
+        ("MyNet", {}, "model target must be an importable 'package.module.name'"),
+        ("deai_flower.models.MODELS", {}, "not callable"),
+        (_target(TinyNet), {"depth": 2}, "unknown argument 'depth'"),
+        (_target(FrozenNet), {"width": 2}, "unknown argument 'width' \\(it takes: num_features, num_classes\\)"),
+    ],
+)
+def test_bad_targets_and_arguments_are_one_line_config_errors(target: str, args: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        check_model_args(ModelSpec(target, args))
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match=message):
+        instantiate_model(ModelSpec(target, args), DIGITS, seed=0)
+
+
+@pytest.mark.parametrize(
+    "obj,message",
+    [
+        (not_a_module, "returned a str, not a torch nn.Module"),
+        (failing_model, "ValueError: no weights for this size"),
+        (FrozenNet, "Opacus cannot train privately: Model needs to be in training mode"),
+    ],
+)
+def test_models_that_fail_to_build_name_their_target(obj: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        instantiate_model(ModelSpec(_target(obj), {}), DIGITS)
+    assert str(info.value).startswith(f"model {_target(obj)}")
+    assert "\n" not in str(info.value)
+
+
+def test_image_targets_check_the_schema() -> None:
+    tabular = DataSchema(num_features=30, num_classes=2, input_shape=(30,))
+    with pytest.raises(ConfigError, match=r"model deai_flower.models.cnn: model 'cnn' needs image data"):
+        instantiate_model(ModelSpec(MODEL_TARGETS["cnn"], {}), tabular)
+    # The MLP takes tabular data, and images when it does not pool them.
+    assert instantiate_model(ModelSpec(MODEL_TARGETS["mlp"], {"hidden": []}), tabular) is not None
