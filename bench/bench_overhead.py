@@ -38,8 +38,8 @@ from hydra import compose, initialize_config_module
 from deai_flower.chain.devnode import AnvilNode, find_anvil, install_anvil
 from deai_flower.config import register_configs
 from deai_flower.data import client_partitions, load_dataset
-from deai_flower.engine.inprocess import run_inprocess
-from deai_flower.experiment import run_experiment
+from deai_flower.simulation.inprocess import run_inprocess
+from deai_flower.simulation.experiment import run_experiment
 from deai_flower import privacy
 from deai_flower.models import build_model, get_arrays, select_device, set_arrays
 from deai_flower.privacy import PrivacyLedger, PrivacySettings, train_round

@@ -1,43 +1,173 @@
-"""The coordinator's ServerApp: Flower's round loop around :class:`CommitRevealStrategy`."""
+"""The coordinator's ServerApp (module level: ``deai_flower.apps:server_app``).
+
+Configured from ``context.run_config`` alone. Two kinds of run:
+
+* **A simulation** (``experiment`` or ``overrides`` in the run config). ``deai-flower``
+  has already set the consortium up and names the run (``contract``, ``run-id``,
+  ``chain-url``, ``store``); under ``flwr run .`` nobody has, so this app does it first
+  (:func:`deai_flower.simulation.harness.prepare_run`), with one participant per
+  SuperNode, and serves the embedded chain to the SuperNodes over loopback JSON-RPC.
+  The finalized models are scored on the dataset's test split and ``results.json`` is
+  written into ``output-dir``.
+* **A deployment** (``contract``, ``run-id``, ``chain-url``, ``store``, ``keystore`` and
+  ``password-file``, no experiment): the run's spec is read from the chain; nothing is
+  evaluated centrally.
+
+Either way the coordinator reads the run's spec from the chain like every participant,
+and plays it with :class:`~deai_flower.strategies.CommitRevealStrategy`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
-import numpy as np
-from flwr.app import Array, ArrayRecord, Context, MetricRecord
+from flwr.app import Array, ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from .chain import RoundsContract, simulation_key
+from .chain.keys import keystore_account
+from .chain.node import connect_url
+from .chain.runs import fetch_spec
+from .errors import ConfigError
+from .models import evaluate, get_arrays, instantiate_model, select_device, set_arrays
+from .storage import array_spec, cid_from_bytes, decode_arrays
+from .storage.location import open_store
 from .strategies import CommitRevealStrategy
 
+server_app = ServerApp()
 
-def build_server_app(
-    *,
-    strategy: CommitRevealStrategy,
-    initial_arrays: dict[str, np.ndarray],
-    num_rounds: int,
-    evaluate: Callable[[int, dict[str, np.ndarray]], dict[str, float]],
-    first_round: int = 1,
-) -> ServerApp:
-    """A ServerApp that runs ``num_rounds`` rounds and evaluates each finalized model.
+#: How long ``flwr run`` waits for its SuperNodes to connect.
+_NODES_TIMEOUT_S = 120.0
 
-    ``first_round`` > 1 when a restarted coordinator resumes a run: Flower counts its
-    rounds from 1 again, ``evaluate`` sees the run's round numbers.
-    """
-    app = ServerApp()
 
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        run_round = server_round + first_round - 1
-        return MetricRecord(evaluate(run_round, {k: v.numpy() for k, v in arrays.items()}))
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    coordinate(grid, context.run_config)
 
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        strategy.start(
-            grid=grid,
-            initial_arrays=ArrayRecord({k: Array(v) for k, v in initial_arrays.items()}),
-            num_rounds=num_rounds,
-            timeout=strategy.phase_timeout_s,
-            evaluate_fn=evaluate_fn,
-        )
 
-    return app
+def coordinate(grid: Grid, run_config: Mapping[str, Any]) -> None:
+    """Play the run ``run_config`` names (or, under ``flwr run``, set one up and play it)."""
+    if "experiment" in run_config or "overrides" in run_config:
+        _simulation(grid, run_config)
+    else:
+        _deployment(grid, run_config)
+
+
+def _required(run_config: Mapping[str, Any], key: str) -> str:
+    value = str(run_config.get(key, "")).strip()
+    if not value:
+        raise ConfigError(f"run config: '{key}' is required for a deployed run (flwr run --run-config '{key}=...')")
+    return value
+
+
+def _strategy_for(contract: RoundsContract, run_id: int, store: Any, locator: dict[str, Any], **hooks: Any) -> tuple[CommitRevealStrategy, ArrayRecord]:  # fmt: skip
+    """The strategy and the chain's current global model, both from what the chain records."""
+    spec = fetch_spec(contract, run_id, store)
+    model = instantiate_model(spec.model, spec.data)
+    shape = array_spec(get_arrays(model))
+    current = cid_from_bytes(bytes(contract.get_run(run_id)["modelCid"]))
+    arrays = decode_arrays(store.get(current), max_bytes=spec.max_blob_bytes, expected=shape)
+    strategy = CommitRevealStrategy(contract=contract, run_id=run_id, spec=spec, store=store, expected_spec=shape,
+                                    locator=locator, **hooks)  # fmt: skip
+    return strategy, ArrayRecord({k: Array(v) for k, v in arrays.items()})
+
+
+def _deployment(grid: Grid, run_config: Mapping[str, Any]) -> None:
+    chain_url, store_at = _required(run_config, "chain-url"), _required(run_config, "store")
+    contract_address, run_id = _required(run_config, "contract"), int(_required(run_config, "run-id"))
+    account = keystore_account(_required(run_config, "keystore"), password_file=_required(run_config, "password-file"))
+    node = connect_url(chain_url)
+    store = open_store(store_at)
+    contract = RoundsContract(node, contract_address, account)
+    locator = {"contract": contract.address, "run-id": run_id}
+    strategy, arrays = _strategy_for(contract, run_id, store, locator)
+    strategy.start(grid, arrays)
+    output_dir = run_config.get("output-dir")
+    if output_dir:
+        from .simulation.results import results_document
+
+        document = results_document(strategy, node=node, store=store, first_block=0, setup={}, wall_seconds=0.0)
+        _write_results(Path(str(output_dir)), document)
+
+
+def _simulation(grid: Grid, run_config: Mapping[str, Any]) -> None:
+    from .simulation.config import experiment_config
+    from .simulation.harness import load_split, locator, prepare_run, serve_chain
+
+    started = time.time()
+    cfg = experiment_config(run_config)
+    output_dir = Path(str(run_config.get("output-dir") or tempfile.mkdtemp(prefix="deai-flower-")))
+    if run_config.get("contract"):  # deai-flower set the run up; the chain and store say what it is
+        setup = json.loads(str(run_config.get("setup", "{}")))
+        node = connect_url(str(run_config["chain-url"]))
+        store = open_store(str(run_config["store"]), max_bytes=int(cfg.storage.max_blob_bytes))
+        contract = RoundsContract(node, str(run_config["contract"]), simulation_key(seed=int(cfg.seed), role="coordinator"))
+        where = {k: run_config[k] for k in ("contract", "run-id", "chain-url", "store")}
+        split = load_split(cfg)
+        _play_simulation(grid, cfg, contract, int(run_config["run-id"]), store, where, split, output_dir, setup,
+                         started, progress=bool(cfg.progress) and "experiment" in run_config)  # fmt: skip
+        return
+    # flwr run: this app is the whole harness, with one participant per SuperNode.
+    nodes = _wait_for_nodes(grid, minimum=int(cfg.strategy.min_reveals))
+    logging.getLogger(__name__).info("flwr run: %s SuperNodes, one simulated participant each", len(nodes))
+    prepared = prepare_run(cfg, output_dir, num_clients=len(nodes))
+    with serve_chain(prepared.node, same_process=False) as chain_url:
+        setup = {"setup_gas": prepared.setup_gas, "first_block": prepared.first_block,
+                 "initial_cid": prepared.initial_cid, "num_clients": len(nodes)}  # fmt: skip
+        _play_simulation(grid, cfg, prepared.contract, prepared.run_id, prepared.store, locator(prepared, chain_url),
+                         prepared.split, output_dir, setup, started, progress=False)  # fmt: skip
+
+
+def _wait_for_nodes(grid: Grid, *, minimum: int) -> list[int]:
+    deadline = time.monotonic() + _NODES_TIMEOUT_S
+    while True:
+        nodes = list(grid.get_node_ids())
+        if len(nodes) >= minimum or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    if len(nodes) < minimum:
+        raise ConfigError(f"{len(nodes)} SuperNodes connected within {_NODES_TIMEOUT_S:.0f}s; the run needs at least "
+                          f"{minimum} (strategy.min_reveals): flwr run . --federation-config 'num-supernodes=5'")  # fmt: skip
+    return nodes
+
+
+def _play_simulation(grid: Grid, cfg: Any, contract: RoundsContract, run_id: int, store: Any, where: dict[str, Any],
+                     split: Any, output_dir: Path, setup: dict[str, Any], started: float, *, progress: bool) -> None:  # fmt: skip
+    """Play a simulated run with central evaluation on the dataset's test split."""
+    from .report import ProgressMonitor
+    from .simulation.results import results_document
+
+    device = select_device(str(cfg.device))
+    evaluation: dict[int, dict[str, float]] = {}
+    holder: dict[str, Any] = {}
+
+    def evaluate_global(round_id: int, arrays: dict[str, Any]) -> dict[str, float]:
+        model = holder.setdefault("model", instantiate_model(strategy.spec.model, strategy.spec.data))
+        set_arrays(model, arrays)
+        loss, accuracy = evaluate(model, split.x_test, split.y_test, device=device)
+        evaluation[round_id] = {"loss": loss, "accuracy": accuracy}
+        monitor.evaluated(round_id, accuracy)
+        return {"loss": loss, "accuracy": accuracy}
+
+    done = int(contract.get_run(run_id)["finalizedRounds"])
+    monitor = ProgressMonitor(num_rounds=int(cfg.num_rounds), enabled=progress, completed=done)
+    strategy, arrays = _strategy_for(contract, run_id, store, where, evaluate_fn=evaluate_global,
+                                     on_phase=monitor.phase, on_round=monitor.round_done,
+                                     max_failed_rounds=int(cfg.strategy.get("max_failed_rounds", 3)))  # fmt: skip
+    with monitor:
+        strategy.start(grid, arrays)
+    document = results_document(strategy, node=contract.node, store=store, first_block=int(setup.get("first_block", 0)),
+                                setup=setup, wall_seconds=time.time() - float(setup.get("started", started)), cfg=cfg,
+                                output_dir=output_dir)  # fmt: skip
+    _write_results(output_dir, document)
+
+
+def _write_results(output_dir: Path, document: dict[str, Any]) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "results.json").write_text(json.dumps(document, indent=2, allow_nan=True) + "\n", encoding="utf-8")

@@ -1,18 +1,31 @@
 """CommitRevealStrategy: a Flower strategy whose aggregate is fixed on chain, not by it.
 
-Each Flower round drives one on-chain round in three message exchanges:
+The coordinator tells participants *when* to act and reads what the chain decided. One
+round is six visible steps, each a method below with its own deadline:
 
-1. ``train.commit`` to the sampled nodes: they fetch the global model by the CID the
-   chain records, train with DP-SGD and commit to the hash of their update;
-2. ``train.reveal`` to the nodes that committed: they upload the blob and reveal;
-3. ``train.attest`` to a committee of revealers: each aggregates the revealed set on its
-   own and attests the result's CID; a quorum finalizes it on chain, and the finalizing
-   attestation opens the next on-chain round.
+1. :meth:`open_round` — take the round the chain has open (the attestation that
+   finalized the previous round opened it) or open one; the chain fixes its global
+   model's CID and its sampling beacon;
+2. :meth:`commit` — ``train.commit`` to the sampled nodes: they fetch the global model by
+   the CID the chain records, train with DP-SGD and commit to their update's hash
+   (waited for at most the spec's commit duration);
+3. :meth:`reveal` — after the commit deadline, ``train.reveal`` to the nodes that
+   committed: they publish the blob and reveal on chain (reveal duration);
+4. :meth:`attest` — after the reveal deadline, ``train.attest`` to a committee of
+   revealers ranked by the beacon: each aggregates the revealed set on its own and
+   attests the result's CID; a quorum finalizes it (attest duration);
+5. :meth:`finalize` — read the finalized CID from the chain, fetch that blob and check
+   it against the CID and the model's array spec;
+6. :meth:`evaluate` — score the finalized model (a simulation's central test split, when
+   the harness gives one).
 
-The coordinator only reads the finalized CID, fetches that blob, checks it against the
-CID and hands it to Flower's loop as the next global model. Sampling comes from the
-chain's beacon; the coordinator cannot choose who takes part nor what the result is.
-It overrides Flower's strategy hooks and leaves Flower's round loop as it is.
+The rounds loop (:meth:`start`) replaces Flower's own, because Flower's loop folds
+reveal and attest into ``aggregate_train`` under one timeout, and counts attempts, not
+finalized rounds: here a failed round is followed by a new attempt until the spec's
+``num_rounds`` rounds are finalized or ``max_failed_rounds`` attempts have failed. The
+rule, the phase durations and the committee size come from the run spec the chain
+records; sampling from the chain's beacon. The coordinator chooses neither who takes part
+nor what the result is.
 """
 
 from __future__ import annotations
@@ -28,20 +41,24 @@ from eth_utils import keccak, to_canonical_address
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import Result, Strategy
 
 from deai_flower.chain import RoundsContract, TxResult, is_sampled
+from deai_flower.errors import BlobFormatError, ConfigError, StoreError
 from deai_flower.messages import CONFIG, METRICS, STATUS
-from deai_flower.errors import ConfigError
+from deai_flower.protocol.spec import RunSpec
 from deai_flower.storage import ContentStore, cid_from_bytes, decode_arrays
+
+#: Evaluation of a finalized model: (round, arrays) -> metrics such as loss and accuracy.
+EvaluateFn = Callable[[int, dict[str, Any]], dict[str, float]]
 
 
 @dataclass
 class RoundReport:
-    """What happened in one Flower round (one on-chain round attempt)."""
+    """What happened in one on-chain round attempt (``round`` is the chain's round id)."""
 
-    server_round: int
-    chain_round: int
+    round: int
+    attempt: int
     status: str = "open"  # finalized | failed
     model_cid: str = ""
     result_cid: str = ""
@@ -57,6 +74,7 @@ class RoundReport:
     phase_seconds: dict[str, float] = field(default_factory=dict)
     epsilon_max: float = 0.0
     train_loss: float = float("nan")
+    metrics: dict[str, float] = field(default_factory=dict)  # evaluation of the finalized model
     reason: str = ""
 
     def add_gas(self, call: str, gas: int) -> None:
@@ -65,7 +83,7 @@ class RoundReport:
 
 
 class CommitRevealStrategy(Strategy):
-    """Commit–reveal–attest rounds on a ``CommitRevealRounds`` contract.
+    """Commit–reveal–attest rounds of one run on a ``CommitRevealRounds`` contract.
 
     Parameters
     ----------
@@ -74,18 +92,22 @@ class CommitRevealStrategy(Strategy):
         permissionless and gives no say over sampling or results).
     run_id:
         The on-chain run this federation executes.
+    spec:
+        The run's spec, as the chain records it (phase durations, committee size,
+        number of rounds, blob size limit).
     store:
         Content store holding the blobs named by the chain's CIDs.
     expected_spec:
         Names, dtypes and shapes of the model's arrays; every fetched blob is checked.
-    max_blob_bytes:
-        Upper bound on a blob's size.
-    committee_size:
-        Revealers asked to attest; at least the run's quorum.
-    phase_timeout_s:
-        Upper bound on each exchange with the nodes and on waiting for a deadline.
+    locator:
+        Where the run is, sent with every message: ``contract``, ``run-id``, and for
+        simulated nodes ``chain-url`` and ``store`` (deployed nodes use their own).
+    max_failed_rounds:
+        Failed attempts tolerated before the run stops short of ``num_rounds``.
+    evaluate_fn:
+        Scores each finalized model (and the initial one, as round 0); None: no scoring.
     on_phase, on_round:
-        Progress callbacks (phase name per round; a finished :class:`RoundReport`).
+        Progress callbacks (round id and phase name; a finished :class:`RoundReport`).
     """
 
     def __init__(
@@ -93,49 +115,198 @@ class CommitRevealStrategy(Strategy):
         *,
         contract: RoundsContract,
         run_id: int,
+        spec: RunSpec,
         store: ContentStore,
         expected_spec: dict[str, Any],
-        max_blob_bytes: int,
-        committee_size: int,
-        phase_timeout_s: float = 600.0,
+        locator: dict[str, Any],
+        max_failed_rounds: int = 3,
+        evaluate_fn: EvaluateFn | None = None,
         on_phase: Callable[[int, str], None] | None = None,
         on_round: Callable[[RoundReport], None] | None = None,
-        first_round: int = 1,
     ) -> None:
-        if committee_size < 1:
-            raise ConfigError(f"committee_size must be >= 1 (got {committee_size})")
-        if phase_timeout_s <= 0:
-            raise ConfigError(f"phase_timeout_s must be > 0 (got {phase_timeout_s})")
+        if max_failed_rounds < 0:
+            raise ConfigError(f"max_failed_rounds must be >= 0 (got {max_failed_rounds})")
         self.contract = contract
         self.run_id = run_id
+        self.spec = spec
         self.store = store
         self.expected_spec = expected_spec
-        self.max_blob_bytes = max_blob_bytes
-        self.committee_size = committee_size
-        self.phase_timeout_s = phase_timeout_s
+        self.locator = dict(locator)
+        self.max_failed_rounds = max_failed_rounds
+        self.evaluate_fn = evaluate_fn
         self._on_phase = on_phase or (lambda _r, _p: None)
         self._on_round = on_round or (lambda _report: None)
-        self.first_round = first_round
         self.reports: list[RoundReport] = []
+        self.initial_metrics: dict[str, float] = {}
         self._grid: Grid | None = None
-        self._addresses: dict[int, str] | None = None
+        self._addresses: dict[int, str] = {}
         self._asked: set[int] = set()  # nodes asked for their address already
-        self._report: RoundReport | None = None
-        self._beacon = b""  # the current round's sampling beacon
+        self._beacon, self._sample_bps = b"", 0  # the current round's, read when it opened
         self._phase_start = 0.0
+
+    # ------------------------------------------------------------------ the rounds loop
+
+    def start(  # type: ignore[override]
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int | None = None,
+        timeout: float | None = None,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
+        """Play rounds until the spec's rounds are finalized (or too many attempts failed).
+
+        ``initial_arrays`` is the chain's current global model (the initial one, or the
+        last finalized after a resume); ``num_rounds`` defaults to the spec's. The other
+        arguments of Flower's signature are not used: phases have the spec's durations.
+        """
+        target = self.spec.rounds.num_rounds if num_rounds is None else num_rounds
+        result = Result(arrays=initial_arrays)
+        run = self.contract.get_run(self.run_id)
+        finalized = int(run["finalizedRounds"])
+        if self.evaluate_fn is not None:
+            self.initial_metrics = self.evaluate_fn(finalized, _plain(initial_arrays))
+            result.evaluate_metrics_serverapp[finalized] = MetricRecord(self.initial_metrics)
+        failures, attempt = 0, 0
+        while finalized < target and failures <= self.max_failed_rounds:
+            attempt += 1
+            report = self.open_round(grid, attempt)
+            try:
+                arrays = self._play(report)
+            finally:
+                self._mark(report, "done")
+                self.reports.append(report)
+            if arrays is None:
+                failures += 1
+            else:
+                finalized += 1
+                result.arrays = arrays
+                result.train_metrics_clientapp[report.round] = MetricRecord(
+                    {"train-loss": report.train_loss, "epsilon-max": report.epsilon_max})  # fmt: skip
+                if report.metrics:
+                    result.evaluate_metrics_serverapp[report.round] = MetricRecord(report.metrics)
+            self._on_round(report)
+        if finalized < target:
+            log(WARNING, "run %s stopped with %s of %s rounds finalized after %s failed attempts", self.run_id,
+                finalized, target, failures)  # fmt: skip
+        return result
+
+    def _play(self, report: RoundReport) -> ArrayRecord | None:
+        """Commit, reveal, attest, finalize and evaluate one opened round."""
+        committed = self.commit(report)
+        revealed = self.reveal(report, committed)
+        if not self.attest(report, revealed):
+            return None
+        arrays = self.finalize(report)
+        if arrays is not None:
+            self.evaluate(report, arrays)
+        return arrays
+
+    # ------------------------------------------------------------------ phases
+
+    def open_round(self, grid: Grid, attempt: int) -> RoundReport:
+        """Take the open on-chain round, or open one, and learn the nodes' addresses."""
+        self._discover(grid)
+        opening = time.perf_counter()
+        run, state, tx = self._round_to_play()
+        report = RoundReport(round=int(state["round"]), attempt=attempt, model_cid=cid_from_bytes(bytes(run["modelCid"])))
+        report.phase_seconds["open"] = time.perf_counter() - opening
+        if tx is not None:
+            report.add_gas("openRound", tx.gas_used)
+        self._phase_start = 0.0
+        self._beacon, self._sample_bps = bytes(state["beacon"]), int(run["sampleBps"])
+        return report
+
+    def commit(self, report: RoundReport) -> dict[int, Message]:
+        """Ask the sampled nodes to train and commit; wait at most the commit duration."""
+        self._mark(report, "commit")
+        sampled = self._sampled_nodes()
+        report.sampled = [self._addresses[n] for n in sampled]
+        log(INFO, "round %s: %s of %s nodes sampled", report.round, len(sampled), len(self._addresses))
+        replies = self._exchange(sampled, "train.commit", {"round": report.round, "model-cid": report.model_cid},
+                                 report, timeout=self.spec.rounds.commit_s)  # fmt: skip
+        committed = self._split(report, replies, "committed")
+        report.committed = [self._addresses[n] for n in committed]
+        losses, weights = [], []
+        for reply in committed.values():
+            metrics = reply.content[METRICS]
+            report.add_gas("commit", int(metrics["gas"]))
+            report.epsilon_max = max(report.epsilon_max, float(metrics["epsilon"]))
+            losses.append(float(metrics["train-loss"]))
+            weights.append(int(metrics["num-examples"]))
+        if weights and sum(weights):
+            report.train_loss = sum(l * w for l, w in zip(losses, weights, strict=True)) / sum(weights)
+        return committed
+
+    def reveal(self, report: RoundReport, committed: dict[int, Message]) -> dict[int, Message]:
+        """After the commit deadline, ask the committers to publish and reveal."""
+        self._mark(report, "reveal")
+        self._wait_for_phase_end(report.round, "commit", "commitDeadline")
+        replies = self._exchange(committed, "train.reveal", {"round": report.round}, report,
+                                 timeout=self.spec.rounds.reveal_s)  # fmt: skip
+        revealed = self._split(report, replies, "revealed")
+        for reply in revealed.values():
+            report.add_gas("reveal", int(reply.content[METRICS]["gas"]))
+        report.revealed = [self._addresses[n] for n in revealed]
+        return revealed
+
+    def attest(self, report: RoundReport, revealed: dict[int, Message]) -> bool:
+        """After the reveal deadline, ask a committee of revealers to aggregate and
+        attest; True when the chain finalized the round."""
+        self._mark(report, "attest")
+        phase = self._wait_for_phase_end(report.round, "reveal", "revealDeadline")
+        if phase != "attest":
+            return self._fail(report, f"reveal phase ended in phase '{phase}' with {len(revealed)} valid reveals")
+        committee = self._committee({n: self._addresses[n] for n in revealed})
+        replies = self._exchange(committee, "train.attest", {"round": report.round}, report,
+                                 timeout=self.spec.rounds.attest_s)  # fmt: skip
+        attested = self._split(report, replies, "attested")
+        self._record_exclusions(report, replies)
+        for reply in attested.values():
+            report.add_gas("attest", int(reply.content[METRICS]["gas"]))
+        report.attested = [self._addresses[n] for n in attested]
+        phase = self.contract.phase(self.run_id, report.round)
+        if phase != "finalized":
+            return self._fail(report, f"no attestation quorum ({len(attested)} attestations; phase '{phase}')")
+        return True
+
+    def finalize(self, report: RoundReport) -> ArrayRecord | None:
+        """The model the chain finalized, fetched by its CID and checked."""
+        self._mark(report, "finalize")
+        report.result_cid = cid_from_bytes(bytes(self.contract.get_run(self.run_id)["modelCid"]))
+        try:
+            arrays = decode_arrays(self.store.get(report.result_cid), max_bytes=self.spec.max_blob_bytes,
+                                   expected=self.expected_spec)  # fmt: skip
+        except (StoreError, BlobFormatError) as exc:
+            report.status, report.reason = "failed", f"finalized model {report.result_cid} unusable: {exc}"
+            log(WARNING, "round %s: %s", report.round, report.reason)
+            return None
+        report.status = "finalized"
+        return ArrayRecord({k: Array(v) for k, v in arrays.items()})
+
+    def evaluate(self, report: RoundReport, arrays: ArrayRecord) -> None:
+        """Score the finalized model, where the harness gave a way to."""
+        if self.evaluate_fn is None:
+            return
+        self._mark(report, "evaluate")
+        report.metrics = self.evaluate_fn(report.round, _plain(arrays))
 
     # ------------------------------------------------------------------ helpers
 
-    def _exchange(self, node_ids: Iterable[int], message_type: str, config: dict[str, Any], group: int) -> list[Message]:
+    def _exchange(self, node_ids: Iterable[int], message_type: str, config: dict[str, Any],
+                  report: RoundReport | None, *, timeout: float) -> list[Message]:  # fmt: skip
         assert self._grid is not None
+        group = str(report.round) if report is not None else "0"
         messages = [
-            Message(RecordDict({CONFIG: ConfigRecord(config)}), dst_node_id=n, message_type=message_type,
-                    group_id=str(group))  # fmt: skip
+            Message(RecordDict({CONFIG: ConfigRecord({**self.locator, **config})}), dst_node_id=n,
+                    message_type=message_type, group_id=group)  # fmt: skip
             for n in node_ids
         ]
         if not messages:
             return []
-        return list(self._grid.send_and_receive(messages, timeout=self.phase_timeout_s))
+        return list(self._grid.send_and_receive(messages, timeout=float(timeout)))
 
     def _discover(self, grid: Grid) -> None:
         """Learn the chain address of every node not asked before, keeping registered
@@ -145,10 +316,9 @@ class CommitRevealStrategy(Strategy):
         waited for again every round.
         """
         self._grid = grid
-        addresses = self._addresses if self._addresses is not None else {}
         new = [n for n in grid.get_node_ids() if n not in self._asked]
         self._asked.update(new)
-        for reply in self._exchange(new, "query.identity", {}, 0):
+        for reply in self._exchange(new, "query.identity", {}, None, timeout=self.spec.rounds.commit_s):
             node_id = reply.metadata.src_node_id
             if reply.has_error():
                 log(WARNING, "node %s did not tell its chain address: %s", node_id, reply.error.reason)
@@ -158,8 +328,7 @@ class CommitRevealStrategy(Strategy):
             if not active:
                 log(WARNING, "node %s signs as %s, which is not a registered participant", node_id, address)
                 continue
-            addresses[node_id] = address
-        self._addresses = addresses
+            self._addresses[node_id] = address
 
     def _round_to_play(self) -> tuple[dict[str, Any], dict[str, Any], TxResult | None]:
         """The run (``getRun``) and the chain round to play next (``getRound``) as the
@@ -181,38 +350,40 @@ class CommitRevealStrategy(Strategy):
                 return run, state, None
             if phase in ("commit", "reveal", "attest"):
                 log(WARNING, "round attempt %s is still in phase '%s'; letting its deadlines pass", round_id, phase)
-                self.contract.node.advance_to(int(state["attestDeadline"]), timeout=self.phase_timeout_s)
+                self.contract.node.advance_to(int(state["attestDeadline"]), timeout=self._longest_phase())
         round_id, tx = self.contract.open_round(self.run_id)
         return self.contract.get_run(self.run_id), self.contract.get_round(self.run_id, round_id), tx
 
-    def _mark(self, phase: str) -> None:
+    def _longest_phase(self) -> float:
+        r = self.spec.rounds
+        return float(r.commit_s + r.reveal_s + r.attest_s)
+
+    def _mark(self, report: RoundReport, phase: str) -> None:
         """Close the timing of the current phase and announce the next."""
-        assert self._report is not None
         now = time.perf_counter()
         if self._phase_start:
-            previous = list(self._report.phase_seconds)[-1]
-            self._report.phase_seconds[previous] = now - self._phase_start
+            previous = list(report.phase_seconds)[-1]
+            report.phase_seconds[previous] = now - self._phase_start
         if phase != "done":
-            self._report.phase_seconds[phase] = 0.0
-            self._on_phase(self._report.server_round, phase)
+            report.phase_seconds[phase] = 0.0
+            self._on_phase(report.round, phase)
         self._phase_start = now if phase != "done" else 0.0
 
-    def _split(self, replies: list[Message], ok_state: str) -> dict[int, Message]:
+    def _split(self, report: RoundReport, replies: list[Message], ok_state: str) -> dict[int, Message]:
         """Replies in ``ok_state`` by node id; errors recorded in the report."""
-        assert self._report is not None and self._addresses is not None
         good = {}
         for reply in replies:
             node_id = reply.metadata.src_node_id
             address = self._addresses.get(node_id, str(node_id))
             if reply.has_error():
-                self._report.errors[address] = reply.error.reason
-                log(WARNING, "round %s: node %s failed: %s", self._report.server_round, address, reply.error.reason)
+                report.errors[address] = reply.error.reason
+                log(WARNING, "round %s: node %s failed: %s", report.round, address, reply.error.reason)
                 continue
             status = reply.content[STATUS]
             if status.get("state") == ok_state:
                 good[node_id] = reply
             elif status.get("state") == "declined":
-                self._report.declined[address] = str(status.get("reason", ""))
+                report.declined[address] = str(status.get("reason", ""))
         return good
 
     @staticmethod
@@ -232,137 +403,50 @@ class CommitRevealStrategy(Strategy):
         current = self.contract.phase(self.run_id, round_id)
         if current == phase and phase not in ("finalized", "failed"):
             deadline = int(self.contract.get_round(self.run_id, round_id)[deadline_key])
-            self.contract.node.advance_to(deadline, timeout=self.phase_timeout_s)
+            self.contract.node.advance_to(deadline, timeout=self._longest_phase())
             current = self.contract.phase(self.run_id, round_id)
         return current
 
-    def _sampled_nodes(self, run: dict[str, Any], state: dict[str, Any]) -> list[int]:
+    def _sampled_nodes(self) -> list[int]:
         """Nodes in the round's sampled set: registered, and drawn by the round's beacon.
 
         The contract's rule (``isSampled``) evaluated locally from the run's sampling rate
         and the round's beacon, which the protocol tests keep equal to the chain's: one
         read of the registry per round instead of one call per node.
         """
-        assert self._addresses is not None
-        beacon, sample_bps = bytes(state["beacon"]), int(run["sampleBps"])
         registered = set(self.contract.members())
         return [n for n, a in self._addresses.items()
-                if a in registered and is_sampled(beacon=beacon, sample_bps=sample_bps, participant=a)]  # fmt: skip
+                if a in registered and is_sampled(beacon=self._beacon, sample_bps=self._sample_bps, participant=a)]  # fmt: skip
 
     def _committee(self, revealers: dict[int, str]) -> list[int]:
         """Revealers ordered by keccak(round beacon, address): a fixed, unbiased order."""
-        beacon = self._beacon  # fixed when the round opened, read in configure_train
+        beacon = self._beacon  # fixed when the round opened
         ranked = sorted(
             revealers, key=lambda n: keccak(encode(["bytes32", "address"], [beacon, to_canonical_address(revealers[n])]))
         )
-        return ranked[: self.committee_size]
+        return ranked[: self.spec.rounds.committee_size]
 
-    # ------------------------------------------------------------------ Flower hooks
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Take the open on-chain round (or open one) and ask the sampled nodes to train and commit."""
-        self._discover(grid)
-        server_round += self.first_round - 1  # the run's round number (after a resume)
-        opening = time.perf_counter()
-        run, state, tx = self._round_to_play()
-        round_id, model_cid = int(state["round"]), cid_from_bytes(bytes(run["modelCid"]))
-        report = RoundReport(server_round=server_round, chain_round=round_id, model_cid=model_cid)
-        report.phase_seconds["open"] = time.perf_counter() - opening  # reading the chain, opening if needed
-        if tx is not None:
-            report.add_gas("openRound", tx.gas_used)
-        self._report = report
-        self._phase_start = 0.0
-        self._mark("commit")
-        self._beacon = bytes(state["beacon"])
-        sampled = self._sampled_nodes(run, state)
-        report.sampled = [self._addresses[n] for n in sampled]
-        log(INFO, "round %s (chain round %s): %s of %s nodes sampled", server_round, round_id, len(sampled),
-            len(self._addresses))  # fmt: skip
-        return [
-            Message(
-                RecordDict({CONFIG: ConfigRecord({"round": round_id, "model-cid": model_cid})}),
-                dst_node_id=n,
-                message_type="train.commit",
-                group_id=str(server_round),
-            )
-            for n in sampled
-        ]
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Run reveal and attest; return the model the chain finalized."""
-        report = self._report
-        assert report is not None and self._addresses is not None
-        round_id = report.chain_round
-        try:
-            return self._finish_round(report, round_id, list(replies))
-        finally:
-            self._mark("done")
-            self.reports.append(report)
-            self._on_round(report)
-
-    def _finish_round(
-        self, report: RoundReport, round_id: int, replies: list[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        assert self._addresses is not None
-        committed = self._split(replies, "committed")
-        report.committed = [self._addresses[n] for n in committed]
-        losses, weights = [], []
-        for reply in committed.values():
-            metrics = reply.content[METRICS]
-            report.add_gas("commit", int(metrics["gas"]))
-            report.epsilon_max = max(report.epsilon_max, float(metrics["epsilon"]))
-            losses.append(float(metrics["train-loss"]))
-            weights.append(int(metrics["num-examples"]))
-
-        self._mark("reveal")
-        self._wait_for_phase_end(round_id, "commit", "commitDeadline")
-        revealed = self._split(self._exchange(committed, "train.reveal", {"round": round_id}, report.server_round),
-                               "revealed")  # fmt: skip
-        for reply in revealed.values():
-            report.add_gas("reveal", int(reply.content[METRICS]["gas"]))
-        report.revealed = [self._addresses[n] for n in revealed]
-
-        self._mark("attest")
-        phase = self._wait_for_phase_end(round_id, "reveal", "revealDeadline")
-        if phase != "attest":
-            return self._fail(report, f"reveal phase ended in phase '{phase}' with {len(revealed)} valid reveals")
-        committee = self._committee({n: self._addresses[n] for n in revealed})
-        attest_replies = self._exchange(committee, "train.attest", {"round": round_id}, report.server_round)
-        attested = self._split(attest_replies, "attested")
-        self._record_exclusions(report, attest_replies)
-        for reply in attested.values():
-            report.add_gas("attest", int(reply.content[METRICS]["gas"]))
-        report.attested = [self._addresses[n] for n in attested]
-        phase = self.contract.phase(self.run_id, round_id)
-        if phase != "finalized":
-            return self._fail(report, f"no attestation quorum ({len(attested)} attestations; phase '{phase}')")
-
-        report.result_cid = cid_from_bytes(bytes(self.contract.get_run(self.run_id)["modelCid"]))
-        arrays = decode_arrays(self.store.get(report.result_cid), max_bytes=self.max_blob_bytes,
-                               expected=self.expected_spec)  # fmt: skip
-        report.status = "finalized"
-        if weights:
-            report.train_loss = sum(l * w for l, w in zip(losses, weights, strict=True)) / sum(weights)
-        metrics = MetricRecord({"train-loss": report.train_loss, "epsilon-max": report.epsilon_max})
-        return ArrayRecord({k: Array(v) for k, v in arrays.items()}), metrics
-
-    def _fail(self, report: RoundReport, reason: str) -> tuple[None, None]:
+    def _fail(self, report: RoundReport, reason: str) -> bool:
         """Record the failure and let the round's deadlines pass, so a new round can open."""
-        self._wait_for_phase_end(report.chain_round, self.contract.phase(self.run_id, report.chain_round),
-                                 "attestDeadline")  # fmt: skip
+        self._wait_for_phase_end(report.round, self.contract.phase(self.run_id, report.round), "attestDeadline")
         report.status = "failed"
         report.reason = reason
-        log(WARNING, "round %s failed: %s", report.server_round, reason)
+        log(WARNING, "round %s failed: %s", report.round, reason)
+        return False
+
+    # ------------------------------------------------------------------ Flower's hooks, unused
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:  # fmt: skip
+        """Not used: :meth:`commit` sends the round's messages (see :meth:`start`)."""
+        return []
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Not used: attesters aggregate; :meth:`finalize` reads their result from the chain."""
         return None, None
 
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """No federated evaluation: the coordinator evaluates the finalized model."""
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:  # fmt: skip
         return []
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -370,4 +454,8 @@ class CommitRevealStrategy(Strategy):
 
     def summary(self) -> None:
         log(INFO, "\t├── CommitRevealStrategy: contract %s, run %s", self.contract.address, self.run_id)
-        log(INFO, "\t└── committee size %s, phase timeout %.0fs", self.committee_size, self.phase_timeout_s)
+        log(INFO, "\t└── committee size %s, rule %s", self.spec.rounds.committee_size, self.spec.rule.name)
+
+
+def _plain(arrays: ArrayRecord) -> dict[str, Any]:
+    return {k: v.numpy() for k, v in arrays.items()}

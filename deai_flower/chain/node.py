@@ -260,3 +260,32 @@ def connect_rpc(url: str, *, timeout: float = 30.0) -> ChainNode:
         hint += f" --port {port}" if port else ""
         raise ChainUnavailableError(f"chain node at {url} is unreachable ({exc.__class__.__name__}); {hint}") from exc
     return ChainNode(w3=w3, kind="rpc", url=url)
+
+
+# In-process chains reachable by URL, for participants that live in the same process as
+# the embedded chain (the in-process engine): ``embedded://<id>``.
+_EMBEDDED_NODES: dict[str, ChainNode] = {}
+
+
+def register_embedded_node(node: ChainNode) -> str:
+    """Make an in-process chain reachable by URL from participants in this process."""
+    url = f"embedded://{id(node):x}"
+    _EMBEDDED_NODES[url] = node
+    return url
+
+
+def unregister_embedded_node(url: str) -> None:
+    _EMBEDDED_NODES.pop(url, None)
+
+
+def connect_url(url: str, *, timeout: float = 30.0) -> ChainNode:
+    """The chain at ``url``: a registered in-process chain or a JSON-RPC node."""
+    if url.startswith("embedded://"):
+        try:
+            return _EMBEDDED_NODES[url]
+        except KeyError:
+            raise ChainUnavailableError(
+                "the embedded chain lives in the process that started it; "
+                "this process cannot reach it (serve it over JSON-RPC)"
+            ) from None
+    return connect_rpc(url, timeout=timeout)

@@ -22,7 +22,7 @@ register_configs()
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     """Run the composed experiment; a project error becomes one line and exit status 2."""
-    from ..experiment import run_experiment  # heavy imports after Hydra parsed the overrides
+    from ..simulation.experiment import run_experiment  # heavy imports after Hydra parsed the overrides
     from ..report import results_table
 
     output_dir = Path(HydraConfig.get().runtime.output_dir)

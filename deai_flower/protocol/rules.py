@@ -175,6 +175,17 @@ RULES: dict[str, Rule] = {
 }
 
 
+#: The parameters each rule reads: what a run spec records for it.
+RULE_PARAMS: dict[str, tuple[str, ...]] = {
+    "fedavg": (),
+    "fedmedian": (),
+    "fedtrimmedavg": ("beta",),
+    "krum": ("num_malicious_nodes",),
+    "multikrum": ("num_malicious_nodes", "num_nodes_to_select"),
+    "bulyan": ("num_malicious_nodes",),
+}
+
+
 def minimum_updates(rule: str, params: Mapping[str, Any]) -> int:
     """Fewest updates the rule is defined for (Krum needs n > 2f + 2, Bulyan n > 4f + 2)."""
     f = _int(params, "num_malicious_nodes", 0)

@@ -18,7 +18,7 @@ from flwr.common.constant import ErrorCode
 
 from support import compose_with
 
-from deai_flower import experiment
+from deai_flower.simulation import experiment
 from deai_flower.federation import client_runtime
 from deai_flower.storage import LocalStore
 from deai_flower.verify import RunRecord, verify_run
@@ -146,7 +146,7 @@ def test_too_few_reveals_fail_the_round_with_a_reason(tmp_path: Path, monkeypatc
 def test_a_node_that_connects_late_takes_part_from_the_next_round(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from deai_flower.engine.inprocess import InProcessGrid
+    from deai_flower.simulation.inprocess import InProcessGrid
 
     real_node_ids = InProcessGrid.get_node_ids
     calls = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import traceback
 from collections.abc import Iterable
+from typing import Any
 from logging import WARNING
 from uuid import uuid4
 
@@ -28,7 +29,8 @@ from ..flower_compat import task_identity
 class InProcessGrid(Grid):
     """A Grid whose nodes are ClientApp calls in this process, answered synchronously."""
 
-    def __init__(self, client_app: ClientApp, *, num_nodes: int, run_id: int, seed: int) -> None:
+    def __init__(self, client_app: ClientApp, *, num_nodes: int, run_id: int, seed: int,
+                 run_config: dict[str, Any] | None = None) -> None:  # fmt: skip
         rng = random.Random(seed)
         self._client_app = client_app
         self._run = Run.create_empty(run_id)
@@ -40,7 +42,7 @@ class InProcessGrid(Grid):
                 node_id=node_id,
                 node_config={"partition-id": partition_id, "num-partitions": num_nodes},
                 state=RecordDict(),
-                run_config={},
+                run_config=dict(run_config or {}),
             )
         self._replies: dict[str, Message] = {}
 
@@ -94,10 +96,13 @@ class InProcessGrid(Grid):
         return self.pull_messages(self.push_messages(messages))
 
 
-def run_inprocess(*, server_app: ServerApp, client_app: ClientApp, num_nodes: int, seed: int) -> None:
-    """Run ``server_app`` against ``num_nodes`` copies of ``client_app`` in this process."""
+def run_inprocess(*, server_app: ServerApp, client_app: ClientApp, num_nodes: int, seed: int,
+                  run_config: dict[str, Any] | None = None) -> None:  # fmt: skip
+    """Run ``server_app`` against ``num_nodes`` copies of ``client_app`` in this process,
+    every party seeing ``run_config`` as Flower's ``context.run_config``."""
     run_id = random.Random(seed ^ 0x5EED).getrandbits(63) or 1
-    grid = InProcessGrid(client_app, num_nodes=num_nodes, run_id=run_id, seed=seed)
-    context = Context(run_id=run_id, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config={})
+    grid = InProcessGrid(client_app, num_nodes=num_nodes, run_id=run_id, seed=seed, run_config=run_config)
+    context = Context(run_id=run_id, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(),
+                      run_config=dict(run_config or {}))  # fmt: skip
     with task_identity(run_id=run_id, node_id=SUPERLINK_NODE_ID):
         server_app(grid, context)

@@ -1,0 +1,226 @@
+"""A simulated consortium: what a real one does before its silos start, done in one process.
+
+From an experiment config: connect the chain, load the dataset (to know its schema and,
+for the simulation's central evaluation, its test split), build the initial model from
+the model target, write the run spec and the initial model into the store, deploy the
+contract, register the simulated participants (keys derived from the seed: simulation
+only) and create the run, which records the spec's digest. Or, on a live chain, take
+over a run a previous coordinator created with the same spec.
+
+What it returns is where the run is (:class:`PreparedRun`), which the coordinator and
+the simulated participants are then pointed at, as deployed ones would be.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eth_utils import keccak
+from omegaconf import DictConfig, OmegaConf
+
+from .. import __version__
+from ..chain import ChainNode, RoundsContract, connect_embedded, connect_rpc, simulation_key, to_wad
+from ..chain.artifact import load_artifact
+from ..chain.runs import fetch_spec
+from ..data import DatasetSplit, client_partitions, load_dataset
+from ..errors import ConfigError
+from ..models import get_arrays, instantiate_model, model_spec
+from ..protocol.rules import RULE_PARAMS
+from ..protocol.spec import (
+    DataSchema,
+    PrivacySpec,
+    RoundsSpec,
+    RuleSpec,
+    RunSpec,
+    TrainingSpec,
+)
+from ..storage import ContentStore, array_spec, cid_from_bytes, cid_to_bytes, decode_arrays, encode_arrays
+from ..storage.location import open_store, store_location
+
+
+def client_role(partition_id: int) -> str:
+    """Name under which a simulated participant's key is derived."""
+    return f"client-{partition_id}"
+
+
+def private(cfg: DictConfig) -> bool:
+    """Whether the experiment trains with DP: ``privacy=none`` wins over any preset's ε."""
+    return bool(cfg.privacy.get("enabled", True)) and math.isfinite(float(cfg.privacy.epsilon))
+
+
+def spec_from_config(cfg: DictConfig, schema: DataSchema) -> RunSpec:
+    """The run spec an experiment config describes (the one place config becomes spec)."""
+    s = cfg.strategy
+    params = {key: s[key] for key in RULE_PARAMS.get(str(s.name), ())}
+    return RunSpec(
+        model=model_spec(cfg.model),
+        data=schema,
+        rule=RuleSpec(name=str(s.name), params=OmegaConf.to_container(OmegaConf.create(params), resolve=True)),  # type: ignore[arg-type]
+        privacy=PrivacySpec(epsilon=float(cfg.privacy.epsilon) if private(cfg) else math.inf,
+                            delta=float(cfg.privacy.delta), max_grad_norm=float(cfg.privacy.max_grad_norm),
+                            accountant=str(cfg.privacy.accountant)),  # fmt: skip
+        training=TrainingSpec(local_epochs=int(cfg.training.local_epochs), batch_size=int(cfg.training.batch_size),
+                              learning_rate=float(cfg.training.learning_rate)),  # fmt: skip
+        rounds=RoundsSpec(num_rounds=int(cfg.num_rounds), commit_s=int(s.commit_timeout_s),
+                          reveal_s=int(s.reveal_timeout_s), attest_s=int(s.attest_timeout_s),
+                          sample_fraction=float(s.sample_fraction), quorum=int(s.quorum), min_reveals=int(s.min_reveals),
+                          committee_size=int(s.committee_size)),  # fmt: skip
+        max_blob_bytes=int(cfg.storage.max_blob_bytes),
+    )
+
+
+def code_hash() -> bytes:
+    """keccak256 identifying the code release: package version and contract bytecode."""
+    return keccak(f"deai-flower {__version__}\n{load_artifact()['deployedBytecode']}".encode())
+
+
+@dataclass
+class PreparedRun:
+    """A run ready to be played: where it is, its spec, and what the coordinator needs."""
+
+    node: ChainNode
+    contract: RoundsContract
+    run_id: int
+    spec: RunSpec
+    store: ContentStore
+    store_location: str  # as participants open it (``local:DIR`` or ``ipfs:MULTIADDR``)
+    split: DatasetSplit
+    model: dict[str, Any]  # the chain's current global model (initial, or last finalized)
+    model_cid: str
+    initial_cid: str
+    array_spec: dict[str, Any]
+    setup_gas: dict[str, int] = field(default_factory=dict)
+    first_block: int = 0
+    finalized_rounds: int = 0
+
+
+def connect(cfg: DictConfig) -> ChainNode:
+    """The experiment's chain: the embedded EVM, or a JSON-RPC node."""
+    if cfg.chain.kind == "embedded":
+        return connect_embedded()
+    return connect_rpc(cfg.chain.rpc_url, timeout=cfg.chain.request_timeout_s)
+
+
+def load_split(cfg: DictConfig, *, num_clients: int | None = None) -> DatasetSplit:
+    """The dataset, after checking it can be partitioned as configured (before anything
+    is deployed: an impossible split stops the run with one line)."""
+    split = load_dataset(cfg.dataset, seed=int(cfg.seed))
+    n = int(cfg.num_clients if num_clients is None else num_clients)
+    if n > len(split.x_train):
+        raise ConfigError(f"num_clients ({n}) exceeds the {len(split.x_train)} training samples")
+    client_partitions(split, num_partitions=n, partitioner=cfg.dataset.partitioner, seed=int(cfg.seed),
+                      alpha=float(cfg.dataset.dirichlet_alpha),
+                      classes_per_partition=int(cfg.dataset.classes_per_partition))  # fmt: skip
+    return split
+
+
+def prepare_run(cfg: DictConfig, output_dir: Path, *, node: ChainNode | None = None,
+                num_clients: int | None = None) -> PreparedRun:  # fmt: skip
+    """Set up (or take over) the run ``cfg`` describes; ``num_clients`` overrides the config's
+    (``flwr run`` has as many participants as it has SuperNodes)."""
+    node = node or connect(cfg)
+    n = int(cfg.num_clients if num_clients is None else num_clients)
+    split = load_split(cfg, num_clients=n)
+    schema = split.schema()
+    spec = spec_from_config(cfg, schema)
+    spec.check_supported()
+    model = instantiate_model(spec.model, schema, seed=int(cfg.seed))
+    initial = get_arrays(model)
+    location = store_location(cfg, output_dir)
+    store = open_store(location, max_bytes=spec.max_blob_bytes, timeout_s=float(cfg.storage.timeout_s),
+                       retries=int(cfg.storage.retries))  # fmt: skip
+    store.put(spec.to_bytes())
+    initial_cid = store.put(encode_arrays(initial))
+    admin = simulation_key(seed=int(cfg.seed), role="coordinator")
+    clients = [simulation_key(seed=int(cfg.seed), role=client_role(i)) for i in range(n)]
+    node.fund([admin.address] + [c.address for c in clients])
+    shape = array_spec(initial)
+    if cfg.resume.contract_address:
+        return _resume(cfg, node, admin, store, spec=spec, location=location, split=split, shape=shape,
+                       initial_cid=initial_cid)  # fmt: skip
+    first_block = int(node.w3.eth.block_number) + 1
+    contract, deploy_tx = RoundsContract.deploy(node, admin)
+    setup_gas = {"deploy": deploy_tx.gas_used, "register": 0}
+    for i, client in enumerate(clients):
+        setup_gas["register"] += contract.register(client.address, keccak(f"simulated-node/{i}".encode())).gas_used
+    r = spec.rounds
+    run_id, run_tx = contract.create_run(
+        {
+            "specHash": spec.digest(),
+            "codeHash": code_hash(),
+            "initialModelCid": cid_to_bytes(initial_cid),
+            "epsilonBudgetWad": to_wad(spec.privacy.epsilon),
+            "deltaWad": to_wad(spec.privacy.delta),
+            "numRounds": r.num_rounds,
+            "commitDuration": r.commit_s,
+            "revealDuration": r.reveal_s,
+            "attestDuration": r.attest_s,
+            "sampleBps": round(r.sample_fraction * 10_000),
+            "quorum": r.quorum,
+            "minReveals": r.min_reveals,
+        }
+    )
+    setup_gas["createRun"] = run_tx.gas_used
+    return PreparedRun(node=node, contract=contract, run_id=run_id, spec=spec, store=store, store_location=location,
+                       split=split, model=initial, model_cid=initial_cid, initial_cid=initial_cid, array_spec=shape,
+                       setup_gas=setup_gas, first_block=first_block)  # fmt: skip
+
+
+def _resume(cfg: DictConfig, node: ChainNode, admin: Any, store: ContentStore, *, spec: RunSpec, location: str,
+            split: DatasetSplit, shape: dict[str, Any], initial_cid: str) -> PreparedRun:  # fmt: skip
+    """Take over a run a previous coordinator created with the same spec.
+
+    Finalized rounds stay done; the rounds still missing are played from the model the
+    chain finalized last. A round left in flight is let lapse first by the strategy.
+    """
+    contract = RoundsContract(node, cfg.resume.contract_address, admin)
+    run_id = int(cfg.resume.run_id)
+    recorded = fetch_spec(contract, run_id, store)
+    if recorded.digest() != spec.digest():
+        raise ConfigError(f"resume: run {run_id} was created with another run spec (chain: {recorded.digest().hex()}, "
+                          f"this config: {spec.digest().hex()}); resume it with the same overrides")  # fmt: skip
+    run = contract.get_run(run_id)
+    model_cid = cid_from_bytes(bytes(run["modelCid"]))
+    model = decode_arrays(store.get(model_cid), max_bytes=spec.max_blob_bytes, expected=shape)
+    return PreparedRun(node=node, contract=contract, run_id=run_id, spec=spec, store=store, store_location=location,
+                       split=split, model=model, model_cid=model_cid, initial_cid=initial_cid, array_spec=shape,
+                       finalized_rounds=int(run["finalizedRounds"]))  # fmt: skip
+
+
+@contextlib.contextmanager
+def serve_chain(node: ChainNode, *, same_process: bool) -> Iterator[str]:
+    """The URL participants reach the chain at, for the duration of the block.
+
+    A JSON-RPC node's own URL; the embedded chain is registered for participants in this
+    process, or served over loopback JSON-RPC for other processes (Ray's workers, the
+    SuperNodes of ``flwr run``).
+    """
+    from ..chain.node import register_embedded_node, unregister_embedded_node
+
+    if node.kind != "embedded":
+        yield node.url
+    elif not same_process:
+        from ..chain.bridge import JsonRpcBridge
+
+        bridge = JsonRpcBridge(node)
+        try:
+            yield bridge.start()
+        finally:
+            bridge.stop()
+    else:
+        url = register_embedded_node(node)
+        try:
+            yield url
+        finally:
+            unregister_embedded_node(url)
+
+
+def locator(prepared: PreparedRun, chain_url: str) -> dict[str, Any]:
+    """What every message tells a simulated participant about where the run is."""
+    return {"contract": prepared.contract.address, "run-id": prepared.run_id, "chain-url": chain_url,
+            "store": prepared.store_location}  # fmt: skip
