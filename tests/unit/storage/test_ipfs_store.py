@@ -25,7 +25,7 @@ from deai_flower.errors import (
     StoreUnavailableError,
     TamperedBlobError,
 )
-from deai_flower.federation import open_store
+from deai_flower.storage.location import open_store
 from deai_flower.storage import ContentStore, IpfsStore, compute_cid
 from deai_flower.storage.ipfs import ADD_OPTIONS
 
@@ -177,12 +177,14 @@ def test_settings_are_checked() -> None:
 
 
 def test_describe_protocol_and_open_store(fake_ipfs: FakeIpfsNode) -> None:
-    store = open_store("ipfs", fake_ipfs.api_addr, timeout_s=3.0, retries=1, max_bytes=10)
+    store = open_store(f"ipfs:{fake_ipfs.api_addr}", timeout_s=3.0, retries=1, max_bytes=10)
     assert isinstance(store, IpfsStore) and isinstance(store, ContentStore)
     assert store.describe() == {"kind": "ipfs", "location": fake_ipfs.api_addr}
     assert (store.timeout, store.retries, store.max_bytes) == (3.0, 1, 10)
-    with pytest.raises(ConfigError, match="choose one of: local, ipfs"):
-        open_store("s3", "bucket")
+    with pytest.raises(ConfigError, match="expected local:DIRECTORY or ipfs:"):
+        open_store("s3:bucket")
+    with pytest.raises(ConfigError, match="expected local:DIRECTORY or ipfs:"):
+        open_store("ipfs:localhost:5001")
 
 
 def test_cli_against_an_ipfs_node(
