@@ -31,7 +31,7 @@ from flwr.app import Array, ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from .chain import RoundsContract, simulation_key
-from .chain.keys import keystore_account
+from .chain.keys import keystore_key
 from .chain.node import connect_url
 from .chain.runs import fetch_spec
 from .errors import ConfigError
@@ -81,7 +81,7 @@ def _strategy_for(contract: RoundsContract, run_id: int, store: Any, locator: di
 def _deployment(grid: Grid, run_config: Mapping[str, Any]) -> None:
     chain_url, store_at = _required(run_config, "chain-url"), _required(run_config, "store")
     contract_address, run_id = _required(run_config, "contract"), int(_required(run_config, "run-id"))
-    account = keystore_account(_required(run_config, "keystore"), password_file=_required(run_config, "password-file"))
+    account = keystore_key(_required(run_config, "keystore"), password_file=_required(run_config, "password-file"))
     node = connect_url(chain_url)
     store = open_store(store_at)
     contract = RoundsContract(node, contract_address, account)
