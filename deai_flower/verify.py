@@ -1,41 +1,54 @@
 """Replay a run from the chain's events and the content store alone, round by round.
 
-``deai verify OUTPUT_DIR`` reads the event log a run exported (or, for a run on a live
-node, the contract's events) and checks, for every round: the beacon and the sampled
-set, the model the round started from, every reveal against its commitment, every
-revealed blob against its CID and the blob format, the aggregate against the finalized
-CID (recomputed with the run's rule), and each participant's cumulative ε against its
-revealed DP-SGD parameters. Nothing the coordinator reported is trusted.
+Everything that fixes how a run is checked comes from the chain and the store: the
+``RunCreated`` event names the run spec by its sha-256 digest (``specHash``), the spec is
+fetched from the store under the CID that digest gives and parsed; its rule, rule
+parameters, blob size limit and DP settings are the ones used below. For every round the
+verifier checks the beacon and the sampled set, the model the round started from, every
+reveal against its commitment, every revealed blob against its CID and the blob format,
+the aggregate against the finalized CID (recomputed with the spec's rule), and each
+participant's cumulative ε against its revealed DP-SGD parameters. For a run read from an
+output directory it also checks the ε values ``results.json`` reports against the chain.
+Nothing the coordinator reported is trusted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eth_utils import to_checksum_address
+from eth_utils import is_address, to_checksum_address
 
+from .errors import BlobFormatError, DeaiError, StoreError
+from .privacy import PrivacyLedger
 from .protocol.encoding import (
     ACCOUNTANT_NAMES,
+    BPS,
     DpParams,
     beacon_of,
     commitment_of,
     from_wad,
     is_sampled,
     parse_reveal_record,
+    to_wad,
 )
-from .errors import BlobFormatError, DeaiError, StoreError
-from .privacy import PrivacyLedger
-from .storage import ContentStore, array_spec, cid_from_bytes, compute_cid, decode_arrays, encode_arrays
-from .protocol.rules import RevealedUpdate, aggregate, minimum_updates
+from .protocol.rules import RULES, RevealedUpdate, aggregate, minimum_updates
+from .protocol.spec import Release, RunSpec, SpecError, spec_cid
+from .storage import ContentStore, IpfsStore, LocalStore, array_spec, cid_from_bytes, compute_cid
+from .storage import decode_arrays, encode_arrays
 
-#: Relative tolerance on a recomputed ε (fixed-point rounding of σ, q and δ).
+#: Relative tolerance on an ε compared with the one recomputed from revealed parameters
+#: (the chain holds σ, q and δ in 18-decimal fixed point, so recomputation is not exact).
 EPSILON_RTOL = 1e-6
+#: Absolute floor of that comparison, for ε near zero.
+EPSILON_ATOL = 1e-9
+_TOLERANCE = f"tolerance EPSILON_RTOL={EPSILON_RTOL:g}, relative"
 
 
 @dataclass
@@ -52,56 +65,158 @@ class RoundVerdict:
         return not self.problems
 
 
+@dataclass
+class Verification:
+    """The verdict on a run: run-wide checks and problems, and one verdict per round.
+
+    Iterating it (or indexing it) goes over the round verdicts; :attr:`ok` also needs the
+    run-wide checks to have passed.
+    """
+
+    run_id: int
+    contract: str
+    spec: RunSpec
+    spec_cid: str
+    checks: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    rounds: list[RoundVerdict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(v.ok for v in self.rounds)
+
+    def __iter__(self) -> Iterator[RoundVerdict]:
+        return iter(self.rounds)
+
+    def __len__(self) -> int:
+        return len(self.rounds)
+
+    def __getitem__(self, index: int) -> RoundVerdict:
+        return self.rounds[index]
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """Where a run's blobs are read from, and why that store (for the verifier's output)."""
+
+    kind: str  # "local" (a directory) or "ipfs" (a node's RPC API multiaddr)
+    location: str
+    reason: str = "given on the command line"
+
+    def open(self, *, max_bytes: int | None = None) -> ContentStore:
+        """The store; ``max_bytes`` caps an IPFS download before its CID is checked."""
+        if self.kind == "local":
+            if not Path(self.location).is_dir():
+                raise StoreError(f"store directory {self.location} does not exist")
+            return LocalStore(self.location)
+        if self.kind == "ipfs":
+            return IpfsStore(self.location, max_bytes=max_bytes)
+        raise DeaiError(f"unknown store kind {self.kind!r} (expected local or ipfs)")
+
+    def describe(self) -> str:
+        where = "directory" if self.kind == "local" else "IPFS node"
+        return f"{self.kind} {where} {self.location} ({self.reason})"
+
+
 def _bytes(value: str) -> bytes:
     return bytes.fromhex(value[2:] if value.startswith("0x") else value)
 
 
 @dataclass
 class RunRecord:
-    """What a verifier needs: the event log plus where the run lived."""
+    """What a verifier reads: the event log, where the run lived, and (for a run read
+    from an output directory) what ``results.json`` reported and the store it names."""
 
     events: list[dict[str, Any]]
     chain_id: int
     contract: str
     run_id: int
-    rule: str
-    rule_params: dict[str, Any]
-    max_blob_bytes: int
+    source: str = "the event log"
+    reported: dict[str, Any] | None = None
+    store: StoreLocation | None = None
 
     @classmethod
-    def from_output_dir(cls, output_dir: Path) -> RunRecord:
+    def from_output_dir(cls, output_dir: Path | str) -> RunRecord:
+        """The events ``results.json`` exported, and the store inside ``output_dir``."""
+        output_dir = Path(output_dir)
         path = output_dir / "results.json"
         try:
             results = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise DeaiError(f"{path} does not exist: is {output_dir} a deai-flower run directory?") from None
-        except json.JSONDecodeError as exc:
-            raise DeaiError(f"{path} is not valid JSON: {exc}") from exc
-        strategy = results["config"]["strategy"]
-        return cls(
-            events=results["events"],
-            chain_id=int(results["chain"]["chain_id"]),
-            contract=results["contract_address"],
-            run_id=int(results["run_id"]),
-            rule=strategy["name"],
-            rule_params={k: strategy[k] for k in ("num_malicious_nodes", "num_nodes_to_select", "beta") if k in strategy},
-            max_blob_bytes=int(results["config"]["storage"]["max_blob_bytes"]),
-        )
-
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DeaiError(f"{path} cannot be read: {exc}") from exc
+        try:
+            return cls(
+                events=list(results["events"]),
+                chain_id=int(results["chain"]["chain_id"]),
+                contract=to_checksum_address(results["contract_address"]),
+                run_id=int(results["run_id"]),
+                source=f"results.json in {output_dir}",
+                reported=results,
+                store=recorded_store(output_dir, results.get("store")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DeaiError(f"{path} is not a run's results (missing or malformed {exc})") from exc
 
     @classmethod
-    def from_chain(
-        cls, *, rpc_url: str, contract: str, run_id: int, rule: str, rule_params: dict[str, Any], max_blob_bytes: int
-    ) -> RunRecord:
+    def from_chain(cls, *, rpc_url: str, contract: str, run_id: int) -> RunRecord:
         """Read the events of ``run_id`` from a live node (only view calls; nothing is signed)."""
         from eth_account import Account
 
         from .chain import RoundsContract, connect_rpc
 
+        if not is_address(contract):
+            raise DeaiError(f"--contract {contract!r} is not a 20-byte hex address")
         node = connect_rpc(rpc_url)
         handle = RoundsContract(node, contract, Account.create())
         return cls(events=handle.event_log(), chain_id=node.chain_id, contract=handle.address, run_id=run_id,
-                   rule=rule, rule_params=rule_params, max_blob_bytes=max_blob_bytes)  # fmt: skip
+                   source=f"contract {handle.address} at {rpc_url}")  # fmt: skip
+
+    def run_params(self) -> dict[str, Any]:
+        """The ``RunParams`` of the run's ``RunCreated`` event."""
+        created = [e for e in self.events if e["event"] == "RunCreated" and int(e["args"]["runId"]) == self.run_id]
+        if len(created) != 1:
+            raise DeaiError(f"{self.source}: expected one RunCreated event for run {self.run_id}, "
+                            f"found {len(created)}")  # fmt: skip
+        return dict(created[0]["args"]["params"])
+
+    def spec_digest(self) -> bytes:
+        """The spec's sha-256 digest the chain recorded at ``createRun``."""
+        params = self.run_params()
+        # ``configHash`` is the field's name in contracts deployed before the rename.
+        digest = params.get("specHash", params.get("configHash"))
+        if digest is None:
+            raise DeaiError(f"{self.source}: run {self.run_id}'s RunCreated event has no specHash")
+        return _bytes(digest)
+
+
+def recorded_store(output_dir: Path, entry: Any) -> StoreLocation:
+    """The store of a run's output directory, from ``results.json``'s ``store`` entry.
+
+    A local store's root relative to the output directory is resolved against it; an
+    absolute one is used when it lies inside the directory. Otherwise (the directory was
+    copied or moved) its own ``store/`` is used when it exists, so that a copy is checked
+    against its own blobs and never against the original's.
+    """
+    entry = entry or {}
+    kind = str(entry.get("kind", "local"))
+    location = entry.get("root", entry.get("location"))
+    if kind != "local":
+        if not location:
+            raise DeaiError(f"results.json in {output_dir} names a {kind} store without its address")
+        return StoreLocation(kind, str(location), "recorded in results.json")
+    own = output_dir / "store"
+    if location is None:
+        return StoreLocation("local", str(own), "the output directory's store/")
+    root = Path(location)
+    if not root.is_absolute():
+        return StoreLocation("local", str(output_dir / root), "results.json's, inside the output directory")
+    if root.resolve().is_relative_to(output_dir.resolve()):
+        return StoreLocation("local", str(root), "results.json's, inside the output directory")
+    if own.is_dir():
+        return StoreLocation("local", str(own), f"the output directory's store/, not {root} that results.json names")
+    return StoreLocation("local", str(root), "results.json's, outside the output directory")
 
 
 def _participants_at(events: Iterable[dict[str, Any]], block: int) -> set[str]:
@@ -117,32 +232,95 @@ def _participants_at(events: Iterable[dict[str, Any]], block: int) -> set[str]:
     return members
 
 
-def verify_run(record: RunRecord, store: ContentStore) -> list[RoundVerdict]:
-    """Check every round of ``record``; return one verdict per opened round."""
+def load_spec(record: RunRecord, store: ContentStore) -> tuple[RunSpec, str]:
+    """The run spec the chain names, fetched from ``store`` and parsed; and its CID.
+
+    Raises :class:`SpecError` with one reason when the store lacks it, its bytes do not
+    hash to the chain's digest, it does not parse, or it names a rule this release lacks.
+    """
+    digest = record.spec_digest()
+    cid = spec_cid(digest)
+    try:
+        data = store.get(cid)  # the store refuses bytes that do not hash to the CID
+    except StoreError as exc:
+        raise SpecError(f"run {record.run_id}'s spec {cid} (the chain's specHash) cannot be read: {exc}") from exc
+    if hashlib.sha256(data).digest() != digest:
+        raise SpecError(f"the store's spec {cid} does not hash to the chain's specHash 0x{digest.hex()}")
+    spec = RunSpec.from_bytes(data)
+    if spec.rule.name not in RULES:
+        raise SpecError(f"run spec {cid} names aggregation rule {spec.rule.name!r}, which this release does not "
+                        f"implement ({', '.join(RULES)})")  # fmt: skip
+    return spec, cid
+
+
+def _check_params(verification: Verification, params: dict[str, Any]) -> None:
+    """The run's parameters on chain must be the ones its spec fixes."""
+    spec = verification.spec
+    expected = {
+        "epsilonBudgetWad": to_wad(spec.privacy.epsilon),
+        "deltaWad": to_wad(spec.privacy.delta),
+        "numRounds": spec.rounds.num_rounds,
+        "commitDuration": spec.rounds.commit_s,
+        "revealDuration": spec.rounds.reveal_s,
+        "attestDuration": spec.rounds.attest_s,
+        "sampleBps": round(spec.rounds.sample_fraction * BPS),
+        "quorum": spec.rounds.quorum,
+        "minReveals": spec.rounds.min_reveals,
+    }
+    wrong = [f"{name} {int(params[name])}, the spec gives {value}" for name, value in expected.items()
+             if name in params and int(params[name]) != value]  # fmt: skip
+    if wrong:
+        verification.problems.append("the chain's run parameters differ from the spec: " + "; ".join(wrong))
+    else:
+        verification.checks.append("run parameters on chain match the spec")
+
+
+def verify_run(record: RunRecord, store: ContentStore, *, spec: tuple[RunSpec, str] | None = None) -> Verification:
+    """Check every round of ``record`` against the chain's spec and ``store``.
+
+    ``spec``: the spec and its CID when the caller already loaded them (:func:`load_spec`).
+    Raises :class:`DeaiError` when the run cannot be checked at all (no spec, no initial
+    model, a malformed event log); mismatches are reported in the result.
+    """
+    run_spec, cid = spec if spec is not None else load_spec(record, store)
+    verification = Verification(run_id=record.run_id, contract=record.contract, spec=run_spec, spec_cid=cid)
+    verification.checks.append(f"spec {cid} hashes to the chain's specHash")
+    ours = Release.current()
+    if run_spec.release.deai_flower != ours.deai_flower:
+        verification.checks.append(f"spec is for deai-flower {run_spec.release.deai_flower}, checked with "
+                                   f"{ours.deai_flower}")  # fmt: skip
+    try:
+        _verify_rounds(record, store, verification)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DeaiError(f"{record.source}: malformed event log ({type(exc).__name__}: {exc})") from exc
+    return verification
+
+
+def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verification) -> None:
+    spec = verification.spec
+    rule, rule_params, max_bytes = spec.rule.name, spec.rule.params, spec.max_blob_bytes
     events = sorted(record.events, key=lambda e: (e["block"], e["log_index"]))
-    run_events = [e for e in events if e["args"].get("runId", record.run_id) == record.run_id]
-    created = [e for e in run_events if e["event"] == "RunCreated"]
-    if len(created) != 1:
-        raise DeaiError(f"run {record.run_id}: expected one RunCreated event, found {len(created)}")
-    params = created[0]["args"]["params"]
+    run_events = [e for e in events if int(e["args"].get("runId", record.run_id)) == record.run_id]
+    params = record.run_params()
+    _check_params(verification, params)
     model_cid = params["initialModelCid"]
     try:
-        spec = array_spec(decode_arrays(store.get(cid_from_bytes(_bytes(model_cid))), max_bytes=record.max_blob_bytes))
+        arrays_spec = array_spec(decode_arrays(store.get(cid_from_bytes(_bytes(model_cid))), max_bytes=max_bytes))
     except (StoreError, BlobFormatError) as exc:
         raise DeaiError(f"the initial model {cid_from_bytes(_bytes(model_cid))} cannot be read: {exc}") from exc
     by_round: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for e in run_events:
         if "round" in e["args"]:
             by_round[int(e["args"]["round"])].append(e)
+    reported = _ReportedEpsilon.of(record.reported)
     histories: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
-    verdicts = []
     for round_id in sorted(by_round):
         round_events = by_round[round_id]
         verdict = RoundVerdict(round=round_id, status="open")
+        verification.rounds.append(verdict)
         opened = [e for e in round_events if e["event"] == "RoundOpened"]
         if len(opened) != 1:
             verdict.problems.append(f"expected one RoundOpened event, found {len(opened)}")
-            verdicts.append(verdict)
             continue
         o = opened[0]["args"]
         beacon = _bytes(o["beacon"])
@@ -163,6 +341,7 @@ def verify_run(record: RunRecord, store: ContentStore) -> list[RoundVerdict]:
                 verdict.problems.append(f"{committer} committed without being sampled")
         reveals = [e["args"] for e in round_events if e["event"] == "Revealed"]
         updates = []
+        chain_epsilon: dict[str, float] = {}
         for r in reveals:
             who = to_checksum_address(r["participant"])
             try:  # the record as logged; decoded fields next to it in an export are not trusted
@@ -176,51 +355,154 @@ def verify_run(record: RunRecord, store: ContentStore) -> list[RoundVerdict]:
                                      num_examples=revealed.num_examples, dp=dp, salt=revealed.salt)  # fmt: skip
             if commitments.get(who) != expected:
                 verdict.problems.append(f"reveal of {who} does not open its commitment")
-            _check_epsilon(verdict, who, dp, histories[who])
+            if spec.private and ACCOUNTANT_NAMES.get(dp.accountant) != spec.privacy.accountant:
+                verdict.problems.append(f"{who} accounts with {ACCOUNTANT_NAMES.get(dp.accountant, dp.accountant)}, "
+                                        f"the spec names {spec.privacy.accountant}")  # fmt: skip
+            chain_epsilon[who] = _check_epsilon(verdict, who, dp, histories[who])
             try:
-                cid = cid_from_bytes(revealed.cid)
-                arrays = decode_arrays(store.get(cid), max_bytes=record.max_blob_bytes, expected=spec)
+                blob_cid = cid_from_bytes(revealed.cid)
+                arrays = decode_arrays(store.get(blob_cid), max_bytes=max_bytes, expected=arrays_spec)
             except (StoreError, BlobFormatError) as exc:
                 verdict.checks.append(f"excluded {who}: {exc}")
                 continue
             updates.append(RevealedUpdate(who, revealed.num_examples, arrays))
         verdict.checks.append(f"{len(reveals)} reveals vs commitments, CIDs, ε")
+        if reported is not None:
+            reported.check_round(verdict, chain_epsilon, committed=set(commitments))
 
         finalized = [e["args"] for e in round_events if e["event"] == "RoundFinalized"]
         if finalized:
             verdict.status = "finalized"
             result_cid = finalized[0]["resultCid"]
-            if len(updates) < minimum_updates(record.rule, record.rule_params):
-                verdict.problems.append(f"finalized with {len(updates)} valid updates, fewer than {record.rule} needs")
+            if len(updates) < minimum_updates(rule, rule_params):
+                verdict.problems.append(f"finalized with {len(updates)} valid updates, fewer than {rule} needs")
             else:
-                recomputed = compute_cid(encode_arrays(aggregate(record.rule, updates, record.rule_params)))
+                recomputed = compute_cid(encode_arrays(aggregate(rule, updates, rule_params)))
                 if recomputed != cid_from_bytes(_bytes(result_cid)):
                     verdict.problems.append(
-                        f"{record.rule} of the valid reveals is {recomputed}, chain finalized "
+                        f"{rule} of the valid reveals is {recomputed}, chain finalized "
                         f"{cid_from_bytes(_bytes(result_cid))}"
                     )
                 else:
-                    verdict.checks.append(f"{record.rule} aggregate equals the finalized CID")
+                    verdict.checks.append(f"{rule} aggregate equals the finalized CID")
             model_cid = result_cid
         else:
             verdict.status = "not finalized"
-        verdicts.append(verdict)
-    return verdicts
+    if reported is not None:
+        reported.check_leftovers(verification)
 
 
-def _check_epsilon(verdict: RoundVerdict, who: str, dp: DpParams, history: list[tuple[float, float, int]]) -> None:
-    """Recompute the participant's cumulative ε from its revealed (σ, q, steps) history."""
+def _check_epsilon(verdict: RoundVerdict, who: str, dp: DpParams, history: list[tuple[float, float, int]]) -> float:
+    """Recompute the participant's cumulative ε from its revealed (σ, q, steps) history;
+    return it (the revealed ε when it cannot be recomputed)."""
     history.append((from_wad(dp.noise_multiplier_wad), from_wad(dp.sample_rate_wad), dp.steps))
     accountant = ACCOUNTANT_NAMES.get(dp.accountant)
     claimed = dp.epsilon
     if accountant == "none" or any(sigma == 0 for sigma, _, _ in history):
         if not math.isinf(claimed):
             verdict.problems.append(f"{who} trained without noise but claims ε={claimed}")
-        return
+        return math.inf
     if accountant is None:
         verdict.problems.append(f"{who} names unknown accountant id {dp.accountant}")
-        return
+        return claimed
     recomputed = PrivacyLedger(history=list(history)).epsilon(from_wad(dp.delta_wad), accountant)
-    if not math.isclose(recomputed, claimed, rel_tol=EPSILON_RTOL, abs_tol=1e-9):
-        verdict.problems.append(f"{who} claims ε={claimed:.6f}, its revealed parameters give ε={recomputed:.6f}")
+    if not _close(recomputed, claimed):
+        verdict.problems.append(f"{who} claims ε={claimed:.6f}, its revealed parameters give ε={recomputed:.6f} "
+                                f"({_TOLERANCE})")  # fmt: skip
+    return recomputed
 
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=EPSILON_RTOL, abs_tol=EPSILON_ATOL)
+
+
+def _as_epsilon(value: Any) -> float:
+    """A reported ε: a number, or a string such as ``"inf"`` for a non-private run."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"not an ε: {value!r}")
+    return float(value)
+
+
+class _ReportedEpsilon:
+    """The ε values ``results.json`` reports: per participant per round (``privacy_ledger``)
+    and each round's maximum (``rounds[].epsilon``), checked against the chain's."""
+
+    def __init__(self, ledger: dict[tuple[str, int], Any], maxima: dict[int, list[Any]]) -> None:
+        self.ledger, self.maxima = ledger, maxima
+        self.seen: set[tuple[str, int]] = set()
+
+    @classmethod
+    def of(cls, results: dict[str, Any] | None) -> _ReportedEpsilon | None:
+        if results is None:
+            return None
+        ledger: dict[tuple[str, int], Any] = {}
+        maxima: dict[int, list[Any]] = defaultdict(list)
+        try:
+            for address, entry in (results.get("privacy_ledger") or {}).items():
+                who = to_checksum_address(address)
+                for row in entry["rounds"]:
+                    ledger[(who, int(row["round"]))] = row
+            for row in results.get("rounds") or []:
+                if "epsilon" in row:
+                    maxima[int(row.get("chain_round", row["round"]))].append(row["epsilon"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DeaiError(f"results.json: malformed privacy_ledger or rounds ({type(exc).__name__}: {exc})") from exc
+        return cls(ledger, maxima)
+
+    def check_round(self, verdict: RoundVerdict, chain: dict[str, float], *, committed: set[str]) -> None:
+        round_id = verdict.round
+        before = len(verdict.problems)
+        for who, epsilon in chain.items():
+            self.seen.add((who, round_id))
+            row = self.ledger.get((who, round_id))
+            if row is None:
+                verdict.problems.append(f"results.json's privacy_ledger has no round {round_id} for {who}, "
+                                        "which revealed in it")  # fmt: skip
+                continue
+            try:
+                claimed = _as_epsilon(row.get("epsilon"))
+            except ValueError as exc:
+                verdict.problems.append(f"results.json's privacy_ledger, {who} round {round_id}: {exc}")
+                continue
+            if not _close(claimed, epsilon):
+                verdict.problems.append(f"results.json reports ε={claimed:.6f} for {who} in round {round_id}; its "
+                                        f"reveals give ε={epsilon:.6f} ({_TOLERANCE})")  # fmt: skip
+        for who, r in sorted(self.ledger):
+            if r == round_id and who not in chain:
+                self.seen.add((who, r))
+                verdict.problems.append(f"results.json's privacy_ledger reports round {round_id} for {who}, "
+                                        "which revealed nothing in it")  # fmt: skip
+        if chain:
+            highest = max(chain.values())
+            # A committer that did not reveal may have reported a higher ε the chain never saw.
+            silent = bool(committed - set(chain))
+            for value in self.maxima.get(round_id, []):
+                try:
+                    claimed = _as_epsilon(value)
+                except ValueError as exc:
+                    verdict.problems.append(f"results.json's round {round_id} ε: {exc}")
+                    continue
+                if not (_close(claimed, highest) or (silent and claimed > highest)):
+                    verdict.problems.append(f"results.json reports round {round_id}'s ε={claimed:.6f}; the "
+                                            f"highest its reveals give is ε={highest:.6f} ({_TOLERANCE})")  # fmt: skip
+        if len(verdict.problems) == before:
+            verdict.checks.append("results.json's ε")
+
+    def check_leftovers(self, verification: Verification) -> None:
+        extra = sorted(set(self.ledger) - self.seen, key=lambda k: (k[1], k[0]))
+        if extra:
+            listed = ", ".join(f"{who} round {r}" for who, r in extra)
+            verification.problems.append(f"results.json's privacy_ledger reports rounds the chain never opened: "
+                                         f"{listed}")  # fmt: skip
+
+
+__all__ = [
+    "EPSILON_RTOL",
+    "RoundVerdict",
+    "RunRecord",
+    "StoreLocation",
+    "Verification",
+    "load_spec",
+    "recorded_store",
+    "verify_run",
+]

@@ -3,12 +3,19 @@
     deai store add FILE            store FILE, print its CID (ipfs add --cid-version=1 --raw-leaves)
     deai store get CID [-o OUT]    write the verified blob to OUT (default: stdout)
     deai store verify CID          check the stored blob still matches its CID
+    deai verify OUTPUT_DIR         replay a run from its exported events and the store inside it
+    deai verify --rpc URL --contract ADDRESS --run-id N (--store-root DIR | --store-api MULTIADDR)
+                                   the same from a live node's events
 
-The store is the embedded one at ``--root`` (default: ``$DEAI_STORE_ROOT``, else
-``./store``; a run keeps its blobs in ``<output dir>/store``), or with ``--store ipfs``
-(implied by ``--api-addr``) the IPFS node whose RPC API is at ``--api-addr`` (default:
-``$DEAI_IPFS_API``, else ``/ip4/127.0.0.1/tcp/5001``). Either way every blob read is
-verified against its CID on this machine. Errors are one line on stderr, exit status 2.
+``deai verify`` takes the rule, its parameters and the DP settings from the run spec the
+chain names, never from flags or a config; it exits 1 when the run does not verify.
+
+For ``deai store``, the store is the embedded one at ``--root`` (default:
+``$DEAI_STORE_ROOT``, else ``./store``; a run keeps its blobs in ``<output dir>/store``),
+or with ``--store ipfs`` (implied by ``--api-addr``) the IPFS node whose RPC API is at
+``--api-addr`` (default: ``$DEAI_IPFS_API``, else ``/ip4/127.0.0.1/tcp/5001``). Either
+way every blob read is verified against its CID on this machine. Errors are one line on
+stderr, exit status 2.
 """
 
 from __future__ import annotations

@@ -1,4 +1,12 @@
-"""``deai verify``: replay a run from chain events and the store; exit 1 on any mismatch."""
+"""``deai verify``: replay a run from chain events and the store; exit 1 on any mismatch.
+
+    deai verify OUTPUT_DIR
+    deai verify --rpc URL --contract ADDRESS --run-id N (--store-root DIR | --store-api MULTIADDR)
+
+The rule, its parameters, the blob size limit and the DP settings come from the run spec
+the chain names (``specHash``), read from the store; nothing is taken from flags or a
+config. An output directory is checked against the store inside it.
+"""
 
 from __future__ import annotations
 
@@ -7,69 +15,77 @@ import json
 import sys
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
 from ..errors import DeaiError
-from ..federation import open_store
-from ..storage import ContentStore, LocalStore
-from ..verify import RunRecord, verify_run
+from ..protocol.spec import MAX_SPEC_BYTES
+from ..verify import RunRecord, StoreLocation, Verification, load_spec, verify_run
 
 
 def add_parser(groups: argparse._SubParsersAction) -> None:
-    verify = groups.add_parser("verify", help="replay a run's rounds from the chain and the store")
-    verify.add_argument("output_dir", nargs="?", help="a run's output directory (holds results.json and store/)")
-    verify.add_argument("--rpc", help="JSON-RPC URL of the chain (instead of an output directory's event log)")
-    verify.add_argument("--contract", help="contract address (with --rpc)")
-    verify.add_argument("--run-id", type=int, default=1, help="run id on the contract (with --rpc; default 1)")
-    verify.add_argument("--store-root", help="embedded store directory (default: the store the run recorded)")
-    verify.add_argument("--api-addr", help="IPFS node RPC multiaddr to read blobs from instead")
-    verify.add_argument("--rule", default="fedavg", help="aggregation rule of the run (with --rpc)")
-    verify.add_argument("--rule-params", default="{}", help="JSON object of rule parameters (with --rpc)")
-    verify.add_argument("--max-blob-bytes", type=int, default=64 * 1024 * 1024)
+    verify = groups.add_parser("verify", help="replay a run's rounds from the chain and the store",
+                               description="Replay a run from the chain's events and the content store; the rule, "
+                                           "its parameters and the DP settings come from the run spec the chain "
+                                           "names. Exit status 1 on any mismatch, 2 when the run cannot be read.")  # fmt: skip
+    verify.add_argument("output_dir", nargs="?", metavar="OUTPUT_DIR",
+                        help="a run's output directory (results.json and its store)")  # fmt: skip
+    verify.add_argument("--rpc", metavar="URL", help="JSON-RPC URL of the chain (instead of an output directory)")
+    verify.add_argument("--contract", metavar="ADDRESS", help="the run's contract address (with --rpc)")
+    verify.add_argument("--run-id", type=int, default=1, metavar="N", help="run id on the contract (default 1)")
+    store = verify.add_mutually_exclusive_group()
+    store.add_argument("--store-root", metavar="DIR",
+                       help="local store directory (default for OUTPUT_DIR: the store inside it)")  # fmt: skip
+    store.add_argument("--store-api", metavar="MULTIADDR", help="read blobs from the IPFS node at this RPC API")
     verify.set_defaults(func=run_verify)
 
 
+def _store_location(args: argparse.Namespace) -> StoreLocation | None:
+    if args.store_api:
+        return StoreLocation("ipfs", args.store_api)
+    if args.store_root:
+        return StoreLocation("local", args.store_root)
+    return None
+
+
 def run_verify(args: argparse.Namespace) -> None:
+    explicit = _store_location(args)
     if args.rpc:
-        if not args.contract or not (args.store_root or args.api_addr):
-            raise DeaiError("--rpc needs --contract and --store-root or --api-addr")
-        record = RunRecord.from_chain(rpc_url=args.rpc, contract=args.contract, run_id=args.run_id, rule=args.rule,
-                                      rule_params=json.loads(args.rule_params), max_blob_bytes=args.max_blob_bytes)  # fmt: skip
-        store = _explicit_store(args)
+        if args.output_dir:
+            raise DeaiError("give either OUTPUT_DIR or --rpc, not both")
+        if not args.contract or explicit is None:
+            raise DeaiError("--rpc needs --contract ADDRESS and --store-root DIR or --store-api MULTIADDR")
+        record = RunRecord.from_chain(rpc_url=args.rpc, contract=args.contract, run_id=args.run_id)
     elif args.output_dir:
-        output_dir = Path(args.output_dir)
-        record = RunRecord.from_output_dir(output_dir)
-        store = _explicit_store(args) if (args.store_root or args.api_addr) else _recorded_store(output_dir)
+        if args.contract:
+            raise DeaiError("--contract goes with --rpc; an output directory names its own contract")
+        record = RunRecord.from_output_dir(Path(args.output_dir))
     else:
         raise DeaiError("give a run's OUTPUT_DIR, or --rpc URL --contract ADDRESS --store-root DIR")
-    verdicts = verify_run(record, store)
-    table = Table(title=f"deai verify: run {record.run_id} on {record.contract}")
-    for column in ("round", "status", "verdict", "details"):
-        table.add_column(column)
-    for v in verdicts:
-        details = "; ".join(v.problems) if v.problems else "; ".join(v.checks)
-        table.add_row(str(v.round), v.status, "[green]ok[/green]" if v.ok else "[red]MISMATCH[/red]", details)
-    Console(width=160).print(table)
-    if not verdicts:
+    location = explicit or record.store
+    assert location is not None  # an output directory always names one
+    # The spec first, read under its own size cap; then the blobs, under the spec's.
+    spec, cid = load_spec(record, location.open(max_bytes=MAX_SPEC_BYTES))
+    verification = verify_run(record, location.open(max_bytes=spec.max_blob_bytes), spec=(spec, cid))
+    _print(verification, record, location)
+    if not verification.rounds:
         raise DeaiError("the run has no rounds to verify")
-    failed = [v.round for v in verdicts if not v.ok]
-    if failed:
-        print(f"verification failed for round(s) {', '.join(map(str, failed))}", file=sys.stderr)
+    if not verification.ok:
+        failed = [str(v.round) for v in verification.rounds if not v.ok]
+        what = (["the run's parameters"] if verification.problems else []) + (
+            [f"round(s) {', '.join(failed)}"] if failed else []
+        )
+        print(f"verification failed for {' and '.join(what)}", file=sys.stderr)
         sys.exit(1)
-    print(f"all {len(verdicts)} rounds verified")
+    print(f"all {len(verification.rounds)} rounds verified")
 
 
-def _explicit_store(args: argparse.Namespace) -> ContentStore:
-    if args.api_addr:
-        return open_store("ipfs", args.api_addr, max_bytes=args.max_blob_bytes)
-    return LocalStore(args.store_root)
-
-
-def _recorded_store(output_dir: Path) -> ContentStore:
-    """The store a run recorded (a local one moved with its run is found beside results)."""
-    results = json.loads((output_dir / "results.json").read_text(encoding="utf-8"))
-    kind, location = results["store"]["kind"], results["store"]["location"]
-    if kind == "local" and not Path(location).is_dir():
-        location = str(output_dir / "store")
-    return open_store(kind, location, max_bytes=int(results["config"]["storage"]["max_blob_bytes"]))
+def _print(verification: Verification, record: RunRecord, location: StoreLocation) -> None:
+    spec = verification.spec
+    epsilon = "∞" if not spec.private else f"{spec.privacy.epsilon:g}"
+    print(f"run {record.run_id} on {record.contract} (chain {record.chain_id}), events from {record.source}")
+    print(f"spec: {spec.rule.name} {json.dumps(spec.rule.params, sort_keys=True)}, "
+          f"ε={epsilon} δ={spec.privacy.delta:g} ({spec.privacy.accountant}), blobs ≤ {spec.max_blob_bytes} bytes")  # fmt: skip
+    print(f"store: {location.describe()}")
+    run_details = "; ".join(verification.problems or verification.checks)
+    print(f"{'run':<9} {'':<13} {'MISMATCH' if verification.problems else 'ok':<8}  {run_details}")
+    for v in verification.rounds:
+        details = "; ".join(v.problems) if v.problems else "; ".join(v.checks)
+        print(f"round {v.round:<3} {v.status:<13} {'ok' if v.ok else 'MISMATCH':<8}  {details}")
