@@ -1,0 +1,98 @@
+"""The participants' ClientApp: one module-level object for every engine.
+
+Which participant a node is follows from ``context.node_config``: a deployed SuperNode
+names its keystore (``keystore``, see :meth:`Participant.from_node_config`); a simulated
+node has a ``partition-id`` and is built by the simulation harness from the run's
+experiment config. A deployed participant serves only the run its SuperNode's
+``run_config`` names (``contract``, ``run-id``) and reaches chain and store through its
+own endpoints; a simulated one goes where each message's locator says.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from eth_utils import is_address, to_checksum_address
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from ..errors import ConfigError, ProtocolError
+from ..messages import CONFIG
+from .handlers import handle_attest, handle_commit, handle_identity, handle_reveal
+from .locator import RunLocator
+from .participant import Participant
+
+__all__ = ["client_app", "participant_for"]
+
+_DEPLOYED: dict[tuple[tuple[str, str], ...], Participant] = {}
+_LOCK = threading.Lock()
+
+
+def _deployed(node_config: Mapping[str, Any]) -> Participant:
+    key = tuple(sorted((str(k), repr(v)) for k, v in node_config.items()))
+    with _LOCK:  # decrypting a keystore takes a second: once per node config and process
+        participant = _DEPLOYED.get(key)
+        if participant is None:
+            participant = _DEPLOYED[key] = Participant.from_node_config(node_config)
+        return participant
+
+
+def _check_run(locator: RunLocator, run_config: Mapping[str, Any]) -> None:
+    """A deployed participant acts only in the run its SuperNode was started for."""
+    for key in ("contract", "run-id"):
+        if key not in run_config or str(run_config[key]).strip() == "":
+            raise ConfigError(f"run_config lacks '{key}': a deployed participant serves only the run it names")
+    contract = str(run_config["contract"])
+    if not is_address(contract):
+        raise ConfigError(f"run_config 'contract' {contract!r} is not an address")
+    try:
+        run_id = int(run_config["run-id"])
+    except (TypeError, ValueError):
+        raise ConfigError(f"run_config 'run-id' {run_config['run-id']!r} is not an integer") from None
+    if (locator.contract, locator.run_id) != (to_checksum_address(contract), run_id):
+        raise ProtocolError(f"message is about run {locator.run_id} of contract {locator.contract}; this participant "
+                            f"serves run {run_id} of contract {to_checksum_address(contract)}")  # fmt: skip
+
+
+def participant_for(message: Message, context: Context) -> Participant:
+    """The participant this node is, for this message.
+
+    Raises:
+        ConfigError: the node config names neither a keystore nor a partition.
+        ProtocolError: a deployed participant got a message about another run, or a
+            message that does not say which run it is about.
+    """
+    node_config = context.node_config
+    config = message.content[CONFIG] if CONFIG in message.content else {}
+    if "keystore" in node_config:
+        participant = _deployed(node_config)
+        if message.metadata.message_type != "query.identity" or "contract" in config:
+            _check_run(RunLocator.from_config(config), context.run_config)
+        return participant
+    if "partition-id" in node_config:
+        from ..simulation.participants import simulated_participant
+
+        num_partitions = node_config.get("num-partitions")
+        return simulated_participant(context.run_config, int(node_config["partition-id"]),
+                                     RunLocator.from_config(config),
+                                     num_partitions=None if num_partitions is None else int(num_partitions))  # fmt: skip
+    raise ConfigError("node_config names neither a 'keystore' (a deployed participant: see "
+                      "Participant.from_node_config) nor a 'partition-id' (a simulated one)")  # fmt: skip
+
+
+def _serve(handler: Callable[[Participant, Message, Context], Message]) -> Callable[[Message, Context], Message]:
+    def serve(message: Message, context: Context) -> Message:
+        return handler(participant_for(message, context), message, context)
+
+    serve.__name__ = serve.__qualname__ = handler.__name__
+    serve.__doc__ = handler.__doc__
+    return serve
+
+
+client_app = ClientApp()
+client_app.query("identity")(_serve(handle_identity))
+client_app.train("commit")(_serve(handle_commit))
+client_app.train("reveal")(_serve(handle_reveal))
+client_app.train("attest")(_serve(handle_attest))

@@ -1,0 +1,315 @@
+"""A participant's phase handlers: train + commit, reveal, attest, and identity.
+
+Each handler acts on chain with the participant's own key and talks to the coordinator
+only to be told *when* to act. Nothing the coordinator sends is trusted for content:
+the run is built from the spec the chain records (:mod:`.run_view`), the global model is
+fetched by the CID the chain records and checked against it, and attesters read the
+revealed set from chain events, not from the coordinator.
+
+Durable per-node state (the privacy ledger, the pending reveal) lives in Flower's
+``context.state``, which follows the node whichever worker serves it; the ledger is
+also written to the participant's ledger directory, so it survives a restart.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from logging import INFO, WARNING
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from eth_utils import keccak
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.common import log
+
+from ..chain import DpParams, commitment_of
+from ..errors import (
+    BlobFormatError,
+    ChainError,
+    ContractRevertError,
+    PrivacyBudgetExhaustedError,
+    ProtocolError,
+    StoreError,
+)
+from ..messages import CONFIG, METRICS, STATUS
+from ..models import set_arrays
+from ..privacy import PrivacyLedger, ledger_path, load_ledger, save_ledger, train_round
+from ..protocol.rules import RevealedUpdate, aggregate
+from ..storage import cid_from_bytes, cid_to_bytes, compute_cid, decode_arrays, encode_arrays
+from .locator import RunLocator
+from .participant import Participant
+from .run_view import RunView, run_view
+
+__all__ = ["handle_attest", "handle_commit", "handle_identity", "handle_reveal", "revealed_updates"]
+
+_LEDGER = "privacy-ledger"
+_PENDING = "pending-reveal"
+
+
+def _reply(message: Message, *, status: dict[str, Any], metrics: dict[str, Any] | None = None) -> Message:
+    content = RecordDict({STATUS: ConfigRecord(status)})
+    if metrics is not None:
+        content[METRICS] = MetricRecord(metrics)
+    return Message(content, reply_to=message)
+
+
+def _round_and_view(participant: Participant, message: Message) -> tuple[int, RunView]:
+    config = message.content[CONFIG]
+    locator = RunLocator.from_config(config)
+    if "round" not in config:
+        raise ProtocolError("message config lacks round")
+    return int(config["round"]), run_view(participant, locator.contract, locator.run_id)
+
+
+def _salt(view: RunView, round_id: int) -> bytes:
+    """The round's secret salt: unpredictable to others, reproducible for a fixed key."""
+    secret = view.account.key
+    return keccak(secret + view.contract.address.encode() + view.run_id.to_bytes(32, "big")
+                  + round_id.to_bytes(32, "big"))  # fmt: skip
+
+
+def _ledger_file(view: RunView) -> tuple[Path | None, dict[str, object]]:
+    """The participant's ledger file for this run (None without a ledger directory) and its owner."""
+    identity = {"participant": view.account.address, "chain_id": view.contract.node.chain_id,
+                "contract": view.contract.address, "run_id": view.run_id}  # fmt: skip
+    ledger_dir = view.participant.ledger_dir
+    return (None if ledger_dir is None else ledger_path(ledger_dir, **identity)), identity  # type: ignore[arg-type]
+
+
+def _load_ledger(view: RunView, context: Context) -> PrivacyLedger:
+    """The privacy ledger from ``context.state`` or, after a restart, from the ledger file.
+
+    When both exist the one with more rounds wins: never account for less than was spent.
+    """
+    in_memory = PrivacyLedger.from_record(dict(context.state[_LEDGER])) if _LEDGER in context.state else None
+    path, identity = _ledger_file(view)
+    on_disk = None if path is None else load_ledger(path, identity=identity)
+    candidates = [ledger for ledger in (in_memory, on_disk) if ledger is not None]
+    return max(candidates, key=lambda ledger: len(ledger.history)) if candidates else PrivacyLedger()
+
+
+def _save_ledger(view: RunView, context: Context, ledger: PrivacyLedger) -> None:
+    context.state[_LEDGER] = ConfigRecord(ledger.to_record())
+    path, identity = _ledger_file(view)
+    if path is not None:
+        save_ledger(path, ledger, settings=view.privacy_settings(), identity=identity)
+
+
+def handle_commit(participant: Participant, message: Message, context: Context) -> Message:
+    """Fetch the chain's global model, train with DP-SGD under the spec's settings,
+    commit to the update's hash."""
+    round_id, view = _round_and_view(participant, message)
+    config = message.content[CONFIG]
+    contract, spec = view.contract, view.spec
+    started = time.perf_counter()
+
+    model_cid = cid_from_bytes(bytes(contract.get_run(view.run_id)["modelCid"]))
+    if str(config.get("model-cid", "")) != model_cid:
+        raise ProtocolError(f"coordinator announced model {config.get('model-cid')} but the chain records {model_cid}")
+    global_arrays = decode_arrays(view.store.get(model_cid), max_bytes=spec.max_blob_bytes, expected=view.array_spec)
+    set_arrays(view.model, global_arrays)
+
+    ledger = _load_ledger(view, context)
+    try:
+        trained = train_round(
+            model=view.model,
+            x=view.data.x,
+            y=view.data.y,
+            settings=view.privacy_settings(),
+            ledger=ledger,
+            planned_rounds=spec.rounds.num_rounds,
+            local_epochs=spec.training.local_epochs,
+            batch_size=spec.training.batch_size,
+            learning_rate=spec.training.learning_rate,
+            seed=participant.round_seed(round_id),
+            device=view.device,
+            num_threads=participant.num_threads,
+        )
+    except PrivacyBudgetExhaustedError as exc:
+        log(INFO, "participant %s declines round %s: %s", participant.label, round_id, exc)
+        return _reply(message, status={"state": "declined", "reason": str(exc), "address": participant.address})
+    _save_ledger(view, context, ledger)
+    train_seconds = time.perf_counter() - started
+
+    update = trained.arrays
+    if participant.behaviour is not None:  # a simulated adversary
+        update = participant.behaviour.poison(global_arrays, update)
+    blob = encode_arrays(update)
+    cid = compute_cid(blob)
+    dp = DpParams.from_floats(
+        noise_multiplier=trained.noise_multiplier,
+        sample_rate=trained.sample_rate,
+        steps=trained.steps,
+        delta=trained.delta,
+        epsilon=trained.epsilon,
+        accountant=trained.accountant,
+    )
+    salt = _salt(view, round_id)
+    commitment = commitment_of(
+        chain_id=contract.node.chain_id,
+        contract=contract.address,
+        run_id=view.run_id,
+        round_id=round_id,
+        participant=participant.address,
+        cid=cid_to_bytes(cid),
+        num_examples=trained.num_examples,
+        dp=dp,
+        salt=salt,
+    )
+    tx = contract.commit(view.run_id, round_id, commitment)
+    if _PENDING in context.state:  # a round abandoned before its reveal
+        view.store.discard(str(context.state[_PENDING].get("staged", "")))
+    # Published only at the reveal; staging writes it meanwhile, out of sight (after the
+    # transaction, so that the write overlaps what comes next rather than the send).
+    staged = view.store.stage(blob, cid=cid)
+    context.state[_PENDING] = ConfigRecord(
+        {
+            "round": round_id,
+            "contract": contract.address,
+            "run-id": view.run_id,
+            "cid": cid,
+            "blob": blob,  # to put at the reveal if the staged copy is gone (a restart)
+            "staged": staged,
+            "num-examples": trained.num_examples,
+            "dp": [str(v) for v in dp.as_tuple()],
+            "salt": salt,
+        }
+    )
+    return _reply(
+        message,
+        status={"state": "committed", "address": participant.address, "cid": cid},
+        metrics={
+            "num-examples": trained.num_examples,
+            "epsilon": trained.epsilon,
+            "noise-multiplier": trained.noise_multiplier,
+            "sample-rate": trained.sample_rate,
+            "steps": trained.steps,
+            "train-loss": trained.train_loss,
+            "train-seconds": train_seconds,
+            "gas": tx.gas_used,
+        },
+    )
+
+
+def handle_reveal(participant: Participant, message: Message, context: Context) -> Message:
+    """Upload the committed blob and reveal its preimage on chain."""
+    round_id, view = _round_and_view(participant, message)
+    pending = context.state[_PENDING] if _PENDING in context.state else None
+    if (pending is None or int(pending["round"]) != round_id
+            or str(pending.get("contract", view.contract.address)) != view.contract.address
+            or int(pending.get("run-id", view.run_id)) != view.run_id):  # fmt: skip
+        raise ProtocolError(f"nothing committed for round {round_id} of run {view.run_id}")
+    stored_cid, staged = str(pending["cid"]), str(pending.get("staged", ""))
+    try:
+        published = view.store.publish(staged, cid=stored_cid)
+    except StoreError as exc:  # the background write failed: the bytes are still here
+        log(WARNING, "participant %s: staged copy unusable (%s); storing the update again", participant.label, exc)
+        published = False
+    if not published:
+        stored_cid = view.store.put(bytes(pending["blob"]), cid=stored_cid)  # hashed at commit
+        view.store.discard(staged)
+    if stored_cid != pending["cid"]:
+        raise StoreError(f"store returned CID {stored_cid}, committed {pending['cid']}")
+    dp = DpParams(*(int(v) for v in pending["dp"]))
+    tx = view.contract.reveal(
+        view.run_id,
+        round_id,
+        cid=cid_to_bytes(stored_cid),
+        num_examples=int(pending["num-examples"]),
+        dp=dp,
+        salt=bytes(pending["salt"]),
+    )
+    del context.state[_PENDING]
+    return _reply(message, status={"state": "revealed", "address": participant.address}, metrics={"gas": tx.gas_used})
+
+
+def revealed_updates(view: RunView, round_id: int, opened_block: int) -> tuple[list[RevealedUpdate], dict[str, str]]:
+    """The round's valid reveals, read from chain events (from the round's opening
+    block on) and fetched from the store.
+
+    A blob that is missing, does not match its CID or fails validation against the
+    spec's array layout and size limit is excluded, with the reason; every honest
+    attester excludes the same ones.
+    """
+    reveals = view.contract.revealed(view.run_id, round_id, from_block=opened_block)
+
+    def fetch(reveal: dict[str, Any]) -> dict[str, np.ndarray] | str:
+        try:
+            blob = view.store.get(cid_from_bytes(reveal["cid"]))
+            return decode_arrays(blob, max_bytes=view.spec.max_blob_bytes, expected=view.array_spec)
+        except (StoreError, BlobFormatError) as exc:
+            return str(exc)
+
+    # Hashing and decoding release the GIL: a store that allows it is read on all cores.
+    workers = max(1, min(len(reveals), getattr(view.store, "read_concurrency", 1)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        fetched = list(pool.map(fetch, reveals))
+    updates, rejected = [], {}
+    for reveal, arrays in zip(reveals, fetched, strict=True):
+        if isinstance(arrays, str):
+            rejected[reveal["participant"]] = arrays
+        else:
+            updates.append(RevealedUpdate(reveal["participant"], reveal["numExamples"], arrays))
+    return updates, rejected
+
+
+def _exclusions(rejected: dict[str, str]) -> dict[str, list[str]]:
+    """The excluded reveals as two parallel lists (a ConfigRecord holds no mappings)."""
+    return {"excluded": list(rejected), "excluded-reasons": list(rejected.values())}
+
+
+def _finalized_reply(message: Message, view: RunView, result_cid: str, rejected: dict[str, str]) -> Message:
+    """Reply of an attester that found the round already finalized by the quorum."""
+    final = cid_from_bytes(bytes(view.contract.get_run(view.run_id)["modelCid"]))
+    state = "agreed" if final == result_cid else "disagreed"
+    return _reply(message, status={"state": state, "address": view.account.address, "cid": result_cid,
+                                   **_exclusions(rejected)})  # fmt: skip
+
+
+def _late_reply(message: Message, view: RunView) -> Message:
+    """Reply of a committee member asked after the quorum had finalized the round: there
+    is nothing left to attest (`deai verify` replays the round for anyone who wants to)."""
+    return _reply(message, status={"state": "late", "address": view.account.address})
+
+
+def handle_attest(participant: Participant, message: Message, context: Context) -> Message:
+    """Aggregate the round's revealed updates with the spec's rule and attest the result's CID."""
+    round_id, view = _round_and_view(participant, message)
+    contract = view.contract
+    if contract.phase(view.run_id, round_id) == "finalized":
+        return _late_reply(message, view)
+    try:
+        opened_block = int(contract.get_round(view.run_id, round_id)["openedBlock"])
+    except ContractRevertError:
+        # finalized since (its finalization opened the next round), or not current at all
+        if contract.phase(view.run_id, round_id) == "finalized":
+            return _late_reply(message, view)
+        raise
+    updates, rejected = revealed_updates(view, round_id, opened_block)
+    for address, reason in rejected.items():
+        log(WARNING, "round %s: excluded update of %s: %s", round_id, address, reason)
+    if not updates:
+        raise ProtocolError(f"round {round_id}: no valid revealed update to aggregate")
+    rule = view.spec.rule
+    aggregated = aggregate(rule.name, updates, dict(rule.params))
+    result_cid = view.store.put(encode_arrays(aggregated))
+    try:
+        tx = contract.attest(view.run_id, round_id, cid_to_bytes(result_cid))
+    except ChainError:
+        # Other attesters may have reached the quorum while this one aggregated (the
+        # eth_call check refuses the attestation before anything is sent).
+        if contract.phase(view.run_id, round_id) != "finalized":
+            raise
+        return _finalized_reply(message, view, result_cid, rejected)
+    return _reply(
+        message,
+        status={"state": "attested", "address": participant.address, "cid": result_cid, **_exclusions(rejected)},
+        metrics={"gas": tx.gas_used, "excluded": len(rejected)},
+    )
+
+
+def handle_identity(participant: Participant, message: Message, context: Context) -> Message:
+    """Tell the coordinator which chain address this node signs with."""
+    return _reply(message, status={"address": participant.address})
