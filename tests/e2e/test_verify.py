@@ -1,4 +1,10 @@
-"""`deai verify` replays a finished run and catches tampering with the log or the store."""
+"""`deai verify` replays a finished run and catches tampering with the log, the store or
+the ε values results.json reports.
+
+Each tampering happens in a copy of the run's output directory while the original stays
+where it was: the copy must be checked against its own store and fail, the original
+must still verify.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +18,10 @@ import pytest
 
 from support import compose_with
 
-from deai_flower.experiment import run_experiment
-from deai_flower.storage import LocalStore, cid_from_bytes
-from deai_flower.verify import RunRecord, verify_run
+from deai_flower.simulation.experiment import run_experiment
+from deai_flower.storage import cid_from_bytes
+from deai_flower.protocol.encoding import parse_reveal_record
+from deai_flower.verify import EPSILON_RTOL, RunRecord, Verification, verify_run
 
 pytestmark = pytest.mark.slow
 
@@ -28,29 +35,40 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def verdicts(out: Path):
-    return verify_run(RunRecord.from_output_dir(out), LocalStore(out / "store"))
+def verify(out: Path) -> Verification:
+    record = RunRecord.from_output_dir(out)
+    assert record.store is not None
+    return verify_run(record, record.store.open())
 
 
-def deai_verify(out: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "deai_flower.cli.deai", "verify", str(out)], capture_output=True,
+def deai_verify(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "deai_flower.cli.deai", "verify", *args], capture_output=True,
                           text=True)  # fmt: skip
 
 
 def test_a_finished_run_verifies(run_dir: Path) -> None:
-    result = verdicts(run_dir)
+    result = verify(run_dir)
+    assert result.ok, (result.problems, [v.problems for v in result])
     assert [v.round for v in result] == [1, 2]
-    assert all(v.ok and v.status == "finalized" for v in result), [v.problems for v in result]
-    cli = deai_verify(run_dir)
-    assert cli.returncode == 0 and "all 2 rounds verified" in cli.stdout
+    assert all(v.status == "finalized" and "results.json's ε" in v.checks for v in result)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results.get("spec_cid", result.spec_cid) == result.spec_cid
+    assert result.spec.rule.name == "fedavg" and result.spec.private
+    cli = deai_verify(str(run_dir))
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert "all 2 rounds verified" in cli.stdout and result.spec_cid in cli.stdout
+    assert str(run_dir / "store") in cli.stdout  # says which store it read
 
 
-def tampered_copy(run_dir: Path, tmp_path: Path) -> tuple[Path, dict]:
+def copy_of(run_dir: Path, tmp_path: Path) -> tuple[Path, dict]:
+    """A copy of the output directory (its results.json may name the original's store)."""
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
-    results = json.loads((copy / "results.json").read_text())
-    results["store"]["location"] = str(copy / "store")
-    return copy, results
+    return copy, json.loads((copy / "results.json").read_text())
+
+
+def revealed(results: dict, round_id: int) -> dict:
+    return next(e for e in results["events"] if e["event"] == "Revealed" and e["args"]["round"] == round_id)
 
 
 def patch_record(reveal: dict, start: int, end: int, change) -> None:
@@ -63,37 +81,59 @@ def patch_record(reveal: dict, start: int, end: int, change) -> None:
 
 
 def test_a_changed_reveal_fails_its_commitment(run_dir: Path, tmp_path: Path) -> None:
-    copy, results = tampered_copy(run_dir, tmp_path)
-    reveal = next(e for e in results["events"] if e["event"] == "Revealed" and e["args"]["round"] == 2)
-    patch_record(reveal, 36, 44, lambda examples: examples + 1)
+    copy, results = copy_of(run_dir, tmp_path)
+    patch_record(revealed(results, 2), 36, 44, lambda examples: examples + 1)
     (copy / "results.json").write_text(json.dumps(results))
-    result = verdicts(copy)
+    result = verify(copy)
     assert result[0].ok and not result[1].ok
     assert any("does not open its commitment" in p for p in result[1].problems)
-    cli = deai_verify(copy)
+    cli = deai_verify(str(copy))
     assert cli.returncode == 1 and "round(s) 2" in cli.stderr
 
 
-def test_a_tampered_blob_changes_the_aggregate(run_dir: Path, tmp_path: Path) -> None:
-    copy, results = tampered_copy(run_dir, tmp_path)
-    (copy / "results.json").write_text(json.dumps(results))
-    reveal = next(e for e in results["events"] if e["event"] == "Revealed" and e["args"]["round"] == 1)
-    cid = cid_from_bytes(bytes.fromhex(reveal["args"]["cid"][2:]))
-    (blob,) = list((copy / "store").rglob(cid))
+def test_a_tampered_blob_in_a_copy_fails_while_the_original_verifies(run_dir: Path, tmp_path: Path) -> None:
+    copy, results = copy_of(run_dir, tmp_path)
+    record = parse_reveal_record(bytes.fromhex(revealed(results, 1)["args"]["record"][2:]))
+    (blob,) = list((copy / "store").rglob(cid_from_bytes(record.cid)))
     data = bytearray(blob.read_bytes())
     data[-1] ^= 0xFF
     blob.chmod(0o644)
     blob.write_bytes(bytes(data))
-    result = verdicts(copy)
+    result = verify(copy)
     assert not result[0].ok
     assert any("chain finalized" in p for p in result[0].problems)
     assert any(c.startswith("excluded") for c in result[0].checks), result[0].checks
+    cli = deai_verify(str(copy))
+    assert cli.returncode == 1 and "round(s) 1" in cli.stderr, cli.stdout + cli.stderr
+    assert str(copy / "store") in cli.stdout
+    assert deai_verify(str(run_dir)).returncode == 0
 
 
-def test_a_forged_epsilon_is_caught(run_dir: Path, tmp_path: Path) -> None:
-    copy, results = tampered_copy(run_dir, tmp_path)
-    reveal = next(e for e in results["events"] if e["event"] == "Revealed" and e["args"]["round"] == 1)
-    patch_record(reveal, 96, 112, lambda epsilon_wad: epsilon_wad // 2)
+def test_a_forged_revealed_epsilon_is_caught(run_dir: Path, tmp_path: Path) -> None:
+    copy, results = copy_of(run_dir, tmp_path)
+    patch_record(revealed(results, 1), 96, 112, lambda epsilon_wad: epsilon_wad // 2)
     (copy / "results.json").write_text(json.dumps(results))
-    problems = verdicts(copy)[0].problems
+    problems = verify(copy)[0].problems
     assert any("its revealed parameters give" in p for p in problems)
+
+
+def test_an_edited_epsilon_in_results_fails(run_dir: Path, tmp_path: Path) -> None:
+    copy, results = copy_of(run_dir, tmp_path)
+    who, entry = sorted(results["privacy_ledger"].items())[0]
+    row = next(r for r in entry["rounds"] if r["round"] == 2)
+    row["epsilon"] = row["epsilon"] * 0.5
+    (copy / "results.json").write_text(json.dumps(results))
+    cli = deai_verify(str(copy))
+    assert cli.returncode == 1 and "round(s) 2" in cli.stderr, cli.stdout + cli.stderr
+    (line,) = [line for line in cli.stdout.splitlines() if line.startswith("round 2 ")]
+    assert f"results.json reports ε={row['epsilon']:.6f} for {who} in round 2" in line
+    assert f"EPSILON_RTOL={EPSILON_RTOL:g}" in line
+    assert deai_verify(str(run_dir)).returncode == 0
+
+
+def test_an_edited_round_epsilon_in_results_fails(run_dir: Path, tmp_path: Path) -> None:
+    copy, results = copy_of(run_dir, tmp_path)
+    results["rounds"][0]["epsilon"] = results["rounds"][0]["epsilon"] * 0.5
+    (copy / "results.json").write_text(json.dumps(results))
+    problems = verify(copy)[0].problems
+    assert any("results.json reports round 1's ε" in p for p in problems), problems
