@@ -54,6 +54,31 @@ def test_two_runs_on_one_anvil_node(anvil_for_cli: AnvilNode, tmp_path: Path) ->
     assert results[0]["global_model_cids"] == results[1]["global_model_cids"]
 
 
+def test_a_krum_run_verifies_from_the_node_with_no_rule_given(anvil_for_cli: AnvilNode, tmp_path: Path) -> None:
+    """``deai verify --rpc`` reads the rule (here Krum) from the spec the chain names."""
+    out = tmp_path / "krum"
+    krum = ("strategy=krum", "strategy.num_malicious_nodes=0", "strategy.min_reveals=3")  # 3 clients: n >= 2f + 3
+    done = run_cli("chain=anvil", f"chain.rpc_url={anvil_for_cli.url}", *krum, *SMALL, f"hydra.run.dir={out}",
+                   cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    chain_args = ["--rpc", anvil_for_cli.url, "--contract", results["contract_address"],
+                  "--run-id", str(results["run_id"]), "--store-root", str(out / "store")]  # fmt: skip
+    verified = run_deai("verify", *chain_args, cwd=tmp_path)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "krum" in verified.stdout and "all 2 rounds verified" in verified.stdout
+    assert all("krum aggregate equals the finalized CID" in line
+               for line in verified.stdout.splitlines() if line.startswith("round "))  # fmt: skip
+    # the rule is the chain's business: the old flag is refused, not obeyed
+    refused = run_deai("verify", *chain_args, "--rule", "fedavg", cwd=tmp_path)
+    assert refused.returncode == 2 and "unrecognized arguments: --rule" in refused.stderr
+
+
+def run_deai(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "deai_flower.cli.deai", *args], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
 def test_unreachable_node_is_one_readable_error_line(tmp_path: Path) -> None:
     url = "http://127.0.0.1:1"
     done = run_cli("chain=anvil", f"chain.rpc_url={url}", *SMALL, f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path,
