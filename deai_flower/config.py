@@ -2,44 +2,53 @@
 
 The schema is registered as ``deai_schema`` and named first in ``conf/config.yaml``'s
 defaults, so a misspelt key (``privacy.epsilonn=3``) fails composition with Hydra's
-"Key ... is not in struct" instead of being silently ignored. Value checks that the
-schema's types cannot express live in :func:`validate`.
+"Key ... is not in struct" instead of being silently ignored. A ``+``-prefixed override
+(``+privacy.epsilonn=3``, which Hydra's own error message suggests) adds a key in spite
+of the schema; :func:`check_known_keys` refuses it. Value checks that the schema's types
+cannot express live in :func:`validate`, which calls it.
+
+Two nodes are free-form, since they are the arguments of code the user names:
+``model`` (a Hydra ``_target_`` returning an ``nn.Module`` plus its arguments, see
+:mod:`deai_flower.models`) and ``dataset.loader`` (a ``_target_`` returning arrays plus
+its arguments, see :mod:`deai_flower.data`). :func:`validate` checks that each target
+imports and takes the arguments given.
+
+A run is private unless ``privacy.enabled`` is false (``privacy=none``) or
+``privacy.epsilon`` is ``inf``: :func:`is_private`. Presets in ``conf/experiment`` never
+set ``privacy.enabled``, so ``privacy=none`` stays non-private with any of them.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
-from dataclasses import dataclass, field
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError
 
 
 @dataclass
 class DatasetConfig:
-    name: str = MISSING
+    # _target_ (a callable returning the arrays, see deai_flower.data) + its arguments
+    loader: dict[str, Any] = field(default_factory=dict)
     partitioner: str = "iid"  # iid | dirichlet | pathological | natural
     dirichlet_alpha: float = 0.5
     classes_per_partition: int = 2  # pathological: classes held by each client
     test_fraction: float = 0.2
-    max_groups: int | None = None  # natural groups loaded (FEMNIST writers); null: all
-
-
-@dataclass
-class ModelConfig:
-    name: str = MISSING
-    hidden: list[int] = field(default_factory=lambda: [64])
-    channels: list[int] = field(default_factory=lambda: [16, 32])  # cnn, resnet
-    activation: str = "relu"  # relu | tanh
-    norm: str = "group"  # resnet: group | batch (converted to GroupNorm for Opacus)
-    pool: int = 1  # mlp on images: average-pool pool x pool first (fewer weights, less DP noise)
 
 
 @dataclass
 class PrivacyConfig:
-    epsilon: float = 8.0  # inf: a non-private run (labelled as such)
+    enabled: bool = True  # false (privacy=none): non-private whatever epsilon says
+    epsilon: float = 8.0  # inf: a non-private run too (labelled as such)
     delta: float = 1e-5
     max_grad_norm: float = 1.0
     accountant: str = "rdp"
@@ -68,6 +77,7 @@ class StrategyConfig:
     commit_timeout_s: int = 600
     reveal_timeout_s: int = 600
     attest_timeout_s: int = 600
+    max_failed_rounds: int = 3  # extra attempts beyond num_rounds when rounds fail
 
 
 @dataclass
@@ -113,7 +123,8 @@ class ResumeConfig:
 @dataclass
 class ExperimentConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    # _target_ (a callable returning an nn.Module, see deai_flower.models) + its arguments
+    model: dict[str, Any] = field(default_factory=dict)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
@@ -134,20 +145,177 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="deai_schema", node=ExperimentConfig)
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as one line; the project's own errors without their type name."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, ConfigError):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def resolve_target(target: object, kind: str) -> Callable[..., Any]:
+    """Import the callable a ``_target_`` names (``"package.module.name"``).
+
+    Raises:
+        ConfigError: ``target`` is not a dotted name, cannot be imported, or is not
+            callable; the message names the ``kind`` (``"model"``, ``"dataset loader"``).
+    """
+    if not isinstance(target, str) or "." not in target.strip("."):
+        raise ConfigError(f"{kind} target must be an importable 'package.module.name' (got {target!r})")
+    try:
+        obj = get_object(target)
+    except Exception as exc:  # noqa: BLE001 - any import failure means "cannot use this target"
+        cause = exc.__cause__ or exc
+        raise ConfigError(f"{kind} {target}: cannot import it ({one_line(cause)})") from exc
+    if not callable(obj):
+        raise ConfigError(f"{kind} {target}: not callable (a {type(obj).__name__})")
+    return obj
+
+
+def _parameters(fn: Callable[..., Any]) -> Mapping[str, inspect.Parameter] | None:
+    try:
+        return inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # some builtins have no introspectable signature
+        return None
+
+
+def accepted_arguments(fn: Callable[..., Any], names: Sequence[str]) -> list[str]:
+    """Those of ``names`` that ``fn`` takes as keywords (all of them if it has ``**kwargs``)."""
+    params = _parameters(fn)
+    if params is None:
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return list(names)
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [name for name in names if name in params and params[name].kind in keyword]
+
+
+def check_call(fn: Callable[..., Any], target: str, kwargs: Mapping[str, Any], kind: str) -> None:
+    """Check that ``fn`` accepts exactly ``kwargs`` (no unknown, none required missing).
+
+    Hydra's own keys (``_partial_``, ``_convert_``, ...) are left to Hydra.
+
+    Raises:
+        ConfigError: one line naming the target and the argument.
+    """
+    params = _parameters(fn)
+    if params is None:
+        return
+    given = {key: value for key, value in kwargs.items() if not (key.startswith("_") and key.endswith("_"))}
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        names = [name for name, p in params.items() if p.kind in keyword]
+        for key in given:
+            if key not in names:
+                raise ConfigError(f"{kind} {target}: unknown argument {key!r} "
+                                  f"(it takes: {', '.join(names) or 'no keyword arguments'})")  # fmt: skip
+    for name, p in params.items():
+        if p.kind in keyword and p.default is inspect.Parameter.empty and name not in given:
+            raise ConfigError(f"{kind} {target}: missing required argument {name!r}")
+
+
+def split_target(node: Any, key: str) -> tuple[str, dict[str, Any]]:
+    """A ``_target_`` config node as ``(target, plain arguments)``, interpolations resolved.
+
+    Raises:
+        ConfigError: the node is not a mapping or has no ``_target_`` (``key`` names it).
+    """
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    if not isinstance(node, Mapping):
+        raise ConfigError(f"{key} must be a mapping with a _target_ (got {node!r})")
+    args = {str(name): value for name, value in node.items()}
+    target = args.pop("_target_", None)
+    if not target:
+        raise ConfigError(f"{key}._target_ is required (the importable callable to build it with)")
+    return str(target), args
+
+
+# --- the whole config ----------------------------------------------------------------
+
+# Nodes whose keys are the arguments of user-named code, not schema fields.
+FREE_FORM: tuple[str, ...] = ("model", "dataset.loader")
+
+
+def _keys(node: Any) -> list[str]:
+    if isinstance(node, DictConfig | Mapping):
+        return [str(key) for key in node.keys()]
+    if is_dataclass(node):
+        return [f.name for f in fields(node)]
+    return []
+
+
+def _child(node: Any, key: str) -> Any:
+    if isinstance(node, DictConfig):
+        return node._get_node(key)  # unresolved: a ${...} elsewhere must not fail here
+    if isinstance(node, Mapping):
+        return node[key]
+    return getattr(node, key)
+
+
+def _check_keys(node: Any, schema: type, path: str) -> None:
+    hints = typing.get_type_hints(schema)
+    names = [f.name for f in fields(schema)]
+    for key in _keys(node):
+        full = f"{path}.{key}" if path else key
+        if not path and key == "hydra":
+            continue
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"did you mean {(path + '.' if path else '') + close[0]}? " if close else ""
+            raise ConfigError(
+                f"unknown config key {full!r} ({hint}a '+' override adds keys the schema does not have; "
+                f"{path or 'the top level'} takes: {', '.join(names)})"
+            )
+        if full in FREE_FORM:
+            continue
+        kind = hints[key]
+        if is_dataclass(kind):
+            _check_keys(_child(node, key), kind, full)
+
+
+def check_known_keys(cfg: Any) -> None:
+    """Refuse keys the schema does not have (added with ``+key=value`` overrides).
+
+    ``model`` and ``dataset.loader`` are free-form (their targets' arguments; checked
+    by :func:`validate` against the targets' signatures).
+
+    Raises:
+        ConfigError: one line naming the unknown key and the keys its node takes.
+    """
+    _check_keys(cfg, ExperimentConfig, "")
+
+
+def is_private(cfg: Any) -> bool:
+    """Whether a config trains privately: ``privacy.enabled`` and a finite epsilon."""
+    return bool(cfg.privacy.enabled) and math.isfinite(float(cfg.privacy.epsilon))
+
+
+def privacy_epsilon(cfg: Any) -> float:
+    """The run's per-client epsilon budget: ``inf`` for a non-private run."""
+    return float(cfg.privacy.epsilon) if is_private(cfg) else math.inf
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
 
 
 def validate(cfg: ExperimentConfig) -> None:
-    """Range checks beyond the schema's types; the message names the key to fix."""
+    """Check a composed config: no unknown keys, values in range, model and loader
+    targets that import and take their arguments. The message names the key to fix.
+
+    Raises:
+        ConfigError: the first problem found, in one line.
+    """
+    check_known_keys(cfg)
     _require(cfg.num_clients >= 1, f"num_clients must be >= 1 (got {cfg.num_clients})")
     _require(cfg.num_rounds >= 1, f"num_rounds must be >= 1 (got {cfg.num_rounds})")
     eps = cfg.privacy.epsilon
     _require(not math.isnan(eps) and eps > 0,
              f"privacy.epsilon must be > 0 (got {eps}); use privacy.epsilon=inf for a non-private run")  # fmt: skip
     _require(0 < cfg.privacy.delta < 1, f"privacy.delta must be in (0, 1) (got {cfg.privacy.delta})")
-    p, d, m = cfg.privacy, cfg.dataset, cfg.model
+    p, d = cfg.privacy, cfg.dataset
     _require(p.accountant in ("rdp", "prv"), f"privacy.accountant must be 'rdp' or 'prv' (got {p.accountant!r})")
     _require(p.grad_sample_mode in ("auto", "hooks", "ghost"),
              f"privacy.grad_sample_mode must be 'auto', 'hooks' or 'ghost' (got {p.grad_sample_mode!r})")  # fmt: skip
@@ -155,10 +323,8 @@ def validate(cfg: ExperimentConfig) -> None:
              f"dataset.partitioner must be iid/dirichlet/pathological/natural (got {d.partitioner!r})")  # fmt: skip
     _require(d.classes_per_partition >= 1,
              f"dataset.classes_per_partition must be >= 1 (got {d.classes_per_partition})")  # fmt: skip
-    _require(m.activation in ("relu", "tanh"),
-             f"model.activation must be 'relu' or 'tanh' (got {m.activation!r})")  # fmt: skip
-    _require(m.norm in ("group", "batch"), f"model.norm must be 'group' or 'batch' (got {m.norm!r})")
-    _require(m.pool >= 1, f"model.pool must be >= 1 (got {m.pool})")
+    _require(d.dirichlet_alpha > 0, f"dataset.dirichlet_alpha must be > 0 (got {d.dirichlet_alpha})")
+    _require(0 < d.test_fraction < 1, f"dataset.test_fraction must be in (0, 1) (got {d.test_fraction})")
     _require(cfg.training.batch_size >= 1, f"training.batch_size must be >= 1 (got {cfg.training.batch_size})")
     _require(cfg.training.local_epochs >= 1, f"training.local_epochs must be >= 1 (got {cfg.training.local_epochs})")
     _require(cfg.training.learning_rate > 0, f"training.learning_rate must be > 0 (got {cfg.training.learning_rate})")
@@ -185,6 +351,7 @@ def validate(cfg: ExperimentConfig) -> None:
     _require(not cfg.resume.contract_address or cfg.chain.kind == "rpc",
              "resume.contract_address needs a live chain (chain=anvil or chain.kind=rpc): "
              "the embedded chain ends with its process")  # fmt: skip
+    _require(s.max_failed_rounds >= 0, f"strategy.max_failed_rounds must be >= 0 (got {s.max_failed_rounds})")
     for key in ("commit_timeout_s", "reveal_timeout_s", "attest_timeout_s"):
         # the contract keeps phase durations in 24 bits
         _require(0 < getattr(s, key) < 2**24, f"strategy.{key} must be between 1 and {2**24 - 1} seconds")
@@ -197,3 +364,11 @@ def validate(cfg: ExperimentConfig) -> None:
     _require(cfg.storage.retries >= 0, f"storage.retries must be >= 0 (got {cfg.storage.retries})")
     _require(cfg.storage.max_blob_bytes > 0, "storage.max_blob_bytes must be > 0")
     _require(cfg.engine.kind in ("inprocess", "ray"), f"engine.kind must be 'inprocess' or 'ray' (got {cfg.engine.kind!r})")
+    # The model and the dataset loader: importable targets taking the arguments given
+    # (the bundled models' argument values too). Imported here: both pull in heavy
+    # libraries that a config check alone should not need.
+    from .data import check_loader
+    from .models import check_model_args, model_spec
+
+    check_model_args(model_spec(cfg.model))
+    check_loader(cfg.dataset.loader)

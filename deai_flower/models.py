@@ -26,7 +26,6 @@ and shapes every party must agree on.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -35,9 +34,10 @@ import numpy as np
 import torch
 from opacus.validators import ModuleValidator
 from hydra.errors import InstantiationException
-from hydra.utils import get_object, instantiate
+from hydra.utils import instantiate
 from torch import nn
 
+from deai_flower.config import accepted_arguments, check_call, one_line, resolve_target, split_target
 from deai_flower.errors import ConfigError
 from deai_flower.protocol.spec import DataSchema, ModelSpec
 
@@ -452,74 +452,6 @@ MODEL_TARGETS: dict[str, str] = {name: f"{__name__}.{name}" for name in MODELS}
 _SCHEMA_ARGS: tuple[str, ...] = ("num_features", "num_classes", "input_shape")
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    if isinstance(exc, ConfigError):
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def resolve_target(target: object, kind: str) -> Callable[..., Any]:
-    """Import the callable a ``_target_`` names (``"package.module.name"``).
-
-    Raises:
-        ConfigError: ``target`` is not a dotted name, cannot be imported, or is not
-            callable; the message names the ``kind`` (``"model"``, ``"dataset loader"``).
-    """
-    if not isinstance(target, str) or "." not in target.strip("."):
-        raise ConfigError(f"{kind} target must be an importable 'package.module.name' (got {target!r})")
-    try:
-        obj = get_object(target)
-    except Exception as exc:  # noqa: BLE001 - any import failure means "cannot use this target"
-        cause = exc.__cause__ or exc
-        raise ConfigError(f"{kind} {target}: cannot import it ({_one_line(cause)})") from exc
-    if not callable(obj):
-        raise ConfigError(f"{kind} {target}: not callable (a {type(obj).__name__})")
-    return obj
-
-
-def _parameters(fn: Callable[..., Any]) -> Mapping[str, inspect.Parameter] | None:
-    try:
-        return inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # some builtins have no introspectable signature
-        return None
-
-
-def accepted_arguments(fn: Callable[..., Any], names: Sequence[str]) -> list[str]:
-    """Those of ``names`` that ``fn`` takes as keywords (all of them if it has ``**kwargs``)."""
-    params = _parameters(fn)
-    if params is None:
-        return []
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return list(names)
-    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return [name for name in names if name in params and params[name].kind in keyword]
-
-
-def check_call(fn: Callable[..., Any], target: str, kwargs: Mapping[str, Any], kind: str) -> None:
-    """Check that ``fn`` accepts exactly ``kwargs`` (no unknown, none required missing).
-
-    Hydra's own keys (``_partial_``, ``_convert_``, ...) are left to Hydra.
-
-    Raises:
-        ConfigError: one line naming the target and the argument.
-    """
-    params = _parameters(fn)
-    if params is None:
-        return
-    given = {key: value for key, value in kwargs.items() if not (key.startswith("_") and key.endswith("_"))}
-    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        names = [name for name, p in params.items() if p.kind in keyword]
-        for key in given:
-            if key not in names:
-                raise ConfigError(f"{kind} {target}: unknown argument {key!r} "
-                                  f"(it takes: {', '.join(names) or 'no keyword arguments'})")  # fmt: skip
-    for name, p in params.items():
-        if p.kind in keyword and p.default is inspect.Parameter.empty and name not in given:
-            raise ConfigError(f"{kind} {target}: missing required argument {name!r}")
-
-
 def model_spec(node: Mapping[str, Any]) -> ModelSpec:
     """The :class:`ModelSpec` of a ``model`` config node (``_target_`` plus its arguments).
 
@@ -528,14 +460,8 @@ def model_spec(node: Mapping[str, Any]) -> ModelSpec:
     Raises:
         ConfigError: the node has no ``_target_``.
     """
-    from omegaconf import DictConfig, OmegaConf
-
-    args = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    assert isinstance(args, dict)
-    target = args.pop("_target_", None)
-    if not target:
-        raise ConfigError("model._target_ is required (e.g. model=mlp, or model._target_=my_package.MyNet)")
-    return ModelSpec(target=str(target), args={str(key): value for key, value in args.items()})
+    target, args = split_target(node, "model")
+    return ModelSpec(target=target, args=args)
 
 
 def check_model_args(model: ModelSpec, schema: DataSchema | None = None) -> None:
@@ -582,7 +508,7 @@ def _check_bundled_values(args: Mapping[str, Any]) -> None:
         if "pool" in args:
             _check_pool(args["pool"])
     except (TypeError, ValueError) as exc:
-        raise ConfigError(_one_line(exc)) from exc
+        raise ConfigError(one_line(exc)) from exc
 
 
 def instantiate_model(model: ModelSpec, schema: DataSchema, *, seed: int | None = None) -> nn.Module:
@@ -616,16 +542,16 @@ def instantiate_model(model: ModelSpec, schema: DataSchema, *, seed: int | None 
             factory = instantiate({"_target_": target, "_partial_": True, **model.args}, _convert_="all")
             module = factory(**data_args)
         except InstantiationException as exc:
-            raise ConfigError(f"model {target}: {_one_line(exc.__cause__ or exc)}") from exc
+            raise ConfigError(f"model {target}: {one_line(exc.__cause__ or exc)}") from exc
         except Exception as exc:  # noqa: BLE001 - a user's model may raise anything while built
-            raise ConfigError(f"model {target}: {_one_line(exc)}") from exc
+            raise ConfigError(f"model {target}: {one_line(exc)}") from exc
         if not isinstance(module, nn.Module):
             raise ConfigError(f"model {target} returned a {type(module).__name__}, not a torch nn.Module")
         try:
             # Inside the seeded scope: replacement layers are initialised reproducibly too.
             return make_dp_compatible(module)
         except ConfigError as exc:
-            raise ConfigError(f"model {target}: {_one_line(exc)}") from exc
+            raise ConfigError(f"model {target}: {one_line(exc)}") from exc
 
 
 _BUNDLED: dict[str, Callable[..., nn.Module]] = {"cnn": cnn, "mlp": mlp, "resnet": resnet, "scatter": scatter}

@@ -1,4 +1,4 @@
-"""Tests for deai_flower.data: bundled dataset loading and federated partitioning."""
+"""Tests for deai_flower.data: loaders as targets, federated partitioning, silo data files."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from deai_flower import data
 from deai_flower.data import DatasetSplit, client_partitions, load_dataset, partition
 from deai_flower.errors import ConfigError
+from deai_flower.protocol.spec import DataSchema
 
 
 @pytest.fixture(scope="module")
@@ -272,3 +273,207 @@ def test_hub_datasets_become_flat_scaled_images(monkeypatch: pytest.MonkeyPatch,
         assert len(client_partitions(split, num_partitions=3, partitioner="natural", seed=0)) == 3
     else:
         assert len(split.x_test) == 12  # the official test split is kept
+
+
+# --- datasets as targets ----------------------------------------------------------------
+
+
+def toy_loader(*, rows: int = 40, image: bool = False, groups: bool = False) -> dict:
+    """A user's own loader, named by ``_target_``: a mapping as the module documents."""
+    rng = np.random.default_rng(0)
+    y = np.arange(rows) % 4
+    x = rng.normal(size=(rows, 1, 2, 3) if image else (rows, 6)) + y.reshape(-1, *([1] * (3 if image else 1)))
+    result: dict = {"x": x, "y": y}
+    if groups:
+        result.update(groups=np.arange(rows) % 5, group_name="clinic")
+    return result
+
+
+def toy_raw_with_test_split() -> data.RawDataset:
+    x = np.eye(6, dtype=np.float64)[np.arange(30) % 6]
+    return data.RawDataset(x=x, y=np.arange(30) % 3, input_shape=(2, 3), x_test=x[:6], y_test=np.arange(6) % 3,
+                           num_classes=5)  # fmt: skip
+
+
+def toy_bad(case: str) -> object:
+    x, y = np.zeros((10, 3)), np.arange(10) % 2
+    return {
+        "list": [x, y],
+        "no_y": {"x": x},
+        "typo": {"x": x, "y": y, "x_tset": x},
+        "nan": {"x": np.full((10, 3), np.nan), "y": y},
+        "negative": {"x": x, "y": y - 1},
+        "fractional": {"x": x, "y": y + 0.5},
+        "short": {"x": x, "y": y[:5]},
+        "shape": {"x": x, "y": y, "input_shape": [2, 2]},
+        "classes": {"x": x, "y": y, "num_classes": 1},
+        "test_only_x": {"x": x, "y": y, "x_test": x},
+        "empty": {"x": np.zeros((0, 3)), "y": np.zeros(0)},
+    }[case]
+
+
+def toy_failing() -> dict:
+    raise FileNotFoundError("clinic.parquet\nis gone")
+
+
+def _loader(fn: object, **args: object) -> dict:
+    return {"_target_": f"{fn.__module__}.{fn.__qualname__}", **args}  # type: ignore[attr-defined]
+
+
+def test_a_loader_from_a_test_module_goes_through_load_dataset() -> None:
+    node = {"loader": _loader(toy_loader, rows=40), "test_fraction": 0.25, "partitioner": "iid"}
+    split = load_dataset(node, seed=0)
+    assert split.name == "toy_loader"
+    assert (split.num_features, split.num_classes, split.input_shape) == (6, 4, (6,))
+    assert split.x_train.dtype == np.float32 and split.y_train.dtype == np.int64
+    assert (len(split.x_train), len(split.x_test)) == (30, 10)
+    assert split.schema() == DataSchema(num_features=6, num_classes=4, input_shape=(6,))
+    # A bare loader node works too, and the keyword overrides the node's test fraction.
+    assert len(load_dataset(_loader(toy_loader), seed=0, test_fraction=0.5).x_test) == 20
+
+
+def test_loader_images_groups_and_official_test_split() -> None:
+    images = load_dataset({"loader": _loader(toy_loader, image=True)}, seed=0)
+    assert (images.input_shape, images.num_features) == ((1, 2, 3), 6)
+    assert images.schema().input_shape == (1, 2, 3)
+    grouped = load_dataset({"loader": _loader(toy_loader, groups=True)}, seed=0)
+    assert (grouped.group_name, grouped.num_groups) == ("clinic", 5)
+    assert len(client_partitions(grouped, num_partitions=5, partitioner="natural", seed=0)) == 5
+    official = load_dataset({"loader": _loader(toy_raw_with_test_split)}, seed=0)
+    assert (len(official.x_train), len(official.x_test), official.num_classes) == (30, 6, 5)
+    assert official.input_shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("list", "returned a list, not a RawDataset or a mapping with x and y"),
+        ("no_y", "what it returned has no 'y'"),
+        ("typo", "unknown key 'x_tset' in what it returned"),
+        ("nan", "x holds NaN or infinite values"),
+        ("negative", "y must be >= 0"),
+        ("fractional", "y must be integer class labels"),
+        ("short", r"y must be one label per row \(10; got shape \(5,\)\)"),
+        ("shape", r"input_shape \(2, 2\) does not hold its 3 features"),
+        ("classes", r"label 1 is outside range\(num_classes=1\)"),
+        ("test_only_x", "x_test and y_test come together"),
+        ("empty", "x has no rows"),
+    ],
+)
+def test_what_a_loader_returns_is_checked(case: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"dataset loader {__name__}.toy_bad:? {message}"):
+        load_dataset({"loader": _loader(toy_bad, case=case)}, seed=0)
+
+
+def test_loader_failures_are_one_line_config_errors() -> None:
+    with pytest.raises(ConfigError, match=r"toy_failing: FileNotFoundError: clinic.parquet is gone$"):
+        load_dataset({"loader": _loader(toy_failing)}, seed=0)
+    with pytest.raises(ConfigError, match=r"toy_loader: unknown argument 'row' \(it takes: rows, image, groups\)"):
+        load_dataset({"loader": _loader(toy_loader, row=3)}, seed=0)
+    with pytest.raises(ConfigError, match="dataset loader no_such.load: cannot import it"):
+        load_dataset({"loader": {"_target_": "no_such.load"}}, seed=0)
+    with pytest.raises(ConfigError, match=r"dataset.loader._target_ is required"):
+        load_dataset({"loader": {"rows": 3}}, seed=0)
+    with pytest.raises(ConfigError, match="missing required argument 'name'"):
+        data.check_loader({"_target_": "deai_flower.data.load_hub"})
+
+
+@pytest.mark.parametrize("name", sorted(data.DATASETS))
+def test_each_dataset_yaml_names_its_bundled_loader(name: str) -> None:
+    from support import compose_with
+
+    cfg = compose_with(f"dataset={name}", "num_clients=3")
+    loader = dict(cfg.dataset.loader)
+    assert loader.pop("max_groups", None) == (3 if name == "femnist" else None)
+    assert loader == data.DATASETS[name]
+    data.check_loader(cfg.dataset.loader)
+
+
+def test_load_dataset_takes_the_composed_dataset_node(digits: DatasetSplit) -> None:
+    from support import compose_with
+
+    split = load_dataset(compose_with("dataset.test_fraction=0.2").dataset, seed=0)
+    assert split.name == "digits"
+    np.testing.assert_array_equal(split.x_train, digits.x_train)
+    np.testing.assert_array_equal(split.y_test, digits.y_test)
+    assert split.schema() == DataSchema(num_features=64, num_classes=10, input_shape=(1, 8, 8))
+
+
+# --- a silo's own data files ----------------------------------------------------------------
+
+SILO = DataSchema(num_features=3, num_classes=2, input_shape=(3,))
+
+
+def _frame(rows: int = 4):
+    import pandas as pd
+
+    return pd.DataFrame({"age": np.linspace(0.1, 0.9, rows), "label": np.arange(rows) % 2,
+                         "dose": np.arange(rows, dtype=np.int64), "weight": np.full(rows, 0.5)})  # fmt: skip
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".csv", ".parquet"])
+def test_silo_files_of_each_type(tmp_path, suffix: str) -> None:
+    path = tmp_path / f"silo{suffix}"
+    frame = _frame()
+    if suffix == ".npz":
+        np.savez(path, x=frame[["age", "dose", "weight"]].to_numpy(), y=frame["label"].to_numpy())
+    elif suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path)
+    x, y = data.load_silo_data(path, SILO)
+    assert x.dtype == np.float32 and y.dtype == np.int64
+    # Every column but the label is a feature, in file order.
+    np.testing.assert_allclose(x, frame[["age", "dose", "weight"]].to_numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(y, [0, 1, 0, 1])
+
+
+def test_silo_npz_images_are_flattened(tmp_path) -> None:
+    path = tmp_path / "images.npz"
+    np.savez(path, x=np.zeros((5, 1, 2, 3)), y=np.arange(5) % 4)
+    x, y = data.load_silo_data(path, DataSchema(num_features=6, num_classes=4, input_shape=(1, 2, 3)))
+    assert x.shape == (5, 6) and list(y) == [0, 1, 2, 3, 0]
+
+
+def _write(path, content) -> None:
+    if isinstance(content, str):
+        path.write_text(content)
+    elif path.suffix == ".npz":
+        np.savez(path, **content)
+    else:
+        content.to_parquet(path) if path.suffix == ".parquet" else content.to_csv(path, index=False)
+
+
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("silo.txt", "1,2,3", r"unsupported file type '.txt' \(use .npz, .csv, .parquet\)"),
+        ("silo.npz", {"x": np.zeros((3, 3))}, r"no array 'y' \(a .npz file holds arrays x and y; found: x\)"),
+        ("silo.npz", {"x": np.zeros((3, 4)), "y": np.zeros(3, np.int64)},
+         "4 features per row, the run's model expects 3"),
+        ("silo.npz", {"x": np.zeros((0, 3)), "y": np.zeros(0)}, "no rows"),
+        ("silo.npz", {"x": np.zeros((3, 3)), "y": np.zeros(2)}, r"3 rows but labels of shape \(2,\)"),
+        ("silo.csv", "age,dose,weight\n1,2,3\n", "no 'label' column \\(columns: age, dose, weight\\)"),
+        ("silo.csv", "age,site,weight,label\n1,north,3,0\n", "column 'site' is not numeric"),
+        ("silo.csv", "a,b,c,label\n1,2,3,0\n1,2,3,2\n", r"label 2 is outside range\(num_classes=2\)"),
+        ("silo.csv", "a,b,c,label\n1,2,3,-1\n", r"label -1 is outside range\(num_classes=2\)"),
+        ("silo.csv", "a,b,c,label\n1,2,3,0.5\n", "labels must be integers"),
+        ("silo.csv", "a,b,c,label\n1,2,3,\n", "labels must be integers"),
+        ("silo.csv", "a,b,c,label\n1,inf,3,1\n", "features hold NaN or infinite values"),
+        ("silo.csv", "a,b,c,label\n1,,3,1\n", "features hold NaN or infinite values"),
+        ("silo.csv", "a,b,c,label\n", "no rows"),
+        ("silo.parquet", "not parquet", r"cannot read it as .parquet \("),
+        ("silo.npz", "not a zip", r"cannot read it as .npz \("),
+    ],
+)
+def test_silo_file_problems_are_one_line_naming_the_file(tmp_path, name: str, content, message: str) -> None:
+    path = tmp_path / name
+    _write(path, content)
+    with pytest.raises(ConfigError, match=f"silo data {path}: {message}") as info:
+        data.load_silo_data(path, SILO)
+    assert "\n" not in str(info.value)
+
+
+def test_silo_file_missing(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="silo data .*absent.csv: no such file"):
+        data.load_silo_data(tmp_path / "absent.csv", SILO)
