@@ -156,8 +156,10 @@ class RunRecord:
                 reported=results,
                 store=recorded_store(output_dir, results.get("store")),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DeaiError(f"{path} is not a run's results (missing or malformed {exc})") from exc
+        except KeyError as exc:
+            raise DeaiError(f"{path} is not a run's results (no {exc} entry)") from exc
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise DeaiError(f"{path} is not a run's results ({exc})") from exc
 
     @classmethod
     def from_chain(cls, *, rpc_url: str, contract: str, run_id: int) -> RunRecord:
@@ -175,7 +177,11 @@ class RunRecord:
 
     def run_params(self) -> dict[str, Any]:
         """The ``RunParams`` of the run's ``RunCreated`` event."""
-        created = [e for e in self.events if e["event"] == "RunCreated" and int(e["args"]["runId"]) == self.run_id]
+        try:
+            created = [e for e in self.events
+                       if e["event"] == "RunCreated" and int(e["args"]["runId"]) == self.run_id]  # fmt: skip
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DeaiError(f"{self.source}: malformed event log ({type(exc).__name__}: {exc})") from exc
         if len(created) != 1:
             raise DeaiError(f"{self.source}: expected one RunCreated event for run {self.run_id}, "
                             f"found {len(created)}")  # fmt: skip
@@ -246,7 +252,10 @@ def load_spec(record: RunRecord, store: ContentStore) -> tuple[RunSpec, str]:
         raise SpecError(f"run {record.run_id}'s spec {cid} (the chain's specHash) cannot be read: {exc}") from exc
     if hashlib.sha256(data).digest() != digest:
         raise SpecError(f"the store's spec {cid} does not hash to the chain's specHash 0x{digest.hex()}")
-    spec = RunSpec.from_bytes(data)
+    try:
+        spec = RunSpec.from_bytes(data)
+    except SpecError as exc:
+        raise SpecError(f"{cid}: {exc}") from exc
     if spec.rule.name not in RULES:
         raise SpecError(f"run spec {cid} names aggregation rule {spec.rule.name!r}, which this release does not "
                         f"implement ({', '.join(RULES)})")  # fmt: skip
