@@ -14,7 +14,6 @@ the simulated participants are then pointed at, as deployed ones would be.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from ..chain import ChainNode, RoundsContract, connect_embedded, connect_rpc, si
 from ..chain.artifact import load_artifact
 from ..chain.runs import fetch_spec
 from ..data import DatasetSplit, client_partitions, load_dataset
+from ..config import privacy_epsilon
 from ..errors import ConfigError
 from ..models import get_arrays, instantiate_model, model_spec
 from ..protocol.rules import RULE_PARAMS
@@ -48,11 +48,6 @@ def client_role(partition_id: int) -> str:
     return f"client-{partition_id}"
 
 
-def private(cfg: DictConfig) -> bool:
-    """Whether the experiment trains with DP: ``privacy=none`` wins over any preset's ε."""
-    return bool(cfg.privacy.get("enabled", True)) and math.isfinite(float(cfg.privacy.epsilon))
-
-
 def spec_from_config(cfg: DictConfig, schema: DataSchema) -> RunSpec:
     """The run spec an experiment config describes (the one place config becomes spec)."""
     s = cfg.strategy
@@ -61,7 +56,7 @@ def spec_from_config(cfg: DictConfig, schema: DataSchema) -> RunSpec:
         model=model_spec(cfg.model),
         data=schema,
         rule=RuleSpec(name=str(s.name), params=OmegaConf.to_container(OmegaConf.create(params), resolve=True)),  # type: ignore[arg-type]
-        privacy=PrivacySpec(epsilon=float(cfg.privacy.epsilon) if private(cfg) else math.inf,
+        privacy=PrivacySpec(epsilon=privacy_epsilon(cfg),
                             delta=float(cfg.privacy.delta), max_grad_norm=float(cfg.privacy.max_grad_norm),
                             accountant=str(cfg.privacy.accountant)),  # fmt: skip
         training=TrainingSpec(local_epochs=int(cfg.training.local_epochs), batch_size=int(cfg.training.batch_size),
