@@ -383,6 +383,18 @@ class RoundsContract:
         logs = self._logs(f"round {round_id}'s reveals", from_block=from_block, topics=topics)
         return [e["args"] for e in self._decode_logs(logs)]
 
+    def run_params(self, run_id: int) -> dict[str, Any] | None:
+        """The ``RunParams`` ``run_id`` was created with (its ``RunCreated`` event), or None.
+
+        ``getRun`` leaves out what the contract never reads again (``specHash``,
+        ``codeHash``, ``initialModelCid``); the event keeps all of it.
+        """
+        signature = "0x" + Web3.keccak(text=self.contract.events.RunCreated.signature).hex().removeprefix("0x")
+        topics = [signature, "0x" + encode(["uint256"], [run_id]).hex()]
+        logs = self._logs(f"run {run_id}'s creation", from_block=0, topics=topics)
+        events = self._decode_logs(logs)
+        return dict(events[0]["args"]["params"]) if events else None
+
     def event_log(self, *, from_block: int = 0, timeout: float = 60.0) -> list[dict[str, Any]]:
         """Every event the contract emitted, decoded, in chain order, JSON-ready."""
         start = time.monotonic()

@@ -15,10 +15,10 @@ def fetch_spec(contract: Any, run_id: int, store: Any) -> RunSpec:
     Raises :class:`SpecError` with one reason: no such run, the store lacks the spec or
     returns other bytes, or the spec does not parse or is not supported.
     """
-    run = contract.get_run(run_id)
-    if int(run["numRounds"]) == 0:
+    params = contract.run_params(run_id)
+    if params is None:
         raise SpecError(f"contract {contract.address} has no run {run_id}")
-    cid = spec_cid(bytes(run["specHash"]))
+    cid = spec_cid(bytes(params["specHash"]))
     try:
         data = store.get(cid)  # the store re-verifies the bytes against the CID
     except StoreError as exc:
