@@ -8,7 +8,7 @@ import pytest
 
 from support import compose_with
 
-from deai_flower import experiment
+from deai_flower.simulation import experiment
 from deai_flower.chain.devnode import AnvilNode
 from deai_flower.report import ProgressMonitor
 from deai_flower.storage import LocalStore
@@ -52,8 +52,7 @@ def test_restart_resumes_from_the_chain(anvil: AnvilNode, tmp_path: Path, monkey
     assert [(r["round"], r["status"]) for r in results["rounds"]] == [(3, "finalized")]
     assert contract.get_run(created[0].run_id)["finalizedRounds"] == 3
     # the whole run, both coordinators, replays from the chain; ε continued from the ledgers on disk
-    record = RunRecord.from_chain(rpc_url=anvil.url, contract=contract.address, run_id=created[0].run_id,
-                                  rule="fedavg", rule_params={}, max_blob_bytes=64 * 1024 * 1024)  # fmt: skip
+    record = RunRecord.from_chain(rpc_url=anvil.url, contract=contract.address, run_id=created[0].run_id)
     verdicts = verify_run(record, LocalStore(tmp_path / "store"))
     assert [v.status for v in verdicts] == ["finalized"] * 3
     assert all(v.ok for v in verdicts), [v.problems for v in verdicts]
