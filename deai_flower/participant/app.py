@@ -74,10 +74,10 @@ def participant_for(message: Message, context: Context) -> Participant:
     if "partition-id" in node_config:
         from ..simulation.participants import simulated_participant
 
-        num_partitions = node_config.get("num-partitions")
-        return simulated_participant(context.run_config, int(node_config["partition-id"]),
-                                     RunLocator.from_config(config),
-                                     num_partitions=None if num_partitions is None else int(num_partitions))  # fmt: skip
+        n = node_config.get("num-partitions")
+        locator = RunLocator.from_config(config)
+        return simulated_participant(context.run_config, int(node_config["partition-id"]), locator,
+                                     num_partitions=None if n is None else int(n))  # fmt: skip
     raise ConfigError("node_config names neither a 'keystore' (a deployed participant: see "
                       "Participant.from_node_config) nor a 'partition-id' (a simulated one)")  # fmt: skip
 

@@ -101,7 +101,9 @@ class Behaviour(Protocol):
     """A simulated adversary (robustness experiments only): what it sends instead of
     its honestly trained update."""
 
-    def poison(self, global_arrays: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def poison(
+        self, global_arrays: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
         ...
 
 
@@ -200,7 +202,8 @@ class Participant:
         eval_path = reader.file("eval-data-path") if "eval-data-path" in node_config else None
         chain_url = reader.text("chain-url")
         if not chain_url.startswith(("http://", "https://")):
-            raise ConfigError(f"node_config 'chain-url' must be an http:// or https:// JSON-RPC URL (got {chain_url!r})")
+            raise ConfigError(f"node_config 'chain-url' must be an http:// or https:// JSON-RPC URL "
+                              f"(got {chain_url!r})")  # fmt: skip
         store = reader.text("store")
         kind, _, where = store.partition(":")
         if kind not in _STORE_KINDS or not where or (kind == "local" and not Path(where).is_absolute()):

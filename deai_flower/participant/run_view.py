@@ -127,7 +127,8 @@ def _recorded_digest(contract: RoundsContract, run_id: int) -> bytes:
     if int(contract.get_run(run_id)["numRounds"]) == 0:
         raise SpecError(f"contract {contract.address} has no run {run_id}")
     event = contract.contract.events.RunCreated
-    topics = ["0x" + Web3.keccak(text=event.signature).hex().removeprefix("0x"), "0x" + run_id.to_bytes(32, "big").hex()]
+    signature = "0x" + Web3.keccak(text=event.signature).hex().removeprefix("0x")
+    topics = [signature, "0x" + run_id.to_bytes(32, "big").hex()]
     created = [e for e in contract._decode_logs(contract._logs(f"run {run_id}'s creation", from_block=0, topics=topics))
                if e["event"] == "RunCreated"]  # fmt: skip
     if len(created) != 1:

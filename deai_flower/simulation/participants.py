@@ -42,7 +42,9 @@ class ScaledUpdate:
 
     scale: float
 
-    def poison(self, global_arrays: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def poison(
+        self, global_arrays: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
         return {name: (global_arrays[name] + self.scale * (value - global_arrays[name])).astype(value.dtype)
                 for name, value in update.items()}  # fmt: skip
 
@@ -122,4 +124,5 @@ def _partitions(cfg: DictConfig, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
     if n > len(split.x_train):
         raise ConfigError(f"num_clients ({n}) exceeds the {len(split.x_train)} training samples")
     return client_partitions(split, num_partitions=n, partitioner=str(d.partitioner), seed=seed,
-                             alpha=float(d.dirichlet_alpha), classes_per_partition=int(d.classes_per_partition))  # fmt: skip
+                             alpha=float(d.dirichlet_alpha),
+                             classes_per_partition=int(d.classes_per_partition))  # fmt: skip

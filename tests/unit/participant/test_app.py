@@ -41,7 +41,8 @@ def test_a_deployed_node_is_its_keystore_and_answers_who_it_is(node_config: dict
     address = reply.content["status"]["address"]
     assert address == participant_for(message("query.identity", locator()), ctx).address
     # built once per node config and process (decrypting a keystore is slow)
-    assert participant_for(message("train.commit", locator()), ctx) is participant_for(message("train.commit", locator()), ctx)
+    commit = message("train.commit", locator())
+    assert participant_for(commit, ctx) is participant_for(commit, ctx)
 
 
 @pytest.mark.parametrize(("contract", "run_id"), [(OTHER, 3), (CONTRACT, 4)])
