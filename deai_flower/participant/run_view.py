@@ -18,19 +18,18 @@ from typing import Any
 import torch
 from eth_utils import to_checksum_address
 
-from web3 import Web3
-
 from ..chain import RoundsContract
 from ..chain.node import ChainNode, connect_url
-from ..errors import ConfigError, ProtocolError, StoreError
+from ..chain.runs import fetch_spec
+from ..errors import ConfigError, ProtocolError
 from ..models import get_arrays, instantiate_model, select_device
 from ..privacy import PrivacySettings
-from ..protocol.spec import MAX_SPEC_BYTES, RunSpec, SpecError, spec_cid
+from ..protocol.spec import MAX_SPEC_BYTES, RunSpec, SpecError
 from ..storage import ContentStore, array_spec
 from ..storage.location import open_store
 from .participant import LocalData, Participant
 
-__all__ = ["RunView", "forget_run_views", "recorded_spec", "run_view"]
+__all__ = ["RunView", "forget_run_views", "run_view"]
 
 
 @dataclass
@@ -104,41 +103,10 @@ def forget_run_views(participant: Participant | None = None) -> None:
             _VIEWS.pop(participant, None)
 
 
-def recorded_spec(contract: RoundsContract, run_id: int, store: ContentStore) -> tuple[RunSpec, bytes]:
-    """The spec of ``run_id`` and its digest, as the chain recorded it at ``createRun``.
-
-    Raises:
-        SpecError: no such run, the store lacks the spec, or it does not parse or is not
-            supported by this release (one reason).
-    """
-    digest = _recorded_digest(contract, run_id)
-    cid = spec_cid(digest)
-    try:
-        data = store.get(cid)  # the store re-verifies the bytes against the CID
-    except StoreError as exc:
-        raise SpecError(f"run {run_id}: cannot fetch its spec {cid} ({exc})") from exc
-    spec = RunSpec.from_bytes(data)
-    spec.check_supported()
-    return spec, digest
-
-
-def _recorded_digest(contract: RoundsContract, run_id: int) -> bytes:
-    """The ``specHash`` of the run's ``RunCreated`` event (``getRun`` does not return it)."""
-    if int(contract.get_run(run_id)["numRounds"]) == 0:
-        raise SpecError(f"contract {contract.address} has no run {run_id}")
-    event = contract.contract.events.RunCreated
-    signature = "0x" + Web3.keccak(text=event.signature).hex().removeprefix("0x")
-    topics = [signature, "0x" + run_id.to_bytes(32, "big").hex()]
-    created = [e for e in contract._decode_logs(contract._logs(f"run {run_id}'s creation", from_block=0, topics=topics))
-               if e["event"] == "RunCreated"]  # fmt: skip
-    if len(created) != 1:
-        raise SpecError(f"contract {contract.address}: {len(created)} RunCreated events for run {run_id}")
-    return bytes(created[0]["args"]["params"]["specHash"])
-
-
 def _build(participant: Participant, node: ChainNode, address: str, run_id: int) -> RunView:
     contract = RoundsContract(node, address, participant.account)
-    spec, digest = recorded_spec(contract, run_id, open_store(participant.store_location, max_bytes=MAX_SPEC_BYTES))
+    spec = fetch_spec(contract, run_id, open_store(participant.store_location, max_bytes=MAX_SPEC_BYTES))
+    digest = spec.digest()
     target = spec.model.target
     if not participant.allows_model(target):
         raise SpecError(f"run {run_id}: its model {target} is not one this participant builds "
