@@ -18,63 +18,66 @@ from flwr.common.constant import ErrorCode
 
 from support import compose_with
 
-from deai_flower.simulation import experiment
-from deai_flower.federation import client_runtime
+from deai_flower.apps import client_app
+from deai_flower.chain import simulation_key
+from deai_flower.participant.app import participant_for
+from deai_flower.participant.run_view import forget_run_views, run_view
+from deai_flower.simulation.experiment import run_experiment
 from deai_flower.storage import LocalStore
 from deai_flower.verify import RunRecord, verify_run
 
 pytestmark = pytest.mark.slow
 
 
-def misbehave(kinds: dict[int, str]) -> Callable[..., Callable[[Message, Context], Message]]:
-    """A build_client_app replacement whose nodes ``kinds`` misbehave as named."""
-    real_build = experiment.build_client_app
-
-    def build(settings: Any) -> Callable[[Message, Context], Message]:
-        app = real_build(settings)
-
-        def call(message: Message, context: Context) -> Message:
-            partition = int(context.node_config["partition-id"])
-            kind, action = kinds.get(partition), message.metadata.message_type
-            if kind == "vanish" and action != "query.identity":
-                return Message(Error(ErrorCode.NODE_UNAVAILABLE, "node went away"), reply_to=message)
-            if (kind, action) in (("no-commit", "train.commit"), ("no-reveal", "train.reveal")):
-                return Message(Error(ErrorCode.CLIENT_APP_CRASHED, "client crashed"), reply_to=message)
-            if (kind, action) == ("restart", "train.reveal"):
-                # the node's process restarted since it committed: its state survived, the
-                # store handle that staged its update in the background did not
-                runtime = client_runtime(settings, partition)
-                runtime.store = LocalStore(runtime.store.describe()["location"])
-            if (kind, action) == ("lost-staging", "train.reveal"):
-                Path(str(context.state["pending-reveal"]["staged"])).unlink()  # its staged copy is gone
-            if (kind, action) == ("bad-reveal", "train.reveal"):
-                context.state["pending-reveal"]["num-examples"] = 10**6  # not what it committed to
-            if (kind, action) == ("late", "train.commit"):
-                contract = client_runtime(settings, partition).contract
-                round_id = int(message.content["config"]["round"])
-                deadline = int(contract.get_round(settings.run_id, round_id)["commitDeadline"])
-                contract.node.advance_to(deadline, timeout=5)  # this node wakes up too late
-            return app(message, context)
-
-        return call
-
-    return build
+def _view(message: Message, context: Context) -> Any:
+    """The node's view of the run the message is about (its contract handle, its store)."""
+    config = message.content["config"]
+    return run_view(participant_for(message, context), str(config["contract"]), int(config["run-id"]))
 
 
-def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kinds: dict[int, str], *overrides: str) -> dict[str, Any]:
-    monkeypatch.setattr(experiment, "build_client_app", misbehave(kinds))
+def misbehave(kinds: dict[int, str]) -> Callable[[Message, Context], Message]:
+    """The real ClientApp, except that nodes ``kinds`` misbehave as named."""
+
+    def call(message: Message, context: Context) -> Message:
+        partition = int(context.node_config["partition-id"])
+        kind, action = kinds.get(partition), message.metadata.message_type
+        if kind == "vanish-in-round-1" and action == "train.commit" and int(message.content["config"]["round"]) == 1:
+            return Message(Error(ErrorCode.NODE_UNAVAILABLE, "node went away"), reply_to=message)
+        if kind == "vanish" and action != "query.identity":
+            return Message(Error(ErrorCode.NODE_UNAVAILABLE, "node went away"), reply_to=message)
+        if (kind, action) in (("no-commit", "train.commit"), ("no-reveal", "train.reveal")):
+            return Message(Error(ErrorCode.CLIENT_APP_CRASHED, "client crashed"), reply_to=message)
+        if (kind, action) == ("restart", "train.reveal"):
+            # the node's process restarted since it committed: its state survived, the
+            # store handle that staged its update in the background did not
+            forget_run_views(participant_for(message, context))
+        if (kind, action) == ("lost-staging", "train.reveal"):
+            Path(str(context.state["pending-reveal"]["staged"])).unlink()  # its staged copy is gone
+        if (kind, action) == ("bad-reveal", "train.reveal"):
+            context.state["pending-reveal"]["num-examples"] = 10**6  # not what it committed to
+        if (kind, action) == ("late", "train.commit"):
+            view = _view(message, context)
+            round_id = int(message.content["config"]["round"])
+            deadline = int(view.contract.get_round(view.run_id, round_id)["commitDeadline"])
+            view.contract.node.advance_to(deadline, timeout=5)  # this node wakes up too late
+        return client_app(message, context)
+
+    return call
+
+
+def run(tmp_path: Path, kinds: dict[int, str], *overrides: str) -> dict[str, Any]:
     cfg = compose_with("num_clients=4", "num_rounds=2", "progress=false",
                        "training.local_epochs=1", *overrides)  # fmt: skip
-    return experiment.run_experiment(cfg, output_dir=tmp_path)
+    return run_experiment(cfg, output_dir=tmp_path, client_app=misbehave(kinds))
 
 
 @pytest.mark.parametrize("kind", ["vanish", "no-commit", "no-reveal", "bad-reveal", "late"])
 def test_round_goes_on_without_the_faulty_node(
-    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kind: str, tmp_path: Path
 ) -> None:
     faulty = 3  # the last node, so that "late" is late only for itself
-    results = run(tmp_path, monkeypatch, {faulty: kind})
-    address = experiment.simulation_key(seed=0, role=f"client-{faulty}").address
+    results = run(tmp_path, {faulty: kind})
+    address = simulation_key(seed=0, role=f"client-{faulty}").address
     for r in results["rounds"]:
         assert r["status"] == "finalized", r["reason"]
         assert address not in r["revealed"] and len(r["revealed"]) == 3
@@ -91,12 +94,12 @@ def test_round_goes_on_without_the_faulty_node(
 
 @pytest.mark.parametrize("kind", ["restart", "lost-staging"])
 def test_a_node_whose_staged_update_is_gone_still_reveals(
-    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kind: str, tmp_path: Path
 ) -> None:
     """The update staged at commit time is lost (the process restarted, or the file was
     removed): the node stores it again from its state and reveals as usual."""
-    results = run(tmp_path, monkeypatch, {2: kind})
-    address = experiment.simulation_key(seed=0, role="client-2").address
+    results = run(tmp_path, {2: kind})
+    address = simulation_key(seed=0, role="client-2").address
     for r in results["rounds"]:
         assert r["status"] == "finalized", r["reason"]
         assert address in r["revealed"] and len(r["revealed"]) == 4 and not r["errors"]
@@ -104,30 +107,23 @@ def test_a_node_whose_staged_update_is_gone_still_reveals(
     assert all(v.ok for v in verify_run(RunRecord.from_output_dir(tmp_path), LocalStore(tmp_path / "store")))
 
 
-def test_a_lying_attester_is_outvoted_and_penalized(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_build = experiment.build_client_app
+def test_a_lying_attester_is_outvoted_and_penalized(tmp_path: Path) -> None:
     liars: list[str] = []
 
-    def build(settings: Any) -> Callable[[Message, Context], Message]:
-        app = real_build(settings)
+    def call(message: Message, context: Context) -> Message:
+        if message.metadata.message_type == "train.attest" and not liars:
+            # the first attester asked, whose vote surely counts, attests a forged CID
+            view = _view(message, context)
+            round_id = int(message.content["config"]["round"])
+            view.contract.attest(view.run_id, round_id, bytes([1, 0x55, 0x12, 0x20]) + b"\x66" * 32)
+            liars.append(view.participant.address)
+            return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, "lied"), reply_to=message)
+        return client_app(message, context)
 
-        def call(message: Message, context: Context) -> Message:
-            if message.metadata.message_type == "train.attest" and not liars:
-                # the first attester asked, whose vote surely counts, attests a forged CID
-                runtime = client_runtime(settings, int(context.node_config["partition-id"]))
-                round_id = int(message.content["config"]["round"])
-                runtime.contract.attest(settings.run_id, round_id, bytes([1, 0x55, 0x12, 0x20]) + b"\x66" * 32)
-                liars.append(runtime.account.address)
-                return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, "lied"), reply_to=message)
-            return app(message, context)
-
-        return call
-
-    monkeypatch.setattr(experiment, "build_client_app", build)
     cfg = compose_with("num_clients=4", "num_rounds=2", "progress=false",
                        "training.local_epochs=1", "strategy.committee_size=4",
                        "strategy.quorum=2")  # fmt: skip
-    results = experiment.run_experiment(cfg, output_dir=tmp_path)
+    results = run_experiment(cfg, output_dir=tmp_path, client_app=call)
     assert [r["status"] for r in results["rounds"]] == ["finalized", "finalized"]
     penalties = [(e["args"]["participant"], e["args"]["round"], e["args"]["reason"])
                  for e in results["events"] if e["event"] == "PenaltyRecorded"]  # fmt: skip
@@ -135,12 +131,29 @@ def test_a_lying_attester_is_outvoted_and_penalized(tmp_path: Path, monkeypatch:
     assert all(v.ok for v in verify_run(RunRecord.from_output_dir(tmp_path), LocalStore(tmp_path / "store")))
 
 
-def test_too_few_reveals_fail_the_round_with_a_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    results = run(tmp_path, monkeypatch, {1: "vanish", 2: "vanish", 3: "no-reveal"}, "num_rounds=1")
+def test_too_few_reveals_fail_the_round_with_a_reason(tmp_path: Path) -> None:
+    results = run(tmp_path, {1: "vanish", 2: "vanish", 3: "no-reveal"}, "num_rounds=1", "strategy.max_failed_rounds=0")
     (r,) = results["rounds"]
     assert r["status"] == "failed"
     assert "1 valid reveals" in r["reason"]
     assert results["global_model_cids"] == results["global_model_cids"][:1]  # the model did not move
+
+
+def test_a_failed_round_is_retried_until_the_run_is_complete(tmp_path: Path) -> None:
+    """Round 1 fails (too few nodes); attempts go on until num_rounds are finalized, and
+    the table numbers rounds as the chain does."""
+    results = run(tmp_path, {1: "vanish-in-round-1", 2: "vanish-in-round-1", 3: "vanish-in-round-1"})
+    assert [(r["round"], r["status"]) for r in results["rounds"]] == [(1, "failed"), (2, "finalized"),
+                                                                       (3, "finalized")]  # fmt: skip
+    assert len(results["global_model_cids"]) == 3
+    finalized = [e["args"]["round"] for e in results["events"] if e["event"] == "RoundFinalized"]
+    assert finalized == [2, 3]
+    assert all(v.ok for v in verify_run(RunRecord.from_output_dir(tmp_path), LocalStore(tmp_path / "store")))
+
+
+def test_a_run_stops_after_max_failed_rounds(tmp_path: Path) -> None:
+    results = run(tmp_path, {1: "vanish", 2: "vanish", 3: "vanish"}, "strategy.max_failed_rounds=1")
+    assert [r["status"] for r in results["rounds"]] == ["failed", "failed"]
 
 
 def test_a_node_that_connects_late_takes_part_from_the_next_round(
@@ -157,7 +170,7 @@ def test_a_node_that_connects_late_takes_part_from_the_next_round(
         return ids[:-1] if len(calls) == 1 else ids  # the last node is not up in round 1
 
     monkeypatch.setattr(InProcessGrid, "get_node_ids", node_ids)
-    results = run(tmp_path, monkeypatch, {})
+    results = run(tmp_path, {})
     first, second = results["rounds"]
     assert first["status"] == second["status"] == "finalized"
     assert len(first["sampled"]) == 3 and len(second["sampled"]) == 4
@@ -170,17 +183,16 @@ def test_nodes_refuse_a_model_the_chain_does_not_record(tmp_path: Path, monkeypa
     commit: every node checks the announced CID against the chain's before training."""
     from deai_flower.strategies import CommitRevealStrategy
 
-    real = CommitRevealStrategy.configure_train
+    real = CommitRevealStrategy._exchange
 
-    def lying(self: CommitRevealStrategy, *args: Any, **kwargs: Any) -> Any:
-        messages = list(real(self, *args, **kwargs))
-        decoy = self.store.put(b"not the global model")
-        for message in messages:
-            message.content["config"]["model-cid"] = decoy
-        return messages
+    def lying(self: CommitRevealStrategy, node_ids: Any, message_type: str, config: dict[str, Any], *args: Any,
+              **kwargs: Any) -> Any:  # fmt: skip
+        if message_type == "train.commit":
+            config = {**config, "model-cid": self.store.put(b"not the global model")}
+        return real(self, node_ids, message_type, config, *args, **kwargs)
 
-    monkeypatch.setattr(CommitRevealStrategy, "configure_train", lying)
-    results = run(tmp_path, monkeypatch, {}, "num_rounds=1")
+    monkeypatch.setattr(CommitRevealStrategy, "_exchange", lying)
+    results = run(tmp_path, {}, "num_rounds=1", "strategy.max_failed_rounds=0")
     (r,) = results["rounds"]
     assert r["status"] == "failed" and r["committed"] == []
     assert len(r["errors"]) == 4
