@@ -24,8 +24,9 @@ from hydra import compose, initialize_config_module
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as raw_safetensors
 
-from deai_flower import client_app
+from deai_flower.apps import client_app
 from deai_flower.chain import simulation_key
+from deai_flower.participant import handlers
 from deai_flower.config import register_configs
 from deai_flower.simulation.experiment import run_experiment
 from deai_flower.storage import LocalStore, cid_from_bytes, compute_cid, encode_arrays
@@ -69,15 +70,17 @@ COMMITTED_BAD = {
 }
 
 
-def _commit_bad_blob(monkeypatch: pytest.MonkeyPatch, make_bad: Callable[[dict[str, np.ndarray]], bytes]) -> None:
-    """Client 0's next update blob is ``make_bad(update)``, before its CID is computed and committed."""
-    honest_commit, honest_encode = client_app.handle_commit, client_app.encode_arrays
+def _commit_bad_blob(monkeypatch: pytest.MonkeyPatch, make_bad: Callable[[dict[str, np.ndarray]], bytes]) -> Any:
+    """The ClientApp, except that client 0's next update blob is ``make_bad(update)``,
+    written before its CID is computed and committed."""
+    honest_encode = handlers.encode_arrays
     committing = {"bad": False}
 
-    def commit(settings: Any, message: Any, context: Any) -> Any:
-        committing["bad"] = int(context.node_config["partition-id"]) == BAD_CLIENT
+    def app(message: Any, context: Any) -> Any:
+        committing["bad"] = (message.metadata.message_type == "train.commit"
+                             and int(context.node_config["partition-id"]) == BAD_CLIENT)  # fmt: skip
         try:
-            return honest_commit(settings, message, context)
+            return client_app(message, context)
         finally:
             committing["bad"] = False
 
@@ -87,33 +90,32 @@ def _commit_bad_blob(monkeypatch: pytest.MonkeyPatch, make_bad: Callable[[dict[s
             return make_bad(arrays)
         return honest_encode(arrays)
 
-    monkeypatch.setattr(client_app, "handle_commit", commit)
-    monkeypatch.setattr(client_app, "encode_arrays", encode)
+    monkeypatch.setattr(handlers, "encode_arrays", encode)
+    return app
 
 
-def _flip_a_byte_after_reveal(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Client 0 reveals its honest blob; then one byte of the stored file flips."""
-    honest_reveal = client_app.handle_reveal
+def _flip_a_byte_after_reveal(out: Path) -> Any:
+    """The ClientApp, except that client 0 reveals its honest blob, then one byte of the
+    stored file flips."""
 
-    def reveal(settings: Any, message: Any, context: Any) -> Any:
+    def app(message: Any, context: Any) -> Any:
         pending = context.state.get("pending-reveal")
-        reply = honest_reveal(settings, message, context)
-        if int(context.node_config["partition-id"]) == BAD_CLIENT:
-            cid = str(pending["cid"])
-            (path,) = Path(settings.store_location).rglob(cid)
+        reply = client_app(message, context)
+        if message.metadata.message_type == "train.reveal" and int(context.node_config["partition-id"]) == BAD_CLIENT:
+            (path,) = (out / "store").rglob(str(pending["cid"]))
             blob = bytearray(path.read_bytes())
             blob[len(blob) // 2] ^= 0x01
             path.write_bytes(bytes(blob))
         return reply
 
-    monkeypatch.setattr(client_app, "handle_reveal", reveal)
+    return app
 
 
-def _run(out: Path) -> dict[str, Any]:
+def _run(out: Path, app: Any) -> dict[str, Any]:
     register_configs()
     with initialize_config_module(config_module="deai_flower.conf", version_base=None):
         cfg = compose(config_name="config", overrides=RUN)
-    return run_experiment(cfg, output_dir=out)
+    return run_experiment(cfg, output_dir=out, client_app=app)
 
 
 def _fedavg(blobs: list[bytes], weights: list[int]) -> dict[str, np.ndarray]:
@@ -129,12 +131,12 @@ def _fedavg(blobs: list[bytes], weights: list[int]) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("case", [*COMMITTED_BAD, "flipped-byte"])
 def test_a_bad_reveal_excludes_only_its_participant(case: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     if case == "flipped-byte":
-        _flip_a_byte_after_reveal(monkeypatch)
+        app = _flip_a_byte_after_reveal(tmp_path)
         reason = "is corrupted or tampered with"
     else:
         make_bad, reason = COMMITTED_BAD[case]
-        _commit_bad_blob(monkeypatch, make_bad)
-    results = _run(tmp_path)
+        app = _commit_bad_blob(monkeypatch, make_bad)
+    results = _run(tmp_path, app)
 
     bad = simulation_key(seed=0, role=f"client-{BAD_CLIENT}").address
     (round_1,) = results["rounds"]
@@ -147,7 +149,7 @@ def test_a_bad_reveal_excludes_only_its_participant(case: str, monkeypatch: pyte
     reveals = sorted((e["args"] for e in events if e["event"] == "Revealed"), key=lambda a: int(a["participant"], 16))
     good = [a for a in reveals if a["participant"] != bad]
     assert len(good) == 2
-    store = LocalStore(results["store"]["location"])
+    store = LocalStore(tmp_path / results["store"]["root"])
     blobs = [store.get(cid_from_bytes(bytes.fromhex(a["cid"][2:]))) for a in good]
     expected = _fedavg(blobs, [a["numExamples"] for a in good])
 
