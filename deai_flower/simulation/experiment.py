@@ -19,7 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config import validate
 from ..models import check_engine_devices
+from ..participant.run_view import forget_run_views
 from .harness import locator, prepare_run, serve_chain
+from .participants import forget_simulated_participants
 
 
 def experiment_run_config(cfg: DictConfig, *, output_dir: Path, where: dict[str, Any],
@@ -46,9 +48,14 @@ def run_experiment(cfg: DictConfig, *, output_dir: Path, client_app: Any = None)
     prepared = prepare_run(cfg, output_dir)
     setup = {"setup_gas": prepared.setup_gas, "first_block": prepared.first_block, "initial_cid": prepared.initial_cid,
              "num_clients": int(cfg.num_clients), "started": started}  # fmt: skip
-    with serve_chain(prepared.node, same_process=cfg.engine.kind == "inprocess") as chain_url:
-        run_config = experiment_run_config(cfg, output_dir=output_dir, where=locator(prepared, chain_url), setup=setup)
-        run_engine(cfg, server_app=server_app, client_app=client_app or default_client_app, run_config=run_config)
+    try:
+        with serve_chain(prepared.node, same_process=cfg.engine.kind == "inprocess") as chain_url:
+            run_config = experiment_run_config(cfg, output_dir=output_dir, where=locator(prepared, chain_url),
+                                               setup=setup)  # fmt: skip
+            run_engine(cfg, server_app=server_app, client_app=client_app or default_client_app, run_config=run_config)
+    finally:  # a sweep runs many experiments in one process: drop this one's participants
+        forget_run_views()
+        forget_simulated_participants()
     return json.loads((output_dir / "results.json").read_text(encoding="utf-8"))
 
 
