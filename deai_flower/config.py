@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
 import math
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -162,11 +163,15 @@ def resolve_target(target: object, kind: str) -> Callable[..., Any]:
     """
     if not isinstance(target, str) or "." not in target.strip("."):
         raise ConfigError(f"{kind} target must be an importable 'package.module.name' (got {target!r})")
+    hydra_log = logging.getLogger("hydra.utils")  # it logs the failure itself: one line is ours
+    level, hydra_log.level = hydra_log.level, logging.CRITICAL
     try:
         obj = get_object(target)
     except Exception as exc:  # noqa: BLE001 - any import failure means "cannot use this target"
         cause = exc.__cause__ or exc
         raise ConfigError(f"{kind} {target}: cannot import it ({one_line(cause)})") from exc
+    finally:
+        hydra_log.setLevel(level)
     if not callable(obj):
         raise ConfigError(f"{kind} {target}: not callable (a {type(obj).__name__})")
     return obj

@@ -26,7 +26,8 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Completed
     "override,expected",
     [
         ("dataset=imagenet", "Could not find 'dataset/imagenet'"),
-        ("dataset.name=imagenet", "unknown dataset 'imagenet'"),
+        ("dataset.loader._target_=deai_flower.data.load_imagenet", "load_imagenet"),
+        ("+privacy.epsilonn=3", "epsilonn"),
         ("privacy.epsilon=-1", "privacy.epsilon must be > 0"),
         ("num_clients=0", "num_clients must be >= 1"),
         ("privacy.epsilonn=3", "epsilonn"),
