@@ -7,6 +7,8 @@
     deai verify --rpc URL --contract ADDRESS --run-id N (--store-root DIR | --store-api MULTIADDR)
                                    the same from a live node's events
 
+    deai consortium ...            set up a consortium (keys, certificates, contract, silos, runs)
+
 ``deai verify`` takes the rule, its parameters and the DP settings from the run spec the
 chain names, never from flags or a config; it exits 1 when the run does not verify.
 
@@ -26,7 +28,7 @@ import sys
 from pathlib import Path
 
 from ..errors import DeaiError
-from . import verify_cmd
+from . import consortium_cmd, verify_cmd
 from ..storage import DEFAULT_API_ADDR, IpfsStore, LocalStore, validate_cid
 
 
@@ -89,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("cid")
     verify.set_defaults(func=_verify)
     verify_cmd.add_parser(groups)
+    consortium_cmd.add_parser(groups)
     return parser
 
 

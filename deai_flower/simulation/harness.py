@@ -23,7 +23,7 @@ from eth_utils import keccak
 from omegaconf import DictConfig, OmegaConf
 
 from .. import __version__
-from ..chain import ChainNode, RoundsContract, connect_embedded, connect_rpc, simulation_key, to_wad
+from ..chain import ChainNode, RoundsContract, TxResult, connect_embedded, connect_rpc, simulation_key, to_wad
 from ..chain.artifact import load_artifact
 from ..chain.runs import fetch_spec
 from ..data import DatasetSplit, client_partitions, load_dataset
@@ -72,6 +72,41 @@ def spec_from_config(cfg: DictConfig, schema: DataSchema) -> RunSpec:
 def code_hash() -> bytes:
     """keccak256 identifying the code release: package version and contract bytecode."""
     return keccak(f"deai-flower {__version__}\n{load_artifact()['deployedBytecode']}".encode())
+
+
+def create_run(contract: RoundsContract, spec: RunSpec, initial_cid: str) -> tuple[int, TxResult]:
+    """Create the run of ``spec`` on chain, starting from the model stored at ``initial_cid``.
+
+    The chain records the spec's digest (the spec itself must already be in the store
+    participants read, under :func:`~deai_flower.protocol.spec.spec_cid` of that digest)
+    and the run parameters it enforces, all taken from the spec.
+    """
+    r = spec.rounds
+    return contract.create_run(
+        {
+            "specHash": spec.digest(),
+            "codeHash": code_hash(),
+            "initialModelCid": cid_to_bytes(initial_cid),
+            "epsilonBudgetWad": to_wad(spec.privacy.epsilon),
+            "deltaWad": to_wad(spec.privacy.delta),
+            "numRounds": r.num_rounds,
+            "commitDuration": r.commit_s,
+            "revealDuration": r.reveal_s,
+            "attestDuration": r.attest_s,
+            "sampleBps": round(r.sample_fraction * 10_000),
+            "quorum": r.quorum,
+            "minReveals": r.min_reveals,
+        }
+    )
+
+
+def store_run(spec: RunSpec, store: ContentStore, *, seed: int) -> tuple[str, dict[str, Any]]:
+    """Put the spec and the initial model (the spec's model built with ``seed``) into
+    ``store``; return the initial model's CID and arrays."""
+    model = instantiate_model(spec.model, spec.data, seed=seed)
+    initial = get_arrays(model)
+    store.put(spec.to_bytes())
+    return store.put(encode_arrays(initial)), initial
 
 
 @dataclass
@@ -124,13 +159,10 @@ def prepare_run(cfg: DictConfig, output_dir: Path, *, node: ChainNode | None = N
     schema = split.schema()
     spec = spec_from_config(cfg, schema)
     spec.check_supported()
-    model = instantiate_model(spec.model, schema, seed=int(cfg.seed))
-    initial = get_arrays(model)
     location = store_location(cfg, output_dir)
     store = open_store(location, max_bytes=spec.max_blob_bytes, timeout_s=float(cfg.storage.timeout_s),
                        retries=int(cfg.storage.retries))  # fmt: skip
-    store.put(spec.to_bytes())
-    initial_cid = store.put(encode_arrays(initial))
+    initial_cid, initial = store_run(spec, store, seed=int(cfg.seed))
     admin = simulation_key(seed=int(cfg.seed), role="coordinator")
     clients = [simulation_key(seed=int(cfg.seed), role=client_role(i)) for i in range(n)]
     node.fund([admin.address] + [c.address for c in clients])
@@ -143,23 +175,7 @@ def prepare_run(cfg: DictConfig, output_dir: Path, *, node: ChainNode | None = N
     setup_gas = {"deploy": deploy_tx.gas_used, "register": 0}
     for i, client in enumerate(clients):
         setup_gas["register"] += contract.register(client.address, keccak(f"simulated-node/{i}".encode())).gas_used
-    r = spec.rounds
-    run_id, run_tx = contract.create_run(
-        {
-            "specHash": spec.digest(),
-            "codeHash": code_hash(),
-            "initialModelCid": cid_to_bytes(initial_cid),
-            "epsilonBudgetWad": to_wad(spec.privacy.epsilon),
-            "deltaWad": to_wad(spec.privacy.delta),
-            "numRounds": r.num_rounds,
-            "commitDuration": r.commit_s,
-            "revealDuration": r.reveal_s,
-            "attestDuration": r.attest_s,
-            "sampleBps": round(r.sample_fraction * 10_000),
-            "quorum": r.quorum,
-            "minReveals": r.min_reveals,
-        }
-    )
+    run_id, run_tx = create_run(contract, spec, initial_cid)
     setup_gas["createRun"] = run_tx.gas_used
     return PreparedRun(node=node, contract=contract, run_id=run_id, spec=spec, store=store, store_location=location,
                        split=split, model=initial, model_cid=initial_cid, initial_cid=initial_cid, array_spec=shape,

@@ -1,0 +1,144 @@
+"""A consortium's on-chain steps: deploy the contract, register silos, create runs.
+
+Each step signs with the consortium admin's keystore on a JSON-RPC node and returns
+what it did; a step that cannot be done (a silo registered already, a key that is not
+the admin's, a run config that does not compose) is a :class:`ConsortiumError` with one
+reason, raised before anything is sent where the chain lets it be checked first.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from eth_utils import is_address, to_checksum_address
+
+from ..chain import RoundsContract
+from ..chain.keys import keystore_key
+from ..chain.node import ChainNode, connect_rpc
+from ..errors import ChainError, ContractRevertError
+from .errors import ConsortiumError
+from .identity import supernode_identity
+
+__all__ = ["CreatedRun", "create_run", "deploy", "fund", "register", "open_contract"]
+
+
+def admin_key(keystore: Path, password_file: Path) -> LocalAccount:
+    return keystore_key(keystore, password_file=password_file)
+
+
+def _contract(node: ChainNode, address: str, account: LocalAccount) -> RoundsContract:
+    if not is_address(address):
+        raise ConsortiumError(f"--contract {address!r} is not an address")
+    if len(node.w3.eth.get_code(to_checksum_address(address))) == 0:
+        raise ConsortiumError(f"no contract at {address} on {node.url} (deployed on another chain?)")
+    return RoundsContract(node, address, account)
+
+
+def open_contract(rpc_url: str, address: str, account: LocalAccount) -> RoundsContract:
+    """The deployed contract at ``address`` on the node at ``rpc_url``, signing with ``account``."""
+    return _contract(connect_rpc(rpc_url), address, account)
+
+
+def fund(rpc_url: str, addresses: list[str]) -> None:
+    """Give development ether to ``addresses`` (anvil, hardhat: nodes with unlocked accounts)."""
+    for address in addresses:
+        if not is_address(address):
+            raise ConsortiumError(f"{address!r} is not an address")
+    connect_rpc(rpc_url).fund([to_checksum_address(a) for a in addresses])
+
+
+def _require_funds(node: ChainNode, account: LocalAccount) -> None:
+    if node.w3.eth.get_balance(account.address) == 0:
+        raise ConsortiumError(f"{account.address} has no ether on {node.url} to pay for gas "
+                              f"(fund it; on a development node: deai consortium fund --rpc {node.url} "
+                              f"{account.address})")  # fmt: skip
+
+
+def deploy(rpc_url: str, account: LocalAccount) -> tuple[str, int]:
+    """Deploy the contract with ``account`` as its admin; its address and the gas used."""
+    node = connect_rpc(rpc_url)
+    _require_funds(node, account)
+    contract, tx = RoundsContract.deploy(node, account)
+    return contract.address, tx.gas_used
+
+
+def register(rpc_url: str, address: str, account: LocalAccount, *, silo: str, supernode_key: bytes) -> bytes:
+    """Register ``silo`` bound to the hash of its SuperNode public key; return that hash.
+
+    Refused before sending: an address that is not one, a silo registered already, a
+    SuperNode key another silo is bound to, a key that is not the contract's admin.
+    """
+    if not is_address(silo):
+        raise ConsortiumError(f"silo address {silo!r} is not an address")
+    silo = to_checksum_address(silo)
+    identity = supernode_identity(supernode_key)
+    contract = open_contract(rpc_url, address, account)
+    active, bound = contract.participant_info(silo)
+    if active:
+        same = " (to this SuperNode key)" if bound == identity else f" (to SuperNode identity 0x{bound.hex()})"
+        raise ConsortiumError(f"silo {silo} is registered already{same}")
+    for member in contract.members():
+        if contract.participant_info(member)[1] == identity:
+            raise ConsortiumError(f"this SuperNode key is bound to silo {member} already; each silo needs its own")
+    _require_funds(contract.node, account)
+    try:
+        contract.register(silo, identity)
+    except ContractRevertError as exc:
+        if exc.error_name == "NotAdmin":
+            raise ConsortiumError(f"{account.address} is not the admin of contract {contract.address}; "
+                                  "register with the key that deployed it") from None  # fmt: skip
+        raise
+    return identity
+
+
+@dataclass(frozen=True)
+class CreatedRun:
+    contract: str
+    run_id: int
+    spec_cid: str
+    initial_cid: str
+    num_rounds: int
+    rule: str
+
+
+def compose_run_config(overrides: list[str]) -> Any:
+    """The experiment config of ``overrides`` (Hydra syntax, as for ``deai-flower``)."""
+    from ..simulation.config import compose_overrides
+
+    return compose_overrides(" ".join(shlex.quote(o) for o in overrides))
+
+
+def create_run(rpc_url: str, address: str, account: LocalAccount, *, store_location: str,
+               overrides: list[str]) -> CreatedRun:  # fmt: skip
+    """Create a run of the experiment ``overrides`` describe: its spec (model, data schema,
+    rule, DP settings, rounds) and initial model go into the store, the chain records them.
+
+    The data schema comes from the configured dataset (loaded once here, only for its
+    shape: silos train on their own files, checked against it).
+    """
+    from ..protocol.spec import spec_cid
+    from ..simulation.harness import create_run as create_on_chain
+    from ..simulation.harness import load_split, spec_from_config, store_run
+    from ..storage.location import open_store
+
+    cfg = compose_run_config(overrides)
+    contract = open_contract(rpc_url, address, account)
+    if contract.contract.functions.admin().call() != account.address:
+        raise ConsortiumError(f"{account.address} is not the admin of contract {contract.address}; "
+                              "create runs with the key that deployed it")  # fmt: skip
+    _require_funds(contract.node, account)
+    split = load_split(cfg, num_clients=1)
+    spec = spec_from_config(cfg, split.schema())
+    spec.check_supported()
+    store = open_store(store_location, max_bytes=spec.max_blob_bytes)
+    initial_cid, _ = store_run(spec, store, seed=int(cfg.seed))
+    try:
+        run_id, _ = create_on_chain(contract, spec, initial_cid)
+    except ChainError as exc:
+        raise ConsortiumError(f"createRun failed: {exc}") from None
+    return CreatedRun(contract=contract.address, run_id=run_id, spec_cid=spec_cid(spec.digest()),
+                      initial_cid=initial_cid, num_rounds=spec.rounds.num_rounds, rule=spec.rule.name)  # fmt: skip

@@ -1,0 +1,123 @@
+"""``deai consortium``: each step on a chain node over JSON-RPC (the embedded EVM behind a
+loopback bridge), saying what it did; a repeated or wrong step is one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from eth_account import Account
+
+from deai_flower.chain import RoundsContract, connect_embedded
+from deai_flower.chain.bridge import JsonRpcBridge
+from deai_flower.chain.runs import fetch_spec
+from deai_flower.cli.deai import main
+from deai_flower.consortium.identity import supernode_identity
+from deai_flower.storage import LocalStore
+
+
+@pytest.fixture
+def rpc() -> Iterator[str]:
+    bridge = JsonRpcBridge(connect_embedded())
+    yield bridge.start()
+    bridge.stop()
+
+
+def deai(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def address_in(text: str) -> str:
+    return next(w for w in text.replace("(", " ").split() if w.startswith("0x") and len(w) == 42)
+
+
+def test_a_consortium_is_set_up_step_by_step(rpc: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    keys, admin_args = tmp_path / "keys", ["--keystore", tmp_path / "keys/admin.keystore.json",
+                                           "--password-file", tmp_path / "keys/admin.password"]  # fmt: skip
+    code, out, _ = deai(capsys, "consortium", "keystore", "--out", keys, "--name", "admin", "--kdf", "pbkdf2")
+    assert code == 0 and out.startswith("created chain key 0x")
+    admin = address_in(out)
+    code, out, _ = deai(capsys, "consortium", "keystore", "--out", keys, "--name", "silo-0", "--kdf", "pbkdf2")
+    silo = address_in(out)
+    code, out, _ = deai(capsys, "consortium", "supernode-key", "--out", tmp_path / "sn", "--name", "silo-0")
+    assert code == 0 and "identity    0x" in out
+
+    # the admin has no ether yet: refused before anything is sent
+    code, out, err = deai(capsys, "consortium", "deploy", "--rpc", rpc, *admin_args)
+    assert code == 2 and err.count("\n") == 1 and "has no ether" in err and "deai consortium fund" in err
+    assert deai(capsys, "consortium", "fund", "--rpc", rpc, admin)[0] == 0
+    code, out, _ = deai(capsys, "consortium", "deploy", "--rpc", rpc, *admin_args)
+    assert code == 0 and out.startswith("deployed the round contract at 0x")
+    contract = address_in(out)
+
+    register = ["consortium", "register", "--rpc", rpc, "--contract", contract, *admin_args, "--silo", silo,
+                "--supernode-key", tmp_path / "sn/silo-0.pub"]  # fmt: skip
+    code, out, _ = deai(capsys, *register)
+    assert code == 0 and f"registered silo {silo}" in out
+    code, _, err = deai(capsys, *register)
+    assert code == 2 and "is registered already (to this SuperNode key)" in err and err.count("\n") == 1
+    other = Account.create().address
+    code, _, err = deai(capsys, *[other if a == silo else a for a in register])
+    assert code == 2 and f"bound to silo {silo} already" in err
+    code, _, err = deai(capsys, *[("0x" + "00" * 19 + "01") if a == contract else a for a in register])
+    assert code == 2 and "no contract at" in err
+
+    # another key is not the admin
+    code, out, _ = deai(capsys, "consortium", "keystore", "--out", keys, "--name", "intruder", "--kdf", "pbkdf2")
+    deai(capsys, "consortium", "fund", "--rpc", rpc, address_in(out))
+    intruder = ["--keystore", keys / "intruder.keystore.json", "--password-file", keys / "intruder.password"]
+    code, _, err = deai(capsys, *register[:6], *intruder, "--silo", other, "--supernode-key",
+                        tmp_path / "sn/silo-0.pub")  # fmt: skip
+    assert code == 2 and "bound to silo" in err  # the key check comes first...
+    deai(capsys, "consortium", "supernode-key", "--out", tmp_path / "sn", "--name", "silo-1")
+    code, _, err = deai(capsys, *register[:6], *intruder, "--silo", other, "--supernode-key",
+                        tmp_path / "sn/silo-1.pub")  # fmt: skip
+    assert code == 2 and "is not the admin of contract" in err
+
+    store = tmp_path / "store"
+    code, out, err = deai(capsys, "consortium", "create-run", "--rpc", rpc, "--contract", contract, *admin_args,
+                          "--store", f"local:{store}", "--output-dir", tmp_path / "out", "num_rounds=2",
+                          "dataset=breast_cancer")  # fmt: skip
+    assert code == 0, err
+    assert f"created run 1 on contract {contract}: 2 rounds, rule fedavg" in out
+    command = out.strip().splitlines()[-1].strip()
+    argv = shlex.split(command)
+    assert argv[:5] == ["flwr", "run", ".", "consortium", "--stream"] and argv[5] == "--run-config"
+    assert f'contract="{contract}" run-id=1 chain-url="{rpc}" store="local:{store}"' in argv[6]
+    from deai_flower.chain.node import connect_rpc
+
+    reader = RoundsContract(connect_rpc(rpc), contract, Account.create())
+    spec = fetch_spec(reader, 1, LocalStore(store))
+    assert spec.rounds.num_rounds == 2 and spec.data.num_features == 30
+    assert reader.participant_info(silo) == (True, supernode_identity((tmp_path / "sn/silo-0.pub").read_bytes()))
+    code, _, err = deai(capsys, "consortium", "create-run", "--rpc", rpc, "--contract", contract, *admin_args,
+                        "--store", f"local:{store}", "num_roundz=2")  # fmt: skip
+    assert code == 2 and "num_roundz" in err and err.count("\n") == 1
+
+
+def test_demo_data_writes_each_silos_training_and_held_out_files(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = deai(capsys, "consortium", "demo-data", "--out", tmp_path, "--silos", "3", "dataset=breast_cancer")
+    assert code == 0 and out.count("wrote ") == 3
+    train, held = np.load(tmp_path / "silo-1/train.npz"), np.load(tmp_path / "silo-1/eval.npz")
+    assert train["x"].shape[1] == held["x"].shape[1] == 30 and 0.2 < len(held["y"]) / len(train["y"]) < 0.4
+    code, _, err = deai(capsys, "consortium", "demo-data", "--out", tmp_path, "--silos", "3", "dataset=breast_cancer")
+    assert code == 2 and "already exists" in err
+
+
+def test_a_wrong_rpc_url_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    deai(capsys, "consortium", "keystore", "--out", tmp_path, "--name", "a", "--kdf", "pbkdf2")
+    code, _, err = deai(capsys, "consortium", "deploy", "--rpc", "http://127.0.0.1:9", "--keystore",
+                        tmp_path / "a.keystore.json", "--password-file", tmp_path / "a.password")  # fmt: skip
+    assert code == 2 and err.startswith("error:") and err.count("\n") == 1
+    assert json.loads((tmp_path / "a.keystore.json").read_text())["crypto"]["kdf"] == "pbkdf2"
