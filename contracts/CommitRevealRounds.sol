@@ -17,16 +17,18 @@ pragma solidity 0.8.37;
 /// written fresh are for rare events: a failed round (one bit), a disputed finalization
 /// (its result hash) and votes for CIDs other than the first attested one. Past rounds
 /// live in the events.
-/// With full sampling the attestation that finalizes a round also opens the next one (in
-/// O(1): everyone registered is sampled), so a run calls `openRound` only for its first
-/// round and after a failed one; with partial sampling opening walks the registry, so it
-/// stays a call of its own and finalization stays O(1). The sampling beacon is
-/// not stored: it is a hash of the run, the round and the round's global model (itself
+/// Sampling is a keyed permutation of registry indices (swap-or-not, `permutedPosition`):
+/// the participant at index i is sampled iff its position is below k = ceil(N * rate),
+/// so the sampled count is known without walking the registry and every call is O(1) in
+/// its size. The attestation that finalizes a round also opens the next one, so a run
+/// calls `openRound` only for its first round and after a failed one. The sampling beacon
+/// is not stored: it is a hash of the run, the round and the round's global model (itself
 /// the hash of the previous round's aggregate), see `beaconOf`.
+/// A round finalizes when one CID has a strict majority of the round's eligible attesters
+/// (the revealers in the round's committee: the first `committeeSize` sampled positions,
+/// or every revealer), and never below the run's `quorum`.
 /// Penalties for missing reveals and minority attestations are settled lazily (on the
-/// participant's next commit, or by anyone through `settle`), so every call is O(1) in the
-/// number of participants except opening a round with a sampling rate below 100 %, which
-/// walks the registry once to count the sampled set.
+/// participant's next commit, or by anyone through `settle`).
 contract CommitRevealRounds {
     // ------------------------------------------------------------------ types
 
@@ -83,9 +85,10 @@ contract CommitRevealRounds {
         uint32 commitDuration; // seconds
         uint32 revealDuration; // seconds
         uint32 attestDuration; // seconds
-        uint16 sampleBps; // per-participant sampling probability, basis points
-        uint16 quorum; // matching attestations that finalize a round
+        uint16 sampleBps; // sampled fraction of the registry, basis points (k = ceil(N * sampleBps / 10000))
+        uint16 quorum; // the fewest matching attestations that finalize a round
         uint16 minReveals; // valid reveals needed for a round to be aggregated
+        uint16 committeeSize; // sampled positions below it may attest; 0: every revealer may
     }
 
     /// @notice A run as `getRun` reports it.
@@ -100,6 +103,7 @@ contract CommitRevealRounds {
         uint16 sampleBps;
         uint16 quorum;
         uint16 minReveals;
+        uint16 committeeSize;
         uint128 epsilonBudgetWad;
         uint128 deltaWad;
         bytes32 beacon; // sampling seed of the current round (of round 1 before it opens)
@@ -120,6 +124,11 @@ contract CommitRevealRounds {
         bool disputed; // a different CID was attested too
         bool finalized;
         uint64 openedBlock; // where to start reading the round's events
+        uint32 registrySize; // registry size N when the round opened (the permutation's domain)
+        uint32 registryEpoch; // registry epoch when the round opened
+        uint32 committeeSize; // sampled positions whose revealers may attest (sampledCount: all)
+        uint32 eligibleCount; // revealers that may attest
+        uint32 votesNeeded; // max(quorum, eligibleCount / 2 + 1)
     }
 
     /// @notice A participant's record in a run as `getMember` reports it.
@@ -131,43 +140,49 @@ contract CommitRevealRounds {
         uint112 epsilonWad; // cumulative epsilon revealed so far (saturating)
     }
 
-    /// @dev Run slot 0: fixed parameters, counters and the model CID's codec.
+    /// @dev Run slot 0: fixed parameters, counters, the model CID's codec and what the
+    /// permutation of the current round needs besides the clock.
     struct RunConfig {
         uint32 numRounds;
         uint32 finalizedRounds;
-        uint32 commitDuration;
-        uint32 revealDuration;
-        uint32 attestDuration;
+        uint24 commitDuration;
         uint16 sampleBps;
         uint16 quorum;
         uint16 minReveals;
+        uint16 committeeSize;
         uint8 modelCodec; // multicodec of the model CID: 0x55 raw or 0x70 dag-pb
         uint40 openedBlock; // block in which the current round was opened
+        uint24 registrySize; // registry size when the current round opened
     }
 
-    /// @dev Run slot 1: the current round's clock and counts, all that `phase` reads.
-    /// Durations and counts are 24-bit (194 days; 16.7M participants, see `register`).
+    /// @dev Run slot 1: the current round's clock and counts, all that `phase` reads and
+    /// all that a commit needs to know whether it must evaluate the permutation. Durations
+    /// are 24-bit (194 days), counts 16-bit (at most `_MAX_SAMPLED` sampled per round).
     struct RoundClock {
         uint32 round; // current round id, 0 before the first
         uint40 commitDeadline;
         uint24 revealDuration; // revealDeadline = commitDeadline + revealDuration
         uint24 attestDuration; // attestDeadline = revealDeadline + attestDuration
-        uint24 sampledCount;
-        uint24 commitCount;
-        uint24 revealCount;
-        uint16 sampleBps;
-        uint16 quorum;
+        uint16 sampledCount; // k: positions below it are sampled
+        uint16 commitCount;
+        uint16 revealCount;
+        uint16 eligibleCount; // revealers in the committee (every revealer without one)
         uint16 minReveals;
+        uint24 registryEpoch; // registry epoch at opening: later (re)assigned indices sit out
         bool finalized; // a finalized round stays current only if it did not open the next
         bool previousDisputed; // the previous round finalized while another CID had votes
+        bool partialSample; // k < registry size: a commit checks the sender's position
+        bool committee; // committee smaller than the sample: a commit records membership
     }
 
-    /// @dev Run slot 2: the first CID attested in round `round` and its votes.
+    /// @dev Run slot 2: the first CID attested in round `round`, its votes and the votes
+    /// any CID needs (fixed by the first attestation: the eligible count is final then).
     struct VoteTally {
         uint32 round;
         uint16 votes;
+        uint16 needed;
         bool disputed;
-        bytes24 cidHash; // first 24 bytes of keccak256(cid)
+        bytes23 cidHash; // first 23 bytes of keccak256(cid)
     }
 
     struct Run {
@@ -180,14 +195,16 @@ contract CommitRevealRounds {
         address creator;
     }
 
-    /// @dev A participant's round record: while committed, the commitment's first 27
-    /// bytes; once attested, the attested CID hash's first 27 bytes. The stored stage is
+    /// @dev A participant's round record: while committed, the commitment's first 26
+    /// bytes; once attested, the attested CID hash's first 26 bytes. The stored stage is
     /// never `Revealed`: a reveal is recorded in the ledger (`revealedRound`), which a
     /// reveal writes anyway, so a reveal rewrites one member slot instead of two.
+    /// `committee`: its sampled position is in the round's committee (decided at commit).
     struct MemberRound {
         uint32 round;
         Stage stage;
-        bytes27 hash;
+        bool committee;
+        bytes26 hash;
     }
 
     struct MemberLedger {
@@ -202,20 +219,33 @@ contract CommitRevealRounds {
         MemberLedger ledger;
     }
 
+    /// @dev One slot read by commit and reveal, then the identity (read by views only).
     struct Participant {
         bool active;
-        uint32 index; // position in `_members`
+        uint24 index; // registry index (position in `_memberAt`)
+        uint24 epoch; // registry epoch in which `index` was assigned (registration or move)
+        uint64 maxExamples; // bound on a reveal's numExamples; kept after revocation
         bytes32 identity; // e.g. hash of the silo's Flower SuperNode public key
+    }
+
+    /// @dev The registry's size and epoch (one slot, read when a round opens).
+    struct Registry {
+        uint24 size;
+        uint24 epoch; // counts registrations and revocations
     }
 
     // ------------------------------------------------------------------ errors
 
     error NotAdmin(address caller);
     error RegistryFull(uint256 size);
+    error RegistryEpochsExhausted(uint256 epoch);
+    error BatchLengthMismatch(uint256 participants, uint256 identities, uint256 maxExamples);
+    error ZeroExampleBound(address participant);
     error AlreadyRegistered(address participant);
     error NotRegistered(address participant);
     error ZeroRounds();
     error InvalidQuorum(uint16 quorum, uint16 minReveals);
+    error InvalidCommitteeSize(uint16 committeeSize, uint16 quorum);
     error InvalidSampleRate(uint16 sampleBps);
     error InvalidPhaseDurations(uint32 commitDuration, uint32 revealDuration, uint32 attestDuration);
     error UnknownRun(uint256 runId);
@@ -226,29 +256,45 @@ contract CommitRevealRounds {
     error NotSampled(uint256 runId, uint32 round, address participant);
     error AlreadyCommitted(uint256 runId, uint32 round, address participant);
     error NotCommitted(uint256 runId, uint32 round, address participant);
-    error CommitmentMismatch(uint256 runId, uint32 round, address participant, bytes27 committed, bytes32 revealed);
+    error CommitmentMismatch(uint256 runId, uint32 round, address participant, bytes26 committed, bytes32 revealed);
     error InvalidCid(bytes4 prefix, uint256 length);
     error InvalidRevealRecord(uint256 length);
     error ZeroExamples(uint256 runId, uint32 round, address participant);
+    error ExampleCountAboveBound(uint256 runId, uint32 round, address participant, uint64 numExamples, uint64 maxExamples);
     error DeltaMismatch(uint256 runId, uint128 expectedWad, uint128 revealedWad);
     error EpsilonDecreased(uint256 runId, address participant, uint256 previousWad, uint256 revealedWad);
     error PrivacyBudgetExceeded(uint256 runId, address participant, uint256 epsilonWad, uint256 budgetWad);
     error NotEligibleAttester(uint256 runId, uint32 round, address attester, Stage stage);
+    error NotInCommittee(uint256 runId, uint32 round, address attester);
 
     // ------------------------------------------------------------------ events
 
-    event ParticipantRegistered(address indexed participant, bytes32 identity);
-    event ParticipantRevoked(address indexed participant);
+    /// @dev `index` and `epoch`: the registry index assigned and the registry epoch it was
+    /// assigned in (what sampling reads, see `permutedPosition`).
+    event ParticipantRegistered(
+        address indexed participant, bytes32 identity, uint64 maxExamples, uint32 index, uint32 epoch
+    );
+    /// @dev The last member `moved` (zero if the revoked one was last) now holds the revoked
+    /// one's index, assigned in `epoch`.
+    event ParticipantRevoked(address indexed participant, uint32 epoch, address moved);
     event RunCreated(uint256 indexed runId, address indexed creator, RunParams params, bytes32 beacon);
     /// @dev The round's model is the last `RoundFinalized.resultCid` (the run's initial
     /// model before any); its reveal and attest deadlines follow from `commitDeadline`
     /// and the run's durations.
     event RoundOpened(
-        uint256 indexed runId, uint32 indexed round, bytes32 beacon, uint32 sampledCount, uint64 commitDeadline
+        uint256 indexed runId,
+        uint32 indexed round,
+        bytes32 beacon,
+        uint32 sampledCount,
+        uint64 commitDeadline,
+        uint32 registrySize,
+        uint32 registryEpoch,
+        uint32 committeeSize
     );
     event Committed(uint256 indexed runId, uint32 indexed round, address indexed participant, bytes32 commitment);
     event Revealed(uint256 indexed runId, uint32 indexed round, address indexed participant, bytes record);
-    /// @dev A CID's votes are its `Attested` events in the round; it finalizes at `quorum`.
+    /// @dev A CID's votes are its `Attested` events in the round; it finalizes at
+    /// max(quorum, eligibleCount / 2 + 1).
     event Attested(uint256 indexed runId, uint32 indexed round, address indexed attester, bytes resultCid);
     event RoundFinalized(uint256 indexed runId, uint32 indexed round, bytes resultCid);
     event PenaltyRecorded(uint256 indexed runId, uint32 indexed round, address indexed participant, PenaltyReason reason);
@@ -257,14 +303,20 @@ contract CommitRevealRounds {
 
     uint16 private constant _BPS = 10_000;
     uint24 private constant _MAX_COUNT = type(uint24).max;
+    /// @dev The most participants sampled in one round (counts are 16-bit).
+    uint256 private constant _MAX_SAMPLED = type(uint16).max;
+    /// @dev Rounds of the swap-or-not permutation (as Ethereum's committee shuffle).
+    uint256 private constant _SHUFFLE_ROUNDS = 90;
     uint112 private constant _EPSILON_SATURATED = type(uint112).max;
+    uint64 private constant _NO_EXAMPLE_BOUND = type(uint64).max;
 
     /// @notice The consortium admin (the deployer): registers participants, creates runs.
     address public immutable admin;
     /// @notice Runs created so far; the last run's id.
     uint256 public runCount;
 
-    address[] private _members;
+    Registry private _registry;
+    mapping(uint256 => address) private _memberAt;
     mapping(address => Participant) private _participants;
     mapping(uint256 => Run) private _runs;
     mapping(uint256 => mapping(address => Member)) private _memberOf;
@@ -286,30 +338,78 @@ contract CommitRevealRounds {
 
     // ------------------------------------------------------------------ registry
 
-    /// @notice Adds `participant` to the consortium, bound to an off-chain identity.
-    /// @dev Register and revoke between rounds: a round's sampled count is fixed when it opens.
+    /// @notice Adds `participant` to the consortium, bound to an off-chain identity, with no
+    /// bound on its example count.
     /// @param participant the participant's signing address
     /// @param identity hash binding the address to its node (e.g. SuperNode public key)
     function register(address participant, bytes32 identity) external onlyAdmin {
+        _register(participant, identity, _NO_EXAMPLE_BOUND);
+    }
+
+    /// @notice Adds `participant` to the consortium, bound to an off-chain identity. Its
+    /// reveals may claim at most `maxExamples` training examples (its aggregation weight).
+    /// @dev Registry changes take effect for sampling in rounds opened after them (§2.2).
+    /// @param participant the participant's signing address
+    /// @param identity hash binding the address to its node (e.g. SuperNode public key)
+    /// @param maxExamples the largest `numExamples` its reveals may claim (at least 1)
+    function register(address participant, bytes32 identity, uint64 maxExamples) external onlyAdmin {
+        _register(participant, identity, maxExamples);
+    }
+
+    /// @notice Registers many participants in one transaction (same rules as `register`).
+    /// @param participants the addresses
+    /// @param identities their identity hashes, in the same order
+    /// @param maxExamples their example-count bounds, in the same order
+    function registerMany(
+        address[] calldata participants,
+        bytes32[] calldata identities,
+        uint64[] calldata maxExamples
+    ) external onlyAdmin {
+        uint256 n = participants.length;
+        if (identities.length != n || maxExamples.length != n) {
+            revert BatchLengthMismatch(n, identities.length, maxExamples.length);
+        }
+        for (uint256 i = 0; i < n; ++i) {
+            _register(participants[i], identities[i], maxExamples[i]);
+        }
+    }
+
+    function _register(address participant, bytes32 identity, uint64 maxExamples) private {
         if (_participants[participant].active) revert AlreadyRegistered(participant);
-        if (_members.length >= _MAX_COUNT) revert RegistryFull(_members.length);
-        _participants[participant] = Participant(true, uint32(_members.length), identity);
-        _members.push(participant);
-        emit ParticipantRegistered(participant, identity);
+        if (maxExamples == 0) revert ZeroExampleBound(participant);
+        Registry memory r = _registry;
+        if (r.size >= _MAX_COUNT) revert RegistryFull(r.size);
+        if (r.epoch >= _MAX_COUNT) revert RegistryEpochsExhausted(r.epoch);
+        uint24 epoch = r.epoch + 1;
+        _participants[participant] = Participant(true, r.size, epoch, maxExamples, identity);
+        _memberAt[r.size] = participant;
+        _registry = Registry(r.size + 1, epoch);
+        emit ParticipantRegistered(participant, identity, maxExamples, r.size, epoch);
     }
 
     /// @notice Removes `participant`; it can no longer be sampled or commit. A reveal or an
-    /// attestation for a commitment made before the revocation is still accepted.
+    /// attestation for a commitment made before the revocation is still accepted (within
+    /// the example bound it was registered with). The last member takes its index.
     /// @param participant the address to revoke
     function revoke(address participant) external onlyAdmin {
         Participant storage p = _participants[participant];
         if (!p.active) revert NotRegistered(participant);
-        address last = _members[_members.length - 1];
-        _members[p.index] = last;
-        _participants[last].index = p.index;
-        _members.pop();
-        delete _participants[participant];
-        emit ParticipantRevoked(participant);
+        Registry memory r = _registry;
+        if (r.epoch >= _MAX_COUNT) revert RegistryEpochsExhausted(r.epoch);
+        uint24 epoch = r.epoch + 1;
+        uint24 index = p.index;
+        uint24 lastIndex = r.size - 1;
+        address moved;
+        if (index != lastIndex) {
+            moved = _memberAt[lastIndex];
+            _memberAt[index] = moved;
+            Participant storage m = _participants[moved];
+            (m.index, m.epoch) = (index, epoch);
+        }
+        delete _memberAt[lastIndex];
+        _participants[participant] = Participant(false, 0, 0, p.maxExamples, bytes32(0));
+        _registry = Registry(lastIndex, epoch);
+        emit ParticipantRevoked(participant, epoch, moved);
     }
 
     /// @notice Whether `participant` is registered, and its identity hash.
@@ -321,10 +421,37 @@ contract CommitRevealRounds {
         return (p.active, p.identity);
     }
 
-    /// @notice The registered participants, in registry order.
-    /// @return the addresses
-    function members() external view returns (address[] memory) {
-        return _members;
+    /// @notice A participant's registry entry (what sampling and reveals read).
+    /// @param participant the address to look up
+    /// @return active whether it is registered
+    /// @return index its registry index
+    /// @return epoch the registry epoch in which `index` was assigned
+    /// @return maxExamples the bound on its reveals' example counts (kept after revocation)
+    function registryEntry(address participant)
+        external
+        view
+        returns (bool active, uint32 index, uint32 epoch, uint64 maxExamples)
+    {
+        Participant storage p = _participants[participant];
+        return (p.active, p.index, p.epoch, p.maxExamples);
+    }
+
+    /// @notice The registry's size and epoch (the count of registrations and revocations).
+    /// @return size registered participants
+    /// @return epoch the current registry epoch
+    function registry() external view returns (uint32 size, uint32 epoch) {
+        Registry memory r = _registry;
+        return (r.size, r.epoch);
+    }
+
+    /// @notice The registered participants, in registry order (index 0 first).
+    /// @return list the addresses
+    function members() external view returns (address[] memory list) {
+        uint256 n = _registry.size;
+        list = new address[](n);
+        for (uint256 i = 0; i < n; ++i) {
+            list[i] = _memberAt[i];
+        }
     }
 
     // ------------------------------------------------------------------ runs and rounds
@@ -336,6 +463,9 @@ contract CommitRevealRounds {
         if (params.numRounds == 0) revert ZeroRounds();
         if (params.quorum == 0 || params.minReveals < params.quorum) {
             revert InvalidQuorum(params.quorum, params.minReveals);
+        }
+        if (params.committeeSize != 0 && params.committeeSize < params.quorum) {
+            revert InvalidCommitteeSize(params.committeeSize, params.quorum);
         }
         if (params.sampleBps == 0 || params.sampleBps > _BPS) revert InvalidSampleRate(params.sampleBps);
         if (
@@ -352,15 +482,21 @@ contract CommitRevealRounds {
         run.config = RunConfig({
             numRounds: params.numRounds,
             finalizedRounds: 0,
-            commitDuration: params.commitDuration,
-            revealDuration: params.revealDuration,
-            attestDuration: params.attestDuration,
+            commitDuration: uint24(params.commitDuration),
             sampleBps: params.sampleBps,
             quorum: params.quorum,
             minReveals: params.minReveals,
+            committeeSize: params.committeeSize,
             modelCodec: uint8(cid[1]),
-            openedBlock: 0
+            openedBlock: 0,
+            registrySize: 0
         });
+        // the clock keeps the reveal and attest durations from the start (round 0: not opened)
+        RoundClock memory c;
+        c.revealDuration = uint24(params.revealDuration);
+        c.attestDuration = uint24(params.attestDuration);
+        c.minReveals = params.minReveals;
+        run.clock = c;
         bytes32 modelDigest = bytes32(cid[4:36]);
         run.modelDigest = modelDigest;
         run.epsilonBudgetWad = params.epsilonBudgetWad;
@@ -369,11 +505,10 @@ contract CommitRevealRounds {
         emit RunCreated(runId, msg.sender, params, beaconOf(runId, 1, modelDigest));
     }
 
-    /// @notice Opens the run's first round, the round after a failed one, or (with partial
-    /// sampling) the round after a finalized one; with full sampling the attestation that
-    /// finalizes a round opens the next itself. Anyone may call it: the model (last
-    /// finalized CID) and the sampled set (from the round's beacon) are fixed by the
-    /// chain, not by the caller.
+    /// @notice Opens the run's first round or the round after a failed one (the
+    /// attestation that finalizes a round opens the next itself). Anyone may call it: the
+    /// model (last finalized CID) and the sampled set (from the round's beacon) are fixed
+    /// by the chain, not by the caller. Its cost does not depend on the registry's size.
     /// @param runId the run
     /// @return round the opened round's id
     function openRound(uint256 runId) external returns (uint32 round) {
@@ -383,52 +518,57 @@ contract CommitRevealRounds {
         if (cfg.finalizedRounds >= cfg.numRounds) revert RunComplete(runId, cfg.finalizedRounds);
         RoundClock memory c = run.clock;
         uint32 previous = c.round;
-        bool previousDisputed;
         if (previous != 0) {
             Phase p = _phase(runId, c, previous);
-            if (p == Phase.Failed) {
-                _failedRounds[runId][previous >> 8] |= 1 << (previous & 0xff);
-            } else if (p == Phase.Finalized) {
-                VoteTally memory v = run.votes;
-                previousDisputed = v.round == previous && v.disputed;
-            } else {
-                revert PreviousRoundOpen(runId, previous, p);
-            }
+            // a finalized round opened its successor (or completed the run): only a failed
+            // one leaves the next to this call
+            if (p != Phase.Failed) revert PreviousRoundOpen(runId, previous, p);
+            _failedRounds[runId][previous >> 8] |= 1 << (previous & 0xff);
         }
         round = previous + 1;
-        _open(runId, run, cfg, round, run.modelDigest, previousDisputed);
+        _open(runId, run, cfg, c, round, run.modelDigest, false);
     }
 
-    /// @dev Opens round `round` on model `modelDigest`: writes the clock and `cfg` (with
-    /// the round's opening block) and announces the round.
+    /// @dev Opens round `round` on model `modelDigest`: fixes the registry's size and epoch
+    /// for the round's sampling, writes the clock and `cfg` (with the round's opening block)
+    /// and announces the round. O(1): the sampled count follows from the registry's size.
     function _open(
         uint256 runId,
         Run storage run,
         RunConfig memory cfg,
+        RoundClock memory previous,
         uint32 round,
         bytes32 modelDigest,
         bool previousDisputed
     ) private {
         bytes32 beacon = beaconOf(runId, round, modelDigest);
-        uint24 sampled = cfg.sampleBps >= _BPS ? uint24(_members.length) : _countSampled(beacon, cfg.sampleBps);
+        Registry memory r = _registry;
+        uint256 sampled = _sampledCount(r.size, cfg.sampleBps);
+        bool committee = cfg.committeeSize != 0 && cfg.committeeSize < sampled;
         uint40 commitDeadline = uint40(block.timestamp) + uint40(cfg.commitDuration);
         run.clock = RoundClock({
             round: round,
             commitDeadline: commitDeadline,
-            revealDuration: uint24(cfg.revealDuration),
-            attestDuration: uint24(cfg.attestDuration),
-            sampledCount: sampled,
+            revealDuration: previous.revealDuration,
+            attestDuration: previous.attestDuration,
+            sampledCount: uint16(sampled),
             commitCount: 0,
             revealCount: 0,
-            sampleBps: cfg.sampleBps,
-            quorum: cfg.quorum,
+            eligibleCount: 0,
             minReveals: cfg.minReveals,
+            registryEpoch: r.epoch,
             finalized: false,
-            previousDisputed: previousDisputed
+            previousDisputed: previousDisputed,
+            partialSample: sampled < r.size,
+            committee: committee
         });
         cfg.openedBlock = uint40(block.number);
+        cfg.registrySize = r.size;
         run.config = cfg;
-        emit RoundOpened(runId, round, beacon, sampled, commitDeadline);
+        emit RoundOpened(
+            runId, round, beacon, uint32(sampled), commitDeadline, r.size, r.epoch,
+            uint32(committee ? cfg.committeeSize : sampled)
+        );
     }
 
     /// @notice Commits to an update: `commitment` must equal `commitmentOf(...)` of the
@@ -441,22 +581,29 @@ contract CommitRevealRounds {
         RoundClock memory c = run.clock;
         Phase p = _phase(runId, c, round);
         if (p != Phase.Commit) revert UnexpectedPhase(runId, round, p, Phase.Commit);
-        if (!_participants[msg.sender].active) revert NotRegistered(msg.sender);
-        if (c.sampleBps < _BPS && !_sampled(beaconOf(runId, round, run.modelDigest), c.sampleBps, msg.sender)) {
-            revert NotSampled(runId, round, msg.sender);
+        Participant storage entry = _participants[msg.sender];
+        if (!entry.active) revert NotRegistered(msg.sender);
+        // an index (re)assigned after the round opened is not the one the round sampled
+        if (entry.epoch > c.registryEpoch) revert NotSampled(runId, round, msg.sender);
+        bool committeeMember = true;
+        if (c.partialSample || c.committee) {
+            RunConfig memory cfg = run.config;
+            uint256 position = permutedPosition(beaconOf(runId, round, run.modelDigest), entry.index, cfg.registrySize);
+            if (position >= c.sampledCount) revert NotSampled(runId, round, msg.sender);
+            committeeMember = !c.committee || position < cfg.committeeSize;
         }
         Member storage m = _memberOf[runId][msg.sender];
         MemberRound memory last = m.current;
         if (last.round == round) revert AlreadyCommitted(runId, round, msg.sender);
         _settle(runId, c, msg.sender, m, last);
-        m.current = MemberRound(round, Stage.Committed, bytes27(commitment));
+        m.current = MemberRound(round, Stage.Committed, committeeMember, bytes26(commitment));
         run.clock.commitCount = c.commitCount + 1;
         emit Committed(runId, round, msg.sender, commitment);
     }
 
     /// @notice Reveals the committed update. The contract checks the preimage, the CID's
-    /// form, the privacy ledger (delta, monotone cumulative epsilon within budget), then
-    /// records the reveal.
+    /// form, the example count against the participant's registered bound, the privacy
+    /// ledger (delta, monotone cumulative epsilon within budget), then records the reveal.
     /// @param runId the run
     /// @param round the round being revealed
     /// @param record the reveal record (layout above) committed to in this round
@@ -473,10 +620,14 @@ contract CommitRevealRounds {
         }
         if (record.length != _RECORD_BYTES) revert InvalidRevealRecord(record.length);
         bytes32 computed = commitmentOf(runId, round, msg.sender, record);
-        if (bytes27(computed) != last.hash) revert CommitmentMismatch(runId, round, msg.sender, last.hash, computed);
+        if (bytes26(computed) != last.hash) revert CommitmentMismatch(runId, round, msg.sender, last.hash, computed);
         _checkCid(record[0:36]);
         uint64 numExamples = uint64(bytes8(record[36:44]));
         if (numExamples == 0) revert ZeroExamples(runId, round, msg.sender);
+        uint64 maxExamples = _participants[msg.sender].maxExamples;
+        if (numExamples > maxExamples) {
+            revert ExampleCountAboveBound(runId, round, msg.sender, numExamples, maxExamples);
+        }
         uint128 revealedDelta = uint128(bytes16(record[80:96]));
         uint128 revealedEpsilon = uint128(bytes16(record[96:112]));
         uint128 deltaWad = run.deltaWad;
@@ -489,13 +640,16 @@ contract CommitRevealRounds {
         if (epsilon < ledger.epsilonWad) revert EpsilonDecreased(runId, msg.sender, ledger.epsilonWad, epsilon);
 
         m.ledger = MemberLedger(round, ledger.rewardPoints + numExamples, ledger.penalties, epsilon);
-        run.clock.revealCount = c.revealCount + 1;
+        c.revealCount += 1;
+        if (last.committee) c.eligibleCount += 1;
+        run.clock = c;
         emit Revealed(runId, round, msg.sender, record);
     }
 
-    /// @notice Attests the aggregate of the round's valid reveals. Every revealer of the
-    /// round may attest once; `quorum` matching attestations finalize the round, make
-    /// `resultCid` the run's next global model and open the next round (unless the run is
+    /// @notice Attests the aggregate of the round's valid reveals. Every revealer in the
+    /// round's committee (every revealer, without one) may attest once; a CID finalizes
+    /// the round when it has a strict majority of them, and at least `quorum`, votes: it
+    /// becomes the run's next global model and the next round opens (unless the run is
     /// complete).
     /// @param runId the run
     /// @param round the round in its attest phase
@@ -511,15 +665,19 @@ contract CommitRevealRounds {
             Stage stage = last.round == round ? _stageOf(last, m.ledger) : Stage.None;
             revert NotEligibleAttester(runId, round, msg.sender, stage);
         }
+        if (!last.committee) revert NotInCommittee(runId, round, msg.sender);
         _checkCid(resultCid);
         bytes32 cidHash = keccak256(resultCid);
-        m.current = MemberRound(round, Stage.Attested, bytes27(cidHash));
+        m.current = MemberRound(round, Stage.Attested, true, bytes26(cidHash));
 
         VoteTally memory v = run.votes;
-        if (v.round != round) v = VoteTally(round, 0, false, bytes24(cidHash));
+        if (v.round != round) {
+            // the first attestation: the eligible count is final (the reveal phase is over)
+            v = VoteTally(round, 0, _votesNeeded(run.config.quorum, c.eligibleCount), false, bytes23(cidHash));
+        }
         uint256 votes;
-        if (v.cidHash == bytes24(cidHash)) {
-            votes = ++v.votes; // never past quorum (uint16): the round finalizes there
+        if (v.cidHash == bytes23(cidHash)) {
+            votes = ++v.votes; // never past the votes needed (at most 2^16-1): the round finalizes there
         } else {
             v.disputed = true;
             votes = ++_otherVotes[runId][round][cidHash];
@@ -527,7 +685,7 @@ contract CommitRevealRounds {
         run.votes = v;
         emit Attested(runId, round, msg.sender, resultCid);
 
-        if (votes >= c.quorum) {
+        if (votes >= v.needed) {
             RunConfig memory cfg = run.config;
             cfg.finalizedRounds += 1;
             cfg.modelCodec = uint8(resultCid[1]);
@@ -535,8 +693,8 @@ contract CommitRevealRounds {
             run.modelDigest = modelDigest;
             if (v.disputed) _disputedResult[runId][round] = cidHash;
             emit RoundFinalized(runId, round, resultCid);
-            if (cfg.finalizedRounds < cfg.numRounds && cfg.sampleBps >= _BPS) {
-                _open(runId, run, cfg, round + 1, modelDigest, v.disputed);
+            if (cfg.finalizedRounds < cfg.numRounds) {
+                _open(runId, run, cfg, c, round + 1, modelDigest, v.disputed);
             } else {
                 run.config = cfg;
                 run.clock.finalized = true;
@@ -595,18 +753,75 @@ contract CommitRevealRounds {
         return _phase(runId, _runs[runId].clock, round);
     }
 
-    /// @notice Whether `participant` is in the sampled set of the current round `round`.
+    /// @notice Whether `participant` is in the sampled set of the current round `round`:
+    /// registered with an index assigned before the round opened, and at a position below
+    /// `sampledCount` in the round's permutation of the registry.
     /// @param runId the run
     /// @param round the run's current round, not finalized
     /// @param participant the address
     /// @return whether it is sampled (and registered)
     function isSampled(uint256 runId, uint32 round, address participant) external view returns (bool) {
+        (bool sampled,) = _sampledAndCommittee(runId, round, participant);
+        return sampled;
+    }
+
+    /// @notice Whether `participant` is sampled in the current round `round` and in its
+    /// committee (its revealers are the round's eligible attesters).
+    /// @param runId the run
+    /// @param round the run's current round, not finalized
+    /// @param participant the address
+    /// @return whether it may attest once it has revealed
+    function inCommittee(uint256 runId, uint32 round, address participant) external view returns (bool) {
+        (bool sampled, bool committee) = _sampledAndCommittee(runId, round, participant);
+        return sampled && committee;
+    }
+
+    function _sampledAndCommittee(uint256 runId, uint32 round, address participant)
+        private
+        view
+        returns (bool sampled, bool committee)
+    {
         Run storage run = _runs[runId];
         RoundClock memory c = run.clock;
         if (round == 0 || round != c.round) revert RoundNotCurrent(runId, round, c.round);
         if (c.finalized) revert UnexpectedPhase(runId, round, Phase.Finalized, Phase.Commit);
-        return _participants[participant].active
-            && _sampled(beaconOf(runId, round, run.modelDigest), c.sampleBps, participant);
+        Participant storage entry = _participants[participant];
+        if (!entry.active || entry.epoch > c.registryEpoch) return (false, false);
+        if (!c.partialSample && !c.committee) return (true, true);
+        RunConfig memory cfg = run.config;
+        uint256 position = permutedPosition(beaconOf(runId, round, run.modelDigest), entry.index, cfg.registrySize);
+        return (position < c.sampledCount, !c.committee || position < cfg.committeeSize);
+    }
+
+    /// @notice The position of registry index `index` in the permutation of `size` indices
+    /// keyed by `beacon`: swap-or-not with 90 rounds (Ethereum's committee shuffle, with
+    /// keccak256). Round r: pivot = keccak256(abi.encode(beacon, r)) mod size, flip =
+    /// (pivot + size - index) mod size, and index becomes flip iff the lowest bit of
+    /// keccak256(abi.encode(beacon, r, max(index, flip))) is 1. Each round is an involution,
+    /// so the rounds in reverse order give the inverse (which index holds a position).
+    /// @param beacon the round's beacon
+    /// @param index a registry index, below `size`
+    /// @param size the registry size when the round opened
+    /// @return position the index's position; sampled iff below `sampledCount`
+    function permutedPosition(bytes32 beacon, uint256 index, uint256 size) public pure returns (uint256 position) {
+        position = index;
+        if (size < 2) return position;
+        assembly ("memory-safe") {
+            // scratch space past the free memory pointer: (beacon, r, max(index, flip))
+            let buffer := mload(0x40)
+            mstore(buffer, beacon)
+            let roundWord := add(buffer, 0x20)
+            let positionWord := add(buffer, 0x40)
+            for { let r := 0 } lt(r, _SHUFFLE_ROUNDS) { r := add(r, 1) } {
+                mstore(roundWord, r)
+                let pivot := mod(keccak256(buffer, 0x40), size)
+                let flip := mod(sub(add(pivot, size), position), size)
+                let high := position
+                if gt(flip, high) { high := flip }
+                mstore(positionWord, high)
+                if and(keccak256(buffer, 0x60), 1) { position := flip }
+            }
+        }
     }
 
     /// @dev The beacon of the run's current round (of round 1 before it opens); zero once
@@ -629,11 +844,12 @@ contract CommitRevealRounds {
             finalizedRounds: cfg.finalizedRounds,
             currentRound: run.clock.round,
             commitDuration: cfg.commitDuration,
-            revealDuration: cfg.revealDuration,
-            attestDuration: cfg.attestDuration,
+            revealDuration: run.clock.revealDuration,
+            attestDuration: run.clock.attestDuration,
             sampleBps: cfg.sampleBps,
             quorum: cfg.quorum,
             minReveals: cfg.minReveals,
+            committeeSize: cfg.committeeSize,
             epsilonBudgetWad: run.epsilonBudgetWad,
             deltaWad: run.deltaWad,
             beacon: _currentBeacon(runId, run, run.clock),
@@ -649,22 +865,28 @@ contract CommitRevealRounds {
         Run storage run = _runs[runId];
         RoundClock memory c = run.clock;
         if (round == 0 || round != c.round) revert RoundNotCurrent(runId, round, c.round);
-        VoteTally memory votes = run.votes;
         uint64 revealDeadline = uint64(c.commitDeadline) + c.revealDuration;
-        v = RoundView({
-            round: round,
-            beacon: _currentBeacon(runId, run, c),
-            commitDeadline: c.commitDeadline,
-            revealDeadline: revealDeadline,
-            attestDeadline: revealDeadline + c.attestDuration,
-            sampledCount: c.sampledCount,
-            commitCount: c.commitCount,
-            revealCount: c.revealCount,
-            leadingVotes: votes.round == round ? votes.votes : 0,
-            disputed: votes.round == round && votes.disputed,
-            finalized: c.finalized,
-            openedBlock: run.config.openedBlock
-        });
+        v.round = round;
+        v.beacon = _currentBeacon(runId, run, c);
+        v.commitDeadline = c.commitDeadline;
+        v.revealDeadline = revealDeadline;
+        v.attestDeadline = revealDeadline + c.attestDuration;
+        v.sampledCount = c.sampledCount;
+        v.commitCount = c.commitCount;
+        v.revealCount = c.revealCount;
+        v.finalized = c.finalized;
+        v.registryEpoch = c.registryEpoch;
+        v.eligibleCount = c.eligibleCount;
+        RunConfig memory cfg = run.config;
+        v.openedBlock = cfg.openedBlock;
+        v.registrySize = cfg.registrySize;
+        v.committeeSize = c.committee ? cfg.committeeSize : c.sampledCount;
+        VoteTally memory votes = run.votes;
+        if (votes.round == round) {
+            (v.leadingVotes, v.disputed, v.votesNeeded) = (votes.votes, votes.disputed, votes.needed);
+        } else {
+            v.votesNeeded = _votesNeeded(cfg.quorum, c.eligibleCount);
+        }
     }
 
     /// @notice A participant's ledger in a run: last round, stage, rewards, penalties, epsilon.
@@ -701,18 +923,16 @@ contract CommitRevealRounds {
         return Phase.Failed;
     }
 
-    /// @dev Bernoulli sampling keyed by the round's beacon: O(1) to check per participant,
-    /// and nobody chooses the set.
-    function _sampled(bytes32 beacon, uint16 sampleBps, address participant) private pure returns (bool) {
-        if (sampleBps >= _BPS) return true;
-        return uint256(keccak256(abi.encode(beacon, participant))) % _BPS < sampleBps;
+    /// @dev k = ceil(size * sampleBps / 10000), at most `_MAX_SAMPLED`.
+    function _sampledCount(uint256 size, uint16 sampleBps) private pure returns (uint256 k) {
+        k = (size * sampleBps + (_BPS - 1)) / _BPS;
+        if (k > _MAX_SAMPLED) k = _MAX_SAMPLED;
     }
 
-    function _countSampled(bytes32 beacon, uint16 sampleBps) private view returns (uint24 sampled) {
-        uint256 n = _members.length;
-        for (uint256 i = 0; i < n; ++i) {
-            if (_sampled(beacon, sampleBps, _members[i])) ++sampled;
-        }
+    /// @dev Votes one CID needs: a strict majority of the eligible attesters, and `quorum`.
+    function _votesNeeded(uint16 quorum, uint16 eligible) private pure returns (uint16) {
+        uint16 majority = eligible / 2 + 1;
+        return majority > quorum ? majority : quorum;
     }
 
     /// @dev Records the penalty the participant's last round earned, if that round is
@@ -746,7 +966,7 @@ contract CommitRevealRounds {
             // the clock tells whether the round just before the current one did.
             if (round + 1 == c.round && !c.previousDisputed) return true;
             bytes32 result = _disputedResult[runId][round];
-            if (result != 0 && bytes27(result) != last.hash) {
+            if (result != 0 && bytes26(result) != last.hash) {
                 m.ledger.penalties += 1;
                 emit PenaltyRecorded(runId, round, participant, PenaltyReason.MinorityAttestation);
             }

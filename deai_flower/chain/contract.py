@@ -25,7 +25,7 @@ from web3 import Web3
 from ..errors import ChainError, ContractRevertError
 from .artifact import load_artifact
 from .node import ChainNode, JsonRpcError
-from ..protocol.encoding import PHASES, STAGES, DpParams, parse_reveal_record, reveal_record
+from ..protocol.encoding import NO_EXAMPLE_BOUND, PHASES, STAGES, DpParams, parse_reveal_record, reveal_record
 
 #: Seconds to wait for a transaction receipt before giving up.
 RECEIPT_TIMEOUT_S = 120.0
@@ -33,11 +33,11 @@ RECEIPT_TIMEOUT_S = 120.0
 #: the estimate and inclusion (another party's transaction lands first).
 GAS_HEADROOM = 60_000
 #: Gas limits of the calls every round makes, sent without eth_estimateGas: their cost is
-#: O(1) by the contract's design (docs/protocol.md §2.9). The dearest paths measured are
-#: 56,214 (commit), 63,521 (reveal) and 110,529 (an attestation that finalizes a disputed
-#: first round and opens the next); a test keeps every path under 2/3 of its limit. A
-#: fixed limit also covers what an estimate cannot foresee: attesters sending at once,
-#: one checked as a plain attestation (about 43,700) that lands as the finalizing one.
+#: O(1) by the contract's design (docs/protocol.md §2.9); a test keeps the dearest path of
+#: each (a first commit that evaluates the sampling permutation and settles a penalty, a
+#: first reveal, an attestation that finalizes a disputed round and opens the next) under
+#: 2/3 of its limit. A fixed limit also covers what an estimate cannot foresee: attesters
+#: sending at once, one checked as a plain attestation that lands as the finalizing one.
 #: An eth_call first still refuses a call that would revert, with its reason, before
 #: anything is paid.
 ROUND_CALL_GAS = {"commit": 150_000, "reveal": 150_000, "attest": 200_000}
@@ -83,13 +83,19 @@ class _FunctionSpec:
 
 
 def _function_table(abi: list[dict[str, Any]]) -> dict[str, _FunctionSpec]:
-    table = {}
+    """Functions by name; an overloaded name also by ``name/arity`` (the name alone then
+    means its form with the most arguments)."""
+    table: dict[str, _FunctionSpec] = {}
     for entry in abi:
         if entry["type"] == "function":
             types = [_abi_type(p) for p in entry["inputs"]]
             selector = function_signature_to_4byte_selector(f"{entry['name']}({','.join(types)})")
             outputs = entry["outputs"]
-            table[entry["name"]] = _FunctionSpec(selector, types, outputs, [_abi_type(p) for p in outputs])
+            spec = _FunctionSpec(selector, types, outputs, [_abi_type(p) for p in outputs])
+            table[f"{entry['name']}/{len(types)}"] = spec
+            known = table.get(entry["name"])
+            if known is None or len(known.input_types) < len(types):
+                table[entry["name"]] = spec
     return table
 
 
@@ -249,19 +255,33 @@ class RoundsContract:
         data = self._functions[fn_name].calldata(args)
         return self._tx_result(self._send(data, to=self.address, label=fn_name, gas=ROUND_CALL_GAS.get(fn_name)))
 
-    def register(self, participant: str, identity: bytes) -> TxResult:
-        return self._transact("register", to_checksum_address(participant), identity)
+    def register(self, participant: str, identity: bytes, max_examples: int | None = None) -> TxResult:
+        """Register ``participant``; its reveals may claim at most ``max_examples`` examples
+        (``None``: no bound)."""
+        bound = NO_EXAMPLE_BOUND if max_examples is None else int(max_examples)
+        return self._transact("register", to_checksum_address(participant), identity, bound)
+
+    def register_many(
+        self, participants: list[str], identities: list[bytes], max_examples: list[int | None] | None = None
+    ) -> TxResult:
+        """Register several participants in one transaction (``registerMany``)."""
+        bounds = [NO_EXAMPLE_BOUND if b is None else int(b) for b in (max_examples or [None] * len(participants))]
+        return self._transact("registerMany", [to_checksum_address(p) for p in participants], list(identities),
+                              bounds)  # fmt: skip
 
     def revoke(self, participant: str) -> TxResult:
         return self._transact("revoke", to_checksum_address(participant))
 
     def create_run(self, params: dict[str, Any]) -> tuple[int, TxResult]:
-        """Create a run; ``params`` maps ``RunParams`` field names to values."""
+        """Create a run; ``params`` maps ``RunParams`` field names to values
+        (``committeeSize`` may be left out: 0, every revealer may attest)."""
         order = [
             "specHash", "codeHash", "initialModelCid", "epsilonBudgetWad", "deltaWad", "numRounds",
             "commitDuration", "revealDuration", "attestDuration", "sampleBps", "quorum", "minReveals",
+            "committeeSize",
         ]  # fmt: skip
-        result = self._transact("createRun", tuple(params[k] for k in order))
+        defaults = {"committeeSize": 0}
+        result = self._transact("createRun", tuple(params[k] if k in params else defaults[k] for k in order))
         (created,) = [e for e in result.events if e["event"] == "RunCreated"]
         return int(created["args"]["runId"]), result
 
@@ -317,6 +337,24 @@ class RoundsContract:
 
     def is_sampled(self, run_id: int, round_id: int, participant: str) -> bool:
         return bool(self._call("isSampled", run_id, round_id, to_checksum_address(participant)))
+
+    def in_committee(self, run_id: int, round_id: int, participant: str) -> bool:
+        """Whether ``participant`` is sampled in the current round and may attest once revealed."""
+        return bool(self._call("inCommittee", run_id, round_id, to_checksum_address(participant)))
+
+    def permuted_position(self, beacon: bytes, index: int, registry_size: int) -> int:
+        """The contract's ``permutedPosition`` (the sampling permutation, for cross-checks)."""
+        return int(self._call("permutedPosition", beacon, index, registry_size))
+
+    def registry(self) -> tuple[int, int]:
+        """The registry's size and epoch."""
+        size, epoch = self._call("registry")
+        return int(size), int(epoch)
+
+    def registry_entry(self, participant: str) -> dict[str, Any]:
+        """``active``, ``index``, ``epoch`` (when the index was assigned) and ``maxExamples``."""
+        active, index, epoch, bound = self._call("registryEntry", to_checksum_address(participant))
+        return {"active": bool(active), "index": int(index), "epoch": int(epoch), "maxExamples": int(bound)}
 
     def members(self) -> list[str]:
         """The registered participants' addresses, in registry order."""

@@ -1,7 +1,8 @@
 """Pure encodings shared by the contract and every participant (no I/O).
 
-Fixed-point conversions, the DP parameter record, the reveal commitment and the
-participant sampling rule. The contract is the authority; these functions reproduce its
+Fixed-point conversions, the DP parameter record, the reveal commitment, the
+participant sampling rule (a keyed permutation of registry indices) and the attestation
+majority. The contract is the authority; these functions reproduce its
 arithmetic byte for byte so that clients can build commitments offline and verifiers
 can replay a run (tests check both sides agree).
 """
@@ -34,7 +35,13 @@ STAGES = ("none", "committed", "revealed", "attested")
 PENALTY_REASONS = ("missing-reveal", "minority-attestation")
 
 #: Bytes of a commitment the contract stores (the event carries all 32).
-STORED_COMMITMENT_BYTES = 27
+STORED_COMMITMENT_BYTES = 26
+#: Rounds of the swap-or-not permutation that orders registry indices (``permutedPosition``).
+SHUFFLE_ROUNDS = 90
+#: The most participants sampled in one round (the contract's counts are 16-bit).
+MAX_SAMPLED = 2**16 - 1
+#: ``maxExamples`` of a participant registered without a bound.
+NO_EXAMPLE_BOUND = 2**64 - 1
 
 
 def to_wad(value: float) -> int:
@@ -185,12 +192,120 @@ def commitment_of(
     return keccak(preimage)
 
 
-def is_sampled(*, beacon: bytes, sample_bps: int, participant: str) -> bool:
-    """The contract's Bernoulli sampling rule, for verifiers."""
-    if sample_bps >= BPS:
+def sampled_count(*, registry_size: int, sample_bps: int) -> int:
+    """k, the participants a round samples: ``ceil(registry_size * sample_bps / 10000)``, at
+    most :data:`MAX_SAMPLED` (the ``sampledCount`` the contract fixes when a round opens)."""
+    return min(-(-registry_size * sample_bps // BPS), MAX_SAMPLED)
+
+
+def committee_size_of(*, sampled: int, committee_size: int) -> int:
+    """Sampled positions whose revealers may attest: ``committee_size`` if it is set and below
+    ``sampled`` (the round's k), else all of them (``getRound().committeeSize``)."""
+    return committee_size if 0 < committee_size < sampled else sampled
+
+
+def votes_needed(*, eligible: int, quorum: int) -> int:
+    """Matching attestations that finalize a round: a strict majority of the ``eligible``
+    attesters (revealers in the committee), and at least ``quorum``."""
+    return max(quorum, eligible // 2 + 1)
+
+
+class _Shuffle:
+    """The swap-or-not permutation of ``range(size)`` keyed by a beacon (``permutedPosition``).
+
+    Round r: ``pivot = keccak256(abi.encode(beacon, r)) % size``, ``flip = (pivot + size -
+    x) % size``; ``x`` becomes ``flip`` iff ``keccak256(abi.encode(beacon, r, max(x, flip)))``
+    is odd. Each round is an involution, so running the rounds backwards inverts it.
+    """
+
+    def __init__(self, beacon: bytes, size: int) -> None:
+        if len(beacon) != 32:
+            raise ValueError("beacon must be 32 bytes")
+        self.beacon, self.size = bytes(beacon), size
+        self.pivots = [int.from_bytes(keccak(self.beacon + r.to_bytes(32, "big")), "big") % size
+                       for r in range(SHUFFLE_ROUNDS)] if size >= 2 else []  # fmt: skip
+
+    def _round(self, r: int, x: int) -> int:
+        flip = (self.pivots[r] + self.size - x) % self.size
+        high = max(x, flip)
+        bit = keccak(self.beacon + r.to_bytes(32, "big") + high.to_bytes(32, "big"))[-1] & 1
+        return flip if bit else x
+
+    def position(self, index: int) -> int:
+        for r in range(len(self.pivots)):
+            index = self._round(r, index)
+        return index
+
+    def index(self, position: int) -> int:
+        for r in reversed(range(len(self.pivots))):
+            position = self._round(r, position)
+        return position
+
+
+def _check_index(index: int, registry_size: int) -> None:
+    if not 0 <= index < registry_size:
+        raise ValueError(f"registry index {index} is outside a registry of {registry_size}")
+
+
+def permuted_position(*, beacon: bytes, index: int, registry_size: int) -> int:
+    """The position of registry index ``index`` in the round's permutation (``permutedPosition``)."""
+    _check_index(index, registry_size)
+    return _Shuffle(beacon, registry_size).position(index)
+
+
+def index_at_position(*, beacon: bytes, position: int, registry_size: int) -> int:
+    """The registry index at ``position`` of the round's permutation (its inverse)."""
+    _check_index(position, registry_size)
+    return _Shuffle(beacon, registry_size).index(position)
+
+
+def sampled_indices(*, beacon: bytes, registry_size: int, sample_bps: int) -> list[int]:
+    """The registry indices a round samples, in position order: the first
+    :func:`committee_size_of` of them form the committee. k inverse evaluations, not a walk
+    of the registry. Indices whose holder was (re)assigned after the round opened (registry
+    epoch above the round's) sit the round out: see :func:`is_sampled`."""
+    shuffle = _Shuffle(beacon, registry_size)
+    return [shuffle.index(p) for p in range(sampled_count(registry_size=registry_size, sample_bps=sample_bps))]
+
+
+def is_sampled(
+    *,
+    beacon: bytes,
+    sample_bps: int,
+    index: int | None = None,
+    registry_size: int | None = None,
+    participant: str | None = None,
+) -> bool:
+    """The contract's sampling rule: the participant at registry ``index`` of a registry of
+    ``registry_size`` (both as when the round opened: ``RoundOpened.registrySize``, and an
+    index assigned in an epoch up to ``RoundOpened.registryEpoch``) is sampled iff its
+    :func:`permuted_position` is below :func:`sampled_count`.
+
+    ``participant`` (the rule before protocol 0.3) is accepted only where the answer does
+    not depend on the index: with full sampling everyone registered is sampled (up to
+    :data:`MAX_SAMPLED`); otherwise the index and size are required.
+    """
+    if index is None or registry_size is None:
+        if sample_bps >= BPS and (registry_size is None or registry_size <= MAX_SAMPLED):
+            return True
+        raise ValueError(f"sampling at {sample_bps} bps needs the participant's registry index and the "
+                         f"registry size when the round opened (protocol §2.2)")  # fmt: skip
+    _check_index(index, registry_size)
+    k = sampled_count(registry_size=registry_size, sample_bps=sample_bps)
+    if k >= registry_size:
         return True
-    digest = keccak(encode(["bytes32", "address"], [beacon, to_canonical_address(participant)]))
-    return int.from_bytes(digest, "big") % BPS < sample_bps
+    return permuted_position(beacon=beacon, index=index, registry_size=registry_size) < k
+
+
+def in_committee(*, beacon: bytes, sample_bps: int, committee_size: int, index: int, registry_size: int) -> bool:
+    """Whether the participant at ``index`` is sampled and in the round's committee (its
+    reveal makes it an eligible attester: the contract's ``inCommittee``)."""
+    _check_index(index, registry_size)
+    k = sampled_count(registry_size=registry_size, sample_bps=sample_bps)
+    c = committee_size_of(sampled=k, committee_size=committee_size)
+    if c >= registry_size:
+        return True
+    return permuted_position(beacon=beacon, index=index, registry_size=registry_size) < c
 
 
 def beacon_of(*, chain_id: int, contract: str, run_id: int, round_id: int, model_cid: bytes) -> bytes:
