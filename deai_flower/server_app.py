@@ -52,11 +52,16 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def coordinate(grid: Grid, run_config: Mapping[str, Any]) -> None:
-    """Play the run ``run_config`` names (or, under ``flwr run``, set one up and play it)."""
-    if "experiment" in run_config or "overrides" in run_config:
-        _simulation(grid, run_config)
-    else:
+    """Play the run ``run_config`` names (or, under ``flwr run``, set one up and play it).
+
+    A deployment names the coordinator's keystore and no experiment; ``flwr run`` hands
+    every key of ``[tool.flwr.app.config]`` over, so emptiness, not presence, decides.
+    """
+    simulated = any(str(run_config.get(key, "")).strip() for key in ("experiment", "overrides"))
+    if not simulated and str(run_config.get("keystore", "")).strip():
         _deployment(grid, run_config)
+    else:
+        _simulation(grid, run_config)
 
 
 def _required(run_config: Mapping[str, Any], key: str) -> str:
@@ -79,21 +84,25 @@ def _strategy_for(contract: RoundsContract, run_id: int, store: Any, locator: di
 
 
 def _deployment(grid: Grid, run_config: Mapping[str, Any]) -> None:
+    started = time.time()
     chain_url, store_at = _required(run_config, "chain-url"), _required(run_config, "store")
     contract_address, run_id = _required(run_config, "contract"), int(_required(run_config, "run-id"))
     account = keystore_key(_required(run_config, "keystore"), password_file=_required(run_config, "password-file"))
     node = connect_url(chain_url)
     store = open_store(store_at)
     contract = RoundsContract(node, contract_address, account)
-    locator = {"contract": contract.address, "run-id": run_id}
+    # Deployed nodes reach chain and store through their own endpoints; the locator names
+    # the coordinator's only because every message carries all four entries.
+    locator = {"contract": contract.address, "run-id": run_id, "chain-url": chain_url, "store": store_at}
     strategy, arrays = _strategy_for(contract, run_id, store, locator)
     strategy.start(grid, arrays)
     output_dir = run_config.get("output-dir")
     if output_dir:
         from .simulation.results import results_document
 
-        document = results_document(strategy, node=node, store=store, first_block=0, setup={}, wall_seconds=0.0)
-        _write_results(Path(str(output_dir)), document)
+        document = results_document(strategy, node=node, store=store, first_block=0, setup={},
+                                    wall_seconds=time.time() - started)  # fmt: skip
+        _write_results(Path(str(output_dir)), _with_nodes(document, strategy))
 
 
 def _simulation(grid: Grid, run_config: Mapping[str, Any]) -> None:
@@ -165,7 +174,15 @@ def _play_simulation(grid: Grid, cfg: Any, contract: RoundsContract, run_id: int
     document = results_document(strategy, node=contract.node, store=store, first_block=int(setup.get("first_block", 0)),
                                 setup=setup, wall_seconds=time.time() - float(setup.get("started", started)), cfg=cfg,
                                 output_dir=output_dir)  # fmt: skip
-    _write_results(output_dir, document)
+    _write_results(output_dir, _with_nodes(document, strategy))
+
+
+def _with_nodes(document: dict[str, Any], strategy: CommitRevealStrategy) -> dict[str, Any]:
+    """``results.json`` plus who took part: the nodes that proved their identity, and the
+    nodes refused (never asked to act) with the reason."""
+    document["nodes"] = {str(n): a for n, a in sorted(strategy.addresses.items())}
+    document["refused_nodes"] = [{"node_id": n, **r} for n, r in sorted(strategy.refused.items())]
+    return document
 
 
 def _write_results(output_dir: Path, document: dict[str, Any]) -> None:

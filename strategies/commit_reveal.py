@@ -30,6 +30,7 @@ nor what the result is.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -37,13 +38,14 @@ from logging import INFO, WARNING
 from typing import Any
 
 from eth_abi import encode
-from eth_utils import keccak, to_canonical_address
+from eth_utils import is_address, keccak, to_canonical_address, to_checksum_address
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from deai_flower.chain import RoundsContract, TxResult, is_sampled
+from deai_flower.consortium.identity import CHALLENGE_BYTES, recover_identity, supernode_identity
 from deai_flower.errors import BlobFormatError, ConfigError, StoreError
 from deai_flower.messages import CONFIG, METRICS, STATUS
 from deai_flower.protocol.spec import RunSpec
@@ -141,8 +143,15 @@ class CommitRevealStrategy(Strategy):
         self._grid: Grid | None = None
         self._addresses: dict[int, str] = {}
         self._asked: set[int] = set()  # nodes asked for their address already
+        #: Nodes whose identity proof failed, by node id: the address they claimed and why.
+        self.refused: dict[int, dict[str, str]] = {}
         self._beacon, self._sample_bps = b"", 0  # the current round's, read when it opened
         self._phase_start = 0.0
+
+    @property
+    def addresses(self) -> dict[int, str]:
+        """The nodes that proved their chain address, by node id."""
+        return dict(self._addresses)
 
     # ------------------------------------------------------------------ the rounds loop
 
@@ -309,26 +318,77 @@ class CommitRevealStrategy(Strategy):
         return list(self._grid.send_and_receive(messages, timeout=float(timeout)))
 
     def _discover(self, grid: Grid) -> None:
-        """Learn the chain address of every node not asked before, keeping registered
-        participants: a node that connects after the first round takes part from the next.
+        """Learn the chain address of every node not asked before, keeping only nodes
+        that prove it: a node that connects after the first round takes part from the next.
 
-        Each node is asked once, whatever its answer: a node that does not answer is not
-        waited for again every round.
+        Each new node gets a fresh random challenge and must return an EIP-191 signature
+        over (challenge, contract, run id, its node id) that recovers to the address it
+        claims; that address must be registered and, where the SuperLink reports the
+        node's SuperNode public key (a deployment with node authentication), registered
+        with that key's identity hash; and no other node may have proven it already. A
+        node that fails is refused with its reason (:attr:`refused`) and never asked to
+        act. Each node is asked once, whatever its answer.
         """
         self._grid = grid
-        new = [n for n in grid.get_node_ids() if n not in self._asked]
+        keys = {int(info.node_id): bytes(info.public_key) for info in grid.get_nodes()}
+        new = [n for n in keys if n not in self._asked]
         self._asked.update(new)
-        for reply in self._exchange(new, "query.identity", {}, None, timeout=self.spec.rounds.commit_s):
-            node_id = reply.metadata.src_node_id
+        if not new:
+            return
+        challenges = {n: secrets.token_bytes(CHALLENGE_BYTES) for n in new}
+        messages = [Message(RecordDict({CONFIG: ConfigRecord({**self.locator, "challenge": challenges[n]})}),
+                            dst_node_id=n, message_type="query.identity", group_id="identity")
+                    for n in new]  # fmt: skip
+        replies = list(grid.send_and_receive(messages, timeout=float(self.spec.rounds.commit_s)))
+        answered = set()
+        for reply in replies:
+            node_id = int(reply.metadata.src_node_id)
+            answered.add(node_id)
             if reply.has_error():
-                log(WARNING, "node %s did not tell its chain address: %s", node_id, reply.error.reason)
+                self._refuse(node_id, "", f"did not prove its chain address: {reply.error.reason}")
                 continue
-            address = str(reply.content[STATUS]["address"])
-            active, _ = self.contract.participant_info(address)
-            if not active:
-                log(WARNING, "node %s signs as %s, which is not a registered participant", node_id, address)
-                continue
-            self._addresses[node_id] = address
+            status = reply.content[STATUS]
+            address = str(status.get("address", ""))
+            reason = self._identity_problem(node_id, address, status.get("signature"), challenges[node_id],
+                                            keys.get(node_id, b""))  # fmt: skip
+            if reason:
+                self._refuse(node_id, address, reason)
+            else:
+                self._addresses[node_id] = to_checksum_address(address)
+        for node_id in set(new) - answered:
+            self._refuse(node_id, "", "did not answer the identity challenge in time")
+
+    def _identity_problem(self, node_id: int, address: str, signature: Any, challenge: bytes,
+                          public_key: bytes) -> str:  # fmt: skip
+        """Why a node's identity proof fails, or '' when it holds."""
+        if not is_address(address):
+            return f"claims {address!r}, which is not an address"
+        address = to_checksum_address(address)
+        if not isinstance(signature, bytes):
+            return f"claims {address} without a signature"
+        signer = recover_identity(signature, challenge=challenge, contract=self.contract.address,
+                                  run_id=self.run_id, node_id=node_id)  # fmt: skip
+        if signer != address:
+            return f"claims {address} but its signature over the challenge is by {signer or 'nobody (malformed)'}"
+        active, identity = self.contract.participant_info(address)
+        if not active:
+            return f"signs as {address}, which is not a registered participant"
+        if public_key:
+            try:
+                node_identity = supernode_identity(public_key)
+            except ConfigError as exc:
+                return f"the SuperLink reports an unreadable SuperNode key for it ({exc})"
+            if node_identity != identity:
+                return (f"signs as {address}, but its SuperNode key (identity 0x{node_identity.hex()}) is not the "
+                        f"one registered for {address} (0x{identity.hex()})")
+        holder = next((n for n, a in self._addresses.items() if a == address), None)
+        if holder is not None:
+            return f"signs as {address}, which node {holder} has proven already"
+        return ""
+
+    def _refuse(self, node_id: int, address: str, reason: str) -> None:
+        self.refused[node_id] = {"address": address, "reason": reason}
+        log(WARNING, "node %s refused, it will not be asked to act: %s", node_id, reason)
 
     def _round_to_play(self) -> tuple[dict[str, Any], dict[str, Any], TxResult | None]:
         """The run (``getRun``) and the chain round to play next (``getRound``) as the

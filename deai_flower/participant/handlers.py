@@ -1,4 +1,4 @@
-"""A participant's phase handlers: train + commit, reveal, attest, and identity.
+"""A participant's phase handlers: identity, train + commit, reveal, attest, evaluate.
 
 Each handler acts on chain with the participant's own key and talks to the coordinator
 only to be told *when* to act. Nothing the coordinator sends is trusted for content:
@@ -25,6 +25,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common import log
 
 from ..chain import DpParams, commitment_of
+from ..consortium.identity import CHALLENGE_BYTES, sign_identity
 from ..errors import (
     BlobFormatError,
     ChainError,
@@ -311,5 +312,13 @@ def handle_attest(participant: Participant, message: Message, context: Context) 
 
 
 def handle_identity(participant: Participant, message: Message, context: Context) -> Message:
-    """Tell the coordinator which chain address this node signs with."""
-    return _reply(message, status={"address": participant.address})
+    """Prove which chain address this node acts for: sign the coordinator's fresh
+    challenge, bound to the run and this node's Flower id, with the participant's key."""
+    config = message.content[CONFIG]
+    challenge = config.get("challenge")
+    if not isinstance(challenge, bytes) or len(challenge) != CHALLENGE_BYTES:
+        raise ProtocolError(f"identity query without a {CHALLENGE_BYTES}-byte challenge: nothing to sign")
+    locator = RunLocator.from_config(config)
+    signature = sign_identity(participant.account, challenge=challenge, contract=locator.contract,
+                              run_id=locator.run_id, node_id=int(context.node_id))  # fmt: skip
+    return _reply(message, status={"address": participant.address, "signature": signature})

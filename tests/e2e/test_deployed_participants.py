@@ -69,7 +69,7 @@ def test_deployed_silos_play_a_round_and_refuse_another_run(
         assert not reply.has_error(), reply.error
         return dict(reply.content["status"])
 
-    addresses = [ask(i, "query.identity")["address"] for i in range(3)]
+    addresses = [ask(i, "query.identity", challenge=bytes([i]) * 32)["address"] for i in range(3)]
     assert set(addresses) == set(admin.members())
     model_cid = cid_from_bytes(bytes(admin.get_run(run_id)["modelCid"]))
     assert [ask(i, "train.commit", **{"model-cid": model_cid})["state"] for i in range(3)] == ["committed"] * 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from eth_account import Account
 
+from deai_flower.consortium.identity import recover_identity
 from deai_flower.errors import ConfigError, ProtocolError
 from deai_flower.participant.app import client_app, participant_for
 from unit.participant._support import call, context, local_data, message
@@ -35,11 +37,17 @@ def locator(contract: str = CONTRACT, run_id: int = 3) -> dict[str, Any]:
             "round": 1, "model-cid": "whatever"}  # fmt: skip
 
 
-def test_a_deployed_node_is_its_keystore_and_answers_who_it_is(node_config: dict[str, Any]) -> None:
-    ctx = context(node_config, {"contract": CONTRACT.upper().replace("0X", "0x"), "run-id": 3})
-    reply = call(client_app, message("query.identity", locator()), ctx)
+def test_a_deployed_node_is_its_keystore_and_proves_who_it_is(node_config: dict[str, Any]) -> None:
+    ctx = context(node_config, {"contract": CONTRACT.upper().replace("0X", "0x"), "run-id": 3}, node_id=11)
+    challenge = secrets.token_bytes(32)
+    reply = call(client_app, message("query.identity", {**locator(), "challenge": challenge}), ctx, node_id=11)
     address = reply.content["status"]["address"]
     assert address == participant_for(message("query.identity", locator()), ctx).address
+    signature = reply.content["status"]["signature"]
+    assert recover_identity(signature, challenge=challenge, contract=CONTRACT, run_id=3, node_id=11) == address
+    assert recover_identity(signature, challenge=challenge, contract=CONTRACT, run_id=3, node_id=12) != address
+    with pytest.raises(ProtocolError, match="without a 32-byte challenge"):
+        call(client_app, message("query.identity", locator()), ctx)
     # built once per node config and process (decrypting a keystore is slow)
     commit = message("train.commit", locator())
     assert participant_for(commit, ctx) is participant_for(commit, ctx)
