@@ -1,7 +1,8 @@
 """Names of the records exchanged between the coordinator and the participants.
 
 Message types: ``query.identity`` (which chain address a node signs with),
-``train.commit``, ``train.reveal`` and ``train.attest`` (the three phases of a round).
+``train.commit``, ``train.reveal`` and ``train.attest`` (the three phases of a round),
+``evaluate`` (score a finalized model on the silo's held-out data).
 """
 
 #: ConfigRecord sent by the coordinator: ``round`` (chain round id), ``model-cid``.

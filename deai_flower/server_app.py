@@ -94,7 +94,8 @@ def _deployment(grid: Grid, run_config: Mapping[str, Any]) -> None:
     # Deployed nodes reach chain and store through their own endpoints; the locator names
     # the coordinator's only because every message carries all four entries.
     locator = {"contract": contract.address, "run-id": run_id, "chain-url": chain_url, "store": store_at}
-    strategy, arrays = _strategy_for(contract, run_id, store, locator)
+    # No central test set in a deployment: every silo scores each finalized model on its own held-out data.
+    strategy, arrays = _strategy_for(contract, run_id, store, locator, federated_evaluation=True)
     strategy.start(grid, arrays)
     output_dir = run_config.get("output-dir")
     if output_dir:
@@ -178,9 +179,14 @@ def _play_simulation(grid: Grid, cfg: Any, contract: RoundsContract, run_id: int
 
 
 def _with_nodes(document: dict[str, Any], strategy: CommitRevealStrategy) -> dict[str, Any]:
-    """``results.json`` plus who took part: the nodes that proved their identity, and the
-    nodes refused (never asked to act) with the reason."""
+    """``results.json`` plus who took part (the nodes that proved their identity, and the
+    nodes refused, never asked to act, with the reason) and, where the silos evaluated,
+    each round's per-silo and weighted scores."""
     document["nodes"] = {str(n): a for n, a in sorted(strategy.addresses.items())}
+    if strategy.federated_evaluation:
+        document["initial_federated_evaluation"] = strategy.initial_federated
+        for entry, report in zip(document["rounds"], strategy.reports, strict=True):
+            entry["federated_evaluation"] = report.federated
     document["refused_nodes"] = [{"node_id": n, **r} for n, r in sorted(strategy.refused.items())]
     return document
 

@@ -16,8 +16,10 @@ round is six visible steps, each a method below with its own deadline:
    attests the result's CID; a quorum finalizes it (attest duration);
 5. :meth:`finalize` — read the finalized CID from the chain, fetch that blob and check
    it against the CID and the model's array spec;
-6. :meth:`evaluate` — score the finalized model (a simulation's central test split, when
-   the harness gives one).
+6. :meth:`evaluate` — score the finalized model: ``evaluate`` to every node that proved
+   its identity, each scoring the chain's model on its own held-out data (federated
+   evaluation: a deployment has no central test set), and/or a simulation's central test
+   split when the harness gives one.
 
 The rounds loop (:meth:`start`) replaces Flower's own, because Flower's loop folds
 reveal and attest into ``aggregate_train`` under one timeout, and counts attempts, not
@@ -77,6 +79,8 @@ class RoundReport:
     epsilon_max: float = 0.0
     train_loss: float = float("nan")
     metrics: dict[str, float] = field(default_factory=dict)  # evaluation of the finalized model
+    #: Federated evaluation of the finalized model: per silo and example-weighted.
+    federated: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
 
     def add_gas(self, call: str, gas: int) -> None:
@@ -107,7 +111,14 @@ class CommitRevealStrategy(Strategy):
     max_failed_rounds:
         Failed attempts tolerated before the run stops short of ``num_rounds``.
     evaluate_fn:
-        Scores each finalized model (and the initial one, as round 0); None: no scoring.
+        Scores each finalized model (and the initial one, as round 0) centrally; None: no
+        central scoring.
+    federated_evaluation:
+        Ask every identified node to score each finalized model (and the initial one) on
+        its own held-out data; the example-weighted result is the round's metrics when
+        there is no ``evaluate_fn``.
+    evaluate_timeout_s:
+        How long to wait for the nodes' scores (default: the spec's commit duration).
     on_phase, on_round:
         Progress callbacks (round id and phase name; a finished :class:`RoundReport`).
     """
@@ -123,6 +134,8 @@ class CommitRevealStrategy(Strategy):
         locator: dict[str, Any],
         max_failed_rounds: int = 3,
         evaluate_fn: EvaluateFn | None = None,
+        federated_evaluation: bool = False,
+        evaluate_timeout_s: float | None = None,
         on_phase: Callable[[int, str], None] | None = None,
         on_round: Callable[[RoundReport], None] | None = None,
     ) -> None:
@@ -136,6 +149,9 @@ class CommitRevealStrategy(Strategy):
         self.locator = dict(locator)
         self.max_failed_rounds = max_failed_rounds
         self.evaluate_fn = evaluate_fn
+        self.federated_evaluation = federated_evaluation
+        self.evaluate_timeout_s = float(spec.rounds.commit_s if evaluate_timeout_s is None else evaluate_timeout_s)
+        self.initial_federated: dict[str, Any] = {}
         self._on_phase = on_phase or (lambda _r, _p: None)
         self._on_round = on_round or (lambda _report: None)
         self.reports: list[RoundReport] = []
@@ -178,6 +194,12 @@ class CommitRevealStrategy(Strategy):
         if self.evaluate_fn is not None:
             self.initial_metrics = self.evaluate_fn(finalized, _plain(initial_arrays))
             result.evaluate_metrics_serverapp[finalized] = MetricRecord(self.initial_metrics)
+        if self.federated_evaluation:
+            self._discover(grid)
+            model_cid = cid_from_bytes(bytes(run["modelCid"]))
+            self.initial_federated = self._evaluate_on_nodes(finalized, model_cid)
+            if self.evaluate_fn is None and self.initial_federated.get("num_examples"):
+                self.initial_metrics = {k: self.initial_federated[k] for k in ("loss", "accuracy")}
         failures, attempt = 0, 0
         while finalized < target and failures <= self.max_failed_rounds:
             attempt += 1
@@ -296,18 +318,52 @@ class CommitRevealStrategy(Strategy):
         return ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
     def evaluate(self, report: RoundReport, arrays: ArrayRecord) -> None:
-        """Score the finalized model, where the harness gave a way to."""
-        if self.evaluate_fn is None:
+        """Score the finalized model: on the nodes' held-out data, and/or centrally."""
+        if self.evaluate_fn is None and not self.federated_evaluation:
             return
         self._mark(report, "evaluate")
-        report.metrics = self.evaluate_fn(report.round, _plain(arrays))
+        if self.federated_evaluation:
+            report.federated = self._evaluate_on_nodes(report.round, report.result_cid)
+            if self.evaluate_fn is None and report.federated.get("num_examples"):
+                report.metrics = {k: report.federated[k] for k in ("loss", "accuracy")}
+        if self.evaluate_fn is not None:
+            report.metrics = self.evaluate_fn(report.round, _plain(arrays))
+
+    def _evaluate_on_nodes(self, round_id: int, model_cid: str) -> dict[str, Any]:
+        """``evaluate`` to every identified node; their scores per silo and weighted by
+        held-out examples (``loss``, ``accuracy``, ``num_examples``; no entry without any)."""
+        replies = self._exchange(list(self._addresses), "evaluate", {"round": round_id, "model-cid": model_cid},
+                                 None, timeout=self.evaluate_timeout_s)  # fmt: skip
+        per_silo: dict[str, dict[str, float]] = {}
+        errors: dict[str, str] = {}
+        for reply in replies:
+            address = self._addresses.get(reply.metadata.src_node_id, str(reply.metadata.src_node_id))
+            if reply.has_error():
+                errors[address] = reply.error.reason
+                log(WARNING, "round %s: node %s did not evaluate: %s", round_id, address, reply.error.reason)
+                continue
+            if reply.content[STATUS].get("state") != "evaluated":
+                continue
+            m = reply.content[METRICS]
+            per_silo[address] = {"loss": float(m["loss"]), "accuracy": float(m["accuracy"]),
+                                 "num_examples": int(m["num-examples"])}  # fmt: skip
+        total = sum(s["num_examples"] for s in per_silo.values())
+        summary: dict[str, Any] = {"per_silo": dict(sorted(per_silo.items())), "num_examples": total}
+        if total:
+            for key in ("loss", "accuracy"):
+                summary[key] = sum(s[key] * s["num_examples"] for s in per_silo.values()) / total
+            log(INFO, "round %s: federated accuracy %.4f on %s held-out examples of %s silos", round_id,
+                summary["accuracy"], total, len(per_silo))  # fmt: skip
+        if errors:
+            summary["errors"] = errors
+        return summary
 
     # ------------------------------------------------------------------ helpers
 
     def _exchange(self, node_ids: Iterable[int], message_type: str, config: dict[str, Any],
                   report: RoundReport | None, *, timeout: float) -> list[Message]:  # fmt: skip
         assert self._grid is not None
-        group = str(report.round) if report is not None else "0"
+        group = str(report.round if report is not None else config.get("round", 0))
         messages = [
             Message(RecordDict({CONFIG: ConfigRecord({**self.locator, **config})}), dst_node_id=n,
                     message_type=message_type, group_id=group)  # fmt: skip

@@ -35,7 +35,7 @@ from ..errors import (
     StoreError,
 )
 from ..messages import CONFIG, METRICS, STATUS
-from ..models import set_arrays
+from ..models import evaluate, set_arrays
 from ..privacy import PrivacyLedger, ledger_path, load_ledger, save_ledger, train_round
 from ..protocol.rules import RevealedUpdate, aggregate
 from ..storage import cid_from_bytes, cid_to_bytes, compute_cid, decode_arrays, encode_arrays
@@ -43,7 +43,8 @@ from .locator import RunLocator
 from .participant import Participant
 from .run_view import RunView, run_view
 
-__all__ = ["handle_attest", "handle_commit", "handle_identity", "handle_reveal", "revealed_updates"]
+__all__ = ["handle_attest", "handle_commit", "handle_evaluate", "handle_identity", "handle_reveal",
+           "revealed_updates"]
 
 _LEDGER = "privacy-ledger"
 _PENDING = "pending-reveal"
@@ -309,6 +310,32 @@ def handle_attest(participant: Participant, message: Message, context: Context) 
         status={"state": "attested", "address": participant.address, "cid": result_cid, **_exclusions(rejected)},
         metrics={"gas": tx.gas_used, "excluded": len(rejected)},
     )
+
+
+def handle_evaluate(participant: Participant, message: Message, context: Context) -> Message:
+    """Score a finalized model on this silo's own held-out data.
+
+    The model is the one the chain records now (the coordinator announces its CID, which
+    must agree), fetched from the silo's own store and checked against the CID and the
+    spec's array layout. A silo without held-out data says so and scores nothing.
+    """
+    round_id, view = _round_and_view(participant, message)
+    config = message.content[CONFIG]
+    model_cid = cid_from_bytes(bytes(view.contract.get_run(view.run_id)["modelCid"]))
+    if str(config.get("model-cid", "")) != model_cid:
+        raise ProtocolError(f"coordinator asked to evaluate model {config.get('model-cid')} but the chain records "
+                            f"{model_cid}")  # fmt: skip
+    data = view.data
+    if data.x_eval is None or data.y_eval is None or len(data.y_eval) == 0:
+        return _reply(message, status={"state": "no-eval-data", "address": participant.address},
+                      metrics={"num-examples": 0})  # fmt: skip
+    arrays = decode_arrays(view.store.get(model_cid), max_bytes=view.spec.max_blob_bytes, expected=view.array_spec)
+    set_arrays(view.model, arrays)
+    loss, accuracy = evaluate(view.model, data.x_eval, data.y_eval, device=view.device)
+    log(INFO, "participant %s: round %s model scores accuracy %.4f on %s held-out examples", participant.label,
+        round_id, accuracy, len(data.y_eval))  # fmt: skip
+    return _reply(message, status={"state": "evaluated", "address": participant.address, "model-cid": model_cid},
+                  metrics={"loss": loss, "accuracy": accuracy, "num-examples": int(len(data.y_eval))})  # fmt: skip
 
 
 def handle_identity(participant: Participant, message: Message, context: Context) -> Message:

@@ -1,6 +1,7 @@
-"""Node identity through the real ClientApp: the coordinator asks only nodes that prove
-their chain address with a signature over a fresh challenge, whose address is registered,
-and whose SuperNode key (as the SuperLink reports it) is the one registered for it.
+"""Node identity and federated evaluation through the real ClientApp: the coordinator asks
+only nodes that prove their chain address with a signature over a fresh challenge, whose
+address is registered, and whose SuperNode key (as the SuperLink reports it) is the one
+registered for it; those nodes score each finalized model on their own held-out data.
 
 Silos are deployed participants (keystore, password file, data files, their own chain
 endpoint and store); the grid delivers to them in this process and reports each node's
@@ -134,11 +135,20 @@ def test_only_nodes_that_prove_a_registered_identity_are_asked_to_act(
     strategy = CommitRevealStrategy(contract=admin, run_id=run_id, spec=spec, store=store,
                                     expected_spec=array_spec(get_arrays(model)),
                                     locator={"contract": admin.address, "run-id": run_id, "chain-url": url,
-                                             "store": f"local:{store_dir}"})  # fmt: skip
+                                             "store": f"local:{store_dir}"},
+                                    federated_evaluation=True)  # fmt: skip
     with task_identity(run_id=RUN_ID, node_id=SUPERLINK_NODE_ID):
         strategy.start(grid, ArrayRecord({k: Array(v) for k, v in get_arrays(model).items()}))  # type: ignore[arg-type]
 
     assert [r.status for r in strategy.reports] == ["finalized"]
+    # every identified silo scored the initial and the finalized model on its own held-out data
+    for evaluation in (strategy.initial_federated, strategy.reports[0].federated):
+        assert set(evaluation["per_silo"]) == {s.address for s in silos}
+        assert evaluation["num_examples"] == 3 * 12 and 0.0 <= evaluation["accuracy"] <= 1.0
+        weighted = sum(e["accuracy"] * e["num_examples"] for e in evaluation["per_silo"].values()) / 36
+        assert evaluation["accuracy"] == pytest.approx(weighted)
+    assert strategy.reports[0].metrics == {k: strategy.reports[0].federated[k] for k in ("loss", "accuracy")}
+    assert all(grid.received[n].count("evaluate") == 2 for n in node_ids[:3])
     assert sorted(strategy.reports[0].committed) == sorted(s.address for s in silos)
     for impostor in (104, 105, 106):
         assert grid.received[impostor] == ["query.identity"], grid.received[impostor]
@@ -150,7 +160,8 @@ def test_only_nodes_that_prove_a_registered_identity_are_asked_to_act(
     assert strategy.refused[105]["address"] == silos[0].address
     from deai_flower.server_app import _with_nodes
 
-    document = _with_nodes({}, strategy)
+    document = _with_nodes({"rounds": [{}]}, strategy)
+    assert document["rounds"][0]["federated_evaluation"]["num_examples"] == 36
     assert [r["node_id"] for r in document["refused_nodes"]] == [104, 105, 106]
     assert set(document["nodes"].values()) == {s.address for s in silos}
 
