@@ -29,9 +29,11 @@ def run_ray(*, server_app: ServerApp, client_app: ClientApp, num_nodes: int, num
     try:
         from flwr.app import Context, RecordDict
         from flwr.common.constant import SUPERLINK_NODE_ID
-        from flwr.common.telemetry import EventType
+        from flwr.supercore.telemetry import EventType
         from flwr.simulation.run_simulation import _run_simulation
+        from flwr.supercore.constant import NOOP_FEDERATION_ID
         from flwr.supercore.run import Run
+        from flwr.supercore.task_identity import TaskIdentity
     except ImportError as exc:  # pragma: no cover - flwr[simulation] is a dependency
         raise ConfigError("engine=ray needs Flower's simulation extra: pip install 'flwr[simulation]'") from exc
     # Ray's own dashboard and metrics exporters need network services we never use.
@@ -42,8 +44,12 @@ def run_ray(*, server_app: ServerApp, client_app: ClientApp, num_nodes: int, num
         "init_args": {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False},
     }
     config = dict(run_config or {})
+    # As run_simulation builds its run, plus the run config.
     run = Run.create_empty(run_id=int.from_bytes(os.urandom(7), "big") or 1)
+    run.primary_task_id = int.from_bytes(os.urandom(7), "big") or 1
+    run.federation_id = NOOP_FEDERATION_ID
     run.override_config = config
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run.run_id, SUPERLINK_NODE_ID
     context = Context(run_id=run.run_id, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(),
                       run_config=config)  # fmt: skip
     _run_simulation(
@@ -64,6 +70,9 @@ class _WithRunConfig:
         self.app, self.run_config = app, run_config
 
     def __call__(self, message: Any, context: Any) -> Any:
-        if not context.run_config:
-            context.run_config.update(self.run_config)
+        from flwr.app import Context
+
+        if not context.run_config:  # the same node and state, seeing the run's config
+            context = Context(run_id=context.run_id, node_id=context.node_id, node_config=context.node_config,
+                              state=context.state, run_config=dict(self.run_config))  # fmt: skip
         return self.app(message=message, context=context)

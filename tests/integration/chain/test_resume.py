@@ -8,9 +8,10 @@ import pytest
 
 from support import compose_with
 
-from deai_flower.simulation import experiment
 from deai_flower.chain.devnode import AnvilNode
+from deai_flower.errors import ConfigError
 from deai_flower.report import ProgressMonitor
+from deai_flower.simulation import experiment
 from deai_flower.storage import LocalStore
 from deai_flower.verify import RunRecord, verify_run
 
@@ -26,18 +27,18 @@ def test_restart_resumes_from_the_chain(anvil: AnvilNode, tmp_path: Path, monkey
     common = ["chain=anvil", f"chain.rpc_url={anvil.url}", "num_clients=3", "num_rounds=3", "progress=false",
               "training.local_epochs=1", f"storage.root={tmp_path / 'store'}",
               f"privacy.state_dir={tmp_path / 'ledgers'}"]  # fmt: skip
-    created: list[experiment.ChainRun] = []
-    real_create = experiment._create_run
+    created = []
+    real_prepare = experiment.prepare_run
 
-    def record_create(*args, **kwargs):
-        created.append(real_create(*args, **kwargs))
+    def record_prepare(*args, **kwargs):
+        created.append(real_prepare(*args, **kwargs))
         return created[-1]
 
     def crash_after_round_2(self: ProgressMonitor, report) -> None:
-        if report.server_round == 2:
+        if report.round == 2:
             raise CoordinatorCrashed("the coordinator's machine went down")
 
-    monkeypatch.setattr(experiment, "_create_run", record_create)
+    monkeypatch.setattr(experiment, "prepare_run", record_prepare)
     monkeypatch.setattr(ProgressMonitor, "round_done", crash_after_round_2)
     with pytest.raises(CoordinatorCrashed):
         experiment.run_experiment(compose_with(*common), output_dir=tmp_path / "first")
@@ -62,7 +63,7 @@ def test_resume_refuses_a_different_config(anvil: AnvilNode, tmp_path: Path) -> 
     common = ["chain=anvil", f"chain.rpc_url={anvil.url}", "num_clients=3", "num_rounds=1", "progress=false",
               "training.local_epochs=1", f"storage.root={tmp_path / 'store'}"]  # fmt: skip
     first = experiment.run_experiment(compose_with(*common), output_dir=tmp_path / "a")
-    with pytest.raises(experiment.ConfigError, match="different config"):
+    with pytest.raises(ConfigError, match="created with another run spec"):
         experiment.run_experiment(compose_with(*common, "privacy.epsilon=3",
                                                f"resume.contract_address={first['contract_address']}"),
                                   output_dir=tmp_path / "b")  # fmt: skip
