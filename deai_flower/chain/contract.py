@@ -40,7 +40,7 @@ GAS_HEADROOM = 60_000
 #: sending at once, one checked as a plain attestation that lands as the finalizing one.
 #: An eth_call first still refuses a call that would revert, with its reason, before
 #: anything is paid.
-ROUND_CALL_GAS = {"commit": 150_000, "reveal": 150_000, "attest": 200_000}
+ROUND_CALL_GAS = {"commit": 200_000, "reveal": 150_000, "attest": 200_000}
 
 
 @dataclass(frozen=True)

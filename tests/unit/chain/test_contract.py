@@ -745,6 +745,29 @@ def test_round_calls_stay_well_within_their_fixed_gas_limits(
         assert used[fn_name] and 3 * max(used[fn_name]) <= 2 * limit, (fn_name, max(used[fn_name]), limit)
 
 
+def test_commits_that_evaluate_the_permutation_stay_well_within_their_gas_limit(deployment: Deployment) -> None:
+    """With partial sampling a commit evaluates the sampling permutation (90 rounds); its
+    dearest path, a first commit that also settles a minority attestation, stays under 2/3
+    of the fixed commit limit."""
+    d = with_members(deployment, 4)
+    run_id = d.create_run(sampleBps=7_500, quorum=1, minReveals=1)  # k = 3 of 4
+    round1, _ = d.admin.open_round(run_id)
+    sampled = [i for i in range(4) if d.admin.is_sampled(run_id, round1, d.clients[i].address)]
+    reveals = {i: commit(d, i, run_id, round1) for i in sampled}
+    for i, r in reveals.items():
+        do_reveal(d, i, run_id, round1, r)
+    d.as_client(sampled[0]).attest(run_id, round1, cid_of(7, 0x70))  # the minority, first
+    for i in sampled[1:]:
+        d.as_client(i).attest(run_id, round1, cid_of(8, 0x70))
+    round2 = int(d.admin.get_run(run_id)["currentRound"])
+    used = []
+    for i in range(4):
+        if d.admin.is_sampled(run_id, round2, d.clients[i].address):
+            c = d.as_client(i)
+            used.append(c.commit(run_id, round2, bytes([i + 1]) * 32).gas_used)
+    assert used and 3 * max(used) <= 2 * ROUND_CALL_GAS["commit"], used
+
+
 def test_minority_attester_is_penalized_when_the_first_cid_wins(deployment: Deployment) -> None:
     d = deployment
     run_id = d.create_run()
