@@ -167,8 +167,9 @@ def _play_simulation(grid: Grid, cfg: Any, contract: RoundsContract, run_id: int
 
     done = int(contract.get_run(run_id)["finalizedRounds"])
     monitor = ProgressMonitor(num_rounds=int(cfg.num_rounds), enabled=progress, completed=done)
+    # simulated participants are registered with made-up identities: no SuperNode key to bind
     strategy, arrays = _strategy_for(contract, run_id, store, where, evaluate_fn=evaluate_global,
-                                     on_phase=monitor.phase, on_round=monitor.round_done,
+                                     bind_supernode_keys=False, on_phase=monitor.phase, on_round=monitor.round_done,
                                      max_failed_rounds=int(cfg.strategy.get("max_failed_rounds", 3)))  # fmt: skip
     with monitor:
         strategy.start(grid, arrays)

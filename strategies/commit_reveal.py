@@ -136,6 +136,7 @@ class CommitRevealStrategy(Strategy):
         evaluate_fn: EvaluateFn | None = None,
         federated_evaluation: bool = False,
         evaluate_timeout_s: float | None = None,
+        bind_supernode_keys: bool = True,
         on_phase: Callable[[int, str], None] | None = None,
         on_round: Callable[[RoundReport], None] | None = None,
     ) -> None:
@@ -150,6 +151,9 @@ class CommitRevealStrategy(Strategy):
         self.max_failed_rounds = max_failed_rounds
         self.evaluate_fn = evaluate_fn
         self.federated_evaluation = federated_evaluation
+        # Only a SuperLink with node authentication reports real SuperNode keys; Flower's
+        # simulation runtime makes up random ones, which no registry entry can match.
+        self.bind_supernode_keys = bind_supernode_keys
         self.evaluate_timeout_s = float(spec.rounds.commit_s if evaluate_timeout_s is None else evaluate_timeout_s)
         self.initial_federated: dict[str, Any] = {}
         self._on_phase = on_phase or (lambda _r, _p: None)
@@ -429,7 +433,7 @@ class CommitRevealStrategy(Strategy):
         active, identity = self.contract.participant_info(address)
         if not active:
             return f"signs as {address}, which is not a registered participant"
-        if public_key:
+        if public_key and self.bind_supernode_keys:
             try:
                 node_identity = supernode_identity(public_key)
             except ConfigError as exc:
