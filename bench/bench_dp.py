@@ -174,18 +174,16 @@ def centralized_accuracy(overrides: list[str]) -> tuple[float, float]:
     """Same model, trainer and total steps, one client holding every training row."""
     import torch
 
+    from deai_flower.config import privacy_epsilon
     from deai_flower.data import load_dataset
-    from deai_flower.models import build_model, evaluate, select_device, set_arrays
+    from deai_flower.models import evaluate, instantiate_model, model_spec, select_device, set_arrays
     from deai_flower.privacy import PrivacyLedger, PrivacySettings, train_round
 
     cfg = _compose(*overrides)
     started = time.perf_counter()
-    split = load_dataset(cfg.dataset.name, seed=cfg.seed, test_fraction=cfg.dataset.test_fraction)
-    model = build_model(cfg.model.name, num_features=split.num_features, num_classes=split.num_classes,
-                        hidden=tuple(cfg.model.hidden), seed=cfg.seed, input_shape=split.input_shape,
-                        channels=tuple(cfg.model.channels), activation=cfg.model.activation, norm=cfg.model.norm,
-                        pool=cfg.model.pool)  # fmt: skip
-    settings = PrivacySettings(epsilon=float(cfg.privacy.epsilon), delta=float(cfg.privacy.delta),
+    split = load_dataset(cfg.dataset, seed=cfg.seed)
+    model = instantiate_model(model_spec(cfg.model), split.schema(), seed=cfg.seed)
+    settings = PrivacySettings(epsilon=privacy_epsilon(cfg), delta=float(cfg.privacy.delta),
                                max_grad_norm=float(cfg.privacy.max_grad_norm), accountant=str(cfg.privacy.accountant),
                                grad_sample_mode=str(cfg.privacy.grad_sample_mode))  # fmt: skip
     device = select_device(cfg.device)

@@ -41,7 +41,7 @@ from deai_flower.data import client_partitions, load_dataset
 from deai_flower.simulation.inprocess import run_inprocess
 from deai_flower.simulation.experiment import run_experiment
 from deai_flower import privacy
-from deai_flower.models import build_model, get_arrays, select_device, set_arrays
+from deai_flower.models import get_arrays, instantiate_model, model_spec, select_device, set_arrays
 from deai_flower.privacy import PrivacyLedger, PrivacySettings, train_round
 
 RESULTS = Path(__file__).resolve().parent / "results" / "overhead.json"
@@ -60,11 +60,10 @@ def compose_cfg(*overrides: str):
 
 def plain_flower(cfg: Any) -> dict[str, Any]:
     """Flower's FedAvg with the same data, model, trainer, thread cap and seeds; no chain, no store."""
-    split = load_dataset(cfg.dataset.name, seed=cfg.seed, test_fraction=cfg.dataset.test_fraction)
+    split = load_dataset(cfg.dataset, seed=cfg.seed)
     parts = client_partitions(split, num_partitions=cfg.num_clients, partitioner=cfg.dataset.partitioner,
                               seed=cfg.seed)  # fmt: skip
-    model = build_model(cfg.model.name, num_features=split.num_features, num_classes=split.num_classes,
-                        hidden=tuple(cfg.model.hidden), seed=cfg.seed)  # fmt: skip
+    model = instantiate_model(model_spec(cfg.model), split.schema(), seed=cfg.seed)
     privacy = PrivacySettings(epsilon=float(cfg.privacy.epsilon), delta=float(cfg.privacy.delta),
                               max_grad_norm=float(cfg.privacy.max_grad_norm), accountant=str(cfg.privacy.accountant))  # fmt: skip
     device = select_device("cpu")
