@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from functools import cache
 
 from hypothesis import given, settings
@@ -67,6 +68,19 @@ def test_commitment_binds_the_sender(a: bytes, b: bytes) -> None:
 @given(st.floats(min_value=0, max_value=1e9, allow_nan=False))
 def test_wad_roundtrip(value: float) -> None:
     assert math.isclose(from_wad(to_wad(value)), value, rel_tol=1e-12, abs_tol=1e-18)
+
+
+@given(st.floats(min_value=0, max_value=1e9, allow_nan=False))
+def test_wad_is_the_exact_value_rounded_to_nearest(value: float) -> None:
+    """The double's exact binary value times 10^18, ties to even: no float product in between."""
+    exact = Fraction(value) * 10**18
+    assert to_wad(value) == round(exact)
+    assert abs(to_wad(value) - exact) <= Fraction(1, 2)
+
+
+def test_a_dyadic_sigma_keeps_its_low_digits() -> None:
+    assert to_wad(1.38916015625) == 1_389_160_156_250_000_000  # float multiplication gave ...249999872
+    assert to_wad(1e-5) == 10_000_000_000_000
 
 
 def test_infinity_is_the_saturated_value() -> None:
