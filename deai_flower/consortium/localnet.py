@@ -1,0 +1,318 @@
+"""A whole consortium on one machine, as real processes: for tests, demos and benchmarks.
+
+:class:`LocalConsortium` starts anvil, a SuperLink with TLS and SuperNode authentication
+(``flower-superlink``), and SuperNodes (``flower-superexec``/``flwr-clientapp`` are spawned
+by Flower itself, so the environment's ``bin`` must be on ``PATH``); it sets the
+consortium up with the same functions ``deai consortium`` calls, submits runs with
+``flwr run`` through a connection in its own ``FLWR_HOME``, judges them with ``flwr ls``
+and stops every process it started (each in its own session, so Flower's children stop
+with it). The shell version for users is ``examples/hospital-silos/run_demo.sh``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from eth_account.signers.local import LocalAccount
+
+from ..chain.devnode import AnvilNode, find_anvil, free_port, install_anvil
+from ..chain.keys import keystore_key
+from ..errors import DeaiError
+from .credentials import SiloKey, SupernodeKeys, TlsFiles, create_keystore, create_supernode_keys, create_tls
+from .setup import CreatedRun, create_run, deploy, fund, register
+
+__all__ = ["LocalConsortium", "Silo", "SuperNodeProcess"]
+
+#: The project root (``flwr run`` builds the app from it).
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONNECTION = "consortium"
+
+
+class LocalnetError(DeaiError):
+    """A process of the local consortium failed to start or the run did not end well."""
+
+
+@dataclass
+class Silo:
+    """One silo's files: its chain key, SuperNode key pair, data, ledger directory."""
+
+    name: str
+    home: Path
+    key: SiloKey
+    supernode: SupernodeKeys
+    data_path: Path
+    eval_path: Path | None
+
+    def node_config(self, *, chain_url: str, store: str, **extra: Any) -> dict[str, Any]:
+        config: dict[str, Any] = {"keystore": str(self.key.keystore), "password-file": str(self.key.password_file),
+                                  "data-path": str(self.data_path), "chain-url": chain_url, "store": store,
+                                  "ledger-dir": str(self.home / "ledger"), "device": "cpu", "threads": 1}  # fmt: skip
+        if self.eval_path is not None:
+            config["eval-data-path"] = str(self.eval_path)
+        config.update(extra)
+        return config
+
+
+def toml_node_config(config: dict[str, Any]) -> str:
+    """``--node-config``'s value: ``key="value" key=1 ...`` (TOML-quoted strings)."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return str(v)
+        return json.dumps(str(v))  # a TOML basic string for the characters paths use
+
+    return " ".join(f"{k}={value(v)}" for k, v in config.items())
+
+
+@dataclass
+class SuperNodeProcess:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    port: int
+    node_id: int | None = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class LocalConsortium:
+    """Anvil, a store directory, a TLS + auth SuperLink and SuperNodes under ``work``."""
+
+    work: Path
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    supernodes: dict[str, SuperNodeProcess] = field(default_factory=dict)
+    silos: dict[str, Silo] = field(default_factory=dict)
+    anvil: AnvilNode | None = None
+    tls: TlsFiles | None = None
+    link_port: int = 0
+    contract: str = ""
+    admin: SiloKey | None = None
+    _logs: list[IO[bytes]] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ set-up
+
+    @property
+    def rpc(self) -> str:
+        assert self.anvil is not None
+        return self.anvil.url
+
+    @property
+    def store(self) -> str:
+        return f"local:{self.work / 'store'}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment of Flower's processes: its own FLWR_HOME; this Python's bin on PATH."""
+        bin_dir = str(Path(sys.executable).parent)
+        return {**os.environ, "FLWR_HOME": str(self.work / "flwr-home"),
+                "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}  # fmt: skip
+
+    def start_chain(self) -> None:
+        binary = find_anvil(search_from=PROJECT_ROOT) or install_anvil()
+        self.anvil = AnvilNode(binary).start()
+
+    def admin_account(self) -> LocalAccount:
+        assert self.admin is not None
+        return keystore_key(self.admin.keystore, password_file=self.admin.password_file)
+
+    def set_up_chain(self) -> str:
+        """The admin key, funded; the contract, deployed. Returns its address."""
+        self.admin = create_keystore(self.work / "consortium", "coordinator", kdf="pbkdf2", iterations=2**10)
+        fund(self.rpc, [self.admin.address])
+        self.contract, _ = deploy(self.rpc, self.admin_account())
+        return self.contract
+
+    def add_silo(self, name: str, *, data_path: Path, eval_path: Path | None, registered: bool = True) -> Silo:
+        """A silo's own keys (chain keystore + SuperNode pair); registered on chain unless told not to."""
+        home = self.work / name
+        key = create_keystore(home / "keys", "chain", kdf="pbkdf2", iterations=2**10)
+        supernode = create_supernode_keys(home / "keys", "supernode")
+        fund(self.rpc, [key.address])
+        if registered:
+            register(self.rpc, self.contract, self.admin_account(), silo=key.address,
+                     supernode_key=supernode.public_key.read_bytes())  # fmt: skip
+        silo = self.silos[name] = Silo(name, home, key, supernode, data_path, eval_path)
+        return silo
+
+    def create_run(self, overrides: list[str]) -> CreatedRun:
+        return create_run(self.rpc, self.contract, self.admin_account(), store_location=self.store,
+                          overrides=overrides)  # fmt: skip
+
+    # ------------------------------------------------------------------ Flower processes
+
+    def _spawn(self, name: str, argv: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
+        logs = self.work / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        path = logs / f"{name}.log"
+        log = path.open("ab")
+        self._logs.append(log)
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.work,
+                                   start_new_session=True)  # fmt: skip
+        self.processes.append(process)
+        return process, path
+
+    def start_superlink(self, *, timeout: float = 60.0) -> None:
+        self.tls = self.tls or create_tls(self.work / "tls")
+        self.link_port = self.link_port or free_port()
+        process, log = self._spawn("superlink", [
+            "flower-superlink", "--ssl-ca-certfile", str(self.tls.ca_cert), "--ssl-certfile",
+            str(self.tls.server_cert), "--ssl-keyfile", str(self.tls.server_key), "--enable-supernode-auth",
+            "--host", "127.0.0.1", "--port", str(self.link_port), "--database", str(self.work / "superlink.db"),
+            "--disable-runtime-dependency-installation",
+        ])  # fmt: skip
+        context = ssl.create_default_context(cafile=str(self.tls.ca_cert))
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise LocalnetError(f"flower-superlink exited with {process.returncode}: {_tail(log)}")
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{self.link_port}/health", context=context,
+                                            timeout=2) as answer:  # fmt: skip
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise LocalnetError(f"the SuperLink did not answer /health within {timeout:.0f}s: {_tail(log)}")
+            time.sleep(0.3)
+        home = self.work / "flwr-home"
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "127.0.0.1:{self.link_port}"\nroot-certificates = "{self.tls.ca_cert}"\n', encoding="utf-8")
+
+    def flwr(self, *args: str, timeout: float = 120.0, check: bool = True) -> str:
+        """Run ``flwr ARGS`` against this SuperLink; its standard output."""
+        done = subprocess.run(["flwr", *args], capture_output=True, text=True, env=self.env, timeout=timeout,
+                              cwd=PROJECT_ROOT, check=False)  # fmt: skip
+        if check and done.returncode != 0:
+            raise LocalnetError(f"flwr {' '.join(args)} exited {done.returncode}: {(done.stdout + done.stderr)[-800:]}")
+        return done.stdout
+
+    def register_supernode(self, silo: Silo) -> int:
+        """``flwr supernode register``: the SuperLink admits this silo's SuperNode key; its node id."""
+        out = self.flwr("supernode", "register", str(silo.supernode.public_key), CONNECTION)
+        found = re.search(r"SuperNode (\d+) registered", out)
+        if found is None:
+            raise LocalnetError(f"flwr supernode register said: {out.strip()[-300:]}")
+        return int(found.group(1))
+
+    def start_supernode(self, silo: Silo, node_config: dict[str, Any], *, name: str | None = None) -> SuperNodeProcess:
+        assert self.tls is not None
+        name = name or silo.name
+        port = free_port()
+        process, log = self._spawn(name, [
+            "flower-supernode", "--root-certificates", str(self.tls.ca_cert), "--superlink",
+            f"127.0.0.1:{self.link_port}", "--auth-supernode-private-key", str(silo.supernode.private_key),
+            "--port", str(port), "--node-config", toml_node_config(node_config),
+        ])  # fmt: skip
+        node = self.supernodes[name] = SuperNodeProcess(name, process, log, port)
+        return node
+
+    def wait_for_nodes(self, count: int, *, timeout: float = 60.0) -> list[dict[str, Any]]:
+        """Wait until ``count`` SuperNodes are online; their ``flwr supernode list`` entries."""
+        deadline = time.monotonic() + timeout
+        while True:
+            nodes = json.loads(self.flwr("supernode", "list", CONNECTION, "--format", "json")).get("nodes", [])
+            online = [n for n in nodes if str(n.get("status", "")).startswith("online")]
+            if len(online) >= count:
+                return online
+            if time.monotonic() > deadline:
+                raise LocalnetError(f"{len(online)} of {count} SuperNodes online after {timeout:.0f}s: {nodes}")
+            time.sleep(1.0)
+
+    def run(self, run_config: dict[str, Any]) -> int:
+        """``flwr run`` the project with ``run_config``; Flower's run id."""
+        out = self.flwr("run", str(PROJECT_ROOT), CONNECTION, "--format", "json", "--run-config",
+                        toml_node_config(run_config), timeout=300)  # fmt: skip
+        return int(json.loads(out)["run-id"])
+
+    def status(self, flwr_run: int) -> str:
+        runs = json.loads(self.flwr("ls", CONNECTION, "--run-id", str(flwr_run), "--format", "json"))["runs"]
+        return str(runs[0]["status"]) if runs else ""
+
+    def wait(self, flwr_run: int, *, timeout: float) -> str:
+        """Wait for the run to finish; its final status (``finished:completed`` when it went well)."""
+        deadline = time.monotonic() + timeout
+        status = ""
+        while time.monotonic() < deadline:
+            status = self.status(flwr_run)
+            if status.startswith("finished"):
+                return status
+            time.sleep(2.0)
+        return f"{status} (still, after {timeout:.0f}s)"
+
+    def server_log(self, flwr_run: int) -> str:
+        return self.flwr("log", str(flwr_run), CONNECTION, "--show", check=False, timeout=60)
+
+    def coordinator_run_config(self, created: CreatedRun, output_dir: Path) -> dict[str, Any]:
+        assert self.admin is not None
+        return {"contract": created.contract, "run-id": created.run_id, "chain-url": self.rpc, "store": self.store,
+                "keystore": str(self.admin.keystore), "password-file": str(self.admin.password_file),
+                "output-dir": str(output_dir)}  # fmt: skip
+
+    # ------------------------------------------------------------------ tear-down
+
+    def stop_process(self, process: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM) -> None:
+        """Stop a process this consortium started, with everything it spawned."""
+        if process.poll() is None:
+            try:
+                os.killpg(process.pid, sig)
+                process.wait(timeout=15)
+            except ProcessLookupError:
+                pass
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=15)
+        else:  # its children may outlive it
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            self.stop_process(process)
+        self.processes.clear()
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+        if self.anvil is not None:
+            self.anvil.stop()
+            self.anvil = None
+
+    def __enter__(self) -> LocalConsortium:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:  # fmt: skip
+        self.stop()
+
+
+def _tail(path: Path, lines: int = 12) -> str:
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def tools_missing() -> list[str]:
+    """Flower's deployment executables not found next to this Python or on PATH."""
+    bin_dir = Path(sys.executable).parent
+    return [t for t in ("flwr", "flower-superlink", "flower-supernode", "flower-superexec", "flwr-clientapp")
+            if not (bin_dir / t).exists() and shutil.which(t) is None]
