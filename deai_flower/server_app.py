@@ -129,7 +129,8 @@ def _simulation(grid: Grid, run_config: Mapping[str, Any]) -> None:
     prepared = prepare_run(cfg, output_dir, num_clients=len(nodes))
     with serve_chain(prepared.node, same_process=False) as chain_url:
         setup = {"setup_gas": prepared.setup_gas, "first_block": prepared.first_block,
-                 "initial_cid": prepared.initial_cid, "num_clients": len(nodes)}  # fmt: skip
+                 "initial_cid": prepared.initial_cid, "num_clients": len(nodes),
+                 "chain": prepared.node.describe()}  # fmt: skip
         _play_simulation(grid, cfg, prepared.contract, prepared.run_id, prepared.store, locator(prepared, chain_url),
                          prepared.split, output_dir, setup, started, progress=False)  # fmt: skip
 

@@ -47,7 +47,7 @@ def run_experiment(cfg: DictConfig, *, output_dir: Path, client_app: Any = None)
     started = time.time()
     prepared = prepare_run(cfg, output_dir)
     setup = {"setup_gas": prepared.setup_gas, "first_block": prepared.first_block, "initial_cid": prepared.initial_cid,
-             "num_clients": int(cfg.num_clients), "started": started}  # fmt: skip
+             "num_clients": int(cfg.num_clients), "started": started, "chain": prepared.node.describe()}  # fmt: skip
     try:
         with serve_chain(prepared.node, same_process=cfg.engine.kind == "inprocess") as chain_url:
             run_config = experiment_run_config(cfg, output_dir=output_dir, where=locator(prepared, chain_url),

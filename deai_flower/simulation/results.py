@@ -80,7 +80,7 @@ def results_document(strategy: Any, *, node: Any, store: Any, first_block: int, 
         "run_id": strategy.run_id,
         "spec_cid": spec_cid(spec.digest()),
         "spec": spec.to_json(),
-        "chain": node.describe(),
+        "chain": setup.get("chain") or node.describe(),  # the harness's node, not a bridge to it
         "store": _store_entry(store, output_dir),
         "global_model_cids": [initial_cid] + [r.result_cid for r in strategy.reports if r.status == "finalized"],
         "setup_gas": setup.get("setup_gas", {}),
