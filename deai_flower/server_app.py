@@ -20,14 +20,15 @@ and plays it with :class:`~deai_flower.strategies.CommitRevealStrategy`.
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 import time
 from collections.abc import Mapping
+from logging import INFO
 from pathlib import Path
 from typing import Any
 
 from flwr.app import Array, ArrayRecord, Context
+from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from .chain import RoundsContract, simulation_key
@@ -121,11 +122,11 @@ def _simulation(grid: Grid, run_config: Mapping[str, Any]) -> None:
         where = {k: run_config[k] for k in ("contract", "run-id", "chain-url", "store")}
         split = load_split(cfg)
         _play_simulation(grid, cfg, contract, int(run_config["run-id"]), store, where, split, output_dir, setup,
-                         started, progress=bool(cfg.progress) and "experiment" in run_config)  # fmt: skip
+                         started, progress=bool(cfg.progress) and bool(str(run_config.get("experiment", ""))))  # fmt: skip
         return
     # flwr run: this app is the whole harness, with one participant per SuperNode.
     nodes = _wait_for_nodes(grid, minimum=int(cfg.strategy.min_reveals))
-    logging.getLogger(__name__).info("flwr run: %s SuperNodes, one simulated participant each", len(nodes))
+    log(INFO, "flwr run: %s SuperNodes, one simulated participant each; results go to %s", len(nodes), output_dir)
     prepared = prepare_run(cfg, output_dir, num_clients=len(nodes))
     with serve_chain(prepared.node, same_process=False) as chain_url:
         setup = {"setup_gas": prepared.setup_gas, "first_block": prepared.first_block,
