@@ -67,12 +67,16 @@ class Silo:
 
 
 def toml_node_config(config: dict[str, Any]) -> str:
-    """``--node-config``'s value: ``key="value" key=1 ...`` (TOML-quoted strings)."""
+    """``--node-config``'s value: ``key="value" key=1 ...`` (TOML-quoted strings; Flower's
+    parser takes no escaped quote, so a value holding ``"`` is refused)."""
+
     def value(v: Any) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
         if isinstance(v, int | float):
             return str(v)
+        if '"' in str(v):
+            raise LocalnetError(f"a node config value cannot hold a double quote: {v!r}")
         return json.dumps(str(v))  # a TOML basic string for the characters paths use
 
     return " ".join(f"{k}={value(v)}" for k, v in config.items())
@@ -238,9 +242,9 @@ class LocalConsortium:
                 raise LocalnetError(f"{len(online)} of {count} SuperNodes online after {timeout:.0f}s: {nodes}")
             time.sleep(1.0)
 
-    def run(self, run_config: dict[str, Any]) -> int:
-        """``flwr run`` the project with ``run_config``; Flower's run id."""
-        out = self.flwr("run", str(PROJECT_ROOT), CONNECTION, "--format", "json", "--run-config",
+    def run(self, run_config: dict[str, Any], *, app: Path = PROJECT_ROOT) -> int:
+        """``flwr run`` the app (default: this project) with ``run_config``; Flower's run id."""
+        out = self.flwr("run", str(app), CONNECTION, "--format", "json", "--run-config",
                         toml_node_config(run_config), timeout=300)  # fmt: skip
         return int(json.loads(out)["run-id"])
 

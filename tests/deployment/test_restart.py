@@ -1,0 +1,69 @@
+"""A SuperNode killed mid-round and started again (TLS + SuperNode authentication on).
+
+Silo-2's SuperNode is killed (with its ClientApp process) while round 1 asks it to
+commit: the round finalizes with the other two. Once round 1 is past its commit phase the
+SuperNode is started again with the same key (so the same node id), the same keystore and
+the same ledger directory: it takes part in a later round (Flower issue 4844 reports
+restarted nodes with TLS + auth that never receive work again).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+
+from deai_flower.chain import RoundsContract
+from deai_flower.consortium.demo_data import write_silo_files
+from deai_flower.consortium.localnet import LocalConsortium
+
+ROUNDS = 3
+OVERRIDES = [f"num_rounds={ROUNDS}", "dataset=breast_cancer", "training.local_epochs=1", "training.batch_size=16",
+             "strategy.commit_timeout_s=150"]  # fmt: skip
+
+
+def _wait(what: str, predicate, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {timeout:.0f}s")
+        time.sleep(0.5)
+
+
+def test_a_killed_supernode_is_done_without_and_takes_part_again_after_a_restart(tmp_path: Path) -> None:
+    with LocalConsortium(tmp_path) as net:
+        net.start_chain()
+        net.set_up_chain()
+        files = write_silo_files(tmp_path / "data", num_silos=3, overrides=["dataset=breast_cancer"])
+        silos = [net.add_silo(f"silo-{i}", data_path=f.train, eval_path=f.eval) for i, f in enumerate(files)]
+        created = net.create_run(OVERRIDES)
+        net.start_superlink()
+        for silo in silos:
+            net.register_supernode(silo)
+            net.start_supernode(silo, silo.node_config(chain_url=net.rpc, store=net.store))
+        net.wait_for_nodes(3)
+        flwr_run = net.run(net.coordinator_run_config(created, tmp_path / "results"))
+        victim = net.supernodes["silo-2"]
+        # killed as soon as round 1 asked it to commit (its ClientApp with it)
+        _wait("round 1's train.commit at silo-2", lambda: "train.commit" in victim.log(), timeout=600)
+        net.stop_process(victim.process, sig=signal.SIGKILL)
+        reader = RoundsContract(net.anvil.connect(), created.contract, Account.create())  # type: ignore[union-attr]
+        _wait("round 1 leaving its commit phase",
+              lambda: reader.phase(created.run_id, 1) not in ("none", "commit"), timeout=400)  # fmt: skip
+        net.start_supernode(silos[2], silos[2].node_config(chain_url=net.rpc, store=net.store), name="silo-2-again")
+        status = net.wait(flwr_run, timeout=1500)
+        results_path = tmp_path / "results" / "results.json"
+        if status != "finished:completed" or not results_path.exists():
+            print(net.server_log(flwr_run)[-4000:], file=sys.stderr)
+        assert status == "finished:completed"
+        rounds = json.loads(results_path.read_text())["rounds"]
+        address = silos[2].key.address
+        finalized = [r for r in rounds if r["status"] == "finalized"]
+        assert len(finalized) == ROUNDS, rounds
+        assert address not in finalized[0]["committed"] and len(finalized[0]["committed"]) == 2
+        assert any(address in r["revealed"] for r in finalized[1:]), [r["revealed"] for r in finalized]
