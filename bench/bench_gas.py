@@ -1,23 +1,31 @@
 """Gas of the round contract: per participant per round, by call, and how it scales.
 
 Drives the real bytecode on the embedded chain (py-evm; anvil charges the same gas,
-``--anvil`` checks one point) with N registered participants who all commit and reveal,
-and a committee of ``quorum`` attesters agreeing on the aggregate. Each configuration
-runs two rounds and reports the second: the first round writes each participant's
-storage slots for the first time, every later round rewrites them.
+``--anvil`` checks one point). Two measurements:
 
-Gas per participant per round = (sum of commits + sum of reveals + sum of attests +
-openRound) / revealers, split by call into commit, reveal, attest share and openRound
-share. With full sampling the attestation that finalizes a round also opens the next
-one, so ``openRound`` is paid only for a run's first round (and after a failed round):
-in steady rounds its work is inside the finalizing attestation. With partial sampling
-opening walks the registry and stays a separate ``openRound``. The break-even participant count for the
-110k budget follows from the per-call costs, which do not depend on N with full
-sampling (the scaling table shows it).
+* **Participants** (``main_job`` and ``participants``): N = 5, 10, 100 registered, full
+  sampling, every revealer eligible to attest (``committeeSize`` 0), so a CID needs a
+  strict majority of the N revealers (``votesNeeded``) and that many attest. Each runs
+  two rounds and reports the second: the first writes each participant's slots for the
+  first time, every later round rewrites them. Gas per participant per round = (sum of
+  commits + reveals + attests + openRound) / revealers. The attestation that finalizes a
+  round also opens the next one, so ``openRound`` is paid only for a run's first round
+  (and after a failed one).
+
+* **Registry size** (``registry``): 10, 100, 1,000 and 10,000 registered (by
+  ``registerMany``) at 1 %, 10 % and 100 % sampling. Every call's gas is independent of
+  the registry's size, which is what the table shows; so that 10,000 commits a round need
+  not be played on py-evm, at most ``--play`` of the k sampled participants (those at the
+  first sampled positions) commit, reveal and attest, the commit phase closes at its
+  deadline, and the round's gas for all k is computed from the measured per-call gas:
+  ``openRound + k * (commit + reveal) + (votesNeeded(k) - 1) * attest + finalizing
+  attest`` (quorum 1, so that k = 1 can finalize: votesNeeded(k) = k // 2 + 1). With partial sampling the sampled set changes every round, so the commits and
+  reveals measured are mostly a participant's first in the run (its member slots are
+  written fresh); both kinds are reported where they occur.
 
 Prints tables and writes ``bench/results/gas.json``. Run from the repository root:
-``python bench/bench_gas.py [--anvil] [--quick] [--artifact PATH]`` (``--artifact``
-measures another build of the contract, e.g. an earlier release, with the same calls).
+``python bench/bench_gas.py [--anvil] [--quick] [--play N] [--artifact PATH]``
+(``--artifact`` measures another build of the contract with the same calls).
 """
 
 from __future__ import annotations
@@ -36,12 +44,15 @@ from eth_utils import keccak
 
 from deai_flower.chain import ChainNode, DpParams, RoundsContract, commitment_of, connect_embedded, simulation_key
 from deai_flower.chain import contract as contract_module
-from deai_flower.protocol.encoding import to_wad
+from deai_flower.protocol.encoding import sampled_count, sampled_indices, to_wad, votes_needed
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gas.json"
 BUDGET = 110_000
 SEED = 2024
+QUORUM = 2
 DP = DpParams.from_floats(noise_multiplier=1.1, sample_rate=0.05, steps=30, delta=1e-5, epsilon=2.0, accountant="rdp")
+#: Registrations per registerMany transaction (about 70k gas each).
+BATCH = 200
 
 
 @dataclass
@@ -49,31 +60,44 @@ class RoundGas:
     """One measured round. ``commit``/``reveal`` hold the calls of participants who had
     already taken part in the run (their slots exist); ``first_*`` the others'."""
 
-    participants: int  # registered
-    revealers: int
-    quorum: int
+    registered: int
+    sampled: int  # k
+    played: int  # sampled participants that committed, revealed and were eligible
+    votes_needed: int
     sample_bps: int
-    open_round: int
+    open_round: int  # 0 when the previous round's finalizing attestation opened it
     commit: list[int]
     reveal: list[int]
-    attest: list[int]  # in order; the last one finalized the round
+    attest: list[int]  # in order; the last one finalized the round (and opened the next)
     first_commit: list[int]
     first_reveal: list[int]
 
+    def call_means(self) -> dict[str, float | None]:
+        def mean(values: list[int]) -> float | None:
+            return statistics.mean(values) if values else None
+
+        return {
+            "openRound": self.open_round,
+            "commit": mean(self.commit),
+            "reveal": mean(self.reveal),
+            "first_commit": mean(self.first_commit),
+            "first_reveal": mean(self.first_reveal),
+            "attest": mean(self.attest[:-1]),
+            "attest_finalizing": self.attest[-1],
+        }
+
     @property
     def per_participant(self) -> dict[str, float]:
-        """Gas per revealer, commits and reveals at the rate of returning participants."""
-        n = self.revealers
-        commits = self.commit or self.first_commit
-        reveals = self.reveal or self.first_reveal
-        split = {
-            "commit": statistics.mean(commits),
-            "reveal": statistics.mean(reveals),
-            "attest_share": sum(self.attest) / n,
-            "open_round_share": self.open_round / n,
-        }
+        """Gas per revealer when everyone sampled plays: commits and reveals at the rate of
+        returning participants if any were measured, else of first-timers."""
+        means = self.call_means()
+        commit = means["commit"] if means["commit"] is not None else means["first_commit"]
+        reveal = means["reveal"] if means["reveal"] is not None else means["first_reveal"]
+        k = self.sampled
+        attests = (self.votes_needed - 1) * (means["attest"] or 0) + self.attest[-1]
+        split = {"commit": commit, "reveal": reveal, "attest_share": attests / k, "open_round_share": self.open_round / k}
         split["total"] = sum(split.values())
-        return split
+        return split  # type: ignore[return-value]
 
 
 def _cid(tag: bytes) -> bytes:
@@ -84,127 +108,148 @@ def _cid(tag: bytes) -> bytes:
 class Bench:
     """A deployment with ``n`` registered participants on a fresh chain."""
 
-    def __init__(self, node: ChainNode, n: int) -> None:
+    def __init__(self, node: ChainNode, n: int, *, batch: bool = False) -> None:
         self.node = node
         self.admin_key = simulation_key(seed=SEED, role="coordinator")
         self.keys: list[LocalAccount] = [simulation_key(seed=SEED, role=f"client-{i}") for i in range(n)]
-        node.fund([self.admin_key.address] + [k.address for k in self.keys])
+        node.fund([self.admin_key.address])
         self.admin, deploy = RoundsContract.deploy(node, self.admin_key)
         self.deploy_gas = deploy.gas_used
-        self.register_gas = [
-            self.admin.register(k.address, keccak(f"node-{i}".encode())).gas_used for i, k in enumerate(self.keys)
-        ]
-        self.handles = [self.admin.as_account(k) for k in self.keys]
+        self.register_gas: list[float] = []
+        if batch:
+            for start in range(0, n, BATCH):
+                chunk = self.keys[start : start + BATCH]
+                tx = self.admin.register_many([k.address for k in chunk],
+                                              [keccak(f"node-{start + i}".encode()) for i in range(len(chunk))],
+                                              [10_000] * len(chunk))  # fmt: skip
+                self.register_gas.append(tx.gas_used / len(chunk))
+        else:
+            for i, k in enumerate(self.keys):
+                self.register_gas.append(self.admin.register(k.address, keccak(f"node-{i}".encode()), 10_000).gas_used)
+        self.members = self.admin.members()
+        self.by_address = {k.address: k for k in self.keys}
+        self.funded: set[str] = set()
         self.took_part: set[str] = set()
 
-    def create_run(self, *, quorum: int, sample_bps: int, rounds: int) -> tuple[int, int]:
+    def handle(self, key: LocalAccount) -> RoundsContract:
+        if key.address not in self.funded:
+            self.node.fund([key.address])
+            self.funded.add(key.address)
+        return self.admin.as_account(key)
+
+    def create_run(self, *, sample_bps: int, rounds: int, quorum: int = QUORUM,
+                   committee_size: int = 0) -> tuple[int, int]:  # fmt: skip
         run_id, tx = self.admin.create_run({
             "specHash": keccak(b"bench config"), "codeHash": keccak(b"bench code"),
             "initialModelCid": _cid(b"initial model"), "epsilonBudgetWad": to_wad(8.0), "deltaWad": DP.delta_wad,
             "numRounds": rounds, "commitDuration": 3600, "revealDuration": 3600, "attestDuration": 3600,
-            "sampleBps": sample_bps, "quorum": quorum, "minReveals": quorum,
+            "sampleBps": sample_bps, "quorum": quorum, "minReveals": quorum, "committeeSize": committee_size,
         })  # fmt: skip
+        self.quorum = quorum
         return run_id, tx.gas_used
 
-    def round(self, run_id: int, *, quorum: int, sample_bps: int, index: int) -> RoundGas:
+    def round(self, run_id: int, *, index: int, play: int | None = None) -> RoundGas:
         current = int(self.admin.get_run(run_id)["currentRound"])
         if current and self.admin.phase(run_id, current) == "commit":
-            # with full sampling, the attestation that finalized the previous round opened this one
-            round_id, open_gas = current, 0
+            round_id, open_gas = current, 0  # the previous round's finalizing attestation opened it
         else:
             round_id, opened = self.admin.open_round(run_id)
             open_gas = opened.gas_used
-        sampled = [h for h in self.handles if h.is_sampled(run_id, round_id, h.account.address)]
-        assert len(sampled) == self.admin.get_round(run_id, round_id)["sampledCount"] and len(sampled) >= quorum
-        gas = RoundGas(len(self.keys), len(sampled), quorum, sample_bps, open_gas, [], [], [], [], [])
+        state = self.admin.get_round(run_id, round_id)
+        beacon, size, bps = bytes(state["beacon"]), int(state["registrySize"]), int(state["sampledCount"])
+        k = int(state["sampledCount"])
+        sample_bps = int(self.admin.get_run(run_id)["sampleBps"])
+        order = sampled_indices(beacon=beacon, registry_size=size, sample_bps=sample_bps)
+        assert len(order) == k == bps
+        players = [self.by_address[self.members[i]] for i in order[: play or k]]
+        gas = RoundGas(size, k, len(players), 0, sample_bps, open_gas, [], [], [], [], [])
         reveals = []
-        for i, h in enumerate(sampled):
+        for i, key in enumerate(players):
+            h = self.handle(key)
             cid, salt = _cid(f"update {index} {i}".encode()), keccak(f"salt {index} {i}".encode())
             commitment = commitment_of(chain_id=self.node.chain_id, contract=h.address, run_id=run_id,
-                                       round_id=round_id, participant=h.account.address, cid=cid,
+                                       round_id=round_id, participant=key.address, cid=cid,
                                        num_examples=300 + i, dp=DP, salt=salt)  # fmt: skip
-            returning = h.account.address in self.took_part
+            returning = key.address in self.took_part
             (gas.commit if returning else gas.first_commit).append(h.commit(run_id, round_id, commitment).gas_used)
             reveals.append((h, cid, 300 + i, salt, returning))
-        for h, cid, k, salt, returning in reveals:
-            used = h.reveal(run_id, round_id, cid=cid, num_examples=k, dp=DP, salt=salt).gas_used
+        if len(players) < k:
+            self.node.advance_to(int(state["commitDeadline"]), timeout=5)
+        for h, cid, n_examples, salt, returning in reveals:
+            used = h.reveal(run_id, round_id, cid=cid, num_examples=n_examples, dp=DP, salt=salt).gas_used
             (gas.reveal if returning else gas.first_reveal).append(used)
             self.took_part.add(h.account.address)
+        gas.votes_needed = int(self.admin.get_round(run_id, round_id)["votesNeeded"])
         result = bytes([0x01, 0x70, 0x12, 0x20]) + keccak(f"aggregate {index}".encode())
-        gas.attest = [h.attest(run_id, round_id, result).gas_used for h in sampled[:quorum]]
+        gas.attest = [h.attest(run_id, round_id, result).gas_used for h, *_ in reveals[: gas.votes_needed]]
+        # gas per round as if all k played: k eligible revealers need a majority of k
+        gas.votes_needed = votes_needed(eligible=k, quorum=self.quorum) if play else gas.votes_needed
         return gas
 
 
-def measure(node_factory: Any, n: int, *, quorum: int, sample_bps: int = 10_000) -> dict[str, Any]:
-    """Setup costs, the first round and a steady one with ``n`` registered participants.
-
-    With full sampling the second round is steady. With partial sampling, rounds run
-    until most registered participants have taken part once, and the last is reported.
-    """
-    bench = Bench(node_factory(), n)
-    warmup = 1 if sample_bps >= 10_000 else 4
-    # one round more than played, so that the steady round's finalization opens the next one
-    run_id, create_gas = bench.create_run(quorum=quorum, sample_bps=sample_bps, rounds=warmup + 2)
-    first = bench.round(run_id, quorum=quorum, sample_bps=sample_bps, index=1)
-    for index in range(2, warmup + 1):
-        bench.round(run_id, quorum=quorum, sample_bps=sample_bps, index=index)
-    steady = bench.round(run_id, quorum=quorum, sample_bps=sample_bps, index=warmup + 1)
+def measure_participants(n: int) -> dict[str, Any]:
+    """Setup, the first round and a steady one with ``n`` registered, all sampled and playing."""
+    bench = Bench(connect_embedded(), n)
+    run_id, create_gas = bench.create_run(sample_bps=10_000, rounds=3)  # round 2's finalization opens round 3
+    first = bench.round(run_id, index=1)
+    steady = bench.round(run_id, index=2)
     return {
         "participants": n,
-        "quorum": quorum,
-        "sample_bps": sample_bps,
-        "revealers": steady.revealers,
+        "quorum": QUORUM,
+        "committee_size": 0,
+        "votes_needed": steady.votes_needed,
+        "sample_bps": 10_000,
         "setup": {"deploy": bench.deploy_gas, "register_each": statistics.mean(bench.register_gas),
                   "createRun": create_gas},  # fmt: skip
         "first_round_per_participant": first.per_participant,
-        "steady_round": warmup + 1,
         "steady": asdict(steady),
         "steady_per_participant": steady.per_participant,
-        "steady_calls": {
-            "openRound": steady.open_round,
-            "commit_mean": statistics.mean(steady.commit),
-            "reveal_mean": statistics.mean(steady.reveal),
-            "first_commit_mean": statistics.mean(steady.first_commit) if steady.first_commit else None,
-            "first_reveal_mean": statistics.mean(steady.first_reveal) if steady.first_reveal else None,
-            "attest_not_final": steady.attest[0] if quorum > 1 else None,
-            "attest_finalizing": steady.attest[-1],
-        },
+        "steady_calls": steady.call_means(),
     }
 
 
-def break_even(point: dict[str, Any], quorum: int) -> dict[str, Any]:
-    """Per-participant gas predicted for N revealers from the per-call costs of ``point``.
-
-    Commits of the previous round's attesters settle their attestation (one extra read),
-    so their commits cost more; the prediction keeps that split.
-    """
-    s = point["steady"]
-    n0 = s["revealers"]
-    attesters = quorum
-    attester_commit = statistics.mean(s["commit"][:attesters])
-    other_commit = statistics.mean(s["commit"][attesters:]) if n0 > attesters else attester_commit
-    reveal = statistics.mean(s["reveal"])
-    per_round = s["open_round"] + sum(s["attest"]) + attesters * attester_commit
-    predicted = {n: other_commit * (n - attesters) / n + reveal + per_round / n for n in range(max(quorum, 2), 201)}
-    within = [n for n, gas in predicted.items() if gas <= BUDGET]
+def measure_registry(n: int, sample_bps: int, *, play: int) -> dict[str, Any]:
+    """Per-call gas and the round's gas for ``n`` registered at ``sample_bps`` (two rounds,
+    at most ``play`` of the sampled playing each; the second is reported)."""
+    started = time.perf_counter()
+    bench = Bench(connect_embedded(), n, batch=True)
+    run_id, _ = bench.create_run(sample_bps=sample_bps, rounds=3, quorum=1)  # k may be 1
+    first = bench.round(run_id, index=1, play=play)
+    second = bench.round(run_id, index=2, play=play)
+    k = second.sampled
+    calls = second.call_means()
+    first_calls = first.call_means()
+    # a round's gas with every sampled participant playing; commits and reveals at the
+    # first-time rate (the dearer one, and the usual one with partial sampling)
+    commit = calls["first_commit"] if calls["first_commit"] is not None else calls["commit"]
+    reveal = calls["first_reveal"] if calls["first_reveal"] is not None else calls["reveal"]
+    needed = votes_needed(eligible=k, quorum=1)
+    attest = calls["attest"] if calls["attest"] is not None else first_calls["attest"] or 0
+    round_gas = first.open_round + k * (commit + reveal) + (needed - 1) * attest + calls["attest_finalizing"]
     return {
-        "quorum": quorum,
-        "from_measured_participants": n0,
-        "predicted_per_participant": {str(n): round(g) for n, g in predicted.items() if n <= 20 or n % 10 == 0},
-        "smallest_n_within_budget": within[0] if within else None,
-        "limit_as_n_grows": round(other_commit + reveal),
+        "registered": n,
+        "sample_bps": sample_bps,
+        "sampled": k,
+        "played": second.played,
+        "votes_needed_if_all_play": needed,
+        "register_each": statistics.mean(bench.register_gas),
+        "calls": {**calls, "openRound": first.open_round},
+        "round_gas_if_all_play": round(round_gas),
+        "per_participant_if_all_play": round(round_gas / k),
+        "seconds": round(time.perf_counter() - started, 1),
     }
 
 
 def _row(label: str, split: dict[str, float]) -> str:
-    return (f"{label:<28} {split['commit']:>9,.0f} {split['reveal']:>9,.0f} {split['attest_share']:>9,.0f} "
+    return (f"{label:<30} {split['commit']:>9,.0f} {split['reveal']:>9,.0f} {split['attest_share']:>9,.0f} "
             f"{split['open_round_share']:>9,.0f} {split['total']:>10,.0f}")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--anvil", action="store_true", help="also measure the main-job point on a local anvil")
-    parser.add_argument("--quick", action="store_true", help="skip the 50 and 100 participant points")
+    parser.add_argument("--quick", action="store_true", help="skip the 100-participant and 10,000-registered points")
+    parser.add_argument("--play", type=int, default=12, help="most sampled participants playing a registry point")
     parser.add_argument("--artifact", type=Path, help="measure this contract artifact instead of the packaged one")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON results")
     args = parser.parse_args()
@@ -214,77 +259,81 @@ def main() -> None:
     artifact = contract_module.load_artifact()
     started = time.perf_counter()
 
-    main_job = measure(connect_embedded, 5, quorum=2)
-    points = [main_job]
-    scaling = []
-    # 50 % sampling: N registered, about N/2 sampled and revealing (openRound counts them)
-    plan = [(10_000, n) for n in (10, 50, 100)] + [(5_000, n) for n in (20, 50, 100)]
-    for bps, n in plan:
-        if args.quick and n > 20:
-            continue
-        point = measure(connect_embedded, n, quorum=3, sample_bps=bps)
-        points.append(point)
-        scaling.append(point)
-    three = next(p for p in points if p["participants"] == 10 and p["sample_bps"] == 10_000)
-    thresholds = [break_even(main_job, 2), break_even(three, 3)]
+    summary: dict[str, Any] = {
+        "contract": {"compiler": artifact["compiler"]["version"], "source_sha256": artifact.get("sourceSha256"),
+                     "artifact": str(args.artifact) if args.artifact else "packaged"},  # fmt: skip
+        "chain": "embedded (py-evm through eth-tester)",
+        "budget_per_participant": BUDGET,
+        "main_job": None,
+        "participants": [],
+        "registry": [],
+        "anvil": None,
+        "machine": {"python": platform.python_version()},
+        "seconds": 0.0,
+    }
 
-    anvil = None
+    def save() -> None:  # after every point: the 10,000-registered points take minutes each
+        summary["seconds"] = time.perf_counter() - started
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(summary, indent=2) + "\n")
+
+    participants = summary["participants"]
+    for n in (5, 10, 100):
+        if not (args.quick and n > 10):
+            participants.append(measure_participants(n))
+            save()
+    main_job = summary["main_job"] = participants[0]
+
     if args.anvil:
         from deai_flower.chain.devnode import AnvilNode, find_anvil, install_anvil
 
         binary = find_anvil() or install_anvil()
         with AnvilNode(binary) as node:
-            on_anvil = measure(node.connect, 5, quorum=2)
-        anvil = {
-            "steady_calls": on_anvil["steady_calls"],
-            "same_as_embedded": {
-                k: on_anvil["steady_calls"][k] == main_job["steady_calls"][k]
-                for k in ("openRound", "reveal_mean", "attest_not_final", "attest_finalizing")
-            },
+            bench = Bench(node.connect(), 5)
+            run_id, _ = bench.create_run(sample_bps=10_000, rounds=3)
+            bench.round(run_id, index=1)
+            on_anvil = bench.round(run_id, index=2).call_means()
+        summary["anvil"] = {
+            "steady_calls": on_anvil,
+            "same_as_embedded": {k: on_anvil[k] == main_job["steady_calls"][k]
+                                 for k in ("openRound", "reveal", "attest", "attest_finalizing")},  # fmt: skip
             "note": "commit calldata holds a chain-specific commitment, so commits may differ by a few gas",
         }
+        save()
 
-    summary = {
-        "contract": {"compiler": artifact["compiler"]["version"], "source_sha256": artifact.get("sourceSha256"),
-                     "artifact": str(args.artifact) if args.artifact else "packaged"},  # fmt: skip
-        "chain": "embedded (py-evm through eth-tester)",
-        "budget_per_participant": BUDGET,
-        "main_job": main_job,
-        "scaling": scaling,
-        "break_even": thresholds,
-        "anvil": anvil,
-        "machine": {"python": platform.python_version()},
-        "seconds": time.perf_counter() - started,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary, indent=2) + "\n")
+    registry = summary["registry"]
+    for n in (10, 100, 1_000, 10_000):
+        if args.quick and n > 1_000:
+            continue
+        for bps in (100, 1_000, 10_000):
+            registry.append(measure_registry(n, bps, play=args.play))
+            save()
+            print(f"  registry {n:>6,} at {bps / 100:>3.0f} %: {registry[-1]['seconds']} s", flush=True)
+    anvil = summary["anvil"]
 
-    header = f"{'configuration':<28} {'commit':>9} {'reveal':>9} {'attest':>9} {'open':>9} {'total':>10}"
-    print("steady-state gas per participant per round (attest and open: that participant's share)")
-    print(header)
-    for p in points:
-        label = f"N={p['participants']} q={p['quorum']} sample={p['sample_bps'] / 100:.0f}%"
-        if p["revealers"] != p["participants"]:
-            label += f" ({p['revealers']} rev)"
+    print("steady-state gas per participant per round, full sampling, every revealer eligible")
+    print(f"{'configuration':<30} {'commit':>9} {'reveal':>9} {'attest':>9} {'open':>9} {'total':>10}")
+    for p in participants:
+        label = f"N={p['participants']} votes needed {p['votes_needed']}"
         print(_row(label, p["steady_per_participant"]))
-    print(_row("N=5 q=2, first round", main_job["first_round_per_participant"]))
+    print(_row("N=5, first round", main_job["first_round_per_participant"]))
     print()
-    print("per call, steady state (gas)")
-    print(f"{'configuration':<28} {'openRound':>10} {'commit':>9} {'reveal':>9} {'attest':>9} {'finalize':>9}")
-    for p in points:
-        c = p["steady_calls"]
-        label = f"N={p['participants']} q={p['quorum']} sample={p['sample_bps'] / 100:.0f}%"
-        print(f"{label:<28} {c['openRound']:>10,} {c['commit_mean']:>9,.0f} {c['reveal_mean']:>9,.0f} "
-              f"{c['attest_not_final'] or 0:>9,} {c['attest_finalizing']:>9,}")  # fmt: skip
-    print()
+    print(f"per call by registry size (gas; commits and reveals: first in the run unless noted; "
+          f"<= {args.play} of k played)")  # fmt: skip
+    print(f"{'registered':>10} {'rate':>5} {'k':>6} {'openRound':>10} {'commit':>9} {'reveal':>9} {'attest':>9} "
+          f"{'finalize':>9} {'round (all k)':>14} {'per particip.':>13}")  # fmt: skip
+    for r in registry:
+        c = r["calls"]
+        commit = c["first_commit"] if c["first_commit"] is not None else c["commit"]
+        reveal = c["first_reveal"] if c["first_reveal"] is not None else c["reveal"]
+        print(f"{r['registered']:>10,} {r['sample_bps'] / 100:>4.0f}% {r['sampled']:>6,} {c['openRound']:>10,} "
+              f"{commit:>9,.0f} {reveal:>9,.0f} {c['attest'] or 0:>9,.0f} {c['attest_finalizing']:>9,} "
+              f"{r['round_gas_if_all_play']:>14,} {r['per_participant_if_all_play']:>13,}")  # fmt: skip
     setup = main_job["setup"]
-    print(f"setup: deploy {setup['deploy']:,}, register {setup['register_each']:,.0f} per participant, "
+    print(f"\nsetup: deploy {setup['deploy']:,}, register {setup['register_each']:,.0f} per participant, "
           f"createRun {setup['createRun']:,}")  # fmt: skip
-    for t in thresholds:
-        print(f"quorum {t['quorum']}: <= {BUDGET:,} gas per participant from N = {t['smallest_n_within_budget']} "
-              f"revealers (tends to {t['limit_as_n_grows']:,} as N grows)")  # fmt: skip
     if anvil is not None:
-        print(f"anvil, N=5 q=2: {anvil['steady_calls']} same as embedded: {anvil['same_as_embedded']}")
+        print(f"anvil, N=5: {anvil['steady_calls']} same as embedded: {anvil['same_as_embedded']}")
     print(f"wrote {args.out} ({summary['seconds']:.0f}s)")
 
 
