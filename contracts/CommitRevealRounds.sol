@@ -4,9 +4,10 @@ pragma solidity 0.8.37;
 /// @title CommitRevealRounds
 /// @notice Trust-free federated-learning rounds: sampled participants commit to a hash of
 /// their model update, reveal it (content id, example count, DP-SGD parameters, salt)
-/// after the commit phase, and a quorum of revealers attests the aggregate's content id,
-/// which becomes the next round's global model. One deployment hosts many runs; the
-/// participant registry is shared by them and managed by the consortium admin.
+/// after the commit phase, and a majority of the round's eligible attesters attests the
+/// aggregate's content id, which becomes the next round's global model. One deployment
+/// hosts many runs; the participant registry is shared by them and managed by the
+/// consortium admin.
 /// @dev Gas layout. A run keeps only its current round in storage, in a fixed set of slots
 /// that every round rewrites (never fresh slots): the clock (everything `phase` needs,
 /// commit and reveal counts included, packed in one word), the vote tally (the first
@@ -39,7 +40,7 @@ contract CommitRevealRounds {
         Reveal,
         Attest,
         Finalized,
-        Failed // attest deadline passed without quorum, or too few reveals
+        Failed // attest deadline passed without a majority for one CID, or too few reveals
     }
 
     /// @notice Where a participant stands in the round it last committed to.
