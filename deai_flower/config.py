@@ -73,7 +73,7 @@ class StrategyConfig:
     beta: float = 0.2  # fedtrimmedavg: fraction cut at each end
     sample_fraction: float = 1.0  # per-participant sampling probability, from the beacon
     quorum: int = 2  # matching attestations that finalize a round
-    committee_size: int = 3  # revealers asked to attest
+    committee_size: int = 0  # eligible attesters: revealers among the first N sampled positions; 0: every revealer
     min_reveals: int = 2  # valid reveals needed for a round to be aggregated
     commit_timeout_s: int = 600
     reveal_timeout_s: int = 600
@@ -338,8 +338,9 @@ def validate(cfg: ExperimentConfig) -> None:
     _require(s.quorum >= 1, f"strategy.quorum must be >= 1 (got {s.quorum})")
     _require(s.min_reveals >= s.quorum,
              f"strategy.min_reveals ({s.min_reveals}) must be >= strategy.quorum ({s.quorum})")  # fmt: skip
-    _require(s.committee_size >= s.quorum,
-             f"strategy.committee_size ({s.committee_size}) must be >= strategy.quorum ({s.quorum})")  # fmt: skip
+    _require(s.committee_size == 0 or s.committee_size >= s.quorum,
+             f"strategy.committee_size ({s.committee_size}) must be 0 (every revealer) or >= strategy.quorum "
+             f"({s.quorum})")  # fmt: skip
     _require(s.min_reveals <= cfg.num_clients,
              f"strategy.min_reveals ({s.min_reveals}) cannot exceed num_clients ({cfg.num_clients})")  # fmt: skip
     from .protocol.rules import RULES, minimum_updates

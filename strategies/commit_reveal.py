@@ -39,14 +39,14 @@ from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
 
-from eth_abi import encode
-from eth_utils import is_address, keccak, to_canonical_address, to_checksum_address
+from eth_utils import is_address, to_checksum_address
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from deai_flower.chain import RoundsContract, TxResult, is_sampled
+from deai_flower.chain import RoundsContract, TxResult
+from deai_flower.protocol.encoding import committee_size_of, sampled_count, sampled_indices
 from deai_flower.consortium.identity import CHALLENGE_BYTES, recover_identity, supernode_identity
 from deai_flower.errors import BlobFormatError, ConfigError, StoreError
 from deai_flower.messages import CONFIG, METRICS, STATUS
@@ -165,7 +165,8 @@ class CommitRevealStrategy(Strategy):
         self._asked: set[int] = set()  # nodes asked for their address already
         #: Nodes whose identity proof failed, by node id: the address they claimed and why.
         self.refused: dict[int, dict[str, str]] = {}
-        self._beacon, self._sample_bps = b"", 0  # the current round's, read when it opened
+        self._round_state: dict[str, Any] = {}  # the current round's getRound, read when it opened
+        self._positions: dict[str, int] = {}  # sampled address -> its position in the round's shuffle
         self._phase_start = 0.0
 
     @property
@@ -251,7 +252,7 @@ class CommitRevealStrategy(Strategy):
         if tx is not None:
             report.add_gas("openRound", tx.gas_used)
         self._phase_start = 0.0
-        self._beacon, self._sample_bps = bytes(state["beacon"]), int(run["sampleBps"])
+        self._round_state = {**state, "sampleBps": int(run["sampleBps"])}
         return report
 
     def commit(self, report: RoundReport) -> dict[int, Message]:
@@ -528,23 +529,39 @@ class CommitRevealStrategy(Strategy):
         return current
 
     def _sampled_nodes(self) -> list[int]:
-        """Nodes in the round's sampled set: registered, and drawn by the round's beacon.
+        """Nodes in the round's sampled set, in shuffle order (docs/protocol.md §2.2).
 
-        The contract's rule (``isSampled``) evaluated locally from the run's sampling rate
-        and the round's beacon, which the protocol tests keep equal to the chain's: one
-        read of the registry per round instead of one call per node.
+        The contract's rule evaluated locally: the registry indices at the first k positions
+        of the beacon-keyed shuffle of the registry as it was when the round opened (k
+        inverse evaluations, one read of the registry), less anyone whose index was assigned
+        after the round opened. The protocol tests keep this equal to the chain's
+        ``isSampled``.
         """
-        registered = set(self.contract.members())
-        return [n for n, a in self._addresses.items()
-                if a in registered and is_sampled(beacon=self._beacon, sample_bps=self._sample_bps, participant=a)]  # fmt: skip
+        state = self._round_state
+        size, epoch = int(state["registrySize"]), int(state["registryEpoch"])
+        members = self.contract.members()
+        changed = self.contract.registry()[1] != epoch  # a registration or revocation since it opened
+        by_address = {a: n for n, a in self._addresses.items()}
+        self._positions = {}
+        for position, index in enumerate(sampled_indices(beacon=bytes(state["beacon"]), registry_size=size,
+                                                         sample_bps=int(state["sampleBps"]))):  # fmt: skip
+            if index >= len(members):
+                continue  # revoked since, its index not refilled
+            address = members[index]
+            if changed and self.contract.registry_entry(address)["epoch"] > epoch:
+                continue  # moved into this index after the round opened: sits the round out
+            self._positions[address] = position
+        return [by_address[a] for a in sorted(self._positions, key=self._positions.__getitem__) if a in by_address]
 
     def _committee(self, revealers: dict[int, str]) -> list[int]:
-        """Revealers ordered by keccak(round beacon, address): a fixed, unbiased order."""
-        beacon = self._beacon  # fixed when the round opened
-        ranked = sorted(
-            revealers, key=lambda n: keccak(encode(["bytes32", "address"], [beacon, to_canonical_address(revealers[n])]))
-        )
-        return ranked[: self.spec.rounds.committee_size]
+        """The eligible attesters: revealers among the round's committee positions (the
+        first ``committeeSize`` sampled positions; every revealer when it is 0), in shuffle
+        order. All are asked: a strict majority of them must agree to finalize."""
+        state = self._round_state
+        k = sampled_count(registry_size=int(state["registrySize"]), sample_bps=int(state["sampleBps"]))
+        seats = committee_size_of(sampled=k, committee_size=int(state["committeeSize"]))
+        eligible = [n for n, a in revealers.items() if self._positions.get(a, seats) < seats]
+        return sorted(eligible, key=lambda n: self._positions[revealers[n]])
 
     def _fail(self, report: RoundReport, reason: str) -> bool:
         """Record the failure and let the round's deadlines pass, so a new round can open."""

@@ -114,8 +114,9 @@ class TrainingSpec:
 class RoundsSpec:
     """The round structure: how many rounds, phase durations (seconds), sampling and quorum.
 
-    ``committee_size`` is how many revealers the coordinator asks to attest; the
-    contract's ``quorum`` matching attestations finalize a round.
+    ``committee_size`` is the contract's ``committeeSize``: the revealers among the first
+    ``committee_size`` positions of the round's beacon-keyed shuffle may attest (0: every
+    revealer), and a strict majority of them, at least ``quorum``, finalizes a round.
     """
 
     num_rounds: int
@@ -237,8 +238,8 @@ class RunSpec:
             problems.append("training needs local_epochs >= 1, batch_size >= 1 and learning_rate > 0")
         if r.num_rounds < 1 or min(r.commit_s, r.reveal_s, r.attest_s) < 1 or not 0 < r.sample_fraction <= 1:
             problems.append("rounds need num_rounds >= 1, phase durations >= 1 s and 0 < sample_fraction <= 1")
-        if not 1 <= r.quorum <= min(r.min_reveals, r.committee_size):
-            problems.append(f"rounds need 1 <= quorum <= min(min_reveals, committee_size) "
+        if not 1 <= r.quorum <= r.min_reveals or not (r.committee_size == 0 or r.quorum <= r.committee_size):
+            problems.append(f"rounds need 1 <= quorum <= min_reveals, and committee_size 0 or >= quorum "
                             f"(got {r.quorum}, {r.min_reveals}, {r.committee_size})")  # fmt: skip
         if self.max_blob_bytes < 1:
             problems.append("max_blob_bytes must be >= 1")

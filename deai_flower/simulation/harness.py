@@ -96,6 +96,7 @@ def create_run(contract: RoundsContract, spec: RunSpec, initial_cid: str) -> tup
             "sampleBps": round(r.sample_fraction * 10_000),
             "quorum": r.quorum,
             "minReveals": r.min_reveals,
+            "committeeSize": r.committee_size,
         }
     )
 

@@ -86,7 +86,8 @@ def _mutated(mutate) -> bytes:  # type: ignore[no-untyped-def]
         (_mutated(lambda d: d["rounds"].update(extra=1)), "unknown key extra in rounds"),
         (_mutated(lambda d: d.update(extra=1)), "unknown key extra in the document"),
         (_mutated(lambda d: d["data"].update(input_shape=[1, 8, 9])), "does not hold 64 features"),
-        (_mutated(lambda d: d["rounds"].update(quorum=4)), "quorum <= min(min_reveals, committee_size)"),
+        (_mutated(lambda d: d["rounds"].update(quorum=4)), "committee_size 0 or >= quorum"),
+        (_mutated(lambda d: d["rounds"].update(quorum=6)), "1 <= quorum <= min_reveals"),
         (b"x" * 300_000, "more than"),
     ],
 )
