@@ -320,3 +320,28 @@ def tools_missing() -> list[str]:
     bin_dir = Path(sys.executable).parent
     return [t for t in ("flwr", "flower-superlink", "flower-supernode", "flower-superexec", "flwr-clientapp")
             if not (bin_dir / t).exists() and shutil.which(t) is None]
+
+
+def serve_ipfs(api_file: Path) -> None:
+    """Run a throwaway offline IPFS node (Kubo when on PATH, else js-ipfs from npm,
+    installed on first use) until SIGTERM/SIGINT; its RPC API multiaddr goes to ``api_file``."""
+    from ..storage.ipfs_daemon import IpfsDaemon, find_daemon
+
+    stop = {"now": False}
+
+    def _stop(_signum: int, _frame: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    with IpfsDaemon(find_daemon(install=True)) as daemon:
+        api_file.write_text(daemon.api_addr + "\n", encoding="utf-8")
+        print(f"{daemon.kind} RPC API at {daemon.api_addr}", flush=True)
+        while not stop["now"]:
+            time.sleep(0.5)
+
+
+if __name__ == "__main__":  # python -m deai_flower.consortium.localnet ipfs API_FILE
+    if len(sys.argv) != 3 or sys.argv[1] != "ipfs":
+        sys.exit("usage: python -m deai_flower.consortium.localnet ipfs API_FILE")
+    serve_ipfs(Path(sys.argv[2]))

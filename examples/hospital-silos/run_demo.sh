@@ -11,7 +11,8 @@
 #
 # WORK_DIR (default: a fresh temporary directory) keeps every key, log and result.
 # Settings (environment): ROUNDS (default 2), DEMO_OVERRIDES (extra Hydra overrides of the
-# run), RUN_TIMEOUT_S (default 900), STORE (default local:WORK_DIR/store).
+# run), RUN_TIMEOUT_S (default 900), STORE (default local:WORK_DIR/store; "ipfs" starts an
+# offline IPFS node here; ipfs:/ip4/HOST/tcp/PORT uses yours).
 set -Eeuo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -76,7 +77,14 @@ wait_for anvil 30 curl -sf -X POST -H 'content-type: application/json' \
 log "anvil at $RPC"
 
 # --- the store every silo reaches ------------------------------------------------------------
+# STORE=ipfs: an offline IPFS node started here (Kubo if on PATH, else js-ipfs from npm);
+# STORE=ipfs:/ip4/HOST/tcp/PORT: an IPFS node you run; default: one directory on this machine.
 STORE=${STORE:-local:$WORK/store}
+if [[ "$STORE" == ipfs ]]; then
+  start ipfs python -m deai_flower.consortium.localnet ipfs "$WORK/ipfs-api"
+  wait_for "the IPFS node" 300 test -s "$WORK/ipfs-api"
+  STORE="ipfs:$(cat "$WORK/ipfs-api")"
+fi
 log "store $STORE"
 
 # --- consortium set-up: keys, certificates, contract, registry, run --------------------------
@@ -172,5 +180,6 @@ print(f"refused nodes: {results.get('refused_nodes', [])}")
 if len(finalized) != rounds:
     sys.exit(f"run_demo: {len(finalized)} of {rounds} rounds finalized")
 PY
-deai verify --rpc "$RPC" --contract "$CONTRACT" --run-id "$RUN_ID" --store-root "${STORE#local:}" | tee "$WORK/logs/verify.log"
+if [[ "$STORE" == ipfs:* ]]; then STORE_ARGS=(--store-api "${STORE#ipfs:}"); else STORE_ARGS=(--store-root "${STORE#local:}"); fi
+deai verify --rpc "$RPC" --contract "$CONTRACT" --run-id "$RUN_ID" "${STORE_ARGS[@]}" | tee "$WORK/logs/verify.log"
 log "every round finalized and verified; wall time $(( $(date +%s) - STARTED ))s"
