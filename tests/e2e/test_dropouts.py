@@ -56,27 +56,38 @@ def misbehave(kinds: dict[int, str]) -> Callable[[Message, Context], Message]:
         if (kind, action) == ("bad-reveal", "train.reveal"):
             context.state["pending-reveal"]["num-examples"] = 10**6  # not what it committed to
         if (kind, action) == ("late", "train.commit"):
-            view = _view(message, context)
-            round_id = int(message.content["config"]["round"])
-            deadline = int(view.contract.get_round(view.run_id, round_id)["commitDeadline"])
-            view.contract.node.advance_to(deadline, timeout=5)  # this node wakes up too late
+            # this node is still training when the coordinator stops waiting for commits
+            late.append((message, context))
+            return Message(Error(ErrorCode.NODE_UNAVAILABLE, "no reply within the commit phase"), reply_to=message)
+        if action == "train.reveal" and late and not call.late_outcomes:  # type: ignore[attr-defined]
+            # the commit phase is over: the late node's commit arrives now, and is refused
+            try:
+                outcome = client_app(*late[0])
+                call.late_outcomes.append(outcome.error.reason if outcome.has_error() else "accepted")  # type: ignore[attr-defined]
+            except Exception as exc:  # noqa: BLE001 - what the late commit ran into
+                call.late_outcomes.append(f"{type(exc).__name__}: {exc}")  # type: ignore[attr-defined]
         return client_app(message, context)
 
+    late: list[tuple[Message, Context]] = []
+    call.late_outcomes = []  # type: ignore[attr-defined]
     return call
 
 
-def run(tmp_path: Path, kinds: dict[int, str], *overrides: str) -> dict[str, Any]:
+def run(tmp_path: Path, kinds: dict[int, str], *overrides: str, app: Any = None) -> dict[str, Any]:
     cfg = compose_with("num_clients=4", "num_rounds=2", "progress=false",
                        "training.local_epochs=1", *overrides)  # fmt: skip
-    return run_experiment(cfg, output_dir=tmp_path, client_app=misbehave(kinds))
+    return run_experiment(cfg, output_dir=tmp_path, client_app=app or misbehave(kinds))
 
 
 @pytest.mark.parametrize("kind", ["vanish", "no-commit", "no-reveal", "bad-reveal", "late"])
 def test_round_goes_on_without_the_faulty_node(
     kind: str, tmp_path: Path
 ) -> None:
-    faulty = 3  # the last node, so that "late" is late only for itself
-    results = run(tmp_path, {faulty: kind})
+    faulty = 3
+    app = misbehave({faulty: kind})
+    results = run(tmp_path, {}, app=app)
+    if kind == "late":
+        assert app.late_outcomes and "UnexpectedPhase" in app.late_outcomes[0]  # type: ignore[attr-defined]
     address = simulation_key(seed=0, role=f"client-{faulty}").address
     for r in results["rounds"]:
         assert r["status"] == "finalized", r["reason"]
