@@ -27,13 +27,19 @@ import os
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from ..errors import DeaiError
-from . import consortium_cmd, verify_cmd
-from ..storage import DEFAULT_API_ADDR, IpfsStore, LocalStore, validate_cid
+from ..storage import DEFAULT_API_ADDR, validate_cid
+
+if TYPE_CHECKING:
+    from ..storage import IpfsStore, LocalStore
 
 
 def _store(args: argparse.Namespace) -> LocalStore | IpfsStore:
     kind = args.store or ("ipfs" if args.api_addr else os.environ.get("DEAI_STORE", "local"))
+    from ..storage import IpfsStore, LocalStore
+
     if kind == "ipfs":
         api_addr = args.api_addr or os.environ.get("DEAI_IPFS_API", DEFAULT_API_ADDR)
         return IpfsStore(api_addr, timeout=args.timeout, retries=args.retries)
@@ -90,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify = actions.add_parser("verify", help="check a stored blob against its CID")
     verify.add_argument("cid")
     verify.set_defaults(func=_verify)
+    # Each subcommand imports what it runs only when it runs: --help and the store
+    # commands must not pay for the ML stack or web3.
+    from . import consortium_cmd, verify_cmd
+
     verify_cmd.add_parser(groups)
     consortium_cmd.add_parser(groups)
     return parser

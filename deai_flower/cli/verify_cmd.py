@@ -14,10 +14,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import DeaiError
-from ..protocol.spec import MAX_SPEC_BYTES
-from ..verify import RunRecord, StoreLocation, Verification, load_spec, verify_run
+
+if TYPE_CHECKING:  # deai_flower.verify pulls in the ML stack: imported when a run is verified
+    from ..verify import RunRecord, StoreLocation, Verification
 
 
 def add_parser(groups: argparse._SubParsersAction) -> None:
@@ -38,6 +40,8 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
 
 
 def _store_location(args: argparse.Namespace) -> StoreLocation | None:
+    from ..verify import StoreLocation
+
     if args.store_api:
         return StoreLocation("ipfs", args.store_api)
     if args.store_root:
@@ -46,6 +50,9 @@ def _store_location(args: argparse.Namespace) -> StoreLocation | None:
 
 
 def run_verify(args: argparse.Namespace) -> None:
+    from ..protocol.spec import MAX_SPEC_BYTES
+    from ..verify import RunRecord, load_spec, verify_run
+
     explicit = _store_location(args)
     if args.rpc:
         if args.output_dir:

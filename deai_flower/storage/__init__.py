@@ -10,9 +10,9 @@ and checked by :mod:`.blob`.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import importlib
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from deai_flower.protocol.blob import ALLOWED_DTYPES, array_spec, decode_arrays, encode_arrays
 from deai_flower.protocol.cid import (
     cid_from_bytes,
     cid_to_bytes,
@@ -20,8 +20,31 @@ from deai_flower.protocol.cid import (
     compute_cid_of_file,
     validate_cid,
 )
-from deai_flower.storage.ipfs import DEFAULT_API_ADDR, IpfsStore
 from deai_flower.storage.local import LocalStore
+
+if TYPE_CHECKING:
+    from deai_flower.protocol.blob import ALLOWED_DTYPES, array_spec, decode_arrays, encode_arrays
+    from deai_flower.storage.ipfs import DEFAULT_API_ADDR, IpfsStore
+
+# Re-exported on first use: the blob codec pulls in numpy and the IPFS client requests,
+# which `deai store add` on the embedded store does not need.
+_LAZY = {
+    "ALLOWED_DTYPES": "deai_flower.protocol.blob",
+    "array_spec": "deai_flower.protocol.blob",
+    "decode_arrays": "deai_flower.protocol.blob",
+    "encode_arrays": "deai_flower.protocol.blob",
+    "DEFAULT_API_ADDR": "deai_flower.storage.ipfs",
+    "IpfsStore": "deai_flower.storage.ipfs",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ALLOWED_DTYPES",
