@@ -56,6 +56,9 @@ class PrivacyConfig:
     secure_mode: bool = False
     grad_sample_mode: str = "auto"  # auto | hooks | ghost
     state_dir: str | None = None  # per-client ledger files; null: in memory only
+    # Simulation only: seed noise and sampling from the experiment seed (repeatable, but
+    # not private against anyone who knows the seed); false: secret CSPRNG entropy.
+    reproducible_noise: bool = False
 
 
 @dataclass

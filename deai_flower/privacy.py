@@ -28,6 +28,7 @@ import importlib.util
 import json
 import math
 import os
+import secrets
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -475,9 +476,10 @@ def _check_training_args(
         raise ConfigError(f"learning_rate must be > 0 (got {learning_rate!r})")
 
 
-def _seeds(seed: int) -> tuple[int, int]:
-    # Independent streams for batch sampling and for noise, both derived from one seed.
-    entropy = int(seed) % 2**128  # SeedSequence wants a non-negative integer
+def _seeds(seed: int | None) -> tuple[int, int]:
+    # Independent streams for batch sampling and for noise, both derived from one seed
+    # (or, without one, from 128 bits of CSPRNG entropy nobody else sees).
+    entropy = secrets.randbits(128) if seed is None else int(seed) % 2**128  # SeedSequence wants a non-negative int
     sampling, noise = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint64)
     return int(sampling) & (2**63 - 1), int(noise) & (2**63 - 1)
 
@@ -537,7 +539,7 @@ def train_round(
     local_epochs: int,
     batch_size: int,
     learning_rate: float,
-    seed: int,
+    seed: int | None = None,
     device: torch.device,
     num_threads: int | None = None,
 ) -> RoundTraining:
@@ -554,9 +556,10 @@ def train_round(
     Non-private (``epsilon=inf``): plain shuffled mini-batch SGD without Opacus; the
     ledger records the round with noise multiplier 0 (an infinite epsilon).
 
-    ``seed`` fixes batch sampling and noise (ignored under ``secure_mode``); callers
-    should derive a distinct seed per client and round, since reusing noise across
-    rounds weakens the guarantee. ``num_threads`` caps PyTorch's CPU threads while
+    ``seed`` fixes batch sampling and noise (ignored under ``secure_mode``); None (the
+    default) draws both from fresh CSPRNG entropy, so that nobody can replay the noise.
+    A seed anyone else knows makes the noise public: pass one only for reproducible
+    simulations, and never reuse one across clients or rounds. ``num_threads`` caps PyTorch's CPU threads while
     training (restored afterwards); ``None`` leaves PyTorch's setting.
 
     Raises:

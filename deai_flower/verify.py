@@ -14,6 +14,7 @@ Nothing the coordinator reported is trusted.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -31,12 +32,17 @@ from .protocol.encoding import (
     ACCOUNTANT_NAMES,
     BPS,
     DpParams,
+    NO_EXAMPLE_BOUND,
     beacon_of,
     commitment_of,
+    committee_size_of,
     from_wad,
+    in_committee,
     is_sampled,
     parse_reveal_record,
+    sampled_count,
     to_wad,
+    votes_needed,
 )
 from .protocol.rules import RULES, RevealedUpdate, aggregate, minimum_updates
 from .protocol.spec import Release, RunSpec, SpecError, spec_cid
@@ -225,17 +231,50 @@ def recorded_store(output_dir: Path, entry: Any) -> StoreLocation:
     return StoreLocation("local", str(root), "results.json's, outside the output directory")
 
 
-def _participants_at(events: Iterable[dict[str, Any]], block: int) -> set[str]:
-    """Registered addresses after all registry events up to and including ``block``."""
-    members: set[str] = set()
+@dataclass
+class _Entry:
+    index: int
+    epoch: int
+    max_examples: int
+
+
+@dataclass
+class _Registry:
+    """The participant registry replayed from ``ParticipantRegistered`` / ``ParticipantRevoked``
+    (protocol §2.2): each member's index, the epoch it was assigned in, and its example bound."""
+
+    members: dict[str, _Entry] = field(default_factory=dict)
+    epoch: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    def apply(self, event: dict[str, Any]) -> None:
+        args = event["args"]
+        if event["event"] == "ParticipantRegistered":
+            who = to_checksum_address(args["participant"])
+            self.epoch = int(args.get("epoch", self.epoch + 1))
+            self.members[who] = _Entry(index=int(args.get("index", self.size)), epoch=self.epoch,
+                                       max_examples=int(args.get("maxExamples", NO_EXAMPLE_BOUND)))  # fmt: skip
+        elif event["event"] == "ParticipantRevoked":
+            who = to_checksum_address(args["participant"])
+            self.epoch = int(args.get("epoch", self.epoch + 1))
+            gone = self.members.pop(who, None)
+            moved = args.get("moved")
+            if gone is not None and moved and int(moved, 16) != 0 and to_checksum_address(moved) in self.members:
+                self.members[to_checksum_address(moved)] = dataclasses.replace(
+                    self.members[to_checksum_address(moved)], index=gone.index, epoch=self.epoch)
+
+
+def _registry_at(events: Iterable[dict[str, Any]], position: tuple[int, int]) -> _Registry:
+    """The registry after every registry event before ``position`` (block, log index)."""
+    registry = _Registry()
     for e in events:
-        if e["block"] > block:
+        if (e["block"], e["log_index"]) >= position:
             break
-        if e["event"] == "ParticipantRegistered":
-            members.add(to_checksum_address(e["args"]["participant"]))
-        elif e["event"] == "ParticipantRevoked":
-            members.discard(to_checksum_address(e["args"]["participant"]))
-    return members
+        registry.apply(e)
+    return registry
 
 
 def load_spec(record: RunRecord, store: ContentStore) -> tuple[RunSpec, str]:
@@ -275,6 +314,7 @@ def _check_params(verification: Verification, params: dict[str, Any]) -> None:
         "sampleBps": round(spec.rounds.sample_fraction * BPS),
         "quorum": spec.rounds.quorum,
         "minReveals": spec.rounds.min_reveals,
+        "committeeSize": spec.rounds.committee_size,
     }
     wrong = [f"{name} {int(params[name])}, the spec gives {value}" for name, value in expected.items()
              if name in params and int(params[name]) != value]  # fmt: skip
@@ -336,18 +376,40 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
         if beacon != beacon_of(chain_id=record.chain_id, contract=record.contract, run_id=record.run_id,
                                round_id=round_id, model_cid=_bytes(model_cid)):  # fmt: skip
             verdict.problems.append("beacon differs from the one derived from the round's model")
-        members = _participants_at(events, opened[0]["block"])
         sample_bps = int(params["sampleBps"])
-        sampled = {a for a in members if is_sampled(beacon=beacon, sample_bps=sample_bps, participant=a)}
-        if len(sampled) != int(o["sampledCount"]):
-            verdict.problems.append(f"sampledCount {o['sampledCount']} but {len(sampled)} registered are sampled")
+        opened_at = _registry_at(events, (opened[0]["block"], opened[0]["log_index"]))
+        registry_size = int(o.get("registrySize", opened_at.size))
+        registry_epoch = int(o.get("registryEpoch", opened_at.epoch))
+        if registry_size != opened_at.size:
+            verdict.problems.append(f"RoundOpened.registrySize {registry_size}, the registry events give "
+                                    f"{opened_at.size}")  # fmt: skip
+        k = sampled_count(registry_size=registry_size, sample_bps=sample_bps)
+        if k != int(o["sampledCount"]):
+            verdict.problems.append(f"sampledCount {o['sampledCount']}, the sampling rule gives {k} of "
+                                    f"{registry_size}")  # fmt: skip
+        committee = committee_size_of(sampled=k, committee_size=int(params.get("committeeSize", 0)))
+        if "committeeSize" in o and int(o["committeeSize"]) != committee:
+            verdict.problems.append(f"RoundOpened.committeeSize {o['committeeSize']}, the run's parameters "
+                                    f"give {committee}")  # fmt: skip
         verdict.checks.append("beacon, model and sample")
 
         commitments = {to_checksum_address(e["args"]["participant"]): _bytes(e["args"]["commitment"])
                        for e in round_events if e["event"] == "Committed"}  # fmt: skip
-        for committer in commitments:
-            if committer not in sampled:
-                verdict.problems.append(f"{committer} committed without being sampled")
+        # each committer's registry entry when it committed (a later revocation keeps its rights)
+        entries: dict[str, _Entry] = {}
+        for e in round_events:
+            if e["event"] != "Committed":
+                continue
+            who = to_checksum_address(e["args"]["participant"])
+            entry = _registry_at(events, (e["block"], e["log_index"])).members.get(who)
+            if entry is None:
+                verdict.problems.append(f"{who} committed without being registered")
+            elif entry.epoch > registry_epoch or not is_sampled(beacon=beacon, sample_bps=sample_bps,
+                                                                index=entry.index, registry_size=registry_size):
+                verdict.problems.append(f"{who} committed without being sampled (index {entry.index}, "
+                                        f"epoch {entry.epoch})")  # fmt: skip
+            else:
+                entries[who] = entry
         reveals = [e["args"] for e in round_events if e["event"] == "Revealed"]
         updates = []
         chain_epsilon: dict[str, float] = {}
@@ -368,6 +430,10 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
                 verdict.problems.append(f"{who} accounts with {ACCOUNTANT_NAMES.get(dp.accountant, dp.accountant)}, "
                                         f"the spec names {spec.privacy.accountant}")  # fmt: skip
             chain_epsilon[who] = _check_epsilon(verdict, who, dp, histories[who])
+            bound = entries[who].max_examples if who in entries else NO_EXAMPLE_BOUND
+            if revealed.num_examples > bound:
+                verdict.problems.append(f"{who} reveals {revealed.num_examples} examples, above the {bound} it is "
+                                        "registered with")  # fmt: skip
             try:
                 blob_cid = cid_from_bytes(revealed.cid)
                 arrays = decode_arrays(store.get(blob_cid), max_bytes=max_bytes, expected=arrays_spec)
@@ -383,6 +449,9 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
         if finalized:
             verdict.status = "finalized"
             result_cid = finalized[0]["resultCid"]
+            _check_votes(verdict, round_events, result_cid, entries=entries, reveals=reveals, beacon=beacon,
+                         sample_bps=sample_bps, committee_size=int(params.get("committeeSize", 0)),
+                         registry_size=registry_size, quorum=int(params["quorum"]))  # fmt: skip
             if len(updates) < minimum_updates(rule, rule_params):
                 verdict.problems.append(f"finalized with {len(updates)} valid updates, fewer than {rule} needs")
             else:
@@ -399,6 +468,30 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
             verdict.status = "not finalized"
     if reported is not None:
         reported.check_leftovers(verification)
+
+
+def _check_votes(verdict: RoundVerdict, round_events: list[dict[str, Any]], result_cid: str, *,
+                 entries: dict[str, _Entry], reveals: list[dict[str, Any]], beacon: bytes, sample_bps: int,
+                 committee_size: int, registry_size: int, quorum: int) -> None:  # fmt: skip
+    """A finalized round had ``votesNeeded`` attestations of its CID from eligible attesters
+    (revealers in the committee, protocol §2.5), and nobody else attested."""
+    revealers = {to_checksum_address(r["participant"]) for r in reveals}
+    eligible = {who for who in revealers if who in entries
+                and in_committee(beacon=beacon, sample_bps=sample_bps, committee_size=committee_size,
+                                 index=entries[who].index, registry_size=registry_size)}  # fmt: skip
+    needed = votes_needed(eligible=len(eligible), quorum=quorum)
+    attested = [(to_checksum_address(e["args"]["attester"]), _bytes(e["args"]["resultCid"]))
+                for e in round_events if e["event"] == "Attested"]  # fmt: skip
+    strangers = sorted({who for who, _ in attested if who not in eligible})
+    if strangers:
+        verdict.problems.append(f"attested without being eligible (a revealer in the committee): "
+                                f"{', '.join(strangers)}")  # fmt: skip
+    votes = sum(1 for who, cid in attested if cid == _bytes(result_cid) and who in eligible)
+    if votes < needed:
+        verdict.problems.append(f"finalized with {votes} matching attestations of eligible attesters, "
+                                f"{needed} needed (a majority of {len(eligible)}, at least quorum {quorum})")  # fmt: skip
+    else:
+        verdict.checks.append(f"{votes} of {len(eligible)} eligible attesters finalized it ({needed} needed)")
 
 
 def _check_epsilon(verdict: RoundVerdict, who: str, dp: DpParams, history: list[tuple[float, float, int]]) -> float:

@@ -13,7 +13,9 @@ also written to the participant's ledger directory, so it survives a restart.
 
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from logging import INFO, WARNING
 from pathlib import Path
@@ -99,6 +101,25 @@ def _save_ledger(view: RunView, context: Context, ledger: PrivacyLedger) -> None
         save_ledger(path, ledger, settings=view.privacy_settings(), identity=identity)
 
 
+_BOUNDS: dict[int, tuple[weakref.ref[RunView], int]] = {}
+_BOUNDS_LOCK = threading.Lock()
+
+
+def _example_bound(view: RunView) -> int:
+    """The most examples this participant's reveals may claim (its registered
+    ``maxExamples``), read from chain once per run view."""
+    with _BOUNDS_LOCK:
+        cached = _BOUNDS.get(id(view))
+    if cached is not None and cached[0]() is view:
+        return cached[1]
+    bound = int(view.contract.registry_entry(view.account.address)["maxExamples"])
+    with _BOUNDS_LOCK:
+        for key in [k for k, (ref, _) in _BOUNDS.items() if ref() is None]:
+            del _BOUNDS[key]
+        _BOUNDS[id(view)] = (weakref.ref(view), bound)
+    return bound
+
+
 def handle_commit(participant: Participant, message: Message, context: Context) -> Message:
     """Fetch the chain's global model, train with DP-SGD under the spec's settings,
     commit to the update's hash."""
@@ -113,6 +134,14 @@ def handle_commit(participant: Participant, message: Message, context: Context) 
     global_arrays = decode_arrays(view.store.get(model_cid), max_bytes=spec.max_blob_bytes, expected=view.array_spec)
     set_arrays(view.model, global_arrays)
 
+    bound = _example_bound(view)
+    if len(view.data.y) > bound:
+        # The contract would refuse the reveal (ExampleCountAboveBound) and penalize the
+        # commitment as never revealed: better not to commit at all.
+        reason = (f"its {len(view.data.y)} training examples exceed the {bound} it is registered with "
+                  "(the contract refuses a reveal above the bound)")  # fmt: skip
+        log(WARNING, "participant %s declines round %s: %s", participant.label, round_id, reason)
+        return _reply(message, status={"state": "declined", "reason": reason, "address": participant.address})
     ledger = _load_ledger(view, context)
     try:
         trained = train_round(

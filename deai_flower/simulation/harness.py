@@ -174,8 +174,13 @@ def prepare_run(cfg: DictConfig, output_dir: Path, *, node: ChainNode | None = N
     first_block = int(node.w3.eth.block_number) + 1
     contract, deploy_tx = RoundsContract.deploy(node, admin)
     setup_gas = {"deploy": deploy_tx.gas_used, "register": 0}
+    # Each participant's reveals may weigh at most its partition's size (protocol §2.4).
+    bounds = [len(y) for _, y in client_partitions(split, num_partitions=n, partitioner=cfg.dataset.partitioner,
+                                                   seed=int(cfg.seed), alpha=float(cfg.dataset.dirichlet_alpha),
+                                                   classes_per_partition=int(cfg.dataset.classes_per_partition))]  # fmt: skip
     for i, client in enumerate(clients):
-        setup_gas["register"] += contract.register(client.address, keccak(f"simulated-node/{i}".encode())).gas_used
+        setup_gas["register"] += contract.register(client.address, keccak(f"simulated-node/{i}".encode()),
+                                                   max_examples=bounds[i]).gas_used  # fmt: skip
     run_id, run_tx = create_run(contract, spec, initial_cid)
     setup_gas["createRun"] = run_tx.gas_used
     return PreparedRun(node=node, contract=contract, run_id=run_id, spec=spec, store=store, store_location=location,

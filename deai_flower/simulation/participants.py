@@ -3,7 +3,8 @@
 Simulation only: keys derived from the experiment seed (never use them on a real
 network), data as one partition of the configured dataset, chain and store where the
 coordinator's messages say (the harness is the whole consortium), an optional simulated
-adversary, and reproducible DP noise so that a seeded experiment repeats exactly.
+adversary, and DP noise from secret entropy (reproducible from the seed only where the
+experiment sets ``privacy.reproducible_noise``, and then labelled not private).
 Each is built once per process and (experiment, partition): loading and partitioning
 the dataset dominates, and Flower's workers serve many messages per node.
 """
@@ -112,8 +113,10 @@ def _build(cfg: DictConfig, run_config: Mapping[str, Any], i: int, data: LocalDa
         grad_sample_mode=str(cfg.privacy.grad_sample_mode),
         model_targets=None,  # the experiment's own config names the model
         behaviour=ScaledUpdate(float(cfg.adversary.scale)) if i in poisoned else None,
-        # A simulation's reproducible noise: round r uses seed * 1_000_003 + r * 1_009 + i.
-        noise_seed=int(cfg.seed) * 1_000_003 + i,
+        # Secret noise (fresh CSPRNG entropy every round) unless the experiment asks for
+        # reproducible noise: round r then uses seed * 1_000_003 + r * 1_009 + i, which
+        # anyone who knows the seed can replay (results.json labels the run so).
+        noise_seed=int(cfg.seed) * 1_000_003 + i if bool(cfg.privacy.get("reproducible_noise", False)) else None,
         name=f"client-{i}",
     )
 

@@ -32,6 +32,17 @@ def _store_entry(store: Any, output_dir: Path | None) -> dict[str, Any]:
     return entry
 
 
+#: How a run's DP noise was drawn, as ``results.json`` says it.
+SECRET_NOISE = "secret"
+SEEDED_NOISE = "reproducible (seeded: not private against anyone who knows the seed)"
+
+
+def noise_label(cfg: Any) -> str:
+    """``privacy.noise`` of ``results.json``: secret unless the config asked for seeded noise."""
+    seeded = cfg is not None and bool(cfg.privacy.get("reproducible_noise", False))
+    return SEEDED_NOISE if seeded else SECRET_NOISE
+
+
 def results_document(strategy: Any, *, node: Any, store: Any, first_block: int, setup: dict[str, Any],
                      wall_seconds: float, cfg: Any = None, output_dir: Path | None = None) -> dict[str, Any]:  # fmt: skip
     """The run's results: per round what happened, and everything needed to verify it."""
@@ -73,7 +84,7 @@ def results_document(strategy: Any, *, node: Any, store: Any, first_block: int, 
     return {
         "private": spec.private,
         "privacy": {"epsilon": _finite(spec.privacy.epsilon), "delta": spec.privacy.delta,
-                    "accountant": spec.privacy.accountant},  # fmt: skip
+                    "accountant": spec.privacy.accountant, "noise": noise_label(cfg)},  # fmt: skip
         "initial": strategy.initial_metrics,
         "rounds": rounds,
         "contract_address": contract.address,

@@ -84,6 +84,7 @@ def play_run(out: Path, *, spec: RunSpec | None = None, **param_overrides: Any) 
         "sampleBps": round(spec.rounds.sample_fraction * 10_000),
         "quorum": spec.rounds.quorum,
         "minReveals": spec.rounds.min_reveals,
+        "committeeSize": spec.rounds.committee_size,
     }
     run_id = deployment.create_run(**{**params, **param_overrides})
     round_id, _ = admin.open_round(run_id)

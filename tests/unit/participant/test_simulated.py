@@ -38,10 +38,17 @@ def test_a_simulated_participant_is_a_seeded_key_and_a_partition(run_config: dic
         assert (p.chain_url, p.store_location) == (HERE.chain_url, HERE.store)
         assert p.ledger_dir == tmp_path / "ledgers"
         assert (p.device, p.device_index, p.model_targets) == ("cpu", i, None)
-        # a simulation's reproducible noise: seed * 1_000_003 + round * 1_009 + partition
-        assert p.round_seed(2) == p.round_seed(2) == 4 * 1_000_003 + 2 * 1_009 + i
+        assert p.noise_seed is None and p.round_seed(2) != p.round_seed(2)  # secret noise by default
     assert simulated_participant(run_config, 0, HERE).behaviour == ScaledUpdate(-5.0)
     assert simulated_participant(run_config, 1, HERE).behaviour is None
+
+
+def test_reproducible_noise_is_seeded_only_when_asked(run_config: dict[str, str]) -> None:
+    seeded = {**run_config, "overrides": run_config["overrides"] + " privacy.reproducible_noise=true"}
+    for i in range(3):
+        p = simulated_participant(seeded, i, HERE)
+        # seed * 1_000_003 + round * 1_009 + partition: anyone who knows the seed replays it
+        assert p.round_seed(2) == p.round_seed(2) == 4 * 1_000_003 + 2 * 1_009 + i
 
 
 def test_simulated_participants_are_built_once_per_experiment_and_place(run_config: dict[str, str]) -> None:
