@@ -142,6 +142,7 @@ class ExperimentConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+    verbose: bool = False  # true: third-party INFO logs, warnings and retry lines too
 
 
 def register_configs() -> None:
@@ -309,9 +310,10 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def validate(cfg: ExperimentConfig) -> None:
+def validate(cfg: ExperimentConfig, *, targets: bool = True) -> None:
     """Check a composed config: no unknown keys, values in range, model and loader
     targets that import and take their arguments. The message names the key to fix.
+    ``targets=False`` skips the targets, whose check imports the ML stack.
 
     Raises:
         ConfigError: the first problem found, in one line.
@@ -373,6 +375,8 @@ def validate(cfg: ExperimentConfig) -> None:
     _require(cfg.storage.retries >= 0, f"storage.retries must be >= 0 (got {cfg.storage.retries})")
     _require(cfg.storage.max_blob_bytes > 0, "storage.max_blob_bytes must be > 0")
     _require(cfg.engine.kind in ("inprocess", "ray"), f"engine.kind must be 'inprocess' or 'ray' (got {cfg.engine.kind!r})")
+    if not targets:
+        return
     # The model and the dataset loader: importable targets taking the arguments given
     # (the bundled models' argument values too). Imported here: both pull in heavy
     # libraries that a config check alone should not need.

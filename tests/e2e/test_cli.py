@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
@@ -31,6 +29,9 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Completed
         ("privacy.epsilon=-1", "privacy.epsilon must be > 0"),
         ("num_clients=0", "num_clients must be >= 1"),
         ("privacy.epsilonn=3", "epsilonn"),
+        ("num_rounds=0", "num_rounds must be >= 1"),
+        ("model._target_=deai_flower.models.mlpp", "mlpp"),
+        ("model._target_=no_such_package.Net", "no_such_package"),
     ],
 )
 def test_bad_input_is_one_readable_error(override: str, expected: str, tmp_path: Path) -> None:
@@ -38,8 +39,45 @@ def test_bad_input_is_one_readable_error(override: str, expected: str, tmp_path:
     assert result.returncode != 0
     assert expected in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+    if override not in ("dataset=imagenet", "privacy.epsilonn=3"):  # Hydra's own composition errors: its format
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.stdout == ""  # refused before the run's summary line
 
 
+HEAVY = ("torch", "flwr", "opacus", "web3", "hydra", "datasets", "sklearn")
+
+
+def modules_loaded_by(code: str, cwd: Path) -> set[str]:
+    """The heavy top-level packages imported while running ``code`` in a fresh interpreter."""
+    probe = f"{code}\nimport sys\nprint('loaded:', *(m for m in {HEAVY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return set(out.stdout.splitlines()[-1].removeprefix("loaded:").split())
+
+
+def test_deai_help_imports_no_ml_stack(tmp_path: Path) -> None:
+    code = "from deai_flower.cli.deai import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass"
+    assert modules_loaded_by(code, tmp_path) == set()
+
+
+def test_store_commands_import_no_ml_stack(tmp_path: Path) -> None:
+    (tmp_path / "f.bin").write_bytes(b"x" * 1000)
+    root = str(tmp_path / "s")
+    code = (f"from deai_flower.cli.deai import main\nmain(['store', '--root', {root!r}, 'add', 'f.bin'])\n"
+            f"main(['store', '--root', {root!r}, 'verify', 'bafkreice7a2ujfffxib3uf4svdj6trjuyr5jdamyb7phup2ewbxpflt4p4'])")  # fmt: skip
+    assert modules_loaded_by(code, tmp_path) == set()
+
+
+@pytest.mark.slow
+def test_a_run_prints_its_summary_first(tmp_path: Path) -> None:
+    result = run_cli("num_clients=3", "num_rounds=1", "progress=false", f"hydra.run.dir={tmp_path / 'out'}",
+                     cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("deai-flower: 3 clients × 1 rounds, fedavg, mlp on digits") and first.endswith("run…")
+
+
+@pytest.mark.slow
 def test_main_job_runs_and_prints_the_table(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = run_cli("num_clients=3", "num_rounds=1", "progress=false", f"hydra.run.dir={out}", cwd=tmp_path)
@@ -59,6 +97,7 @@ def test_store_add_prints_the_ipfs_cid(tmp_path: Path) -> None:
     assert missing.returncode == 2 and missing.stderr.startswith("error: no such file")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("DEAI_SKIP_RAY") == "1", reason="DEAI_SKIP_RAY=1")
 def test_ray_engine_runs_the_same_apps(tmp_path: Path) -> None:
     out = tmp_path / "out"
