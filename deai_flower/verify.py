@@ -429,11 +429,15 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
             if spec.private and ACCOUNTANT_NAMES.get(dp.accountant) != spec.privacy.accountant:
                 verdict.problems.append(f"{who} accounts with {ACCOUNTANT_NAMES.get(dp.accountant, dp.accountant)}, "
                                         f"the spec names {spec.privacy.accountant}")  # fmt: skip
+            claim = dp_claim_problem(spec, num_examples=revealed.num_examples, dp=dp, history=list(histories[who]))
             chain_epsilon[who] = _check_epsilon(verdict, who, dp, histories[who])
             bound = entries[who].max_examples if who in entries else NO_EXAMPLE_BOUND
             if revealed.num_examples > bound:
                 verdict.problems.append(f"{who} reveals {revealed.num_examples} examples, above the {bound} it is "
                                         "registered with")  # fmt: skip
+            if claim is not None:  # attesters exclude it too (protocol §2.5)
+                verdict.problems.append(f"{who}'s reveal {claim}: excluded")
+                continue
             try:
                 blob_cid = cid_from_bytes(revealed.cid)
                 arrays = decode_arrays(store.get(blob_cid), max_bytes=max_bytes, expected=arrays_spec)
@@ -512,6 +516,46 @@ def _check_epsilon(verdict: RoundVerdict, who: str, dp: DpParams, history: list[
         verdict.problems.append(f"{who} claims ε={claimed:.6f}, its revealed parameters give ε={recomputed:.6f} "
                                 f"({_TOLERANCE})")  # fmt: skip
     return recomputed
+
+
+def dp_claim_problem(spec: RunSpec, *, num_examples: int, dp: DpParams,
+                     history: list[tuple[float, float, int]]) -> str | None:  # fmt: skip
+    """Why a reveal's DP claims contradict what can be checked, or None.
+
+    ``history``: the participant's revealed (σ, q, steps) in this run before this reveal.
+    Checked for a private spec: the spec's accountant and δ; σ > 0 and steps > 0; q equal
+    to ``min(batch_size, n) / n`` for the revealed n and steps to ``local_epochs *
+    floor(1/q)`` (how DP-SGD runs under the spec); and the cumulative ε recomputed from
+    the whole history, this reveal included, neither understated nor past the budget.
+    What happened inside the silo (that this noise was really added) stays a claim.
+    """
+    p = spec.privacy
+    if not spec.private:
+        return None
+    accountant = ACCOUNTANT_NAMES.get(dp.accountant)
+    if accountant != p.accountant:
+        return f"accounts with {accountant or dp.accountant}, the spec names {p.accountant}"
+    if dp.delta_wad != to_wad(p.delta):
+        return f"reveals δ={from_wad(dp.delta_wad):g}, the spec gives {p.delta:g}"
+    sigma, rate = from_wad(dp.noise_multiplier_wad), from_wad(dp.sample_rate_wad)
+    if not sigma > 0 or dp.steps <= 0:
+        return f"reveals σ={sigma:g} and {dp.steps} steps in a private run (no noise, or no DP-SGD)"
+    if num_examples <= 0:
+        return f"reveals {num_examples} examples"
+    expected_rate = min(spec.training.batch_size, num_examples) / num_examples
+    if not math.isclose(rate, expected_rate, rel_tol=1e-9, abs_tol=1e-15):
+        return (f"reveals q={rate:.9g}, the spec's batch size gives {expected_rate:.9g} for its "
+                f"{num_examples} examples")  # fmt: skip
+    expected_steps = spec.training.local_epochs * int(1 / expected_rate)
+    if dp.steps != expected_steps:
+        return f"reveals {dp.steps} steps, the spec's training gives {expected_steps} at q={expected_rate:.9g}"
+    epsilon = PrivacyLedger(history=[*history, (sigma, rate, dp.steps)]).epsilon(from_wad(dp.delta_wad), accountant)
+    if dp.epsilon < epsilon and not _close(dp.epsilon, epsilon):
+        return (f"claims cumulative ε={dp.epsilon:.6f}, its revealed history gives ε={epsilon:.6f} "
+                f"({_TOLERANCE})")  # fmt: skip
+    if epsilon > p.epsilon and not _close(epsilon, p.epsilon):
+        return f"its revealed history gives ε={epsilon:.6f}, past the run's budget {p.epsilon:g}"
+    return None
 
 
 def _close(a: float, b: float) -> bool:
@@ -604,6 +648,7 @@ __all__ = [
     "RunRecord",
     "StoreLocation",
     "Verification",
+    "dp_claim_problem",
     "load_spec",
     "recorded_store",
     "verify_run",

@@ -27,6 +27,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common import log
 
 from ..chain import DpParams, commitment_of
+from ..protocol.encoding import from_wad
 from ..consortium.identity import CHALLENGE_BYTES, sign_identity
 from ..errors import (
     BlobFormatError,
@@ -40,6 +41,7 @@ from ..messages import CONFIG, METRICS, STATUS
 from ..models import evaluate, set_arrays
 from ..privacy import PrivacyLedger, ledger_path, load_ledger, save_ledger, train_round
 from ..protocol.rules import RevealedUpdate, aggregate
+from ..verify import dp_claim_problem
 from ..storage import cid_from_bytes, cid_to_bytes, compute_cid, decode_arrays, encode_arrays
 from .locator import RunLocator
 from .participant import Participant
@@ -261,10 +263,13 @@ def revealed_updates(view: RunView, round_id: int, opened_block: int) -> tuple[l
     block on) and fetched from the store.
 
     A blob that is missing, does not match its CID or fails validation against the
-    spec's array layout and size limit is excluded, with the reason; every honest
-    attester excludes the same ones.
+    spec's array layout and size limit is excluded, with the reason, and so is a reveal
+    whose DP claims contradict the spec or understate the ε its revealed history gives
+    (:func:`~deai_flower.verify.dp_claim_problem`); every honest attester excludes the
+    same ones.
     """
     reveals = view.contract.revealed(view.run_id, round_id, from_block=opened_block)
+    histories = _revealed_histories(view, round_id) if view.spec.private else {}
 
     def fetch(reveal: dict[str, Any]) -> dict[str, np.ndarray] | str:
         try:
@@ -279,11 +284,43 @@ def revealed_updates(view: RunView, round_id: int, opened_block: int) -> tuple[l
         fetched = list(pool.map(fetch, reveals))
     updates, rejected = [], {}
     for reveal, arrays in zip(reveals, fetched, strict=True):
-        if isinstance(arrays, str):
+        claim = dp_claim_problem(view.spec, num_examples=int(reveal["numExamples"]), dp=_dp_of(reveal),
+                                 history=histories.get(reveal["participant"], []))  # fmt: skip
+        if claim is not None:
+            rejected[reveal["participant"]] = f"DP claims: {claim}"
+        elif isinstance(arrays, str):
             rejected[reveal["participant"]] = arrays
         else:
             updates.append(RevealedUpdate(reveal["participant"], reveal["numExamples"], arrays))
     return updates, rejected
+
+
+def _dp_of(reveal: dict[str, Any]) -> DpParams:
+    d = reveal["dp"]
+    return DpParams(d["noiseMultiplierWad"], d["sampleRateWad"], d["steps"], d["deltaWad"], d["epsilonWad"],
+                    d["accountant"])  # fmt: skip
+
+
+_HISTORY: dict[int, tuple[weakref.ref[RunView], dict[int, list[dict[str, Any]]]]] = {}
+
+
+def _revealed_histories(view: RunView, round_id: int) -> dict[str, list[tuple[float, float, int]]]:
+    """Each participant's revealed (σ, q, steps) in the rounds of this run before ``round_id``,
+    read from the chain's ``Revealed`` events (a past round's are final: read once per view)."""
+    with _BOUNDS_LOCK:
+        cached = _HISTORY.get(id(view))
+        if cached is None or cached[0]() is not view:
+            cached = _HISTORY[id(view)] = (weakref.ref(view), {})
+        past = cached[1]
+    histories: dict[str, list[tuple[float, float, int]]] = {}
+    for r in range(1, round_id):
+        if r not in past:
+            past[r] = view.contract.revealed(view.run_id, r, from_block=0)
+        for reveal in past[r]:
+            dp = _dp_of(reveal)
+            histories.setdefault(reveal["participant"], []).append(
+                (from_wad(dp.noise_multiplier_wad), from_wad(dp.sample_rate_wad), dp.steps))
+    return histories
 
 
 def _exclusions(rejected: dict[str, str]) -> dict[str, list[str]]:

@@ -39,6 +39,7 @@ from deai_flower.verify import EPSILON_RTOL, RunRecord, recorded_store, verify_r
 
 SIGMA, RATE, STEPS, DELTA = 1.1, 0.1, 10, 1e-5
 CLIENTS = 3
+EXAMPLES = 80  # q = batch_size / EXAMPLES = RATE, STEPS = local_epochs * floor(1 / q)
 
 
 def make_spec(rule: str = "krum", params: dict[str, Any] | None = None, num_rounds: int = 2) -> RunSpec:
@@ -104,9 +105,9 @@ def play_run(out: Path, *, spec: RunSpec | None = None, **param_overrides: Any) 
             salt = bytes([round_id, i + 1]) * 16
             client.commit(run_id, round_id, commitment_of(
                 chain_id=node.chain_id, contract=admin.address, run_id=run_id, round_id=round_id,
-                participant=client.account.address, cid=cid, num_examples=10 + i, dp=dp, salt=salt))  # fmt: skip
+                participant=client.account.address, cid=cid, num_examples=EXAMPLES, dp=dp, salt=salt))  # fmt: skip
             store.put(blob)
-            revealed.append((client, cid, 10 + i, dp, salt, update))
+            revealed.append((client, cid, EXAMPLES, dp, salt, update))
         for client, cid, examples, dp, salt, _ in revealed:
             client.reveal(run_id, round_id, cid=cid, num_examples=examples, dp=dp, salt=salt)
         updates = [RevealedUpdate(c.account.address, n, u) for c, _, n, _, _, u in revealed]
