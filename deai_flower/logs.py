@@ -22,15 +22,14 @@ NOISY_LOGGERS: tuple[str, ...] = (
     "fsspec",
     "urllib3",
     "filelock",
-    "ray",
 )
 
 
 def quiet_third_party(*, verbose: bool = False) -> None:
     """Hide third-party INFO logs, retry lines and warnings unless ``verbose``.
 
-    Also sets the environment the same way for processes started later (Ray workers
-    inherit it).
+    Also sets the environment the same way for libraries imported and processes
+    started later (Ray's workers inherit it).
     """
     if verbose:
         return
@@ -38,12 +37,10 @@ def quiet_third_party(*, verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     # Deprecation and future warnings of the libraries we pin (Flower, Ray, Opacus) say
     # nothing the user of a run can act on; the project's own warnings stay.
-    for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
-        warnings.filterwarnings("ignore", category=category)
-    warnings.filterwarnings("ignore", message=r".*deprecated.*", module=r"(flwr|ray|opacus|torch|datasets)(\.|$)")
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(?!deai_flower(\.|$))")
+    # Processes started later (Ray's workers) run library code: the same, by category.
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
+    # Hugging Face's libraries set their loggers' levels from these when imported.
     os.environ.setdefault("HF_HUB_VERBOSITY", "error")
-    os.environ.setdefault("HF_DATASETS_VERBOSITY", "error")
     os.environ.setdefault("DATASETS_VERBOSITY", "error")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")

@@ -73,7 +73,8 @@ def _run(cfg: DictConfig, output_dir: Path) -> None:
 def summary(cfg: DictConfig) -> str:
     """The experiment in a few words: clients, rounds, rule, model, data, privacy, where."""
     model = str(cfg.model.get("_target_", "?")).rsplit(".", 1)[-1]
-    loader = str(cfg.dataset.loader.get("_target_", "?")).rsplit(".", 1)[-1].removeprefix("load_")
+    loader = cfg.dataset.loader.get("name") or str(cfg.dataset.loader.get("_target_", "?")).rsplit(".", 1)[-1]
+    loader = str(loader).removeprefix("load_")
     privacy = f"ε={float(cfg.privacy.epsilon):g}" if is_private(cfg) else "no DP"
     return (f"{cfg.num_clients} clients × {cfg.num_rounds} rounds, {cfg.strategy.name}, {model} on {loader}, "
             f"{privacy}, {cfg.engine.kind} engine, {cfg.chain.kind} chain, {cfg.storage.kind} store")  # fmt: skip
