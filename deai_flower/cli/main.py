@@ -25,8 +25,42 @@ from ..sweep import FAILED_FILE
 register_configs()
 
 
+def main() -> None:
+    """The console script: Hydra's composition errors as one line, then the run."""
+    error = composition_error(sys.argv[1:])
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    run_main()
+
+
+def composition_error(overrides: list[str]) -> str | None:
+    """Why Hydra cannot compose the config with ``overrides``, in one line; None if it can.
+
+    Only plain ``key=value`` overrides are checked here: with a flag (``-m`` and its
+    sweep syntax, ``--cfg``, ``--help``) Hydra itself reports, in its own format.
+    """
+    if any(arg.startswith("-") for arg in overrides):
+        return None
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException, MissingConfigException
+
+    try:
+        with initialize_config_module(config_module="deai_flower.conf", version_base=None):
+            compose(config_name="config", overrides=overrides)
+    except MissingConfigException as exc:
+        first = str(exc).strip().splitlines()[0]
+        return f"{first} (available: {', '.join(exc.options)})" if exc.options else first
+    except HydraException as exc:
+        first, *rest = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+        cause = exc.__cause__
+        detail = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
+        return " ".join([first.rstrip("."), f"({detail})." if detail else ".", *rest]).replace(" .", ".")
+    return None
+
+
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def run_main(cfg: DictConfig) -> None:
     """Run the composed experiment; a project error becomes one line and exit status 2."""
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
