@@ -1,4 +1,5 @@
-"""A SuperNode killed mid-round and started again (TLS + SuperNode authentication on).
+"""Restarts on a real deployment (TLS + SuperNode authentication on): a SuperNode killed
+mid-round and started again; a coordinator stopped mid-run and started again.
 
 Silo-2's SuperNode is killed (with its ClientApp process) while round 1 asks it to
 commit: the round finalizes with the other two. Once round 1 is past its commit phase the
@@ -67,3 +68,55 @@ def test_a_killed_supernode_is_done_without_and_takes_part_again_after_a_restart
         assert len(finalized) == ROUNDS, rounds
         assert address not in finalized[0]["committed"] and len(finalized[0]["committed"]) == 2
         assert any(address in r["revealed"] for r in finalized[1:]), [r["revealed"] for r in finalized]
+
+
+def test_a_coordinator_stopped_mid_run_is_resumed_from_the_chain(tmp_path: Path) -> None:
+    """``flwr stop`` while round 2 is being played; ``flwr run`` again with the same run
+    config: the new coordinator reads what the chain finalized, lets the round in flight
+    lapse, and plays the rounds still missing; ``deai verify`` checks all of them.
+
+    Non-private: the silos that trained and committed in the lapsed attempt spent ε on it
+    (their ledgers say so), so a private run planned to spend its budget in exactly
+    ``num_rounds`` rounds is declined by them before its last round."""
+    import subprocess
+
+    with LocalConsortium(tmp_path) as net:
+        net.start_chain()
+        net.set_up_chain()
+        files = write_silo_files(tmp_path / "data", num_silos=3, overrides=["dataset=breast_cancer"])
+        silos = [net.add_silo(f"silo-{i}", data_path=f.train, eval_path=f.eval) for i, f in enumerate(files)]
+        created = net.create_run([*OVERRIDES, "privacy=none"])
+        net.start_superlink()
+        for silo in silos:
+            net.register_supernode(silo)
+            net.start_supernode(silo, silo.node_config(chain_url=net.rpc, store=net.store))
+        net.wait_for_nodes(3)
+        run_config = net.coordinator_run_config(created, tmp_path / "results")
+        first = net.run(run_config)
+        reader = RoundsContract(net.anvil.connect(), created.contract, Account.create())  # type: ignore[union-attr]
+
+        def in_round_two() -> bool:
+            run = reader.get_run(created.run_id)
+            return int(run["finalizedRounds"]) == 1 and int(reader.get_round(created.run_id,
+                                                                             int(run["currentRound"]))["commitCount"]) > 0
+
+        _wait("a commit of round 2", in_round_two, timeout=900)
+        net.flwr("stop", str(first), "consortium")
+        _wait("the first coordinator to stop", lambda: net.status(first).startswith("finished"), timeout=120)
+        second = net.run(run_config)
+        status = net.wait(second, timeout=1500)
+        if status != "finished:completed":
+            print(net.server_log(second)[-4000:], file=sys.stderr)
+        assert status == "finished:completed"
+        rounds = json.loads((tmp_path / "results" / "results.json").read_text())["rounds"]
+        summary = [(r["round"], r["attempt"], r["status"], r["reason"]) for r in rounds]
+        if int(reader.get_run(created.run_id)["finalizedRounds"]) != ROUNDS:
+            print("FIRST\n", net.server_log(first)[-6000:], "\nSECOND\n", net.server_log(second)[-6000:],
+                  file=sys.stderr)  # fmt: skip
+        assert int(reader.get_run(created.run_id)["finalizedRounds"]) == ROUNDS, summary
+        assert [r["status"] for r in rounds if r["status"] == "finalized"] == ["finalized"] * (ROUNDS - 1)
+        verify = subprocess.run([str(Path(sys.executable).parent / "deai"), "verify", "--rpc", net.rpc, "--contract",
+                                 created.contract, "--run-id", str(created.run_id), "--store-root",
+                                 str(tmp_path / "store")], capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        assert f"all {ROUNDS} rounds verified" in verify.stdout or "verified" in verify.stdout
