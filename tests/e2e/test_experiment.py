@@ -121,10 +121,18 @@ def test_deai_verify_accepts_the_run(finished_run: tuple[Path, dict[str, Any]]) 
     assert all(v.ok for v in verify_run(RunRecord.from_output_dir(out), LocalStore(out / "store")))
 
 
-def test_the_same_seed_gives_the_same_models(
+def test_noise_is_secret_unless_reproducible_noise_is_asked_for(
     finished_run: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
+    """The same seed gives the same initial model and data, but not the same DP noise: a
+    rerun's updates differ. Only privacy.reproducible_noise=true repeats a run exactly,
+    and results.json says so."""
     _, first = finished_run
-    run_experiment(compose_with(*SMALL), output_dir=tmp_path)
-    second = json.loads((tmp_path / "results.json").read_text())
-    assert second["global_model_cids"] == first["global_model_cids"]
+    again = run_experiment(compose_with(*SMALL), output_dir=tmp_path / "again")
+    assert again["global_model_cids"][0] == first["global_model_cids"][0]
+    assert again["global_model_cids"][1:] != first["global_model_cids"][1:]
+    assert first["privacy"]["noise"] == "secret"
+    seeded = [run_experiment(compose_with(*SMALL, "privacy.reproducible_noise=true"), output_dir=tmp_path / name)
+              for name in ("a", "b")]  # fmt: skip
+    assert seeded[0]["global_model_cids"] == seeded[1]["global_model_cids"]
+    assert seeded[0]["privacy"]["noise"].startswith("reproducible")
