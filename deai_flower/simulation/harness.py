@@ -121,13 +121,9 @@ class PreparedRun:
     store: ContentStore
     store_location: str  # as participants open it (``local:DIR`` or ``ipfs:MULTIADDR``)
     split: DatasetSplit
-    model: dict[str, Any]  # the chain's current global model (initial, or last finalized)
-    model_cid: str
     initial_cid: str
-    array_spec: dict[str, Any]
     setup_gas: dict[str, int] = field(default_factory=dict)
     first_block: int = 0
-    finalized_rounds: int = 0
 
 
 def connect(cfg: DictConfig) -> ChainNode:
@@ -184,8 +180,7 @@ def prepare_run(cfg: DictConfig, output_dir: Path, *, node: ChainNode | None = N
     run_id, run_tx = create_run(contract, spec, initial_cid)
     setup_gas["createRun"] = run_tx.gas_used
     return PreparedRun(node=node, contract=contract, run_id=run_id, spec=spec, store=store, store_location=location,
-                       split=split, model=initial, model_cid=initial_cid, initial_cid=initial_cid, array_spec=shape,
-                       setup_gas=setup_gas, first_block=first_block)  # fmt: skip
+                       split=split, initial_cid=initial_cid, setup_gas=setup_gas, first_block=first_block)  # fmt: skip
 
 
 def _resume(cfg: DictConfig, node: ChainNode, admin: Any, store: ContentStore, *, spec: RunSpec, location: str,
@@ -201,12 +196,11 @@ def _resume(cfg: DictConfig, node: ChainNode, admin: Any, store: ContentStore, *
     if recorded.digest() != spec.digest():
         raise ConfigError(f"resume: run {run_id} was created with another run spec (chain: {recorded.digest().hex()}, "
                           f"this config: {spec.digest().hex()}); resume it with the same overrides")  # fmt: skip
-    run = contract.get_run(run_id)
-    model_cid = cid_from_bytes(bytes(run["modelCid"]))
-    model = decode_arrays(store.get(model_cid), max_bytes=spec.max_blob_bytes, expected=shape)
+    # Fail before the engine starts when this store lacks the model the chain is at.
+    model_cid = cid_from_bytes(bytes(contract.get_run(run_id)["modelCid"]))
+    decode_arrays(store.get(model_cid), max_bytes=spec.max_blob_bytes, expected=shape)
     return PreparedRun(node=node, contract=contract, run_id=run_id, spec=spec, store=store, store_location=location,
-                       split=split, model=model, model_cid=model_cid, initial_cid=initial_cid, array_spec=shape,
-                       finalized_rounds=int(run["finalizedRounds"]))  # fmt: skip
+                       split=split, initial_cid=initial_cid)  # fmt: skip
 
 
 @contextlib.contextmanager
