@@ -37,8 +37,8 @@ def test_two_runs_on_one_anvil_node(anvil_for_cli: AnvilNode, tmp_path: Path) ->
     results = []
     for i in (1, 2):
         out = tmp_path / f"run{i}"
-        done = run_cli("chain=anvil", f"chain.rpc_url={anvil_for_cli.url}", *SMALL, f"hydra.run.dir={out}",
-                       cwd=tmp_path)  # fmt: skip
+        done = run_cli("chain=anvil", f"chain.rpc_url={anvil_for_cli.url}", *SMALL, "privacy.reproducible_noise=true",
+                       f"hydra.run.dir={out}", cwd=tmp_path)  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
         assert "finalized" in done.stdout
         results.append(json.loads((out / "results.json").read_text()))
@@ -50,7 +50,7 @@ def test_two_runs_on_one_anvil_node(anvil_for_cli: AnvilNode, tmp_path: Path) ->
         }
     # the second run deployed its own contract with the same (funded, already used) keys
     assert results[0]["contract_address"] != results[1]["contract_address"]
-    # same seed, same models: the node changes where the rounds run, not their result
+    # same seed and seeded noise, same models: the node changes where the rounds run, not their result
     assert results[0]["global_model_cids"] == results[1]["global_model_cids"]
 
 
