@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -20,6 +19,7 @@ from types import TracebackType
 from typing import IO
 
 from ..errors import ChainUnavailableError
+from ..processes import stop_process_group
 from .node import ChainNode, connect_rpc
 
 #: The npm release installed when no anvil is found.
@@ -141,15 +141,8 @@ class AnvilNode:
         process, self._process = self._process, None
         log, self._log = self._log, None
         try:
-            if process is not None and process.poll() is None:
-                try:
-                    os.killpg(process.pid, signal.SIGTERM)
-                    process.wait(timeout=10)
-                except ProcessLookupError:
-                    pass
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait(timeout=10)
+            if process is not None:
+                stop_process_group(process, timeout=10)
         finally:
             if log is not None:
                 log.close()

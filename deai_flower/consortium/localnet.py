@@ -31,6 +31,7 @@ from eth_account.signers.local import LocalAccount
 from ..chain.devnode import AnvilNode, find_anvil, free_port, install_anvil
 from ..chain.keys import keystore_key
 from ..errors import DeaiError
+from ..processes import stop_process_group
 from .credentials import SiloKey, SupernodeKeys, TlsFiles, create_keystore, create_supernode_keys, create_tls
 from .setup import CreatedRun, create_run, deploy, fund, register
 
@@ -276,20 +277,7 @@ class LocalConsortium:
 
     def stop_process(self, process: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM) -> None:
         """Stop a process this consortium started, with everything it spawned."""
-        if process.poll() is None:
-            try:
-                os.killpg(process.pid, sig)
-                process.wait(timeout=15)
-            except ProcessLookupError:
-                pass
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=15)
-        else:  # its children may outlive it
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        stop_process_group(process, sig=sig)
 
     def stop(self) -> None:
         for process in reversed(self.processes):
