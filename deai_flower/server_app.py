@@ -109,7 +109,8 @@ def _deployment(grid: Grid, run_config: Mapping[str, Any]) -> None:
 
 def _simulation(grid: Grid, run_config: Mapping[str, Any]) -> None:
     from .simulation.config import experiment_config
-    from .simulation.harness import load_split, locator, prepare_run, serve_chain
+    from .data import load_dataset
+    from .simulation.harness import locator, prepare_run, serve_chain
 
     started = time.time()
     cfg = experiment_config(run_config)
@@ -120,7 +121,7 @@ def _simulation(grid: Grid, run_config: Mapping[str, Any]) -> None:
         store = open_store(str(run_config["store"]), max_bytes=int(cfg.storage.max_blob_bytes))
         contract = RoundsContract(node, str(run_config["contract"]), simulation_key(seed=int(cfg.seed), role="coordinator"))
         where = {k: run_config[k] for k in ("contract", "run-id", "chain-url", "store")}
-        split = load_split(cfg)
+        split = load_dataset(cfg.dataset, seed=int(cfg.seed))  # its test split (the harness checked the rest)
         _play_simulation(grid, cfg, contract, int(run_config["run-id"]), store, where, split, output_dir, setup,
                          started, progress=bool(cfg.progress) and bool(str(run_config.get("experiment", ""))))  # fmt: skip
         return
