@@ -1,0 +1,241 @@
+"""Contribution scores: integers that are a function of the revealed bytes alone."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deai_flower.protocol.rules import RevealedUpdate
+from deai_flower.protocol.scores import (
+    MAX_SCORE,
+    SCORE_SCALE,
+    _alignment_terms,
+    alignment_scores,
+    loss_improvement_scores,
+    quantize_loss,
+)
+
+
+def address(i: int) -> str:
+    return f"0x{i:040x}"
+
+
+def global_model(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"w": rng.normal(size=(40, 50)).astype(np.float32), "b": rng.normal(size=(50,)).astype(np.float32)}
+
+
+def update(who: int, base: dict[str, np.ndarray], delta: dict[str, np.ndarray], weight: int = 100) -> RevealedUpdate:
+    return RevealedUpdate(address(who), weight, {k: (base[k] + delta[k]).astype(np.float32) for k in base})
+
+
+def honest_round(num_honest: int, seed: int = 1) -> tuple[dict[str, np.ndarray], list[RevealedUpdate]]:
+    """Honest updates: a shared direction plus individual noise of the same size per coordinate."""
+    base = global_model(seed)
+    rng = np.random.default_rng(seed + 100)
+    common = {k: 0.01 * rng.normal(size=v.shape) for k, v in base.items()}
+    honest = [update(i + 1, base, {k: common[k] + 0.01 * rng.normal(size=common[k].shape) for k in base})
+              for i in range(num_honest)]  # fmt: skip
+    return base, honest
+
+
+def delta_of(u: RevealedUpdate, base: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: u.arrays[k].astype(np.float64) - base[k] for k in base}
+
+
+def test_hand_computed_example() -> None:
+    """Three 2-d deltas (1,0), (1,1), (0,1) of weight 1: S = (2,2).
+
+    (1,0): R = (1,2), cos = 1/sqrt(5), norm 1 = lower median of (1, 1, sqrt 2) -> m = 1.
+    (1,1): R = (1,1), cos = 1, m = 1/sqrt(2).
+    """
+    base = {"v": np.zeros(2, np.float32)}
+    updates = [RevealedUpdate(address(i), 1, {"v": np.array(d, np.float32)})
+               for i, d in ((1, [1, 0]), (2, [1, 1]), (3, [0, 1]))]  # fmt: skip
+    assert alignment_scores(updates, base) == {address(1): 447213, address(2): 707106, address(3): 447213}
+    assert math.floor(SCORE_SCALE / math.sqrt(5)) == 447213
+
+
+def test_weights_enter_the_others_sum() -> None:
+    """(1,0) with weight 1 next to (0,1) with weight 3 and (1,1) with weight 1.
+
+    For (1,0): R = 3*(0,1) + (1,1) = (1,4), cos = 1/sqrt(17): the weights count.
+    """
+    base = {"v": np.zeros(2, np.float32)}
+    updates = [RevealedUpdate(address(1), 1, {"v": np.array([1, 0], np.float32)}),
+               RevealedUpdate(address(2), 3, {"v": np.array([0, 1], np.float32)}),
+               RevealedUpdate(address(3), 1, {"v": np.array([1, 1], np.float32)})]  # fmt: skip
+    scores = alignment_scores(updates, base)
+    assert abs(scores[address(1)] - SCORE_SCALE / math.sqrt(17)) <= 1
+    # (0,1): R = (1,0) + (1,1) = (2,1), cos = 1/sqrt(5)
+    assert abs(scores[address(2)] - SCORE_SCALE / math.sqrt(5)) <= 1
+
+
+def test_free_rider_sending_the_global_model_scores_zero() -> None:
+    base, honest = honest_round(6)
+    rider = RevealedUpdate(address(99), 100, {k: v.copy() for k, v in base.items()})
+    scores = alignment_scores([*honest, rider], base)
+    assert scores[rider.participant] == 0
+    assert all(scores[u.participant] > SCORE_SCALE // 2 for u in honest)
+
+
+def test_free_rider_sending_noise_scores_near_zero() -> None:
+    base, honest = honest_round(6)
+    rng = np.random.default_rng(7)
+    for trial in range(5):  # noise of the honest updates' size, several draws
+        noise = {k: 0.014 * rng.normal(size=v.shape) for k, v in base.items()}
+        rider = update(99, base, noise)
+        scores = alignment_scores([*honest, rider], base)
+        honest_min = min(scores[u.participant] for u in honest)
+        assert honest_min > SCORE_SCALE // 2
+        assert scores[rider.participant] < honest_min // 10, trial
+
+
+def test_sign_flipping_poisoner_scores_zero() -> None:
+    base, honest = honest_round(10)
+    mean = {k: sum(delta_of(u, base)[k] for u in honest) / len(honest) for k in base}
+    poisoner = update(99, base, {k: -5 * v for k, v in mean.items()})
+    scores = alignment_scores([*honest, poisoner], base)
+    assert scores[poisoner.participant] == 0
+    assert all(scores[u.participant] > SCORE_SCALE // 10 for u in honest)
+    # Flipping one participant's own delta scores 0 too (and costs that participant most).
+    copycat = update(98, base, {k: -5 * v for k, v in delta_of(honest[0], base).items()})
+    scores = alignment_scores([*honest, copycat], base)
+    assert scores[copycat.participant] == 0
+    assert all(scores[u.participant] > 0 for u in honest[1:])
+
+
+def test_scaled_update_loses_through_the_magnitude_factor() -> None:
+    base, honest = honest_round(6)
+    boosted = update(99, base, {k: 5 * v for k, v in delta_of(honest[0], base).items()})
+    scores = alignment_scores([*honest, boosted], base)
+    terms = _alignment_terms([*honest, boosted], base)
+    c, m = terms[boosted.participant]
+    assert c > 0.5  # its direction is fine ...
+    assert m < 0.25  # ... its size is 5x the median
+    assert scores[boosted.participant] < min(scores[u.participant] for u in honest)
+
+
+def test_single_update() -> None:
+    base = global_model()
+    rng = np.random.default_rng(3)
+    moved = update(5, base, {k: rng.normal(size=v.shape) for k, v in base.items()})
+    assert alignment_scores([moved], base) == {moved.participant: SCORE_SCALE}
+    still = RevealedUpdate(address(5), 10, {k: v.copy() for k, v in base.items()})
+    assert alignment_scores([still], base) == {still.participant: 0}
+    assert alignment_scores([], base) == {}
+
+
+def test_mismatched_arrays_are_refused() -> None:
+    base, honest = honest_round(3)
+    u = honest[0]
+    missing = RevealedUpdate(u.participant, 1, {"w": u.arrays["w"]})
+    with pytest.raises(ValueError, match=r"missing \['b'\], unexpected \[\]"):
+        alignment_scores([missing, *honest[1:]], base)
+    extra = RevealedUpdate(u.participant, 1, {**u.arrays, "z": np.zeros(1, np.float32)})
+    with pytest.raises(ValueError, match=r"unexpected \['z'\]"):
+        alignment_scores([extra, *honest[1:]], base)
+    reshaped = RevealedUpdate(u.participant, 1, {**u.arrays, "w": u.arrays["w"].reshape(50, 40)})
+    with pytest.raises(ValueError, match=r"tensor 'w' has shape \(50, 40\), the global model's is \(40, 50\)"):
+        alignment_scores([reshaped, *honest[1:]], base)
+
+
+def test_scores_depend_on_values_not_memory_layout() -> None:
+    base, honest = honest_round(4)
+    fortran = [RevealedUpdate(u.participant, u.num_examples, {k: np.asfortranarray(v) for k, v in u.arrays.items()})
+               for u in honest]  # fmt: skip
+    assert _alignment_terms(fortran, base) == _alignment_terms(honest, base)
+
+
+def test_overflow_is_refused_not_inf() -> None:
+    base = {"v": np.zeros(2, np.float64)}
+    huge = [RevealedUpdate(address(i), 2**40, {"v": np.array([1e300, 1e300])}) for i in (1, 2)]
+    with pytest.raises(ValueError, match="overflows a double"):
+        alignment_scores(huge, base)
+
+
+def float_bits(terms: dict[str, tuple[float, float]]) -> dict[str, tuple[str, str]]:
+    return {a: (c.hex(), m.hex()) for a, (c, m) in terms.items()}
+
+
+@st.composite
+def rounds(draw: st.DrawFn) -> tuple[dict[str, np.ndarray], list[RevealedUpdate], list[int]]:
+    n = draw(st.integers(1, 6))
+    seed = draw(st.integers(0, 2**32 - 1))
+    who = draw(st.lists(st.integers(1, 2**160 - 1), min_size=n, max_size=n, unique=True))
+    weights = draw(st.lists(st.integers(1, 2**40), min_size=n, max_size=n))
+    rng = np.random.default_rng(seed)
+    base = {"a": rng.normal(size=(3, 4)).astype(np.float32), "b": rng.normal(size=(5,)).astype(np.float32)}
+    common = {k: rng.normal(size=v.shape) for k, v in base.items()}
+    updates = []
+    for a, w in zip(who, weights, strict=True):
+        scale = float(rng.choice([0.0, 1e-3, 1.0, 1e3]))  # zero deltas and very different sizes too
+        delta = {k: scale * (common[k] + rng.normal(size=v.shape)) for k, v in base.items()}
+        updates.append(update(a, base, delta, w))
+    permutation = draw(st.permutations(range(n)))
+    return base, updates, permutation
+
+
+def reference_terms(updates: list[RevealedUpdate], base: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    """The module docstring's definition, step by step in plain Python doubles (no numpy arithmetic)."""
+    ordered = sorted(updates, key=lambda u: int(u.participant, 16))
+    names = sorted(base)
+    g = [float(x) for name in names for x in base[name].ravel().tolist()]
+    deltas = [[float(x) - gx for x, gx in zip((x for name in names for x in u.arrays[name].ravel().tolist()), g)]
+              for u in ordered]  # fmt: skip
+    w = [float(u.num_examples) for u in ordered]
+    n = [math.fsum(x * x for x in d) for d in deltas]
+    if len(ordered) == 1:
+        full = 1.0 if n[0] > 0 else 0.0
+        return {ordered[0].participant: (full, full)}
+    s = [w[0] * x for x in deltas[0]]
+    for d, wi in zip(deltas[1:], w[1:]):
+        s = [acc + wi * x for acc, x in zip(s, d)]
+    t = math.fsum(x * x for x in s)
+    med = sorted(math.sqrt(v) for v in n)[(len(n) - 1) // 2]
+    terms = {}
+    for u, d, wi, ni in zip(ordered, deltas, w, n):
+        a = math.fsum(x * y for x, y in zip(d, s))
+        dot = a - wi * ni
+        r = max(0.0, (t - (2.0 * wi) * a) + (wi * wi) * ni)
+        cos = 0.0 if ni == 0.0 or r == 0.0 else dot / (math.sqrt(ni) * math.sqrt(r))
+        terms[u.participant] = (min(1.0, max(0.0, cos)), 0.0 if ni == 0.0 else min(1.0, med / math.sqrt(ni)))
+    return terms
+
+
+@settings(max_examples=60, deadline=None)
+@given(rounds())
+def test_scores_are_independent_of_input_order_and_bit_identical(case) -> None:
+    base, updates, permutation = case
+    shuffled = [updates[i] for i in permutation]
+    # The doubles behind the scores, not only the floored integers, are the same bits.
+    assert float_bits(_alignment_terms(shuffled, base)) == float_bits(_alignment_terms(updates, base))
+    # ... and they are those of the written definition, computed without numpy.
+    assert float_bits(_alignment_terms(updates, base)) == float_bits(reference_terms(updates, base))
+    copied = [RevealedUpdate(u.participant, u.num_examples, {k: v.copy() for k, v in u.arrays.items()})
+              for u in shuffled]  # fmt: skip
+    scores = alignment_scores(updates, base)
+    assert alignment_scores(copied, {k: v.copy() for k, v in base.items()}) == scores
+    assert set(scores) == {u.participant for u in updates}
+    assert all(type(s) is int and 0 <= s <= SCORE_SCALE for s in scores.values())
+
+
+def test_quantize_loss_is_micro_nats_half_even() -> None:
+    assert quantize_loss(0.6931471805599453) == 693147
+    assert quantize_loss(1.0) == SCORE_SCALE
+    assert quantize_loss(2.5e-6) == 2  # 2.5 micro-nats: the tie goes to even
+    assert quantize_loss(3.5e-6) == 4
+    assert quantize_loss(0.0) == 0
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="non-finite"):
+            quantize_loss(bad)
+
+
+def test_loss_improvement_scores() -> None:
+    scores = loss_improvement_scores(2.0, {"0xa": 1.5, "0xb": 2.0, "0xc": 2.7, "0xd": 2.0 - 4e-7, "0xe": -1e4})
+    assert scores == {"0xa": 500_000, "0xb": 0, "0xc": 0, "0xd": 0, "0xe": MAX_SCORE}
+    assert loss_improvement_scores(2.0, {"0xf": 2.0 - 6e-7}) == {"0xf": 1}  # rounds to a whole micro-nat
