@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity 0.8.37;
 
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+
 /// @title CommitRevealRounds
 /// @notice Trust-free federated-learning rounds: sampled participants commit to a hash of
 /// their model update, reveal it (content id, example count, DP-SGD parameters, salt)
@@ -30,7 +34,18 @@ pragma solidity 0.8.37;
 /// or every revealer), and never below the run's `quorum`.
 /// Penalties for missing reveals and minority attestations are settled lazily (on the
 /// participant's next commit, or by anyone through `settle`).
-contract CommitRevealRounds {
+/// Incentives: a run may require a stake (native currency, or the ERC-20 token the run
+/// names) before a participant commits, and carries a reward pool funded when it is
+/// created. The attestation that finalizes a round carries the round's outcome (each
+/// revealer's contribution score and verdict, agreed by the same majority as the model):
+/// the round's share of the pool is credited in proportion to the scores, and each
+/// refused update is slashed. Missing reveals and minority attestations are slashed when
+/// they are settled. Slashed stake goes to the run's reward pool, so it is paid to later
+/// contributors; what the pool holds once the run is complete goes back to its creator.
+/// All payments are pulled (`withdrawRewards`, `withdrawStake`, `withdrawPool`).
+contract CommitRevealRounds is ReentrancyGuardTransient {
+    using SafeERC20 for IERC20;
+
     // ------------------------------------------------------------------ types
 
     /// @notice A round's phase, derived by `phase`.
@@ -54,7 +69,8 @@ contract CommitRevealRounds {
     /// @notice Why a penalty was recorded.
     enum PenaltyReason {
         MissingReveal,
-        MinorityAttestation
+        MinorityAttestation,
+        RefusedUpdate // the finalized outcome refused the revealed update (verdict != 0)
     }
 
     // A reveal record: what a participant commits to and reveals, 145 bytes, big-endian,
@@ -73,6 +89,16 @@ contract CommitRevealRounds {
     // ABI-encoded fields.
     uint256 private constant _RECORD_BYTES = 145;
 
+    // A round outcome: one 25-byte entry per revealer of the round, in ascending address
+    // order, each (abi.encodePacked of):
+    //   [0:20)   address participant  a revealer of the round
+    //   [20:24)  uint32  score        its contribution score (docs/protocol.md); 0 if refused
+    //   [24:25)  uint8   verdict      0 aggregated; 1 blob unavailable; 2 blob invalid
+    //                                 (tampered, malformed or not the spec's layout);
+    //                                 3 DP claims contradict the spec or its history
+    // Attesters vote for (result CID, outcome) together: the pair with a majority finalizes.
+    uint256 private constant _OUTCOME_ENTRY_BYTES = 25;
+
     /// @notice Parameters fixed when a run is created.
     struct RunParams {
         // sha-256 digest of the run spec's canonical bytes (docs/protocol.md); the spec is
@@ -90,6 +116,28 @@ contract CommitRevealRounds {
         uint16 quorum; // the fewest matching attestations that finalize a round
         uint16 minReveals; // valid reveals needed for a round to be aggregated
         uint16 committeeSize; // sampled positions below it may attest; 0: every revealer may
+        address stakeToken; // ERC-20 token of stakes and rewards; zero: the native currency
+        uint128 stake; // deposit a participant needs (after slashing) to commit; 0: none
+        uint128 rewardPool; // paid by the creator with `createRun`, shared over the rounds
+        uint128 slashMissingReveal; // slashed for committing without revealing
+        uint128 slashRefused; // slashed for an update the finalized outcome refused
+        uint96 slashMinority; // slashed for attesting against the finalized outcome
+    }
+
+    /// @notice A run's incentives as `getIncentives` reports them.
+    struct IncentivesView {
+        address stakeToken;
+        uint128 stake;
+        uint128 pool; // what the pool holds now: funding + slashed - credited - withdrawn
+        uint128 slashMissingReveal;
+        uint128 slashRefused;
+        uint96 slashMinority;
+    }
+
+    /// @notice A participant's funds in a run.
+    struct AccountView {
+        uint128 stake; // deposited, less slashed and withdrawn
+        uint128 rewards; // credited, not yet withdrawn
     }
 
     /// @notice A run as `getRun` reports it.
@@ -186,6 +234,20 @@ contract CommitRevealRounds {
         bytes23 cidHash; // first 23 bytes of keccak256(cid)
     }
 
+    /// @dev A run's reward pool and required stake (one slot, read by every commit).
+    struct Funds {
+        uint128 pool;
+        uint128 stake;
+    }
+
+    /// @dev What a run slashes, and in which token it pays.
+    struct Terms {
+        uint128 slashMissingReveal;
+        uint128 slashRefused;
+        address token; // zero: native currency
+        uint96 slashMinority;
+    }
+
     struct Run {
         RunConfig config;
         RoundClock clock;
@@ -194,6 +256,14 @@ contract CommitRevealRounds {
         uint128 epsilonBudgetWad;
         uint128 deltaWad;
         address creator;
+        Funds funds;
+        Terms terms;
+    }
+
+    /// @dev A participant's funds in a run.
+    struct Account {
+        uint128 stake;
+        uint128 rewards;
     }
 
     /// @dev A participant's round record: while committed, the commitment's first 26
@@ -267,6 +337,18 @@ contract CommitRevealRounds {
     error PrivacyBudgetExceeded(uint256 runId, address participant, uint256 epsilonWad, uint256 budgetWad);
     error NotEligibleAttester(uint256 runId, uint32 round, address attester, Stage stage);
     error NotInCommittee(uint256 runId, uint32 round, address attester);
+    error InvalidSlashAmount(uint128 stake, uint128 slashMissingReveal, uint128 slashRefused, uint96 slashMinority);
+    error WrongPayment(uint256 expectedWei, uint256 sentWei);
+    error InsufficientStake(uint256 runId, address participant, uint128 stake, uint128 required);
+    error StakeLocked(uint256 runId, address participant, uint32 round);
+    error NothingToWithdraw(uint256 runId, address account);
+    error NotRunCreator(uint256 runId, address caller);
+    error RunNotComplete(uint256 runId, uint32 finalizedRounds, uint32 numRounds);
+    error TransferFailed(address to, uint256 amount);
+    error InvalidOutcome(uint256 runId, uint32 round, uint256 length, uint32 revealCount);
+    error OutcomeNotSorted(uint256 runId, uint32 round, uint256 entry);
+    error OutcomeNotRevealer(uint256 runId, uint32 round, address participant);
+    error OutcomeRefusedWithScore(uint256 runId, uint32 round, address participant);
 
     // ------------------------------------------------------------------ events
 
@@ -296,9 +378,23 @@ contract CommitRevealRounds {
     event Revealed(uint256 indexed runId, uint32 indexed round, address indexed participant, bytes record);
     /// @dev A CID's votes are its `Attested` events in the round; it finalizes at
     /// max(quorum, eligibleCount / 2 + 1).
-    event Attested(uint256 indexed runId, uint32 indexed round, address indexed attester, bytes resultCid);
+    event Attested(uint256 indexed runId, uint32 indexed round, address indexed attester, bytes resultCid, bytes outcome);
     event RoundFinalized(uint256 indexed runId, uint32 indexed round, bytes resultCid);
-    event PenaltyRecorded(uint256 indexed runId, uint32 indexed round, address indexed participant, PenaltyReason reason);
+    /// @dev `slashed`: what was taken from its stake into the reward pool (at most its stake).
+    event PenaltyRecorded(
+        uint256 indexed runId, uint32 indexed round, address indexed participant, PenaltyReason reason, uint128 slashed
+    );
+    /// @dev The finalized round's share of the pool, `budget`, went to its aggregated
+    /// revealers by score: `amount = budget * score / totalScore`, rounded down.
+    event RewardCredited(
+        uint256 indexed runId, uint32 indexed round, address indexed participant, uint32 score, uint128 amount
+    );
+    /// @dev After the round's payouts and slashes; `budget` = pool / rounds left before them.
+    event RoundSettled(uint256 indexed runId, uint32 indexed round, uint128 budget, uint128 paid, uint128 pool);
+    event StakeDeposited(uint256 indexed runId, address indexed participant, uint128 amount, uint128 stake);
+    event StakeWithdrawn(uint256 indexed runId, address indexed participant, uint128 amount);
+    event RewardsWithdrawn(uint256 indexed runId, address indexed participant, uint128 amount);
+    event PoolWithdrawn(uint256 indexed runId, address indexed creator, uint128 amount);
 
     // ------------------------------------------------------------------ storage
 
@@ -321,6 +417,7 @@ contract CommitRevealRounds {
     mapping(address => Participant) private _participants;
     mapping(uint256 => Run) private _runs;
     mapping(uint256 => mapping(address => Member)) private _memberOf;
+    mapping(uint256 => mapping(address => Account)) private _accounts;
     /// @dev Bit `round % 256` of word `round / 256` is set once round `round` failed.
     mapping(uint256 => mapping(uint256 => uint256)) private _failedRounds;
     /// @dev keccak256 of the result CID of a round finalized while another CID had votes.
@@ -457,10 +554,12 @@ contract CommitRevealRounds {
 
     // ------------------------------------------------------------------ runs and rounds
 
-    /// @notice Creates a run; its first round can then be opened by anyone.
+    /// @notice Creates a run; its first round can then be opened by anyone. The creator
+    /// funds the run's reward pool now: `msg.value` must equal `params.rewardPool` in the
+    /// native currency, or the contract pulls it in `params.stakeToken` (approve first).
     /// @param params the run's parameters, fixed for its lifetime
     /// @return runId the new run's id (1-based)
-    function createRun(RunParams calldata params) external onlyAdmin returns (uint256 runId) {
+    function createRun(RunParams calldata params) external payable onlyAdmin returns (uint256 runId) {
         if (params.numRounds == 0) revert ZeroRounds();
         if (params.quorum == 0 || params.minReveals < params.quorum) {
             revert InvalidQuorum(params.quorum, params.minReveals);
@@ -475,6 +574,12 @@ contract CommitRevealRounds {
                 || params.attestDuration > _MAX_COUNT
         ) {
             revert InvalidPhaseDurations(params.commitDuration, params.revealDuration, params.attestDuration);
+        }
+        if (
+            params.slashMissingReveal > params.stake || params.slashRefused > params.stake
+                || params.slashMinority > params.stake
+        ) {
+            revert InvalidSlashAmount(params.stake, params.slashMissingReveal, params.slashRefused, params.slashMinority);
         }
         bytes calldata cid = params.initialModelCid;
         _checkCid(cid);
@@ -503,7 +608,126 @@ contract CommitRevealRounds {
         run.epsilonBudgetWad = params.epsilonBudgetWad;
         run.deltaWad = params.deltaWad;
         run.creator = msg.sender;
+        run.funds = Funds(params.rewardPool, params.stake);
+        run.terms = Terms(params.slashMissingReveal, params.slashRefused, params.stakeToken, params.slashMinority);
         emit RunCreated(runId, msg.sender, params, beaconOf(runId, 1, modelDigest));
+        _receive(params.stakeToken, params.rewardPool);
+    }
+
+    // ------------------------------------------------------------------ stakes and rewards
+
+    /// @notice Deposits `amount` of stake for `runId` (native: send it as `msg.value`;
+    /// token: approve it first). A commit needs the run's stake, less what was slashed.
+    /// @param runId the run
+    /// @param amount what to add to the sender's stake
+    function deposit(uint256 runId, uint128 amount) external payable nonReentrant {
+        Run storage run = _runs[runId];
+        if (run.config.numRounds == 0) revert UnknownRun(runId);
+        Account storage account = _accounts[runId][msg.sender];
+        uint128 stake = account.stake + amount;
+        account.stake = stake;
+        emit StakeDeposited(runId, msg.sender, amount, stake);
+        _receive(run.terms.token, amount);
+    }
+
+    /// @notice Withdraws the sender's whole stake in `runId`, once nothing is pending: its
+    /// last round is closed (its penalties, if any, are settled here first).
+    /// @param runId the run
+    function withdrawStake(uint256 runId) external nonReentrant {
+        Run storage run = _runs[runId];
+        RoundClock memory c = run.clock;
+        Member storage m = _memberOf[runId][msg.sender];
+        MemberRound memory last = m.current;
+        if (_settle(runId, c, msg.sender, m, last)) m.current.stage = Stage.None;
+        // a commitment in the current round can still be slashed (missing reveal, refused
+        // update, minority attestation) until the round closes
+        if (last.round == c.round && last.stage != Stage.None && !c.finalized) {
+            Phase p = _phase(runId, c, last.round);
+            if (p != Phase.Failed) revert StakeLocked(runId, msg.sender, last.round);
+        }
+        Account storage account = _accounts[runId][msg.sender];
+        uint128 amount = account.stake;
+        if (amount == 0) revert NothingToWithdraw(runId, msg.sender);
+        account.stake = 0;
+        emit StakeWithdrawn(runId, msg.sender, amount);
+        _pay(run.terms.token, msg.sender, amount);
+    }
+
+    /// @notice Withdraws the rewards credited to the sender in `runId`.
+    /// @param runId the run
+    function withdrawRewards(uint256 runId) external nonReentrant {
+        Account storage account = _accounts[runId][msg.sender];
+        uint128 amount = account.rewards;
+        if (amount == 0) revert NothingToWithdraw(runId, msg.sender);
+        account.rewards = 0;
+        emit RewardsWithdrawn(runId, msg.sender, amount);
+        _pay(_runs[runId].terms.token, msg.sender, amount);
+    }
+
+    /// @notice Returns what the reward pool holds to the run's creator once the run is
+    /// complete (rounding remainders, rounds nobody scored in, stake slashed late).
+    /// @param runId the run
+    function withdrawPool(uint256 runId) external nonReentrant {
+        Run storage run = _runs[runId];
+        if (msg.sender != run.creator) revert NotRunCreator(runId, msg.sender);
+        RunConfig memory cfg = run.config;
+        if (cfg.finalizedRounds < cfg.numRounds) revert RunNotComplete(runId, cfg.finalizedRounds, cfg.numRounds);
+        uint128 amount = run.funds.pool;
+        if (amount == 0) revert NothingToWithdraw(runId, msg.sender);
+        run.funds.pool = 0;
+        emit PoolWithdrawn(runId, msg.sender, amount);
+        _pay(run.terms.token, msg.sender, amount);
+    }
+
+    /// @notice A run's stake, slashing amounts, token and what its pool holds now.
+    /// @param runId the run
+    /// @return v the incentives (all zero for an unknown run)
+    function getIncentives(uint256 runId) external view returns (IncentivesView memory v) {
+        Run storage run = _runs[runId];
+        Terms memory t = run.terms;
+        Funds memory f = run.funds;
+        return IncentivesView(t.token, f.stake, f.pool, t.slashMissingReveal, t.slashRefused, t.slashMinority);
+    }
+
+    /// @notice A participant's stake and unwithdrawn rewards in a run.
+    /// @param runId the run
+    /// @param participant the address
+    /// @return the account
+    function getAccount(uint256 runId, address participant) external view returns (AccountView memory) {
+        Account memory a = _accounts[runId][participant];
+        return AccountView(a.stake, a.rewards);
+    }
+
+    /// @dev Takes `amount` in: native (must be exactly `msg.value`) or pulled in `token`.
+    function _receive(address token, uint256 amount) private {
+        if (token == address(0)) {
+            if (msg.value != amount) revert WrongPayment(amount, msg.value);
+        } else {
+            if (msg.value != 0) revert WrongPayment(0, msg.value);
+            if (amount != 0) IERC20(token).safeTransferFrom(msg.sender, address(this), amount);
+        }
+    }
+
+    /// @dev Pays `amount` out, after every state change (checks-effects-interactions, and
+    /// the callers are `nonReentrant`).
+    function _pay(address token, address to, uint256 amount) private {
+        if (token == address(0)) {
+            (bool ok,) = payable(to).call{value: amount}("");
+            if (!ok) revert TransferFailed(to, amount);
+        } else {
+            IERC20(token).safeTransfer(to, amount);
+        }
+    }
+
+    /// @dev Moves up to `amount` of `participant`'s stake into the pool; returns what moved.
+    function _slash(uint256 runId, address participant, uint128 amount) private returns (uint128 slashed) {
+        if (amount == 0) return 0;
+        Account storage account = _accounts[runId][participant];
+        uint128 stake = account.stake;
+        slashed = amount < stake ? amount : stake;
+        if (slashed == 0) return 0;
+        account.stake = stake - slashed;
+        _runs[runId].funds.pool += slashed;
     }
 
     /// @notice Opens the run's first round or the round after a failed one (the
@@ -597,6 +821,11 @@ contract CommitRevealRounds {
         MemberRound memory last = m.current;
         if (last.round == round) revert AlreadyCommitted(runId, round, msg.sender);
         _settle(runId, c, msg.sender, m, last);
+        uint128 required = run.funds.stake;
+        if (required != 0) {
+            uint128 stake = _accounts[runId][msg.sender].stake;
+            if (stake < required) revert InsufficientStake(runId, msg.sender, stake, required);
+        }
         m.current = MemberRound(round, Stage.Committed, committeeMember, bytes26(commitment));
         run.clock.commitCount = c.commitCount + 1;
         emit Committed(runId, round, msg.sender, commitment);
@@ -655,7 +884,8 @@ contract CommitRevealRounds {
     /// @param runId the run
     /// @param round the round in its attest phase
     /// @param resultCid binary CIDv1 of the aggregate blob
-    function attest(uint256 runId, uint32 round, bytes calldata resultCid) external {
+    /// @param outcome the round's outcome: every revealer's score and verdict (layout above)
+    function attest(uint256 runId, uint32 round, bytes calldata resultCid, bytes calldata outcome) external {
         Run storage run = _runs[runId];
         RoundClock memory c = run.clock;
         Phase p = _phase(runId, c, round);
@@ -668,7 +898,11 @@ contract CommitRevealRounds {
         }
         if (!last.committee) revert NotInCommittee(runId, round, msg.sender);
         _checkCid(resultCid);
-        bytes32 cidHash = keccak256(resultCid);
+        if (outcome.length != uint256(c.revealCount) * _OUTCOME_ENTRY_BYTES) {
+            revert InvalidOutcome(runId, round, outcome.length, c.revealCount);
+        }
+        // the vote is for the model and the outcome together
+        bytes32 cidHash = keccak256(abi.encodePacked(resultCid, outcome));
         m.current = MemberRound(round, Stage.Attested, true, bytes26(cidHash));
 
         VoteTally memory v = run.votes;
@@ -684,10 +918,11 @@ contract CommitRevealRounds {
             votes = ++_otherVotes[runId][round][cidHash];
         }
         run.votes = v;
-        emit Attested(runId, round, msg.sender, resultCid);
+        emit Attested(runId, round, msg.sender, resultCid, outcome);
 
         if (votes >= v.needed) {
             RunConfig memory cfg = run.config;
+            _settleOutcome(runId, round, run, cfg.numRounds - cfg.finalizedRounds, outcome);
             cfg.finalizedRounds += 1;
             cfg.modelCodec = uint8(resultCid[1]);
             bytes32 modelDigest = bytes32(resultCid[4:36]);
@@ -701,6 +936,57 @@ contract CommitRevealRounds {
                 run.clock.finalized = true;
             }
         }
+    }
+
+    /// @dev Applies a finalized outcome: slashes each refused update, then credits the
+    /// round's budget (the pool shared over the rounds left, this one included) to the
+    /// aggregated revealers in proportion to their scores. Checked here, once: entries in
+    /// ascending address order (so none twice), each a revealer of the round, refused
+    /// ones scored 0. The count was checked with every attestation.
+    function _settleOutcome(uint256 runId, uint32 round, Run storage run, uint32 roundsLeft, bytes calldata outcome)
+        private
+    {
+        uint256 n = outcome.length / _OUTCOME_ENTRY_BYTES;
+        uint256 totalScore;
+        uint160 previous;
+        uint128 slashRefused = run.terms.slashRefused;
+        for (uint256 i = 0; i < n; ++i) {
+            bytes calldata entry = outcome[i * _OUTCOME_ENTRY_BYTES:(i + 1) * _OUTCOME_ENTRY_BYTES];
+            address participant = address(bytes20(entry[0:20]));
+            if (uint160(participant) <= previous) revert OutcomeNotSorted(runId, round, i);
+            previous = uint160(participant);
+            if (_memberOf[runId][participant].ledger.revealedRound != round) {
+                revert OutcomeNotRevealer(runId, round, participant);
+            }
+            uint32 score = uint32(bytes4(entry[20:24]));
+            if (uint8(entry[24]) != 0) {
+                if (score != 0) revert OutcomeRefusedWithScore(runId, round, participant);
+                _memberOf[runId][participant].ledger.penalties += 1;
+                uint128 slashed = _slash(runId, participant, slashRefused);
+                emit PenaltyRecorded(runId, round, participant, PenaltyReason.RefusedUpdate, slashed);
+            } else {
+                totalScore += score;
+            }
+        }
+        Funds memory funds = run.funds;
+        uint128 budget = funds.pool / roundsLeft;
+        uint128 paid;
+        if (totalScore != 0 && budget != 0) {
+            for (uint256 i = 0; i < n; ++i) {
+                bytes calldata entry = outcome[i * _OUTCOME_ENTRY_BYTES:(i + 1) * _OUTCOME_ENTRY_BYTES];
+                uint32 score = uint32(bytes4(entry[20:24]));
+                if (score == 0) continue;
+                address participant = address(bytes20(entry[0:20]));
+                // budget < 2^128 and score < 2^32: the product cannot overflow
+                uint128 amount = uint128((uint256(budget) * score) / totalScore);
+                _accounts[runId][participant].rewards += amount;
+                paid += amount;
+                emit RewardCredited(runId, round, participant, score, amount);
+            }
+        }
+        funds.pool -= paid;
+        run.funds.pool = funds.pool;
+        emit RoundSettled(runId, round, budget, paid, funds.pool);
     }
 
     /// @notice Records pending penalties of `participant` (a missing reveal or a minority
@@ -954,7 +1240,8 @@ contract CommitRevealRounds {
             MemberLedger storage ledger = m.ledger;
             if (ledger.revealedRound == round) return false; // revealed, did not attest: nothing owed
             ledger.penalties += 1;
-            emit PenaltyRecorded(runId, round, participant, PenaltyReason.MissingReveal);
+            uint128 slashed = _slash(runId, participant, _runs[runId].terms.slashMissingReveal);
+            emit PenaltyRecorded(runId, round, participant, PenaltyReason.MissingReveal, slashed);
             return true;
         }
         if (last.stage == Stage.Attested) {
@@ -969,7 +1256,8 @@ contract CommitRevealRounds {
             bytes32 result = _disputedResult[runId][round];
             if (result != 0 && bytes26(result) != last.hash) {
                 m.ledger.penalties += 1;
-                emit PenaltyRecorded(runId, round, participant, PenaltyReason.MinorityAttestation);
+                uint128 slashed = _slash(runId, participant, _runs[runId].terms.slashMinority);
+                emit PenaltyRecorded(runId, round, participant, PenaltyReason.MinorityAttestation, slashed);
             }
             return true;
         }

@@ -1,54 +1,75 @@
-// Regenerates artifacts/CommitRevealRounds.json with the pinned solc-js compiler.
+// Regenerates the contract artifacts with the pinned solc-js compiler:
+// artifacts/CommitRevealRounds.json, and artifacts/test/*.json for the contracts the
+// tests use (an ERC-20 token, a reentrancy attacker).
 //
-//   node compile.mjs            write the artifact
-//   node compile.mjs --out F    write it to F instead (the tests compare F with the
-//                               committed artifact)
+//   node compile.mjs            write the artifacts
+//   node compile.mjs --out D    write them under folder D instead (the tests compare D
+//                               with the committed artifacts)
 //
 // The artifact records the compiler version and the exact settings, so anyone can
 // rebuild the bytecode and compare it with what is deployed.
-import { readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import solc from "solc";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const CONTRACT = "CommitRevealRounds";
-const SOURCE_FILE = `${CONTRACT}.sol`;
+// [source file, contract, artifact path relative to the output folder]
+const CONTRACTS = [
+  ["CommitRevealRounds.sol", "CommitRevealRounds", "CommitRevealRounds.json"],
+  ["test/TestToken.sol", "TestToken", "test/TestToken.json"],
+  ["test/ReentrantWithdrawer.sol", "ReentrantWithdrawer", "test/ReentrantWithdrawer.json"],
+];
 const EXPECTED_COMPILER = "0.8.37";
+// EIP-170 caps deployed code at 24,576 bytes; the runs setting trades code size for gas.
 const settings = {
   evmVersion: "cancun",
-  optimizer: { enabled: true, runs: 1000000 },
+  optimizer: { enabled: true, runs: 1000 },
   viaIR: true,
   metadata: { bytecodeHash: "none" },
   outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },
 };
 
-const source = readFileSync(join(here, SOURCE_FILE), "utf8");
 const version = solc.version();
 if (!version.startsWith(EXPECTED_COMPILER + "+")) {
   console.error(`solc ${version} found; ${EXPECTED_COMPILER} is pinned (run npm ci in contracts/)`);
   process.exit(2);
 }
+// Imports resolve to the pinned packages in node_modules (OpenZeppelin Contracts).
+function findImports(path) {
+  try {
+    return { contents: readFileSync(join(here, "node_modules", path), "utf8") };
+  } catch {
+    return { error: `not found: ${path}` };
+  }
+}
+const sources = Object.fromEntries(
+  CONTRACTS.map(([file]) => [file, { content: readFileSync(join(here, file), "utf8") }]),
+);
 const output = JSON.parse(
-  solc.compile(JSON.stringify({ language: "Solidity", sources: { [SOURCE_FILE]: { content: source } }, settings })),
+  solc.compile(JSON.stringify({ language: "Solidity", sources, settings }), { import: findImports }),
 );
 const errors = (output.errors ?? []).filter((e) => e.severity === "error");
 for (const e of output.errors ?? []) console.error(e.formattedMessage);
 if (errors.length > 0) process.exit(1);
 
-const compiled = output.contracts[SOURCE_FILE][CONTRACT];
-const artifact = {
-  contractName: CONTRACT,
-  sourceFile: SOURCE_FILE,
-  sourceSha256: createHash("sha256").update(source).digest("hex"),
-  compiler: { name: "solc-js", version },
-  settings: { evmVersion: settings.evmVersion, optimizer: settings.optimizer, viaIR: settings.viaIR, metadata: settings.metadata },
-  abi: compiled.abi,
-  bytecode: "0x" + compiled.evm.bytecode.object,
-  deployedBytecode: "0x" + compiled.evm.deployedBytecode.object,
-};
 const outIndex = process.argv.indexOf("--out");
-const target = outIndex > 0 ? process.argv[outIndex + 1] : join(here, "artifacts", `${CONTRACT}.json`);
-writeFileSync(target, JSON.stringify(artifact, null, 2) + "\n");
-console.log(`wrote ${target} (${(compiled.evm.deployedBytecode.object.length / 2) | 0} bytes deployed)`);
+const folder = outIndex > 0 ? process.argv[outIndex + 1] : join(here, "artifacts");
+for (const [file, name, path] of CONTRACTS) {
+  const compiled = output.contracts[file][name];
+  const artifact = {
+    contractName: name,
+    sourceFile: file,
+    sourceSha256: createHash("sha256").update(sources[file].content).digest("hex"),
+    compiler: { name: "solc-js", version },
+    settings: { evmVersion: settings.evmVersion, optimizer: settings.optimizer, viaIR: settings.viaIR, metadata: settings.metadata },
+    abi: compiled.abi,
+    bytecode: "0x" + compiled.evm.bytecode.object,
+    deployedBytecode: "0x" + compiled.evm.deployedBytecode.object,
+  };
+  const target = join(folder, path);
+  mkdirSync(dirname(target), { recursive: true });
+  writeFileSync(target, JSON.stringify(artifact, null, 2) + "\n");
+  console.log(`wrote ${target} (${(compiled.evm.deployedBytecode.object.length / 2) | 0} bytes deployed)`);
+}

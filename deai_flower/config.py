@@ -88,8 +88,24 @@ class StrategyConfig:
 class AdversaryConfig:
     """Simulated attackers for robustness experiments (none by default)."""
 
+    kind: str = "scaled"  # scaled (model poisoning) | freerider (trains nothing)
     poisoned_clients: list[int] = field(default_factory=list)
-    scale: float = 1.0  # a poisoned client sends w_global + scale * (w_trained - w_global)
+    scale: float = 1.0  # scaled: a poisoned client sends w_global + scale * (w_trained - w_global)
+    noise: float = 0.0  # freerider: std of the Gaussian noise added to the global model it sends back
+
+
+@dataclass
+class IncentivesConfig:
+    """Stakes, contribution scores and the reward pool (amounts in wei, or token units)."""
+
+    score: str = "alignment"  # alignment (geometry of the updates) | loss (validation-loss improvement)
+    validation_size: int = 200  # loss: examples of the validation set, held out of the test split
+    stake_token: str | None = None  # an ERC-20 address; none: the native currency
+    stake: int = 10**18  # each participant deposits this before its first commit
+    reward_pool: int = 10**19  # paid in by the run's creator, shared over the rounds by score
+    slash_missing_reveal: int = 10**17
+    slash_refused: int = 5 * 10**17
+    slash_minority: int = 2 * 10**17
 
 
 @dataclass
@@ -136,6 +152,7 @@ class ExperimentConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     adversary: AdversaryConfig = field(default_factory=AdversaryConfig)
+    incentives: IncentivesConfig = field(default_factory=IncentivesConfig)
     resume: ResumeConfig = field(default_factory=ResumeConfig)
     num_clients: int = 5
     num_rounds: int = 5
@@ -359,6 +376,18 @@ def validate(cfg: ExperimentConfig, *, targets: bool = True) -> None:
     _require(s.num_nodes_to_select >= 1, f"strategy.num_nodes_to_select must be >= 1 (got {s.num_nodes_to_select})")
     _require(all(0 <= c < cfg.num_clients for c in cfg.adversary.poisoned_clients),
              f"adversary.poisoned_clients must be client indices below num_clients ({cfg.num_clients})")  # fmt: skip
+    a, inc = cfg.adversary, cfg.incentives
+    _require(a.kind in ("scaled", "freerider"), f"adversary.kind must be 'scaled' or 'freerider' (got {a.kind!r})")
+    _require(a.noise >= 0, f"adversary.noise must be >= 0 (got {a.noise})")
+    _require(inc.score in ("alignment", "loss"), f"incentives.score must be 'alignment' or 'loss' (got {inc.score!r})")
+    _require(inc.validation_size >= 1, f"incentives.validation_size must be >= 1 (got {inc.validation_size})")
+    for key in ("stake", "reward_pool", "slash_missing_reveal", "slash_refused", "slash_minority"):
+        _require(0 <= int(inc[key]) < 2**128, f"incentives.{key} must be between 0 and 2**128 - 1 wei (got {inc[key]})")
+    for key in ("slash_missing_reveal", "slash_refused", "slash_minority"):
+        _require(int(inc[key]) <= int(inc.stake),
+                 f"incentives.{key} ({inc[key]}) cannot exceed incentives.stake ({inc.stake})")  # fmt: skip
+    _require(inc.stake_token is None or (str(inc.stake_token).startswith("0x") and len(str(inc.stake_token)) == 42),
+             f"incentives.stake_token must be a 0x address or null (got {inc.stake_token!r})")  # fmt: skip
     _require(not cfg.resume.contract_address or cfg.chain.kind == "rpc",
              "resume.contract_address needs a live chain (chain=anvil or chain.kind=rpc): "
              "the embedded chain ends with its process")  # fmt: skip

@@ -26,6 +26,10 @@ from ..errors import ChainError, ContractRevertError
 from .artifact import load_artifact
 from .node import ChainNode, JsonRpcError
 from ..protocol.encoding import NO_EXAMPLE_BOUND, PHASES, STAGES, DpParams, parse_reveal_record, reveal_record
+from ..protocol.outcome import OUTCOME_ENTRY_BYTES
+
+#: The zero address: a run with it as ``stakeToken`` stakes and pays in native currency.
+ZERO_ADDRESS = "0x" + "00" * 20
 
 #: Seconds to wait for a transaction receipt before giving up.
 RECEIPT_TIMEOUT_S = 120.0
@@ -41,6 +45,9 @@ GAS_HEADROOM = 60_000
 #: An eth_call first still refuses a call that would revert, with its reason, before
 #: anything is paid.
 ROUND_CALL_GAS = {"commit": 200_000, "reveal": 150_000, "attest": 200_000}
+#: Added to the attestation's limit per revealer: the finalizing attestation settles the
+#: round's outcome (a ledger read, a credit or a slash and an event per revealer).
+ATTEST_GAS_PER_REVEALER = 45_000
 
 
 @dataclass(frozen=True)
@@ -196,7 +203,9 @@ class RoundsContract:
                 return ContractRevertError(f"{label} reverted: {line}", error_name=name, args=tuple(values))
         return ContractRevertError(f"{label} reverted: {exc.rpc_message}")
 
-    def _send(self, data: bytes, *, to: str | None, label: str, gas: int | None = None) -> dict[str, Any]:
+    def _send(
+        self, data: bytes, *, to: str | None, label: str, gas: int | None = None, value: int = 0
+    ) -> dict[str, Any]:
         """Sign and send a transaction with ``data``; return its receipt (wire form).
 
         The call is tried first (``eth_estimateGas``, or ``eth_call`` when ``gas`` is
@@ -210,7 +219,7 @@ class RoundsContract:
                 try:
                     if self._nonce is None:
                         self._nonce = int(node.request("eth_getTransactionCount", [sender, "pending"]), 16)
-                    call = {"from": sender, "data": "0x" + data.hex(), **recipient}
+                    call = {"from": sender, "data": "0x" + data.hex(), "value": hex(value), **recipient}
                     if gas is None:
                         estimate = int(node.request("eth_estimateGas", [call]), 16)
                         limit = estimate + estimate // 4 + GAS_HEADROOM
@@ -218,7 +227,7 @@ class RoundsContract:
                         node.request("eth_call", [{**call, "gas": hex(gas)}, "latest"])
                         limit = gas
                     signed = self.account.sign_transaction({
-                        **recipient, "data": data, "value": 0, "nonce": self._nonce,
+                        **recipient, "data": data, "value": value, "nonce": self._nonce,
                         "gas": limit, "chainId": self._chain_id, **node.fee_fields(),
                     })  # fmt: skip
                     receipt = node.send_raw_transaction(signed.raw_transaction, timeout=RECEIPT_TIMEOUT_S)
@@ -251,9 +260,10 @@ class RoundsContract:
             decoder=self._decode_logs,
         )
 
-    def _transact(self, fn_name: str, *args: Any) -> TxResult:
+    def _transact(self, fn_name: str, *args: Any, value: int = 0, gas: int | None = None) -> TxResult:
         data = self._functions[fn_name].calldata(args)
-        return self._tx_result(self._send(data, to=self.address, label=fn_name, gas=ROUND_CALL_GAS.get(fn_name)))
+        limit = gas if gas is not None else ROUND_CALL_GAS.get(fn_name)
+        return self._tx_result(self._send(data, to=self.address, label=fn_name, gas=limit, value=value))
 
     def register(self, participant: str, identity: bytes, max_examples: int | None = None) -> TxResult:
         """Register ``participant``; its reveals may claim at most ``max_examples`` examples
@@ -273,15 +283,22 @@ class RoundsContract:
         return self._transact("revoke", to_checksum_address(participant))
 
     def create_run(self, params: dict[str, Any]) -> tuple[int, TxResult]:
-        """Create a run; ``params`` maps ``RunParams`` field names to values
-        (``committeeSize`` may be left out: 0, every revealer may attest)."""
+        """Create a run; ``params`` maps ``RunParams`` field names to values. Left out:
+        ``committeeSize`` 0 (every revealer may attest) and no incentives (no stake, an
+        empty pool, nothing slashed). A native-currency pool is sent with the call; a
+        token pool must be approved to the contract first."""
         order = [
             "specHash", "codeHash", "initialModelCid", "epsilonBudgetWad", "deltaWad", "numRounds",
             "commitDuration", "revealDuration", "attestDuration", "sampleBps", "quorum", "minReveals",
-            "committeeSize",
+            "committeeSize", "stakeToken", "stake", "rewardPool", "slashMissingReveal", "slashRefused",
+            "slashMinority",
         ]  # fmt: skip
-        defaults = {"committeeSize": 0}
-        result = self._transact("createRun", tuple(params[k] if k in params else defaults[k] for k in order))
+        defaults = {"committeeSize": 0, "stakeToken": ZERO_ADDRESS, "stake": 0, "rewardPool": 0,
+                    "slashMissingReveal": 0, "slashRefused": 0, "slashMinority": 0}  # fmt: skip
+        values = {**defaults, **params}
+        native = int(values["stakeToken"], 16) == 0
+        result = self._transact("createRun", tuple(values[k] for k in order),
+                                value=int(values["rewardPool"]) if native else 0)  # fmt: skip
         (created,) = [e for e in result.events if e["event"] == "RunCreated"]
         return int(created["args"]["runId"]), result
 
@@ -299,8 +316,33 @@ class RoundsContract:
         record = reveal_record(cid=cid, num_examples=num_examples, dp=dp, salt=salt)
         return self._transact("reveal", run_id, round_id, record)
 
-    def attest(self, run_id: int, round_id: int, result_cid: bytes) -> TxResult:
-        return self._transact("attest", run_id, round_id, result_cid)
+    def attest(self, run_id: int, round_id: int, result_cid: bytes, outcome: bytes) -> TxResult:
+        """Attest the round's result CID together with its outcome (scores and verdicts,
+        see :mod:`deai_flower.protocol.outcome`)."""
+        revealers = len(outcome) // OUTCOME_ENTRY_BYTES
+        return self._transact("attest", run_id, round_id, result_cid, outcome,
+                              gas=ROUND_CALL_GAS["attest"] + ATTEST_GAS_PER_REVEALER * revealers)  # fmt: skip
+
+    def deposit(self, run_id: int, amount: int, *, native: bool = True) -> TxResult:
+        """Add ``amount`` to this account's stake in ``run_id`` (a token stake must be
+        approved to the contract first)."""
+        return self._transact("deposit", run_id, int(amount), value=int(amount) if native else 0)
+
+    def approve_token(self, token: str, amount: int) -> TxResult:
+        """Let this contract pull ``amount`` of the ERC-20 ``token`` from this account
+        (``approve``), as a token stake or pool needs."""
+        data = function_signature_to_4byte_selector("approve(address,uint256)") + encode(
+            ["address", "uint256"], [self.address, int(amount)])  # fmt: skip
+        return self._tx_result(self._send(data, to=to_checksum_address(token), label="approve"))
+
+    def withdraw_stake(self, run_id: int) -> TxResult:
+        return self._transact("withdrawStake", run_id)
+
+    def withdraw_rewards(self, run_id: int) -> TxResult:
+        return self._transact("withdrawRewards", run_id)
+
+    def withdraw_pool(self, run_id: int) -> TxResult:
+        return self._transact("withdrawPool", run_id)
 
     def settle(self, run_id: int, participant: str) -> TxResult:
         return self._transact("settle", run_id, to_checksum_address(participant))
@@ -331,6 +373,19 @@ class RoundsContract:
 
     def get_round(self, run_id: int, round_id: int) -> dict[str, Any]:
         return self._struct("getRound", run_id, round_id)
+
+    def get_incentives(self, run_id: int) -> dict[str, Any]:
+        """The run's token (zero address: native), stake, pool now and slashing amounts."""
+        return self._struct("getIncentives", run_id)
+
+    def get_account(self, run_id: int, participant: str) -> dict[str, Any]:
+        """A participant's ``stake`` and unwithdrawn ``rewards`` in ``run_id``."""
+        return self._struct("getAccount", run_id, to_checksum_address(participant))
+
+    def balance(self, address: str | None = None) -> int:
+        """Native balance of ``address`` (this account's by default), in wei."""
+        return int(self.node.request("eth_getBalance", [to_checksum_address(address or self.account.address),
+                                                        "latest"]), 16)  # fmt: skip
 
     def get_member(self, run_id: int, participant: str) -> dict[str, Any]:
         return self._struct("getMember", run_id, to_checksum_address(participant))

@@ -31,21 +31,25 @@ from ..protocol.encoding import from_wad
 from ..consortium.identity import CHALLENGE_BYTES, sign_identity
 from ..errors import (
     BlobFormatError,
+    BlobNotFoundError,
     ChainError,
     ContractRevertError,
     PrivacyBudgetExhaustedError,
     ProtocolError,
     StoreError,
+    StoreUnavailableError,
 )
 from ..messages import CONFIG, METRICS, STATUS
 from ..models import evaluate, set_arrays
 from ..privacy import PrivacyLedger, ledger_path, load_ledger, save_ledger, train_round
+from ..protocol.outcome import Refusal, encode_outcome
 from ..protocol.rules import RevealedUpdate, aggregate
 from ..verify import dp_claim_problem
 from ..storage import cid_from_bytes, cid_to_bytes, compute_cid, decode_arrays, encode_arrays
 from .locator import RunLocator
 from .participant import Participant
 from .run_view import RunView, run_view
+from .scoring import contribution_scores
 
 __all__ = ["handle_attest", "handle_commit", "handle_evaluate", "handle_identity", "handle_reveal",
            "revealed_updates"]
@@ -122,6 +126,29 @@ def _example_bound(view: RunView) -> int:
     return bound
 
 
+def _ensure_stake(view: RunView) -> int:
+    """Top this participant's stake in the run up to what the spec requires (after
+    slashing) before it commits; return the gas spent. A run without stake costs nothing.
+
+    Raises:
+        ChainError: the deposit failed (e.g. the account cannot pay it).
+    """
+    incentives = view.spec.incentives
+    if incentives.stake == 0:
+        return 0
+    contract = view.contract
+    held = int(contract.get_account(view.run_id, view.account.address)["stake"])
+    if held >= incentives.stake:
+        return 0
+    missing = incentives.stake - held
+    gas = 0
+    if incentives.stake_token:
+        gas += contract.approve_token(incentives.stake_token, missing).gas_used
+    tx = contract.deposit(view.run_id, missing, native=not incentives.stake_token)
+    log(INFO, "participant %s staked %s in run %s", view.participant.label, missing, view.run_id)
+    return gas + tx.gas_used
+
+
 def handle_commit(participant: Participant, message: Message, context: Context) -> Message:
     """Fetch the chain's global model, train with DP-SGD under the spec's settings,
     commit to the update's hash."""
@@ -144,6 +171,7 @@ def handle_commit(participant: Participant, message: Message, context: Context) 
                   "(the contract refuses a reveal above the bound)")  # fmt: skip
         log(WARNING, "participant %s declines round %s: %s", participant.label, round_id, reason)
         return _reply(message, status={"state": "declined", "reason": reason, "address": participant.address})
+    stake_gas = _ensure_stake(view)
     ledger = _load_ledger(view, context)
     try:
         trained = train_round(
@@ -221,7 +249,7 @@ def handle_commit(participant: Participant, message: Message, context: Context) 
             "steps": trained.steps,
             "train-loss": trained.train_loss,
             "train-seconds": train_seconds,
-            "gas": tx.gas_used,
+            "gas": tx.gas_used + stake_gas,
         },
     )
 
@@ -258,12 +286,15 @@ def handle_reveal(participant: Participant, message: Message, context: Context) 
     return _reply(message, status={"state": "revealed", "address": participant.address}, metrics={"gas": tx.gas_used})
 
 
-def revealed_updates(view: RunView, round_id: int, opened_block: int) -> tuple[list[RevealedUpdate], dict[str, str]]:
+def revealed_updates(
+    view: RunView, round_id: int, opened_block: int
+) -> tuple[list[RevealedUpdate], dict[str, Refusal]]:
     """The round's valid reveals, read from chain events (from the round's opening
     block on) and fetched from the store.
 
-    A blob that is missing, does not match its CID or fails validation against the
-    spec's array layout and size limit is excluded, with the reason, and so is a reveal
+    A blob the store cannot produce (verdict ``unavailable``), or that does not match its
+    CID or fails validation against the spec's array layout and size limit (``invalid``)
+    is excluded, with the reason, and so is a reveal (``dp-claims``)
     whose DP claims contradict the spec or understate the ε its revealed history gives
     (:func:`~deai_flower.verify.dp_claim_problem`); every honest attester excludes the
     same ones.
@@ -271,12 +302,14 @@ def revealed_updates(view: RunView, round_id: int, opened_block: int) -> tuple[l
     reveals = view.contract.revealed(view.run_id, round_id, from_block=opened_block)
     histories = _revealed_histories(view, round_id) if view.spec.private else {}
 
-    def fetch(reveal: dict[str, Any]) -> dict[str, np.ndarray] | str:
+    def fetch(reveal: dict[str, Any]) -> dict[str, np.ndarray] | Refusal:
         try:
             blob = view.store.get(cid_from_bytes(reveal["cid"]))
             return decode_arrays(blob, max_bytes=view.spec.max_blob_bytes, expected=view.array_spec)
+        except (BlobNotFoundError, StoreUnavailableError) as exc:
+            return Refusal("unavailable", str(exc))
         except (StoreError, BlobFormatError) as exc:
-            return str(exc)
+            return Refusal("invalid", str(exc))
 
     # Hashing and decoding release the GIL: a store that allows it is read on all cores.
     workers = max(1, min(len(reveals), getattr(view.store, "read_concurrency", 1)))
@@ -287,8 +320,8 @@ def revealed_updates(view: RunView, round_id: int, opened_block: int) -> tuple[l
         claim = dp_claim_problem(view.spec, num_examples=int(reveal["numExamples"]), dp=_dp_of(reveal),
                                  history=histories.get(reveal["participant"], []))  # fmt: skip
         if claim is not None:
-            rejected[reveal["participant"]] = f"DP claims: {claim}"
-        elif isinstance(arrays, str):
+            rejected[reveal["participant"]] = Refusal("dp-claims", f"DP claims: {claim}")
+        elif isinstance(arrays, Refusal):
             rejected[reveal["participant"]] = arrays
         else:
             updates.append(RevealedUpdate(reveal["participant"], reveal["numExamples"], arrays))
@@ -323,12 +356,13 @@ def _revealed_histories(view: RunView, round_id: int) -> dict[str, list[tuple[fl
     return histories
 
 
-def _exclusions(rejected: dict[str, str]) -> dict[str, list[str]]:
-    """The excluded reveals as two parallel lists (a ConfigRecord holds no mappings)."""
-    return {"excluded": list(rejected), "excluded-reasons": list(rejected.values())}
+def _exclusions(rejected: dict[str, Refusal]) -> dict[str, list[str]]:
+    """The excluded reveals as parallel lists (a ConfigRecord holds no mappings)."""
+    return {"excluded": list(rejected), "excluded-reasons": [r.reason for r in rejected.values()],
+            "excluded-verdicts": [r.verdict for r in rejected.values()]}  # fmt: skip
 
 
-def _finalized_reply(message: Message, view: RunView, result_cid: str, rejected: dict[str, str]) -> Message:
+def _finalized_reply(message: Message, view: RunView, result_cid: str, rejected: dict[str, Refusal]) -> Message:
     """Reply of an attester that found the round already finalized by the quorum."""
     final = cid_from_bytes(bytes(view.contract.get_run(view.run_id)["modelCid"]))
     state = "agreed" if final == result_cid else "disagreed"
@@ -363,8 +397,12 @@ def handle_attest(participant: Participant, message: Message, context: Context) 
     rule = view.spec.rule
     aggregated = aggregate(rule.name, updates, dict(rule.params))
     result_cid = view.store.put(encode_arrays(aggregated))
+    global_arrays = decode_arrays(view.store.get(cid_from_bytes(bytes(contract.get_run(view.run_id)["modelCid"]))),
+                                  max_bytes=view.spec.max_blob_bytes, expected=view.array_spec)  # fmt: skip
+    scores = contribution_scores(view, updates, global_arrays)
+    outcome = encode_outcome(scores, {address: refusal.verdict for address, refusal in rejected.items()})
     try:
-        tx = contract.attest(view.run_id, round_id, cid_to_bytes(result_cid))
+        tx = contract.attest(view.run_id, round_id, cid_to_bytes(result_cid), outcome)
     except ChainError:
         # Other attesters may have reached the quorum while this one aggregated (the
         # eth_call check refuses the attestation before anything is sent).

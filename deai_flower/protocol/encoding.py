@@ -32,7 +32,7 @@ PHASES = ("none", "commit", "reveal", "attest", "finalized", "failed")
 #: Contract ``Stage`` enum (a participant's progress in its last round), in order.
 STAGES = ("none", "committed", "revealed", "attested")
 #: Contract ``PenaltyReason`` enum, in order.
-PENALTY_REASONS = ("missing-reveal", "minority-attestation")
+PENALTY_REASONS = ("missing-reveal", "minority-attestation", "refused-update")
 
 #: Bytes of a commitment the contract stores (the event carries all 32).
 STORED_COMMITMENT_BYTES = 26

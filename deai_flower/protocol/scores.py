@@ -10,41 +10,40 @@ then a function of the revealed bytes alone: not of the order the updates were r
 the machine, the BLAS library or the thread count.
 
 **Alignment scores** (:func:`alignment_scores`): how much each revealed update agrees
-with the weighted sum of the others, damped when it is much larger than is typical.
-Updates are full model weights, ``u_1..u_n`` in canonical order, ``G`` the round's
-global model (the arrays the updates were trained from):
+with the coordinate-wise median of the *other* updates (FedMedian's aggregate without
+it, which no single update can drag far), damped when it is much larger than is
+typical. Updates are full model weights, ``u_1..u_n`` in canonical order, ``G`` the
+round's global model (the arrays the updates were trained from):
 
 1. ``delta_i`` = ``float64(u_i[t]) - float64(G[t])`` elementwise for every tensor ``t``;
    each difference flattened row-major and the tensors concatenated in name order
-   (ascending, as Python sorts ``str``). ``w_i`` = ``float(numExamples_i)`` (a double).
-2. ``S`` = ``w_1*delta_1``, then ``S = S + w_i*delta_i`` for ``i = 2..n`` (elementwise:
-   each product rounded to double, then added).
+   (ascending, as Python sorts ``str``).
+2. ``M_i`` = the coordinate-wise median of the ``delta_j``, ``j != i``: at each
+   coordinate those ``n - 1`` values sorted ascending, the middle one for odd ``n - 1``,
+   ``(a + b) / 2`` of the two middle ones ``a <= b`` for even ``n - 1`` (double operations).
 3. With ``fsum`` the exactly rounded sum of a vector's elements and ``x*y`` the
-   elementwise double product: ``a_i = fsum(delta_i*S)``, ``n_i = fsum(delta_i*delta_i)``,
-   ``T = fsum(S*S)``.
-4. ``d_i = a_i - w_i*n_i`` (the dot product of ``delta_i`` with ``R_i = S - w_i*delta_i``,
-   the weighted sum of the *other* updates) and
-   ``r_i = max(0, (T - (2*w_i)*a_i) + (w_i*w_i)*n_i)`` (``||R_i||^2``), double operations
-   in the order written.
-5. ``cos_i = d_i / (sqrt(n_i) * sqrt(r_i))``, or 0 when ``n_i == 0`` or ``r_i == 0``;
+   elementwise double product: ``a_i = fsum(delta_i*M_i)``, ``n_i = fsum(delta_i*delta_i)``,
+   ``t_i = fsum(M_i*M_i)``.
+4. ``cos_i = a_i / (sqrt(n_i) * sqrt(t_i))``, or 0 when ``n_i == 0`` or ``t_i == 0``;
    ``c_i = min(1, max(0, cos_i))``.
-6. ``med`` = the lower median of ``sqrt(n_j)`` over all ``n`` updates (the element at
-   0-based index ``(n - 1) // 2`` of the ascending list); ``m_i = min(1, med / sqrt(n_i))``,
+5. ``med`` = the upper median of ``sqrt(n_j)`` over all ``n`` updates (the element at
+   0-based index ``n // 2`` of the ascending list); ``m_i = min(1, med / sqrt(n_i))``,
    or 0 when ``n_i == 0``.
-7. ``score_i = floor((SCORE_SCALE * c_i) * m_i)``, an integer in ``[0, SCORE_SCALE]``.
+6. ``score_i = floor((SCORE_SCALE * c_i) * m_i)``, an integer in ``[0, SCORE_SCALE]``.
 
 With a single update there are no others: its score is ``SCORE_SCALE`` when its delta is
 non-zero (``n_1 > 0``) and 0 otherwise. ``sqrt`` is the correctly rounded square root.
+Example counts do not enter: a silo's weight in the aggregate is its (bounded) count;
+its pay is for the direction and size of what it sent.
 
 Consequences: an update equal to the global model (a free-rider) scores 0; one that adds
-noise unrelated to the others' direction has ``cos`` near 0; one that points against the
-others (a sign-flipping poisoner) scores 0; one scaled up beyond the median norm loses in
-proportion (``m_i``). Caveats of the definition: the lower median makes the magnitude
-factor 0 for everyone when at least half of the updates are zero deltas (two updates, one
-of them a free-rider, score 0 both); and an update opposing the others with more weight
-than they have together flips the others' ``R_i`` and so their ``cos`` too. ``r_i`` is
-computed from ``T``, ``a_i`` and ``n_i`` and loses relative accuracy when ``R_i`` is
-tiny next to ``S`` (one update dominating by weight); it stays deterministic.
+noise unrelated to the others has ``cos`` near 0 (the others' median owes nothing to
+it); one that points against the majority (a sign-flipping poisoner) scores 0, and while
+honest updates are a majority of the others the medians stay on their side; one scaled
+up beyond the median norm loses in proportion (``m_i``). Caveats: when half or more of
+the updates are free-riders or poisoners the medians are theirs, and so are the scores
+(as the model is under FedMedian); with two updates, each is scored against the other
+alone (an honest update next to a free-rider scores 0 too).
 
 Inputs must be finite (accepted blobs are, §3). Float32 and int64 tensors, with weights
 below 2^64, cannot overflow any step; float64 tensors with magnitudes near 1e100 and
@@ -117,43 +116,54 @@ def _flat_deltas(ordered: list[RevealedUpdate], global_arrays: Mapping[str, np.n
     return deltas
 
 
+def _others_medians(deltas: list[np.ndarray]) -> list[np.ndarray]:
+    """``M_i`` for every ``i`` (step 2), from one sort: removing the value of rank ``r``
+    from a sorted column shifts the order statistics at and above ``r`` down by one."""
+    stacked = np.stack(deltas)
+    order = np.argsort(stacked, axis=0, kind="stable")
+    ordered = np.take_along_axis(stacked, order, axis=0)
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(len(deltas))[:, None], axis=0)
+    others = len(deltas) - 1
+
+    def statistic(k: int, rank: np.ndarray) -> np.ndarray:  # k-th smallest of the others
+        return np.where(k < rank, ordered[k], ordered[min(k + 1, others)])
+
+    medians = []
+    for rank in ranks:
+        if others % 2:
+            medians.append(statistic(others // 2, rank))
+        else:
+            medians.append((statistic(others // 2 - 1, rank) + statistic(others // 2, rank)) / 2.0)
+    return medians
+
+
 @np.errstate(over="ignore", invalid="ignore")  # overflow is detected and refused (ValueError)
 def _alignment_terms(
     updates: Sequence[RevealedUpdate], global_arrays: Mapping[str, np.ndarray]
 ) -> dict[str, tuple[float, float]]:
-    """Address -> ``(c_i, m_i)``: the clamped cosine and the magnitude factor (steps 1-6)."""
+    """Address -> ``(c_i, m_i)``: the clamped cosine and the magnitude factor (steps 1-5)."""
     if not updates:
         return {}
     ordered = canonical_order(updates)
     deltas = _flat_deltas(ordered, global_arrays)
-    weights = [float(u.num_examples) for u in ordered]
     norms2 = [_exact_sum(delta * delta, "a squared norm") for delta in deltas]
     norms = [math.sqrt(v) for v in norms2]
     if len(ordered) == 1:  # no others to agree with: full score for any non-zero delta
         full = 1.0 if norms2[0] > 0.0 else 0.0
         return {ordered[0].participant: (full, full)}
-
-    total = np.multiply(deltas[0], weights[0])
-    product = np.empty_like(total)
-    for delta, w in zip(deltas[1:], weights[1:], strict=True):
-        np.multiply(delta, w, out=product)
-        total += product
-    if not np.isfinite(total).all():
-        raise ValueError("cannot score: the weighted sum of the updates overflows a double")
-    total_norm2 = _exact_sum(total * total, "the weighted sum's squared norm")
-    median = sorted(norms)[(len(norms) - 1) // 2]
-
+    typical = sorted(norms)[len(norms) // 2]
     terms = {}
-    for update, delta, w, n, norm in zip(ordered, deltas, weights, norms2, norms, strict=True):
-        a = _exact_sum(delta * total, "a dot product")
-        dot_others = a - w * n
-        others_norm2 = max(0.0, (total_norm2 - (2.0 * w) * a) + (w * w) * n)
-        if n == 0.0 or others_norm2 == 0.0:
+    for update, delta, n2, norm, median in zip(ordered, deltas, norms2, norms, _others_medians(deltas), strict=True):
+        if not np.isfinite(median).all():
+            raise ValueError("cannot score: the median of the updates overflows a double")
+        median_norm = math.sqrt(_exact_sum(median * median, "a median's squared norm"))
+        if n2 == 0.0 or median_norm == 0.0:
             cos = 0.0
         else:
-            cos = dot_others / (norm * math.sqrt(others_norm2))
+            cos = _exact_sum(delta * median, "a dot product") / (norm * median_norm)
         clamped = min(1.0, max(0.0, cos))
-        magnitude = 0.0 if n == 0.0 else min(1.0, median / norm)
+        magnitude = 0.0 if n2 == 0.0 else min(1.0, typical / norm)
         terms[update.participant] = (clamped, magnitude)
     return terms
 

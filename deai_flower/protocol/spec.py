@@ -30,11 +30,16 @@ from deai_flower.errors import ProtocolError
 from deai_flower.protocol.cid import _RAW, _binary_cid, cid_from_bytes
 
 #: The format this release writes and reads.
-SPEC_FORMAT = "deai-flower/run-spec/1"
+SPEC_FORMAT = "deai-flower/run-spec/2"
 #: A spec must fit one raw IPFS block, so the digest on chain names its CID.
 MAX_SPEC_BYTES = 262_144
 #: Accountants the protocol knows (their ε is recomputable by anyone).
 ACCOUNTANTS = ("rdp", "prv")
+#: Contribution scores attesters know how to compute (deai_flower.protocol.scores).
+SCORES = ("alignment", "loss")
+#: Amounts are wei (or token base units): at most what the contract's uint128 holds.
+_MAX_AMOUNT = 2**128 - 1
+_MAX_MINORITY_SLASH = 2**96 - 1
 #: Libraries whose versions fix the bytes of an aggregate: numpy does the arithmetic,
 #: safetensors is only used to read (the project's own encoder writes), so numpy alone.
 _BYTE_LIBRARIES = ("numpy",)
@@ -130,6 +135,27 @@ class RoundsSpec:
 
 
 @dataclass(frozen=True)
+class IncentivesSpec:
+    """What participants stake, how contributions are scored and paid, what is slashed.
+
+    Amounts are in wei of the native currency, or base units of ``stake_token`` (an
+    ERC-20 address; empty: native). ``reward_pool`` is paid in by the run's creator and
+    shared over the rounds by contribution ``score``: ``alignment`` (geometry of the
+    revealed updates) or ``loss`` (improvement of the validation loss on the set stored
+    under ``validation_cid``). The contract's run parameters repeat the amounts.
+    """
+
+    score: str = "alignment"
+    validation_cid: str = ""
+    stake_token: str = ""
+    stake: int = 0
+    reward_pool: int = 0
+    slash_missing_reveal: int = 0
+    slash_refused: int = 0
+    slash_minority: int = 0
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """A run, as every party builds it. See the module docstring for the encoding."""
 
@@ -140,6 +166,7 @@ class RunSpec:
     training: TrainingSpec
     rounds: RoundsSpec
     max_blob_bytes: int
+    incentives: IncentivesSpec = field(default_factory=IncentivesSpec)
     release: Release = field(default_factory=Release.current)
 
     # ------------------------------------------------------------------ encoding
@@ -183,7 +210,7 @@ class RunSpec:
             raise SpecError(f"run spec format {fmt!r} is not supported (this release reads {SPEC_FORMAT!r})")
         model, data, rule = reader.node("model"), reader.node("data"), reader.node("rule")
         privacy, training, rounds = reader.node("privacy"), reader.node("training"), reader.node("rounds")
-        release = reader.node("release")
+        release, incentives = reader.node("release"), reader.node("incentives")
         eps_value = privacy.raw("epsilon")
         if eps_value == "inf":
             epsilon = math.inf
@@ -205,10 +232,15 @@ class RunSpec:
                               sample_fraction=rounds.float("sample_fraction"), quorum=rounds.int("quorum"),
                               min_reveals=rounds.int("min_reveals"), committee_size=rounds.int("committee_size")),  # fmt: skip
             max_blob_bytes=reader.int("max_blob_bytes"),
+            incentives=IncentivesSpec(
+                score=incentives.str("score"), validation_cid=incentives.str("validation_cid"),
+                stake_token=incentives.str("stake_token"), stake=incentives.int("stake"),
+                reward_pool=incentives.int("reward_pool"), slash_missing_reveal=incentives.int("slash_missing_reveal"),
+                slash_refused=incentives.int("slash_refused"), slash_minority=incentives.int("slash_minority")),  # fmt: skip
             release=Release(deai_flower=release.str("deai_flower"),
                             libraries={k: str(v) for k, v in release.dict("libraries").items()}),  # fmt: skip
         )
-        for name in ("model", "data", "rule", "privacy", "training", "rounds", "release"):
+        for name in ("model", "data", "rule", "privacy", "training", "rounds", "incentives", "release"):
             reader.node(name).done()
         reader.done()
         spec.check()
@@ -243,8 +275,30 @@ class RunSpec:
                             f"(got {r.quorum}, {r.min_reveals}, {r.committee_size})")  # fmt: skip
         if self.max_blob_bytes < 1:
             problems.append("max_blob_bytes must be >= 1")
+        problems.extend(self._incentive_problems())
         if problems:
             raise SpecError("run spec: " + "; ".join(problems))
+
+    def _incentive_problems(self) -> list[str]:
+        i = self.incentives
+        problems = []
+        if i.score not in SCORES:
+            problems.append(f"incentives.score must be one of {', '.join(SCORES)} (got {i.score!r})")
+        elif i.score == "loss" and not i.validation_cid:
+            problems.append("incentives.score 'loss' needs incentives.validation_cid (the validation set's CID)")
+        token = i.stake_token
+        if token and not (len(token) == 42 and token.startswith("0x") and all(c in "0123456789abcdefABCDEF"
+                                                                            for c in token[2:])):  # fmt: skip
+            problems.append(f"incentives.stake_token must be a 0x address or empty (got {token!r})")
+        amounts = {"stake": i.stake, "reward_pool": i.reward_pool, "slash_missing_reveal": i.slash_missing_reveal,
+                   "slash_refused": i.slash_refused, "slash_minority": i.slash_minority}  # fmt: skip
+        for name, value in amounts.items():
+            if not 0 <= value <= _MAX_AMOUNT:
+                problems.append(f"incentives.{name} must be between 0 and 2**128 - 1 (got {value})")
+        slashes = (i.slash_missing_reveal, i.slash_refused, i.slash_minority)
+        if max(slashes) > i.stake or i.slash_minority > _MAX_MINORITY_SLASH:
+            problems.append(f"incentives: no slashing amount may exceed the stake ({i.stake}); got {list(slashes)}")
+        return problems
 
     def check_supported(self) -> None:
         """Refuse a spec this release cannot execute bit for bit (rule, accountant, release)."""

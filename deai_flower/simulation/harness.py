@@ -25,14 +25,17 @@ from omegaconf import DictConfig, OmegaConf
 from .. import __version__
 from ..chain import ChainNode, RoundsContract, TxResult, connect_embedded, connect_rpc, simulation_key, to_wad
 from ..chain.artifact import load_artifact
+from ..chain.contract import ZERO_ADDRESS
 from ..chain.runs import fetch_spec
 from ..data import DatasetSplit, client_partitions, load_dataset
 from ..config import privacy_epsilon
 from ..errors import ConfigError
 from ..models import get_arrays, instantiate_model, model_spec
 from ..protocol.rules import RULE_PARAMS
+from ..protocol.validation import validation_arrays
 from ..protocol.spec import (
     DataSchema,
+    IncentivesSpec,
     PrivacySpec,
     RoundsSpec,
     RuleSpec,
@@ -48,9 +51,10 @@ def client_role(partition_id: int) -> str:
     return f"client-{partition_id}"
 
 
-def spec_from_config(cfg: DictConfig, schema: DataSchema) -> RunSpec:
-    """The run spec an experiment config describes (the one place config becomes spec)."""
-    s = cfg.strategy
+def spec_from_config(cfg: DictConfig, schema: DataSchema, *, validation_cid: str = "") -> RunSpec:
+    """The run spec an experiment config describes (the one place config becomes spec);
+    ``validation_cid``: where the validation set of a loss-scored run is stored."""
+    s, inc = cfg.strategy, cfg.incentives
     params = {key: s[key] for key in RULE_PARAMS.get(str(s.name), ())}
     return RunSpec(
         model=model_spec(cfg.model),
@@ -66,7 +70,22 @@ def spec_from_config(cfg: DictConfig, schema: DataSchema) -> RunSpec:
                           sample_fraction=float(s.sample_fraction), quorum=int(s.quorum), min_reveals=int(s.min_reveals),
                           committee_size=int(s.committee_size)),  # fmt: skip
         max_blob_bytes=int(cfg.storage.max_blob_bytes),
+        incentives=IncentivesSpec(
+            score=str(inc.score), validation_cid=validation_cid if str(inc.score) == "loss" else "",
+            stake_token=str(inc.stake_token or ""), stake=int(inc.stake), reward_pool=int(inc.reward_pool),
+            slash_missing_reveal=int(inc.slash_missing_reveal), slash_refused=int(inc.slash_refused),
+            slash_minority=int(inc.slash_minority)),  # fmt: skip
     )
+
+
+def store_validation_set(cfg: DictConfig, split: DatasetSplit, store: ContentStore) -> str:
+    """Store the validation set a loss-scored run names in its spec (the first
+    ``incentives.validation_size`` examples of the test split, as a canonical blob with
+    tensors ``x`` float32 and ``y`` int64); return its CID, or "" for other scores."""
+    if str(cfg.incentives.score) != "loss":
+        return ""
+    size = min(int(cfg.incentives.validation_size), len(split.y_test))
+    return store.put(encode_arrays(validation_arrays(split.x_test[:size], split.y_test[:size])))
 
 
 def code_hash() -> bytes:
@@ -81,9 +100,15 @@ def create_run(contract: RoundsContract, spec: RunSpec, initial_cid: str) -> tup
     participants read, under :func:`~deai_flower.protocol.spec.spec_cid` of that digest)
     and the run parameters it enforces, all taken from the spec.
     """
-    r = spec.rounds
+    r, inc = spec.rounds, spec.incentives
     return contract.create_run(
         {
+            "stakeToken": inc.stake_token or ZERO_ADDRESS,
+            "stake": inc.stake,
+            "rewardPool": inc.reward_pool,
+            "slashMissingReveal": inc.slash_missing_reveal,
+            "slashRefused": inc.slash_refused,
+            "slashMinority": inc.slash_minority,
             "specHash": spec.digest(),
             "codeHash": code_hash(),
             "initialModelCid": cid_to_bytes(initial_cid),
@@ -153,12 +178,11 @@ def prepare_run(cfg: DictConfig, output_dir: Path, *, node: ChainNode | None = N
     node = node or connect(cfg)
     n = int(cfg.num_clients if num_clients is None else num_clients)
     split = load_split(cfg, num_clients=n)
-    schema = split.schema()
-    spec = spec_from_config(cfg, schema)
-    spec.check_supported()
     location = store_location(cfg, output_dir)
-    store = open_store(location, max_bytes=spec.max_blob_bytes, timeout_s=float(cfg.storage.timeout_s),
+    store = open_store(location, max_bytes=int(cfg.storage.max_blob_bytes), timeout_s=float(cfg.storage.timeout_s),
                        retries=int(cfg.storage.retries))  # fmt: skip
+    spec = spec_from_config(cfg, split.schema(), validation_cid=store_validation_set(cfg, split, store))
+    spec.check_supported()
     initial_cid, initial = store_run(spec, store, seed=int(cfg.seed))
     admin = simulation_key(seed=int(cfg.seed), role="coordinator")
     clients = [simulation_key(seed=int(cfg.seed), role=client_role(i)) for i in range(n)]

@@ -28,7 +28,7 @@ from ..participant.locator import RunLocator
 from ..participant.participant import LocalData, Participant
 from .config import experiment_config
 
-__all__ = ["ScaledUpdate", "forget_simulated_participants", "simulated_participant"]
+__all__ = ["FreeRider", "ScaledUpdate", "forget_simulated_participants", "simulated_participant"]
 
 _ExperimentKey = tuple[str, str, str, int]
 _PARTITIONS: dict[tuple[_ExperimentKey, int], Participant] = {}
@@ -48,6 +48,26 @@ class ScaledUpdate:
     ) -> dict[str, np.ndarray]:
         return {name: (global_arrays[name] + self.scale * (value - global_arrays[name])).astype(value.dtype)
                 for name, value in update.items()}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FreeRider:
+    """A simulated free-rider: trains nothing useful and sends the global model back,
+    unchanged (``noise`` 0) or with Gaussian noise of std ``noise`` to look like an update."""
+
+    noise: float = 0.0
+
+    def poison(
+        self, global_arrays: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng()
+        return {name: (value + self.noise * rng.standard_normal(value.shape)).astype(value.dtype)
+                if self.noise > 0 else value.copy() for name, value in global_arrays.items()}  # fmt: skip
+
+
+def _adversary(cfg: DictConfig) -> ScaledUpdate | FreeRider:
+    a = cfg.adversary
+    return FreeRider(float(a.noise)) if str(a.kind) == "freerider" else ScaledUpdate(float(a.scale))
 
 
 def _experiment_key(run_config: Mapping[str, Any], num_partitions: int) -> _ExperimentKey:
@@ -112,7 +132,7 @@ def _build(cfg: DictConfig, run_config: Mapping[str, Any], i: int, data: LocalDa
         secure_mode=bool(cfg.privacy.secure_mode),
         grad_sample_mode=str(cfg.privacy.grad_sample_mode),
         model_targets=None,  # the experiment's own config names the model
-        behaviour=ScaledUpdate(float(cfg.adversary.scale)) if i in poisoned else None,
+        behaviour=_adversary(cfg) if i in poisoned else None,
         # Secret noise (fresh CSPRNG entropy every round) unless the experiment asks for
         # reproducible noise: round r then uses seed * 1_000_003 + r * 1_009 + i, which
         # anyone who knows the seed can replay (results.json labels the run so).

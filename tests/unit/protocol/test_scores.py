@@ -48,10 +48,10 @@ def delta_of(u: RevealedUpdate, base: dict[str, np.ndarray]) -> dict[str, np.nda
 
 
 def test_hand_computed_example() -> None:
-    """Three 2-d deltas (1,0), (1,1), (0,1) of weight 1: S = (2,2).
+    """Three 2-d deltas (1,0), (1,1), (0,1); each is compared with the median of the other two.
 
-    (1,0): R = (1,2), cos = 1/sqrt(5), norm 1 = lower median of (1, 1, sqrt 2) -> m = 1.
-    (1,1): R = (1,1), cos = 1, m = 1/sqrt(2).
+    (1,0): M = mean of (1,1), (0,1) = (0.5,1), cos = 0.5/sqrt(1.25) = 1/sqrt(5); norm 1 <= the
+    upper median norm 1 -> m = 1. (1,1): M = (0.5,0.5), cos = 1; norm sqrt(2) -> m = 1/sqrt(2).
     """
     base = {"v": np.zeros(2, np.float32)}
     updates = [RevealedUpdate(address(i), 1, {"v": np.array(d, np.float32)})
@@ -60,19 +60,23 @@ def test_hand_computed_example() -> None:
     assert math.floor(SCORE_SCALE / math.sqrt(5)) == 447213
 
 
-def test_weights_enter_the_others_sum() -> None:
-    """(1,0) with weight 1 next to (0,1) with weight 3 and (1,1) with weight 1.
-
-    For (1,0): R = 3*(0,1) + (1,1) = (1,4), cos = 1/sqrt(17): the weights count.
-    """
+def test_odd_number_of_others_and_example_counts_do_not_pay() -> None:
+    """Four 2-d deltas: for (3,0) the others (0,1), (1,1), (2,1) have median (1,1):
+    cos = 3/(3*sqrt(2)). A larger example count earns nothing more."""
     base = {"v": np.zeros(2, np.float32)}
-    updates = [RevealedUpdate(address(1), 1, {"v": np.array([1, 0], np.float32)}),
-               RevealedUpdate(address(2), 3, {"v": np.array([0, 1], np.float32)}),
-               RevealedUpdate(address(3), 1, {"v": np.array([1, 1], np.float32)})]  # fmt: skip
-    scores = alignment_scores(updates, base)
-    assert abs(scores[address(1)] - SCORE_SCALE / math.sqrt(17)) <= 1
-    # (0,1): R = (1,0) + (1,1) = (2,1), cos = 1/sqrt(5)
-    assert abs(scores[address(2)] - SCORE_SCALE / math.sqrt(5)) <= 1
+    deltas = {1: [3, 0], 2: [0, 1], 3: [1, 1], 4: [2, 1]}
+    light = [RevealedUpdate(address(i), 1, {"v": np.array(d, np.float32)}) for i, d in deltas.items()]
+    heavy = [RevealedUpdate(address(i), 1000 * i, {"v": np.array(d, np.float32)}) for i, d in deltas.items()]
+    c, _ = _alignment_terms(light, base)[address(1)]
+    assert c == 1 / math.sqrt(2) or abs(c - 1 / math.sqrt(2)) < 1e-15
+    assert alignment_scores(light, base) == alignment_scores(heavy, base)
+
+
+def test_two_updates_are_each_scored_against_the_other() -> None:
+    base, honest = honest_round(2)
+    assert all(s > SCORE_SCALE // 3 for s in alignment_scores(honest, base).values())
+    rider = RevealedUpdate(address(99), 100, {k: v.copy() for k, v in base.items()})
+    assert alignment_scores([honest[0], rider], base) == {honest[0].participant: 0, rider.participant: 0}
 
 
 def test_free_rider_sending_the_global_model_scores_zero() -> None:
@@ -96,17 +100,17 @@ def test_free_rider_sending_noise_scores_near_zero() -> None:
 
 
 def test_sign_flipping_poisoner_scores_zero() -> None:
-    base, honest = honest_round(10)
+    base, honest = honest_round(4)
     mean = {k: sum(delta_of(u, base)[k] for u in honest) / len(honest) for k in base}
     poisoner = update(99, base, {k: -5 * v for k, v in mean.items()})
     scores = alignment_scores([*honest, poisoner], base)
     assert scores[poisoner.participant] == 0
-    assert all(scores[u.participant] > SCORE_SCALE // 10 for u in honest)
-    # Flipping one participant's own delta scores 0 too (and costs that participant most).
+    # the median stays with the honest majority: their scores hardly move
+    assert all(scores[u.participant] > SCORE_SCALE // 2 for u in honest)
     copycat = update(98, base, {k: -5 * v for k, v in delta_of(honest[0], base).items()})
     scores = alignment_scores([*honest, copycat], base)
     assert scores[copycat.participant] == 0
-    assert all(scores[u.participant] > 0 for u in honest[1:])
+    assert all(scores[u.participant] > SCORE_SCALE // 4 for u in honest)  # the copied one too
 
 
 def test_scaled_update_loses_through_the_magnitude_factor() -> None:
@@ -187,23 +191,22 @@ def reference_terms(updates: list[RevealedUpdate], base: dict[str, np.ndarray]) 
     g = [float(x) for name in names for x in base[name].ravel().tolist()]
     deltas = [[float(x) - gx for x, gx in zip((x for name in names for x in u.arrays[name].ravel().tolist()), g)]
               for u in ordered]  # fmt: skip
-    w = [float(u.num_examples) for u in ordered]
     n = [math.fsum(x * x for x in d) for d in deltas]
     if len(ordered) == 1:
         full = 1.0 if n[0] > 0 else 0.0
         return {ordered[0].participant: (full, full)}
-    s = [w[0] * x for x in deltas[0]]
-    for d, wi in zip(deltas[1:], w[1:]):
-        s = [acc + wi * x for acc, x in zip(s, d)]
-    t = math.fsum(x * x for x in s)
-    med = sorted(math.sqrt(v) for v in n)[(len(n) - 1) // 2]
+    typical = sorted(math.sqrt(v) for v in n)[len(n) // 2]
     terms = {}
-    for u, d, wi, ni in zip(ordered, deltas, w, n):
-        a = math.fsum(x * y for x, y in zip(d, s))
-        dot = a - wi * ni
-        r = max(0.0, (t - (2.0 * wi) * a) + (wi * wi) * ni)
-        cos = 0.0 if ni == 0.0 or r == 0.0 else dot / (math.sqrt(ni) * math.sqrt(r))
-        terms[u.participant] = (min(1.0, max(0.0, cos)), 0.0 if ni == 0.0 else min(1.0, med / math.sqrt(ni)))
+    for i, (u, d, ni) in enumerate(zip(ordered, deltas, n)):
+        others = [deltas[j] for j in range(len(deltas)) if j != i]
+        k = len(others)
+        median = []
+        for column in zip(*others):
+            values = sorted(column)
+            median.append(values[k // 2] if k % 2 else (values[k // 2 - 1] + values[k // 2]) / 2.0)
+        t = math.sqrt(math.fsum(x * x for x in median))
+        cos = 0.0 if ni == 0.0 or t == 0.0 else math.fsum(x * y for x, y in zip(d, median)) / (math.sqrt(ni) * t)
+        terms[u.participant] = (min(1.0, max(0.0, cos)), 0.0 if ni == 0.0 else min(1.0, typical / math.sqrt(ni)))
     return terms
 
 

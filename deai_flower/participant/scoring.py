@@ -1,0 +1,64 @@
+"""An attester's contribution scores for the round outcome (docs/protocol.md §4.3).
+
+The spec names the score: ``alignment`` (:func:`~deai_flower.protocol.scores.alignment_scores`,
+from the revealed updates and the round's global model) or ``loss`` (the improvement of
+the validation loss over the global model's, on the validation set the spec names by
+CID, :mod:`deai_flower.validation_loss`). Every honest attester computes the same
+integers from the same revealed bytes.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ..errors import ProtocolError
+from ..protocol.rules import RevealedUpdate
+from ..protocol.scores import alignment_scores, loss_improvement_scores
+from ..protocol.validation import validation_set
+from ..storage import decode_arrays
+from .run_view import RunView
+
+__all__ = ["contribution_scores"]
+
+#: id(view) -> (the view, weakly; its validation set)
+_VALIDATION: dict[int, tuple[weakref.ref[RunView], tuple[np.ndarray, np.ndarray]]] = {}
+_LOCK = threading.Lock()
+
+
+def _validation_of(view: RunView) -> tuple[np.ndarray, np.ndarray]:
+    """The run's validation set, fetched by the spec's CID from the participant's store
+    and checked against the data schema (once per view)."""
+    with _LOCK:
+        entry = _VALIDATION.get(id(view))
+    if entry is not None and entry[0]() is view:
+        return entry[1]
+    cid = view.spec.incentives.validation_cid
+    schema = view.spec.data
+    arrays = decode_arrays(view.store.get(cid), max_bytes=view.spec.max_blob_bytes)
+    try:
+        cached = validation_set(arrays, num_features=schema.num_features, num_classes=schema.num_classes)
+    except ProtocolError as exc:
+        raise ProtocolError(f"run {view.run_id}: validation set {cid}: {exc}") from exc
+    with _LOCK:
+        for key in [k for k, (ref, _) in _VALIDATION.items() if ref() is None]:
+            del _VALIDATION[key]
+        _VALIDATION[id(view)] = (weakref.ref(view), cached)
+    return cached
+
+
+def contribution_scores(
+    view: RunView, updates: Sequence[RevealedUpdate], global_arrays: Mapping[str, np.ndarray]
+) -> dict[str, int]:
+    """Address -> score of each aggregated update, by the score the run's spec names."""
+    if view.spec.incentives.score == "alignment":
+        return alignment_scores(updates, global_arrays)
+    from ..validation_loss import validation_loss, validation_losses  # torch: only loss-scored runs
+
+    x, y = _validation_of(view)
+    reference = validation_loss(view.model, global_arrays, x, y)
+    losses = validation_losses(view.model, {u.participant: u.arrays for u in updates}, x, y)
+    return loss_improvement_scores(reference, losses)
