@@ -26,7 +26,8 @@ from typing import Any
 
 from eth_utils import is_address, to_checksum_address
 
-from .errors import BlobFormatError, DeaiError, StoreError
+from .errors import BlobFormatError, BlobNotFoundError, DeaiError, StoreError, StoreUnavailableError
+from .incentives import IncentiveReplay, replay_incentives
 from .privacy import PrivacyLedger
 from .protocol.encoding import (
     ACCOUNTANT_NAMES,
@@ -44,7 +45,9 @@ from .protocol.encoding import (
     to_wad,
     votes_needed,
 )
+from .protocol.outcome import OutcomeEntry, Refusal
 from .protocol.rules import RULES, RevealedUpdate, aggregate, minimum_updates
+from .protocol.scores import alignment_scores, loss_improvement_scores
 from .protocol.spec import Release, RunSpec, SpecError, spec_cid
 from .storage import ContentStore, IpfsStore, LocalStore, array_spec, cid_from_bytes, compute_cid
 from .storage import decode_arrays, encode_arrays
@@ -315,7 +318,16 @@ def _check_params(verification: Verification, params: dict[str, Any]) -> None:
         "quorum": spec.rounds.quorum,
         "minReveals": spec.rounds.min_reveals,
         "committeeSize": spec.rounds.committee_size,
+        "stake": spec.incentives.stake,
+        "rewardPool": spec.incentives.reward_pool,
+        "slashMissingReveal": spec.incentives.slash_missing_reveal,
+        "slashRefused": spec.incentives.slash_refused,
+        "slashMinority": spec.incentives.slash_minority,
     }
+    token = str(params.get("stakeToken", "0x" + "00" * 20))
+    if int(token, 16) != int(spec.incentives.stake_token or "0x0", 16):
+        verification.problems.append(f"the chain's stake token {token} differs from the spec's "
+                                     f"{spec.incentives.stake_token or 'native currency'}")  # fmt: skip
     wrong = [f"{name} {int(params[name])}, the spec gives {value}" for name, value in expected.items()
              if name in params and int(params[name]) != value]  # fmt: skip
     if wrong:
@@ -362,6 +374,8 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
         if "round" in e["args"]:
             by_round[int(e["args"]["round"])].append(e)
     reported = _ReportedEpsilon.of(record.reported)
+    funds = replay_incentives(run_events, record.run_id)
+    scorer = _Scorer(spec, store)
     histories: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
     for round_id in sorted(by_round):
         round_events = by_round[round_id]
@@ -411,7 +425,8 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
             else:
                 entries[who] = entry
         reveals = [e["args"] for e in round_events if e["event"] == "Revealed"]
-        updates = []
+        updates: dict[str, RevealedUpdate] = {}
+        judged: dict[str, Refusal] = {}  # the verifier's own refusals
         chain_epsilon: dict[str, float] = {}
         for r in reveals:
             who = to_checksum_address(r["participant"])
@@ -437,14 +452,18 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
                                         "registered with")  # fmt: skip
             if claim is not None:  # attesters exclude it too (protocol §2.5)
                 verdict.problems.append(f"{who}'s reveal {claim}: excluded")
+                judged[who] = Refusal("dp-claims", claim)
                 continue
             try:
                 blob_cid = cid_from_bytes(revealed.cid)
                 arrays = decode_arrays(store.get(blob_cid), max_bytes=max_bytes, expected=arrays_spec)
-            except (StoreError, BlobFormatError) as exc:
-                verdict.checks.append(f"excluded {who}: {exc}")
+            except (BlobNotFoundError, StoreUnavailableError) as exc:
+                judged[who] = Refusal("unavailable", str(exc))
                 continue
-            updates.append(RevealedUpdate(who, revealed.num_examples, arrays))
+            except (StoreError, BlobFormatError) as exc:
+                judged[who] = Refusal("invalid", str(exc))
+                continue
+            updates[who] = RevealedUpdate(who, revealed.num_examples, arrays)
         verdict.checks.append(f"{len(reveals)} reveals vs commitments, CIDs, ε")
         if reported is not None:
             reported.check_round(verdict, chain_epsilon, committed=set(commitments))
@@ -453,13 +472,18 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
         if finalized:
             verdict.status = "finalized"
             result_cid = finalized[0]["resultCid"]
+            outcome = funds.outcomes.get(round_id, [])
             _check_votes(verdict, round_events, result_cid, entries=entries, reveals=reveals, beacon=beacon,
                          sample_bps=sample_bps, committee_size=int(params.get("committeeSize", 0)),
                          registry_size=registry_size, quorum=int(params["quorum"]))  # fmt: skip
-            if len(updates) < minimum_updates(rule, rule_params):
-                verdict.problems.append(f"finalized with {len(updates)} valid updates, fewer than {rule} needs")
+            aggregated = _check_outcome(verdict, outcome, updates, judged,
+                                        revealers=[to_checksum_address(r["participant"]) for r in reveals])  # fmt: skip
+            if aggregated and not verdict.problems:
+                scorer.check(verdict, outcome, aggregated, model_cid)
+            if len(aggregated) < minimum_updates(rule, rule_params):
+                verdict.problems.append(f"finalized with {len(aggregated)} valid updates, fewer than {rule} needs")
             else:
-                recomputed = compute_cid(encode_arrays(aggregate(rule, updates, rule_params)))
+                recomputed = compute_cid(encode_arrays(aggregate(rule, aggregated, rule_params)))
                 if recomputed != cid_from_bytes(_bytes(result_cid)):
                     verdict.problems.append(
                         f"{rule} of the valid reveals is {recomputed}, chain finalized "
@@ -472,6 +496,113 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
             verdict.status = "not finalized"
     if reported is not None:
         reported.check_leftovers(verification)
+    _check_funds(verification, funds, record.reported)
+
+
+def _check_outcome(verdict: RoundVerdict, outcome: list[OutcomeEntry], updates: dict[str, RevealedUpdate],
+                   judged: dict[str, Refusal], *, revealers: list[str]) -> list[RevealedUpdate]:  # fmt: skip
+    """Compare the finalized outcome's verdicts with the verifier's own; return the updates
+    the outcome aggregated (what the aggregate and the scores are recomputed from).
+
+    A blob the attesters found unavailable but the verifier can read was published late:
+    noted, not a problem (availability at attestation time is what counted). One the
+    attesters aggregated but the verifier cannot read is reported as unavailable, apart
+    from a tampered or malformed one.
+    """
+    by_address = {e.participant: e for e in outcome}
+    if sorted(by_address) != sorted(set(revealers)):
+        verdict.problems.append(f"the finalized outcome lists {sorted(by_address)}, the round's revealers are "
+                                f"{sorted(set(revealers))}")  # fmt: skip
+        return []
+    aggregated = []
+    for who in sorted(by_address, key=lambda a: int(a, 16)):
+        theirs = by_address[who].verdict
+        ours = judged[who].verdict if who in judged else "aggregated"
+        if theirs == ours:
+            if who in updates:
+                aggregated.append(updates[who])
+            elif ours != "aggregated":
+                verdict.checks.append(f"{who} refused ({ours}): {judged[who]}")
+        elif theirs == "unavailable" and ours == "aggregated":
+            verdict.checks.append(f"{who}'s blob was unavailable to the attesters and is readable now (published "
+                                  "late): refused as they found it")  # fmt: skip
+        elif ours == "unavailable":
+            verdict.problems.append(f"{who}'s blob, which the attesters found {theirs}, is unavailable to the "
+                                    f"verifier: {judged[who]}")  # fmt: skip
+        else:
+            reason = f": {judged[who]}" if who in judged else ""
+            verdict.problems.append(f"the attesters found {who}'s update {theirs}, the verifier finds it "
+                                    f"{ours}{reason}")  # fmt: skip
+    return aggregated
+
+
+class _Scorer:
+    """Recomputes a round's contribution scores by the spec's score (protocol §4.3)."""
+
+    def __init__(self, spec: RunSpec, store: ContentStore) -> None:
+        self.spec, self.store = spec, store
+        self._loss_context: tuple[Any, Any, Any] | None = None
+
+    def check(self, verdict: RoundVerdict, outcome: list[OutcomeEntry], aggregated: list[RevealedUpdate],
+              model_cid: Any) -> None:  # fmt: skip
+        max_bytes = self.spec.max_blob_bytes
+        try:
+            global_arrays = decode_arrays(self.store.get(cid_from_bytes(_bytes(model_cid))), max_bytes=max_bytes)
+        except (StoreError, BlobFormatError) as exc:
+            verdict.problems.append(f"the round's global model cannot be read to recompute scores: {exc}")
+            return
+        if self.spec.incentives.score == "alignment":
+            scores = alignment_scores(aggregated, global_arrays)
+        else:
+            scores = self._loss_scores(aggregated, global_arrays)
+        claimed = {e.participant: e.score for e in outcome if e.verdict == "aggregated"}
+        wrong = [f"{who} {claimed.get(who)} (recomputed {score})" for who, score in sorted(scores.items())
+                 if claimed.get(who) != score]  # fmt: skip
+        if wrong:
+            verdict.problems.append(f"{self.spec.incentives.score} scores differ: " + ", ".join(wrong))
+        else:
+            verdict.checks.append(f"{len(scores)} {self.spec.incentives.score} scores recomputed")
+
+    def _loss_scores(self, aggregated: list[RevealedUpdate], global_arrays: dict[str, Any]) -> dict[str, int]:
+        from .models import instantiate_model
+        from .protocol.validation import validation_set
+        from .validation_loss import validation_loss, validation_losses
+
+        if self._loss_context is None:
+            data = self.spec.data
+            arrays = decode_arrays(self.store.get(self.spec.incentives.validation_cid),
+                                   max_bytes=self.spec.max_blob_bytes)  # fmt: skip
+            x, y = validation_set(arrays, num_features=data.num_features, num_classes=data.num_classes)
+            self._loss_context = (instantiate_model(self.spec.model, data), x, y)
+        model, x, y = self._loss_context
+        reference = validation_loss(model, global_arrays, x, y)
+        return loss_improvement_scores(reference, validation_losses(model, {u.participant: u.arrays
+                                                                            for u in aggregated}, x, y))  # fmt: skip
+
+
+def _check_funds(verification: Verification, funds: IncentiveReplay, reported: dict[str, Any] | None) -> None:
+    """The run's stakes, slashes and payouts follow the contract's rules, conserve the
+    funds to the wei, and are what ``results.json`` reports."""
+    verification.problems.extend(f"incentives: {p}" for p in funds.problems)
+    if not funds.problems:
+        verification.checks.append(f"incentives: funded {funds.funded}, slashed {funds.slashed}, paid {funds.paid}, "
+                                   f"pool left {funds.pool} (conserved to the wei)")  # fmt: skip
+    section = (reported or {}).get("incentives")
+    if section is None:
+        return
+    ours = funds.to_json()
+    theirs = {key: section.get(key) for key in ours}
+    theirs["participants"] = {who: {k: v for k, v in entry.items() if k != "client"}
+                              for who, entry in (section.get("participants") or {}).items()}  # fmt: skip
+    if theirs != ours:
+        differing = sorted(key for key in ours if theirs.get(key) != ours[key])
+        if "participants" in differing:
+            differing.remove("participants")
+            differing += [f"participant {who}" for who in sorted(set(ours["participants"]) | set(theirs["participants"]))
+                          if ours["participants"].get(who) != theirs["participants"].get(who)]  # fmt: skip
+        verification.problems.append("results.json's incentives differ from the chain's: " + ", ".join(differing))
+    else:
+        verification.checks.append("results.json's incentives")
 
 
 def _check_votes(verdict: RoundVerdict, round_events: list[dict[str, Any]], result_cid: str, *,
@@ -484,13 +615,16 @@ def _check_votes(verdict: RoundVerdict, round_events: list[dict[str, Any]], resu
                 and in_committee(beacon=beacon, sample_bps=sample_bps, committee_size=committee_size,
                                  index=entries[who].index, registry_size=registry_size)}  # fmt: skip
     needed = votes_needed(eligible=len(eligible), quorum=quorum)
-    attested = [(to_checksum_address(e["args"]["attester"]), _bytes(e["args"]["resultCid"]))
+    # a vote is for the result CID and the outcome together; the finalizing one is the last
+    attested = [(to_checksum_address(e["args"]["attester"]),
+                 (_bytes(e["args"]["resultCid"]), _bytes(e["args"].get("outcome", "0x"))))
                 for e in round_events if e["event"] == "Attested"]  # fmt: skip
+    finalizing = next((pair for _, pair in reversed(attested) if pair[0] == _bytes(result_cid)), None)
     strangers = sorted({who for who, _ in attested if who not in eligible})
     if strangers:
         verdict.problems.append(f"attested without being eligible (a revealer in the committee): "
                                 f"{', '.join(strangers)}")  # fmt: skip
-    votes = sum(1 for who, cid in attested if cid == _bytes(result_cid) and who in eligible)
+    votes = sum(1 for who, pair in attested if pair == finalizing and who in eligible)
     if votes < needed:
         verdict.problems.append(f"finalized with {votes} matching attestations of eligible attesters, "
                                 f"{needed} needed (a majority of {len(eligible)}, at least quorum {quorum})")  # fmt: skip

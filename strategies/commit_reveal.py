@@ -48,7 +48,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from deai_flower.chain import RoundsContract, TxResult
 from deai_flower.protocol.encoding import committee_size_of, sampled_count, sampled_indices
 from deai_flower.consortium.identity import CHALLENGE_BYTES, recover_identity, supernode_identity
-from deai_flower.errors import BlobFormatError, ConfigError, StoreError
+from deai_flower.errors import BlobFormatError, ChainError, ConfigError, StoreError
 from deai_flower.messages import CONFIG, METRICS, STATUS
 from deai_flower.protocol.spec import RunSpec
 from deai_flower.storage import ContentStore, cid_from_bytes, decode_arrays
@@ -233,7 +233,9 @@ class CommitRevealStrategy(Strategy):
         """Commit, reveal, attest, finalize and evaluate one opened round."""
         committed = self.commit(report)
         revealed = self.reveal(report, committed)
-        if not self.attest(report, revealed):
+        finalized = self.attest(report, revealed)
+        self._settle_missing_reveals(report)
+        if not finalized:
             return None
         arrays = self.finalize(report)
         if arrays is not None:
@@ -506,6 +508,15 @@ class CommitRevealStrategy(Strategy):
             elif status.get("state") == "declined":
                 report.declined[address] = str(status.get("reason", ""))
         return good
+
+    def _settle_missing_reveals(self, report: RoundReport) -> None:
+        """Have the chain slash committers that did not reveal now, rather than at their
+        next commit: results then show it, and one that never commits again pays too."""
+        for address in sorted(set(report.committed) - set(report.revealed)):
+            try:
+                report.add_gas("settle", self.contract.settle(self.run_id, address).gas_used)
+            except ChainError as exc:
+                log(WARNING, "round %s: settling %s failed: %s", report.round, address, exc)
 
     @staticmethod
     def _record_exclusions(report: RoundReport, replies: list[Message]) -> None:

@@ -76,7 +76,7 @@ def run_verify(args: argparse.Namespace) -> None:
         raise DeaiError("the run has no rounds to verify")
     if not verification.ok:
         failed = [str(v.round) for v in verification.rounds if not v.ok]
-        what = (["the run's parameters"] if verification.problems else []) + (
+        what = (["the run (spec, parameters or incentives)"] if verification.problems else []) + (
             [f"round(s) {', '.join(failed)}"] if failed else []
         )
         print(f"verification failed for {' and '.join(what)}", file=sys.stderr)

@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ..chain import simulation_key
+from ..incentives import replay_incentives
 from ..protocol.encoding import ACCOUNTANT_NAMES, from_wad
 from ..protocol.spec import spec_cid
 
@@ -99,7 +100,23 @@ def results_document(strategy: Any, *, node: Any, store: Any, first_block: int, 
         "config": OmegaConf.to_container(cfg, resolve=True) if cfg is not None else None,
         "events": events,
         "privacy_ledger": privacy_ledger(events, seed=seed, num_clients=num_clients),
+        "incentives": incentives_section(events, run_id=strategy.run_id, spec=spec, seed=seed,
+                                         num_clients=num_clients),  # fmt: skip
     }
+
+
+def incentives_section(events: list[dict[str, Any]], *, run_id: int, spec: Any, seed: int | None,
+                       num_clients: int) -> dict[str, Any]:  # fmt: skip
+    """Stakes, slashes, scores per round and payouts (wei) per participant, replayed from
+    the chain's events (:mod:`deai_flower.incentives`); ``client`` is a simulated
+    participant's index."""
+    replay = replay_incentives(events, run_id)
+    section = {"score": spec.incentives.score, **replay.to_json(), "conserved": replay.conserved}
+    index = {} if seed is None else {
+        simulation_key(seed=seed, role=f"client-{i}").address: i for i in range(num_clients)}  # fmt: skip
+    for who, entry in section["participants"].items():
+        entry["client"] = index.get(who)
+    return section
 
 
 def privacy_ledger(events: list[dict[str, Any]], *, seed: int | None, num_clients: int) -> dict[str, Any]:
