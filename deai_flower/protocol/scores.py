@@ -25,7 +25,11 @@ round's global model (the arrays the updates were trained from):
    elementwise double product: ``a_i = fsum(delta_i*M_i)``, ``n_i = fsum(delta_i*delta_i)``,
    ``t_i = fsum(M_i*M_i)``.
 4. ``cos_i = a_i / (sqrt(n_i) * sqrt(t_i))``, or 0 when ``n_i == 0`` or ``t_i == 0``;
-   ``c_i = min(1, max(0, cos_i))``.
+   ``c_i = min(1, max(0, cos_i - CHANCE_MARGIN / sqrt(D)))`` with ``D`` the number of
+   coordinates and ``CHANCE_MARGIN = 2``: the cosine of a direction drawn independently
+   of ``M_i`` is about normal with standard deviation ``1/sqrt(D)``, so only agreement
+   beyond two standard deviations of chance counts (noise sent as an update earns
+   almost nothing, honest DP-SGD updates agree well beyond it).
 5. ``med`` = the upper median of ``sqrt(n_j)`` over all ``n`` updates (the element at
    0-based index ``n // 2`` of the ascending list); ``m_i = min(1, med / sqrt(n_i))``,
    or 0 when ``n_i == 0``.
@@ -66,6 +70,7 @@ import numpy as np
 from deai_flower.protocol.rules import RevealedUpdate, canonical_order
 
 __all__ = [
+    "CHANCE_MARGIN",
     "MAX_SCORE",
     "SCORE_SCALE",
     "alignment_scores",
@@ -75,6 +80,9 @@ __all__ = [
 
 #: Scores are fixed point with six decimals: 1.0 is SCORE_SCALE (and a loss unit 1e-6 nats).
 SCORE_SCALE = 1_000_000
+
+#: Chance agreement discounted from an alignment cosine, in standard deviations (1/sqrt(D)).
+CHANCE_MARGIN = 2.0
 
 #: Largest score: scores are encoded as uint32 on chain.
 MAX_SCORE = 2**32 - 1
@@ -153,6 +161,7 @@ def _alignment_terms(
         full = 1.0 if norms2[0] > 0.0 else 0.0
         return {ordered[0].participant: (full, full)}
     typical = sorted(norms)[len(norms) // 2]
+    chance = CHANCE_MARGIN / math.sqrt(len(deltas[0])) if len(deltas[0]) else 0.0
     terms = {}
     for update, delta, n2, norm, median in zip(ordered, deltas, norms2, norms, _others_medians(deltas), strict=True):
         if not np.isfinite(median).all():
@@ -162,7 +171,7 @@ def _alignment_terms(
             cos = 0.0
         else:
             cos = _exact_sum(delta * median, "a dot product") / (norm * median_norm)
-        clamped = min(1.0, max(0.0, cos))
+        clamped = min(1.0, max(0.0, cos - chance))
         magnitude = 0.0 if n2 == 0.0 else min(1.0, typical / norm)
         terms[update.participant] = (clamped, magnitude)
     return terms

@@ -23,7 +23,9 @@ from deai_flower.chain import DpParams, commitment_of, connect_embedded, to_wad
 from deai_flower.cli.deai import main as deai_main
 from deai_flower.privacy import PrivacyLedger
 from deai_flower.protocol.encoding import ACCOUNTANT_NAMES, from_wad, parse_reveal_record
+from deai_flower.protocol.outcome import encode_outcome
 from deai_flower.protocol.rules import RevealedUpdate, aggregate
+from deai_flower.protocol.scores import alignment_scores
 from deai_flower.protocol.spec import (
     DataSchema,
     ModelSpec,
@@ -113,8 +115,9 @@ def play_run(out: Path, *, spec: RunSpec | None = None, **param_overrides: Any) 
         updates = [RevealedUpdate(c.account.address, n, u) for c, _, n, _, _, u in revealed]
         result = encode_arrays(aggregate(spec.rule.name, updates, spec.rule.params))
         result_cid = cid_to_bytes(store.put(result))
+        outcome = encode_outcome(alignment_scores(updates, model), {})
         for client, *_ in revealed[: spec.rounds.quorum]:
-            client.attest(run_id, round_id, result_cid)
+            client.attest(run_id, round_id, result_cid, outcome)
         model = decode_arrays(result, max_bytes=spec.max_blob_bytes)
         round_id += 1  # full sampling: the finalizing attestation opened the next round
     events = admin.event_log()

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from deai_flower.protocol.rules import RevealedUpdate
 from deai_flower.protocol.scores import (
+    CHANCE_MARGIN,
     MAX_SCORE,
     SCORE_SCALE,
     _alignment_terms,
@@ -47,28 +48,46 @@ def delta_of(u: RevealedUpdate, base: dict[str, np.ndarray]) -> dict[str, np.nda
     return {k: u.arrays[k].astype(np.float64) - base[k] for k in base}
 
 
+def padded(*values: float, size: int = 10_000) -> np.ndarray:
+    """A delta with ``values`` first and zeros up to ``size`` coordinates (chance margin 2/100)."""
+    v = np.zeros(size, np.float32)
+    v[: len(values)] = values
+    return v
+
+
 def test_hand_computed_example() -> None:
-    """Three 2-d deltas (1,0), (1,1), (0,1); each is compared with the median of the other two.
+    """Deltas (1,0), (1,1), (0,1) (padded to 10,000 coordinates: chance margin 0.02); each
+    is compared with the median of the other two.
 
     (1,0): M = mean of (1,1), (0,1) = (0.5,1), cos = 0.5/sqrt(1.25) = 1/sqrt(5); norm 1 <= the
     upper median norm 1 -> m = 1. (1,1): M = (0.5,0.5), cos = 1; norm sqrt(2) -> m = 1/sqrt(2).
     """
+    base = {"v": padded()}
+    updates = [RevealedUpdate(address(i), 1, {"v": padded(*d)}) for i, d in ((1, [1, 0]), (2, [1, 1]), (3, [0, 1]))]
+    scores = alignment_scores(updates, base)
+    chance = CHANCE_MARGIN / 100
+    assert abs(scores[address(1)] - SCORE_SCALE * (1 / math.sqrt(5) - chance)) <= 1
+    assert abs(scores[address(3)] - SCORE_SCALE * (1 / math.sqrt(5) - chance)) <= 1
+    assert abs(scores[address(2)] - SCORE_SCALE * (1 - chance) / math.sqrt(2)) <= 1
+
+
+def test_agreement_within_chance_scores_nothing() -> None:
+    """In 2 coordinates, chance alone gives cosines of order 1/sqrt(2): nothing counts."""
     base = {"v": np.zeros(2, np.float32)}
     updates = [RevealedUpdate(address(i), 1, {"v": np.array(d, np.float32)})
                for i, d in ((1, [1, 0]), (2, [1, 1]), (3, [0, 1]))]  # fmt: skip
-    assert alignment_scores(updates, base) == {address(1): 447213, address(2): 707106, address(3): 447213}
-    assert math.floor(SCORE_SCALE / math.sqrt(5)) == 447213
+    assert alignment_scores(updates, base) == {address(1): 0, address(2): 0, address(3): 0}
 
 
 def test_odd_number_of_others_and_example_counts_do_not_pay() -> None:
-    """Four 2-d deltas: for (3,0) the others (0,1), (1,1), (2,1) have median (1,1):
-    cos = 3/(3*sqrt(2)). A larger example count earns nothing more."""
-    base = {"v": np.zeros(2, np.float32)}
+    """For (3,0) the others (0,1), (1,1), (2,1) have median (1,1): cos = 3/(3*sqrt(2)).
+    A larger example count earns nothing more."""
+    base = {"v": padded()}
     deltas = {1: [3, 0], 2: [0, 1], 3: [1, 1], 4: [2, 1]}
-    light = [RevealedUpdate(address(i), 1, {"v": np.array(d, np.float32)}) for i, d in deltas.items()]
-    heavy = [RevealedUpdate(address(i), 1000 * i, {"v": np.array(d, np.float32)}) for i, d in deltas.items()]
+    light = [RevealedUpdate(address(i), 1, {"v": padded(*d)}) for i, d in deltas.items()]
+    heavy = [RevealedUpdate(address(i), 1000 * i, {"v": padded(*d)}) for i, d in deltas.items()]
     c, _ = _alignment_terms(light, base)[address(1)]
-    assert c == 1 / math.sqrt(2) or abs(c - 1 / math.sqrt(2)) < 1e-15
+    assert abs(c - (1 / math.sqrt(2) - CHANCE_MARGIN / 100)) < 1e-15
     assert alignment_scores(light, base) == alignment_scores(heavy, base)
 
 
@@ -106,7 +125,7 @@ def test_sign_flipping_poisoner_scores_zero() -> None:
     scores = alignment_scores([*honest, poisoner], base)
     assert scores[poisoner.participant] == 0
     # the median stays with the honest majority: their scores hardly move
-    assert all(scores[u.participant] > SCORE_SCALE // 2 for u in honest)
+    assert all(scores[u.participant] > SCORE_SCALE // 3 for u in honest)
     copycat = update(98, base, {k: -5 * v for k, v in delta_of(honest[0], base).items()})
     scores = alignment_scores([*honest, copycat], base)
     assert scores[copycat.participant] == 0
@@ -206,7 +225,9 @@ def reference_terms(updates: list[RevealedUpdate], base: dict[str, np.ndarray]) 
             median.append(values[k // 2] if k % 2 else (values[k // 2 - 1] + values[k // 2]) / 2.0)
         t = math.sqrt(math.fsum(x * x for x in median))
         cos = 0.0 if ni == 0.0 or t == 0.0 else math.fsum(x * y for x, y in zip(d, median)) / (math.sqrt(ni) * t)
-        terms[u.participant] = (min(1.0, max(0.0, cos)), 0.0 if ni == 0.0 else min(1.0, typical / math.sqrt(ni)))
+        chance = CHANCE_MARGIN / math.sqrt(len(d))
+        terms[u.participant] = (min(1.0, max(0.0, cos - chance)),
+                                0.0 if ni == 0.0 else min(1.0, typical / math.sqrt(ni)))  # fmt: skip
     return terms
 
 

@@ -1,0 +1,72 @@
+"""Attack: collect rewards without contributing, or while poisoning.
+
+A free-rider sends the global model back (unchanged, or with noise to look like an
+update); a poisoner sends its update scaled by -5. Attesters score every aggregated
+update against the median of the others (protocol §4.3) and the finalizing attestation
+pays the round's budget by score: neither earns more than a sliver, and the pool's
+books balance to the wei.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support import compose_with
+
+from deai_flower.simulation.experiment import run_experiment
+from deai_flower.storage import LocalStore
+from deai_flower.verify import RunRecord, verify_run
+
+pytestmark = pytest.mark.slow
+
+ATTACKER = 0  # conf/adversary/*.yaml: client 0
+
+
+def by_client(results: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    return {entry["client"]: entry for entry in results["incentives"]["participants"].values()}
+
+
+def assert_books_balance(results: dict[str, Any]) -> None:
+    incentives = results["incentives"]
+    paid = sum(entry["payout"] for entry in incentives["participants"].values())
+    slashed = sum(entry["slashed"] for entry in incentives["participants"].values())
+    assert paid == incentives["paid"] and slashed == incentives["slashed"]
+    assert paid + incentives["pool_left"] + incentives["pool_withdrawn"] == incentives["funded"] + slashed
+    assert incentives["funded"] == results["spec"]["incentives"]["reward_pool"] > 0
+    assert incentives["pool_left"] < len(results["rounds"]) * len(incentives["participants"])  # rounding dust only
+
+
+def assert_verifies(out: Path) -> None:
+    verification = verify_run(RunRecord.from_output_dir(out), LocalStore(out / "store"))
+    assert verification.ok, [v.problems for v in verification] + verification.problems
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.05], ids=["unchanged", "noise-only"])
+def test_a_free_rider_is_paid_at_most_a_tenth_of_the_median_honest_participant(tmp_path: Path, noise: float) -> None:
+    cfg = compose_with("adversary=freerider", f"adversary.noise={noise}", "num_rounds=3", "progress=false")
+    results = run_experiment(cfg, output_dir=tmp_path)
+    assert [r["status"] for r in results["rounds"]] == ["finalized"] * 3
+    funds = by_client(results)
+    honest = [funds[c]["payout"] for c in funds if c != ATTACKER]
+    assert len(honest) == 4 and min(honest) > 0
+    assert funds[ATTACKER]["payout"] <= statistics.median(honest) / 10
+    assert set(funds[ATTACKER]["score"]) == {"1", "2", "3"}  # scored every round, and poorly
+    assert_books_balance(results)
+    assert_verifies(tmp_path)
+
+
+def test_a_scaled_poisoner_scores_and_is_paid_the_least_under_fedavg(tmp_path: Path) -> None:
+    cfg = compose_with("adversary=scaled", "strategy=fedavg", "num_rounds=2", "progress=false")
+    results = run_experiment(cfg, output_dir=tmp_path)
+    assert [r["status"] for r in results["rounds"]] == ["finalized"] * 2
+    funds = by_client(results)
+    for round_id in ("1", "2"):
+        scores = {c: funds[c]["score"][round_id] for c in funds}
+        assert scores[ATTACKER] < min(s for c, s in scores.items() if c != ATTACKER), scores
+    assert funds[ATTACKER]["payout"] < min(funds[c]["payout"] for c in funds if c != ATTACKER)
+    assert_books_balance(results)
+    assert_verifies(tmp_path)
