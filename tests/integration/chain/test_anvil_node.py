@@ -5,6 +5,7 @@ from __future__ import annotations
 from support import Deployment, cid_of, deploy_for_tests
 
 from deai_flower.chain import ChainNode, DpParams, commitment_of, connect_embedded, simulation_key
+from deai_flower.protocol.outcome import encode_outcome
 
 DP = DpParams.from_floats(noise_multiplier=1.1, sample_rate=0.1, steps=10, delta=1e-5, epsilon=1.0, accountant="rdp")
 
@@ -38,8 +39,9 @@ def _two_rounds(d: Deployment) -> dict[str, list[int]]:
             tx = d.as_client(i).reveal(run_id, round_id, cid=cid_of(i + 10 * index), num_examples=100 + i, dp=DP,
                                        salt=salts[i])  # fmt: skip
             gas["reveal"].append(tx.gas_used - _calldata_gas(d.node, tx.tx_hash))
+        outcome = encode_outcome({d.clients[i].address: 1 for i in range(3)}, {})  # every revealer aggregated
         for i in range(2):
-            tx = d.as_client(i).attest(run_id, round_id, cid_of(99 + index, 0x70))
+            tx = d.as_client(i).attest(run_id, round_id, cid_of(99 + index, 0x70), outcome)
             gas["attest"].append(tx.gas_used - _calldata_gas(d.node, tx.tx_hash))
     return gas
 
