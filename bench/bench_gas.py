@@ -21,7 +21,13 @@ Drives the real bytecode on the embedded chain (py-evm; anvil charges the same g
   ``openRound + k * (commit + reveal) + (votesNeeded(k) - 1) * attest + finalizing
   attest`` (quorum 1, so that k = 1 can finalize: votesNeeded(k) = k // 2 + 1). With partial sampling the sampled set changes every round, so the commits and
   reveals measured are mostly a participant's first in the run (its member slots are
-  written fresh); both kinds are reported where they occur.
+  written fresh); both kinds are reported where they occur. The finalizing attestation
+  settles the round's outcome (a credit per revealer): its cost grows with the round's
+  revealers, never with the registry.
+
+Runs carry incentives as the main job does (a stake per participant, a reward pool paid
+by score; ``--no-incentives``: neither, the same calls otherwise). A participant's
+deposit is paid once per run and reported apart (``deposit``).
 
 Prints tables and writes ``bench/results/gas.json``. Run from the repository root:
 ``python bench/bench_gas.py [--anvil] [--quick] [--play N] [--artifact PATH]``
@@ -35,7 +41,7 @@ import json
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +51,7 @@ from eth_utils import keccak
 from deai_flower.chain import ChainNode, DpParams, RoundsContract, commitment_of, connect_embedded, simulation_key
 from deai_flower.chain import contract as contract_module
 from deai_flower.protocol.encoding import sampled_count, sampled_indices, to_wad, votes_needed
+from deai_flower.protocol.outcome import encode_outcome
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gas.json"
 BUDGET = 110_000
@@ -53,6 +60,9 @@ QUORUM = 2
 DP = DpParams.from_floats(noise_multiplier=1.1, sample_rate=0.05, steps=30, delta=1e-5, epsilon=2.0, accountant="rdp")
 #: Registrations per registerMany transaction (about 70k gas each).
 BATCH = 200
+#: The main job's incentives (conf defaults): stake, pool and slashes in wei.
+INCENTIVES = {"stake": 10**18, "rewardPool": 10**19, "slashMissingReveal": 10**17, "slashRefused": 5 * 10**17,
+              "slashMinority": 2 * 10**17}  # fmt: skip
 
 
 @dataclass
@@ -71,6 +81,7 @@ class RoundGas:
     attest: list[int]  # in order; the last one finalized the round (and opened the next)
     first_commit: list[int]
     first_reveal: list[int]
+    deposit: list[int] = field(default_factory=list)  # once per participant per run
 
     def call_means(self) -> dict[str, float | None]:
         def mean(values: list[int]) -> float | None:
@@ -84,6 +95,7 @@ class RoundGas:
             "first_reveal": mean(self.first_reveal),
             "attest": mean(self.attest[:-1]),
             "attest_finalizing": self.attest[-1],
+            "deposit": mean(self.deposit),
         }
 
     @property
@@ -108,8 +120,9 @@ def _cid(tag: bytes) -> bytes:
 class Bench:
     """A deployment with ``n`` registered participants on a fresh chain."""
 
-    def __init__(self, node: ChainNode, n: int, *, batch: bool = False) -> None:
+    def __init__(self, node: ChainNode, n: int, *, batch: bool = False, incentives: bool = True) -> None:
         self.node = node
+        self.incentives = INCENTIVES if incentives else {}
         self.admin_key = simulation_key(seed=SEED, role="coordinator")
         self.keys: list[LocalAccount] = [simulation_key(seed=SEED, role=f"client-{i}") for i in range(n)]
         node.fund([self.admin_key.address])
@@ -130,6 +143,7 @@ class Bench:
         self.by_address = {k.address: k for k in self.keys}
         self.funded: set[str] = set()
         self.took_part: set[str] = set()
+        self.staked: set[str] = set()
 
     def handle(self, key: LocalAccount) -> RoundsContract:
         if key.address not in self.funded:
@@ -144,6 +158,7 @@ class Bench:
             "initialModelCid": _cid(b"initial model"), "epsilonBudgetWad": to_wad(8.0), "deltaWad": DP.delta_wad,
             "numRounds": rounds, "commitDuration": 3600, "revealDuration": 3600, "attestDuration": 3600,
             "sampleBps": sample_bps, "quorum": quorum, "minReveals": quorum, "committeeSize": committee_size,
+            **self.incentives,
         })  # fmt: skip
         self.quorum = quorum
         return run_id, tx.gas_used
@@ -166,6 +181,9 @@ class Bench:
         reveals = []
         for i, key in enumerate(players):
             h = self.handle(key)
+            if self.incentives and key.address not in self.staked:
+                gas.deposit.append(h.deposit(run_id, self.incentives["stake"]).gas_used)
+                self.staked.add(key.address)
             cid, salt = _cid(f"update {index} {i}".encode()), keccak(f"salt {index} {i}".encode())
             commitment = commitment_of(chain_id=self.node.chain_id, contract=h.address, run_id=run_id,
                                        round_id=round_id, participant=key.address, cid=cid,
@@ -181,15 +199,17 @@ class Bench:
             self.took_part.add(h.account.address)
         gas.votes_needed = int(self.admin.get_round(run_id, round_id)["votesNeeded"])
         result = bytes([0x01, 0x70, 0x12, 0x20]) + keccak(f"aggregate {index}".encode())
-        gas.attest = [h.attest(run_id, round_id, result).gas_used for h, *_ in reveals[: gas.votes_needed]]
+        # every revealer scored (distinct scores: every credit is a non-zero write)
+        outcome = encode_outcome({h.account.address: 1_000 + i for i, (h, *_) in enumerate(reveals)}, {})
+        gas.attest = [h.attest(run_id, round_id, result, outcome).gas_used for h, *_ in reveals[: gas.votes_needed]]
         # gas per round as if all k played: k eligible revealers need a majority of k
         gas.votes_needed = votes_needed(eligible=k, quorum=self.quorum) if play else gas.votes_needed
         return gas
 
 
-def measure_participants(n: int) -> dict[str, Any]:
+def measure_participants(n: int, *, incentives: bool = True) -> dict[str, Any]:
     """Setup, the first round and a steady one with ``n`` registered, all sampled and playing."""
-    bench = Bench(connect_embedded(), n)
+    bench = Bench(connect_embedded(), n, incentives=incentives)
     run_id, create_gas = bench.create_run(sample_bps=10_000, rounds=3)  # round 2's finalization opens round 3
     first = bench.round(run_id, index=1)
     steady = bench.round(run_id, index=2)
@@ -205,14 +225,15 @@ def measure_participants(n: int) -> dict[str, Any]:
         "steady": asdict(steady),
         "steady_per_participant": steady.per_participant,
         "steady_calls": steady.call_means(),
+        "deposit": first.call_means()["deposit"],
     }
 
 
-def measure_registry(n: int, sample_bps: int, *, play: int) -> dict[str, Any]:
+def measure_registry(n: int, sample_bps: int, *, play: int, incentives: bool = True) -> dict[str, Any]:
     """Per-call gas and the round's gas for ``n`` registered at ``sample_bps`` (two rounds,
     at most ``play`` of the sampled playing each; the second is reported)."""
     started = time.perf_counter()
-    bench = Bench(connect_embedded(), n, batch=True)
+    bench = Bench(connect_embedded(), n, batch=True, incentives=incentives)
     run_id, _ = bench.create_run(sample_bps=sample_bps, rounds=3, quorum=1)  # k may be 1
     first = bench.round(run_id, index=1, play=play)
     second = bench.round(run_id, index=2, play=play)
@@ -251,6 +272,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="skip the 100-participant and 10,000-registered points")
     parser.add_argument("--play", type=int, default=12, help="most sampled participants playing a registry point")
     parser.add_argument("--artifact", type=Path, help="measure this contract artifact instead of the packaged one")
+    parser.add_argument("--no-incentives", action="store_true", help="runs without stake and reward pool")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON results")
     args = parser.parse_args()
     if args.artifact is not None:
@@ -264,6 +286,7 @@ def main() -> None:
                      "artifact": str(args.artifact) if args.artifact else "packaged"},  # fmt: skip
         "chain": "embedded (py-evm through eth-tester)",
         "budget_per_participant": BUDGET,
+        "incentives": None if args.no_incentives else INCENTIVES,
         "main_job": None,
         "participants": [],
         "registry": [],
@@ -280,7 +303,7 @@ def main() -> None:
     participants = summary["participants"]
     for n in (5, 10, 100):
         if not (args.quick and n > 10):
-            participants.append(measure_participants(n))
+            participants.append(measure_participants(n, incentives=not args.no_incentives))
             save()
     main_job = summary["main_job"] = participants[0]
 
@@ -289,7 +312,7 @@ def main() -> None:
 
         binary = find_anvil() or install_anvil()
         with AnvilNode(binary) as node:
-            bench = Bench(node.connect(), 5)
+            bench = Bench(node.connect(), 5, incentives=not args.no_incentives)
             run_id, _ = bench.create_run(sample_bps=10_000, rounds=3)
             bench.round(run_id, index=1)
             on_anvil = bench.round(run_id, index=2).call_means()
@@ -306,7 +329,7 @@ def main() -> None:
         if args.quick and n > 1_000:
             continue
         for bps in (100, 1_000, 10_000):
-            registry.append(measure_registry(n, bps, play=args.play))
+            registry.append(measure_registry(n, bps, play=args.play, incentives=not args.no_incentives))
             save()
             print(f"  registry {n:>6,} at {bps / 100:>3.0f} %: {registry[-1]['seconds']} s", flush=True)
     anvil = summary["anvil"]
@@ -317,6 +340,8 @@ def main() -> None:
         label = f"N={p['participants']} votes needed {p['votes_needed']}"
         print(_row(label, p["steady_per_participant"]))
     print(_row("N=5, first round", main_job["first_round_per_participant"]))
+    if main_job["deposit"] is not None:
+        print(f"deposit (once per participant per run): {main_job['deposit']:,.0f}")
     print()
     print(f"per call by registry size (gas; commits and reveals: first in the run unless noted; "
           f"<= {args.play} of k played)")  # fmt: skip

@@ -92,7 +92,7 @@ def replay_incentives(events: Iterable[Mapping[str, Any]], run_id: int) -> Incen
     replay = IncentiveReplay()
     slashes: dict[str, int] = {}
     num_rounds = finalized = 0
-    round_credits: list[tuple[str, int, int]] = []  # (who, score, amount) of the round being settled
+    round_credits: list[tuple[str, int, int]] = []  # (who, score, amount) credited in the round being settled
     last_outcome: dict[int, bytes] = {}  # round -> outcome of its latest attestation
     for event in events:
         args = event["args"]
@@ -119,7 +119,7 @@ def replay_incentives(events: Iterable[Mapping[str, Any]], run_id: int) -> Incen
             funds = replay.participants[who]
             if int(args["amount"]) != funds.stake:
                 replay.problems.append(f"{who} withdrew a stake of {args['amount']}, it held {funds.stake}")
-            funds.stake -= int(args["amount"])
+            funds.stake = 0  # the contract pays out the whole stake
         elif name == "PenaltyRecorded":
             funds = replay.participants[who]
             reason = PENALTY_REASONS[int(args["reason"])]
@@ -153,7 +153,7 @@ def replay_incentives(events: Iterable[Mapping[str, Any]], run_id: int) -> Incen
             owed = funds.payout - funds.withdrawn_rewards
             if int(args["amount"]) != owed:
                 replay.problems.append(f"{who} withdrew rewards of {args['amount']}, it was owed {owed}")
-            funds.withdrawn_rewards += int(args["amount"])
+            funds.withdrawn_rewards = funds.payout  # the contract pays out all it owes
         elif name == "PoolWithdrawn":
             if int(args["amount"]) != replay.pool:
                 replay.problems.append(f"the creator took {args['amount']} from a pool holding {replay.pool}")
@@ -168,29 +168,36 @@ def replay_incentives(events: Iterable[Mapping[str, Any]], run_id: int) -> Incen
 def _settle_round(replay: IncentiveReplay, round_id: int, args: Mapping[str, Any], credits: list[tuple[str, int, int]],
                   outcome: list[OutcomeEntry], *, rounds_left: int) -> None:  # fmt: skip
     """Check one finalized round's payouts against its outcome (its refused updates were
-    slashed just before)."""
+    slashed just before). Amounts follow from the outcome and the rules; each event that
+    says otherwise is one problem, and the replay goes on with the rule's amounts."""
     for entry in outcome:
         funds = replay.participants[entry.participant]
         funds.scores[round_id] = entry.score
         if entry.verdict != "aggregated":
             funds.refused[round_id] = entry.verdict
-    paid_entries = [(e.participant, e.score) for e in outcome if e.verdict == "aggregated" and e.score > 0]
-    if [(who, score) for who, score, _ in credits] != paid_entries and (credits or int(args["budget"])):
-        replay.problems.append(f"round {round_id}: rewards credited to {[(w, s) for w, s, _ in credits]}, the "
-                               f"finalized outcome scores {paid_entries}")  # fmt: skip
     budget = replay.pool // rounds_left if rounds_left > 0 else 0
     if int(args["budget"]) != budget:
         replay.problems.append(f"round {round_id}: budget {args['budget']}, the pool {replay.pool} over "
                                f"{rounds_left} rounds left gives {budget}")  # fmt: skip
-    total = sum(score for _, score, _ in credits)
-    for who, score, amount in credits:
-        expected = budget * score // total if total else 0
-        if amount != expected:
-            replay.problems.append(f"round {round_id}: {who} was credited {amount}, budget {budget} x score {score} "
-                                   f"/ total {total} gives {expected}")  # fmt: skip
-        # the rule's amount, not the event's: one wrong event is one problem, not a cascade
-        replay.participants[who].payout += expected
-        replay.pool -= expected
+    paid = {e.participant: e.score for e in outcome if e.verdict == "aggregated" and e.score > 0}
+    total = sum(paid.values())
+    expected = {who: budget * score // total for who, score in paid.items()} if budget else {}
+    credited = {who: (score, amount) for who, score, amount in credits}
+    wrong = [f"{who} was credited twice" for who in {w for w, _, _ in credits} if len(credited) != len(credits)]
+    for who in sorted(set(expected) | set(credited), key=lambda a: int(a, 16)):
+        if who not in credited:
+            wrong.append(f"nothing credited to {who}, whose outcome score {paid[who]} earns {expected[who]}")
+        elif who not in expected:
+            wrong.append(f"{who} was credited {credited[who][1]}, the finalized outcome pays it nothing")
+        elif credited[who] != (paid[who], expected[who]):
+            score, amount = credited[who]
+            wrong.append(f"{who} was credited {amount} for score {score}, but its outcome score {paid[who]} x "
+                         f"budget {budget} / total {total} gives {expected[who]}")  # fmt: skip
+    if wrong:  # one problem for the round's credits, however many of them disagree
+        replay.problems.append(f"round {round_id}: " + "; ".join(wrong))
+    for who, amount in expected.items():
+        replay.participants[who].payout += amount
+        replay.pool -= amount
     if int(args["pool"]) != replay.pool:
         replay.problems.append(f"round {round_id}: RoundSettled says the pool holds {args['pool']}, the replay "
                                f"gives {replay.pool}")  # fmt: skip

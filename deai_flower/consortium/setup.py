@@ -118,11 +118,12 @@ def create_run(rpc_url: str, address: str, account: LocalAccount, *, store_locat
     rule, DP settings, rounds) and initial model go into the store, the chain records them.
 
     The data schema comes from the configured dataset (loaded once here, only for its
-    shape: silos train on their own files, checked against it).
+    shape: silos train on their own files, checked against it); a loss-scored run's
+    validation set is cut from its test split. The creator's key pays the reward pool.
     """
     from ..protocol.spec import spec_cid
     from ..simulation.harness import create_run as create_on_chain
-    from ..simulation.harness import load_split, spec_from_config, store_run
+    from ..simulation.harness import load_split, spec_from_config, store_run, store_validation_set
     from ..storage.location import open_store
 
     cfg = compose_run_config(overrides)
@@ -132,9 +133,9 @@ def create_run(rpc_url: str, address: str, account: LocalAccount, *, store_locat
                               "create runs with the key that deployed it")  # fmt: skip
     _require_funds(contract.node, account)
     split = load_split(cfg, num_clients=1)
-    spec = spec_from_config(cfg, split.schema())
+    store = open_store(store_location, max_bytes=int(cfg.storage.max_blob_bytes))
+    spec = spec_from_config(cfg, split.schema(), validation_cid=store_validation_set(cfg, split, store))
     spec.check_supported()
-    store = open_store(store_location, max_bytes=spec.max_blob_bytes)
     initial_cid, _ = store_run(spec, store, seed=int(cfg.seed))
     try:
         run_id, _ = create_on_chain(contract, spec, initial_cid)

@@ -27,7 +27,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common import log
 
 from ..chain import DpParams, commitment_of
-from ..protocol.encoding import from_wad
+from ..protocol.encoding import STAGES, from_wad
 from ..consortium.identity import CHALLENGE_BYTES, sign_identity
 from ..errors import (
     BlobFormatError,
@@ -136,12 +136,17 @@ def _ensure_stake(view: RunView) -> int:
     incentives = view.spec.incentives
     if incentives.stake == 0:
         return 0
-    contract = view.contract
-    held = int(contract.get_account(view.run_id, view.account.address)["stake"])
-    if held >= incentives.stake:
-        return 0
-    missing = incentives.stake - held
+    contract, address = view.contract, view.account.address
     gas = 0
+    member = contract.get_member(view.run_id, address)
+    if STAGES[int(member["stage"])] in ("committed", "attested") and int(member["round"]) < int(contract.get_run(view.run_id)["currentRound"]):
+        # A penalty of an earlier round may be pending (a missing reveal, a minority vote):
+        # the commit would slash it first and then find the stake short. Settle it now.
+        gas += contract.settle(view.run_id, address).gas_used
+    held = int(contract.get_account(view.run_id, address)["stake"])
+    if held >= incentives.stake:
+        return gas
+    missing = incentives.stake - held
     if incentives.stake_token:
         gas += contract.approve_token(incentives.stake_token, missing).gas_used
     tx = contract.deposit(view.run_id, missing, native=not incentives.stake_token)

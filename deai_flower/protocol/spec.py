@@ -296,8 +296,10 @@ class RunSpec:
             if not 0 <= value <= _MAX_AMOUNT:
                 problems.append(f"incentives.{name} must be between 0 and 2**128 - 1 (got {value})")
         slashes = (i.slash_missing_reveal, i.slash_refused, i.slash_minority)
-        if max(slashes) > i.stake or i.slash_minority > _MAX_MINORITY_SLASH:
+        if max(slashes) > i.stake:
             problems.append(f"incentives: no slashing amount may exceed the stake ({i.stake}); got {list(slashes)}")
+        if i.slash_minority > _MAX_MINORITY_SLASH:
+            problems.append(f"incentives.slash_minority must be at most 2**96 - 1 (got {i.slash_minority})")
         return problems
 
     def check_supported(self) -> None:

@@ -1,4 +1,4 @@
-"""The committed contract artifact is exactly what the pinned compiler produces."""
+"""The committed contract artifacts are exactly what the pinned compiler produces."""
 
 from __future__ import annotations
 
@@ -31,8 +31,10 @@ def test_committed_artifact_matches_a_fresh_compile(tmp_path: Path) -> None:
     if not (CONTRACTS / "node_modules" / "solc").is_dir():
         subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=CONTRACTS, check=True, capture_output=True,
                        timeout=300)  # fmt: skip
-    fresh = tmp_path / "artifact.json"
-    subprocess.run([node, "compile.mjs", "--out", str(fresh)], cwd=CONTRACTS, check=True, capture_output=True,
+    subprocess.run([node, "compile.mjs", "--out", str(tmp_path)], cwd=CONTRACTS, check=True, capture_output=True,
                    timeout=300)  # fmt: skip
-    committed = json.loads((CONTRACTS / "artifacts" / "CommitRevealRounds.json").read_text())
-    assert json.loads(fresh.read_text()) == committed
+    committed = sorted(p.relative_to(CONTRACTS / "artifacts") for p in (CONTRACTS / "artifacts").rglob("*.json"))
+    assert committed == sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.json"))
+    assert len(committed) == 3  # the round contract, and the token and attacker the tests deploy
+    for path in committed:
+        assert json.loads((tmp_path / path).read_text()) == json.loads((CONTRACTS / "artifacts" / path).read_text())
