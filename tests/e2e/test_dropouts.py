@@ -22,6 +22,7 @@ from deai_flower.apps import client_app
 from deai_flower.chain import simulation_key
 from deai_flower.participant.app import participant_for
 from deai_flower.participant.run_view import forget_run_views, run_view
+from deai_flower.protocol.outcome import encode_outcome
 from deai_flower.simulation.experiment import run_experiment
 from deai_flower.storage import LocalStore
 from deai_flower.verify import RunRecord, verify_run
@@ -96,8 +97,14 @@ def test_round_goes_on_without_the_faulty_node(
     committed_without_reveal = kind in ("no-reveal", "bad-reveal")
     assert (address in results["rounds"][0]["committed"]) == committed_without_reveal
     penalties = [e["args"] for e in results["events"] if e["event"] == "PenaltyRecorded"]
-    if committed_without_reveal:  # settled when it commits again in round 2
-        assert [(p["participant"], p["round"], p["reason"]) for p in penalties] == [(address, 1, 0)]
+    if committed_without_reveal:  # slashed in each round, settled by the coordinator when the round closes
+        assert [(p["participant"], p["round"], p["reason"]) for p in penalties] == [(address, 1, 0), (address, 2, 0)]
+        slash = results["spec"]["incentives"]["slash_missing_reveal"]
+        assert all(int(p["slashed"]) == slash for p in penalties)
+        funds = results["incentives"]["participants"][address]
+        # it topped its stake up before committing again, and earned nothing
+        assert funds["slashed"] == 2 * slash and funds["deposited"] == funds["stake"] + 2 * slash
+        assert funds["payout"] == 0 and results["incentives"]["conserved"]
     else:
         assert penalties == []
     assert all(v.ok for v in verify_run(RunRecord.from_output_dir(tmp_path), LocalStore(tmp_path / "store")))
@@ -126,7 +133,9 @@ def test_a_lying_attester_is_outvoted_and_penalized(tmp_path: Path) -> None:
             # the first attester asked, whose vote surely counts, attests a forged CID
             view = _view(message, context)
             round_id = int(message.content["config"]["round"])
-            view.contract.attest(view.run_id, round_id, bytes([1, 0x55, 0x12, 0x20]) + b"\x66" * 32)
+            revealers = [r["participant"] for r in view.contract.revealed(view.run_id, round_id, from_block=0)]
+            view.contract.attest(view.run_id, round_id, bytes([1, 0x55, 0x12, 0x20]) + b"\x66" * 32,
+                                 encode_outcome(dict.fromkeys(revealers, 1), {}))  # fmt: skip
             liars.append(view.participant.address)
             return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, "lied"), reply_to=message)
         return client_app(message, context)
@@ -139,6 +148,8 @@ def test_a_lying_attester_is_outvoted_and_penalized(tmp_path: Path) -> None:
     penalties = [(e["args"]["participant"], e["args"]["round"], e["args"]["reason"])
                  for e in results["events"] if e["event"] == "PenaltyRecorded"]  # fmt: skip
     assert penalties == [(liars[0], 1, 1)]  # MinorityAttestation, settled at its next commit
+    liar = results["incentives"]["participants"][liars[0]]
+    assert liar["slashed"] == results["spec"]["incentives"]["slash_minority"] > 0
     assert all(v.ok for v in verify_run(RunRecord.from_output_dir(tmp_path), LocalStore(tmp_path / "store")))
 
 
