@@ -102,11 +102,28 @@ def test_a_tampered_blob_in_a_copy_fails_while_the_original_verifies(run_dir: Pa
     result = verify(copy)
     assert not result[0].ok
     assert any("chain finalized" in p for p in result[0].problems)
-    assert any(c.startswith("excluded") for c in result[0].checks), result[0].checks
+    # the attesters aggregated it; here it is tampered with, which is not "unavailable"
+    assert any(f"found {record_author(results, 1)}'s update aggregated, the verifier finds it invalid" in p
+               for p in result[0].problems), result[0].problems  # fmt: skip
     cli = deai_verify(str(copy))
     assert cli.returncode == 1 and "round(s) 1" in cli.stderr, cli.stdout + cli.stderr
     assert str(copy / "store") in cli.stdout
     assert deai_verify(str(run_dir)).returncode == 0
+
+
+def record_author(results: dict, round_id: int) -> str:  # type: ignore[type-arg]
+    return revealed(results, round_id)["args"]["participant"]
+
+
+def test_a_blob_missing_from_a_copy_is_reported_unavailable_not_tampered(run_dir: Path, tmp_path: Path) -> None:
+    copy, results = copy_of(run_dir, tmp_path)
+    record = parse_reveal_record(bytes.fromhex(revealed(results, 1)["args"]["record"][2:]))
+    (blob,) = list((copy / "store").rglob(cid_from_bytes(record.cid)))
+    blob.unlink()
+    problems = verify(copy)[0].problems
+    assert any(f"{record_author(results, 1)}'s blob, which the attesters found aggregated, is unavailable to the "
+               "verifier" in p for p in problems), problems  # fmt: skip
+    assert not any("finds it invalid" in p for p in problems)
 
 
 def test_a_forged_revealed_epsilon_is_caught(run_dir: Path, tmp_path: Path) -> None:
