@@ -45,9 +45,13 @@ def assert_verifies(out: Path) -> None:
     assert verification.ok, [v.problems for v in verification] + verification.problems
 
 
-@pytest.mark.parametrize("noise", [0.0, 0.05], ids=["unchanged", "noise-only"])
-def test_a_free_rider_is_paid_at_most_a_tenth_of_the_median_honest_participant(tmp_path: Path, noise: float) -> None:
-    cfg = compose_with("adversary=freerider", f"adversary.noise={noise}", "num_rounds=3", "progress=false")
+@pytest.mark.parametrize(("score", "noise"), [("alignment", 0.0), ("alignment", 0.05), ("loss", 0.05)],
+                         ids=["unchanged", "noise-only", "noise-only-loss-scored"])
+def test_a_free_rider_is_paid_at_most_a_tenth_of_the_median_honest_participant(
+    tmp_path: Path, score: str, noise: float
+) -> None:
+    cfg = compose_with("adversary=freerider", f"adversary.noise={noise}", f"incentives.score={score}",
+                       "num_rounds=3", "progress=false")  # fmt: skip
     results = run_experiment(cfg, output_dir=tmp_path)
     assert [r["status"] for r in results["rounds"]] == ["finalized"] * 3
     funds = by_client(results)

@@ -21,6 +21,7 @@ from support import compose_with
 from deai_flower.simulation.experiment import run_experiment
 from deai_flower.storage import cid_from_bytes
 from deai_flower.protocol.encoding import parse_reveal_record
+from deai_flower.protocol.outcome import decode_outcome, encode_outcome
 from deai_flower.verify import EPSILON_RTOL, RunRecord, Verification, verify_run
 
 pytestmark = pytest.mark.slow
@@ -154,3 +155,41 @@ def test_an_edited_round_epsilon_in_results_fails(run_dir: Path, tmp_path: Path)
     (copy / "results.json").write_text(json.dumps(results))
     problems = verify(copy)[0].problems
     assert any("results.json reports round 1's ε" in p for p in problems), problems
+
+
+def rescore(outcome_hex: str, who: str, delta: int) -> str:
+    entries = decode_outcome(bytes.fromhex(outcome_hex[2:]))
+    scores = {e.participant: e.score + (delta if e.participant == who else 0) for e in entries
+              if e.verdict == "aggregated"}  # fmt: skip
+    refused = {e.participant: e.verdict for e in entries if e.verdict != "aggregated"}
+    return "0x" + encode_outcome(scores, refused).hex()
+
+
+def test_an_edited_score_fails_even_when_every_vote_agrees_with_it(run_dir: Path, tmp_path: Path) -> None:
+    """Every attestation of round 1 is rewritten to score one participant higher: the votes
+    still agree with each other, but the scores recomputed from the blobs do not."""
+    copy, results = copy_of(run_dir, tmp_path)
+    who = record_author(results, 1)
+    for event in results["events"]:
+        if event["event"] == "Attested" and event["args"]["round"] == 1:
+            event["args"]["outcome"] = rescore(event["args"]["outcome"], who, +1)
+    (copy / "results.json").write_text(json.dumps(results))
+    problems = verify(copy)[0].problems
+    assert any(p.startswith("alignment scores differ") and who in p for p in problems), problems
+
+
+def test_an_edited_payout_fails(run_dir: Path, tmp_path: Path) -> None:
+    copy, results = copy_of(run_dir, tmp_path)
+    who = record_author(results, 2)
+    credit = next(e for e in results["events"] if e["event"] == "RewardCredited" and e["args"]["participant"] == who)
+    credit["args"]["amount"] += 1  # one wei more in the event log
+    (copy / "results.json").write_text(json.dumps(results))
+    result = verify(copy)
+    assert any(f"{who} was credited" in p for p in result.problems), result.problems
+    copy2, results = copy_of(run_dir, tmp_path / "second")
+    results["incentives"]["participants"][who]["payout"] += 1  # or one wei more in the report
+    (copy2 / "results.json").write_text(json.dumps(results))
+    result = verify(copy2)
+    assert result.problems == [f"results.json's incentives differ from the chain's: participant {who}"]
+    cli = deai_verify(str(copy2))
+    assert cli.returncode == 1 and "incentives" in cli.stderr
