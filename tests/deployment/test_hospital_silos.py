@@ -87,6 +87,13 @@ def test_a_two_round_run_of_three_silos_finalizes_and_verifies(finished_run: Fin
         assert set(evaluation["per_silo"]) == silos and evaluation["num_examples"] > 0
         assert r["accuracy"] == pytest.approx(evaluation["accuracy"])
     assert set(run.results["initial_federated_evaluation"]["per_silo"]) == silos
+    # each silo staked from its own key, was paid by score, and the books balance
+    incentives = run.results["incentives"]
+    assert incentives["conserved"] and incentives["funded"] > 0
+    for who in silos:
+        funds = incentives["participants"][who]
+        assert funds["deposited"] == incentives["stake_required"] and funds["slashed"] == 0
+        assert set(funds["score"]) == {str(r) for r in range(1, ROUNDS + 1)}
     # each silo kept its privacy ledger in its own directory
     for name in HONEST:
         assert list((run.net.silos[name].home / "ledger").glob("privacy-ledger-*.json"))
