@@ -10,6 +10,7 @@
     deai consortium create-run --rpc URL --contract ADDR --keystore K --password-file P
                                --store local:DIR|ipfs:MULTIADDR [OVERRIDE ...]
     deai consortium demo-data --out DIR --silos N [OVERRIDE ...]
+    deai consortium withdraw --rpc URL --contract ADDR --run-id N --keystore K --password-file P [--pool]
 
 Each step prints what it did; one that is repeated or wrong prints one ``error:`` line
 and exits 2, having changed nothing.
@@ -118,6 +119,16 @@ def _create_run(args: argparse.Namespace) -> None:
     print(f"    flwr run . {args.connection} --stream --run-config {shlex.quote(run_config)}")
 
 
+def _withdraw(args: argparse.Namespace) -> None:
+    from ..consortium.setup import withdraw
+
+    account = _admin(args)
+    amounts = withdraw(args.rpc, args.contract, account, run_id=args.run_id, pool=args.pool)
+    unit = "wei (or token units)"
+    print(f"withdrew from run {args.run_id} to {account.address}: "
+          + ", ".join(f"{kind} {amount} {unit}" for kind, amount in amounts.items()))  # fmt: skip
+
+
 def _toml(value: Any) -> str:
     return str(value) if isinstance(value, int) else '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -184,6 +195,14 @@ def add_parser(groups: Any) -> None:
     p.add_argument("--connection", default="consortium", help="the flwr connection name for the printed command")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, as for deai-flower (e.g. num_rounds=2)")
     p.set_defaults(func=_create_run)
+
+    p = steps.add_parser("withdraw", help="pull a key's rewards and stake from a run (and, for its creator, the pool)")
+    _chain_args(p)
+    p.add_argument("--contract", required=True)
+    p.add_argument("--run-id", required=True, type=int)
+    _keystore_args(p, "the silo (or the run's creator)")
+    p.add_argument("--pool", action="store_true", help="also return what the pool holds (the creator, after the run)")
+    p.set_defaults(func=_withdraw)
 
     p = steps.add_parser("demo-data", help="write silo data files from a bundled dataset (demonstrations)")
     p.add_argument("--out", required=True, type=Path)

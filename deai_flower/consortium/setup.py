@@ -23,7 +23,7 @@ from ..errors import ChainError, ContractRevertError
 from .errors import ConsortiumError
 from .identity import supernode_identity
 
-__all__ = ["CreatedRun", "create_run", "deploy", "fund", "register", "open_contract"]
+__all__ = ["CreatedRun", "create_run", "deploy", "fund", "register", "open_contract", "withdraw"]
 
 
 def admin_key(keystore: Path, password_file: Path) -> LocalAccount:
@@ -143,3 +143,43 @@ def create_run(rpc_url: str, address: str, account: LocalAccount, *, store_locat
         raise ConsortiumError(f"createRun failed: {exc}") from None
     return CreatedRun(contract=contract.address, run_id=run_id, spec_cid=spec_cid(spec.digest()),
                       initial_cid=initial_cid, num_rounds=spec.rounds.num_rounds, rule=spec.rule.name)  # fmt: skip
+
+
+def withdraw(rpc_url: str, address: str, account: LocalAccount, *, run_id: int, pool: bool = False) -> dict[str, int]:
+    """Pull what ``account`` is owed in run ``run_id``: its rewards, then its stake (once
+    its last round is closed), and with ``pool`` what the run's pool holds (its creator,
+    once the run is complete). Returns the amounts withdrawn (wei or token units), by kind.
+
+    Raises:
+        ConsortiumError: nothing to withdraw, or the stake is still locked by an open round.
+    """
+    contract = open_contract(rpc_url, address, account)
+    if int(contract.get_run(run_id)["numRounds"]) == 0:
+        raise ConsortiumError(f"contract {contract.address} has no run {run_id}")
+    _require_funds(contract.node, account)
+    owed = contract.get_account(run_id, account.address)
+    withdrawn: dict[str, int] = {}
+    if int(owed["rewards"]):
+        contract.withdraw_rewards(run_id)
+        withdrawn["rewards"] = int(owed["rewards"])
+    if int(owed["stake"]):
+        try:
+            tx = contract.withdraw_stake(run_id)
+        except ContractRevertError as exc:
+            if exc.error_name != "StakeLocked":
+                raise
+            raise ConsortiumError(f"{account.address}'s stake in run {run_id} is locked until round {exc.args[2]} "
+                                  "closes (a penalty may still apply); withdraw after it") from None  # fmt: skip
+        # the stake less any penalty settled on the way out
+        withdrawn["stake"] = sum(int(e["args"]["amount"]) for e in tx.events if e["event"] == "StakeWithdrawn")
+    if pool:
+        held = int(contract.get_incentives(run_id)["pool"])
+        if held:
+            try:
+                contract.withdraw_pool(run_id)
+            except ContractRevertError as exc:
+                raise ConsortiumError(f"the pool of run {run_id} cannot be withdrawn: {exc}") from None
+            withdrawn["pool"] = held
+    if not withdrawn:
+        raise ConsortiumError(f"{account.address} has nothing to withdraw in run {run_id}")
+    return withdrawn

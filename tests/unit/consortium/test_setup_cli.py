@@ -104,6 +104,24 @@ def test_a_consortium_is_set_up_step_by_step(rpc: str, tmp_path: Path, capsys: p
                         "--store", f"local:{store}", "num_roundz=2")  # fmt: skip
     assert code == 2 and "num_roundz" in err and err.count("\n") == 1
 
+    # the silo pulls its stake back; the creator cannot take the pool before the run is complete
+    silo_args = ["--keystore", keys / "silo-0.keystore.json", "--password-file", keys / "silo-0.password"]
+    withdraw = ["consortium", "withdraw", "--rpc", rpc, "--contract", contract, "--run-id", "1"]
+    deai(capsys, "consortium", "fund", "--rpc", rpc, silo)
+    code, _, err = deai(capsys, *withdraw, *silo_args)
+    assert code == 2 and f"{silo} has nothing to withdraw in run 1" in err and err.count("\n") == 1
+    stake = spec.incentives.stake
+    assert stake > 0 and reader.get_incentives(1)["pool"] == spec.incentives.reward_pool > 0
+    from deai_flower.chain.keys import keystore_key
+
+    silo_key = keystore_key(keys / "silo-0.keystore.json", password_file=keys / "silo-0.password")
+    reader.as_account(silo_key).deposit(1, stake)
+    code, out, _ = deai(capsys, *withdraw, *silo_args)
+    assert code == 0 and f"withdrew from run 1 to {silo}: stake {stake} wei" in out
+    assert reader.get_account(1, silo)["stake"] == 0
+    code, _, err = deai(capsys, *withdraw, *admin_args, "--pool")
+    assert code == 2 and "RunNotComplete" in err and err.count("\n") == 1
+
 
 def test_demo_data_writes_each_silos_training_and_held_out_files(tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
