@@ -308,6 +308,7 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
     // ------------------------------------------------------------------ errors
 
     error NotAdmin(address caller);
+    error NotPendingAdmin(address caller);
     error RegistryFull(uint256 size);
     error RegistryEpochsExhausted(uint256 epoch);
     error BatchLengthMismatch(uint256 participants, uint256 identities, uint256 maxExamples);
@@ -360,6 +361,11 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
     /// @dev The last member `moved` (zero if the revoked one was last) now holds the revoked
     /// one's index, assigned in `epoch`.
     event ParticipantRevoked(address indexed participant, uint32 epoch, address moved);
+    /// @dev Two steps (as OpenZeppelin's Ownable2Step): a typo in the new address cannot
+    /// lose the role; there is no renouncing it (a consortium without an admin could never
+    /// register a silo or create a run again).
+    event AdminTransferStarted(address indexed admin, address indexed pendingAdmin);
+    event AdminTransferred(address indexed previousAdmin, address indexed admin);
     event RunCreated(uint256 indexed runId, address indexed creator, RunParams params, bytes32 beacon);
     /// @dev The round's model is the last `RoundFinalized.resultCid` (the run's initial
     /// model before any); its reveal and attest deadlines follow from `commitDeadline`
@@ -407,8 +413,11 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
     uint112 private constant _EPSILON_SATURATED = type(uint112).max;
     uint64 private constant _NO_EXAMPLE_BOUND = type(uint64).max;
 
-    /// @notice The consortium admin (the deployer): registers participants, creates runs.
-    address public immutable admin;
+    /// @notice The consortium admin (the deployer, then whoever accepted a transfer):
+    /// registers participants, creates runs.
+    address public admin;
+    /// @notice The address a transfer of the admin role awaits (zero: none).
+    address public pendingAdmin;
     /// @notice Runs created so far; the last run's id.
     uint256 public runCount;
 
@@ -432,6 +441,24 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
     modifier onlyAdmin() {
         if (msg.sender != admin) revert NotAdmin(msg.sender);
         _;
+    }
+
+    // ------------------------------------------------------------------ admin
+
+    /// @notice Starts handing the admin role to `newAdmin`, who must accept it; a later
+    /// call replaces the pending address (zero cancels).
+    /// @param newAdmin the next admin
+    function transferAdmin(address newAdmin) external onlyAdmin {
+        pendingAdmin = newAdmin;
+        emit AdminTransferStarted(msg.sender, newAdmin);
+    }
+
+    /// @notice Takes the admin role offered to the sender by `transferAdmin`.
+    function acceptAdmin() external {
+        if (msg.sender != pendingAdmin) revert NotPendingAdmin(msg.sender);
+        emit AdminTransferred(admin, msg.sender);
+        admin = msg.sender;
+        pendingAdmin = address(0);
     }
 
     // ------------------------------------------------------------------ registry

@@ -279,6 +279,14 @@ class RoundsContract:
         return self._transact("registerMany", [to_checksum_address(p) for p in participants], list(identities),
                               bounds)  # fmt: skip
 
+    def transfer_admin(self, new_admin: str) -> TxResult:
+        """Offer the admin role to ``new_admin`` (it takes effect when that key accepts)."""
+        return self._transact("transferAdmin", to_checksum_address(new_admin))
+
+    def accept_admin(self) -> TxResult:
+        """Take the admin role offered to this account."""
+        return self._transact("acceptAdmin")
+
     def revoke(self, participant: str) -> TxResult:
         return self._transact("revoke", to_checksum_address(participant))
 
