@@ -54,6 +54,7 @@ from deai_flower.models import get_arrays
 __all__ = [
     "ACCOUNTANTS",
     "GRAD_SAMPLE_MODES",
+    "LedgerReconciliation",
     "PrivacyLedger",
     "PrivacySettings",
     "RoundTraining",
@@ -214,6 +215,67 @@ class PrivacyLedger:
         ):
             raise PrivacyError("malformed privacy ledger record: values out of range")
         return cls(history=list(zip(sigmas, rates, steps, strict=True)), noise_multiplier=noise)
+
+    def reconciled(self, released: Iterable[tuple[float, float, int]], *,
+                   outstanding: int = 0) -> LedgerReconciliation:  # fmt: skip
+        """This ledger charged with exactly what was released, and what may still be.
+
+        DP covers released outputs only: an update trained but never revealed (its round
+        lapsed, its commit or reveal failed, its coordinator was stopped) spent nothing,
+        and the chain's revealed history, from which attesters and ``deai verify``
+        recompute ε, does not hold it. ``released``: the participant's revealed
+        ``(σ, q, steps)`` in rounds that can take no more reveals; ``outstanding``: how
+        many trained updates may still be revealed (a commitment in the open round).
+
+        Each released entry keeps a matching ledger entry (same σ and q to 1e-9, same
+        steps; revealed numbers are fixed-point, so never compared exactly); of the
+        entries that match none, the latest ``outstanding`` are kept and the rest are
+        dropped. A released entry the ledger lacks (a lost ledger file) is added: the
+        ledger never accounts for less than was released.
+        """
+        unmatched_released = [(float(s), float(q), int(n)) for s, q, n in released]
+        kept: list[tuple[float, float, int] | None] = []
+        unreleased: list[int] = []  # positions in ``kept`` of entries no release matches
+        for entry in self.history:
+            match = next((i for i, r in enumerate(unmatched_released) if _same_entry(entry, r)), None)
+            if match is None:
+                unreleased.append(len(kept))
+            else:
+                del unmatched_released[match]
+            kept.append(entry)
+        dropped = unreleased[:max(0, len(unreleased) - max(0, int(outstanding)))]
+        for position in dropped:
+            kept[position] = None
+        history = [entry for entry in kept if entry is not None]
+        # A released entry missing here is added with this ledger's own floats when one of
+        # its entries has the same mechanism (so equal entries still merge exactly).
+        for entry in unmatched_released:
+            history.append(next((e for e in self.history if _same_entry(e, entry)), entry))
+        noise = self.noise_multiplier
+        if noise is None and history:
+            noise = history[-1][0] or None
+        return LedgerReconciliation(ledger=PrivacyLedger(history=history, noise_multiplier=noise),
+                                    dropped=len(dropped), added=len(unmatched_released))  # fmt: skip
+
+
+def _same_entry(a: tuple[float, float, int], b: tuple[float, float, int]) -> bool:
+    """Whether two ``(σ, q, steps)`` entries are the same mechanism, up to fixed-point rounding."""
+    return (int(a[2]) == int(b[2]) and math.isclose(a[0], b[0], rel_tol=1e-9, abs_tol=1e-15)
+            and math.isclose(a[1], b[1], rel_tol=1e-9, abs_tol=1e-15))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LedgerReconciliation:
+    """:meth:`PrivacyLedger.reconciled`'s answer: the ledger, and how many entries it
+    dropped (trained, never revealed) and added (revealed, missing from the ledger)."""
+
+    ledger: PrivacyLedger
+    dropped: int
+    added: int
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.dropped or self.added)
 
 
 @dataclass(frozen=True)

@@ -89,15 +89,45 @@ def _ledger_file(view: RunView) -> tuple[Path | None, dict[str, object]]:
 
 
 def _load_ledger(view: RunView, context: Context) -> PrivacyLedger:
-    """The privacy ledger from ``context.state`` or, after a restart, from the ledger file.
+    """The privacy ledger from ``context.state`` or, after a restart, from the ledger file,
+    charged with what this participant released (called before it trains a round).
 
     When both exist the one with more rounds wins: never account for less than was spent.
+    In a private run the ledger is then reconciled with the chain
+    (:meth:`~deai_flower.privacy.PrivacyLedger.reconciled`): a round trained but never
+    revealed (a pending reveal abandoned when its round lapsed, a reveal or commit that
+    failed for good, a coordinator stopped mid-round) released nothing and is rolled
+    back, in ``context.state`` and in the ledger file; every round the chain shows
+    revealed stays charged, and so does a commitment of the open round, whose reveal may
+    still come. Rounds before the open one can take no more reveals (the contract opens a
+    round only once the previous one finalized or failed), so their ``Revealed`` events
+    are final.
     """
     in_memory = PrivacyLedger.from_record(dict(context.state[_LEDGER])) if _LEDGER in context.state else None
     path, identity = _ledger_file(view)
     on_disk = None if path is None else load_ledger(path, identity=identity)
     candidates = [ledger for ledger in (in_memory, on_disk) if ledger is not None]
-    return max(candidates, key=lambda ledger: len(ledger.history)) if candidates else PrivacyLedger()
+    ledger = max(candidates, key=lambda ledger: len(ledger.history)) if candidates else PrivacyLedger()
+    if not view.spec.private:
+        return ledger  # every round spends an infinite ε: nothing to reconcile
+    contract, address = view.contract, view.account.address
+    current = int(contract.get_run(view.run_id)["currentRound"])
+    member = contract.get_member(view.run_id, address)
+    outstanding = int(int(member["round"]) == current and STAGES[int(member["stage"])] != "none")
+    released = _revealed_histories(view, current).get(address, [])
+    result = ledger.reconciled(released, outstanding=outstanding)
+    if not result.changed:
+        return ledger
+    pending = context.state[_PENDING] if _PENDING in context.state else None
+    abandoned = int(pending["round"]) if pending is not None and int(pending["round"]) < current else None
+    what = f" (round {abandoned} lapsed before its reveal)" if abandoned is not None and result.dropped else ""
+    settings = view.privacy_settings()
+    log(WARNING, "participant %s: privacy ledger reconciled with the chain's reveals: %s trained update(s) never "
+        "revealed%s rolled back, %s revealed round(s) missing added; ε spent now %.6f",
+        view.participant.label, result.dropped, what, result.added,
+        result.ledger.epsilon(settings.delta, settings.accountant))  # fmt: skip
+    _save_ledger(view, context, result.ledger)
+    return result.ledger
 
 
 def _save_ledger(view: RunView, context: Context, ledger: PrivacyLedger) -> None:
