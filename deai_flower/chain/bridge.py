@@ -4,57 +4,214 @@ Flower's simulation engine runs ClientApps in Ray worker processes, which cannot
 the in-process EVM object. This bridge answers standard JSON-RPC over HTTP on
 127.0.0.1 by forwarding each request to the embedded chain's provider, one at a time,
 so those workers use the same chain through an ordinary ``HTTPProvider``.
+
+Any local process can reach a loopback port, so the bridge serves only what a
+participant needs: reads (views, logs, receipts, nonces, balances, code, blocks, fees,
+the chain id), gas estimates and the submission of transactions signed by their own
+keys. The embedded chain's development methods (``evm_revert``, time travel, transfers
+from its unlocked accounts, ...) are refused unless a test opts in with
+``allow_dev_methods``. Requests are bounded: a body above :data:`MAX_BODY_BYTES` is
+refused before it is read, and a batch holds at most :data:`MAX_BATCH` requests.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from .node import ChainNode, JsonRpcError
 
+#: What participants (and the coordinator's tools over JSON-RPC) call: reads and signed sends.
+SERVED_METHODS = frozenset({
+    "web3_clientVersion", "net_version", "net_listening", "eth_chainId", "eth_syncing", "eth_blockNumber",
+    "eth_getBlockByNumber", "eth_getBlockByHash", "eth_getBalance", "eth_getCode", "eth_getStorageAt",
+    "eth_getTransactionCount", "eth_getTransactionByHash", "eth_getTransactionReceipt", "eth_call",
+    "eth_estimateGas", "eth_getLogs", "eth_gasPrice", "eth_maxPriorityFeePerGas", "eth_feeHistory",
+    "eth_sendRawTransaction", "eth_sendRawTransactionSync",
+})  # fmt: skip
+#: The development methods a test fixture may opt into: the embedded chain's unlocked
+#: accounts (``fund``), snapshots, mining and time travel.
+DEV_METHODS = frozenset({
+    "eth_accounts", "eth_sendTransaction", "evm_mine", "evm_snapshot", "evm_revert", "evm_increaseTime",
+    "evm_setNextBlockTimestamp", "testing_timeTravel",
+})  # fmt: skip
+#: The largest request body read. A signed reveal or attestation is a few KB; the
+#: outcome of a round of 10,000 revealers is about 250 KB.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+#: The most requests one batch may hold.
+MAX_BATCH = 100
+#: The deepest nesting of arrays and objects a request body may have (a batch of
+#: transactions with access lists is 6 deep).
+MAX_DEPTH = 32
+#: Seconds a connection may stay silent while its request is read or its answer written.
+SOCKET_TIMEOUT_S = 30.0
+
+_PARSE_ERROR, _INVALID_REQUEST, _NO_SUCH_METHOD, _INTERNAL_ERROR = -32700, -32600, -32601, -32603
+_JSON_TYPE = re.compile(r"^application/json\s*(;.*)?$", re.IGNORECASE)
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_DIGITS = re.compile(r"\s*([0-9]+)\s*", re.ASCII)
+
+
+def _shallow(body: bytes) -> bool:
+    """Whether ``body``'s brackets nest at most :data:`MAX_DEPTH` deep and balance.
+
+    Checked before parsing: py-evm raises Python's recursion limit to 100,000, deep enough
+    for ``json.loads`` of a few hundred KB of ``[`` to overflow the C stack and kill the
+    process that holds the chain. Strings are dropped first (their brackets are text);
+    each pass then removes the innermost bracket pairs, all in C.
+    """
+    brackets = _STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    for _ in range(MAX_DEPTH):
+        if not brackets:
+            return True
+        reduced = brackets.replace(b"[]", b"").replace(b"{}", b"")
+        if len(reduced) == len(brackets):
+            return False  # unbalanced: not JSON
+        brackets = reduced
+    return not brackets
+
+
+def _error(request_id: Any, code: int, message: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):  # a client that hung up or went silent: nothing to report
+            return
+        super().handle_error(request, client_address)
+
 
 class JsonRpcBridge:
-    """A loopback HTTP JSON-RPC endpoint in front of an embedded :class:`ChainNode`."""
+    """A loopback HTTP JSON-RPC endpoint in front of an embedded :class:`ChainNode`.
 
-    def __init__(self, node: ChainNode) -> None:
+    ``allow_dev_methods`` adds :data:`DEV_METHODS` (for tests that fund keys from the
+    chain's unlocked accounts through the bridge); never for a run's participants.
+    """
+
+    def __init__(self, node: ChainNode, *, allow_dev_methods: bool = False) -> None:
         self._node = node
-        self._server: ThreadingHTTPServer | None = None
+        self.methods = SERVED_METHODS | DEV_METHODS if allow_dev_methods else SERVED_METHODS
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
-    def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _answer(self, request: Any) -> dict[str, Any]:
+        if not isinstance(request, dict):
+            return _error(None, _INVALID_REQUEST, "a JSON-RPC request must be an object")
+        request_id, method, params = request.get("id"), request.get("method"), request.get("params", [])
+        if not isinstance(method, str):
+            return _error(request_id, _INVALID_REQUEST, "a JSON-RPC request needs a 'method' string")
+        if not isinstance(params, list):
+            return _error(request_id, _INVALID_REQUEST, "'params' must be an array")
+        if method not in self.methods:
+            return _error(request_id, _NO_SUCH_METHOD, f"the method {method[:64]!r} does not exist or is not "
+                                                       "available: this chain bridge serves reads and signed "
+                                                       "raw transactions only")  # fmt: skip
         try:  # the node serializes requests to the EVM itself
-            result = self._node.request(request["method"], request.get("params", []))
+            result = self._node.request(method, params)
         except JsonRpcError as exc:
             error = {"code": exc.code, "message": exc.rpc_message, "data": exc.data}
-            return {"jsonrpc": "2.0", "id": request.get("id"), "error": error}
-        return {"jsonrpc": "2.0", "id": request.get("id"), "result": result}
+            return {"jsonrpc": "2.0", "id": request_id, "error": error}
+        except Exception as exc:  # noqa: BLE001 - an answer, never a traceback in the server thread
+            return _error(request_id, _INTERNAL_ERROR, f"{method} failed ({exc.__class__.__name__})")
+        return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+    def answer_body(self, body: bytes) -> Any:
+        """The JSON-RPC answer to a request body (one request or a batch)."""
+        if not _shallow(body):
+            return _error(None, _PARSE_ERROR, f"parse error: the request body is not JSON nested at most "
+                                              f"{MAX_DEPTH} deep")  # fmt: skip
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError):  # bad JSON, bad UTF-8
+            return _error(None, _PARSE_ERROR, "parse error: the request body is not JSON")
+        if isinstance(payload, list):
+            if not payload:
+                return _error(None, _INVALID_REQUEST, "an empty batch")
+            if len(payload) > MAX_BATCH:
+                return _error(None, _INVALID_REQUEST, f"a batch holds at most {MAX_BATCH} requests "
+                                                      f"(got {len(payload)})")  # fmt: skip
+            return [self._answer(p) for p in payload]
+        return self._answer(payload)
 
     def start(self) -> str:
         """Start serving on a free loopback port; return the URL."""
         bridge = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = SOCKET_TIMEOUT_S  # a silent client does not hold its thread forever
+
+            def _refuse(self, status: int, reason: str, *, headers: dict[str, str] | None = None) -> None:
+                data = (reason + "\n").encode()
+                self.close_connection = True  # an unread body must not be taken for the next request
+                self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _body_length(self) -> int | None:
+                """The request's Content-Length, or ``None`` once it is refused."""
+                if self.headers.get("Transfer-Encoding"):
+                    self._refuse(411, "send a Content-Length (no chunked bodies)")
+                    return None
+                declared = self.headers.get_all("Content-Length") or []
+                if not declared:
+                    self._refuse(411, "a Content-Length is required")
+                    return None
+                digits = _DIGITS.fullmatch(declared[0])
+                if len(declared) > 1 or digits is None:
+                    self._refuse(400, "the Content-Length is not one number")
+                    return None
+                if len(digits[1]) > 15 or int(digits[1]) > MAX_BODY_BYTES:  # refused before any of it is read
+                    self._refuse(413, f"a request body may hold at most {MAX_BODY_BYTES} bytes")
+                    return None
+                return int(digits[1])
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                payload = json.loads(body)
-                if isinstance(payload, list):
-                    answer: Any = [bridge._answer(p) for p in payload]
-                else:
-                    answer = bridge._answer(payload)
-                data = json.dumps(answer).encode()
+                length = self._body_length()
+                if length is None:
+                    return
+                try:
+                    body = self.rfile.read(length)
+                except OSError:  # silent for SOCKET_TIMEOUT_S, or reset
+                    body = b""
+                if len(body) < length:
+                    self.close_connection = True  # the client hung up mid-body: nobody to answer
+                    return
+                # Refused after the (bounded) body is read, so the client sees the answer, not a reset.
+                hosts = [h.strip().lower() for h in self.headers.get_all("Host") or []]
+                if len(hosts) != 1 or hosts[0].rsplit(":", 1)[0] not in _LOOPBACK_HOSTS:  # a DNS-rebound browser page names its own
+                    self._refuse(403, "this chain bridge answers requests to 127.0.0.1 only")
+                    return
+                if not _JSON_TYPE.match(self.headers.get("Content-Type") or ""):  # a browser's form cannot send it
+                    self._refuse(415, "send JSON-RPC as Content-Type: application/json")
+                    return
+                data = json.dumps(bridge.answer_body(body)).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _not_post(self) -> None:
+                self._refuse(405, "this chain bridge answers JSON-RPC over POST only", headers={"Allow": "POST"})
+
+            do_GET = do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_post  # noqa: N815
+
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence access logs
                 return
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="deai-jsonrpc-bridge", daemon=True)
         self._thread.start()
         host, port = self._server.server_address[:2]
