@@ -15,7 +15,7 @@ from deai_flower.chain.node import JsonRpcError
 @pytest.fixture
 def bridged() -> Iterator[ChainNode]:
     """The embedded chain over loopback JSON-RPC: a node without eth_sendRawTransactionSync."""
-    bridge = JsonRpcBridge(connect_embedded())
+    bridge = JsonRpcBridge(connect_embedded(), allow_dev_methods=True)
     url = bridge.start()
     try:
         yield connect_rpc(url)

@@ -22,7 +22,7 @@ from deai_flower.storage import LocalStore
 
 @pytest.fixture
 def rpc() -> Iterator[str]:
-    bridge = JsonRpcBridge(connect_embedded())
+    bridge = JsonRpcBridge(connect_embedded(), allow_dev_methods=True)
     yield bridge.start()
     bridge.stop()
 
