@@ -490,11 +490,26 @@ class RoundsContract:
         ``getRun`` leaves out what the contract never reads again (``specHash``,
         ``codeHash``, ``initialModelCid``); the event keeps all of it.
         """
+        key = ("RunCreated", self.address, run_id)
+        if key in self.node.final_answers:
+            return dict(self.node.final_answers[key])
         signature = "0x" + Web3.keccak(text=self.contract.events.RunCreated.signature).hex().removeprefix("0x")
         topics = [signature, "0x" + encode(["uint256"], [run_id]).hex()]
         logs = self._logs(f"run {run_id}'s creation", from_block=0, topics=topics)
         events = self._decode_logs(logs)
-        return dict(events[0]["args"]["params"]) if events else None
+        if not events:
+            return None
+        params = dict(events[0]["args"]["params"])
+        self.node.final_answers[key] = params
+        return dict(params)
+
+    def closed_round_reveals(self, run_id: int, round_id: int) -> list[dict[str, Any]]:
+        """The ``Revealed`` events of a round the caller knows is closed (finalized or
+        failed: no reveal can be added), read once per connection."""
+        key = ("Revealed", self.address, run_id, round_id)
+        if key not in self.node.final_answers:
+            self.node.final_answers[key] = self.revealed(run_id, round_id, from_block=0)
+        return list(self.node.final_answers[key])
 
     def event_log(self, *, from_block: int = 0, timeout: float = 60.0) -> list[dict[str, Any]]:
         """Every event the contract emitted, decoded, in chain order, JSON-ready."""

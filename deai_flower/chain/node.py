@@ -98,6 +98,10 @@ class ChainNode:
     #: whether the node answers eth_sendRawTransactionSync (None: not tried yet)
     _sync_send: bool | None = field(default=None, repr=False)
     _embedded_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: Answers that can never change (a run's creation event, a closed round's reveals),
+    #: shared by every handle on this connection: on the embedded chain a log query walks
+    #: every block, and a hundred participants asking the same question would cost O(n²).
+    final_answers: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
 
     def request(self, method: str, params: list[Any]) -> Any:
         """One JSON-RPC request with wire-format (0x-hex) parameters; the result as sent.

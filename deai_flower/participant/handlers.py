@@ -369,22 +369,13 @@ def _dp_of(reveal: dict[str, Any]) -> DpParams:
                     d["accountant"])  # fmt: skip
 
 
-_HISTORY: dict[int, tuple[weakref.ref[RunView], dict[int, list[dict[str, Any]]]]] = {}
-
-
 def _revealed_histories(view: RunView, round_id: int) -> dict[str, list[tuple[float, float, int]]]:
     """Each participant's revealed (σ, q, steps) in the rounds of this run before ``round_id``,
-    read from the chain's ``Revealed`` events (a past round's are final: read once per view)."""
-    with _BOUNDS_LOCK:
-        cached = _HISTORY.get(id(view))
-        if cached is None or cached[0]() is not view:
-            cached = _HISTORY[id(view)] = (weakref.ref(view), {})
-        past = cached[1]
+    read from the chain's ``Revealed`` events (a past round's are final: read once per
+    chain connection, whoever asks)."""
     histories: dict[str, list[tuple[float, float, int]]] = {}
     for r in range(1, round_id):
-        if r not in past:
-            past[r] = view.contract.revealed(view.run_id, r, from_block=0)
-        for reveal in past[r]:
+        for reveal in view.contract.closed_round_reveals(view.run_id, r):
             dp = _dp_of(reveal)
             histories.setdefault(reveal["participant"], []).append(
                 (from_wad(dp.noise_multiplier_wad), from_wad(dp.sample_rate_wad), dp.steps))
