@@ -225,3 +225,135 @@ def test_array_spec() -> None:
         "w": ("float32", (2, 3)),
         "n": ("int64", ()),
     }
+
+
+# --- bounds: a hostile header costs at most what the bounds allow -------------------
+
+from deai_flower.protocol import blob as blob_module  # noqa: E402
+from deai_flower.protocol.blob import MAX_HEADER_BYTES, MAX_RANK, MAX_TENSORS, header_limit  # noqa: E402
+
+_EMPTY_F32 = {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}
+
+
+def _padded(blob: bytes, header_len: int) -> bytes:
+    """``blob`` with its header padded by JSON whitespace to ``header_len`` bytes."""
+    (old_len,) = struct.unpack_from("<Q", blob)
+    assert header_len >= old_len
+    header = blob[8 : 8 + old_len] + b" " * (header_len - old_len)
+    return struct.pack("<Q", header_len) + header + blob[8 + old_len :]
+
+
+def test_header_over_the_fixed_limit_is_refused_before_parsing() -> None:
+    blob = _padded(_handmade({}), MAX_HEADER_BYTES + 1)  # valid JSON: the old decoder accepted it
+    with pytest.raises(BlobFormatError, match=f"header of {MAX_HEADER_BYTES + 1} bytes exceeds the limit"):
+        decode_arrays(blob, max_bytes=4 * MAX_HEADER_BYTES)
+    assert decode_arrays(_padded(_handmade({}), MAX_HEADER_BYTES), max_bytes=4 * MAX_HEADER_BYTES) == {}
+
+
+def test_header_over_the_expected_limit_is_refused_and_at_it_accepted() -> None:
+    model = _model()
+    expected = array_spec(model)
+    blob = encode_arrays(model)
+    limit = header_limit(expected)
+    (canonical,) = struct.unpack_from("<Q", blob)
+    assert canonical < limit < MAX_HEADER_BYTES
+    assert decode_arrays(_padded(blob, limit), max_bytes=LIMIT, expected=expected)
+    with pytest.raises(BlobFormatError, match=f"exceeds the limit for the expected 4 tensors of {limit} bytes"):
+        decode_arrays(_padded(blob, limit + 1), max_bytes=LIMIT, expected=expected)
+    decode_arrays(_padded(blob, limit + 1), max_bytes=LIMIT)  # within the fixed limit without a spec
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"w": ("float64", ())},
+        {"x" * 300: ("float32", (0, 10**12, 3)), 'q"uote\\': ("int64", (0,) * 12)},
+        {f"layer.{i}.weight": ("float32", (0, 7, 1 + i)) for i in range(50)},
+    ],
+    ids=["scalar", "long-names-large-dims", "many"],
+)
+def test_canonical_headers_fit_the_expected_limit(spec: dict[str, tuple[str, tuple[int, ...]]]) -> None:
+    """Long names, escaped characters, large dims and high ranks all fit their own limit."""
+    arrays = {name: np.zeros(shape, dtype=dtype) for name, (dtype, shape) in spec.items()}
+    blob = encode_arrays(arrays)
+    (header_len,) = struct.unpack_from("<Q", blob)
+    assert header_len <= header_limit(spec)
+    assert set(decode_arrays(blob, max_bytes=LIMIT, expected=spec)) == set(spec)
+
+
+def test_tensor_count_is_bounded_without_a_spec() -> None:
+    names = [f"t{i:05d}" for i in range(MAX_TENSORS + 1)]
+    assert len(decode_arrays(_handmade(dict.fromkeys(names[:-1], _EMPTY_F32)), max_bytes=LIMIT)) == MAX_TENSORS
+    with pytest.raises(BlobFormatError, match=f"lists {MAX_TENSORS + 1} tensors, the limit is {MAX_TENSORS}"):
+        decode_arrays(_handmade(dict.fromkeys(names, _EMPTY_F32)), max_bytes=LIMIT)
+
+
+def test_rank_is_bounded() -> None:
+    def blob(rank: int) -> bytes:
+        return _handmade({"w": {**_F32_ONE, "shape": [1] * rank}}, b"\0" * 4)
+
+    assert decode_arrays(blob(MAX_RANK), max_bytes=LIMIT)["w"].shape == (1,) * MAX_RANK
+    with pytest.raises(BlobFormatError, match=f"tensor 'w' has rank {MAX_RANK + 1}, the limit is {MAX_RANK}"):
+        decode_arrays(blob(MAX_RANK + 1), max_bytes=LIMIT)
+    # a spec with a higher rank raises the bound for its own tensors
+    high = {"w": ("float32", (1,) * (MAX_RANK + 2))}
+    assert decode_arrays(blob(MAX_RANK + 2), max_bytes=LIMIT, expected=high)["w"].ndim == MAX_RANK + 2
+
+
+@pytest.mark.parametrize(
+    ("header", "payload", "message"),
+    [
+        # the payload is two bytes short: the names are wrong first
+        ({"v": _F32_ONE}, b"\0" * 2, r"missing tensors \['w'\]; unexpected tensors \['v'\]"),
+        # the offsets do not match the dtype and shape: the shape is wrong first
+        ({"w": {**_F32_ONE, "shape": [2]}}, b"\0" * 4, r"tensor 'w' has shape \(2,\), expected \(1,\)"),
+        ({"w": {**_F32_ONE, "dtype": "F64"}}, b"\0" * 4, "tensor 'w' has dtype float64, expected float32"),
+    ],
+    ids=["names", "shape", "dtype"],
+)
+def test_expected_spec_is_checked_on_the_header_before_the_payload(
+    header: dict[str, object], payload: bytes, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def never(*_: object) -> None:
+        raise AssertionError("safetensors must not see a blob the header already refuses")
+
+    monkeypatch.setattr(blob_module, "_st_load", never)
+    with pytest.raises(BlobFormatError, match=message):
+        decode_arrays(_handmade(header, payload), max_bytes=LIMIT, expected={"w": ("float32", (1,))})
+
+
+LONG = "n" * 500_000
+
+
+@pytest.mark.parametrize(
+    ("blob", "expected"),
+    [
+        # 100k tensor names, against a spec and without one
+        (_handmade({f"tensor.{i:06d}": _EMPTY_F32 for i in range(100_000)}), {"w": ("float32", (1,))}),
+        (_handmade({f"tensor.{i:06d}": _EMPTY_F32 for i in range(100_000)}), None),
+        # 600 wrong names within a 600-name spec's header limit
+        (
+            _handmade({f"b{i:04d}": _EMPTY_F32 for i in range(600)}),
+            {f"a{i:04d}": ("float32", (0,)) for i in range(600)},
+        ),
+        # one long name, one long dtype, shape or offsets, a repeated long key
+        (_handmade({LONG + " ": _F32_ONE}, b"\0" * 4), None),
+        (_handmade({"w": {**_F32_ONE, "dtype": LONG}}, b"\0" * 4), None),
+        (_handmade({"w": {**_F32_ONE, "shape": LONG}}, b"\0" * 4), None),
+        (_handmade({"w": {**_F32_ONE, "shape": [1] * 200_000}}, b"\0" * 4), None),
+        (_handmade({"w": {**_F32_ONE, "data_offsets": [0, 4, *[0] * 100_000]}}, b"\0" * 4), None),
+        (_handmade({"w": {**_F32_ONE, "data_offsets": [0, int("9" * 4000)]}}, b"\0" * 4), None),
+        (_handmade(f'{{"{LONG}": {_F32_TEXT}, "{LONG}": {_F32_TEXT}}}', b"\0" * 4), None),
+        (_handmade({LONG: {**_F32_ONE, "shape": [2]}}, b"\0" * 4), None),
+        # the expected tensor with a shape of 4000-digit dims
+        (_handmade({"w": {**_F32_ONE, "shape": [int("9" * 4000)] * 2}}, b"\0" * 4), {"w": ("float32", (1,))}),
+        (_handmade({"w": {**_F32_ONE, "shape": [int("9" * 4000)] * 2}}, b"\0" * 4), None),
+    ],
+    ids=["100k-names-spec", "100k-names", "600-wrong-names", "long-name", "long-dtype", "long-shape-string",
+         "high-rank", "long-offsets", "huge-offset", "repeated-long-key", "long-name-bad-span",
+         "huge-dims-spec", "huge-dims"],  # fmt: skip
+)
+def test_error_texts_stay_short_whatever_the_blob_holds(blob: bytes, expected: dict[str, object] | None) -> None:
+    with pytest.raises(BlobFormatError) as caught:
+        decode_arrays(blob, max_bytes=64 << 20, expected=expected)  # type: ignore[arg-type]
+    assert len(str(caught.value)) < 500, str(caught.value)[:1000]
