@@ -13,6 +13,12 @@ crash leaves at most a stray ``.incoming-*`` file.
 
 Nothing read from disk is trusted: :meth:`LocalStore.get` and
 :meth:`LocalStore.get_to_file` recompute the CID and refuse bytes that do not match it.
+Nor is the directory itself, which others may write to: an entry is opened without
+following a symbolic link and without waiting for a writer (a FIFO), and anything but a
+regular file (a link, a FIFO, a device, a directory) is refused as a tampered store
+before a byte is read. A store given ``max_bytes`` refuses a larger file from its size
+alone, and every read stops one byte past the size the file had when opened, so neither
+an endless source nor a file that grows while read can exhaust memory.
 
 A committed update must stay secret until its reveal, yet writing 4 MB durably is the
 costliest step of a reveal. :meth:`LocalStore.stage` therefore writes it at commit time,
@@ -24,7 +30,9 @@ A copy whose owner stopped for good before revealing stays there and may be dele
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,6 +41,7 @@ from typing import BinaryIO
 
 from deai_flower.errors import (
     BlobNotFoundError,
+    ConfigError,
     StoreError,
     StoreUnavailableError,
     TamperedBlobError,
@@ -47,6 +56,8 @@ _TEMP_PREFIX = ".incoming-"
 _STAGING_DIR = ".staging"
 _COPY_SIZE = 16 * CHUNK_SIZE
 _FILE_MODE = 0o644
+# Never follow the entry's own name if it is a link; never block opening a FIFO.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 #: Writes staged blobs while their owner goes on (in a simulation: while the next
 #: client trains). One thread: staged writes are few and disk-bound.
 _STAGING_WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deai-store-staging")
@@ -59,7 +70,13 @@ class LocalStore:
     #: Concurrent reads are safe (each opens its own file) and hash on separate cores.
     read_concurrency = os.cpu_count() or 1
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, max_bytes: int | None = None) -> None:
+        """``max_bytes``: if set, :meth:`get` and :meth:`get_to_file` refuse a stored file
+        larger than this from its size, without reading it (as an IPFS store abandons
+        such a download)."""
+        if max_bytes is not None and max_bytes < 0:
+            raise ConfigError(f"max_bytes must be >= 0 (got {max_bytes})")
+        self.max_bytes = max_bytes
         self._root = Path(root)
         try:
             self._root.mkdir(parents=True, exist_ok=True)
@@ -156,12 +173,14 @@ class LocalStore:
     def get(self, cid: str) -> bytes:
         """The bytes stored under ``cid``, verified against it.
 
-        Raises :class:`BlobNotFoundError` if absent and :class:`TamperedBlobError` if the
-        stored bytes no longer hash to ``cid`` (disk corruption or tampering).
+        Raises :class:`BlobNotFoundError` if absent, :class:`TamperedBlobError` if the
+        stored bytes no longer hash to ``cid`` (disk corruption or tampering) or the entry
+        is not a regular file, and :class:`StoreError` if it is larger than ``max_bytes``.
         """
-        with self._open_blob(cid) as source:
+        source, size = self._open_blob(cid)
+        with source:
             try:
-                data = source.read()
+                data = _read_at_most(source, size + 1)  # one byte more: a file that grew fails the CID check
             except OSError as exc:
                 raise StoreError(f"cannot read blob {cid}: {exc}") from exc
         actual = compute_cid(data)
@@ -175,13 +194,15 @@ class LocalStore:
         The destination is replaced only once the whole blob has been checked, so on
         :class:`TamperedBlobError` an existing file at ``path`` is left untouched.
         """
-        source = self._open_blob(cid)
+        source, size = self._open_blob(cid)
+        remaining = size + 1  # as in get: a file that grows while read is cut off, then fails the check
         destination = Path(path)
         hasher = CidHasher()
         buffer = bytearray(_COPY_SIZE)
         view = memoryview(buffer)
         with source, self._incoming(destination.parent) as (handle, temp):
-            while count := source.readinto(buffer):
+            while remaining > 0 and (count := source.readinto(view[: min(remaining, len(buffer))])):
+                remaining -= count
                 hasher.update(view[:count])
                 handle.write(view[:count])
             actual = hasher.finalize()
@@ -190,17 +211,42 @@ class LocalStore:
             self._commit(handle, temp, destination)
 
     def has(self, cid: str) -> bool:
-        """Whether a blob is stored under ``cid`` (not verified; :meth:`get` verifies)."""
-        return self._path(validate_cid(cid)).is_file()
+        """Whether a blob is stored under ``cid`` as a regular file (not verified;
+        :meth:`get` verifies)."""
+        return _is_regular(self._path(validate_cid(cid)))
 
-    def _open_blob(self, cid: str) -> BinaryIO:
-        """Open the stored file of a validated ``cid`` for unbuffered reading."""
+    def _open_blob(self, cid: str) -> tuple[BinaryIO, int]:
+        """Open the stored file of a validated ``cid`` for unbuffered reading; return it
+        and its size, once it is known to be a regular file within ``max_bytes``.
+
+        The entry is checked with ``lstat`` before it is opened (so a device is never
+        opened) and with ``fstat`` after (so it cannot be swapped in between); opening
+        never follows a link and never waits for a FIFO's writer.
+        """
+        path = self._path(validate_cid(cid))
         try:
-            return open(self._path(validate_cid(cid)), "rb", buffering=0)
+            before = path.lstat()
+            if not stat.S_ISREG(before.st_mode):
+                raise TamperedBlobError(_not_regular(cid, before.st_mode))
+            fd = os.open(path, _OPEN_FLAGS)
         except FileNotFoundError as exc:
             raise BlobNotFoundError(f"blob {cid} is not in the store at {self._root}") from exc
         except OSError as exc:
+            if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a link put there since the lstat
+                raise TamperedBlobError(_not_regular(cid, stat.S_IFLNK)) from exc
             raise StoreError(f"cannot open blob {cid}: {exc}") from exc
+        try:
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode):
+                raise TamperedBlobError(_not_regular(cid, status.st_mode))
+            if self.max_bytes is not None and status.st_size > self.max_bytes:
+                raise StoreError(
+                    f"blob {cid} in the store is {status.st_size} bytes, over the limit of {self.max_bytes}; not read"
+                )
+            return open(fd, "rb", buffering=0, closefd=True), status.st_size
+        except BaseException:
+            os.close(fd)
+            raise
 
     def _path(self, cid: str) -> Path:
         return self._root / cid[_PREFIX_LEN : _PREFIX_LEN + _SHARD_LEN] / cid
@@ -247,12 +293,46 @@ def _write_durably(fd: int, path: Path, data: bytes) -> None:
         raise StoreError(f"cannot write staged blob {path.name}: {exc}") from exc
 
 
+def _read_at_most(source: BinaryIO, limit: int) -> bytes:
+    """Up to ``limit`` bytes from ``source``, stopping at end of file."""
+    pieces: list[bytes] = []
+    while limit > 0:
+        piece = source.read(limit)
+        if not piece:
+            break
+        pieces.append(piece)
+        limit -= len(piece)
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+def _not_regular(cid: str, mode: int) -> str:
+    kinds = [
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    kind = next((name for test, name in kinds if test(mode)), f"of file type {stat.S_IFMT(mode):o}")
+    return f"blob {cid} in the store is {kind}, not a regular file: the store has been tampered with; not read"
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
 def _tampered(cid: str, actual: str) -> str:
     return f"blob {cid} is corrupted or tampered with: its stored bytes hash to {actual}"
 
 
 def _has_size(path: Path, size: int) -> bool:
+    """Whether ``path`` is a regular file of ``size`` bytes (anything else is replaced)."""
     try:
-        return path.stat().st_size == size
+        status = path.lstat()
     except FileNotFoundError:
         return False
+    return stat.S_ISREG(status.st_mode) and status.st_size == size
