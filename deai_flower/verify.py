@@ -117,7 +117,7 @@ class StoreLocation:
         if self.kind == "local":
             if not Path(self.location).is_dir():
                 raise StoreError(f"store directory {self.location} does not exist")
-            return LocalStore(self.location)
+            return LocalStore(self.location, max_bytes=max_bytes)
         if self.kind == "ipfs":
             return IpfsStore(self.location, max_bytes=max_bytes)
         raise DeaiError(f"unknown store kind {self.kind!r} (expected local or ipfs)")

@@ -15,11 +15,12 @@ from .local import LocalStore
 
 
 def open_store(location: str, *, max_bytes: int | None = None, timeout_s: float = 30.0, retries: int = 2) -> Any:
-    """The store at ``location``; ``timeout_s``, ``retries`` and ``max_bytes`` (a download
-    cap) apply to an IPFS node."""
+    """The store at ``location``; ``max_bytes`` caps what a read may return (a local file
+    above it is refused unread, an IPFS download stops past it); ``timeout_s`` and
+    ``retries`` apply to an IPFS node."""
     kind, _, where = location.partition(":")
     if kind == "local" and where:
-        return LocalStore(where)
+        return LocalStore(where, max_bytes=max_bytes)
     if kind == "ipfs" and where.startswith("/"):
         return IpfsStore(where, timeout=timeout_s, retries=retries, max_bytes=max_bytes)
     raise ConfigError(f"store {location!r}: expected local:DIRECTORY or ipfs:/ip4/HOST/tcp/PORT")
