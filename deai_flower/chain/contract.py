@@ -503,12 +503,12 @@ class RoundsContract:
         self.node.final_answers[key] = params
         return dict(params)
 
-    def closed_round_reveals(self, run_id: int, round_id: int) -> list[dict[str, Any]]:
-        """The ``Revealed`` events of a round the caller knows is closed (finalized or
-        failed: no reveal can be added), read once per connection."""
+    def final_reveals(self, run_id: int, round_id: int, *, from_block: int = 0) -> list[dict[str, Any]]:
+        """The ``Revealed`` events of a round whose reveal phase the caller knows is over
+        (attesting, finalized or failed: no reveal can be added), read once per connection."""
         key = ("Revealed", self.address, run_id, round_id)
         if key not in self.node.final_answers:
-            self.node.final_answers[key] = self.revealed(run_id, round_id, from_block=0)
+            self.node.final_answers[key] = self.revealed(run_id, round_id, from_block=from_block)
         return list(self.node.final_answers[key])
 
     def event_log(self, *, from_block: int = 0, timeout: float = 60.0) -> list[dict[str, Any]]:

@@ -334,7 +334,8 @@ def revealed_updates(
     (:func:`~deai_flower.verify.dp_claim_problem`); every honest attester excludes the
     same ones.
     """
-    reveals = view.contract.revealed(view.run_id, round_id, from_block=opened_block)
+    # asked in the attest phase: the round's reveals are final (read once per connection)
+    reveals = view.contract.final_reveals(view.run_id, round_id, from_block=opened_block)
     histories = _revealed_histories(view, round_id) if view.spec.private else {}
 
     def fetch(reveal: dict[str, Any]) -> dict[str, np.ndarray] | Refusal:
@@ -375,7 +376,7 @@ def _revealed_histories(view: RunView, round_id: int) -> dict[str, list[tuple[fl
     chain connection, whoever asks)."""
     histories: dict[str, list[tuple[float, float, int]]] = {}
     for r in range(1, round_id):
-        for reveal in view.contract.closed_round_reveals(view.run_id, r):
+        for reveal in view.contract.final_reveals(view.run_id, r):
             dp = _dp_of(reveal)
             histories.setdefault(reveal["participant"], []).append(
                 (from_wad(dp.noise_multiplier_wad), from_wad(dp.sample_rate_wad), dp.steps))
@@ -406,8 +407,11 @@ def handle_attest(participant: Participant, message: Message, context: Context) 
     """Aggregate the round's revealed updates with the spec's rule and attest the result's CID."""
     round_id, view = _round_and_view(participant, message)
     contract = view.contract
-    if contract.phase(view.run_id, round_id) == "finalized":
+    phase = contract.phase(view.run_id, round_id)
+    if phase == "finalized":
         return _late_reply(message, view)
+    if phase != "attest":  # reveals may still come (or the round failed): nothing final to aggregate
+        raise ProtocolError(f"asked to attest round {round_id} in its {phase} phase")
     try:
         opened_block = int(contract.get_round(view.run_id, round_id)["openedBlock"])
     except ContractRevertError:
