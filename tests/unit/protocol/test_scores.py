@@ -9,10 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deai_flower.protocol.rules import RevealedUpdate
+from deai_flower.protocol.rules import RevealedUpdate, canonical_order
 from deai_flower.protocol.scores import (
     CHANCE_MARGIN,
     MAX_SCORE,
+    PIECE,
     SCORE_SCALE,
     _alignment_terms,
     alignment_scores,
@@ -203,32 +204,75 @@ def rounds(draw: st.DrawFn) -> tuple[dict[str, np.ndarray], list[RevealedUpdate]
     return base, updates, permutation
 
 
+def tree(values: list[float]) -> float:
+    """A piece's pairwise tree sum in plain Python: zero-padded to PIECE, halved until one."""
+    level = list(values) + [0.0] * (PIECE - len(values))
+    while len(level) > 1:
+        level = [level[k] + level[k + 1] for k in range(0, len(level), 2)]
+    return level[0]
+
+
 def reference_terms(updates: list[RevealedUpdate], base: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
-    """The module docstring's definition, step by step in plain Python doubles (no numpy arithmetic)."""
+    """The module docstring's definition, step by step in plain Python doubles (no numpy
+    arithmetic). Tensors here are far smaller than a piece: one piece per tensor."""
     ordered = sorted(updates, key=lambda u: int(u.participant, 16))
     names = sorted(base)
-    g = [float(x) for name in names for x in base[name].ravel().tolist()]
-    deltas = [[float(x) - gx for x, gx in zip((x for name in names for x in u.arrays[name].ravel().tolist()), g)]
-              for u in ordered]  # fmt: skip
-    n = [math.fsum(x * x for x in d) for d in deltas]
+
+    def tensors(u: RevealedUpdate) -> list[list[float]]:
+        return [[float(x) - float(g) for x, g in zip(u.arrays[name].ravel().tolist(), base[name].ravel().tolist())]
+                for name in names]  # fmt: skip
+
+    def piecewise(products: list[list[float]]) -> float:  # S(v): a tree per piece, then exact over pieces
+        return math.fsum([tree(piece) for piece in products])
+
+    deltas = [tensors(u) for u in ordered]
+    n = [piecewise([[x * x for x in t] for t in d]) for d in deltas]
     if len(ordered) == 1:
         full = 1.0 if n[0] > 0 else 0.0
         return {ordered[0].participant: (full, full)}
     typical = sorted(math.sqrt(v) for v in n)[len(n) // 2]
+    coordinates = sum(len(t) for t in deltas[0])
     terms = {}
     for i, (u, d, ni) in enumerate(zip(ordered, deltas, n)):
         others = [deltas[j] for j in range(len(deltas)) if j != i]
         k = len(others)
         median = []
-        for column in zip(*others):
-            values = sorted(column)
-            median.append(values[k // 2] if k % 2 else (values[k // 2 - 1] + values[k // 2]) / 2.0)
-        t = math.sqrt(math.fsum(x * x for x in median))
-        cos = 0.0 if ni == 0.0 or t == 0.0 else math.fsum(x * y for x, y in zip(d, median)) / (math.sqrt(ni) * t)
-        chance = CHANCE_MARGIN / math.sqrt(len(d))
+        for t in range(len(names)):
+            column_medians = []
+            for column in zip(*(o[t] for o in others)):
+                values = sorted(column)
+                column_medians.append(values[k // 2] if k % 2 else (values[k // 2 - 1] + values[k // 2]) / 2.0)
+            median.append(column_medians)
+        t_norm = math.sqrt(piecewise([[x * x for x in m] for m in median]))
+        dot = piecewise([[x * y for x, y in zip(dt, mt)] for dt, mt in zip(d, median)])
+        cos = 0.0 if ni == 0.0 or t_norm == 0.0 else dot / (math.sqrt(ni) * t_norm)
+        chance = CHANCE_MARGIN / math.sqrt(coordinates)
         terms[u.participant] = (min(1.0, max(0.0, cos - chance)),
                                 0.0 if ni == 0.0 else min(1.0, typical / math.sqrt(ni)))  # fmt: skip
     return terms
+
+
+def test_pieces_split_long_tensors() -> None:
+    """A tensor longer than a piece: the scores are those of the piecewise definition,
+    computed here with explicit pieces, and differ from nothing but the summation order."""
+    rng = np.random.default_rng(11)
+    size = PIECE + 100
+    base = {"v": rng.normal(size=size).astype(np.float32)}
+    common = rng.normal(size=size)
+    updates = [update(i + 1, base, {"v": 1e-3 * (common + rng.normal(size=size))}) for i in range(3)]
+    terms = _alignment_terms(updates, base)
+    ordered = canonical_order(updates)
+    deltas = [u.arrays["v"].astype(np.float64) - base["v"] for u in ordered]
+    median = (deltas[1] + deltas[2]) / 2.0  # the others' median, for the first update
+
+    def piecewise(v: np.ndarray) -> float:
+        return math.fsum([tree(v[:PIECE].tolist()), tree(v[PIECE:].tolist())])
+
+    norms = [math.sqrt(piecewise(d * d)) for d in deltas]
+    cos = piecewise(deltas[0] * median) / (norms[0] * math.sqrt(piecewise(median * median)))
+    c, m = terms[ordered[0].participant]
+    assert c == min(1.0, max(0.0, cos - CHANCE_MARGIN / math.sqrt(size)))
+    assert m == min(1.0, sorted(norms)[1] / norms[0])
 
 
 @settings(max_examples=60, deadline=None)
