@@ -1,7 +1,7 @@
 """The deployment tier: real ``flower-superlink`` / ``flower-supernode`` processes with TLS and
 SuperNode authentication, anvil as the chain, a store directory every silo reaches.
 
-Every test here is marked ``deployment``; the processes are started by the fixtures and
+Every test here is marked ``deployment`` (and ``slow``); the processes are started by the fixtures and
 stopped on teardown, whatever happened. Skipped, with the reason, only when Flower's
 executables or anvil (npm) are missing.
 """
@@ -21,6 +21,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.deployment)
+            item.add_marker(pytest.mark.slow)  # minutes each: not part of the fast tier
 
 
 @pytest.fixture(scope="session", autouse=True)
