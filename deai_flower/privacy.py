@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -58,6 +59,7 @@ __all__ = [
     "PrivacyLedger",
     "PrivacySettings",
     "RoundTraining",
+    "Unconfirmed",
     "choose_grad_sample_mode",
     "ledger_path",
     "load_ledger",
@@ -160,6 +162,20 @@ _REC_NOISE = "noise_multipliers"
 _REC_RATE = "sample_rates"
 _REC_STEPS = "steps"
 _REC_CALIBRATED = "calibrated_noise_multiplier"
+_REC_UNCONFIRMED = ("unconfirmed_entries", "unconfirmed_rounds", "unconfirmed_blocks", "unconfirmed_block_hashes")
+
+
+@dataclass(frozen=True)
+class Unconfirmed:
+    """A ledger entry charged for an update not yet seen revealed: ``entry`` (its index in
+    the history) was trained for chain round ``round``, which opened at block ``block``
+    with hash ``block_hash`` (so that a ledger carried to another chain, e.g. a restarted
+    development node with the same contract address, is never judged by that chain)."""
+
+    entry: int
+    round: int
+    block: int
+    block_hash: str
 
 
 @dataclass
@@ -173,6 +189,10 @@ class PrivacyLedger:
 
     history: list[tuple[float, float, int]] = field(default_factory=list)
     noise_multiplier: float | None = None
+    #: Entries whose update was not yet seen revealed (see :meth:`reconciled`).
+    unconfirmed: list[Unconfirmed] = field(default_factory=list)
+    #: What the next training's entries are charged for (:meth:`charging`); not stored.
+    _charge: tuple[int, Unconfirmed] | None = field(default=None, compare=False, repr=False)
 
     def epsilon(self, delta: float, accountant: str) -> float:
         """Cumulative epsilon spent at ``delta`` under ``accountant`` (0.0 when empty)."""
@@ -188,6 +208,10 @@ class PrivacyLedger:
         # A ConfigRecord cannot hold None, so "not calibrated yet" is an absent key.
         if self.noise_multiplier is not None:
             record[_REC_CALIBRATED] = float(self.noise_multiplier)
+        if self.unconfirmed:  # parallel lists: a ConfigRecord holds no mappings
+            for key, values in zip(_REC_UNCONFIRMED, zip(*((u.entry, u.round, u.block, u.block_hash)
+                                                           for u in self.unconfirmed), strict=True), strict=True):
+                record[key] = list(values)  # type: ignore[assignment]
         return record
 
     @classmethod
@@ -203,8 +227,14 @@ class PrivacyLedger:
             steps = [int(v) for v in record.get(_REC_STEPS, [])]
             calibrated = record.get(_REC_CALIBRATED)
             noise = None if calibrated is None else float(calibrated)
+            columns = [list(record.get(key, [])) for key in _REC_UNCONFIRMED]
+            if len({len(c) for c in columns}) != 1:
+                raise ValueError("unconfirmed entry lists differ in length")
+            unconfirmed = [Unconfirmed(int(e), int(r), int(b), str(h)) for e, r, b, h in zip(*columns, strict=True)]
         except (TypeError, ValueError) as exc:
             raise PrivacyError(f"malformed privacy ledger record: {exc}") from exc
+        if any(not 0 <= u.entry < len(sigmas) for u in unconfirmed):
+            raise PrivacyError("malformed privacy ledger record: an unconfirmed entry is not in the history")
         if not len(sigmas) == len(rates) == len(steps):
             raise PrivacyError(
                 "malformed privacy ledger record: history lists differ in length "
@@ -214,48 +244,63 @@ class PrivacyLedger:
             n < 0 for n in steps
         ):
             raise PrivacyError("malformed privacy ledger record: values out of range")
-        return cls(history=list(zip(sigmas, rates, steps, strict=True)), noise_multiplier=noise)
+        return cls(history=list(zip(sigmas, rates, steps, strict=True)), noise_multiplier=noise,
+                   unconfirmed=unconfirmed)  # fmt: skip
 
-    def reconciled(self, released: Iterable[tuple[float, float, int]], *,
-                   outstanding: int = 0) -> LedgerReconciliation:  # fmt: skip
-        """This ledger charged with exactly what was released, and what may still be.
+    def charging(self, *, round_id: int, block: int, block_hash: str) -> None:
+        """Entries the next training appends are for round ``round_id`` (opened at
+        ``block``, ``block_hash``): :meth:`mark_charged` records them as unconfirmed."""
+        self._charge = (len(self.history), Unconfirmed(-1, int(round_id), int(block), str(block_hash)))
+
+    def mark_charged(self) -> None:
+        """Record the entries appended since :meth:`charging` as unconfirmed."""
+        if self._charge is None:
+            return
+        start, tag = self._charge
+        self.unconfirmed.extend(dataclasses.replace(tag, entry=i) for i in range(start, len(self.history)))
+        self._charge = None
+
+    def reconciled(self, released: Iterable[tuple[float, float, int]], *, abandoned: Iterable[int] = (),
+                   confirmed: Iterable[int] = ()) -> LedgerReconciliation:  # fmt: skip
+        """This ledger charged with what was released, and what may still be.
 
         DP covers released outputs only: an update trained but never revealed (its round
-        lapsed, its commit or reveal failed, its coordinator was stopped) spent nothing,
-        and the chain's revealed history, from which attesters and ``deai verify``
-        recompute ε, does not hold it. ``released``: the participant's revealed
-        ``(σ, q, steps)`` in rounds that can take no more reveals; ``outstanding``: how
-        many trained updates may still be revealed (a commitment in the open round).
+        lapsed, its commit or reveal failed for good, its coordinator was stopped) spent
+        nothing, and the chain's revealed history, from which attesters and ``deai
+        verify`` recompute ε, does not hold it. ``abandoned``: indices of unconfirmed
+        entries whose round closed without this participant's reveal, dropped;
+        ``confirmed``: indices of unconfirmed entries now known to stand (revealed, or
+        charged on another chain), kept for good. Nothing else is ever dropped.
 
-        Each released entry keeps a matching ledger entry (same σ and q to 1e-9, same
-        steps; revealed numbers are fixed-point, so never compared exactly); of the
-        entries that match none, the latest ``outstanding`` are kept and the rest are
-        dropped. A released entry the ledger lacks (a lost ledger file) is added: the
-        ledger never accounts for less than was released.
+        ``released``: the participant's revealed ``(σ, q, steps)`` in the closed rounds. A
+        released entry that no kept entry matches (same σ and q to 1e-9, same steps:
+        revealed numbers are fixed-point) is added, as when the ledger file was lost:
+        the ledger never accounts for less than was released.
         """
-        unmatched_released = [(float(s), float(q), int(n)) for s, q, n in released]
-        kept: list[tuple[float, float, int] | None] = []
-        unreleased: list[int] = []  # positions in ``kept`` of entries no release matches
-        for entry in self.history:
-            match = next((i for i, r in enumerate(unmatched_released) if _same_entry(entry, r)), None)
-            if match is None:
-                unreleased.append(len(kept))
-            else:
-                del unmatched_released[match]
-            kept.append(entry)
-        dropped = unreleased[:max(0, len(unreleased) - max(0, int(outstanding)))]
-        for position in dropped:
-            kept[position] = None
-        history = [entry for entry in kept if entry is not None]
-        # A released entry missing here is added with this ledger's own floats when one of
-        # its entries has the same mechanism (so equal entries still merge exactly).
-        for entry in unmatched_released:
-            history.append(next((e for e in self.history if _same_entry(e, entry)), entry))
+        unconfirmed = {u.entry: u for u in self.unconfirmed}
+        drop = {int(i) for i in abandoned if int(i) in unconfirmed}
+        settled = drop | {int(i) for i in confirmed if int(i) in unconfirmed}
+        history, tags = [], []
+        for i, entry in enumerate(self.history):
+            if i in drop:
+                continue
+            if i in unconfirmed and i not in settled:
+                tags.append(dataclasses.replace(unconfirmed[i], entry=len(history)))
+            history.append(entry)
+        unmatched = [(float(s), float(q), int(n)) for s, q, n in released]
+        for entry in history:
+            match = next((j for j, r in enumerate(unmatched) if _same_entry(entry, r)), None)
+            if match is not None:
+                del unmatched[match]
+        # Added with this ledger's own floats where one of its entries is the same
+        # mechanism (equal entries then still merge exactly in the accountant).
+        history += [next((e for e in self.history if _same_entry(e, r)), r) for r in unmatched]
         noise = self.noise_multiplier
         if noise is None and history:
             noise = history[-1][0] or None
-        return LedgerReconciliation(ledger=PrivacyLedger(history=history, noise_multiplier=noise),
-                                    dropped=len(dropped), added=len(unmatched_released))  # fmt: skip
+        ledger = PrivacyLedger(history=history, noise_multiplier=noise, unconfirmed=tags)
+        return LedgerReconciliation(ledger=ledger, dropped=len(drop), added=len(unmatched),
+                                    settled=len(settled))  # fmt: skip
 
 
 def _same_entry(a: tuple[float, float, int], b: tuple[float, float, int]) -> bool:
@@ -267,15 +312,17 @@ def _same_entry(a: tuple[float, float, int], b: tuple[float, float, int]) -> boo
 @dataclass(frozen=True)
 class LedgerReconciliation:
     """:meth:`PrivacyLedger.reconciled`'s answer: the ledger, and how many entries it
-    dropped (trained, never revealed) and added (revealed, missing from the ledger)."""
+    dropped (trained, never revealed), added (revealed, missing from the ledger) and
+    settled."""
 
     ledger: PrivacyLedger
     dropped: int
     added: int
+    settled: int = 0  # unconfirmed entries decided (dropped or kept for good)
 
     @property
     def changed(self) -> bool:
-        return bool(self.dropped or self.added)
+        return bool(self.dropped or self.added or self.settled)
 
 
 @dataclass(frozen=True)
@@ -419,6 +466,8 @@ def save_ledger(path: str | os.PathLike[str], ledger: PrivacyLedger, *, settings
         # JSON floats are written with repr(), so the history round-trips bit for bit.
         "history": [{"noise_multiplier": float(sigma), "sample_rate": float(rate), "steps": int(steps)}
                     for sigma, rate, steps in ledger.history],  # fmt: skip
+        # Entries not yet seen revealed: rolled back if their round closes without the reveal.
+        "unconfirmed": [dataclasses.asdict(u) for u in ledger.unconfirmed],
     }
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
@@ -460,6 +509,9 @@ def load_ledger(path: str | os.PathLike[str], *, identity: Mapping[str, Any]) ->
             _REC_RATE: [entry["sample_rate"] for entry in history],
             _REC_STEPS: [entry["steps"] for entry in history],
         }
+        unconfirmed = document.get("unconfirmed", [])
+        for key, field_name in zip(_REC_UNCONFIRMED, ("entry", "round", "block", "block_hash"), strict=True):
+            record[key] = [u[field_name] for u in unconfirmed]
     except (KeyError, TypeError) as exc:
         raise PrivacyError(f"malformed privacy ledger {source}: {exc!r}") from exc
     if document.get("calibrated_noise_multiplier") is not None:

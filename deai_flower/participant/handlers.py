@@ -94,14 +94,16 @@ def _load_ledger(view: RunView, context: Context) -> PrivacyLedger:
 
     When both exist the one with more rounds wins: never account for less than was spent.
     In a private run the ledger is then reconciled with the chain
-    (:meth:`~deai_flower.privacy.PrivacyLedger.reconciled`): a round trained but never
-    revealed (a pending reveal abandoned when its round lapsed, a reveal or commit that
-    failed for good, a coordinator stopped mid-round) released nothing and is rolled
-    back, in ``context.state`` and in the ledger file; every round the chain shows
-    revealed stays charged, and so does a commitment of the open round, whose reveal may
-    still come. Rounds before the open one can take no more reveals (the contract opens a
-    round only once the previous one finalized or failed), so their ``Revealed`` events
-    are final.
+    (:meth:`~deai_flower.privacy.PrivacyLedger.reconciled`). Each round's training is
+    recorded as unconfirmed, with the round and its opening block (:func:`_save_ledger`);
+    once that round is closed (the contract opens a round only after the previous one
+    finalized or failed, so no reveal can come) the entry stays if this participant's
+    reveal is among the round's ``Revealed`` events, and is rolled back, in
+    ``context.state`` and in the ledger file, if it is not: an update trained but never
+    revealed (a pending reveal abandoned when its round lapsed, a commit or reveal that
+    failed for good, a coordinator stopped mid-round) released nothing. A revealed round
+    is never rolled back, even when its round failed, nor an entry charged on another
+    chain (its round's opening block is not this chain's), nor one of the open round.
     """
     in_memory = PrivacyLedger.from_record(dict(context.state[_LEDGER])) if _LEDGER in context.state else None
     path, identity = _ledger_file(view)
@@ -112,25 +114,49 @@ def _load_ledger(view: RunView, context: Context) -> PrivacyLedger:
         return ledger  # every round spends an infinite ε: nothing to reconcile
     contract, address = view.contract, view.account.address
     current = int(contract.get_run(view.run_id)["currentRound"])
-    member = contract.get_member(view.run_id, address)
-    outstanding = int(int(member["round"]) == current and STAGES[int(member["stage"])] != "none")
-    released = _revealed_histories(view, current).get(address, [])
-    result = ledger.reconciled(released, outstanding=outstanding)
-    if not result.changed:
-        return ledger
-    pending = context.state[_PENDING] if _PENDING in context.state else None
-    abandoned = int(pending["round"]) if pending is not None and int(pending["round"]) < current else None
-    what = f" (round {abandoned} lapsed before its reveal)" if abandoned is not None and result.dropped else ""
-    settings = view.privacy_settings()
-    log(WARNING, "participant %s: privacy ledger reconciled with the chain's reveals: %s trained update(s) never "
-        "revealed%s rolled back, %s revealed round(s) missing added; ε spent now %.6f",
-        view.participant.label, result.dropped, what, result.added,
-        result.ledger.epsilon(settings.delta, settings.accountant))  # fmt: skip
-    _save_ledger(view, context, result.ledger)
+    abandoned, confirmed = [], []
+    closed = sorted({u.round for u in ledger.unconfirmed if u.round < current})
+    for round_id in closed:
+        entries = [u for u in ledger.unconfirmed if u.round == round_id]
+        if _block_hash(view, entries[0].block) != entries[0].block_hash:
+            confirmed += [u.entry for u in entries]  # charged on another chain: it stands
+            continue
+        revealed = sum(1 for r in contract.final_reveals(view.run_id, round_id) if r["participant"] == address)
+        confirmed += [u.entry for u in entries[:revealed]]
+        abandoned += [u.entry for u in entries[revealed:]]
+    result = ledger.reconciled(_revealed_histories(view, current).get(address, []), abandoned=abandoned,
+                               confirmed=confirmed)  # fmt: skip
+    if result.dropped or result.added:
+        pending = context.state[_PENDING] if _PENDING in context.state else None
+        lapsed = int(pending["round"]) if pending is not None and int(pending["round"]) < current else None
+        settings = view.privacy_settings()
+        log(WARNING, "participant %s: privacy ledger reconciled with the chain: %s", view.participant.label,
+            ", ".join(part for part in (
+                f"{result.dropped} update(s) trained but never revealed rolled back"
+                + (f" (round {lapsed} lapsed before its reveal)" if lapsed is not None else "")
+                if result.dropped else "",
+                f"{result.added} revealed round(s) missing from the ledger added" if result.added else "",
+                f"ε spent now {result.ledger.epsilon(settings.delta, settings.accountant):.6f}") if part))  # fmt: skip
+    if result.changed:
+        _save_ledger(view, context, result.ledger)
+    opened = int(contract.get_round(view.run_id, current)["openedBlock"])
+    result.ledger.charging(round_id=current, block=opened, block_hash=_block_hash(view, opened))
     return result.ledger
 
 
+def _block_hash(view: RunView, number: int) -> str:
+    """The hash of block ``number`` of the participant's chain ('' when it has none)."""
+    try:
+        block = view.contract.node.w3.eth.get_block(int(number))
+    except Exception:  # noqa: BLE001 - a block this chain lacks (another chain's ledger)
+        return ""
+    return bytes(block["hash"]).hex() if block is not None else ""
+
+
 def _save_ledger(view: RunView, context: Context, ledger: PrivacyLedger) -> None:
+    """Store ``ledger`` in ``context.state`` and the ledger file; the entries a training
+    just added are recorded as unconfirmed until their round's reveal is seen."""
+    ledger.mark_charged()
     context.state[_LEDGER] = ConfigRecord(ledger.to_record())
     path, identity = _ledger_file(view)
     if path is not None:

@@ -11,6 +11,7 @@ nor is a commitment whose reveal may still come.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from support import Deployment
 from deai_flower.chain import DpParams, to_wad
 from deai_flower.errors import ChainError
 from deai_flower.participant import Participant, handle_attest, handle_commit, handle_reveal
-from deai_flower.privacy import PrivacyLedger, ledger_path, load_ledger
+from deai_flower.privacy import PrivacyLedger, PrivacySettings, Unconfirmed, ledger_path, load_ledger, save_ledger
 from deai_flower.protocol.encoding import from_wad
 from deai_flower.storage import LocalStore, cid_from_bytes
 from deai_flower.verify import dp_claim_problem
@@ -190,6 +191,28 @@ def test_a_commitment_of_the_open_round_is_not_rolled_back(
     assert r.claim_problem(reply, 0) is None
 
 
+def test_a_ledger_charged_on_another_chain_is_never_rolled_back(
+    deployment: Deployment, store: LocalStore, participants: list[Participant], tmp_path: Path
+) -> None:
+    """A ledger file carried over from another chain with the same contract address and
+    run id (a restarted development node, a rerun of a seeded simulation): its rounds
+    were released there, whatever this chain shows, and stay charged."""
+    r = Run(deployment, store, participants, ledgers=tmp_path / "ledgers")
+    for i in range(3):
+        r.commit(i)
+    path = next((tmp_path / "ledgers").glob(f"*{participants[0].address.lower()}.json"))
+    document = json.loads(path.read_text())
+    assert [u["round"] for u in document["unconfirmed"]] == [1]
+    document["unconfirmed"][0]["block_hash"] = "ab" * 32  # as if opened on another chain
+    path.write_text(json.dumps(document))
+    r.reveal(1)
+    r.reveal(2)
+    assert r.finish_round([1, 2]) == "finalized"
+    r.commit(0, ctx=context(node_id=10))  # restarted, with only its ledger file
+    assert len(r.ledger_file(0).history) == 2
+    assert [u.round for u in r.ledger_file(0).unconfirmed] == [2]
+
+
 # --- the reconciliation itself -------------------------------------------------------
 
 
@@ -202,24 +225,39 @@ def chain_entry(steps: int = STEPS) -> tuple[float, float, int]:
     return (from_wad(to_wad(SIGMA)), from_wad(to_wad(RATE)), steps)
 
 
+def unconfirmed(*entries: int, round_id: int = 3) -> list[Unconfirmed]:
+    return [Unconfirmed(entry=i, round=round_id, block=7, block_hash="ab") for i in entries]
+
+
 @pytest.mark.parametrize(
-    "history,released,outstanding,expected,dropped,added",
+    "history,tags,released,abandoned,confirmed,expected,left,dropped,added",
     [
-        ([entry()] * 3, [chain_entry()] * 2, 0, [entry()] * 2, 1, 0),  # one never revealed
-        ([entry()] * 3, [chain_entry()] * 2, 1, [entry()] * 3, 0, 0),  # its reveal may still come
-        ([entry()] * 3, [chain_entry()] * 3, 0, [entry()] * 3, 0, 0),  # all revealed: nothing rolled back
-        ([entry()] * 2, [], 0, [], 2, 0),  # none revealed
-        ([entry()], [chain_entry()] * 2, 0, [entry()] * 2, 0, 1),  # a lost round is added, own floats
-        ([], [chain_entry()], 0, [chain_entry()], 0, 1),  # a lost ledger: the chain's record
-        ([entry(3), entry(5)], [chain_entry(5)], 0, [entry(5)], 1, 0),  # the unrevealed one goes
+        # the abandoned round goes, the others stay
+        ([entry()] * 3, unconfirmed(2), [chain_entry()] * 2, [2], [], [entry()] * 2, [], 1, 0),
+        # an undecided entry (its round still open) stays, and stays unconfirmed
+        ([entry()] * 3, unconfirmed(2), [chain_entry()] * 2, [], [], [entry()] * 3, unconfirmed(2), 0, 0),
+        # a confirmed one stays for good
+        ([entry()] * 3, unconfirmed(2), [chain_entry()] * 3, [], [2], [entry()] * 3, [], 0, 0),
+        # entries never unconfirmed are never dropped (asked or not, revealed here or not)
+        ([entry()] * 2, [], [], [0, 1], [], [entry()] * 2, [], 0, 0),
+        # a lost round is added, with the ledger's own floats
+        ([entry()], [], [chain_entry()] * 2, [], [], [entry()] * 2, [], 0, 1),
+        # a lost ledger: the chain's record
+        ([], [], [chain_entry()], [], [], [chain_entry()], [], 0, 1),
+        # the abandoned one goes, however it differs; later tags move with their entries
+        ([entry(3), entry(5), entry(5)], unconfirmed(0) + unconfirmed(2, round_id=4), [chain_entry(5)], [0], [],
+         [entry(5), entry(5)], unconfirmed(1, round_id=4), 1, 0),
     ],
 )
-def test_reconciled_keeps_what_was_released_and_what_may_still_be(
-    history: list, released: list, outstanding: int, expected: list, dropped: int, added: int
+def test_reconciled_drops_only_abandoned_entries_and_adds_released_ones(
+    history: list, tags: list, released: list, abandoned: list, confirmed: list, expected: list, left: list,
+    dropped: int, added: int
 ) -> None:
-    result = PrivacyLedger(history=list(history), noise_multiplier=SIGMA).reconciled(released, outstanding=outstanding)
-    assert (result.ledger.history, result.dropped, result.added) == (expected, dropped, added)
-    assert result.changed == bool(dropped or added)
+    ledger = PrivacyLedger(history=list(history), noise_multiplier=SIGMA, unconfirmed=list(tags))
+    result = ledger.reconciled(released, abandoned=abandoned, confirmed=confirmed)
+    assert (result.ledger.history, result.ledger.unconfirmed, result.dropped, result.added) == (
+        expected, left, dropped, added)
+    assert result.changed == bool(dropped or added or len(tags) != len(left))
     assert result.ledger.noise_multiplier == SIGMA
 
 
@@ -227,3 +265,16 @@ def test_reconciled_takes_the_revealed_noise_multiplier_for_an_empty_ledger() ->
     result = PrivacyLedger().reconciled([chain_entry()])
     assert result.ledger.noise_multiplier == chain_entry()[0]
     assert PrivacyLedger().reconciled([]).ledger == PrivacyLedger()
+
+
+def test_a_training_is_recorded_unconfirmed_in_the_record_and_the_file(tmp_path: Path) -> None:
+    ledger = PrivacyLedger(history=[entry()], noise_multiplier=SIGMA)
+    ledger.charging(round_id=4, block=17, block_hash="cd")
+    ledger.history.append(entry())  # as train_round does
+    ledger.mark_charged()
+    assert ledger.unconfirmed == [Unconfirmed(entry=1, round=4, block=17, block_hash="cd")]
+    assert PrivacyLedger.from_record(ledger.to_record()) == ledger
+    identity = {"participant": "0xabc", "chain_id": 1, "contract": "0xdef", "run_id": 1}
+    settings = PrivacySettings(epsilon=8.0, delta=1e-5, max_grad_norm=1.0, accountant="rdp")
+    save_ledger(tmp_path / "ledger.json", ledger, settings=settings, identity=identity)
+    assert load_ledger(tmp_path / "ledger.json", identity=identity) == ledger
