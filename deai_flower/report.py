@@ -13,7 +13,9 @@ from .strategies import RoundReport
 
 
 class ProgressMonitor:
-    """Rich progress bar over rounds, showing the current phase and the last accuracy."""
+    """Rich progress bar over finalized rounds, showing the chain's round id (an attempt
+    after a failed one, or after a resume, has a higher id than its place in the run),
+    the current phase and the last accuracy."""
 
     def __init__(
         self, *, num_rounds: int, enabled: bool = True, completed: int = 0, console: Console | None = None
@@ -21,8 +23,9 @@ class ProgressMonitor:
         self.console = console or Console(stderr=True)
         self.enabled = enabled
         self._progress = Progress(
-            TextColumn("[bold]round {task.fields[round]}/{task.total}[/bold]"),
+            TextColumn("[bold]round {task.fields[round]}[/bold]"),
             BarColumn(),
+            TextColumn("{task.completed:.0f} of {task.total:.0f}"),
             TextColumn("{task.fields[phase]:<8}"),
             TextColumn("acc {task.fields[accuracy]}"),
             TimeElapsedColumn(),
@@ -44,7 +47,7 @@ class ProgressMonitor:
         self._progress.update(self._task, round=server_round, phase=phase)
 
     def round_done(self, report: RoundReport) -> None:
-        self._progress.update(self._task, advance=1, phase=report.status)
+        self._progress.update(self._task, advance=1 if report.status == "finalized" else 0, phase=report.status)
 
     def evaluated(self, server_round: int, accuracy: float) -> None:
         self._progress.update(self._task, accuracy=f"{accuracy:.3f}")

@@ -2,6 +2,13 @@
 
 It answers at once: the composed config's keys and values are checked, and a one-line
 summary printed, before the ML stack, the chain and Flower are imported (seconds).
+
+Each start gets an output directory of its own (``outputs/DATE/TIME-XXXXXX``, a random
+suffix, unless ``hydra.run.dir`` names one; a directory that holds another run is
+refused). Once the run is set up, one line names its contract, run id and the command
+that resumes it, which ``run.json`` in the output directory also records. Ctrl-C or
+SIGTERM stops it with one line saying what was kept and how to resume, exit status 130
+(SIGINT) or 143 (SIGTERM): ``results.json`` holds every round finished before the stop.
 """
 
 from __future__ import annotations
@@ -9,9 +16,13 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import os
+import secrets
+import signal
 import sys
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -27,11 +38,52 @@ register_configs()
 
 def main() -> None:
     """The console script: Hydra's composition errors as one line, then the run."""
-    error = composition_error(sys.argv[1:])
-    if error is not None:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    run_main()
+    _stop_on_sigterm()
+    try:
+        error = composition_error(sys.argv[1:])
+        if error is not None:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        sys.argv[1:] = with_unique_output_dirs(sys.argv[1:])
+        taken = taken_output_dir(sys.argv[1:])
+        if taken is not None:  # refused before Hydra writes its own files there
+            print(f"error: {taken}", file=sys.stderr)
+            sys.exit(2)
+        run_main()
+    except KeyboardInterrupt as stop:  # before the job, or between a sweep's jobs
+        _stopped(stop, None)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is (a supervisor's or ``kill``'s polite stop)."""
+
+
+def _stop_on_sigterm() -> None:
+    def terminate(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
+#: Flags with which Hydra answers without running a job: no output directory to make unique.
+_NO_JOB_FLAGS = ("-h", "--help", "--hydra-help", "-i", "--info", "-sc", "--shell-completion", "--version")
+
+
+def with_unique_output_dirs(overrides: list[str], *, now: datetime | None = None) -> list[str]:
+    """``overrides`` plus an output directory unique to this start.
+
+    Hydra's default, ``outputs/DATE/TIME`` (``multirun/DATE/TIME`` for a sweep), is the
+    same for two runs started in the same second, which then share it. Unless the
+    overrides set it, each start gets ``outputs/DATE/TIME-XXXXXX``, XXXXXX random.
+    """
+    if any(arg.split("=", 1)[0] in _NO_JOB_FLAGS for arg in overrides):
+        return list(overrides)
+    now = now or datetime.now()
+    stamp = f"{now:%Y-%m-%d}/{now:%H-%M-%S}-{secrets.token_hex(3)}"
+    given = {arg.lstrip("+").split("=", 1)[0] for arg in overrides}
+    extra = [f"{key}={root}/{stamp}" for key, root in (("hydra.run.dir", "outputs"), ("hydra.sweep.dir", "multirun"))
+             if key not in given]  # fmt: skip
+    return [*overrides, *extra]
 
 
 def composition_error(overrides: list[str]) -> str | None:
@@ -67,8 +119,15 @@ def run_main(cfg: DictConfig) -> None:
         validate(cfg, targets=False)  # type: ignore[arg-type]
         for node, kind in ((cfg.model, "model"), (cfg.dataset.loader, "dataset loader")):
             _check_target_exists(node, kind)
+        try:
+            claim_output_dir(output_dir)
+        except ConfigError as exc:  # another run's directory: nothing of this run may go there
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
         print(f"deai-flower: {summary(cfg)} — setting up chain, store and run…", flush=True)
         _run(cfg, output_dir)
+    except KeyboardInterrupt as stop:
+        _stopped(stop, output_dir)
     except DeaiError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -90,18 +149,116 @@ def _run(cfg: DictConfig, output_dir: Path) -> None:
     from ..simulation.experiment import run_experiment
 
     console = Console()
-    results = run_experiment(cfg, output_dir=output_dir)
-    if not any(r["status"] == "finalized" for r in results["rounds"]):
+    results = run_experiment(cfg, output_dir=output_dir, overrides=list(HydraConfig.get().overrides.task),
+                             on_start=lambda record: print(run_line(record), flush=True))  # fmt: skip
+    finalized = [r for r in results["rounds"] if r["status"] == "finalized"]
+    if not finalized:
         console.print(results_table(results))
         first = results["rounds"][0] if results["rounds"] else {"round": "-", "reason": "no round ran"}
         raise ProtocolError(f"no round finalized (round {first['round']}: {first['reason']})")
     console.print(results_table(results))
-    final = results["rounds"][-1] if results["rounds"] else {}
+    accuracy = finalized[-1].get("accuracy")
     console.print(
-        f"final accuracy {final.get('accuracy', float('nan')):.4f} · contract {results['contract_address']} · "
-        f"results {output_dir / 'results.json'} · {results['wall_seconds']:.1f}s",
+        f"final accuracy {'-' if accuracy is None else format(accuracy, '.4f')} · contract "
+        f"{results['contract_address']} · results {output_dir / 'results.json'} · {results['wall_seconds']:.1f}s",
         highlight=False,
     )
+
+
+def run_line(record: dict[str, Any]) -> str:
+    """The line that says where a run is and how to resume it (``run.json`` in one line)."""
+    chain = record["chain"]
+    where = f"run {record['run_id']} on contract {record['contract_address']} ({chain['kind']} chain"
+    where += f" {chain['url']}, chain id {chain['chain_id']})" if chain["kind"] != "embedded" else ")"
+    saved = str(Path(record["output_dir"]) / RUN_FILE)
+    if not record["resumable"]:
+        return f"{where} · not resumable: {record['not_resumable_because']} · {saved}"
+    return f"{where} · resume with: {record['resume_command']} · {saved}"
+
+
+#: Where a run is and how to resume it (written by the experiment), and what it did.
+RUN_FILE, RESULTS_FILE = "run.json", "results.json"
+
+
+def taken_output_dir(overrides: list[str]) -> str | None:
+    """Why the output directory ``overrides`` name (``hydra.run.dir``, or a sweep's jobs
+    under ``hydra.sweep.dir``) cannot take this run, or None; an interpolated one is
+    checked by :func:`claim_output_dir` once Hydra made it."""
+    sweep = any(arg in ("-m", "--multirun") for arg in overrides)
+    key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
+    values = [arg.split("=", 1)[1] for arg in overrides if arg.lstrip("+").split("=", 1)[0] == key and "=" in arg]
+    if not values or "${" in values[-1]:
+        return None
+    where = Path(values[-1].strip("'\""))
+    for job in sorted(where.glob("*")) if sweep else [where]:
+        problem = _holds_run(job)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _holds_run(output_dir: Path) -> str | None:
+    for name in (RUN_FILE, RESULTS_FILE):
+        if (output_dir / name).exists():
+            return f"output directory {output_dir} already holds a run ({name}); give the new run another hydra.run.dir"
+    return None
+
+
+def claim_output_dir(output_dir: Path) -> None:
+    """Take ``output_dir`` for this run, or refuse it: no two runs share an output directory.
+
+    The claim is ``run.json``, created exclusively (of two runs started on the same
+    directory at once, one gets it; the experiment then fills it in); a directory holding
+    another run's ``run.json`` or ``results.json`` is refused.
+
+    Raises:
+        ConfigError: the directory holds another run.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if (output_dir / RESULTS_FILE).exists():
+        raise ConfigError(_holds_run(output_dir))
+    try:
+        handle = os.open(output_dir / RUN_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise ConfigError(_holds_run(output_dir)) from None
+    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        stream.write(json.dumps({"status": "setting up", "output_dir": str(output_dir.resolve())}) + "\n")
+
+
+def _stopped(stop: KeyboardInterrupt, output_dir: Path | None) -> NoReturn:
+    """End a run stopped by Ctrl-C or SIGTERM with one line: what was kept, how to resume."""
+    for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C changes nothing now
+        signal.signal(signum, signal.SIG_IGN)
+    terminated = isinstance(stop, Terminated)
+    print(f"{'terminated' if terminated else 'interrupted'}: {stop_summary(output_dir)}", file=sys.stderr, flush=True)
+    sys.exit(143 if terminated else 130)
+
+
+def stop_summary(output_dir: Path | None) -> str:
+    """What a stopped run left in ``output_dir`` and how to resume it, in one line."""
+    if output_dir is None:
+        return "stopped outside a run; nothing to resume"
+    record = _read_json(output_dir / RUN_FILE) or {}
+    if "contract_address" not in record:
+        return f"stopped while setting the run up ({output_dir}); nothing to resume"
+    results = _read_json(output_dir / RESULTS_FILE)
+    rounds = results.get("rounds", []) if isinstance(results, dict) else []
+    finalized = sum(1 for r in rounds if r.get("status") == "finalized")
+    failed = len(rounds) - finalized
+    kept = f"{finalized} finalized round{'' if finalized == 1 else 's'}"
+    if failed:
+        kept += f" and {failed} failed attempt{'' if failed == 1 else 's'}"
+    kept += f" saved in {output_dir / RESULTS_FILE}" if results is not None else f" ({output_dir})"
+    if not record.get("resumable"):
+        return f"{kept}; not resumable: {record.get('not_resumable_because')}"
+    return f"{kept}; resume (the round in flight is played again) with: {record['resume_command']}"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def summary(cfg: DictConfig) -> str:
