@@ -282,8 +282,21 @@ def unregister_embedded_node(url: str) -> None:
     _EMBEDDED_NODES.pop(url, None)
 
 
+# JSON-RPC connections by URL, with the hash of the chain's genesis block: participants
+# served by one process (a Ray worker serves many) share a connection, and so its
+# final answers, while a different chain behind the same URL gets a fresh one.
+_RPC_NODES: dict[tuple[str, float], tuple[ChainNode, str]] = {}
+_RPC_LOCK = threading.Lock()
+
+
+def _genesis(node: ChainNode) -> str:
+    block = node.request("eth_getBlockByNumber", ["0x0", False])
+    return str(block.get("hash")) if isinstance(block, Mapping) else ""
+
+
 def connect_url(url: str, *, timeout: float = 30.0) -> ChainNode:
-    """The chain at ``url``: a registered in-process chain or a JSON-RPC node."""
+    """The chain at ``url``: a registered in-process chain or a JSON-RPC node (one shared
+    connection per URL and chain in this process)."""
     if url.startswith("embedded://"):
         try:
             return _EMBEDDED_NODES[url]
@@ -292,4 +305,17 @@ def connect_url(url: str, *, timeout: float = 30.0) -> ChainNode:
                 "the embedded chain lives in the process that started it; "
                 "this process cannot reach it (serve it over JSON-RPC)"
             ) from None
-    return connect_rpc(url, timeout=timeout)
+    with _RPC_LOCK:
+        cached = _RPC_NODES.get((url, timeout))
+    if cached is not None:
+        node, genesis = cached
+        try:
+            if _genesis(node) == genesis:
+                return node
+        except ChainError:
+            pass  # unreachable now: connect anew (and say so if it still is)
+    node = connect_rpc(url, timeout=timeout)
+    genesis = _genesis(node)
+    with _RPC_LOCK:
+        _RPC_NODES[(url, timeout)] = (node, genesis)
+    return node
