@@ -20,6 +20,7 @@ and plays it with :class:`~deai_flower.strategies.CommitRevealStrategy`.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from collections.abc import Mapping
@@ -168,18 +169,26 @@ def _play_simulation(grid: Grid, cfg: Any, contract: RoundsContract, run_id: int
         monitor.evaluated(round_id, accuracy)
         return {"loss": loss, "accuracy": accuracy}
 
+    def write_results() -> None:
+        document = results_document(strategy, node=contract.node, store=store,
+                                    first_block=int(setup.get("first_block", 0)), setup=setup,
+                                    wall_seconds=time.time() - float(setup.get("started", started)), cfg=cfg,
+                                    output_dir=output_dir)  # fmt: skip
+        _write_results(output_dir, _with_nodes(document, strategy))
+
+    def round_done(report: Any) -> None:
+        write_results()  # after every round: a stop loses at most the round in flight
+        monitor.round_done(report)
+
     done = int(contract.get_run(run_id)["finalizedRounds"])
     monitor = ProgressMonitor(num_rounds=int(cfg.num_rounds), enabled=progress, completed=done)
     # simulated participants are registered with made-up identities: no SuperNode key to bind
     strategy, arrays = _strategy_for(contract, run_id, store, where, evaluate_fn=evaluate_global,
-                                     bind_supernode_keys=False, on_phase=monitor.phase, on_round=monitor.round_done,
+                                     bind_supernode_keys=False, on_phase=monitor.phase, on_round=round_done,
                                      max_failed_rounds=int(cfg.strategy.get("max_failed_rounds", 3)))  # fmt: skip
     with monitor:
         strategy.start(grid, arrays)
-    document = results_document(strategy, node=contract.node, store=store, first_block=int(setup.get("first_block", 0)),
-                                setup=setup, wall_seconds=time.time() - float(setup.get("started", started)), cfg=cfg,
-                                output_dir=output_dir)  # fmt: skip
-    _write_results(output_dir, _with_nodes(document, strategy))
+    write_results()
 
 
 def _with_nodes(document: dict[str, Any], strategy: CommitRevealStrategy) -> dict[str, Any]:
@@ -196,5 +205,15 @@ def _with_nodes(document: dict[str, Any], strategy: CommitRevealStrategy) -> dic
 
 
 def _write_results(output_dir: Path, document: dict[str, Any]) -> None:
+    """Write ``results.json`` atomically (temporary file, then rename): a reader, or a stop
+    at any moment, sees the previous round's file or this one, never half of one."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "results.json").write_text(json.dumps(document, indent=2, allow_nan=True) + "\n", encoding="utf-8")
+    handle, temporary = tempfile.mkstemp(prefix=".results.json.", dir=output_dir)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(json.dumps(document, indent=2, allow_nan=True) + "\n")
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, output_dir / "results.json")
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
