@@ -163,6 +163,7 @@ class CommitRevealStrategy(Strategy):
         self._grid: Grid | None = None
         self._addresses: dict[int, str] = {}
         self._asked: set[int] = set()  # nodes asked for their address already
+        self._silent: set[int] = set()  # asked, but no answer (error or none): asked again
         #: Nodes whose identity proof failed, by node id: the address they claimed and why.
         self.refused: dict[int, dict[str, str]] = {}
         self._round_state: dict[str, Any] = {}  # the current round's getRound, read when it opened
@@ -389,13 +390,16 @@ class CommitRevealStrategy(Strategy):
         claims; that address must be registered and, where the SuperLink reports the
         node's SuperNode public key (a deployment with node authentication), registered
         with that key's identity hash; and no other node may have proven it already. A
-        node that fails is refused with its reason (:attr:`refused`) and never asked to
-        act. Each node is asked once, whatever its answer.
+        node whose proof fails is refused with its reason (:attr:`refused`) and never
+        asked again. A node that did not answer (an error reply, or none in time) is not
+        refused for good: it is asked again at the next round's discovery, since a
+        transient fault must not exclude a silo for the rest of the run.
         """
         self._grid = grid
         keys = {int(info.node_id): bytes(info.public_key) for info in grid.get_nodes()}
-        new = [n for n in keys if n not in self._asked]
+        new = [n for n in keys if n not in self._asked or n in self._silent]
         self._asked.update(new)
+        self._silent.difference_update(new)
         if not new:
             return
         challenges = {n: secrets.token_bytes(CHALLENGE_BYTES) for n in new}
@@ -408,7 +412,9 @@ class CommitRevealStrategy(Strategy):
             node_id = int(reply.metadata.src_node_id)
             answered.add(node_id)
             if reply.has_error():
-                self._refuse(node_id, "", f"did not prove its chain address: {reply.error.reason}")
+                self._silent.add(node_id)
+                log(WARNING, "node %s did not prove its chain address (%s); it is asked again next round",
+                    node_id, reply.error.reason)  # fmt: skip
                 continue
             status = reply.content[STATUS]
             address = str(status.get("address", ""))
@@ -419,7 +425,9 @@ class CommitRevealStrategy(Strategy):
             else:
                 self._addresses[node_id] = to_checksum_address(address)
         for node_id in set(new) - answered:
-            self._refuse(node_id, "", "did not answer the identity challenge in time")
+            self._silent.add(node_id)
+            log(WARNING, "node %s did not answer the identity challenge in time; it is asked again next round",
+                node_id)  # fmt: skip
 
     def _identity_problem(self, node_id: int, address: str, signature: Any, challenge: bytes,
                           public_key: bytes) -> str:  # fmt: skip

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flwr.app import Context, Error, Message
+from flwr.app import ConfigRecord, Context, Error, Message
 from flwr.common.constant import ErrorCode
 
 from support import compose_with
@@ -44,6 +44,9 @@ def misbehave(kinds: dict[int, str]) -> Callable[[Message, Context], Message]:
         kind, action = kinds.get(partition), message.metadata.message_type
         if kind == "vanish-in-round-1" and action == "train.commit" and int(message.content["config"]["round"]) == 1:
             return Message(Error(ErrorCode.NODE_UNAVAILABLE, "node went away"), reply_to=message)
+        if kind == "silent-at-first" and action == "query.identity" and "silenced" not in context.state:
+            context.state["silenced"] = ConfigRecord({"at": 1})  # a transient fault: only the first query fails
+            return Message(Error(ErrorCode.NODE_UNAVAILABLE, "connection reset"), reply_to=message)
         if kind == "vanish" and action != "query.identity":
             return Message(Error(ErrorCode.NODE_UNAVAILABLE, "node went away"), reply_to=message)
         if (kind, action) in (("no-commit", "train.commit"), ("no-reveal", "train.reveal")):
@@ -151,6 +154,15 @@ def test_a_lying_attester_is_outvoted_and_penalized(tmp_path: Path) -> None:
     liar = results["incentives"]["participants"][liars[0]]
     assert liar["slashed"] == results["spec"]["incentives"]["slash_minority"] > 0
     assert all(v.ok for v in verify_run(RunRecord.from_output_dir(tmp_path), LocalStore(tmp_path / "store")))
+
+
+def test_a_node_that_missed_its_identity_query_is_asked_again_next_round(tmp_path: Path) -> None:
+    results = run(tmp_path, {2: "silent-at-first"})
+    address = simulation_key(seed=0, role="client-2").address
+    first, second = results["rounds"]
+    assert address not in first["committed"] and len(first["committed"]) == 3
+    assert address in second["committed"] and address in second["revealed"]
+    assert results["refused_nodes"] == []  # a transient fault is no refusal
 
 
 def test_too_few_reveals_fail_the_round_with_a_reason(tmp_path: Path) -> None:
