@@ -118,7 +118,7 @@ def _simulation(grid: Grid, run_config: Mapping[str, Any]) -> None:
     output_dir = Path(str(run_config.get("output-dir") or tempfile.mkdtemp(prefix="deai-flower-")))
     if run_config.get("contract"):  # deai-flower set the run up; the chain and store say what it is
         setup = json.loads(str(run_config.get("setup", "{}")))
-        node = connect_url(str(run_config["chain-url"]))
+        node = connect_url(str(run_config.get("coordinator-chain-url") or run_config["chain-url"]))
         store = open_store(str(run_config["store"]), max_bytes=int(cfg.storage.max_blob_bytes))
         contract = RoundsContract(node, str(run_config["contract"]), simulation_key(seed=int(cfg.seed), role="coordinator"))
         where = {k: run_config[k] for k in ("contract", "run-id", "chain-url", "store")}

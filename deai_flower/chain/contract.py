@@ -170,6 +170,8 @@ class RoundsContract:
         self._lock = threading.Lock()
         self._chain_id = node.chain_id
         self._events_by_topic: dict[bytes, Any] | None = None
+        #: (from_block, events read, next block to read) of the last event_log call
+        self._event_cache: tuple[int, list[dict[str, Any]], int] | None = None
 
     # ------------------------------------------------------------------ deployment
 
@@ -467,9 +469,11 @@ class RoundsContract:
             )
         return decoded
 
-    def _logs(self, what: str, *, from_block: int, topics: list[str | None] | None = None) -> list[dict[str, Any]]:
+    def _logs(self, what: str, *, from_block: int, topics: list[str | None] | None = None,
+              to_block: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
         # the address as a list: the embedded chain's filter formatter only takes that form
-        query: dict[str, Any] = {"address": [self.address], "fromBlock": hex(from_block), "toBlock": "latest"}
+        query: dict[str, Any] = {"address": [self.address], "fromBlock": hex(from_block),
+                                 "toBlock": "latest" if to_block is None else hex(to_block)}  # fmt: skip
         if topics is not None:
             query["topics"] = topics
         try:
@@ -512,14 +516,23 @@ class RoundsContract:
         return list(self.node.final_answers[key])
 
     def event_log(self, *, from_block: int = 0, timeout: float = 60.0) -> list[dict[str, Any]]:
-        """Every event the contract emitted, decoded, in chain order, JSON-ready."""
+        """Every event the contract emitted from ``from_block`` on, decoded, in chain
+        order, JSON-ready. Asked again (a coordinator writing results after every round),
+        this handle reads only the blocks mined since: the others' events are kept."""
         start = time.monotonic()
-        logs = self._logs("the contract's events", from_block=from_block)
+        head = int(self.node.request("eth_blockNumber", []), 16)
+        known_from, known, next_block = self._event_cache if self._event_cache else (from_block, [], from_block)
+        if known_from != from_block:
+            known, next_block = [], from_block
+        if next_block <= head:
+            logs = self._logs("the contract's events", from_block=next_block, to_block=head)
+            known = known + [{**e, "args": {k: _jsonable(_plain(v)) for k, v in e["args"].items()}}
+                             for e in self._decode_logs(logs)]  # fmt: skip
+            next_block = head + 1
         if time.monotonic() - start > timeout:
             raise ChainError("reading the contract's events timed out")
-        return [
-            {**e, "args": {k: _jsonable(_plain(v)) for k, v in e["args"].items()}} for e in self._decode_logs(logs)
-        ]
+        self._event_cache = (from_block, known, next_block)
+        return list(known)
 
 
 def _log_entry(wire: dict[str, Any]) -> dict[str, Any]:

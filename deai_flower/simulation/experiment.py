@@ -74,9 +74,14 @@ def run_experiment(cfg: DictConfig, *, output_dir: Path, client_app: Any = None,
     setup = {"setup_gas": prepared.setup_gas, "first_block": prepared.first_block, "initial_cid": prepared.initial_cid,
              "num_clients": int(cfg.num_clients), "started": started, "chain": prepared.node.describe()}  # fmt: skip
     try:
-        with serve_chain(prepared.node, same_process=cfg.engine.kind == "inprocess") as chain_url:
+        with serve_chain(prepared.node, same_process=cfg.engine.kind == "inprocess") as chain_url, \
+                serve_chain(prepared.node, same_process=True) as own_url:
             run_config = experiment_run_config(cfg, output_dir=output_dir, where=locator(prepared, chain_url),
                                                setup=setup)  # fmt: skip
+            # the coordinator runs in this process (Flower's simulation engine runs the
+            # ServerApp in a thread of it): it reaches the chain directly, not through the
+            # loopback bridge its participants' workers use
+            run_config["coordinator-chain-url"] = own_url
             run_engine(cfg, server_app=server_app, client_app=client_app or default_client_app, run_config=run_config)
     finally:  # a sweep runs many experiments in one process: drop this one's participants
         forget_run_views()
