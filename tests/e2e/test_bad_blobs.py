@@ -65,7 +65,7 @@ COMMITTED_BAD = {
     "nan": (_nan, "contains NaN values"),
     "wrong-shape": (_wrong_shape, "has shape"),
     "truncated": (_truncated, "but the payload has"),
-    "oversized": (_oversized, f"exceeds the limit of {LIMIT}"),
+    "oversized": (_oversized, f"over the limit of {LIMIT}; not read"),  # the store refuses it unread
     "pickle": (_pickled, "not a safetensors blob"),
 }
 
