@@ -163,6 +163,17 @@ def _save_ledger(view: RunView, context: Context, ledger: PrivacyLedger) -> None
         save_ledger(path, ledger, settings=view.privacy_settings(), identity=identity)
 
 
+def _confirm_release(view: RunView, context: Context, round_id: int) -> None:
+    """Keep round ``round_id``'s charge for good: its update is about to be published, and
+    a published update is released whether or not the reveal transaction then lands."""
+    if _LEDGER not in context.state:
+        return
+    ledger = PrivacyLedger.from_record(dict(context.state[_LEDGER]))
+    entries = [u.entry for u in ledger.unconfirmed if u.round == round_id]
+    if entries:
+        _save_ledger(view, context, ledger.reconciled([], confirmed=entries).ledger)
+
+
 _BOUNDS: dict[int, tuple[weakref.ref[RunView], int]] = {}
 _BOUNDS_LOCK = threading.Lock()
 
@@ -324,6 +335,7 @@ def handle_reveal(participant: Participant, message: Message, context: Context) 
             or int(pending.get("run-id", view.run_id)) != view.run_id):  # fmt: skip
         raise ProtocolError(f"nothing committed for round {round_id} of run {view.run_id}")
     stored_cid, staged = str(pending["cid"]), str(pending.get("staged", ""))
+    _confirm_release(view, context, round_id)
     try:
         published = view.store.publish(staged, cid=stored_cid)
     except StoreError as exc:  # the background write failed: the bytes are still here

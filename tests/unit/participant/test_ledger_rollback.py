@@ -278,3 +278,33 @@ def test_a_training_is_recorded_unconfirmed_in_the_record_and_the_file(tmp_path:
     settings = PrivacySettings(epsilon=8.0, delta=1e-5, max_grad_norm=1.0, accountant="rdp")
     save_ledger(tmp_path / "ledger.json", ledger, settings=settings, identity=identity)
     assert load_ledger(tmp_path / "ledger.json", identity=identity) == ledger
+
+
+def test_a_published_update_stays_charged_when_its_reveal_transaction_fails(
+    deployment: Deployment, store: LocalStore, participants: list[Participant], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Client 2 publishes its round-1 blob, then its reveal transaction fails for good: the
+    blob is readable under its CID, so the update is released and its charge must stand
+    at the next commit even though the chain holds no reveal of it."""
+    from deai_flower.chain import RoundsContract
+
+    r = Run(deployment, store, participants, ledgers=tmp_path / "ledgers")
+    for i in range(3):
+        r.commit(i)
+    r.reveal(0)
+    r.reveal(1)
+    blob_cid = str(r.contexts[2].state["pending-reveal"]["cid"])
+
+    def failing_reveal(*args: Any, **kwargs: Any) -> Any:
+        raise ChainError("reveal failed: node gone")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(RoundsContract, "reveal", failing_reveal)
+        with pytest.raises(ChainError):
+            r.send(handle_reveal, 2, "train.reveal")
+    assert store.has(blob_cid)  # published: released
+    assert r.finish_round([0, 1]) == "finalized"
+    r.commit(2)
+    assert len(r.ledger(2).history) == 2  # round 1 kept, round 2 added
+    assert len(r.ledger_file(2).history) == 2
