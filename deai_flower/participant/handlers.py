@@ -206,7 +206,8 @@ def _ensure_stake(view: RunView) -> int:
     contract, address = view.contract, view.account.address
     gas = 0
     member = contract.get_member(view.run_id, address)
-    if STAGES[int(member["stage"])] in ("committed", "attested") and int(member["round"]) < int(contract.get_run(view.run_id)["currentRound"]):
+    current = int(contract.get_run(view.run_id)["currentRound"])
+    if STAGES[int(member["stage"])] in ("committed", "attested") and int(member["round"]) < current:
         # A penalty of an earlier round may be pending (a missing reveal, a minority vote):
         # the commit would slash it first and then find the stake short. Settle it now.
         gas += contract.settle(view.run_id, address).gas_used
