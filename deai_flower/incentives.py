@@ -16,21 +16,20 @@ what ``deai verify`` compares it with.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from eth_utils import to_checksum_address
 
-from .protocol.encoding import PENALTY_REASONS
+from .protocol.encoding import PENALTY_REASONS, ZERO_ADDRESS
 from .protocol.outcome import OutcomeEntry, decode_outcome
 
 __all__ = ["IncentiveReplay", "ParticipantFunds", "replay_incentives"]
 
 _SLASH_KEYS = {"missing-reveal": "slashMissingReveal", "minority-attestation": "slashMinority",
                "refused-update": "slashRefused"}  # fmt: skip
-_ZERO_ADDRESS = "0x" + "00" * 20
 
 
 @dataclass
@@ -102,7 +101,7 @@ def replay_incentives(events: Iterable[Mapping[str, Any]], run_id: int) -> Incen
         who = to_checksum_address(args["participant"]) if "participant" in args else None
         if name == "RunCreated":
             params = args["params"]
-            token = str(params.get("stakeToken", _ZERO_ADDRESS))
+            token = str(params.get("stakeToken", ZERO_ADDRESS))
             replay.token = "native" if int(token, 16) == 0 else to_checksum_address(token)
             replay.stake_required = int(params.get("stake", 0))
             replay.funded = replay.pool = int(params.get("rewardPool", 0))
@@ -183,7 +182,8 @@ def _settle_round(replay: IncentiveReplay, round_id: int, args: Mapping[str, Any
     total = sum(paid.values())
     expected = {who: budget * score // total for who, score in paid.items()} if budget else {}
     credited = {who: (score, amount) for who, score, amount in credits}
-    wrong = [f"{who} was credited twice" for who in {w for w, _, _ in credits} if len(credited) != len(credits)]
+    times = Counter(who for who, _, _ in credits)
+    wrong = [f"{who} was credited {n} times" for who, n in sorted(times.items()) if n > 1]
     for who in sorted(set(expected) | set(credited), key=lambda a: int(a, 16)):
         if who not in credited:
             wrong.append(f"nothing credited to {who}, whose outcome score {paid[who]} earns {expected[who]}")

@@ -34,6 +34,7 @@ from .protocol.encoding import (
     BPS,
     DpParams,
     NO_EXAMPLE_BOUND,
+    ZERO_ADDRESS,
     beacon_of,
     commitment_of,
     committee_size_of,
@@ -324,7 +325,7 @@ def _check_params(verification: Verification, params: dict[str, Any]) -> None:
         "slashRefused": spec.incentives.slash_refused,
         "slashMinority": spec.incentives.slash_minority,
     }
-    token = str(params.get("stakeToken", "0x" + "00" * 20))
+    token = str(params.get("stakeToken", ZERO_ADDRESS))
     if int(token, 16) != int(spec.incentives.stake_token or "0x0", 16):
         verification.problems.append(f"the chain's stake token {token} differs from the spec's "
                                      f"{spec.incentives.stake_token or 'native currency'}")  # fmt: skip

@@ -25,11 +25,17 @@ from web3 import Web3
 from ..errors import ChainError, ContractRevertError
 from .artifact import load_artifact
 from .node import ChainNode, JsonRpcError
-from ..protocol.encoding import NO_EXAMPLE_BOUND, PHASES, STAGES, DpParams, parse_reveal_record, reveal_record
+from ..protocol.encoding import (
+    NO_EXAMPLE_BOUND,
+    PHASES,
+    STAGES,
+    ZERO_ADDRESS,
+    DpParams,
+    parse_reveal_record,
+    reveal_record,
+)
 from ..protocol.outcome import OUTCOME_ENTRY_BYTES
 
-#: The zero address: a run with it as ``stakeToken`` stakes and pays in native currency.
-ZERO_ADDRESS = "0x" + "00" * 20
 
 #: Seconds to wait for a transaction receipt before giving up.
 RECEIPT_TIMEOUT_S = 120.0

@@ -33,6 +33,8 @@ PHASES = ("none", "commit", "reveal", "attest", "finalized", "failed")
 STAGES = ("none", "committed", "revealed", "attested")
 #: Contract ``PenaltyReason`` enum, in order.
 PENALTY_REASONS = ("missing-reveal", "minority-attestation", "refused-update")
+#: The zero address: a run with it as ``stakeToken`` stakes and pays in native currency.
+ZERO_ADDRESS = "0x" + "00" * 20
 
 #: Bytes of a commitment the contract stores (the event carries all 32).
 STORED_COMMITMENT_BYTES = 26

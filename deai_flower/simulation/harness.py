@@ -25,12 +25,12 @@ from omegaconf import DictConfig, OmegaConf
 from .. import __version__
 from ..chain import ChainNode, RoundsContract, TxResult, connect_embedded, connect_rpc, simulation_key, to_wad
 from ..chain.artifact import load_artifact
-from ..chain.contract import ZERO_ADDRESS
 from ..chain.runs import fetch_spec
 from ..data import DatasetSplit, client_partitions, load_dataset
 from ..config import privacy_epsilon
 from ..errors import ConfigError
 from ..models import get_arrays, instantiate_model, model_spec
+from ..protocol.encoding import ZERO_ADDRESS
 from ..protocol.rules import RULE_PARAMS
 from ..protocol.validation import validation_arrays
 from ..protocol.spec import (

@@ -393,3 +393,12 @@ def test_one_wrong_event_is_not_a_cascade(case: str) -> None:
     edit(events)
     problems = replay_incentives(events, RUN).problems
     assert len(problems) == 1, problems
+
+
+def test_a_participant_credited_twice_is_named_alone() -> None:
+    events = clean_run()
+    credit = _find(events, "RewardCredited", runId=RUN, round=1, participant=A)
+    events.insert(events.index(credit) + 1, copy.deepcopy(credit))
+    problems = replay_incentives(events, RUN).problems
+    assert len(problems) == 1 and f"{A} was credited 2 times" in problems[0], problems
+    assert problems[0].count("credited 2 times") == 1
