@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from requests.exceptions import ConnectionError as RequestsConnectionError
 from web3 import Web3
 from web3.exceptions import Web3Exception
+from web3.providers.rpc.utils import ExceptionRetryConfiguration
 
 from ..errors import ChainError, ChainUnavailableError
 
@@ -221,13 +223,18 @@ class ChainNode:
             self._tester.time_travel(timestamp)
             self._tester.mine_blocks(1)  # calls then see the new time, as on a real node
             return
-        try:
-            self.w3.provider.make_request("evm_setNextBlockTimestamp", [timestamp])
-            self.w3.provider.make_request("evm_mine", [])
-            if self.now() >= timestamp:
-                return
-        except Exception:  # noqa: BLE001 - a production node refuses dev methods: wait instead
-            pass
+        # anvil and hardhat name it evm_setNextBlockTimestamp; the embedded chain served
+        # over JSON-RPC (eth-tester) testing_timeTravel
+        for method in ("evm_setNextBlockTimestamp", "testing_timeTravel"):
+            try:
+                answer = self.w3.provider.make_request(method, [timestamp])
+                if answer.get("error"):
+                    continue
+                self.w3.provider.make_request("evm_mine", [])
+                if self.now() >= timestamp:
+                    return
+            except Exception:  # noqa: BLE001 - a production node refuses dev methods: wait instead
+                continue
         deadline = time.monotonic() + timeout
         while self.now() < timestamp:
             if time.monotonic() > deadline:
@@ -245,13 +252,21 @@ def connect_embedded() -> ChainNode:
     return ChainNode(w3=w3, kind="embedded", url="embedded://py-evm", _tester=tester)
 
 
+#: A request whose connection was refused (a node restarting) is tried once more; one that
+#: timed out is not, having used its whole time already (web3's default, five tries on any
+#: error with back-off, turned a 3 s timeout into 17 s, more than a phase's deadline
+#: allows for). At most two timeouts a request, then: a connect timeout is a connection
+#: error too.
+RPC_RETRY = ExceptionRetryConfiguration(errors=(RequestsConnectionError,), retries=2, backoff_factor=0.1)
+
+
 def connect_rpc(url: str, *, timeout: float = 30.0) -> ChainNode:
     """A JSON-RPC node at ``url`` (http(s)://...), checked to answer."""
     if not url.startswith(("http://", "https://")):
         raise ChainUnavailableError(f"chain RPC URL must start with http:// or https:// (got {url!r})")
     # eth_chainId is cached: web3 re-reads it to validate every transaction otherwise
     provider = Web3.HTTPProvider(url, request_kwargs={"timeout": timeout}, cache_allowed_requests=True,
-                                 cacheable_requests={"eth_chainId"})  # fmt: skip
+                                 cacheable_requests={"eth_chainId"}, exception_retry_configuration=RPC_RETRY)  # fmt: skip
     w3 = Web3(provider)
     try:
         w3.eth.chain_id  # noqa: B018 - a cheap call that proves the node answers

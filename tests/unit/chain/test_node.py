@@ -49,3 +49,49 @@ def test_an_error_answer_keeps_its_code_and_data(bridged: ChainNode) -> None:
         bridged.request("eth_estimateGas", [{"from": d.admin.account.address, "to": d.admin.address,
                                              "data": "0x" + open_round.hex()}])  # fmt: skip
     assert d.admin._decode_revert(caught.value, "openRound").error_name == "UnknownRun"
+
+
+def test_a_request_that_times_out_is_not_tried_again() -> None:
+    """A frozen node costs a request its timeout once, not five times with back-off
+    (web3's default retries turned a 3 s timeout into 17 s, past a phase's deadline)."""
+    import json
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from deai_flower.errors import ChainUnavailableError
+
+    asked: list[str] = []
+    release = threading.Event()
+
+    class FrozenAfterChainId(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            asked.append(request["method"])
+            if request["method"] != "eth_chainId":
+                release.wait(10)  # frozen: answers nothing in time
+                return
+            body = json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": "0x1"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FrozenAfterChainId)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        node = connect_rpc(f"http://127.0.0.1:{server.server_address[1]}", timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(ChainUnavailableError, match="eth_blockNumber: chain node at .* is unreachable"):
+            node.request("eth_blockNumber", [])
+        assert asked.count("eth_blockNumber") == 1, asked
+        assert time.monotonic() - started < 5  # one timeout, not 5 plus back-off (a loose bound)
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
