@@ -130,6 +130,7 @@ class EngineConfig:
     kind: str = "inprocess"  # inprocess | ray
     num_cpus_per_client: float = 1.0
     num_gpus_per_client: float = 0.0
+    concurrency: int | None = None  # inprocess: ClientApp calls at once (None: one per CPU core)
 
 
 @dataclass
@@ -404,6 +405,9 @@ def validate(cfg: ExperimentConfig, *, targets: bool = True) -> None:
     _require(cfg.storage.retries >= 0, f"storage.retries must be >= 0 (got {cfg.storage.retries})")
     _require(cfg.storage.max_blob_bytes > 0, "storage.max_blob_bytes must be > 0")
     _require(cfg.engine.kind in ("inprocess", "ray"), f"engine.kind must be 'inprocess' or 'ray' (got {cfg.engine.kind!r})")
+    concurrency = cfg.engine.get("concurrency")
+    _require(concurrency is None or (type(concurrency) is int and concurrency >= 1),
+             f"engine.concurrency must be an integer >= 1, or null for one per CPU core (got {concurrency!r})")  # fmt: skip
     if not targets:
         return
     # The model and the dataset loader: importable targets taking the arguments given

@@ -185,7 +185,9 @@ def run_engine(cfg: DictConfig, *, server_app: Any, client_app: Any, run_config:
         else:
             from .inprocess import run_inprocess
 
+            concurrency = cfg.engine.get("concurrency")
             run_inprocess(server_app=server_app, client_app=client_app, num_nodes=int(cfg.num_clients),
-                          seed=int(cfg.seed), run_config=run_config)  # fmt: skip
+                          seed=int(cfg.seed), run_config=run_config,
+                          concurrency=None if concurrency is None else int(concurrency))  # fmt: skip
     finally:
         flwr_logger.setLevel(previous_level)

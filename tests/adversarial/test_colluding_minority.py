@@ -10,6 +10,7 @@ no honest attester is.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ def colluding(colluders: set[int], forged: list[tuple[int, str]]) -> Callable[[M
     the first attest message of a round reaches anyone, before any honest attester."""
     views: dict[int, Any] = {}
     struck: set[int] = set()
+    strike = threading.Lock()
 
     def call(message: Message, context: Context) -> Message:
         partition = int(context.node_config["partition-id"])
@@ -48,17 +50,18 @@ def colluding(colluders: set[int], forged: list[tuple[int, str]]) -> Callable[[M
                                         int(config["run-id"]))  # fmt: skip
         if message.metadata.message_type == "train.attest":
             round_id = int(config["round"])
-            if round_id not in struck:
-                struck.add(round_id)
-                any_view = next(iter(views.values()))
-                revealers = [r["participant"] for r in any_view.contract.revealed(any_view.run_id, round_id,
-                                                                                    from_block=0)]  # fmt: skip
-                mine = {v.participant.address for v in views.values()}
-                # the forged outcome pays the colluders only
-                outcome = encode_outcome({who: (1_000_000 if who in mine else 0) for who in revealers}, {})
-                for view in views.values():
-                    view.contract.attest(view.run_id, round_id, FORGED, outcome)
-                    forged.append((round_id, view.participant.address))
+            with strike:  # attesters run at once: the first to get here forges, the others wait for it
+                if round_id not in struck:
+                    struck.add(round_id)
+                    any_view = next(iter(views.values()))
+                    revealers = [r["participant"] for r in any_view.contract.revealed(any_view.run_id, round_id,
+                                                                                        from_block=0)]  # fmt: skip
+                    mine = {v.participant.address for v in views.values()}
+                    # the forged outcome pays the colluders only
+                    outcome = encode_outcome({who: (1_000_000 if who in mine else 0) for who in revealers}, {})
+                    for view in views.values():
+                        view.contract.attest(view.run_id, round_id, FORGED, outcome)
+                        forged.append((round_id, view.participant.address))
             if partition in colluders:
                 return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, "forged"), reply_to=message)
         return client_app(message, context)

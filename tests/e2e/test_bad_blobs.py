@@ -13,6 +13,7 @@ recomputed here with numpy alone.
 
 from __future__ import annotations
 
+import threading
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -74,19 +75,19 @@ def _commit_bad_blob(monkeypatch: pytest.MonkeyPatch, make_bad: Callable[[dict[s
     """The ClientApp, except that client 0's next update blob is ``make_bad(update)``,
     written before its CID is computed and committed."""
     honest_encode = handlers.encode_arrays
-    committing = {"bad": False}
+    committing = threading.local()  # nodes run at once, each call on its own thread
 
     def app(message: Any, context: Any) -> Any:
-        committing["bad"] = (message.metadata.message_type == "train.commit"
-                             and int(context.node_config["partition-id"]) == BAD_CLIENT)  # fmt: skip
+        committing.bad = (message.metadata.message_type == "train.commit"
+                          and int(context.node_config["partition-id"]) == BAD_CLIENT)  # fmt: skip
         try:
             return client_app(message, context)
         finally:
-            committing["bad"] = False
+            committing.bad = False
 
     def encode(arrays: dict[str, np.ndarray]) -> bytes:
-        if committing["bad"]:
-            committing["bad"] = False
+        if getattr(committing, "bad", False):
+            committing.bad = False
             return make_bad(arrays)
         return honest_encode(arrays)
 

@@ -8,6 +8,8 @@ the real protocol on the embedded chain.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,8 @@ def misbehave(kinds: dict[int, str]) -> Callable[[Message, Context], Message]:
             Path(str(context.state["pending-reveal"]["staged"])).unlink()  # its staged copy is gone
         if (kind, action) == ("bad-reveal", "train.reveal"):
             context.state["pending-reveal"]["num-examples"] = 10**6  # not what it committed to
+        if (kind, action) == ("hang", "train.commit") and int(message.content["config"]["round"]) == 1:
+            time.sleep(HANG_S)  # hung past the commit phase; then the real call, which the chain refuses
         if (kind, action) == ("late", "train.commit"):
             # this node is still training when the coordinator stops waiting for commits
             late.append((message, context))
@@ -113,6 +117,26 @@ def test_round_goes_on_without_the_faulty_node(
     assert all(v.ok for v in verify_run(RunRecord.from_output_dir(tmp_path), LocalStore(tmp_path / "store")))
 
 
+#: How long a hung node sleeps, and the commit phase it outlasts.
+HANG_S, COMMIT_S = 25, 12
+
+
+def test_the_inprocess_engine_holds_a_hung_node_to_its_deadline(tmp_path: Path) -> None:
+    """A node hangs in round 1's commit for longer than the commit phase: the in-process
+    engine answers the coordinator without it when the phase's time is up (as a
+    SuperLink would), the other nodes, running beside it, committed in time, and the
+    round finalizes without it; in round 2 it takes part again."""
+    faulty = 3
+    results = run(tmp_path, {faulty: "hang"}, f"strategy.commit_timeout_s={COMMIT_S}", "engine.concurrency=2")
+    address = simulation_key(seed=0, role=f"client-{faulty}").address
+    first, second = results["rounds"]
+    assert first["status"] == second["status"] == "finalized", (first["reason"], second["reason"])
+    assert address not in first["committed"] and len(first["revealed"]) == 3
+    assert address in second["revealed"]
+    # the coordinator stopped waiting at the commit deadline, not when the hung node woke
+    assert first["phase_seconds"]["commit"] < HANG_S, first["phase_seconds"]
+
+
 @pytest.mark.parametrize("kind", ["restart", "lost-staging"])
 def test_a_node_whose_staged_update_is_gone_still_reveals(
     kind: str, tmp_path: Path
@@ -130,10 +154,11 @@ def test_a_node_whose_staged_update_is_gone_still_reveals(
 
 def test_a_lying_attester_is_outvoted_and_penalized(tmp_path: Path) -> None:
     liars: list[str] = []
+    first = threading.Lock()  # the attesters run at once: one of them lies
 
     def call(message: Message, context: Context) -> Message:
-        if message.metadata.message_type == "train.attest" and not liars:
-            # the first attester asked, whose vote surely counts, attests a forged CID
+        if message.metadata.message_type == "train.attest" and not liars and first.acquire(blocking=False):
+            # the first attester to run, whose vote surely counts, attests a forged CID
             view = _view(message, context)
             round_id = int(message.content["config"]["round"])
             revealers = [r["participant"] for r in view.contract.revealed(view.run_id, round_id, from_block=0)]
