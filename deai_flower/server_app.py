@@ -11,7 +11,8 @@ Configured from ``context.run_config`` alone. Two kinds of run:
   written into ``output-dir``.
 * **A deployment** (``contract``, ``run-id``, ``chain-url``, ``store``, ``keystore`` and
   ``password-file``, no experiment): the run's spec is read from the chain; nothing is
-  evaluated centrally.
+  evaluated centrally. Each round is one ``train.round`` message per sampled node
+  (``phase-messages=true``: one message per phase, as in a simulation).
 
 Either way the coordinator reads the run's spec from the chain like every participant,
 and plays it with :class:`~deai_flower.strategies.CommitRevealStrategy`.
@@ -46,6 +47,9 @@ server_app = ServerApp()
 
 #: How long ``flwr run`` waits for its SuperNodes to connect.
 _NODES_TIMEOUT_S = 120.0
+#: How often a deployed coordinator asks the SuperLink for replies (Flower's own
+#: ``send_and_receive`` asks every 3 s: on average 1.5 s lost per message exchange).
+_REPLY_POLL_S = 0.5
 
 
 @server_app.main()
@@ -97,7 +101,10 @@ def _deployment(grid: Grid, run_config: Mapping[str, Any]) -> None:
     # the coordinator's only because every message carries all four entries.
     locator = {"contract": contract.address, "run-id": run_id, "chain-url": chain_url, "store": store_at}
     # No central test set in a deployment: every silo scores each finalized model on its own held-out data.
-    strategy, arrays = _strategy_for(contract, run_id, store, locator, federated_evaluation=True)
+    # Every SuperNode runs its message at once: one message per round, unless asked for one per phase.
+    per_phase = str(run_config.get("phase-messages", "false")).strip().lower() in ("1", "true", "yes")
+    strategy, arrays = _strategy_for(contract, run_id, store, locator, federated_evaluation=True,
+                                     one_message_rounds=not per_phase, reply_poll_s=_REPLY_POLL_S)  # fmt: skip
     strategy.start(grid, arrays)
     output_dir = run_config.get("output-dir")
     if output_dir:

@@ -21,6 +21,11 @@ round is six visible steps, each a method below with its own deadline:
    evaluation: a deployment has no central test set), and/or a simulation's central test
    split when the harness gives one.
 
+With ``one_message_rounds`` (a deployment, where every node runs its message at once)
+steps 2–4 are one ``train.round`` message per sampled node (:meth:`play_round`): the node
+commits, reveals and attests as the chain's phases pass, with one ClientApp start per
+round instead of three.
+
 The rounds loop (:meth:`start`) replaces Flower's own, because Flower's loop folds
 reveal and attest into ``aggregate_train`` under one timeout, and counts attempts, not
 finalized rounds: here a failed round is followed by a new attempt until the spec's
@@ -52,6 +57,9 @@ from deai_flower.errors import BlobFormatError, ChainError, ConfigError, StoreEr
 from deai_flower.messages import CONFIG, METRICS, STATUS
 from deai_flower.protocol.spec import RunSpec
 from deai_flower.storage import ContentStore, cid_from_bytes, decode_arrays
+
+#: How long a one-message round waits for replies once the chain has closed the round.
+_STRAGGLER_GRACE_S = 5.0
 
 #: Evaluation of a finalized model: (round, arrays) -> metrics such as loss and accuracy.
 EvaluateFn = Callable[[int, dict[str, Any]], dict[str, float]]
@@ -119,6 +127,16 @@ class CommitRevealStrategy(Strategy):
         there is no ``evaluate_fn``.
     evaluate_timeout_s:
         How long to wait for the nodes' scores (default: the spec's commit duration).
+    one_message_rounds:
+        Send each sampled node one ``train.round`` message per round, on which it commits,
+        reveals and attests as the chain's phases pass (:meth:`play_round`), instead of one
+        message per phase. For deployments, where every node runs its message at once;
+        an engine that may run nodes one after the other (the in-process simulation) needs
+        one message per phase.
+    reply_poll_s:
+        Ask the SuperLink for replies every ``reply_poll_s`` seconds (None: Flower's
+        ``send_and_receive``, which asks every 3 s; the in-process engine needs it, as
+        it holds a batch to its deadline there).
     on_phase, on_round:
         Progress callbacks (round id and phase name; a finished :class:`RoundReport`).
     """
@@ -137,6 +155,8 @@ class CommitRevealStrategy(Strategy):
         federated_evaluation: bool = False,
         evaluate_timeout_s: float | None = None,
         bind_supernode_keys: bool = True,
+        one_message_rounds: bool = False,
+        reply_poll_s: float | None = None,
         on_phase: Callable[[int, str], None] | None = None,
         on_round: Callable[[RoundReport], None] | None = None,
     ) -> None:
@@ -154,6 +174,8 @@ class CommitRevealStrategy(Strategy):
         # Only a SuperLink with node authentication reports real SuperNode keys; Flower's
         # simulation runtime makes up random ones, which no registry entry can match.
         self.bind_supernode_keys = bind_supernode_keys
+        self.one_message_rounds = one_message_rounds
+        self.reply_poll_s = reply_poll_s
         self.evaluate_timeout_s = float(spec.rounds.commit_s if evaluate_timeout_s is None else evaluate_timeout_s)
         self.initial_federated: dict[str, Any] = {}
         self._on_phase = on_phase or (lambda _r, _p: None)
@@ -231,10 +253,14 @@ class CommitRevealStrategy(Strategy):
         return result
 
     def _play(self, report: RoundReport) -> ArrayRecord | None:
-        """Commit, reveal, attest, finalize and evaluate one opened round."""
-        committed = self.commit(report)
-        revealed = self.reveal(report, committed)
-        finalized = self.attest(report, revealed)
+        """Commit, reveal, attest (one message per phase, or :meth:`play_round`), finalize
+        and evaluate one opened round."""
+        if self.one_message_rounds:
+            finalized = self.play_round(report)
+        else:
+            committed = self.commit(report)
+            revealed = self.reveal(report, committed)
+            finalized = self.attest(report, revealed)
         self._settle_missing_reveals(report)
         if not finalized:
             return None
@@ -268,15 +294,9 @@ class CommitRevealStrategy(Strategy):
                                  report, timeout=self.spec.rounds.commit_s)  # fmt: skip
         committed = self._split(report, replies, "committed")
         report.committed = [self._addresses[n] for n in committed]
-        losses, weights = [], []
         for reply in committed.values():
-            metrics = reply.content[METRICS]
-            report.add_gas("commit", int(metrics["gas"]))
-            report.epsilon_max = max(report.epsilon_max, float(metrics["epsilon"]))
-            losses.append(float(metrics["train-loss"]))
-            weights.append(int(metrics["num-examples"]))
-        if weights and sum(weights):
-            report.train_loss = sum(l * w for l, w in zip(losses, weights, strict=True)) / sum(weights)
+            report.add_gas("commit", int(reply.content[METRICS]["gas"]))
+        _record_training(report, [reply.content[METRICS] for reply in committed.values()])
         return committed
 
     def reveal(self, report: RoundReport, committed: dict[int, Message]) -> dict[int, Message]:
@@ -310,6 +330,50 @@ class CommitRevealStrategy(Strategy):
         if phase != "finalized":
             return self._fail(report, f"no attestation quorum ({len(attested)} attestations; phase '{phase}')")
         return True
+
+    def play_round(self, report: RoundReport) -> bool:
+        """One message per round (a deployment): ``train.round`` to the sampled nodes,
+        which commit, reveal and attest on their own as the chain's phases pass (see
+        :func:`~deai_flower.participant.handlers.handle_round`), waited for at most the
+        round's three durations; True when the chain finalized the round.
+
+        The revealers are read from the chain; the committers, attesters, declines,
+        errors and exclusions from the replies.
+        """
+        self._mark(report, "round")
+        sampled = self._sampled_nodes()
+        report.sampled = [self._addresses[n] for n in sampled]
+        log(INFO, "round %s: %s of %s nodes sampled", report.round, len(sampled), len(self._addresses))
+        replies = self._exchange(sampled, "train.round", {"round": report.round, "model-cid": report.model_cid},
+                                 report, timeout=self._longest_phase(), until_closed=True)  # fmt: skip
+        trained = []
+        for reply in replies:
+            address = self._addresses.get(reply.metadata.src_node_id, str(reply.metadata.src_node_id))
+            if reply.has_error():
+                report.errors[address] = reply.error.reason
+                log(WARNING, "round %s: node %s failed: %s", report.round, address, reply.error.reason)
+                continue
+            status, metrics = reply.content[STATUS], reply.content[METRICS] if METRICS in reply.content else {}
+            if status.get("state") == "declined":
+                report.declined[address] = str(status.get("reason", ""))
+                continue
+            report.committed.append(address)
+            trained.append(metrics)
+            for step in ("commit", "reveal", "attest"):
+                if f"{step}-gas" in metrics:
+                    report.add_gas(step, int(metrics[f"{step}-gas"]))
+            if "attest-gas" in metrics:
+                report.attested.append(address)
+        _record_training(report, trained)
+        self._record_exclusions(report, replies)
+        phase = self.contract.phase(self.run_id, report.round)
+        if phase != "finalized":
+            self._fail(report, f"round not finalized: {len(report.attested)} attestations, phase '{phase}'")
+        # the reveal phase is over either way: the chain's list of revealers is final
+        opened = int(self._round_state.get("openedBlock", 0))
+        report.revealed = [str(r["participant"]) for r in self.contract.final_reveals(self.run_id, report.round,
+                                                                                      from_block=opened)]  # fmt: skip
+        return phase == "finalized"
 
     def finalize(self, report: RoundReport) -> ArrayRecord | None:
         """The model the chain finalized, fetched by its CID and checked."""
@@ -369,7 +433,15 @@ class CommitRevealStrategy(Strategy):
     # ------------------------------------------------------------------ helpers
 
     def _exchange(self, node_ids: Iterable[int], message_type: str, config: dict[str, Any],
-                  report: RoundReport | None, *, timeout: float) -> list[Message]:  # fmt: skip
+                  report: RoundReport | None, *, timeout: float, until_closed: bool = False) -> list[Message]:  # fmt: skip
+        """Send ``message_type`` to ``node_ids``; the replies back within ``timeout``.
+
+        With :attr:`reply_poll_s`, the SuperLink is asked for replies that often (rather
+        than every 3 s, as Flower's ``send_and_receive`` does), and with ``until_closed``
+        stragglers are waited for at most :data:`_STRAGGLER_GRACE_S` seconds once the
+        chain has closed the report's round (finalized or failed): a node that died
+        mid-round does not hold the round up for the whole timeout.
+        """
         assert self._grid is not None
         group = str(report.round if report is not None else config.get("round", 0))
         messages = [
@@ -379,7 +451,25 @@ class CommitRevealStrategy(Strategy):
         ]
         if not messages:
             return []
-        return list(self._grid.send_and_receive(messages, timeout=float(timeout)))
+        if self.reply_poll_s is None:
+            return list(self._grid.send_and_receive(messages, timeout=float(timeout)))
+        pending = set(self._grid.push_messages(messages))
+        replies: list[Message] = []
+        end, closed_at = time.monotonic() + timeout, None
+        while pending and time.monotonic() < end:
+            for reply in self._grid.pull_messages(list(pending)):
+                pending.discard(reply.metadata.reply_to_message_id)
+                replies.append(reply)
+            if not pending:
+                break
+            if until_closed and report is not None and closed_at is None \
+                    and self.contract.phase(self.run_id, report.round) in ("finalized", "failed"):  # fmt: skip
+                closed_at = time.monotonic()
+            if closed_at is not None and time.monotonic() - closed_at > _STRAGGLER_GRACE_S:
+                log(WARNING, "round %s closed on chain; %s node(s) did not answer", report.round, len(pending))  # type: ignore[union-attr]
+                break
+            time.sleep(self.reply_poll_s)
+        return replies
 
     def _discover(self, grid: Grid) -> None:
         """Learn the chain address of every node not asked before, keeping only nodes
@@ -472,16 +562,21 @@ class CommitRevealStrategy(Strategy):
         (its participants' pending reveals lived in that coordinator's run; it fails at
         its deadlines and the new attempt has the same model).
         """
-        run = self.contract.get_run(self.run_id)
-        round_id = int(run["currentRound"])
-        if round_id:
+        while True:
+            run = self.contract.get_run(self.run_id)
+            round_id = int(run["currentRound"])
+            if not round_id:
+                break
             phase = self.contract.phase(self.run_id, round_id)
-            state = self.contract.get_round(self.run_id, round_id) if phase != "failed" else {}
+            if phase in ("failed", "finalized"):  # finalized: the run is complete
+                break
+            state = self.contract.get_round(self.run_id, round_id)
             if phase == "commit" and int(state["commitCount"]) == 0:
                 return run, state, None
-            if phase in ("commit", "reveal", "attest"):
-                log(WARNING, "round attempt %s is still in phase '%s'; letting its deadlines pass", round_id, phase)
-                self.contract.node.advance_to(int(state["attestDeadline"]), timeout=self._longest_phase())
+            # Nodes may still play it (on one-message rounds, without a coordinator) and
+            # finalize it meanwhile, which opens the next round: read the chain again.
+            log(WARNING, "round attempt %s is still in phase '%s'; letting its deadlines pass", round_id, phase)
+            self.contract.node.advance_to(int(state["attestDeadline"]), timeout=self._longest_phase())
         round_id, tx = self.contract.open_round(self.run_id)
         return self.contract.get_run(self.run_id), self.contract.get_round(self.run_id, round_id), tx
 
@@ -611,6 +706,15 @@ class CommitRevealStrategy(Strategy):
     def summary(self) -> None:
         log(INFO, "\t├── CommitRevealStrategy: contract %s, run %s", self.contract.address, self.run_id)
         log(INFO, "\t└── committee size %s, rule %s", self.spec.rounds.committee_size, self.spec.rule.name)
+
+
+def _record_training(report: RoundReport, metrics: list[Any]) -> None:
+    """The round's largest ε and example-weighted training loss, from the committers' metrics."""
+    for m in metrics:
+        report.epsilon_max = max(report.epsilon_max, float(m["epsilon"]))
+    weights = [int(m["num-examples"]) for m in metrics]
+    if sum(weights):
+        report.train_loss = sum(float(m["train-loss"]) * w for m, w in zip(metrics, weights, strict=True)) / sum(weights)
 
 
 def _plain(arrays: ArrayRecord) -> dict[str, Any]:

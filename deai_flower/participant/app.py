@@ -20,7 +20,7 @@ from flwr.clientapp import ClientApp
 
 from ..errors import ConfigError, ProtocolError
 from ..messages import CONFIG
-from .handlers import handle_attest, handle_commit, handle_evaluate, handle_identity, handle_reveal
+from .handlers import handle_attest, handle_commit, handle_evaluate, handle_identity, handle_reveal, handle_round
 from .locator import RunLocator
 from .participant import Participant
 
@@ -96,4 +96,5 @@ client_app.query("identity")(_serve(handle_identity))
 client_app.train("commit")(_serve(handle_commit))
 client_app.train("reveal")(_serve(handle_reveal))
 client_app.train("attest")(_serve(handle_attest))
+client_app.train("round")(_serve(handle_round))
 client_app.evaluate()(_serve(handle_evaluate))

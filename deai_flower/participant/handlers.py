@@ -1,4 +1,5 @@
-"""A participant's phase handlers: identity, train + commit, reveal, attest, evaluate.
+"""A participant's handlers: identity, train + commit, reveal, attest (or all three on one
+message), evaluate.
 
 Each handler acts on chain with the participant's own key and talks to the coordinator
 only to be told *when* to act. Nothing the coordinator sends is trusted for content:
@@ -51,7 +52,7 @@ from .participant import Participant
 from .run_view import RunView, run_view
 from .scoring import contribution_scores
 
-__all__ = ["handle_attest", "handle_commit", "handle_evaluate", "handle_identity", "handle_reveal",
+__all__ = ["handle_attest", "handle_commit", "handle_evaluate", "handle_identity", "handle_reveal", "handle_round",
            "revealed_updates"]
 
 _LEDGER = "privacy-ledger"
@@ -222,11 +223,19 @@ def _ensure_stake(view: RunView) -> int:
     return gas + tx.gas_used
 
 
+#: A step's outcome: the reply's status entries and its metrics (None: no metrics).
+Step = tuple[dict[str, Any], dict[str, Any] | None]
+
+
 def handle_commit(participant: Participant, message: Message, context: Context) -> Message:
     """Fetch the chain's global model, train with DP-SGD under the spec's settings,
     commit to the update's hash."""
     round_id, view = _round_and_view(participant, message)
-    config = message.content[CONFIG]
+    status, metrics = _commit(participant, view, context, round_id, message.content[CONFIG])
+    return _reply(message, status=status, metrics=metrics)
+
+
+def _commit(participant: Participant, view: RunView, context: Context, round_id: int, config: Any) -> Step:
     contract, spec = view.contract, view.spec
     started = time.perf_counter()
 
@@ -243,7 +252,7 @@ def handle_commit(participant: Participant, message: Message, context: Context) 
         reason = (f"its {len(view.data.y)} training examples exceed the {bound} it is registered with "
                   "(the contract refuses a reveal above the bound)")  # fmt: skip
         log(WARNING, "participant %s declines round %s: %s", participant.label, round_id, reason)
-        return _reply(message, status={"state": "declined", "reason": reason, "address": participant.address})
+        return {"state": "declined", "reason": reason, "address": participant.address}, None
     stake_gas = _ensure_stake(view)
     ledger = _load_ledger(view, context)
     try:
@@ -263,7 +272,7 @@ def handle_commit(participant: Participant, message: Message, context: Context) 
         )
     except PrivacyBudgetExhaustedError as exc:
         log(INFO, "participant %s declines round %s: %s", participant.label, round_id, exc)
-        return _reply(message, status={"state": "declined", "reason": str(exc), "address": participant.address})
+        return {"state": "declined", "reason": str(exc), "address": participant.address}, None
     _save_ledger(view, context, ledger)
     train_seconds = time.perf_counter() - started
 
@@ -311,10 +320,9 @@ def handle_commit(participant: Participant, message: Message, context: Context) 
             "salt": salt,
         }
     )
-    return _reply(
-        message,
-        status={"state": "committed", "address": participant.address, "cid": cid},
-        metrics={
+    return (
+        {"state": "committed", "address": participant.address, "cid": cid},
+        {
             "num-examples": trained.num_examples,
             "epsilon": trained.epsilon,
             "noise-multiplier": trained.noise_multiplier,
@@ -330,6 +338,11 @@ def handle_commit(participant: Participant, message: Message, context: Context) 
 def handle_reveal(participant: Participant, message: Message, context: Context) -> Message:
     """Upload the committed blob and reveal its preimage on chain."""
     round_id, view = _round_and_view(participant, message)
+    status, metrics = _reveal(participant, view, context, round_id)
+    return _reply(message, status=status, metrics=metrics)
+
+
+def _reveal(participant: Participant, view: RunView, context: Context, round_id: int) -> Step:
     pending = context.state[_PENDING] if _PENDING in context.state else None
     if (pending is None or int(pending["round"]) != round_id
             or str(pending.get("contract", view.contract.address)) != view.contract.address
@@ -357,7 +370,7 @@ def handle_reveal(participant: Participant, message: Message, context: Context) 
         salt=bytes(pending["salt"]),
     )
     del context.state[_PENDING]
-    return _reply(message, status={"state": "revealed", "address": participant.address}, metrics={"gas": tx.gas_used})
+    return {"state": "revealed", "address": participant.address}, {"gas": tx.gas_used}
 
 
 def revealed_updates(
@@ -428,27 +441,31 @@ def _exclusions(rejected: dict[str, Refusal]) -> dict[str, list[str]]:
             "excluded-verdicts": [r.verdict for r in rejected.values()]}  # fmt: skip
 
 
-def _finalized_reply(message: Message, view: RunView, result_cid: str, rejected: dict[str, Refusal]) -> Message:
-    """Reply of an attester that found the round already finalized by the quorum."""
+def _finalized(view: RunView, result_cid: str, rejected: dict[str, Refusal]) -> Step:
+    """Outcome of an attester that found the round already finalized by the quorum."""
     final = cid_from_bytes(bytes(view.contract.get_run(view.run_id)["modelCid"]))
     state = "agreed" if final == result_cid else "disagreed"
-    return _reply(message, status={"state": state, "address": view.account.address, "cid": result_cid,
-                                   **_exclusions(rejected)})  # fmt: skip
+    return {"state": state, "address": view.account.address, "cid": result_cid, **_exclusions(rejected)}, None
 
 
-def _late_reply(message: Message, view: RunView) -> Message:
-    """Reply of a committee member asked after the quorum had finalized the round: there
+def _late(view: RunView) -> Step:
+    """Outcome of a committee member asked after the quorum had finalized the round: there
     is nothing left to attest (`deai verify` replays the round for anyone who wants to)."""
-    return _reply(message, status={"state": "late", "address": view.account.address})
+    return {"state": "late", "address": view.account.address}, None
 
 
 def handle_attest(participant: Participant, message: Message, context: Context) -> Message:
     """Aggregate the round's revealed updates with the spec's rule and attest the result's CID."""
     round_id, view = _round_and_view(participant, message)
+    status, metrics = _attest(participant, view, round_id)
+    return _reply(message, status=status, metrics=metrics)
+
+
+def _attest(participant: Participant, view: RunView, round_id: int) -> Step:
     contract = view.contract
     phase = contract.phase(view.run_id, round_id)
     if phase == "finalized":
-        return _late_reply(message, view)
+        return _late(view)
     if phase != "attest":  # reveals may still come (or the round failed): nothing final to aggregate
         raise ProtocolError(f"asked to attest round {round_id} in its {phase} phase")
     try:
@@ -456,7 +473,7 @@ def handle_attest(participant: Participant, message: Message, context: Context) 
     except ContractRevertError:
         # finalized since (its finalization opened the next round), or not current at all
         if contract.phase(view.run_id, round_id) == "finalized":
-            return _late_reply(message, view)
+            return _late(view)
         raise
     updates, rejected = revealed_updates(view, round_id, opened_block)
     for address, reason in rejected.items():
@@ -477,12 +494,74 @@ def handle_attest(participant: Participant, message: Message, context: Context) 
         # eth_call check refuses the attestation before anything is sent).
         if contract.phase(view.run_id, round_id) != "finalized":
             raise
-        return _finalized_reply(message, view, result_cid, rejected)
-    return _reply(
-        message,
-        status={"state": "attested", "address": participant.address, "cid": result_cid, **_exclusions(rejected)},
-        metrics={"gas": tx.gas_used, "excluded": len(rejected)},
-    )
+        return _finalized(view, result_cid, rejected)
+    return ({"state": "attested", "address": participant.address, "cid": result_cid, **_exclusions(rejected)},
+            {"gas": tx.gas_used, "excluded": len(rejected)})  # fmt: skip
+
+
+def handle_round(participant: Participant, message: Message, context: Context) -> Message:
+    """Play a whole round on one message: train and commit; once the commit phase is over,
+    reveal; once the reveal phase is over, aggregate and attest (a committee member).
+
+    What a deployment's coordinator sends (``train.round``): every sampled node runs its
+    message at the same time, so the chain's phases, not further messages, pace the
+    steps, and a round costs each node one ClientApp start instead of three. The steps
+    are the ones :func:`handle_commit`, :func:`handle_reveal` and :func:`handle_attest`
+    take. The reply's ``state`` is the last step's (``declined``, ``committed`` when the
+    round closed before a reveal, ``revealed`` outside the committee, or an attester's
+    state), ``update-cid`` the committed update's CID, and each step's gas is
+    ``commit-gas``, ``reveal-gas``, ``attest-gas``.
+    """
+    round_id, view = _round_and_view(participant, message)
+    status, metrics = _commit(participant, view, context, round_id, message.content[CONFIG])
+    if status["state"] != "committed" or metrics is None:
+        return _reply(message, status=status, metrics=metrics)
+    status["update-cid"] = status.pop("cid")
+    metrics["commit-gas"] = metrics.pop("gas")
+    phase = _await_phase_end(view, round_id, "commit", "commitDeadline")
+    if phase != "reveal":
+        return _reply(message, status={**status, "phase": phase}, metrics=metrics)
+    revealed, gas = _reveal(participant, view, context, round_id)
+    status["state"] = revealed["state"]
+    metrics["reveal-gas"] = (gas or {})["gas"]
+    attests = view.contract.in_committee(view.run_id, round_id, participant.address)
+    phase = _await_phase_end(view, round_id, "reveal", "revealDeadline")
+    if attests and phase in ("attest", "finalized"):
+        attested, gas = _attest(participant, view, round_id)
+        status.update(attested)
+        if gas is not None:
+            metrics["attest-gas"], metrics["excluded"] = gas["gas"], gas["excluded"]
+    return _reply(message, status={**status, "phase": phase}, metrics=metrics)
+
+
+#: How often a node playing a whole round asks the chain whether a phase has ended.
+_PHASE_POLL_S = 0.2
+
+
+def _await_phase_end(view: RunView, round_id: int, phase: str, deadline_key: str) -> str:
+    """Wait until the round leaves ``phase`` (every sampled node committed, every committer
+    revealed, or the phase's deadline passed); return the phase it is in then.
+
+    The chain's clock moves only with its blocks: once the deadline is due, this node
+    moves the clock there itself (:meth:`~deai_flower.chain.node.ChainNode.advance_to`: a
+    development chain mines a block at the deadline, any other is waited for), so the
+    phase closes even when no other transaction comes.
+    """
+    contract, node = view.contract, view.contract.node
+    current = contract.phase(view.run_id, round_id)
+    if current != phase:
+        return current
+    deadline = int(contract.get_round(view.run_id, round_id)[deadline_key])
+    due = time.monotonic() + max(0, deadline - node.now())
+    while current == phase:
+        if time.monotonic() >= due:
+            rounds = view.spec.rounds
+            node.advance_to(deadline, timeout=float(rounds.commit_s + rounds.reveal_s + rounds.attest_s))
+            due = float("inf")
+        else:
+            time.sleep(_PHASE_POLL_S)
+        current = contract.phase(view.run_id, round_id)
+    return current
 
 
 def handle_evaluate(participant: Participant, message: Message, context: Context) -> Message:

@@ -50,8 +50,8 @@ def test_a_killed_supernode_is_done_without_and_takes_part_again_after_a_restart
         net.wait_for_nodes(3)
         flwr_run = net.run(net.coordinator_run_config(created, tmp_path / "results"))
         victim = net.supernodes["silo-2"]
-        # killed as soon as round 1 asked it to commit (its ClientApp with it)
-        _wait("round 1's train.commit at silo-2", lambda: "train.commit" in victim.log(), timeout=600)
+        # killed as soon as round 1 asked it to play (its ClientApp with it)
+        _wait("round 1's train.round at silo-2", lambda: "train.round" in victim.log(), timeout=600)
         net.stop_process(victim.process, sig=signal.SIGKILL)
         reader = RoundsContract(net.anvil.connect(), created.contract, Account.create())  # type: ignore[union-attr]
         _wait("round 1 leaving its commit phase",
@@ -73,7 +73,9 @@ def test_a_killed_supernode_is_done_without_and_takes_part_again_after_a_restart
 def test_a_coordinator_stopped_mid_run_is_resumed_from_the_chain(tmp_path: Path) -> None:
     """``flwr stop`` while round 2 is being played; ``flwr run`` again with the same run
     config: the new coordinator reads what the chain finalized, lets the round in flight
-    lapse, and plays the rounds still missing; ``deai verify`` checks all of them.
+    end (its nodes, each on its one message of the round, may still finalize it without
+    a coordinator; or it lapses), and plays the rounds still missing; ``deai verify``
+    checks all of them.
 
     Non-private: the silos that trained and committed in the lapsed attempt spent ε on it
     (their ledgers say so), so a private run planned to spend its budget in exactly
@@ -103,6 +105,8 @@ def test_a_coordinator_stopped_mid_run_is_resumed_from_the_chain(tmp_path: Path)
         _wait("a commit of round 2", in_round_two, timeout=900)
         net.flwr("stop", str(first), "consortium")
         _wait("the first coordinator to stop", lambda: net.status(first).startswith("finished"), timeout=120)
+        # read after the stop: the nodes may have finalized round 2 meanwhile
+        done_before = int(reader.get_run(created.run_id)["finalizedRounds"])
         second = net.run(run_config)
         status = net.wait(second, timeout=1500)
         if status != "finished:completed":
@@ -114,7 +118,8 @@ def test_a_coordinator_stopped_mid_run_is_resumed_from_the_chain(tmp_path: Path)
             print("FIRST\n", net.server_log(first)[-6000:], "\nSECOND\n", net.server_log(second)[-6000:],
                   file=sys.stderr)  # fmt: skip
         assert int(reader.get_run(created.run_id)["finalizedRounds"]) == ROUNDS, summary
-        assert [r["status"] for r in rounds if r["status"] == "finalized"] == ["finalized"] * (ROUNDS - 1)
+        # the new coordinator played what was missing (round 2's nodes may have finalized it since `done_before`)
+        assert 1 <= len([r for r in rounds if r["status"] == "finalized"]) <= ROUNDS - done_before, summary
         verify = subprocess.run([str(Path(sys.executable).parent / "deai"), "verify", "--rpc", net.rpc, "--contract",
                                  created.contract, "--run-id", str(created.run_id), "--store-root",
                                  str(tmp_path / "store")], capture_output=True, text=True, timeout=300)  # fmt: skip

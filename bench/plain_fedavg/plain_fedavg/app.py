@@ -67,6 +67,34 @@ class TimedFedAvg(FedAvg):
         return out
 
 
+#: How often the coordinator asks the SuperLink for replies: what a deployed deai-flower
+#: coordinator does (Flower's own ``send_and_receive`` asks every 3 s), so that the two
+#: arms of the comparison wait for replies alike.
+REPLY_POLL_S = 0.5
+
+
+class PollingGrid:
+    """``grid``, but ``send_and_receive`` asks for replies every ``every`` seconds."""
+
+    def __init__(self, grid: Grid, every: float) -> None:
+        self._grid, self._every = grid, every
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        pending = set(self._grid.push_messages(messages))
+        end = time.monotonic() + (timeout if timeout is not None else float("inf"))
+        replies: list[Message] = []
+        while pending and time.monotonic() < end:
+            for reply in self._grid.pull_messages(list(pending)):
+                pending.discard(reply.metadata.reply_to_message_id)
+                replies.append(reply)
+            if pending:
+                time.sleep(self._every)
+        return replies
+
+
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
     from deai_flower.storage import decode_arrays
@@ -82,8 +110,9 @@ def main(grid: Grid, context: Context) -> None:
     strategy = TimedFedAvg(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=nodes,
                            min_evaluate_nodes=nodes, min_available_nodes=nodes)  # fmt: skip
     started = time.perf_counter()
-    strategy.start(grid=grid, initial_arrays=ArrayRecord({k: Array(v) for k, v in arrays.items()}),
-                   num_rounds=spec.rounds.num_rounds)  # fmt: skip
+    strategy.start(grid=PollingGrid(grid, REPLY_POLL_S),  # type: ignore[arg-type]
+                   initial_arrays=ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+                   num_rounds=spec.rounds.num_rounds)
     out = Path(str(context.run_config["output-dir"]))
     out.mkdir(parents=True, exist_ok=True)
     (out / "plain.json").write_text(json.dumps({"nodes": nodes, "rounds": strategy.rounds,

@@ -58,7 +58,8 @@ def create_run(d: Deployment, store: LocalStore, spec: RunSpec, *, stored: RunSp
     return d.create_run(specHash=spec.digest(), initialModelCid=cid_to_bytes(initial),
                         numRounds=spec.rounds.num_rounds, quorum=spec.rounds.quorum,
                         minReveals=spec.rounds.min_reveals, epsilonBudgetWad=to_wad(spec.privacy.epsilon),
-                        deltaWad=to_wad(spec.privacy.delta))  # fmt: skip
+                        deltaWad=to_wad(spec.privacy.delta), commitDuration=spec.rounds.commit_s,
+                        revealDuration=spec.rounds.reveal_s, attestDuration=spec.rounds.attest_s)  # fmt: skip
 
 
 def message(message_type: str, config: dict[str, Any], *, node_id: int = 7) -> Message:
