@@ -521,10 +521,11 @@ def handle_round(participant: Participant, message: Message, context: Context) -
     phase = _await_phase_end(view, round_id, "commit", "commitDeadline")
     if phase != "reveal":
         return _reply(message, status={**status, "phase": phase}, metrics=metrics)
+    # asked while the round is in its reveal phase: inCommittee refuses a finalized round
+    attests = view.contract.in_committee(view.run_id, round_id, participant.address)
     revealed, gas = _reveal(participant, view, context, round_id)
     status["state"] = revealed["state"]
-    metrics["reveal-gas"] = (gas or {})["gas"]
-    attests = view.contract.in_committee(view.run_id, round_id, participant.address)
+    metrics["reveal-gas"] = gas["gas"] if gas else 0
     phase = _await_phase_end(view, round_id, "reveal", "revealDeadline")
     if attests and phase in ("attest", "finalized"):
         attested, gas = _attest(participant, view, round_id)

@@ -145,7 +145,7 @@ def test_one_message_rounds_close_a_phase_at_its_deadline_without_the_absent_sil
     until the commit deadline, move the clock there themselves, and finalize the round."""
     admin, configs = consortium_with_dev_clock
     store = LocalStore(tmp_path / "store")
-    spec = small_spec(rounds=dataclasses.replace(small_spec().rounds, commit_s=3))
+    spec = small_spec(rounds=dataclasses.replace(small_spec().rounds, commit_s=15))  # training fits, loaded or not
     run_id = create_run(Deployment(node=admin.node, admin=admin, clients=[]), store, spec)
     round_id, _ = admin.open_round(run_id)
     locator = {"contract": admin.address, "run-id": run_id, "chain-url": "http://coordinator.invalid:1",
