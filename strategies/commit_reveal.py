@@ -558,9 +558,11 @@ class CommitRevealStrategy(Strategy):
         The attestation that finalizes a round opens the next, so normally that round is
         in its commit phase with no commit yet, and it is played as it is. Otherwise a new
         attempt is opened: for the first round, after a failed one, or after a coordinator
-        restart, when a round the previous coordinator left in flight is waited out first
-        (its participants' pending reveals lived in that coordinator's run; it fails at
-        its deadlines and the new attempt has the same model).
+        restart, when a round the previous coordinator left in flight is waited out first:
+        on one-message rounds its nodes may still finalize it (the next round is then
+        played as it is); otherwise it fails at its deadlines, since its participants'
+        pending reveals lived in that coordinator's run, and the new attempt has the same
+        model.
         """
         while True:
             run = self.contract.get_run(self.run_id)
