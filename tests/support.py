@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
@@ -66,3 +67,16 @@ def compose_with(*overrides: str) -> Any:
     register_configs()
     with initialize_config_module(config_module="deai_flower.conf", version_base=None):
         return compose(config_name="config", overrides=list(overrides))
+
+
+#: The small experiment several e2e modules check: 3 clients, 2 rounds of one epoch.
+SMALL_RUN = ["num_clients=3", "num_rounds=2", "progress=false", "training.local_epochs=1"]
+
+
+@dataclass(frozen=True)
+class SmallRun:
+    """A finished :data:`SMALL_RUN` (the session fixture ``small_run`` of tests/e2e)."""
+
+    out: Path  # its output directory: results.json, run.json, store/
+    results: dict[str, Any]
+    state_dir: Path  # each client's privacy-ledger file

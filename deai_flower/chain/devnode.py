@@ -8,12 +8,15 @@ any source tree. :class:`AnvilNode` starts it on a free loopback port and stops 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -32,6 +35,20 @@ def npm_cache_dir() -> Path:
     """Where :func:`install_anvil` installs npm packages (the user's cache directory)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "deai-flower" / "npm"
+
+
+@contextmanager
+def npm_prefix_lock(prefix: Path) -> Iterator[None]:
+    """Hold ``prefix`` for one ``npm install`` at a time, across processes.
+
+    Test workers running in parallel may all find a package missing; the first installs
+    it while the others wait, then find it installed. anvil and js-ipfs share the prefix,
+    and npm rewrites its whole ``node_modules`` on each install.
+    """
+    prefix.mkdir(parents=True, exist_ok=True)
+    with open(prefix / ".install.lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        yield
 
 
 def _node_modules_binary(node_modules: Path) -> Path | None:
@@ -75,13 +92,18 @@ def install_anvil(*, timeout: float = 600.0) -> Path:
     if npm is None:
         raise ChainUnavailableError("npm is not installed, so anvil cannot be installed (install Node.js and npm)")
     prefix = npm_cache_dir()
-    prefix.mkdir(parents=True, exist_ok=True)
-    cmd = [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--no-save", ANVIL_NPM_SPEC]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise ChainUnavailableError(f"npm install {ANVIL_NPM_SPEC} did not finish within {timeout:.0f}s") from exc
-    binary = _node_modules_binary(prefix / "node_modules")
+    # Saved in the prefix's package.json: npm removes what it does not list when it
+    # installs something else there (js-ipfs).
+    cmd = [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--save-exact", ANVIL_NPM_SPEC]
+    with npm_prefix_lock(prefix):
+        binary = _node_modules_binary(prefix / "node_modules")
+        if binary is not None:  # installed meanwhile by another process
+            return binary
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise ChainUnavailableError(f"npm install {ANVIL_NPM_SPEC} did not finish within {timeout:.0f}s") from exc
+        binary = _node_modules_binary(prefix / "node_modules")
     if done.returncode != 0 or binary is None:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         raise ChainUnavailableError(f"npm install {ANVIL_NPM_SPEC} failed: {tail[0]}")

@@ -20,6 +20,7 @@ talks to any node's RPC API.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -104,10 +105,17 @@ def _install_js_ipfs(prefix: Path) -> None:
     if npm is None:
         raise StoreUnavailableError("js-ipfs is not installed and `npm` is not on PATH to install it")
     prefix.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", f"ipfs@{JS_IPFS_VERSION}"],
-        capture_output=True, text=True, timeout=1800, check=False,
-    )  # fmt: skip
+    # One npm install into the prefix at a time (parallel test workers; anvil installs
+    # there too): the lock of deai_flower.chain.devnode.npm_prefix_lock, not imported
+    # here to keep the chain stack out of the store's imports.
+    with open(prefix / ".install.lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        if _js_ipfs_cli(prefix).is_file():  # installed meanwhile by another process
+            return
+        result = subprocess.run(
+            [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", f"ipfs@{JS_IPFS_VERSION}"],
+            capture_output=True, text=True, timeout=1800, check=False,
+        )  # fmt: skip
     if result.returncode != 0 or not _js_ipfs_cli(prefix).is_file():
         tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
         raise StoreUnavailableError(f"npm could not install ipfs@{JS_IPFS_VERSION}: {' | '.join(tail)}")

@@ -68,19 +68,25 @@ def test_store_commands_import_no_ml_stack(tmp_path: Path) -> None:
     assert modules_loaded_by(code, tmp_path) == set()
 
 
+@pytest.fixture(scope="module")
+def main_job(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """One run of the main job from the command line, and its output directory (read by two tests)."""
+    cwd = tmp_path_factory.mktemp("main-job")
+    out = cwd / "out"
+    return run_cli("num_clients=3", "num_rounds=1", "progress=false", f"hydra.run.dir={out}", cwd=cwd), out
+
+
 @pytest.mark.slow
-def test_a_run_prints_its_summary_first(tmp_path: Path) -> None:
-    result = run_cli("num_clients=3", "num_rounds=1", "progress=false", f"hydra.run.dir={tmp_path / 'out'}",
-                     cwd=tmp_path)  # fmt: skip
+def test_a_run_prints_its_summary_first(main_job: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    result, _ = main_job
     assert result.returncode == 0, result.stderr[-2000:]
     first = result.stdout.splitlines()[0]
     assert first.startswith("deai-flower: 3 clients × 1 rounds, fedavg, mlp on digits") and first.endswith("run…")
 
 
 @pytest.mark.slow
-def test_main_job_runs_and_prints_the_table(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    result = run_cli("num_clients=3", "num_rounds=1", "progress=false", f"hydra.run.dir={out}", cwd=tmp_path)
+def test_main_job_runs_and_prints_the_table(main_job: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    result, out = main_job
     assert result.returncode == 0, result.stderr[-2000:]
     assert "accuracy" in result.stdout and "gas used" in result.stdout
     results = json.loads((out / "results.json").read_text())

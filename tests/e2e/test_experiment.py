@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from eth_abi import encode
 from eth_utils import keccak, to_canonical_address
 from safetensors.numpy import load as load_safetensors
 
-from support import compose_with
+from support import SMALL_RUN, SmallRun, compose_with
 
 from deai_flower.simulation.experiment import run_experiment
 from deai_flower.storage import LocalStore
@@ -28,15 +27,11 @@ from deai_flower.verify import RunRecord, verify_run
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["num_clients=3", "num_rounds=2", "progress=false", "training.local_epochs=1"]
 
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    out = tmp_path_factory.mktemp("run")
-    run_experiment(compose_with(*SMALL), output_dir=out)
-    return out, json.loads((out / "results.json").read_text())
+@pytest.fixture
+def finished_run(small_run: SmallRun) -> tuple[Path, dict[str, Any]]:
+    """The session's small run (tests/e2e/conftest.py): read, never changed."""
+    return small_run.out, small_run.results
 
 
 def record_fields(reveal: dict[str, Any]) -> tuple[str, int]:
@@ -128,11 +123,11 @@ def test_noise_is_secret_unless_reproducible_noise_is_asked_for(
     rerun's updates differ. Only privacy.reproducible_noise=true repeats a run exactly,
     and results.json says so."""
     _, first = finished_run
-    again = run_experiment(compose_with(*SMALL), output_dir=tmp_path / "again")
+    again = run_experiment(compose_with(*SMALL_RUN), output_dir=tmp_path / "again")
     assert again["global_model_cids"][0] == first["global_model_cids"][0]
     assert again["global_model_cids"][1:] != first["global_model_cids"][1:]
     assert first["privacy"]["noise"] == "secret"
-    seeded = [run_experiment(compose_with(*SMALL, "privacy.reproducible_noise=true"), output_dir=tmp_path / name)
+    seeded = [run_experiment(compose_with(*SMALL_RUN, "privacy.reproducible_noise=true"), output_dir=tmp_path / name)
               for name in ("a", "b")]  # fmt: skip
     assert seeded[0]["global_model_cids"] == seeded[1]["global_model_cids"]
     assert seeded[0]["privacy"]["noise"].startswith("reproducible")

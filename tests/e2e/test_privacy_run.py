@@ -12,36 +12,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hydra import compose, initialize_config_module
 from opacus.accountants import RDPAccountant
+from support import SMALL_RUN, SmallRun, compose_with
 
 from deai_flower.chain import simulation_key
 from deai_flower.protocol.encoding import from_wad
-from deai_flower.config import register_configs
 from deai_flower.errors import ConfigError
 from deai_flower.simulation.experiment import run_experiment
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["num_clients=3", "num_rounds=2", "progress=false", "training.local_epochs=1"]
+
+@pytest.fixture
+def state_dir(small_run: SmallRun) -> Path:
+    """Where the session's small run (tests/e2e/conftest.py) kept each client's ledger."""
+    return small_run.state_dir
 
 
-def compose_with(*overrides: str):
-    register_configs()
-    with initialize_config_module(config_module="deai_flower.conf", version_base=None):
-        return compose(config_name="config", overrides=list(overrides))
-
-
-@pytest.fixture(scope="module")
-def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("client-state")
-
-
-@pytest.fixture(scope="module")
-def private_run(tmp_path_factory: pytest.TempPathFactory, state_dir: Path) -> dict[str, Any]:
-    out = tmp_path_factory.mktemp("run")
-    run_experiment(compose_with(*SMALL, f"privacy.state_dir={state_dir}"), output_dir=out)
-    return json.loads((out / "results.json").read_text())
+@pytest.fixture
+def private_run(small_run: SmallRun) -> dict[str, Any]:
+    return small_run.results
 
 
 def test_results_record_each_clients_dp_parameters_per_round(private_run: dict[str, Any]) -> None:
@@ -110,7 +100,7 @@ def test_a_restarted_client_past_its_budget_declines_and_the_rounds_finalize_wit
 
     out = tmp_path / "out"
     out.mkdir()
-    results = run_experiment(compose_with(*SMALL, f"privacy.state_dir={restarted}"), output_dir=out)
+    results = run_experiment(compose_with(*SMALL_RUN, f"privacy.state_dir={restarted}"), output_dir=out)
     assert results["contract_address"] == private_run["contract_address"]
     others = {simulation_key(seed=0, role=f"client-{i}").address for i in (1, 2)}
     for r in results["rounds"]:

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from support import compose_with
+from support import SmallRun
 
-from deai_flower.simulation.experiment import run_experiment
 from deai_flower.storage import cid_from_bytes
 from deai_flower.protocol.encoding import parse_reveal_record
 from deai_flower.protocol.outcome import decode_outcome, encode_outcome
@@ -27,13 +26,10 @@ from deai_flower.verify import EPSILON_RTOL, RunRecord, Verification, verify_run
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = compose_with("num_clients=3", "num_rounds=2", "progress=false",
-                       "training.local_epochs=1")  # fmt: skip
-    out = tmp_path_factory.mktemp("verified")
-    run_experiment(cfg, output_dir=out)
-    return out
+@pytest.fixture
+def run_dir(small_run: SmallRun) -> Path:
+    """The session's small run (tests/e2e/conftest.py); tests tamper with copies only."""
+    return small_run.out
 
 
 def verify(out: Path) -> Verification:
