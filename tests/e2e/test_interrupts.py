@@ -97,7 +97,7 @@ def first_start(anvil: AnvilNode, cwd: Path, stop: signal.Signals) -> tuple[subp
     process = start(args, cwd=cwd, logs=cwd, stall_round=3)
     out = wait_for_finalized_rounds(cwd, process, 2)
     process.send_signal(stop)
-    process.wait(timeout=60)
+    process.wait(timeout=120)  # a loaded machine may take a while to unwind
     return process, out
 
 
