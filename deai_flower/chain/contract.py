@@ -487,12 +487,29 @@ class RoundsContract:
         except ChainError as exc:
             raise ChainError(f"reading {what} failed: {exc}") from exc
 
+    def _run_events(self, event: str, what: str, run_id: int, round_id: int | None = None, *,
+                    from_block: int = 0) -> list[dict[str, Any]]:  # fmt: skip
+        """The args of this contract's ``event`` events of ``run_id`` (and of ``round_id``,
+        for events that index it second), in chain order."""
+        signature = "0x" + Web3.keccak(text=getattr(self.contract.events, event).signature).hex().removeprefix("0x")
+        topics = [signature, "0x" + encode(["uint256"], [run_id]).hex()]
+        if round_id is not None:
+            topics.append("0x" + encode(["uint32"], [round_id]).hex())
+        logs = self._logs(what, from_block=from_block, topics=topics)
+        return [e["args"] for e in self._decode_logs(logs)]
+
     def revealed(self, run_id: int, round_id: int, *, from_block: int) -> list[dict[str, Any]]:
         """The ``Revealed`` events of one round, their records decoded (see :func:`_expand_record`)."""
-        signature = "0x" + Web3.keccak(text=self.contract.events.Revealed.signature).hex().removeprefix("0x")
-        topics = [signature, "0x" + encode(["uint256"], [run_id]).hex(), "0x" + encode(["uint32"], [round_id]).hex()]
-        logs = self._logs(f"round {round_id}'s reveals", from_block=from_block, topics=topics)
-        return [e["args"] for e in self._decode_logs(logs)]
+        return self._run_events("Revealed", f"round {round_id}'s reveals", run_id, round_id, from_block=from_block)
+
+    def attestations(self, run_id: int, round_id: int, *, from_block: int = 0) -> list[dict[str, Any]]:
+        """The ``Attested`` events of one round (``attester``, ``resultCid``, ``outcome``)."""
+        return self._run_events("Attested", f"round {round_id}'s attestations", run_id, round_id,
+                                from_block=from_block)  # fmt: skip
+
+    def finalized_rounds(self, run_id: int, *, from_block: int = 0) -> list[dict[str, Any]]:
+        """The ``RoundFinalized`` events of a run (``round``, ``resultCid``), in chain order."""
+        return self._run_events("RoundFinalized", f"run {run_id}'s finalized rounds", run_id, from_block=from_block)
 
     def run_params(self, run_id: int) -> dict[str, Any] | None:
         """The ``RunParams`` ``run_id`` was created with (its ``RunCreated`` event), or None.
@@ -503,13 +520,10 @@ class RoundsContract:
         key = ("RunCreated", self.address, run_id)
         if key in self.node.final_answers:
             return dict(self.node.final_answers[key])
-        signature = "0x" + Web3.keccak(text=self.contract.events.RunCreated.signature).hex().removeprefix("0x")
-        topics = [signature, "0x" + encode(["uint256"], [run_id]).hex()]
-        logs = self._logs(f"run {run_id}'s creation", from_block=0, topics=topics)
-        events = self._decode_logs(logs)
+        events = self._run_events("RunCreated", f"run {run_id}'s creation", run_id)
         if not events:
             return None
-        params = dict(events[0]["args"]["params"])
+        params = dict(events[0]["params"])
         self.node.final_answers[key] = params
         return dict(params)
 
