@@ -40,6 +40,10 @@ class TamperedBlobError(StoreError):
     """A blob's bytes do not hash to the CID it was requested by."""
 
 
+class ResultUnrecoverableError(StoreError):
+    """A finalized result's blob is unavailable and cannot be rebuilt from the round's reveals."""
+
+
 class BlobFormatError(DeaiError):
     """A blob is not a valid canonical model blob (size, header, names, shapes, values)."""
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from eth_utils import is_address, to_checksum_address
 
-from .errors import BlobFormatError, BlobNotFoundError, DeaiError, StoreError, StoreUnavailableError
+from .errors import BlobFormatError, DeaiError, StoreError
 from .incentives import IncentiveReplay, replay_incentives
 from .privacy import PrivacyLedger
 from .protocol.encoding import (
@@ -47,11 +47,11 @@ from .protocol.encoding import (
     votes_needed,
 )
 from .protocol.outcome import OutcomeEntry, Refusal
-from .protocol.rules import RULES, RevealedUpdate, aggregate, minimum_updates
+from .protocol.rules import RULES, RevealedUpdate, minimum_updates
 from .protocol.scores import alignment_scores, loss_improvement_scores
 from .protocol.spec import Release, RunSpec, SpecError, spec_cid
-from .storage import ContentStore, IpfsStore, LocalStore, array_spec, cid_from_bytes, compute_cid
-from .storage import decode_arrays, encode_arrays
+from .recovery import fetch_update, result_blob
+from .storage import ContentStore, IpfsStore, LocalStore, array_spec, cid_from_bytes, compute_cid, decode_arrays
 
 #: Relative tolerance on an ε compared with the one recomputed from revealed parameters
 #: (the chain holds σ, q and δ in 18-decimal fixed point, so recomputation is not exact).
@@ -455,14 +455,9 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
                 verdict.problems.append(f"{who}'s reveal {claim}: excluded")
                 judged[who] = Refusal("dp-claims", claim)
                 continue
-            try:
-                blob_cid = cid_from_bytes(revealed.cid)
-                arrays = decode_arrays(store.get(blob_cid), max_bytes=max_bytes, expected=arrays_spec)
-            except (BlobNotFoundError, StoreUnavailableError) as exc:
-                judged[who] = Refusal("unavailable", str(exc))
-                continue
-            except (StoreError, BlobFormatError) as exc:
-                judged[who] = Refusal("invalid", str(exc))
+            arrays = fetch_update(store, cid_from_bytes(revealed.cid), max_bytes=max_bytes, expected=arrays_spec)
+            if isinstance(arrays, Refusal):
+                judged[who] = arrays
                 continue
             updates[who] = RevealedUpdate(who, revealed.num_examples, arrays)
         verdict.checks.append(f"{len(reveals)} reveals vs commitments, CIDs, ε")
@@ -484,7 +479,7 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
             if len(aggregated) < minimum_updates(rule, rule_params):
                 verdict.problems.append(f"finalized with {len(aggregated)} valid updates, fewer than {rule} needs")
             else:
-                recomputed = compute_cid(encode_arrays(aggregate(rule, aggregated, rule_params)))
+                recomputed = compute_cid(result_blob(spec, aggregated))
                 if recomputed != cid_from_bytes(_bytes(result_cid)):
                     verdict.problems.append(
                         f"{rule} of the valid reveals is {recomputed}, chain finalized "

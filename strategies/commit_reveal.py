@@ -15,7 +15,8 @@ round is six visible steps, each a method below with its own deadline:
    revealers ranked by the beacon: each aggregates the revealed set on its own and
    attests the result's CID; a quorum finalizes it (attest duration);
 5. :meth:`finalize` — read the finalized CID from the chain, fetch that blob and check
-   it against the CID and the model's array spec;
+   it against the CID and the model's array spec (rebuilt from the round's reveals when
+   the store has lost it);
 6. :meth:`evaluate` — score the finalized model: ``evaluate`` to every node that proved
    its identity, each scoring the chain's model on its own held-out data (federated
    evaluation: a deployment has no central test set), and/or a simulation's central test
@@ -53,10 +54,11 @@ from flwr.serverapp.strategy import Result, Strategy
 from deai_flower.chain import RoundsContract, TxResult
 from deai_flower.protocol.encoding import committee_size_of, sampled_count, sampled_indices
 from deai_flower.consortium.identity import CHALLENGE_BYTES, recover_identity, supernode_identity
-from deai_flower.errors import BlobFormatError, ChainError, ConfigError, StoreError
+from deai_flower.errors import BlobFormatError, ChainError, ConfigError, ResultUnrecoverableError, StoreError
 from deai_flower.messages import CONFIG, METRICS, STATUS
 from deai_flower.protocol.spec import RunSpec
-from deai_flower.storage import ContentStore, cid_from_bytes, decode_arrays
+from deai_flower.recovery import fetch_result
+from deai_flower.storage import ContentStore, cid_from_bytes
 
 #: How long a one-message round waits for replies once the chain has closed the round.
 _STRAGGLER_GRACE_S = 5.0
@@ -90,6 +92,8 @@ class RoundReport:
     #: Federated evaluation of the finalized model: per silo and example-weighted.
     federated: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
+    #: How the finalized result was rebuilt when the store had lost it ('' when it had it).
+    recovered: str = ""
 
     def add_gas(self, call: str, gas: int) -> None:
         self.gas_used += gas
@@ -376,16 +380,26 @@ class CommitRevealStrategy(Strategy):
         return phase == "finalized"
 
     def finalize(self, report: RoundReport) -> ArrayRecord | None:
-        """The model the chain finalized, fetched by its CID and checked."""
+        """The model the chain finalized, fetched by its CID and checked.
+
+        When the store has no usable copy, the result is rebuilt from the round's
+        aggregated reveals and used only if it hashes to the finalized CID
+        (:func:`~deai_flower.recovery.fetch_result`); ``report.recovered`` says so.
+        """
         self._mark(report, "finalize")
         report.result_cid = cid_from_bytes(bytes(self.contract.get_run(self.run_id)["modelCid"]))
         try:
-            arrays = decode_arrays(self.store.get(report.result_cid), max_bytes=self.spec.max_blob_bytes,
-                                   expected=self.expected_spec)  # fmt: skip
+            arrays, rebuilt = fetch_result(self.contract, self.run_id, report.result_cid, spec=self.spec,
+                                           store=self.store, expected=self.expected_spec)  # fmt: skip
         except (StoreError, BlobFormatError) as exc:
-            report.status, report.reason = "failed", f"finalized model {report.result_cid} unusable: {exc}"
+            named = isinstance(exc, ResultUnrecoverableError)  # its reason names the CID and what is missing
+            report.status = "failed"
+            report.reason = str(exc) if named else f"finalized model {report.result_cid} unusable: {exc}"
             log(WARNING, "round %s: %s", report.round, report.reason)
             return None
+        if rebuilt is not None:
+            report.recovered = rebuilt.describe()
+            log(WARNING, "round %s: %s", report.round, report.recovered)
         report.status = "finalized"
         return ArrayRecord({k: Array(v) for k, v in arrays.items()})
 

@@ -31,20 +31,18 @@ from ..chain import DpParams, commitment_of
 from ..protocol.encoding import STAGES, from_wad
 from ..consortium.identity import CHALLENGE_BYTES, sign_identity
 from ..errors import (
-    BlobFormatError,
-    BlobNotFoundError,
     ChainError,
     ContractRevertError,
     PrivacyBudgetExhaustedError,
     ProtocolError,
     StoreError,
-    StoreUnavailableError,
 )
 from ..messages import CONFIG, METRICS, STATUS
 from ..models import evaluate, set_arrays
 from ..privacy import PrivacyLedger, ledger_path, load_ledger, save_ledger, train_round
 from ..protocol.outcome import Refusal, encode_outcome
-from ..protocol.rules import RevealedUpdate, aggregate
+from ..protocol.rules import RevealedUpdate
+from ..recovery import fetch_result, fetch_update, result_blob
 from ..verify import dp_claim_problem
 from ..storage import cid_from_bytes, cid_to_bytes, compute_cid, decode_arrays, encode_arrays
 from .locator import RunLocator
@@ -223,6 +221,16 @@ def _ensure_stake(view: RunView) -> int:
     return gas + tx.gas_used
 
 
+def _global_model(view: RunView, model_cid: str) -> dict[str, np.ndarray]:
+    """The chain's global model from the store, rebuilt from its round's reveals when the
+    store has lost it (:func:`~deai_flower.recovery.fetch_result`)."""
+    arrays, rebuilt = fetch_result(view.contract, view.run_id, model_cid, spec=view.spec, store=view.store,
+                                   expected=view.array_spec)  # fmt: skip
+    if rebuilt is not None:
+        log(WARNING, "participant %s: %s", view.participant.label, rebuilt.describe())
+    return arrays
+
+
 #: A step's outcome: the reply's status entries and its metrics (None: no metrics).
 Step = tuple[dict[str, Any], dict[str, Any] | None]
 
@@ -242,7 +250,7 @@ def _commit(participant: Participant, view: RunView, context: Context, round_id:
     model_cid = cid_from_bytes(bytes(contract.get_run(view.run_id)["modelCid"]))
     if str(config.get("model-cid", "")) != model_cid:
         raise ProtocolError(f"coordinator announced model {config.get('model-cid')} but the chain records {model_cid}")
-    global_arrays = decode_arrays(view.store.get(model_cid), max_bytes=spec.max_blob_bytes, expected=view.array_spec)
+    global_arrays = _global_model(view, model_cid)
     set_arrays(view.model, global_arrays)
 
     bound = _example_bound(view)
@@ -391,13 +399,8 @@ def revealed_updates(
     histories = _revealed_histories(view, round_id) if view.spec.private else {}
 
     def fetch(reveal: dict[str, Any]) -> dict[str, np.ndarray] | Refusal:
-        try:
-            blob = view.store.get(cid_from_bytes(reveal["cid"]))
-            return decode_arrays(blob, max_bytes=view.spec.max_blob_bytes, expected=view.array_spec)
-        except (BlobNotFoundError, StoreUnavailableError) as exc:
-            return Refusal("unavailable", str(exc))
-        except (StoreError, BlobFormatError) as exc:
-            return Refusal("invalid", str(exc))
+        return fetch_update(view.store, cid_from_bytes(reveal["cid"]), max_bytes=view.spec.max_blob_bytes,
+                            expected=view.array_spec)  # fmt: skip
 
     # Hashing and decoding release the GIL: a store that allows it is read on all cores.
     workers = max(1, min(len(reveals), getattr(view.store, "read_concurrency", 1)))
@@ -480,9 +483,7 @@ def _attest(participant: Participant, view: RunView, round_id: int) -> Step:
         log(WARNING, "round %s: excluded update of %s: %s", round_id, address, reason)
     if not updates:
         raise ProtocolError(f"round {round_id}: no valid revealed update to aggregate")
-    rule = view.spec.rule
-    aggregated = aggregate(rule.name, updates, dict(rule.params))
-    result_cid = view.store.put(encode_arrays(aggregated))
+    result_cid = view.store.put(result_blob(view.spec, updates))
     global_arrays = decode_arrays(view.store.get(cid_from_bytes(bytes(contract.get_run(view.run_id)["modelCid"]))),
                                   max_bytes=view.spec.max_blob_bytes, expected=view.array_spec)  # fmt: skip
     scores = contribution_scores(view, updates, global_arrays)
@@ -582,8 +583,7 @@ def handle_evaluate(participant: Participant, message: Message, context: Context
     if data.x_eval is None or data.y_eval is None or len(data.y_eval) == 0:
         return _reply(message, status={"state": "no-eval-data", "address": participant.address},
                       metrics={"num-examples": 0})  # fmt: skip
-    arrays = decode_arrays(view.store.get(model_cid), max_bytes=view.spec.max_blob_bytes, expected=view.array_spec)
-    set_arrays(view.model, arrays)
+    set_arrays(view.model, _global_model(view, model_cid))
     loss, accuracy = evaluate(view.model, data.x_eval, data.y_eval, device=view.device)
     log(INFO, "participant %s: round %s model scores accuracy %.4f on %s held-out examples", participant.label,
         round_id, accuracy, len(data.y_eval))  # fmt: skip
