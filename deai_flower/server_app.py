@@ -77,6 +77,18 @@ def _required(run_config: Mapping[str, Any], key: str) -> str:
     return value
 
 
+def _flag(run_config: Mapping[str, Any], key: str, *, default: bool) -> bool:
+    """A yes/no run-config entry; anything but a clear yes or no is refused."""
+    value = str(run_config.get(key, "")).strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise ConfigError(f"run config: '{key}' must be true or false, not '{run_config[key]}'")
+
+
 def _strategy_for(contract: RoundsContract, run_id: int, store: Any, locator: dict[str, Any], **hooks: Any) -> tuple[CommitRevealStrategy, ArrayRecord]:  # fmt: skip
     """The strategy and the chain's current global model, both from what the chain records."""
     spec = fetch_spec(contract, run_id, store)
@@ -100,10 +112,12 @@ def _deployment(grid: Grid, run_config: Mapping[str, Any]) -> None:
     # Deployed nodes reach chain and store through their own endpoints; the locator names
     # the coordinator's only because every message carries all four entries.
     locator = {"contract": contract.address, "run-id": run_id, "chain-url": chain_url, "store": store_at}
-    # No central test set in a deployment: every silo scores each finalized model on its own held-out data.
-    # Every SuperNode runs its message at once: one message per round, unless asked for one per phase.
-    per_phase = str(run_config.get("phase-messages", "false")).strip().lower() in ("1", "true", "yes")
-    strategy, arrays = _strategy_for(contract, run_id, store, locator, federated_evaluation=True,
+    # No central test set in a deployment: every silo scores each finalized model on its own held-out data
+    # (unless the run config turns it off). Every SuperNode runs its message at once: one message per round,
+    # unless asked for one per phase.
+    per_phase = _flag(run_config, "phase-messages", default=False)
+    evaluate = _flag(run_config, "federated-evaluation", default=True)
+    strategy, arrays = _strategy_for(contract, run_id, store, locator, federated_evaluation=evaluate,
                                      one_message_rounds=not per_phase, reply_poll_s=_REPLY_POLL_S)  # fmt: skip
     strategy.start(grid, arrays)
     output_dir = run_config.get("output-dir")

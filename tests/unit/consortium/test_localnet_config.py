@@ -33,3 +33,16 @@ def test_a_deployment_is_a_coordinator_key_without_an_experiment(
     monkeypatch.setattr(server_app, "_simulation", lambda grid, cfg: seen.append("simulation"))
     server_app.coordinate(None, run_config)  # type: ignore[arg-type]
     assert seen == [played]
+
+
+@pytest.mark.parametrize(("value", "expected"), [("", True), (True, True), ("yes", True), (False, False),
+                                                 ("false", False), ("0", False)])  # fmt: skip
+def test_yes_no_run_config_entries_parse_and_default(value: Any, expected: bool) -> None:
+    assert server_app._flag({"federated-evaluation": value}, "federated-evaluation", default=True) is expected
+
+
+def test_a_yes_no_run_config_entry_that_is_neither_is_refused_by_name() -> None:
+    from deai_flower.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'federated-evaluation' must be true or false, not 'maybe'"):
+        server_app._flag({"federated-evaluation": "maybe"}, "federated-evaluation", default=True)
