@@ -17,12 +17,9 @@ from deai_flower.chain import ChainNode, connect_embedded
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-#: Test paths (prefixes) whose tests run on one worker, and the fixture they share. The
-#: deployment tests run one after another besides: each starts a SuperLink, SuperNodes
-#: and a ClientApp process per message, as much as two cores take while a round's
-#: deadlines run.
+#: Test paths (prefixes) whose tests run on one worker, and the fixture they share.
 SHARED_FIXTURES = {
-    "tests/deployment/": "deployment: one SuperLink and its SuperNodes at a time",
+    "tests/deployment/test_hospital_silos.py": "finished_run",
     "tests/e2e/test_experiment.py": "small_run",
     "tests/e2e/test_verify.py": "small_run",
     "tests/e2e/test_privacy_run.py": "small_run",
