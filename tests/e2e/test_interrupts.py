@@ -33,9 +33,11 @@ ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "RAY_USAGE_STATS_ENABLED": "0"}
 #: ``deai-flower`` as its console script runs it, with one silo's reveal of a chosen round
 #: (``DEAI_TEST_STALL_ROUND``) hanging after it wrote ``DEAI_TEST_STALLED``.
 ENTRY = """
-import os, sys, time
+import faulthandler, os, signal, sys, time
 from pathlib import Path
 from deai_flower.participant import handlers
+
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for stacks if a stop hangs
 
 stall, real = int(os.environ.get("DEAI_TEST_STALL_ROUND", "0")), handlers.handle_reveal
 
@@ -97,7 +99,14 @@ def first_start(anvil: AnvilNode, cwd: Path, stop: signal.Signals) -> tuple[subp
     process = start(args, cwd=cwd, logs=cwd, stall_round=3)
     out = wait_for_finalized_rounds(cwd, process, 2)
     process.send_signal(stop)
-    process.wait(timeout=120)  # a loaded machine may take a while to unwind
+    try:
+        process.wait(timeout=120)  # a loaded machine may take a while to unwind
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGUSR1)  # every thread's stack, to stderr
+        time.sleep(3)
+        process.kill()
+        pytest.fail(f"deai-flower did not end within 120 s of {stop.name}; its threads:\n"
+                    + (cwd / "stderr").read_text()[-12000:])  # fmt: skip
     return process, out
 
 
