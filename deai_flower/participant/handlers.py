@@ -44,7 +44,7 @@ from ..protocol.outcome import Refusal, encode_outcome
 from ..protocol.rules import RevealedUpdate
 from ..recovery import fetch_result, fetch_update, result_blob
 from ..verify import dp_claim_problem
-from ..storage import cid_from_bytes, cid_to_bytes, compute_cid, decode_arrays, encode_arrays
+from ..storage import cid_from_bytes, cid_to_bytes, compute_cid, encode_arrays
 from .locator import RunLocator
 from .participant import Participant
 from .run_view import RunView, run_view
@@ -484,8 +484,7 @@ def _attest(participant: Participant, view: RunView, round_id: int) -> Step:
     if not updates:
         raise ProtocolError(f"round {round_id}: no valid revealed update to aggregate")
     result_cid = view.store.put(result_blob(view.spec, updates))
-    global_arrays = decode_arrays(view.store.get(cid_from_bytes(bytes(contract.get_run(view.run_id)["modelCid"]))),
-                                  max_bytes=view.spec.max_blob_bytes, expected=view.array_spec)  # fmt: skip
+    global_arrays = _global_model(view, cid_from_bytes(bytes(contract.get_run(view.run_id)["modelCid"])))
     scores = contribution_scores(view, updates, global_arrays)
     outcome = encode_outcome(scores, {address: refusal.verdict for address, refusal in rejected.items()})
     try:
