@@ -243,6 +243,20 @@ class LocalConsortium:
                 raise LocalnetError(f"{len(online)} of {count} SuperNodes online after {timeout:.0f}s: {nodes}")
             time.sleep(1.0)
 
+    def wait_until_offline(self, node_id: int, *, timeout: float = 120.0) -> None:
+        """Wait until the SuperLink reports SuperNode ``node_id`` offline: a node killed without
+        saying goodbye stays online there for two missed heartbeats (60 s by default), and a
+        SuperNode started with its key before then is refused activation (exit code 305)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            nodes = json.loads(self.flwr("supernode", "list", CONNECTION, "--format", "json")).get("nodes", [])
+            status = next((str(n.get("status", "")) for n in nodes if int(n.get("node-id", -1)) == node_id), "")
+            if status and not status.startswith("online"):
+                return
+            if time.monotonic() > deadline:
+                raise LocalnetError(f"SuperNode {node_id} still {status or 'unlisted'} after {timeout:.0f}s")
+            time.sleep(1.0)
+
     def run(self, run_config: dict[str, Any], *, app: Path = PROJECT_ROOT) -> int:
         """``flwr run`` the app (default: this project) with ``run_config``; Flower's run id."""
         out = self.flwr("run", str(app), CONNECTION, "--format", "json", "--run-config",

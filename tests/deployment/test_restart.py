@@ -48,8 +48,9 @@ def test_a_killed_supernode_is_done_without_and_takes_part_again_after_a_restart
         silos = [net.add_silo(f"silo-{i}", data_path=f.train, eval_path=f.eval) for i, f in enumerate(files)]
         created = net.create_run(OVERRIDES)
         net.start_superlink()
+        node_ids = []
         for silo in silos:
-            net.register_supernode(silo)
+            node_ids.append(net.register_supernode(silo))
             net.start_supernode(silo, silo.node_config(chain_url=net.rpc, store=net.store))
         net.wait_for_nodes(3)
         flwr_run = net.run({**net.coordinator_run_config(created, tmp_path / "results"), **NO_EVALUATION})
@@ -59,14 +60,27 @@ def test_a_killed_supernode_is_done_without_and_takes_part_again_after_a_restart
         net.stop_process(victim.process, sig=signal.SIGKILL)
         chain = net.anvil.connect()  # type: ignore[union-attr]
         reader = RoundsContract(chain, created.contract, Account.create())
-        # The two live silos commit; the commit phase then ends at its deadline, which a
-        # development chain's clock reaches at once (the silos would move it there too).
-        _wait("the two live silos' commits in round 1",
-              lambda: int(reader.get_round(created.run_id, 1)["commitCount"]) == 2, timeout=400)  # fmt: skip
-        chain.advance_to(int(reader.get_round(created.run_id, 1)["commitDeadline"]), timeout=10)
-        _wait("round 1 leaving its commit phase",
-              lambda: reader.phase(created.run_id, 1) not in ("none", "commit"), timeout=60)  # fmt: skip
+
+        def end_commit_phase_after_the_live_silos(round_id: int) -> None:
+            # The two live silos commit; the commit phase then ends at its deadline, which a
+            # development chain's clock reaches at once (the silos would move it there too).
+            _wait(f"round {round_id} to open", lambda: int(reader.get_run(created.run_id)["currentRound"]) >= round_id,
+                  timeout=400)  # fmt: skip
+            _wait(f"the two live silos' commits in round {round_id}",
+                  lambda: int(reader.get_round(created.run_id, round_id)["commitCount"]) >= 2, timeout=400)  # fmt: skip
+            if reader.phase(created.run_id, round_id) == "commit":
+                chain.advance_to(int(reader.get_round(created.run_id, round_id)["commitDeadline"]), timeout=10)
+            _wait(f"round {round_id} leaving its commit phase",
+                  lambda: reader.phase(created.run_id, round_id) not in ("none", "commit"), timeout=60)  # fmt: skip
+
+        end_commit_phase_after_the_live_silos(1)
+        # as an operator's supervisor would: the SuperLink refuses the key until it has
+        # given up on the killed process (two missed heartbeats), and fails the messages
+        # that were waiting for it, round 2's among them
+        net.wait_until_offline(node_ids[2])
         net.start_supernode(silos[2], silos[2].node_config(chain_url=net.rpc, store=net.store), name="silo-2-again")
+        net.wait_for_nodes(3)
+        end_commit_phase_after_the_live_silos(2)
         status = net.wait(flwr_run, timeout=1500)
         results_path = tmp_path / "results" / "results.json"
         if status != "finished:completed" or not results_path.exists():
