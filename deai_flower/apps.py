@@ -1,10 +1,26 @@
 """Flower's entry points: the module-level apps ``flwr run`` and every engine run.
 
 ``[tool.flwr.app.components]`` in pyproject.toml names them; ``deai-flower`` runs the
-very same objects on the in-process engine or on Ray.
+very same objects on the in-process engine or on Ray. Each is imported on first use
+(PEP 562): a silo's ClientApp process, started by Flower for every message, never loads
+the coordinator's side.
 """
 
-from .participant.app import client_app
-from .server_app import server_app
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .participant.app import client_app
+    from .server_app import server_app
+
+_WHERE = {"client_app": ".participant.app", "server_app": ".server_app"}
 
 __all__ = ["client_app", "server_app"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_WHERE[name], __package__), name)
+    globals()[name] = value
+    return value

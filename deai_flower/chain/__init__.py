@@ -1,22 +1,32 @@
-"""The chain layer: the round contract's artifact, connections, keys and encodings."""
+"""The chain layer: the round contract's artifact, connections, keys and encodings.
 
-from .contract import RoundsContract, TxResult
-from .keys import keystore_key, simulation_key
-from .node import ChainNode, connect_embedded, connect_rpc
-from ..protocol.encoding import DpParams, beacon_of, commitment_of, from_wad, is_sampled, to_wad
+Names are imported on first use (PEP 562): a silo's ClientApp process that only signs
+(an identity query) reads its keystore through :mod:`.keys` without loading web3.
+"""
 
-__all__ = [
-    "ChainNode",
-    "DpParams",
-    "RoundsContract",
-    "TxResult",
-    "beacon_of",
-    "commitment_of",
-    "connect_embedded",
-    "connect_rpc",
-    "from_wad",
-    "is_sampled",
-    "keystore_key",
-    "simulation_key",
-    "to_wad",
-]
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..protocol.encoding import DpParams, beacon_of, commitment_of, from_wad, is_sampled, to_wad
+    from .contract import RoundsContract, TxResult
+    from .keys import keystore_key, simulation_key
+    from .node import ChainNode, connect_embedded, connect_rpc
+
+_WHERE = {
+    "RoundsContract": ".contract", "TxResult": ".contract",
+    "keystore_key": ".keys", "simulation_key": ".keys",
+    "ChainNode": ".node", "connect_embedded": ".node", "connect_rpc": ".node",
+    "DpParams": "..protocol.encoding", "beacon_of": "..protocol.encoding", "commitment_of": "..protocol.encoding",
+    "from_wad": "..protocol.encoding", "is_sampled": "..protocol.encoding", "to_wad": "..protocol.encoding",
+}  # fmt: skip
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_WHERE[name], __package__), name)
+    globals()[name] = value
+    return value

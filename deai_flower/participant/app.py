@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
+from importlib import import_module
 from typing import Any
 
 from eth_utils import is_address, to_checksum_address
@@ -20,7 +21,6 @@ from flwr.clientapp import ClientApp
 
 from ..errors import ConfigError, ProtocolError
 from ..messages import CONFIG
-from .handlers import handle_attest, handle_commit, handle_evaluate, handle_identity, handle_reveal, handle_round
 from .locator import RunLocator
 from .participant import Participant
 
@@ -82,19 +82,23 @@ def participant_for(message: Message, context: Context) -> Participant:
                       "Participant.from_node_config) nor a 'partition-id' (a simulated one)")  # fmt: skip
 
 
-def _serve(handler: Callable[[Participant, Message, Context], Message]) -> Callable[[Message, Context], Message]:
+def _serve(module: str, name: str) -> Callable[[Message, Context], Message]:
+    """Flower's entry for one message type: ``module``'s handler ``name``, imported on the
+    first message (Flower starts a ClientApp process per message in a deployment, and only
+    training and evaluation need torch and Opacus)."""
+
     def serve(message: Message, context: Context) -> Message:
+        handler: Callable[[Participant, Message, Context], Message] = getattr(import_module(module, __package__), name)
         return handler(participant_for(message, context), message, context)
 
-    serve.__name__ = serve.__qualname__ = handler.__name__
-    serve.__doc__ = handler.__doc__
+    serve.__name__ = serve.__qualname__ = name
     return serve
 
 
 client_app = ClientApp()
-client_app.query("identity")(_serve(handle_identity))
-client_app.train("commit")(_serve(handle_commit))
-client_app.train("reveal")(_serve(handle_reveal))
-client_app.train("attest")(_serve(handle_attest))
-client_app.train("round")(_serve(handle_round))
-client_app.evaluate()(_serve(handle_evaluate))
+client_app.query("identity")(_serve(".identity_query", "handle_identity"))
+client_app.train("commit")(_serve(".handlers", "handle_commit"))
+client_app.train("reveal")(_serve(".handlers", "handle_reveal"))
+client_app.train("attest")(_serve(".handlers", "handle_attest"))
+client_app.train("round")(_serve(".handlers", "handle_round"))
+client_app.evaluate()(_serve(".handlers", "handle_evaluate"))

@@ -24,12 +24,11 @@ from typing import Any
 
 import numpy as np
 from eth_utils import keccak
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message
 from flwr.common import log
 
 from ..chain import DpParams, commitment_of
 from ..protocol.encoding import STAGES, from_wad
-from ..consortium.identity import CHALLENGE_BYTES, sign_identity
 from ..errors import (
     ChainError,
     ContractRevertError,
@@ -37,7 +36,7 @@ from ..errors import (
     ProtocolError,
     StoreError,
 )
-from ..messages import CONFIG, METRICS, STATUS
+from ..messages import CONFIG, reply
 from ..models import evaluate, set_arrays
 from ..privacy import PrivacyLedger, ledger_path, load_ledger, save_ledger, train_round
 from ..protocol.outcome import Refusal, encode_outcome
@@ -50,18 +49,10 @@ from .participant import Participant
 from .run_view import RunView, run_view
 from .scoring import contribution_scores
 
-__all__ = ["handle_attest", "handle_commit", "handle_evaluate", "handle_identity", "handle_reveal", "handle_round",
-           "revealed_updates"]
+__all__ = ["handle_attest", "handle_commit", "handle_evaluate", "handle_reveal", "handle_round", "revealed_updates"]
 
 _LEDGER = "privacy-ledger"
 _PENDING = "pending-reveal"
-
-
-def _reply(message: Message, *, status: dict[str, Any], metrics: dict[str, Any] | None = None) -> Message:
-    content = RecordDict({STATUS: ConfigRecord(status)})
-    if metrics is not None:
-        content[METRICS] = MetricRecord(metrics)
-    return Message(content, reply_to=message)
 
 
 def _round_and_view(participant: Participant, message: Message) -> tuple[int, RunView]:
@@ -240,7 +231,7 @@ def handle_commit(participant: Participant, message: Message, context: Context) 
     commit to the update's hash."""
     round_id, view = _round_and_view(participant, message)
     status, metrics = _commit(participant, view, context, round_id, message.content[CONFIG])
-    return _reply(message, status=status, metrics=metrics)
+    return reply(message, status=status, metrics=metrics)
 
 
 def _commit(participant: Participant, view: RunView, context: Context, round_id: int, config: Any) -> Step:
@@ -347,7 +338,7 @@ def handle_reveal(participant: Participant, message: Message, context: Context) 
     """Upload the committed blob and reveal its preimage on chain."""
     round_id, view = _round_and_view(participant, message)
     status, metrics = _reveal(participant, view, context, round_id)
-    return _reply(message, status=status, metrics=metrics)
+    return reply(message, status=status, metrics=metrics)
 
 
 def _reveal(participant: Participant, view: RunView, context: Context, round_id: int) -> Step:
@@ -461,7 +452,7 @@ def handle_attest(participant: Participant, message: Message, context: Context) 
     """Aggregate the round's revealed updates with the spec's rule and attest the result's CID."""
     round_id, view = _round_and_view(participant, message)
     status, metrics = _attest(participant, view, round_id)
-    return _reply(message, status=status, metrics=metrics)
+    return reply(message, status=status, metrics=metrics)
 
 
 def _attest(participant: Participant, view: RunView, round_id: int) -> Step:
@@ -515,12 +506,12 @@ def handle_round(participant: Participant, message: Message, context: Context) -
     round_id, view = _round_and_view(participant, message)
     status, metrics = _commit(participant, view, context, round_id, message.content[CONFIG])
     if status["state"] != "committed" or metrics is None:
-        return _reply(message, status=status, metrics=metrics)
+        return reply(message, status=status, metrics=metrics)
     status["update-cid"] = status.pop("cid")
     metrics["commit-gas"] = metrics.pop("gas")
     phase = _await_phase_end(view, round_id, "commit", "commitDeadline")
     if phase != "reveal":
-        return _reply(message, status={**status, "phase": phase}, metrics=metrics)
+        return reply(message, status={**status, "phase": phase}, metrics=metrics)
     # asked while the round is in its reveal phase: inCommittee refuses a finalized round
     attests = view.contract.in_committee(view.run_id, round_id, participant.address)
     revealed, gas = _reveal(participant, view, context, round_id)
@@ -532,7 +523,7 @@ def handle_round(participant: Participant, message: Message, context: Context) -
         status.update(attested)
         if gas is not None:
             metrics["attest-gas"], metrics["excluded"] = gas["gas"], gas["excluded"]
-    return _reply(message, status={**status, "phase": phase}, metrics=metrics)
+    return reply(message, status={**status, "phase": phase}, metrics=metrics)
 
 
 #: How often a node playing a whole round asks the chain whether a phase has ended.
@@ -580,24 +571,11 @@ def handle_evaluate(participant: Participant, message: Message, context: Context
                             f"{model_cid}")  # fmt: skip
     data = view.data
     if data.x_eval is None or data.y_eval is None or len(data.y_eval) == 0:
-        return _reply(message, status={"state": "no-eval-data", "address": participant.address},
+        return reply(message, status={"state": "no-eval-data", "address": participant.address},
                       metrics={"num-examples": 0})  # fmt: skip
     set_arrays(view.model, _global_model(view, model_cid))
     loss, accuracy = evaluate(view.model, data.x_eval, data.y_eval, device=view.device)
     log(INFO, "participant %s: round %s model scores accuracy %.4f on %s held-out examples", participant.label,
         round_id, accuracy, len(data.y_eval))  # fmt: skip
-    return _reply(message, status={"state": "evaluated", "address": participant.address, "model-cid": model_cid},
+    return reply(message, status={"state": "evaluated", "address": participant.address, "model-cid": model_cid},
                   metrics={"loss": loss, "accuracy": accuracy, "num-examples": int(len(data.y_eval))})  # fmt: skip
-
-
-def handle_identity(participant: Participant, message: Message, context: Context) -> Message:
-    """Prove which chain address this node acts for: sign the coordinator's fresh
-    challenge, bound to the run and this node's Flower id, with the participant's key."""
-    config = message.content[CONFIG]
-    challenge = config.get("challenge")
-    if not isinstance(challenge, bytes) or len(challenge) != CHALLENGE_BYTES:
-        raise ProtocolError(f"identity query without a {CHALLENGE_BYTES}-byte challenge: nothing to sign")
-    locator = RunLocator.from_config(config)
-    signature = sign_identity(participant.account, challenge=challenge, contract=locator.contract,
-                              run_id=locator.run_id, node_id=int(context.node_id))  # fmt: skip
-    return _reply(message, status={"address": participant.address, "signature": signature})

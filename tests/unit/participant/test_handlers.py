@@ -12,7 +12,8 @@ from flwr.app import Context
 from support import Deployment
 
 from deai_flower.errors import ProtocolError
-from deai_flower.participant import Participant, handle_attest, handle_commit, handle_reveal, run_view
+from deai_flower.participant import Participant, handle_attest, handle_commit, handle_reveal
+from deai_flower.participant.run_view import run_view
 from deai_flower.privacy import ledger_path
 from deai_flower.protocol.spec import PrivacySpec
 from deai_flower.storage import LocalStore, cid_from_bytes

@@ -8,7 +8,8 @@ import pytest
 from support import Deployment
 
 from deai_flower.errors import ProtocolError
-from deai_flower.participant import Participant, forget_run_views, run_view
+from deai_flower.participant import Participant, forget_run_views
+from deai_flower.participant.run_view import run_view
 from deai_flower.protocol.spec import DataSchema, ModelSpec, RuleSpec, SpecError
 from deai_flower.storage import LocalStore, compute_cid
 from unit.participant._support import create_run, small_spec
