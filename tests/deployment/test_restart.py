@@ -123,12 +123,11 @@ def test_a_coordinator_stopped_mid_run_is_resumed_from_the_chain(tmp_path: Path)
         first = net.run(run_config)
         reader = RoundsContract(net.anvil.connect(), created.contract, Account.create())  # type: ignore[union-attr]
 
-        def in_round_two() -> bool:
-            run = reader.get_run(created.run_id)
-            return int(run["finalizedRounds"]) == 1 and int(reader.get_round(created.run_id,
-                                                                             int(run["currentRound"]))["commitCount"]) > 0
-
-        _wait("a commit of round 2", in_round_two, timeout=900)
+        # Stopped as soon as round 1 is finalized: round 2 is then in flight (its nodes
+        # may be anywhere in it), and a 4-round run takes about 80 s when the machine is
+        # quiet, so a narrower moment to stop at (a commit of round 2) can be missed.
+        _wait("round 1 to finalize", lambda: int(reader.get_run(created.run_id)["finalizedRounds"]) >= 1,
+              timeout=900)  # fmt: skip
         net.flwr("stop", str(first), "consortium")
         _wait("the first coordinator to stop", lambda: net.status(first).startswith("finished"), timeout=120)
         # read after the stop: the nodes may have finalized round 2 meanwhile
