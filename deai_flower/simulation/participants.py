@@ -12,6 +12,7 @@ the dataset dominates, and Flower's workers serve many messages per node.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -53,21 +54,33 @@ class ScaledUpdate:
 @dataclass(frozen=True)
 class FreeRider:
     """A simulated free-rider: trains nothing useful and sends the global model back,
-    unchanged (``noise`` 0) or with Gaussian noise of std ``noise`` to look like an update."""
+    unchanged (``noise`` 0) or with Gaussian noise of std ``noise`` to look like an update.
+
+    With a ``seed`` the noise is drawn from it and the round's global model, so that an
+    experiment repeats (whether such noise clears the alignment score's chance margin in
+    a round is luck, which a repeated run must not re-draw); without one, fresh entropy."""
 
     noise: float = 0.0
+    seed: int | None = None
 
     def poison(
         self, global_arrays: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray]
     ) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng()
+        entropy = None
+        if self.seed is not None:
+            model = hashlib.sha256(b"".join(np.ascontiguousarray(global_arrays[n]).tobytes()
+                                            for n in sorted(global_arrays)))  # fmt: skip
+            entropy = [self.seed, int.from_bytes(model.digest()[:8], "big")]
+        rng = np.random.default_rng(entropy)
         return {name: (value + self.noise * rng.standard_normal(value.shape)).astype(value.dtype)
                 if self.noise > 0 else value.copy() for name, value in global_arrays.items()}  # fmt: skip
 
 
-def _adversary(cfg: DictConfig) -> ScaledUpdate | FreeRider:
+def _adversary(cfg: DictConfig, client: int) -> ScaledUpdate | FreeRider:
     a = cfg.adversary
-    return FreeRider(float(a.noise)) if str(a.kind) == "freerider" else ScaledUpdate(float(a.scale))
+    if str(a.kind) == "freerider":  # seeded as the partitions are: the experiment repeats
+        return FreeRider(float(a.noise), seed=int(cfg.seed) * 1_000_003 + client)
+    return ScaledUpdate(float(a.scale))
 
 
 def _experiment_key(run_config: Mapping[str, Any], num_partitions: int) -> _ExperimentKey:
@@ -132,7 +145,7 @@ def _build(cfg: DictConfig, run_config: Mapping[str, Any], i: int, data: LocalDa
         secure_mode=bool(cfg.privacy.secure_mode),
         grad_sample_mode=str(cfg.privacy.grad_sample_mode),
         model_targets=None,  # the experiment's own config names the model
-        behaviour=_adversary(cfg) if i in poisoned else None,
+        behaviour=_adversary(cfg, i) if i in poisoned else None,
         # Secret noise (fresh CSPRNG entropy every round) unless the experiment asks for
         # reproducible noise: round r then uses seed * 1_000_003 + r * 1_009 + i, which
         # anyone who knows the seed can replay (results.json labels the run so).

@@ -12,7 +12,12 @@ from deai_flower.data import client_partitions, load_dataset
 from deai_flower.errors import ConfigError
 from deai_flower.participant import LocalData, RunLocator
 from deai_flower.simulation.config import experiment_config
-from deai_flower.simulation.participants import ScaledUpdate, forget_simulated_participants, simulated_participant
+from deai_flower.simulation.participants import (
+    FreeRider,
+    ScaledUpdate,
+    forget_simulated_participants,
+    simulated_participant,
+)
 
 HERE = RunLocator(contract="0x" + "ab" * 20, run_id=1, chain_url="embedded://1", store="local:/tmp/s")
 
@@ -72,3 +77,16 @@ def test_a_scaled_adversary_moves_its_update_away_from_the_global_model() -> Non
     poisoned = ScaledUpdate(-5.0).poison(g, u)
     assert poisoned["w"].dtype == np.float32
     assert np.array_equal(poisoned["w"], np.array([1.0 - 5.0, 2.0 + 10.0], dtype=np.float32))
+
+
+def test_a_seeded_free_rider_repeats_its_noise_for_a_model_and_draws_anew_for_the_next() -> None:
+    g = {"w": np.zeros(64, dtype=np.float32), "b": np.ones(3, dtype=np.float32)}
+    g2 = {**g, "b": np.full(3, 2.0, dtype=np.float32)}  # the next round's model
+    a, again, other_seed = FreeRider(0.1, seed=7).poison(g, g), FreeRider(0.1, seed=7).poison(g, g), \
+        FreeRider(0.1, seed=8).poison(g, g)  # fmt: skip
+    assert all(np.array_equal(a[n], again[n]) for n in g)
+    assert not np.array_equal(a["w"], other_seed["w"])
+    assert not np.array_equal(a["w"], FreeRider(0.1, seed=7).poison(g2, g2)["w"])
+    assert not np.array_equal(FreeRider(0.1).poison(g, g)["w"], FreeRider(0.1).poison(g, g)["w"])  # fresh entropy
+    assert a["w"].dtype == np.float32 and float(np.abs(a["w"]).max()) > 0
+    assert all(np.array_equal(FreeRider(0.0, seed=7).poison(g, g)[n], g[n]) for n in g)  # unchanged without noise
