@@ -95,6 +95,12 @@ class SuperNodeProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+#: Seconds between two ``flwr`` queries while waiting: each starts a ``flwr`` process, about
+#: a CPU-second, and polling every 2 s (0.5 s in a test's own loop) took half a core to a
+#: whole one per deployment for the whole run.
+POLL_S = 5.0
+
+
 @dataclass
 class LocalConsortium:
     """Anvil, a store directory, a TLS + auth SuperLink and SuperNodes under ``work``."""
@@ -241,7 +247,7 @@ class LocalConsortium:
                 return online
             if time.monotonic() > deadline:
                 raise LocalnetError(f"{len(online)} of {count} SuperNodes online after {timeout:.0f}s: {nodes}")
-            time.sleep(1.0)
+            time.sleep(2.0)  # at start-up: nodes connect within seconds
 
     def wait_until_offline(self, node_id: int, *, timeout: float = 120.0) -> None:
         """Wait until the SuperLink reports SuperNode ``node_id`` offline: a node killed without
@@ -255,7 +261,7 @@ class LocalConsortium:
                 return
             if time.monotonic() > deadline:
                 raise LocalnetError(f"SuperNode {node_id} still {status or 'unlisted'} after {timeout:.0f}s")
-            time.sleep(1.0)
+            time.sleep(POLL_S)
 
     def run(self, run_config: dict[str, Any], *, app: Path = PROJECT_ROOT) -> int:
         """``flwr run`` the app (default: this project) with ``run_config``; Flower's run id."""
@@ -275,7 +281,7 @@ class LocalConsortium:
             status = self.status(flwr_run)
             if status.startswith("finished"):
                 return status
-            time.sleep(2.0)
+            time.sleep(POLL_S)
         return f"{status} (still, after {timeout:.0f}s)"
 
     def server_log(self, flwr_run: int) -> str:

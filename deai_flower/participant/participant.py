@@ -85,7 +85,7 @@ class SiloFiles:
     eval_path: Path | None = None
 
     def load(self, schema: DataSchema) -> LocalData:
-        from ..data import load_silo_data
+        from ..silo_data import load_silo_data
 
         try:
             x, y = load_silo_data(self.path, schema)

@@ -156,11 +156,12 @@ flwr run "$REPO" consortium --format json --run-config "$RUN_CONFIG" >"$WORK/log
 FLWR_RUN=$(python -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["run-id"])' "$WORK/logs/flwr-run.json")
 log "flwr run $FLWR_RUN submitted (contract $CONTRACT, run $RUN_ID); waiting for it to finish"
 status=""
-for _ in $(seq "$RUN_TIMEOUT_S"); do
+# every 5 s: each `flwr ls` is a process of its own, about a CPU-second
+for _ in $(seq $(((RUN_TIMEOUT_S + 4) / 5))); do
   status=$(flwr ls consortium --run-id "$FLWR_RUN" --format json 2>/dev/null \
     | python -c 'import json,sys; print(json.load(sys.stdin)["runs"][0]["status"])' 2>/dev/null || true)
   [[ "$status" == finished:* ]] && break
-  sleep 1
+  sleep 5
 done
 flwr log "$FLWR_RUN" consortium --show >"$WORK/logs/serverapp.log" 2>&1 || true
 log "flwr run $FLWR_RUN: $status"

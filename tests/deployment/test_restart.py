@@ -129,7 +129,7 @@ def test_a_coordinator_stopped_mid_run_is_resumed_from_the_chain(tmp_path: Path)
         _wait("round 1 to finalize", lambda: int(reader.get_run(created.run_id)["finalizedRounds"]) >= 1,
               timeout=900)  # fmt: skip
         net.flwr("stop", str(first), "consortium")
-        _wait("the first coordinator to stop", lambda: net.status(first).startswith("finished"), timeout=120)
+        assert net.wait(first, timeout=120).startswith("finished"), "the first coordinator did not stop"
         # read after the stop: the nodes may have finalized round 2 meanwhile
         done_before = int(reader.get_run(created.run_id)["finalizedRounds"])
         second = net.run(run_config)
