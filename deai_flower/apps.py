@@ -6,8 +6,9 @@ very same objects on the in-process engine or on Ray. Each is imported on first 
 the coordinator's side.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .participant.app import client_app
@@ -17,10 +18,4 @@ _WHERE = {"client_app": ".participant.app", "server_app": ".server_app"}
 
 __all__ = ["client_app", "server_app"]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(_WHERE[name], __package__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(globals(), _WHERE)

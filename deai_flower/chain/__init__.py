@@ -4,8 +4,9 @@ Names are imported on first use (PEP 562): a silo's ClientApp process that only 
 (an identity query) reads its keystore through :mod:`.keys` without loading web3.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
 
 if TYPE_CHECKING:
     from ..protocol.encoding import DpParams, beacon_of, commitment_of, from_wad, is_sampled, to_wad
@@ -23,10 +24,4 @@ _WHERE = {
 
 __all__ = sorted(_WHERE)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(_WHERE[name], __package__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(globals(), _WHERE)

@@ -6,8 +6,9 @@ imported on first use (PEP 562): Flower starts a ClientApp process for every mes
 and one that answers an identity query needs neither torch nor Opacus.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .handlers import handle_attest, handle_commit, handle_evaluate, handle_reveal, revealed_updates
@@ -30,10 +31,4 @@ _WHERE = {
 
 __all__ = sorted(_WHERE)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(_WHERE[name], __package__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(globals(), _WHERE)

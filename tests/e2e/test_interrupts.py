@@ -47,7 +47,7 @@ def stalling_reveal(participant, message, context):
         time.sleep(600)
     return real(participant, message, context)
 
-handlers.handle_reveal = stalling_reveal  # before the ClientApp binds its handlers
+handlers.handle_reveal = stalling_reveal  # the ClientApp looks its handlers up per message
 from deai_flower.cli.main import main
 sys.argv[0] = "deai-flower"
 main()
