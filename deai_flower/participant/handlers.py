@@ -572,10 +572,10 @@ def handle_evaluate(participant: Participant, message: Message, context: Context
     data = view.data
     if data.x_eval is None or data.y_eval is None or len(data.y_eval) == 0:
         return reply(message, status={"state": "no-eval-data", "address": participant.address},
-                      metrics={"num-examples": 0})  # fmt: skip
+                     metrics={"num-examples": 0})  # fmt: skip
     set_arrays(view.model, _global_model(view, model_cid))
     loss, accuracy = evaluate(view.model, data.x_eval, data.y_eval, device=view.device)
     log(INFO, "participant %s: round %s model scores accuracy %.4f on %s held-out examples", participant.label,
         round_id, accuracy, len(data.y_eval))  # fmt: skip
     return reply(message, status={"state": "evaluated", "address": participant.address, "model-cid": model_cid},
-                  metrics={"loss": loss, "accuracy": accuracy, "num-examples": int(len(data.y_eval))})  # fmt: skip
+                 metrics={"loss": loss, "accuracy": accuracy, "num-examples": int(len(data.y_eval))})  # fmt: skip
