@@ -237,11 +237,15 @@ class LocalConsortium:
         node = self.supernodes[name] = SuperNodeProcess(name, process, log, port)
         return node
 
+    def nodes(self) -> list[dict[str, Any]]:
+        """``flwr supernode list``: every SuperNode the SuperLink has registered, with its status."""
+        return list(json.loads(self.flwr("supernode", "list", CONNECTION, "--format", "json")).get("nodes", []))
+
     def wait_for_nodes(self, count: int, *, timeout: float = 60.0) -> list[dict[str, Any]]:
         """Wait until ``count`` SuperNodes are online; their ``flwr supernode list`` entries."""
         deadline = time.monotonic() + timeout
         while True:
-            nodes = json.loads(self.flwr("supernode", "list", CONNECTION, "--format", "json")).get("nodes", [])
+            nodes = self.nodes()
             online = [n for n in nodes if str(n.get("status", "")).startswith("online")]
             if len(online) >= count:
                 return online
@@ -255,7 +259,7 @@ class LocalConsortium:
         SuperNode started with its key before then is refused activation (exit code 305)."""
         deadline = time.monotonic() + timeout
         while True:
-            nodes = json.loads(self.flwr("supernode", "list", CONNECTION, "--format", "json")).get("nodes", [])
+            nodes = self.nodes()
             status = next((str(n.get("status", "")) for n in nodes if int(n.get("node-id", -1)) == node_id), "")
             if status and not status.startswith("online"):
                 return

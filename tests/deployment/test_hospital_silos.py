@@ -130,5 +130,5 @@ def test_a_supernode_whose_key_is_not_registered_is_refused(finished_run: Finish
     except subprocess.TimeoutExpired:
         pytest.fail(f"a SuperNode with an unregistered key kept running: {node.log()[-1500:]}")
     assert node.process.returncode != 0
-    listed = json.loads(net.flwr("supernode", "list", "consortium", "--format", "json")).get("nodes", [])
+    listed = net.nodes()
     assert len(listed) == 5, listed  # the five whose keys were registered, and no other
