@@ -37,6 +37,11 @@ from flwr.supercore.run import Run
 from ..errors import ConfigError
 from ..flower_compat import task_identity
 
+#: The longest the main thread blocks in one wait for replies. The OS may deliver Ctrl-C
+#: to any thread; Python handles it in the main thread only once that thread runs again,
+#: so one wait to the batch's deadline would hold a stop back for the whole phase.
+_WAIT_SLICE_S = 0.25
+
 
 class InProcessGrid(Grid):
     """A Grid whose nodes are ClientApp calls in this process, answered synchronously."""
@@ -102,8 +107,7 @@ class InProcessGrid(Grid):
             threading.Thread(target=self._deliver_one, args=(message, slots, gave_up, finished), daemon=True,
                              name=f"node-{message.metadata.dst_node_id}").start()  # fmt: skip
         for finished in done:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not finished.wait(remaining):
+            if not _wait(finished, deadline):
                 break
         gave_up.set()  # a reply that comes after this is dropped; a message not started is not started
         late = [i for i, finished in zip(ids, done, strict=True) if not finished.is_set()]
@@ -142,6 +146,17 @@ class InProcessGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return self.pull_messages(self._deliver_all(list(messages), timeout=timeout))
+
+
+def _wait(finished: threading.Event, deadline: float | None) -> bool:
+    """Whether ``finished`` was set by ``deadline`` (None: no deadline), waiting in slices
+    of :data:`_WAIT_SLICE_S` so that a pending signal is handled within one."""
+    while True:
+        remaining = _WAIT_SLICE_S if deadline is None else min(_WAIT_SLICE_S, deadline - time.monotonic())
+        if remaining <= 0:
+            return finished.is_set()
+        if finished.wait(remaining):
+            return True
 
 
 def run_inprocess(*, server_app: ServerApp, client_app: ClientApp, num_nodes: int, seed: int,
