@@ -467,6 +467,8 @@ def _calibrate(
 
 
 class _Calibrated(Exception):
+    """Ends the calibration search: ``sigma`` spends an epsilon inside the window."""
+
     def __init__(self, sigma: float) -> None:
         self.sigma = sigma
 
