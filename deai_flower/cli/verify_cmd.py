@@ -81,7 +81,9 @@ def run_verify(args: argparse.Namespace) -> None:
         )
         print(f"verification failed for {' and '.join(what)}", file=sys.stderr)
         sys.exit(1)
-    print(f"all {len(verification.rounds)} rounds verified")
+    # A lapsed attempt is a round of its own on chain, so the two counts can differ.
+    finalized = sum(1 for v in verification.rounds if v.status == "finalized")
+    print(f"all {len(verification.rounds)} rounds verified ({finalized} finalized)")
 
 
 def _print(verification: Verification, record: RunRecord, location: StoreLocation) -> None:

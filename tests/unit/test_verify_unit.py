@@ -188,7 +188,7 @@ def test_the_rule_comes_from_the_spec_the_chain_names(played: PlayedRun, capsys:
     code, out, err = deai_verify(capsys, str(played.out))
     assert code == 0, out + err
     assert played.results["spec_cid"] in out and "krum" in out
-    assert "all 2 rounds verified" in out
+    assert "all 2 rounds verified (2 finalized)" in out
     assert sum(line.startswith("round ") for line in out.splitlines()) == 2
 
 
