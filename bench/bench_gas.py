@@ -12,6 +12,12 @@ Drives the real bytecode on the embedded chain (py-evm; anvil charges the same g
   round also opens the next one, so ``openRound`` is paid only for a run's first round
   (and after a failed one).
 
+  The same is measured **relayed** (protocol §2.4, §2.5): each participant still commits
+  itself, one ``revealMany`` publishes every record and one ``attestMany`` casts the
+  majority's signed votes (the relayer's gas, shared by the k participants). The budget
+  (110,000 per participant per round at N = 5) applies to this path, which the step-wise
+  coordinator takes.
+
 * **Registry size** (``registry``): 10, 100, 1,000 and 10,000 registered (by
   ``registerMany``) at 1 %, 10 % and 100 % sampling. Every call's gas is independent of
   the registry's size, which is what the table shows; so that 10,000 commits a round need
@@ -50,7 +56,7 @@ from eth_utils import keccak
 
 from deai_flower.chain import ChainNode, DpParams, RoundsContract, commitment_of, connect_embedded, simulation_key
 from deai_flower.chain import contract as contract_module
-from deai_flower.protocol.encoding import sampled_count, sampled_indices, to_wad, votes_needed
+from deai_flower.protocol.encoding import reveal_record, sampled_count, sampled_indices, to_wad, votes_needed
 from deai_flower.protocol.outcome import encode_outcome
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gas.json"
@@ -82,6 +88,7 @@ class RoundGas:
     first_commit: list[int]
     first_reveal: list[int]
     deposit: list[int] = field(default_factory=list)  # once per participant per run
+    relayed: bool = False  # reveals in one revealMany, votes in one attestMany (sent by a relayer)
 
     def call_means(self) -> dict[str, float | None]:
         def mean(values: list[int]) -> float | None:
@@ -106,7 +113,11 @@ class RoundGas:
         commit = means["commit"] if means["commit"] is not None else means["first_commit"]
         reveal = means["reveal"] if means["reveal"] is not None else means["first_reveal"]
         k = self.sampled
-        attests = (self.votes_needed - 1) * (means["attest"] or 0) + self.attest[-1]
+        if self.relayed:  # one batch each, its gas shared by the k participants
+            reveal = sum(self.reveal) / k
+            attests = float(sum(self.attest))
+        else:
+            attests = (self.votes_needed - 1) * (means["attest"] or 0) + self.attest[-1]
         split = {"commit": commit, "reveal": reveal, "attest_share": attests / k, "open_round_share": self.open_round / k}
         split["total"] = sum(split.values())
         return split  # type: ignore[return-value]
@@ -163,7 +174,7 @@ class Bench:
         self.quorum = quorum
         return run_id, tx.gas_used
 
-    def round(self, run_id: int, *, index: int, play: int | None = None) -> RoundGas:
+    def round(self, run_id: int, *, index: int, play: int | None = None, relayed: bool = False) -> RoundGas:
         current = int(self.admin.get_run(run_id)["currentRound"])
         if current and self.admin.phase(run_id, current) == "commit":
             round_id, open_gas = current, 0  # the previous round's finalizing attestation opened it
@@ -177,7 +188,7 @@ class Bench:
         order = sampled_indices(beacon=beacon, registry_size=size, sample_bps=sample_bps)
         assert len(order) == k == bps
         players = [self.by_address[self.members[i]] for i in order[: play or k]]
-        gas = RoundGas(size, k, len(players), 0, sample_bps, open_gas, [], [], [], [], [])
+        gas = RoundGas(size, k, len(players), 0, sample_bps, open_gas, [], [], [], [], [], relayed=relayed)
         reveals = []
         for i, key in enumerate(players):
             h = self.handle(key)
@@ -193,7 +204,12 @@ class Bench:
             reveals.append((h, cid, 300 + i, salt, returning))
         if len(players) < k:
             self.node.advance_to(int(state["commitDeadline"]), timeout=5)
-        for h, cid, n_examples, salt, returning in reveals:
+        if relayed:  # the coordinator publishes everyone's records in one transaction
+            records = {h.account.address: reveal_record(cid=cid, num_examples=n, dp=DP, salt=salt)
+                       for h, cid, n, salt, _ in reveals}  # fmt: skip
+            gas.reveal.append(self.admin.reveal_many(run_id, round_id, records).gas_used)
+            self.took_part.update(records)
+        for h, cid, n_examples, salt, returning in [] if relayed else reveals:
             used = h.reveal(run_id, round_id, cid=cid, num_examples=n_examples, dp=DP, salt=salt).gas_used
             (gas.reveal if returning else gas.first_reveal).append(used)
             self.took_part.add(h.account.address)
@@ -201,7 +217,12 @@ class Bench:
         result = bytes([0x01, 0x70, 0x12, 0x20]) + keccak(f"aggregate {index}".encode())
         # every revealer scored (distinct scores: every credit is a non-zero write)
         outcome = encode_outcome({h.account.address: 1_000 + i for i, (h, *_) in enumerate(reveals)}, {})
-        gas.attest = [h.attest(run_id, round_id, result, outcome).gas_used for h, *_ in reveals[: gas.votes_needed]]
+        voters = [h for h, *_ in reveals[: gas.votes_needed]]
+        if relayed:  # the majority's signed votes, cast in one transaction
+            signatures = [h.sign_vote(run_id, round_id, result, outcome) for h in voters]
+            gas.attest = [self.admin.attest_many(run_id, round_id, result, outcome, signatures).gas_used]
+        else:
+            gas.attest = [h.attest(run_id, round_id, result, outcome).gas_used for h in voters]
         # gas per round as if all k played: k eligible revealers need a majority of k
         gas.votes_needed = votes_needed(eligible=k, quorum=self.quorum) if play else gas.votes_needed
         return gas
@@ -213,6 +234,12 @@ def measure_participants(n: int, *, incentives: bool = True) -> dict[str, Any]:
     run_id, create_gas = bench.create_run(sample_bps=10_000, rounds=3)  # round 2's finalization opens round 3
     first = bench.round(run_id, index=1)
     steady = bench.round(run_id, index=2)
+    # the same with a relayer: every reveal in one revealMany, the majority's signed votes
+    # in one attestMany (commits stay each participant's own)
+    relayed_bench = Bench(connect_embedded(), n, incentives=incentives)
+    relayed_run, _ = relayed_bench.create_run(sample_bps=10_000, rounds=3)
+    relayed_bench.round(relayed_run, index=1, relayed=True)
+    relayed = relayed_bench.round(relayed_run, index=2, relayed=True)
     return {
         "participants": n,
         "quorum": QUORUM,
@@ -225,6 +252,8 @@ def measure_participants(n: int, *, incentives: bool = True) -> dict[str, Any]:
         "steady": asdict(steady),
         "steady_per_participant": steady.per_participant,
         "steady_calls": steady.call_means(),
+        "relayed_steady": {"revealMany": relayed.reveal[0], "attestMany": relayed.attest[0]},
+        "relayed_steady_per_participant": relayed.per_participant,
         "deposit": first.call_means()["deposit"],
     }
 
@@ -339,6 +368,9 @@ def main() -> None:
     for p in participants:
         label = f"N={p['participants']} votes needed {p['votes_needed']}"
         print(_row(label, p["steady_per_participant"]))
+    for p in participants:
+        label = f"N={p['participants']} relayed"
+        print(_row(label, p["relayed_steady_per_participant"]))
     print(_row("N=5, first round", main_job["first_round_per_participant"]))
     if main_job["deposit"] is not None:
         print(f"deposit (once per participant per run): {main_job['deposit']:,.0f}")

@@ -4,6 +4,8 @@ pragma solidity 0.8.37;
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {MessageHashUtils} from "@openzeppelin/contracts/utils/cryptography/MessageHashUtils.sol";
 
 /// @title CommitRevealRounds
 /// @notice Trust-free federated-learning rounds: sampled participants commit to a hash of
@@ -32,6 +34,10 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 /// A round finalizes when one CID has a strict majority of the round's eligible attesters
 /// (the revealers in the round's committee: the first `committeeSize` sampled positions,
 /// or every revealer), and never below the run's `quorum`.
+/// Reveals and votes may also come in a relayer's batch (`revealMany`, `attestMany`,
+/// sent by anyone): a reveal is authenticated by the commitment, which binds its
+/// participant, and a vote by its attester's signature of `voteDigest`; each is recorded
+/// as the participant's own call would be, so a relayer can withhold, never forge.
 /// Penalties for missing reveals and minority attestations are settled lazily (on the
 /// participant's next commit, or by anyone through `settle`).
 /// Incentives: a run may require a stake (native currency, or the ERC-20 token the run
@@ -350,6 +356,7 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
     error OutcomeNotSorted(uint256 runId, uint32 round, uint256 entry);
     error OutcomeNotRevealer(uint256 runId, uint32 round, address participant);
     error OutcomeRefusedWithScore(uint256 runId, uint32 round, address participant);
+    error InvalidSignatures(uint256 length);
 
     // ------------------------------------------------------------------ events
 
@@ -412,6 +419,8 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
     uint256 private constant _SHUFFLE_ROUNDS = 90;
     uint112 private constant _EPSILON_SATURATED = type(uint112).max;
     uint64 private constant _NO_EXAMPLE_BOUND = type(uint64).max;
+    /// @dev Domain tag of a signed vote (`voteDigest`), so no other signed message is one.
+    bytes32 private constant _VOTE_TAG = keccak256("deai-flower vote");
 
     /// @notice The consortium admin (the deployer, then whoever accepted a transfer):
     /// registers participants, creates runs.
@@ -866,24 +875,68 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
     /// @param record the reveal record (layout above) committed to in this round
     function reveal(uint256 runId, uint32 round, bytes calldata record) external {
         Run storage run = _runs[runId];
-        RoundClock memory c = run.clock;
+        RoundClock memory c = _clockIn(runId, run, round, Phase.Reveal);
+        if (record.length != _RECORD_BYTES) revert InvalidRevealRecord(record.length);
+        _reveal(runId, round, run, c, msg.sender, record);
+        run.clock = c;
+    }
+
+    /// @notice Reveals several participants' committed updates in one transaction: a
+    /// relayer's batch, which spares each participant a transaction. Anyone may send it:
+    /// a record must reproduce its participant's commitment, which binds the participant,
+    /// so a relayer can publish only what each participant committed to and gave it. Each
+    /// reveal is checked and recorded as `reveal` does; a participant that has already
+    /// revealed in the round is skipped, so revealing on one's own never blocks a batch.
+    /// @param runId the run
+    /// @param round the round being revealed
+    /// @param revealers the participants, one per record
+    /// @param records their reveal records (layout above), back to back
+    function revealMany(uint256 runId, uint32 round, address[] calldata revealers, bytes calldata records) external {
+        if (records.length != revealers.length * _RECORD_BYTES) revert InvalidRevealRecord(records.length);
+        Run storage run = _runs[runId];
+        RoundClock memory c = _clockIn(runId, run, round, Phase.Reveal);
+        for (uint256 i = 0; i < revealers.length; ++i) {
+            if (_memberOf[runId][revealers[i]].ledger.revealedRound == round) continue;
+            _reveal(runId, round, run, c, revealers[i], records[i * _RECORD_BYTES:(i + 1) * _RECORD_BYTES]);
+        }
+        run.clock = c;
+    }
+
+    /// @dev The run's clock, once round `round` is current and in phase `expected`.
+    function _clockIn(uint256 runId, Run storage run, uint32 round, Phase expected)
+        private
+        view
+        returns (RoundClock memory c)
+    {
+        c = run.clock;
         Phase p = _phase(runId, c, round);
-        if (p != Phase.Reveal) revert UnexpectedPhase(runId, round, p, Phase.Reveal);
-        Member storage m = _memberOf[runId][msg.sender];
+        if (p != expected) revert UnexpectedPhase(runId, round, p, expected);
+    }
+
+    /// @dev Checks and records `participant`'s reveal of a 145-byte `record`, counting it
+    /// in `c` (the caller writes the clock back).
+    function _reveal(
+        uint256 runId,
+        uint32 round,
+        Run storage run,
+        RoundClock memory c,
+        address participant,
+        bytes calldata record
+    ) private {
+        Member storage m = _memberOf[runId][participant];
         MemberRound memory last = m.current;
         MemberLedger memory ledger = m.ledger;
         if (last.round != round || last.stage != Stage.Committed || ledger.revealedRound == round) {
-            revert NotCommitted(runId, round, msg.sender);
+            revert NotCommitted(runId, round, participant);
         }
-        if (record.length != _RECORD_BYTES) revert InvalidRevealRecord(record.length);
-        bytes32 computed = commitmentOf(runId, round, msg.sender, record);
-        if (bytes26(computed) != last.hash) revert CommitmentMismatch(runId, round, msg.sender, last.hash, computed);
+        bytes32 computed = commitmentOf(runId, round, participant, record);
+        if (bytes26(computed) != last.hash) revert CommitmentMismatch(runId, round, participant, last.hash, computed);
         _checkCid(record[0:36]);
         uint64 numExamples = uint64(bytes8(record[36:44]));
-        if (numExamples == 0) revert ZeroExamples(runId, round, msg.sender);
-        uint64 maxExamples = _participants[msg.sender].maxExamples;
+        if (numExamples == 0) revert ZeroExamples(runId, round, participant);
+        uint64 maxExamples = _participants[participant].maxExamples;
         if (numExamples > maxExamples) {
-            revert ExampleCountAboveBound(runId, round, msg.sender, numExamples, maxExamples);
+            revert ExampleCountAboveBound(runId, round, participant, numExamples, maxExamples);
         }
         uint128 revealedDelta = uint128(bytes16(record[80:96]));
         uint128 revealedEpsilon = uint128(bytes16(record[96:112]));
@@ -891,16 +944,15 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
         uint128 budgetWad = run.epsilonBudgetWad;
         if (revealedDelta != deltaWad) revert DeltaMismatch(runId, deltaWad, revealedDelta);
         if (revealedEpsilon > budgetWad) {
-            revert PrivacyBudgetExceeded(runId, msg.sender, revealedEpsilon, budgetWad);
+            revert PrivacyBudgetExceeded(runId, participant, revealedEpsilon, budgetWad);
         }
         uint112 epsilon = revealedEpsilon >= _EPSILON_SATURATED ? _EPSILON_SATURATED : uint112(revealedEpsilon);
-        if (epsilon < ledger.epsilonWad) revert EpsilonDecreased(runId, msg.sender, ledger.epsilonWad, epsilon);
+        if (epsilon < ledger.epsilonWad) revert EpsilonDecreased(runId, participant, ledger.epsilonWad, epsilon);
 
         m.ledger = MemberLedger(round, ledger.rewardPoints + numExamples, ledger.penalties, epsilon);
         c.revealCount += 1;
         if (last.committee) c.eligibleCount += 1;
-        run.clock = c;
-        emit Revealed(runId, round, msg.sender, record);
+        emit Revealed(runId, round, participant, record);
     }
 
     /// @notice Attests the aggregate of the round's valid reveals. Every revealer in the
@@ -913,24 +965,66 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
     /// @param resultCid binary CIDv1 of the aggregate blob
     /// @param outcome the round's outcome: every revealer's score and verdict (layout above)
     function attest(uint256 runId, uint32 round, bytes calldata resultCid, bytes calldata outcome) external {
-        Run storage run = _runs[runId];
-        RoundClock memory c = run.clock;
-        Phase p = _phase(runId, c, round);
-        if (p != Phase.Attest) revert UnexpectedPhase(runId, round, p, Phase.Attest);
-        Member storage m = _memberOf[runId][msg.sender];
-        MemberRound memory last = m.current;
-        if (last.round != round || last.stage != Stage.Committed || m.ledger.revealedRound != round) {
-            Stage stage = last.round == round ? _stageOf(last, m.ledger) : Stage.None;
-            revert NotEligibleAttester(runId, round, msg.sender, stage);
+        address[] memory attester = new address[](1);
+        attester[0] = msg.sender;
+        _attest(runId, round, resultCid, outcome, attester);
+    }
+
+    /// @notice Records several attesters' votes for one (result CID, outcome) pair in one
+    /// transaction: a relayer's batch, which spares each attester a transaction. Anyone may
+    /// send it; each vote is its attester's signature of `voteDigest(runId, round,
+    /// keccak256(resultCid ++ outcome))` and counts exactly as that attester's own `attest`.
+    /// @param runId the run
+    /// @param round the round in its attest phase
+    /// @param resultCid binary CIDv1 of the aggregate blob
+    /// @param outcome the round's outcome (layout above)
+    /// @param signatures 65-byte secp256k1 signatures (r, s, v), back to back, one per attester
+    function attestMany(
+        uint256 runId,
+        uint32 round,
+        bytes calldata resultCid,
+        bytes calldata outcome,
+        bytes calldata signatures
+    ) external {
+        if (signatures.length == 0 || signatures.length % 65 != 0) revert InvalidSignatures(signatures.length);
+        bytes32 digest = voteDigest(runId, round, keccak256(abi.encodePacked(resultCid, outcome)));
+        address[] memory attesters = new address[](signatures.length / 65);
+        for (uint256 i = 0; i < attesters.length; ++i) {
+            bytes calldata sig = signatures[i * 65:(i + 1) * 65];
+            attesters[i] = ECDSA.recover(digest, uint8(sig[64]), bytes32(sig[0:32]), bytes32(sig[32:64]));
         }
-        if (!last.committee) revert NotInCommittee(runId, round, msg.sender);
+        _attest(runId, round, resultCid, outcome, attesters);
+    }
+
+    /// @dev Counts the votes of `attesters` for (resultCid, outcome) and finalizes the round
+    /// when the pair reaches the votes it needs.
+    function _attest(
+        uint256 runId,
+        uint32 round,
+        bytes calldata resultCid,
+        bytes calldata outcome,
+        address[] memory attesters
+    ) private {
+        Run storage run = _runs[runId];
+        RoundClock memory c = _clockIn(runId, run, round, Phase.Attest);
         _checkCid(resultCid);
         if (outcome.length != uint256(c.revealCount) * _OUTCOME_ENTRY_BYTES) {
             revert InvalidOutcome(runId, round, outcome.length, c.revealCount);
         }
         // the vote is for the model and the outcome together
         bytes32 cidHash = keccak256(abi.encodePacked(resultCid, outcome));
-        m.current = MemberRound(round, Stage.Attested, true, bytes26(cidHash));
+        for (uint256 i = 0; i < attesters.length; ++i) {
+            address attester = attesters[i];
+            Member storage m = _memberOf[runId][attester];
+            MemberRound memory last = m.current;
+            if (last.round != round || last.stage != Stage.Committed || m.ledger.revealedRound != round) {
+                Stage stage = last.round == round ? _stageOf(last, m.ledger) : Stage.None;
+                revert NotEligibleAttester(runId, round, attester, stage);
+            }
+            if (!last.committee) revert NotInCommittee(runId, round, attester);
+            m.current = MemberRound(round, Stage.Attested, true, bytes26(cidHash));
+            emit Attested(runId, round, attester, resultCid, outcome);
+        }
 
         VoteTally memory v = run.votes;
         if (v.round != round) {
@@ -939,13 +1033,13 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
         }
         uint256 votes;
         if (v.cidHash == bytes23(cidHash)) {
-            votes = ++v.votes; // never past the votes needed (at most 2^16-1): the round finalizes there
+            // at most the eligible count (< 2^16): each eligible attester votes once
+            votes = v.votes += uint16(attesters.length);
         } else {
             v.disputed = true;
-            votes = ++_otherVotes[runId][round][cidHash];
+            votes = _otherVotes[runId][round][cidHash] += attesters.length;
         }
         run.votes = v;
-        emit Attested(runId, round, msg.sender, resultCid, outcome);
 
         if (votes >= v.needed) {
             RunConfig memory cfg = run.config;
@@ -1044,6 +1138,20 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
         returns (bytes32)
     {
         return keccak256(abi.encode(block.chainid, address(this), runId, round, participant, record));
+    }
+
+    /// @notice What an attester signs so that a relayer may cast its vote (`attestMany`):
+    /// the EIP-191 signed-message hash of keccak256(abi.encode(keccak256("deai-flower
+    /// vote"), chainId, contract, runId, round, voteKey)), bound to chain, contract, run
+    /// and round, so a vote is never replayed elsewhere.
+    /// @param runId the run
+    /// @param round the round
+    /// @param voteKey keccak256(resultCid ++ outcome), the pair voted for
+    /// @return the digest the attester signs
+    function voteDigest(uint256 runId, uint32 round, bytes32 voteKey) public view returns (bytes32) {
+        return MessageHashUtils.toEthSignedMessageHash(
+            keccak256(abi.encode(_VOTE_TAG, block.chainid, address(this), runId, round, voteKey))
+        );
     }
 
     /// @notice The sampling seed of round `round` of `runId` when its global model has the

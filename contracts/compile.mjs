@@ -25,7 +25,7 @@ const EXPECTED_COMPILER = "0.8.37";
 // EIP-170 caps deployed code at 24,576 bytes; the runs setting trades code size for gas.
 const settings = {
   evmVersion: "cancun",
-  optimizer: { enabled: true, runs: 1000 },
+  optimizer: { enabled: true, runs: 200 },
   viaIR: true,
   metadata: { bytecodeHash: "none" },
   outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },
@@ -51,7 +51,10 @@ const output = JSON.parse(
   solc.compile(JSON.stringify({ language: "Solidity", sources, settings }), { import: findImports }),
 );
 const errors = (output.errors ?? []).filter((e) => e.severity === "error");
-for (const e of output.errors ?? []) console.error(e.formattedMessage);
+// OpenZeppelin's own warnings (its pinned sources) are not ours to act on
+for (const e of output.errors ?? []) {
+  if (e.severity === "error" || !e.sourceLocation?.file.startsWith("@openzeppelin/")) console.error(e.formattedMessage);
+}
 if (errors.length > 0) process.exit(1);
 
 const outIndex = process.argv.indexOf("--out");

@@ -82,6 +82,7 @@ class StrategyConfig:
     reveal_timeout_s: int = 600
     attest_timeout_s: int = 600
     max_failed_rounds: int = 3  # extra attempts beyond num_rounds when rounds fail
+    relay: bool = True  # the coordinator publishes reveals and signed votes in batches (one message per phase)
 
 
 @dataclass

@@ -118,7 +118,8 @@ def _deployment(grid: Grid, run_config: Mapping[str, Any]) -> None:
     per_phase = _flag(run_config, "phase-messages", default=False)
     evaluate = _flag(run_config, "federated-evaluation", default=True)
     strategy, arrays = _strategy_for(contract, run_id, store, locator, federated_evaluation=evaluate,
-                                     one_message_rounds=not per_phase, reply_poll_s=_REPLY_POLL_S)  # fmt: skip
+                                     one_message_rounds=not per_phase, relay=_flag(run_config, "relay", default=True),
+                                     reply_poll_s=_REPLY_POLL_S)  # fmt: skip
     strategy.start(grid, arrays)
     output_dir = run_config.get("output-dir")
     if output_dir:
@@ -206,7 +207,8 @@ def _play_simulation(grid: Grid, cfg: Any, contract: RoundsContract, run_id: int
     # simulated participants are registered with made-up identities: no SuperNode key to bind
     strategy, arrays = _strategy_for(contract, run_id, store, where, evaluate_fn=evaluate_global,
                                      bind_supernode_keys=False, on_phase=monitor.phase, on_round=round_done,
-                                     max_failed_rounds=int(cfg.strategy.get("max_failed_rounds", 3)))  # fmt: skip
+                                     max_failed_rounds=int(cfg.strategy.get("max_failed_rounds", 3)),
+                                     relay=bool(cfg.strategy.get("relay", True)))  # fmt: skip
     with monitor:
         strategy.start(grid, arrays)
     write_results()

@@ -54,11 +54,18 @@ from flwr.serverapp.strategy import Result, Strategy
 from deai_flower.chain import RoundsContract, TxResult
 from deai_flower.protocol.encoding import committee_size_of, sampled_count, sampled_indices
 from deai_flower.consortium.identity import CHALLENGE_BYTES, recover_identity, supernode_identity
-from deai_flower.errors import BlobFormatError, ChainError, ConfigError, ResultUnrecoverableError, StoreError
+from deai_flower.errors import (
+    BlobFormatError,
+    ChainError,
+    ConfigError,
+    ContractRevertError,
+    ResultUnrecoverableError,
+    StoreError,
+)
 from deai_flower.messages import CONFIG, METRICS, STATUS
 from deai_flower.protocol.spec import RunSpec
 from deai_flower.recovery import fetch_result
-from deai_flower.storage import ContentStore, cid_from_bytes
+from deai_flower.storage import ContentStore, cid_from_bytes, cid_to_bytes
 
 #: How long a one-message round waits for replies once the chain has closed the round.
 _STRAGGLER_GRACE_S = 5.0
@@ -137,6 +144,13 @@ class CommitRevealStrategy(Strategy):
         message per phase. For deployments, where every node runs its message at once;
         an engine that may run nodes one after the other (the in-process simulation) needs
         one message per phase.
+    relay:
+        With one message per phase, publish the reveals the nodes hand over in one
+        ``revealMany`` and cast their signed votes in one ``attestMany`` per result
+        (protocol §2.4, §2.5): a round then costs each participant one transaction of its
+        own (its commit) instead of three, and about a quarter less gas. The coordinator
+        pays for the batches; it can publish only what the nodes committed to and signed.
+        False: every node sends its own reveal and attestation.
     reply_poll_s:
         Ask the SuperLink for replies every ``reply_poll_s`` seconds (None: Flower's
         ``send_and_receive``, which asks every 3 s; the in-process engine needs it, as
@@ -160,6 +174,7 @@ class CommitRevealStrategy(Strategy):
         evaluate_timeout_s: float | None = None,
         bind_supernode_keys: bool = True,
         one_message_rounds: bool = False,
+        relay: bool = True,
         reply_poll_s: float | None = None,
         on_phase: Callable[[int, str], None] | None = None,
         on_round: Callable[[RoundReport], None] | None = None,
@@ -179,6 +194,7 @@ class CommitRevealStrategy(Strategy):
         # simulation runtime makes up random ones, which no registry entry can match.
         self.bind_supernode_keys = bind_supernode_keys
         self.one_message_rounds = one_message_rounds
+        self.relay = relay
         self.reply_poll_s = reply_poll_s
         self.evaluate_timeout_s = float(spec.rounds.commit_s if evaluate_timeout_s is None else evaluate_timeout_s)
         self.initial_federated: dict[str, Any] = {}
@@ -307,13 +323,41 @@ class CommitRevealStrategy(Strategy):
         """After the commit deadline, ask the committers to publish and reveal."""
         self._mark(report, "reveal")
         self._wait_for_phase_end(report.round, "commit", "commitDeadline")
-        replies = self._exchange(committed, "train.reveal", {"round": report.round}, report,
+        replies = self._exchange(committed, "train.reveal", {"round": report.round, "relay": self.relay}, report,
                                  timeout=self.spec.rounds.reveal_s)  # fmt: skip
-        revealed = self._split(report, replies, "revealed")
+        answered = self._split(report, replies, "revealed", "handed")
+        revealed = {n: r for n, r in answered.items() if r.content[STATUS]["state"] == "revealed"}
         for reply in revealed.values():
             report.add_gas("reveal", int(reply.content[METRICS]["gas"]))
+        handed = {n: r for n, r in answered.items() if n not in revealed}
+        if handed:
+            published = self._relay_reveals(report, {n: bytes(r.content[STATUS]["record"]) for n, r in handed.items()})
+            revealed.update({n: handed[n] for n in published})
         report.revealed = [self._addresses[n] for n in revealed]
         return revealed
+
+    def _relay_reveals(self, report: RoundReport, records: dict[int, bytes]) -> list[int]:
+        """Publish the records nodes handed over in one ``revealMany``; return the nodes
+        whose reveal it recorded. A record the chain would refuse (it does not reproduce
+        its node's commitment, or breaks the run's rules) would revert the whole batch:
+        it is found by calling the batch for each record alone, left out and reported as
+        that node's error."""
+        by_address = {self._addresses[n]: n for n in records}
+        batch = {self._addresses[n]: record for n, record in records.items()}
+        try:
+            tx = self.contract.reveal_many(self.run_id, report.round, batch)
+        except ContractRevertError:
+            for address, record in list(batch.items()):
+                refusal = self.contract.reveal_refusal(self.run_id, report.round, address, record)
+                if refusal is not None:
+                    report.errors[address] = f"reveal refused by the chain: {refusal}"
+                    log(WARNING, "round %s: reveal of %s refused: %s", report.round, address, refusal)
+                    del batch[address]
+            if not batch:
+                return []
+            tx = self.contract.reveal_many(self.run_id, report.round, batch)
+        report.add_gas("revealMany", tx.gas_used)
+        return [by_address[str(e["args"]["participant"])] for e in tx.events if e["event"] == "Revealed"]
 
     def attest(self, report: RoundReport, revealed: dict[int, Message]) -> bool:
         """After the reveal deadline, ask a committee of revealers to aggregate and
@@ -323,17 +367,64 @@ class CommitRevealStrategy(Strategy):
         if phase != "attest":
             return self._fail(report, f"reveal phase ended in phase '{phase}' with {len(revealed)} valid reveals")
         committee = self._committee({n: self._addresses[n] for n in revealed})
-        replies = self._exchange(committee, "train.attest", {"round": report.round}, report,
+        replies = self._exchange(committee, "train.attest", {"round": report.round, "relay": self.relay}, report,
                                  timeout=self.spec.rounds.attest_s)  # fmt: skip
-        attested = self._split(report, replies, "attested")
+        answered = self._split(report, replies, "attested", "signed")
         self._record_exclusions(report, replies)
+        attested = {n: r for n, r in answered.items() if r.content[STATUS]["state"] == "attested"}
         for reply in attested.values():
             report.add_gas("attest", int(reply.content[METRICS]["gas"]))
+        signed = {n: r for n, r in answered.items() if n not in attested}
+        if signed:
+            attested.update({n: signed[n] for n in self._cast_votes(report, signed)})
         report.attested = [self._addresses[n] for n in attested]
         phase = self.contract.phase(self.run_id, report.round)
         if phase != "finalized":
             return self._fail(report, f"no attestation quorum ({len(attested)} attestations; phase '{phase}')")
         return True
+
+    def _cast_votes(self, report: RoundReport, signed: dict[int, Message]) -> list[int]:
+        """Cast the signed votes nodes sent, one ``attestMany`` per (result CID, outcome)
+        pair, the pairs with fewer votes first: dissent is cast as its signers gave it.
+        Once a pair finalizes the round no vote lands, so of the pair with the most votes
+        only the round's ``votesNeeded`` are cast (the rest if those do not finalize), as
+        attesters sending their own stop at the finalizing vote. A signature that is not
+        its node's, or that the chain would refuse, is left out and reported as that
+        node's error. Returns the nodes whose votes landed."""
+        groups: dict[tuple[bytes, bytes], dict[int, bytes]] = {}
+        for n, reply in signed.items():
+            status, address = reply.content[STATUS], self._addresses[n]
+            result, outcome, signature = cid_to_bytes(str(status["cid"])), bytes(status["outcome"]), bytes(status["signature"])
+            if self.contract.vote_signer(self.run_id, report.round, result, outcome, signature) != address:
+                report.errors[address] = "its vote's signature is not its own"
+                log(WARNING, "round %s: vote of %s not signed by it", report.round, address)
+                continue
+            groups.setdefault((result, outcome), {})[n] = signature
+        ordered = sorted(groups.items(), key=lambda g: len(g[1]))
+        needed = int(self.contract.get_round(self.run_id, report.round)["votesNeeded"]) if ordered else 0
+        batches = [(pair, votes) for pair, votes in ordered[:-1]]
+        if ordered:
+            pair, votes = ordered[-1]
+            batches += [(pair, dict(list(votes.items())[:needed])), (pair, dict(list(votes.items())[needed:]))]
+        cast: list[int] = []
+        for (result, outcome), votes in batches:
+            if not votes or self.contract.phase(self.run_id, report.round) != "attest":
+                continue
+            try:
+                tx = self.contract.attest_many(self.run_id, report.round, result, outcome, list(votes.values()))
+            except ContractRevertError:
+                for n, signature in list(votes.items()):
+                    refusal = self.contract.vote_refusal(self.run_id, report.round, result, outcome, signature)
+                    if refusal is not None:
+                        report.errors[self._addresses[n]] = f"vote refused by the chain: {refusal}"
+                        log(WARNING, "round %s: vote of %s refused: %s", report.round, self._addresses[n], refusal)
+                        del votes[n]
+                if not votes:
+                    continue
+                tx = self.contract.attest_many(self.run_id, report.round, result, outcome, list(votes.values()))
+            report.add_gas("attestMany", tx.gas_used)
+            cast.extend(votes)
+        return cast
 
     def play_round(self, report: RoundReport) -> bool:
         """One message per round (a deployment): ``train.round`` to the sampled nodes,
@@ -611,8 +702,8 @@ class CommitRevealStrategy(Strategy):
             self._on_phase(report.round, phase)
         self._phase_start = now if phase != "done" else 0.0
 
-    def _split(self, report: RoundReport, replies: list[Message], ok_state: str) -> dict[int, Message]:
-        """Replies in ``ok_state`` by node id; errors recorded in the report."""
+    def _split(self, report: RoundReport, replies: list[Message], *ok_states: str) -> dict[int, Message]:
+        """Replies in one of ``ok_states`` by node id; errors recorded in the report."""
         good = {}
         for reply in replies:
             node_id = reply.metadata.src_node_id
@@ -622,7 +713,7 @@ class CommitRevealStrategy(Strategy):
                 log(WARNING, "round %s: node %s failed: %s", report.round, address, reply.error.reason)
                 continue
             status = reply.content[STATUS]
-            if status.get("state") == ok_state:
+            if status.get("state") in ok_states:
                 good[node_id] = reply
             elif status.get("state") == "declined":
                 report.declined[address] = str(status.get("reason", ""))

@@ -58,6 +58,16 @@ def deploy_for_tests(node: ChainNode) -> Deployment:
     return Deployment(node=node, admin=admin, clients=clients)
 
 
+def with_members(d: Deployment, n: int) -> Deployment:
+    """Register clients until ``n`` are (clients 0-2 are registered by the fixture)."""
+    while len(d.clients) < n:
+        d.clients.append(simulation_key(seed=123, role=f"client-{len(d.clients)}"))
+    d.node.fund([c.address for c in d.clients[3:n]])
+    for i in range(3, n):
+        d.admin.register(d.clients[i].address, bytes([i]) * 32)
+    return d
+
+
 def compose_with(*overrides: str) -> Any:
     """The packaged Hydra config with ``overrides``, as ``deai-flower`` would compose it."""
     from hydra import compose, initialize_config_module

@@ -17,6 +17,10 @@ from typing import Any
 
 from eth_abi import decode, encode
 from eth_abi.exceptions import DecodingError
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from eth_keys.exceptions import BadSignature
+from eth_utils.exceptions import ValidationError
 from eth_account.signers.local import LocalAccount
 from eth_utils import function_signature_to_4byte_selector, to_checksum_address
 from hexbytes import HexBytes
@@ -33,6 +37,8 @@ from ..protocol.encoding import (
     DpParams,
     parse_reveal_record,
     reveal_record,
+    vote_key,
+    vote_message,
 )
 from ..protocol.outcome import OUTCOME_ENTRY_BYTES
 
@@ -54,6 +60,10 @@ ROUND_CALL_GAS = {"commit": 200_000, "reveal": 150_000, "attest": 200_000}
 #: Added to the attestation's limit per revealer: the finalizing attestation settles the
 #: round's outcome (a ledger read, a credit or a slash and an event per revealer).
 ATTEST_GAS_PER_REVEALER = 45_000
+#: Added to a relayed batch's limit per reveal (``revealMany``) and per signed vote
+#: (``attestMany``): each is one participant's checks, two slot writes and an event.
+RELAYED_GAS_PER_REVEAL = 40_000
+RELAYED_GAS_PER_VOTE = 30_000
 
 
 @dataclass(frozen=True)
@@ -331,6 +341,60 @@ class RoundsContract:
     ) -> TxResult:
         record = reveal_record(cid=cid, num_examples=num_examples, dp=dp, salt=salt)
         return self._transact("reveal", run_id, round_id, record)
+
+    def reveal_many(self, run_id: int, round_id: int, records: dict[str, bytes]) -> TxResult:
+        """Publish several participants' reveal records (participant address -> 145-byte
+        record) in one transaction (``revealMany``); anyone may send it, and a participant
+        that has revealed already is skipped."""
+        revealers = [to_checksum_address(a) for a in records]
+        return self._transact("revealMany", run_id, round_id, revealers, b"".join(records.values()),
+                              gas=ROUND_CALL_GAS["reveal"] + RELAYED_GAS_PER_REVEAL * len(revealers))  # fmt: skip
+
+    def reveal_refusal(self, run_id: int, round_id: int, participant: str, record: bytes) -> ContractRevertError | None:
+        """Why the chain would refuse ``participant``'s reveal of ``record`` now (``revealMany``
+        with it alone, called, not sent), or None: how a relayer finds the record that
+        made a batch revert."""
+        return self._refusal("revealMany", run_id, round_id, [to_checksum_address(participant)], bytes(record))
+
+    def vote_refusal(
+        self, run_id: int, round_id: int, result_cid: bytes, outcome: bytes, signature: bytes
+    ) -> ContractRevertError | None:
+        """Why the chain would refuse one signed vote now (``attestMany``, called, not
+        sent), or None."""
+        return self._refusal("attestMany", run_id, round_id, result_cid, outcome, bytes(signature))
+
+    def _refusal(self, fn_name: str, *args: Any) -> ContractRevertError | None:
+        try:
+            self._call(fn_name, *args)
+        except ContractRevertError as exc:
+            return exc
+        return None
+
+    def sign_vote(self, run_id: int, round_id: int, result_cid: bytes, outcome: bytes) -> bytes:
+        """This account's 65-byte signature of its vote for (``result_cid``, ``outcome``),
+        for a relayer to cast with :meth:`attest_many`."""
+        message = vote_message(chain_id=self.node.chain_id, contract=self.address, run_id=run_id,
+                               round_id=round_id, key=vote_key(result_cid, outcome))  # fmt: skip
+        return bytes(self.account.sign_message(encode_defunct(primitive=message)).signature)
+
+    def vote_signer(self, run_id: int, round_id: int, result_cid: bytes, outcome: bytes, signature: bytes) -> str | None:
+        """The address that signed this vote (None: not a signature), as the chain recovers it."""
+        message = vote_message(chain_id=self.node.chain_id, contract=self.address, run_id=run_id,
+                               round_id=round_id, key=vote_key(result_cid, outcome))  # fmt: skip
+        try:
+            return str(Account.recover_message(encode_defunct(primitive=message), signature=bytes(signature)))
+        except (ValueError, TypeError, BadSignature, ValidationError):
+            return None
+
+    def attest_many(
+        self, run_id: int, round_id: int, result_cid: bytes, outcome: bytes, signatures: list[bytes]
+    ) -> TxResult:
+        """Cast the signed votes of several attesters for one (result CID, outcome) pair in
+        one transaction (``attestMany``; see :meth:`sign_vote`)."""
+        revealers = len(outcome) // OUTCOME_ENTRY_BYTES
+        return self._transact("attestMany", run_id, round_id, result_cid, outcome, b"".join(signatures),
+                              gas=ROUND_CALL_GAS["attest"] + ATTEST_GAS_PER_REVEALER * revealers
+                              + RELAYED_GAS_PER_VOTE * len(signatures))  # fmt: skip
 
     def attest(self, run_id: int, round_id: int, result_cid: bytes, outcome: bytes) -> TxResult:
         """Attest the round's result CID together with its outcome (scores and verdicts,

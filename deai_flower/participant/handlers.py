@@ -28,7 +28,7 @@ from flwr.app import ConfigRecord, Context, Message
 from flwr.common import log
 
 from ..chain import DpParams, commitment_of
-from ..protocol.encoding import STAGES, from_wad
+from ..protocol.encoding import from_wad, reveal_record
 from ..errors import (
     ChainError,
     ContractRevertError,
@@ -184,8 +184,10 @@ def _example_bound(view: RunView) -> int:
 
 
 def _ensure_stake(view: RunView) -> int:
-    """Top this participant's stake in the run up to what the spec requires (after
-    slashing) before it commits; return the gas spent. A run without stake costs nothing.
+    """Top this participant's stake in the run up to what the spec requires before it
+    commits; return the gas spent. A run without stake costs nothing. (A penalty still
+    pending is settled by the commit itself: :func:`_commit` tops up again if that leaves
+    the stake short.)
 
     Raises:
         ChainError: the deposit failed (e.g. the account cannot pay it).
@@ -195,12 +197,6 @@ def _ensure_stake(view: RunView) -> int:
         return 0
     contract, address = view.contract, view.account.address
     gas = 0
-    member = contract.get_member(view.run_id, address)
-    current = int(contract.get_run(view.run_id)["currentRound"])
-    if STAGES[int(member["stage"])] in ("committed", "attested") and int(member["round"]) < current:
-        # A penalty of an earlier round may be pending (a missing reveal, a minority vote):
-        # the commit would slash it first and then find the stake short. Settle it now.
-        gas += contract.settle(view.run_id, address).gas_used
     held = int(contract.get_account(view.run_id, address)["stake"])
     if held >= incentives.stake:
         return gas
@@ -300,7 +296,17 @@ def _commit(participant: Participant, view: RunView, context: Context, round_id:
         dp=dp,
         salt=salt,
     )
-    tx = contract.commit(view.run_id, round_id, commitment)
+    try:
+        tx = contract.commit(view.run_id, round_id, commitment)
+    except ContractRevertError as exc:
+        if exc.error_name != "InsufficientStake":
+            raise
+        # A penalty of an earlier round (a missing reveal, a minority vote) was pending: the
+        # commit settles it first and then finds the stake short. Settle it on its own, top
+        # the stake up again and commit (rare: most rounds leave nothing to settle, and a
+        # settle of its own would cost every commit a transaction).
+        stake_gas += contract.settle(view.run_id, participant.address).gas_used + _ensure_stake(view)
+        tx = contract.commit(view.run_id, round_id, commitment)
     if _PENDING in context.state:  # a round abandoned before its reveal
         view.store.discard(str(context.state[_PENDING].get("staged", "")))
     # Published only at the reveal; staging writes it meanwhile, out of sight (after the
@@ -335,13 +341,16 @@ def _commit(participant: Participant, view: RunView, context: Context, round_id:
 
 
 def handle_reveal(participant: Participant, message: Message, context: Context) -> Message:
-    """Upload the committed blob and reveal its preimage on chain."""
+    """Upload the committed blob and reveal its preimage on chain; with ``relay`` in the
+    message's config, hand the reveal record to the coordinator instead, which publishes
+    every participant's in one ``revealMany`` (the record reproduces this participant's
+    commitment, so the relayer can publish nothing else in its name)."""
     round_id, view = _round_and_view(participant, message)
-    status, metrics = _reveal(participant, view, context, round_id)
+    status, metrics = _reveal(participant, view, context, round_id, relay=bool(message.content[CONFIG].get("relay")))
     return reply(message, status=status, metrics=metrics)
 
 
-def _reveal(participant: Participant, view: RunView, context: Context, round_id: int) -> Step:
+def _reveal(participant: Participant, view: RunView, context: Context, round_id: int, *, relay: bool = False) -> Step:
     pending = context.state[_PENDING] if _PENDING in context.state else None
     if (pending is None or int(pending["round"]) != round_id
             or str(pending.get("contract", view.contract.address)) != view.contract.address
@@ -360,14 +369,12 @@ def _reveal(participant: Participant, view: RunView, context: Context, round_id:
     if stored_cid != pending["cid"]:
         raise StoreError(f"store returned CID {stored_cid}, committed {pending['cid']}")
     dp = DpParams(*(int(v) for v in pending["dp"]))
-    tx = view.contract.reveal(
-        view.run_id,
-        round_id,
-        cid=cid_to_bytes(stored_cid),
-        num_examples=int(pending["num-examples"]),
-        dp=dp,
-        salt=bytes(pending["salt"]),
-    )
+    fields = {"cid": cid_to_bytes(stored_cid), "num_examples": int(pending["num-examples"]), "dp": dp,
+              "salt": bytes(pending["salt"])}  # fmt: skip
+    if relay:
+        del context.state[_PENDING]
+        return {"state": "handed", "address": participant.address, "record": reveal_record(**fields)}, {"gas": 0}
+    tx = view.contract.reveal(view.run_id, round_id, **fields)
     del context.state[_PENDING]
     return {"state": "revealed", "address": participant.address}, {"gas": tx.gas_used}
 
@@ -449,13 +456,16 @@ def _late(view: RunView) -> Step:
 
 
 def handle_attest(participant: Participant, message: Message, context: Context) -> Message:
-    """Aggregate the round's revealed updates with the spec's rule and attest the result's CID."""
+    """Aggregate the round's revealed updates with the spec's rule and attest the result's
+    CID; with ``relay`` in the message's config, sign the vote instead (state ``signed``,
+    with the CID, the outcome and the signature) for the coordinator to cast with the
+    others' in one ``attestMany``: the signature counts for this pair in this round only."""
     round_id, view = _round_and_view(participant, message)
-    status, metrics = _attest(participant, view, round_id)
+    status, metrics = _attest(participant, view, round_id, relay=bool(message.content[CONFIG].get("relay")))
     return reply(message, status=status, metrics=metrics)
 
 
-def _attest(participant: Participant, view: RunView, round_id: int) -> Step:
+def _attest(participant: Participant, view: RunView, round_id: int, *, relay: bool = False) -> Step:
     contract = view.contract
     phase = contract.phase(view.run_id, round_id)
     if phase == "finalized":
@@ -478,6 +488,10 @@ def _attest(participant: Participant, view: RunView, round_id: int) -> Step:
     global_arrays = _global_model(view, cid_from_bytes(bytes(contract.get_run(view.run_id)["modelCid"])))
     scores = contribution_scores(view, updates, global_arrays)
     outcome = encode_outcome(scores, {address: refusal.verdict for address, refusal in rejected.items()})
+    if relay:
+        signature = contract.sign_vote(view.run_id, round_id, cid_to_bytes(result_cid), outcome)
+        return ({"state": "signed", "address": participant.address, "cid": result_cid, "outcome": outcome,
+                 "signature": signature, **_exclusions(rejected)}, {"gas": 0, "excluded": len(rejected)})  # fmt: skip
     try:
         tx = contract.attest(view.run_id, round_id, cid_to_bytes(result_cid), outcome)
     except ChainError:

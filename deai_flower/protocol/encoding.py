@@ -194,6 +194,23 @@ def commitment_of(
     return keccak(preimage)
 
 
+#: Domain tag of a signed vote (``keccak256("deai-flower vote")``, protocol §2.5).
+VOTE_TAG = keccak(b"deai-flower vote")
+
+
+def vote_key(result_cid: bytes, outcome: bytes) -> bytes:
+    """The pair an attestation votes for: ``keccak256(resultCid ‖ outcome)`` (protocol §2.5)."""
+    return keccak(bytes(result_cid) + bytes(outcome))
+
+
+def vote_message(*, chain_id: int, contract: str, run_id: int, round_id: int, key: bytes) -> bytes:
+    """The 32 bytes an attester signs as an EIP-191 message (``personal_sign``) so that a
+    relayer may cast its vote: ``keccak256(abi.encode(VOTE_TAG, chainId, contract, runId,
+    round, voteKey))``. The chain's ``voteDigest`` is their signed-message hash."""
+    return keccak(encode(["bytes32", "uint256", "address", "uint256", "uint32", "bytes32"],
+                         [VOTE_TAG, chain_id, to_canonical_address(contract), run_id, round_id, key]))  # fmt: skip
+
+
 def sampled_count(*, registry_size: int, sample_bps: int) -> int:
     """k, the participants a round samples: ``ceil(registry_size * sample_bps / 10000)``, at
     most :data:`MAX_SAMPLED` (the ``sampledCount`` the contract fixes when a round opens)."""

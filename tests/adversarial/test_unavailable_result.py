@@ -30,7 +30,9 @@ from deai_flower.verify import RunRecord, verify_run
 
 pytestmark = pytest.mark.slow
 
-RUN = ["num_clients=3", "num_rounds=2", "progress=false", "training.local_epochs=1"]
+# Attesters send their own attestations (no relay): the one whose vote finalizes round 1
+# sees it in its own call, and deletes the blob before the coordinator fetches it.
+RUN = ["num_clients=3", "num_rounds=2", "progress=false", "training.local_epochs=1", "strategy.relay=false"]
 
 
 def _delete(store_dir: Path, cid: str) -> bool:

@@ -176,6 +176,10 @@ def test_a_lying_attester_is_outvoted_and_penalized(tmp_path: Path) -> None:
     penalties = [(e["args"]["participant"], e["args"]["round"], e["args"]["reason"])
                  for e in results["events"] if e["event"] == "PenaltyRecorded"]  # fmt: skip
     assert penalties == [(liars[0], 1, 1)]  # MinorityAttestation, settled at its next commit
+    # the slash left its stake short: it settled, topped the stake up and committed all the same
+    assert liars[0] in results["rounds"][1]["committed"]
+    deposits = [e for e in results["events"] if e["event"] == "StakeDeposited" and e["args"]["participant"] == liars[0]]
+    assert len(deposits) == 2
     liar = results["incentives"]["participants"][liars[0]]
     assert liar["slashed"] == results["spec"]["incentives"]["slash_minority"] > 0
     assert all(v.ok for v in verify_run(RunRecord.from_output_dir(tmp_path), LocalStore(tmp_path / "store")))

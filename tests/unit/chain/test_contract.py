@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from support import Deployment, cid_of
+from support import Deployment, cid_of, with_members
 
 from deai_flower.chain import (
     DpParams,
@@ -606,16 +606,6 @@ def test_runs_are_independent(deployment: Deployment) -> None:
     assert d.admin.get_run(first)["beacon"] != d.admin.get_run(second)["beacon"]
 
 
-def with_members(d: Deployment, n: int) -> Deployment:
-    """Register clients until ``n`` are (clients 0-2 are registered by the fixture)."""
-    while len(d.clients) < n:
-        d.clients.append(simulation_key(seed=123, role=f"client-{len(d.clients)}"))
-    d.node.fund([c.address for c in d.clients[3:n]])
-    for i in range(3, n):
-        d.admin.register(d.clients[i].address, bytes([i]) * 32)
-    return d
-
-
 def test_two_colluding_attesters_of_five_cannot_finalize_a_forged_cid(deployment: Deployment) -> None:
     """Every revealer is eligible (committeeSize 0): a CID needs 3 of 5 votes whatever the
     run's quorum (2), so two colluders attesting first decide nothing; the honest majority
@@ -764,6 +754,40 @@ def test_round_calls_stay_well_within_their_fixed_gas_limits(
                                                       ROUND_CALL_GAS["attest"] + 2 * ATTEST_GAS_PER_REVEALER}
     for fn_name in ROUND_CALL_GAS:
         assert used[fn_name] and all(3 * gas <= 2 * limit for gas, limit in used[fn_name]), (fn_name, used[fn_name])
+
+
+def test_relayed_batches_stay_well_within_their_gas_limits(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``revealMany`` and ``attestMany`` at their dearest: five first reveals in a run (fresh
+    ledger slots), a minority's votes, then the majority's, which finalize a disputed
+    round and open the next; each uses at most 2/3 of its limit."""
+    used: dict[str, list[tuple[int, int]]] = {}
+    real = RoundsContract._transact
+
+    def spy(self: RoundsContract, fn_name: str, *args: object, **kwargs: object) -> object:
+        tx = real(self, fn_name, *args, **kwargs)
+        used.setdefault(fn_name, []).append((tx.gas_used, int(kwargs["gas"])))  # type: ignore[arg-type]
+        return tx
+
+    d = with_members(deployment, 5)
+    run_id = d.create_run()
+    round_id, _ = d.admin.open_round(run_id)
+    reveals = [commit(d, i, run_id, round_id) for i in range(5)]
+    d.node.advance_to(deadline(d, run_id, round_id, "commitDeadline"), timeout=5)
+    monkeypatch.setattr(RoundsContract, "_transact", spy)
+    records = {d.clients[i].address: reveal_record(cid=r.cid, num_examples=r.num_examples, dp=r.dp, salt=r.salt)
+               for i, r in enumerate(reveals)}  # fmt: skip
+    d.admin.reveal_many(run_id, round_id, records)
+    d.node.advance_to(deadline(d, run_id, round_id, "revealDeadline"), timeout=5)
+    outcome = outcome_of(d.admin, run_id, round_id)
+    for voters, tag in (((3, 4), 7), ((0, 1, 2), 8)):
+        signed = [d.as_client(i).sign_vote(run_id, round_id, cid_of(tag, 0x70), outcome) for i in voters]
+        d.admin.attest_many(run_id, round_id, cid_of(tag, 0x70), outcome, signed)
+    assert d.admin.phase(run_id, round_id) == "finalized" and d.admin.get_round(run_id, round_id + 1)
+    assert set(used) == {"revealMany", "attestMany"}
+    for fn_name, calls in used.items():
+        assert all(3 * gas <= 2 * limit for gas, limit in calls), (fn_name, calls)
 
 
 def test_commits_that_evaluate_the_permutation_stay_well_within_their_gas_limit(deployment: Deployment) -> None:

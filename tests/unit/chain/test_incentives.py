@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from eth_abi import decode, encode
 from eth_utils import function_signature_to_4byte_selector, to_checksum_address
-from support import Deployment, cid_of
+from support import Deployment, cid_of, with_members
 
 from deai_flower.chain import RoundsContract, TxResult, commitment_of, to_wad
 from deai_flower.chain.artifact import load_artifact
@@ -21,7 +21,7 @@ from deai_flower.chain.contract import ATTEST_GAS_PER_REVEALER, ROUND_CALL_GAS, 
 from deai_flower.errors import ContractRevertError
 from deai_flower.protocol.encoding import PENALTY_REASONS, reveal_record
 from deai_flower.protocol.outcome import VERDICTS, encode_outcome
-from unit.chain.test_contract import commit, deadline, do_reveal, dp, expect_revert, next_round, with_members
+from unit.chain.test_contract import commit, deadline, do_reveal, dp, expect_revert, next_round
 
 STAKE = 10**18
 POOL = 3 * 10**18 + 7  # not a multiple of the rounds or the scores: payouts round down

@@ -1,0 +1,181 @@
+"""Attack: a relayer abuses the batches that spare participants their own transactions.
+
+``revealMany`` publishes several participants' reveal records and ``attestMany`` casts
+several attesters' signed votes in one transaction; anyone may send either (protocol
+§2.4, §2.5). A relayer holds what the participants gave it and nothing else, and tries,
+on the real contract: to publish a record that is not the one committed (an inflated
+example count, another participant's record), to cast a vote nobody signed, to move a
+signed vote to another result, outcome, round, run or contract, to count one vote twice,
+to finalize with a minority's signatures, and to block a batch by revealing first. Each
+is refused, or changes nothing.
+"""
+
+from __future__ import annotations
+
+import pytest
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from support import Deployment, cid_of, deploy_for_tests, with_members
+
+from deai_flower.chain import DpParams, RoundsContract, commitment_of, simulation_key
+from deai_flower.errors import ContractRevertError
+from deai_flower.protocol.encoding import reveal_record, vote_key, vote_message
+from deai_flower.protocol.outcome import encode_outcome
+
+RESULT, FORGED = cid_of(77, 0x70), cid_of(66, 0x70)
+DP = DpParams.from_floats(noise_multiplier=1.1, sample_rate=0.1, steps=10, delta=1e-5, epsilon=1.0,
+                          accountant="rdp")  # fmt: skip
+
+
+def expect_revert(name: str):
+    return pytest.raises(ContractRevertError, match=rf"\b{name}\(")
+
+
+def record_of(i: int, round_id: int, *, num_examples: int | None = None) -> bytes:
+    return reveal_record(cid=cid_of(10 + i), num_examples=100 + i if num_examples is None else num_examples, dp=DP,
+                         salt=bytes([i + 1, round_id]) * 16)  # fmt: skip
+
+
+def committed_round(d: Deployment, run_id: int, n: int) -> tuple[int, dict[str, bytes]]:
+    """Open a round in which clients 0..n-1 commit; return it and their records."""
+    round_id, _ = d.admin.open_round(run_id)
+    records = {}
+    for i in range(n):
+        c = d.as_client(i)
+        record = record_of(i, round_id)
+        commitment = commitment_of(chain_id=d.node.chain_id, contract=c.address, run_id=run_id, round_id=round_id,
+                                   participant=c.account.address, cid=record[:36], num_examples=100 + i, dp=DP,
+                                   salt=record[113:])  # fmt: skip
+        c.commit(run_id, round_id, commitment)
+        records[c.account.address] = record
+    return round_id, records
+
+
+def attest_phase(d: Deployment, run_id: int, n: int) -> tuple[int, bytes, RoundsContract]:
+    """A round in its attest phase with clients 0..n-1 revealed (by a relayer); return it,
+    the honest outcome and the relayer (an account that is no participant)."""
+    round_id, records = committed_round(d, run_id, n)
+    relayer = d.admin.as_account(simulation_key(seed=123, role="outsider"))
+    relayer.reveal_many(run_id, round_id, records)
+    d.node.advance_to(int(d.admin.get_round(run_id, round_id)["revealDeadline"]), timeout=5)
+    return round_id, encode_outcome(dict.fromkeys(records, 1), {}), relayer
+
+
+@pytest.fixture
+def five(deployment: Deployment) -> Deployment:
+    return with_members(deployment, 5)
+
+
+def test_a_relayer_publishes_only_the_committed_records(five: Deployment) -> None:
+    d = five
+    run_id = d.create_run(quorum=2, minReveals=2)
+    round_id, records = committed_round(d, run_id, 5)
+    d.node.advance_to(int(d.admin.get_round(run_id, round_id)["commitDeadline"]), timeout=5)
+    relayer = d.admin.as_account(simulation_key(seed=123, role="outsider"))
+    addresses = list(records)
+    inflated = {**records, addresses[0]: record_of(0, round_id, num_examples=2**40)}
+    with expect_revert("CommitmentMismatch"):
+        relayer.reveal_many(run_id, round_id, inflated)
+    swapped = {addresses[0]: records[addresses[1]], addresses[1]: records[addresses[0]]}
+    with expect_revert("CommitmentMismatch"):  # a record is bound to the participant that committed it
+        relayer.reveal_many(run_id, round_id, swapped)
+    outsider = Account.create().address
+    with expect_revert("NotCommitted"):
+        relayer.reveal_many(run_id, round_id, {outsider: records[addresses[0]]})
+    with expect_revert("InvalidRevealRecord"):
+        relayer.reveal_many(run_id, round_id, {addresses[0]: records[addresses[0]][:-1]})
+    assert int(d.admin.get_round(run_id, round_id)["revealCount"]) == 0  # nothing of it landed
+
+    # a participant that reveals on its own first does not block the batch: it is skipped
+    d.as_client(2).reveal(run_id, round_id, cid=cid_of(12), num_examples=102, dp=DP, salt=bytes([3, round_id]) * 16)
+    tx = relayer.reveal_many(run_id, round_id, records)
+    assert [e["args"]["participant"] for e in tx.events] == [a for a in addresses if a != addresses[2]]
+    state = d.admin.get_round(run_id, round_id)
+    assert (state["revealCount"], state["eligibleCount"]) == (5, 5)
+    order = [addresses[2], *(a for a in addresses if a != addresses[2])]
+    assert [(r["participant"], bytes(r["cid"]), r["numExamples"]) for r in d.admin.revealed(run_id, round_id, from_block=0)] == [
+        (a, records[a][:36], int.from_bytes(records[a][36:44], "big")) for a in order]  # fmt: skip
+
+
+def test_signed_votes_count_once_for_their_own_pair_and_a_minority_never_finalizes(five: Deployment) -> None:
+    d = five
+    run_id = d.create_run(quorum=2, minReveals=2)
+    round_id, outcome, relayer = attest_phase(d, run_id, 5)
+    voters = [d.as_client(i) for i in range(5)]
+
+    def sign(c: RoundsContract, result: bytes = RESULT, out: bytes = outcome, r: int = round_id) -> bytes:
+        return c.sign_vote(run_id, r, result, out)
+
+    # a vote nobody eligible signed: a stranger's key, or a signature moved to another
+    # result, outcome or round (it recovers to some other address)
+    stranger = d.admin.as_account(Account.create())
+    for bad in (sign(stranger), sign(voters[0], result=FORGED), sign(voters[0], r=round_id + 1),
+                sign(voters[0], out=encode_outcome(dict.fromkeys(d.admin.members()[:5], 2), {}))):  # fmt: skip
+        with expect_revert("NotEligibleAttester"):
+            relayer.attest_many(run_id, round_id, RESULT, outcome, [bad])
+    with expect_revert("ECDSAInvalidSignature"):
+        relayer.attest_many(run_id, round_id, RESULT, outcome, [b"\x00" * 65])
+    with expect_revert("InvalidSignatures"):
+        relayer.attest_many(run_id, round_id, RESULT, outcome, [sign(voters[0])[:64]])
+    with expect_revert("NotEligibleAttester"):  # one signature twice in a batch
+        relayer.attest_many(run_id, round_id, RESULT, outcome, [sign(voters[0])] * 2)
+
+    # two of five (a minority) sign a forged pair: counted, nothing finalizes
+    tx = relayer.attest_many(run_id, round_id, FORGED, outcome, [sign(voters[3], FORGED), sign(voters[4], FORGED)])
+    assert [e["event"] for e in tx.events] == ["Attested", "Attested"]
+    assert d.admin.phase(run_id, round_id) == "attest"
+    with expect_revert("NotEligibleAttester"):  # a cast vote cannot be cast again, relayed or not
+        relayer.attest_many(run_id, round_id, FORGED, outcome, [sign(voters[3], FORGED)])
+
+    # the honest majority: one votes on its own, two through the relayer; the third vote finalizes
+    voters[0].attest(run_id, round_id, RESULT, outcome)
+    tx = relayer.attest_many(run_id, round_id, RESULT, outcome, [sign(voters[1]), sign(voters[2])])
+    assert [e["event"] for e in tx.events][:2] == ["Attested", "Attested"]
+    assert "RoundFinalized" in [e["event"] for e in tx.events]
+    assert [e["args"]["attester"] for e in tx.events if e["event"] == "Attested"] == [
+        voters[1].account.address, voters[2].account.address]  # fmt: skip
+    assert bytes(d.admin.get_run(run_id)["modelCid"]) == RESULT
+
+    # the minority is penalized, the majority is not, whoever sent the transactions
+    next_round = int(d.admin.get_run(run_id)["currentRound"])
+    d.node.advance_to(int(d.admin.get_round(run_id, next_round)["attestDeadline"]), timeout=5)
+    for c in voters:
+        d.admin.settle(run_id, c.account.address)
+    assert [d.admin.get_member(run_id, c.account.address)["penalties"] for c in voters] == [0, 0, 0, 1, 1]
+
+
+def test_a_signed_vote_is_bound_to_its_chain_contract_and_run(five: Deployment) -> None:
+    d = five
+    first, second = d.create_run(quorum=2, minReveals=2), d.create_run(quorum=2, minReveals=2, specHash=b"\x09" * 32)
+    relayer = d.admin.as_account(simulation_key(seed=123, role="outsider"))
+    # the same participants, the same round number and the same pair in both runs
+    (round_id, records), (round_b, records_b) = committed_round(d, first, 5), committed_round(d, second, 5)
+    assert round_b == round_id
+    d.node.advance_to(int(d.admin.get_round(second, round_b)["commitDeadline"]), timeout=5)
+    relayer.reveal_many(first, round_id, records)
+    relayer.reveal_many(second, round_b, records_b)
+    d.node.advance_to(int(d.admin.get_round(second, round_b)["revealDeadline"]), timeout=5)
+    outcome = encode_outcome(dict.fromkeys(records, 1), {})
+    assert encode_outcome(dict.fromkeys(records_b, 1), {}) == outcome and d.admin.phase(first, round_id) == "attest"
+
+    other = deploy_for_tests(d.node)  # the same keys registered on another deployment
+    signed_elsewhere = [other.as_client(i).sign_vote(first, round_id, RESULT, outcome) for i in range(3)]
+    signed_for_b = [d.as_client(i).sign_vote(second, round_b, RESULT, outcome) for i in range(3)]
+    for moved in (signed_elsewhere, signed_for_b):
+        with expect_revert("NotEligibleAttester"):
+            relayer.attest_many(first, round_id, RESULT, outcome, moved)
+    assert d.admin.phase(first, round_id) == "attest"
+    relayer.attest_many(first, round_id, RESULT, outcome,
+                        [d.as_client(i).sign_vote(first, round_id, RESULT, outcome) for i in range(3)])  # fmt: skip
+    assert d.admin.phase(first, round_id) == "finalized" and d.admin.phase(second, round_b) == "attest"
+
+
+def test_the_python_vote_message_is_the_contracts(five: Deployment) -> None:
+    """What a signer signs (protocol §2.5) is what the contract recovers from."""
+    d = five
+    message = vote_message(chain_id=d.node.chain_id, contract=d.admin.address, run_id=3, round_id=7,
+                           key=vote_key(RESULT, b"\x01" * 25))  # fmt: skip
+    digest = d.admin._call("voteDigest", 3, 7, vote_key(RESULT, b"\x01" * 25))
+    signature = d.as_client(0).sign_vote(3, 7, RESULT, b"\x01" * 25)
+    assert Account.recover_message(encode_defunct(primitive=message), signature=signature) == d.clients[0].address
+    assert Account._recover_hash(bytes(digest), signature=signature) == d.clients[0].address
