@@ -52,13 +52,14 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from deai_flower.chain import RoundsContract, TxResult
-from deai_flower.protocol.encoding import committee_size_of, sampled_count, sampled_indices
+from deai_flower.protocol.encoding import REVEAL_RECORD_BYTES, committee_size_of, sampled_count, sampled_indices
 from deai_flower.consortium.identity import CHALLENGE_BYTES, recover_identity, supernode_identity
 from deai_flower.errors import (
     BlobFormatError,
     ChainError,
     ConfigError,
     ContractRevertError,
+    InvalidCidError,
     ResultUnrecoverableError,
     StoreError,
 )
@@ -330,9 +331,14 @@ class CommitRevealStrategy(Strategy):
         for reply in revealed.values():
             report.add_gas("reveal", int(reply.content[METRICS]["gas"]))
         handed = {n: r for n, r in answered.items() if n not in revealed}
-        if handed:
-            published = self._relay_reveals(report, {n: bytes(r.content[STATUS]["record"]) for n, r in handed.items()})
-            revealed.update({n: handed[n] for n in published})
+        records = {}
+        for n, reply in handed.items():  # replies are untrusted: a malformed one is that node's error
+            try:
+                records[n] = _reply_bytes(reply.content[STATUS], "record", size=REVEAL_RECORD_BYTES)
+            except ValueError as exc:
+                report.errors[self._addresses[n]] = str(exc)
+        if records:
+            revealed.update({n: handed[n] for n in self._relay_reveals(report, records)})
         report.revealed = [self._addresses[n] for n in revealed]
         return revealed
 
@@ -392,16 +398,23 @@ class CommitRevealStrategy(Strategy):
         its node's, or that the chain would refuse, is left out and reported as that
         node's error. Returns the nodes whose votes landed."""
         groups: dict[tuple[bytes, bytes], dict[int, bytes]] = {}
-        for n, reply in signed.items():
+        for n, reply in signed.items():  # replies are untrusted: a malformed one is that node's error
             status, address = reply.content[STATUS], self._addresses[n]
-            result, outcome, signature = cid_to_bytes(str(status["cid"])), bytes(status["outcome"]), bytes(status["signature"])
-            if self.contract.vote_signer(self.run_id, report.round, result, outcome, signature) != address:
-                report.errors[address] = "its vote's signature is not its own"
-                log(WARNING, "round %s: vote of %s not signed by it", report.round, address)
+            try:
+                result = cid_to_bytes(status["cid"]) if "cid" in status else b""
+                outcome, signature = _reply_bytes(status, "outcome"), _reply_bytes(status, "signature", size=65)
+                if self.contract.vote_signer(self.run_id, report.round, result, outcome, signature) != address:
+                    raise ValueError("its vote's signature is not its own")
+            except (ValueError, InvalidCidError) as exc:
+                report.errors[address] = f"vote not cast: {exc}"
+                log(WARNING, "round %s: vote of %s not cast: %s", report.round, address, exc)
                 continue
             groups.setdefault((result, outcome), {})[n] = signature
         ordered = sorted(groups.items(), key=lambda g: len(g[1]))
-        needed = int(self.contract.get_round(self.run_id, report.round)["votesNeeded"]) if ordered else 0
+        try:
+            needed = int(self.contract.get_round(self.run_id, report.round)["votesNeeded"])
+        except ContractRevertError:  # finalized meanwhile (by attesters sending their own): nothing to cast
+            return []
         batches = [(pair, votes) for pair, votes in ordered[:-1]]
         if ordered:
             pair, votes = ordered[-1]
@@ -813,6 +826,14 @@ class CommitRevealStrategy(Strategy):
     def summary(self) -> None:
         log(INFO, "\t├── CommitRevealStrategy: contract %s, run %s", self.contract.address, self.run_id)
         log(INFO, "\t└── committee size %s, rule %s", self.spec.rounds.committee_size, self.spec.rule.name)
+
+
+def _reply_bytes(status: Any, key: str, *, size: int | None = None) -> bytes:
+    """Field ``key`` of a node's reply status, which must be bytes (of ``size`` bytes)."""
+    value = status[key] if key in status else None
+    if not isinstance(value, bytes) or (size is not None and len(value) != size):
+        raise ValueError(f"its reply's '{key}' is not {size or 'some'} bytes")
+    return value
 
 
 def _record_training(report: RoundReport, metrics: list[Any]) -> None:

@@ -7,20 +7,30 @@ on the real contract: to publish a record that is not the one committed (an infl
 example count, another participant's record), to cast a vote nobody signed, to move a
 signed vote to another result, outcome, round, run or contract, to count one vote twice,
 to finalize with a minority's signatures, and to block a batch by revealing first. Each
-is refused, or changes nothing.
+is refused, or changes nothing. Through the apps, nodes hand the relaying coordinator a
+tampered record, a vote signed by another key and a malformed signature: each is left
+out and reported, and the rounds go on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
-from support import Deployment, cid_of, deploy_for_tests, with_members
+from flwr.app import Context, Message
+from support import Deployment, cid_of, compose_with, deploy_for_tests, with_members
 
+from deai_flower.apps import client_app
 from deai_flower.chain import DpParams, RoundsContract, commitment_of, simulation_key
 from deai_flower.errors import ContractRevertError
 from deai_flower.protocol.encoding import reveal_record, vote_key, vote_message
 from deai_flower.protocol.outcome import encode_outcome
+from deai_flower.simulation.experiment import run_experiment
+from deai_flower.storage import LocalStore
+from deai_flower.verify import RunRecord, verify_run
 
 RESULT, FORGED = cid_of(77, 0x70), cid_of(66, 0x70)
 DP = DpParams.from_floats(noise_multiplier=1.1, sample_rate=0.1, steps=10, delta=1e-5, epsilon=1.0,
@@ -179,3 +189,51 @@ def test_the_python_vote_message_is_the_contracts(five: Deployment) -> None:
     signature = d.as_client(0).sign_vote(3, 7, RESULT, b"\x01" * 25)
     assert Account.recover_message(encode_defunct(primitive=message), signature=signature) == d.clients[0].address
     assert Account._recover_hash(bytes(digest), signature=signature) == d.clients[0].address
+
+
+# ------------------------------------------------------------------ through the apps
+
+
+def tampering(victims: dict[int, str]) -> Callable[[Message, Context], Message]:
+    """The real ClientApp, whose replies to the relaying coordinator some nodes tamper
+    with: ``inflate`` hands a record claiming 2^40 examples, ``foreign`` a vote signed by
+    another key, ``bomb`` a signature that is an integer (``bytes(n)`` would allocate n)."""
+
+    def call(message: Message, context: Context) -> Message:
+        answer = client_app(message, context)
+        how = victims.get(int(context.node_config["partition-id"]))
+        if how is None or answer.has_error():
+            return answer
+        status = answer.content["status"]
+        if how == "inflate" and status.get("state") == "handed":
+            record = bytes(status["record"])
+            status["record"] = record[:36] + (2**40).to_bytes(8, "big") + record[44:]
+        elif how == "foreign" and status.get("state") == "signed":
+            status["signature"] = Account.create().sign_message(encode_defunct(b"x" * 32)).signature
+        elif how == "bomb" and status.get("state") == "signed":
+            status["signature"] = 10**12
+        return answer
+
+    return call
+
+
+@pytest.mark.slow
+def test_tampered_hand_overs_are_left_out_and_the_round_goes_on(tmp_path: Path) -> None:
+    # six nodes: five revealers (3 votes needed), of which three vote honestly
+    cfg = compose_with("num_clients=6", "num_rounds=2", "progress=false", "training.local_epochs=1",
+                       "privacy=none")  # fmt: skip
+    results = run_experiment(cfg, output_dir=tmp_path,
+                             client_app=tampering({0: "inflate", 1: "foreign", 2: "bomb"}))  # fmt: skip
+    inflater, forger, bomber = (simulation_key(seed=0, role=f"client-{i}").address for i in range(3))
+    assert [r["status"] for r in results["rounds"]] == ["finalized", "finalized"]
+    for r in results["rounds"]:
+        assert inflater not in r["revealed"] and len(r["revealed"]) == 5, r
+        assert "CommitmentMismatch" in r["errors"][inflater]
+        assert "not its own" in r["errors"][forger] and "'signature' is not 65 bytes" in r["errors"][bomber]
+        assert forger not in r["attested"] and bomber not in r["attested"]
+        assert set(r["gas_by_call"]) >= {"revealMany", "attestMany"} and "reveal" not in r["gas_by_call"]
+    # the inflated count never reached the chain; its node was slashed for a missing reveal
+    assert all(e["args"]["numExamples"] < 2**40 for e in results["events"] if e["event"] == "Revealed")
+    assert [(e["args"]["participant"], e["args"]["reason"]) for e in results["events"]
+            if e["event"] == "PenaltyRecorded"] == [(inflater, 0), (inflater, 0)]  # fmt: skip
+    assert all(v.ok for v in verify_run(RunRecord.from_output_dir(tmp_path), LocalStore(tmp_path / "store")))
