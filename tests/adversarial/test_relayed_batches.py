@@ -154,7 +154,7 @@ def test_signed_votes_count_once_for_their_own_pair_and_a_minority_never_finaliz
     assert [d.admin.get_member(run_id, c.account.address)["penalties"] for c in voters] == [0, 0, 0, 1, 1]
 
 
-def test_a_signed_vote_is_bound_to_its_chain_contract_and_run(five: Deployment) -> None:
+def test_a_signed_vote_is_bound_to_its_contract_and_run(five: Deployment) -> None:
     d = five
     first, second = d.create_run(quorum=2, minReveals=2), d.create_run(quorum=2, minReveals=2, specHash=b"\x09" * 32)
     relayer = d.admin.as_account(simulation_key(seed=123, role="outsider"))
