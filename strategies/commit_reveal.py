@@ -336,7 +336,8 @@ class CommitRevealStrategy(Strategy):
             try:
                 records[n] = _reply_bytes(reply.content[STATUS], "record", size=REVEAL_RECORD_BYTES)
             except ValueError as exc:
-                report.errors[self._addresses[n]] = str(exc)
+                report.errors[self._addresses[n]] = f"record not published: {exc}"
+                log(WARNING, "round %s: record of %s not published: %s", report.round, self._addresses[n], exc)
         if records:
             revealed.update({n: handed[n] for n in self._relay_reveals(report, records)})
         report.revealed = [self._addresses[n] for n in revealed]
@@ -401,7 +402,9 @@ class CommitRevealStrategy(Strategy):
         for n, reply in signed.items():  # replies are untrusted: a malformed one is that node's error
             status, address = reply.content[STATUS], self._addresses[n]
             try:
-                result = cid_to_bytes(status["cid"]) if "cid" in status else b""
+                if "cid" not in status:
+                    raise ValueError("its reply names no result CID")
+                result = cid_to_bytes(status["cid"])
                 outcome, signature = _reply_bytes(status, "outcome"), _reply_bytes(status, "signature", size=65)
                 if self.contract.vote_signer(self.run_id, report.round, result, outcome, signature) != address:
                     raise ValueError("its vote's signature is not its own")

@@ -19,10 +19,10 @@ from eth_abi import decode, encode
 from eth_abi.exceptions import DecodingError
 from eth_account import Account
 from eth_account.messages import encode_defunct
-from eth_keys.exceptions import BadSignature
-from eth_utils.exceptions import ValidationError
 from eth_account.signers.local import LocalAccount
+from eth_keys.exceptions import BadSignature
 from eth_utils import function_signature_to_4byte_selector, to_checksum_address
+from eth_utils.exceptions import ValidationError
 from hexbytes import HexBytes
 from web3 import Web3
 
@@ -377,7 +377,9 @@ class RoundsContract:
                                round_id=round_id, key=vote_key(result_cid, outcome))  # fmt: skip
         return bytes(self.account.sign_message(encode_defunct(primitive=message)).signature)
 
-    def vote_signer(self, run_id: int, round_id: int, result_cid: bytes, outcome: bytes, signature: bytes) -> str | None:
+    def vote_signer(
+        self, run_id: int, round_id: int, result_cid: bytes, outcome: bytes, signature: bytes
+    ) -> str | None:
         """The address that signed this vote (None: not a signature), as the chain recovers it."""
         message = vote_message(chain_id=self.node.chain_id, contract=self.address, run_id=run_id,
                                round_id=round_id, key=vote_key(result_cid, outcome))  # fmt: skip

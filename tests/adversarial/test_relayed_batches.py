@@ -103,7 +103,8 @@ def test_a_relayer_publishes_only_the_committed_records(five: Deployment) -> Non
     state = d.admin.get_round(run_id, round_id)
     assert (state["revealCount"], state["eligibleCount"]) == (5, 5)
     order = [addresses[2], *(a for a in addresses if a != addresses[2])]
-    assert [(r["participant"], bytes(r["cid"]), r["numExamples"]) for r in d.admin.revealed(run_id, round_id, from_block=0)] == [
+    published = d.admin.revealed(run_id, round_id, from_block=0)
+    assert [(r["participant"], bytes(r["cid"]), r["numExamples"]) for r in published] == [
         (a, records[a][:36], int.from_bytes(records[a][36:44], "big")) for a in order]  # fmt: skip
 
 
