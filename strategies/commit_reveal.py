@@ -70,6 +70,9 @@ from deai_flower.storage import ContentStore, cid_from_bytes, cid_to_bytes
 
 #: How long a one-message round waits for replies once the chain has closed the round.
 _STRAGGLER_GRACE_S = 5.0
+#: The share of a reveal or attest phase a relaying coordinator waits for the nodes'
+#: hand-overs; the rest is left for its batches to land before the phase's deadline.
+_RELAY_WAIT_SHARE = 0.75
 
 #: Evaluation of a finalized model: (round, arrays) -> metrics such as loss and accuracy.
 EvaluateFn = Callable[[int, dict[str, Any]], dict[str, float]]
@@ -325,7 +328,7 @@ class CommitRevealStrategy(Strategy):
         self._mark(report, "reveal")
         self._wait_for_phase_end(report.round, "commit", "commitDeadline")
         replies = self._exchange(committed, "train.reveal", {"round": report.round, "relay": self.relay}, report,
-                                 timeout=self.spec.rounds.reveal_s)  # fmt: skip
+                                 timeout=self._reply_window(self.spec.rounds.reveal_s))  # fmt: skip
         answered = self._split(report, replies, "revealed", "handed")
         revealed = {n: r for n, r in answered.items() if r.content[STATUS]["state"] == "revealed"}
         for reply in revealed.values():
@@ -375,7 +378,7 @@ class CommitRevealStrategy(Strategy):
             return self._fail(report, f"reveal phase ended in phase '{phase}' with {len(revealed)} valid reveals")
         committee = self._committee({n: self._addresses[n] for n in revealed})
         replies = self._exchange(committee, "train.attest", {"round": report.round, "relay": self.relay}, report,
-                                 timeout=self.spec.rounds.attest_s)  # fmt: skip
+                                 timeout=self._reply_window(self.spec.rounds.attest_s))  # fmt: skip
         answered = self._split(report, replies, "attested", "signed")
         self._record_exclusions(report, replies)
         attested = {n: r for n, r in answered.items() if r.content[STATUS]["state"] == "attested"}
@@ -389,6 +392,14 @@ class CommitRevealStrategy(Strategy):
         if phase != "finalized":
             return self._fail(report, f"no attestation quorum ({len(attested)} attestations; phase '{phase}')")
         return True
+
+    def _reply_window(self, phase_s: float) -> float:
+        """How long to wait for the nodes' replies in a reveal or attest phase of
+        ``phase_s`` seconds: all of it when nodes send their own transactions; when
+        relaying, the first :data:`_RELAY_WAIT_SHARE` of it, so that the batches land
+        before the phase's deadline even when a node hangs (on a chain whose clock runs
+        with the wall's, a batch sent at the end of the phase would be refused)."""
+        return phase_s * _RELAY_WAIT_SHARE if self.relay else phase_s
 
     def _cast_votes(self, report: RoundReport, signed: dict[int, Message]) -> list[int]:
         """Cast the signed votes nodes sent, one ``attestMany`` per (result CID, outcome)

@@ -63,6 +63,8 @@ def misbehave(kinds: dict[int, str]) -> Callable[[Message, Context], Message]:
             context.state["pending-reveal"]["num-examples"] = 10**6  # not what it committed to
         if (kind, action) == ("hang", "train.commit") and int(message.content["config"]["round"]) == 1:
             time.sleep(HANG_S)  # hung past the commit phase; then the real call, which the chain refuses
+        if (kind, action) == ("hang-attest", "train.attest") and int(message.content["config"]["round"]) == 1:
+            time.sleep(HANG_S)  # hung past the attest phase
         if (kind, action) == ("late", "train.commit"):
             # this node is still training when the coordinator stops waiting for commits
             late.append((message, context))
@@ -261,3 +263,31 @@ def test_nodes_refuse_a_model_the_chain_does_not_record(tmp_path: Path, monkeypa
     assert len(r["errors"]) == 4
     assert all("coordinator announced model" in reason and "but the chain records" in reason
                for reason in r["errors"].values())  # fmt: skip
+
+
+def test_a_hung_attester_does_not_hold_a_relayed_round_past_its_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A committee member hangs in round 1's attest past the attest phase. The relaying
+    coordinator stops waiting for hand-overs after three quarters of each reveal and
+    attest phase (leaving the rest for its batches to land before the deadline) and
+    casts the others' votes: the round finalizes without the hung node."""
+    from deai_flower.strategies import CommitRevealStrategy
+
+    waits: dict[str, list[float]] = {}
+    real = CommitRevealStrategy._exchange
+
+    def timed(self: CommitRevealStrategy, node_ids: Any, message_type: str, *args: Any, **kwargs: Any) -> Any:
+        waits.setdefault(message_type, []).append(float(kwargs["timeout"]))
+        return real(self, node_ids, message_type, *args, **kwargs)
+
+    monkeypatch.setattr(CommitRevealStrategy, "_exchange", timed)
+    faulty = 3
+    results = run(tmp_path, {faulty: "hang-attest"}, f"strategy.attest_timeout_s={COMMIT_S}",
+                  f"strategy.reveal_timeout_s={COMMIT_S}", "engine.concurrency=4")  # fmt: skip
+    address = simulation_key(seed=0, role=f"client-{faulty}").address
+    first, second = results["rounds"]
+    assert first["status"] == second["status"] == "finalized", (first["reason"], second["reason"])
+    assert address in first["revealed"] and address not in first["attested"] and len(first["attested"]) == 3
+    assert waits["train.attest"] == waits["train.reveal"] == [0.75 * COMMIT_S] * 2
+    assert first["phase_seconds"]["attest"] < COMMIT_S
