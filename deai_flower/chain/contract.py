@@ -18,7 +18,7 @@ from typing import Any
 from eth_abi import decode, encode
 from eth_abi.exceptions import DecodingError
 from eth_account import Account
-from eth_account.messages import encode_defunct
+from eth_account.messages import SignableMessage, encode_defunct
 from eth_account.signers.local import LocalAccount
 from eth_keys.exceptions import BadSignature
 from eth_utils import function_signature_to_4byte_selector, to_checksum_address
@@ -373,20 +373,23 @@ class RoundsContract:
     def sign_vote(self, run_id: int, round_id: int, result_cid: bytes, outcome: bytes) -> bytes:
         """This account's 65-byte signature of its vote for (``result_cid``, ``outcome``),
         for a relayer to cast with :meth:`attest_many`."""
-        message = vote_message(chain_id=self.node.chain_id, contract=self.address, run_id=run_id,
-                               round_id=round_id, key=vote_key(result_cid, outcome))  # fmt: skip
-        return bytes(self.account.sign_message(encode_defunct(primitive=message)).signature)
+        message = self._vote_message(run_id, round_id, result_cid, outcome)
+        return bytes(self.account.sign_message(message).signature)
 
     def vote_signer(
         self, run_id: int, round_id: int, result_cid: bytes, outcome: bytes, signature: bytes
     ) -> str | None:
         """The address that signed this vote (None: not a signature), as the chain recovers it."""
-        message = vote_message(chain_id=self.node.chain_id, contract=self.address, run_id=run_id,
-                               round_id=round_id, key=vote_key(result_cid, outcome))  # fmt: skip
         try:
-            return str(Account.recover_message(encode_defunct(primitive=message), signature=bytes(signature)))
+            return str(Account.recover_message(self._vote_message(run_id, round_id, result_cid, outcome),
+                                               signature=bytes(signature)))  # fmt: skip
         except (ValueError, TypeError, BadSignature, ValidationError):
             return None
+
+    def _vote_message(self, run_id: int, round_id: int, result_cid: bytes, outcome: bytes) -> SignableMessage:
+        """The EIP-191 message of a vote on this contract (protocol §2.5)."""
+        return encode_defunct(primitive=vote_message(chain_id=self.node.chain_id, contract=self.address, run_id=run_id,
+                                                     round_id=round_id, key=vote_key(result_cid, outcome)))  # fmt: skip
 
     def attest_many(
         self, run_id: int, round_id: int, result_cid: bytes, outcome: bytes, signatures: list[bytes]
