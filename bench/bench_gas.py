@@ -56,7 +56,7 @@ from eth_utils import keccak
 
 from deai_flower.chain import ChainNode, DpParams, RoundsContract, commitment_of, connect_embedded, simulation_key
 from deai_flower.chain import contract as contract_module
-from deai_flower.protocol.encoding import reveal_record, sampled_count, sampled_indices, to_wad, votes_needed
+from deai_flower.protocol.encoding import reveal_record, sampled_indices, to_wad, votes_needed
 from deai_flower.protocol.outcome import encode_outcome
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gas.json"
@@ -228,18 +228,21 @@ class Bench:
         return gas
 
 
-def measure_participants(n: int, *, incentives: bool = True) -> dict[str, Any]:
-    """Setup, the first round and a steady one with ``n`` registered, all sampled and playing."""
+def _two_rounds(n: int, *, incentives: bool, relayed: bool) -> tuple[Bench, int, RoundGas, RoundGas]:
+    """A fresh deployment with ``n`` registered, all sampled: its createRun gas, first and
+    steady round (round 2's finalization opens round 3)."""
     bench = Bench(connect_embedded(), n, incentives=incentives)
-    run_id, create_gas = bench.create_run(sample_bps=10_000, rounds=3)  # round 2's finalization opens round 3
-    first = bench.round(run_id, index=1)
-    steady = bench.round(run_id, index=2)
-    # the same with a relayer: every reveal in one revealMany, the majority's signed votes
-    # in one attestMany (commits stay each participant's own)
-    relayed_bench = Bench(connect_embedded(), n, incentives=incentives)
-    relayed_run, _ = relayed_bench.create_run(sample_bps=10_000, rounds=3)
-    relayed_bench.round(relayed_run, index=1, relayed=True)
-    relayed = relayed_bench.round(relayed_run, index=2, relayed=True)
+    run_id, create_gas = bench.create_run(sample_bps=10_000, rounds=3)
+    first = bench.round(run_id, index=1, relayed=relayed)
+    return bench, create_gas, first, bench.round(run_id, index=2, relayed=relayed)
+
+
+def measure_participants(n: int, *, incentives: bool = True) -> dict[str, Any]:
+    """Setup, the first round and a steady one with ``n`` registered, all sampled and playing;
+    then the steady round again with a relayer: every reveal in one revealMany, the
+    majority's signed votes in one attestMany (commits stay each participant's own)."""
+    bench, create_gas, first, steady = _two_rounds(n, incentives=incentives, relayed=False)
+    *_, relayed = _two_rounds(n, incentives=incentives, relayed=True)
     return {
         "participants": n,
         "quorum": QUORUM,

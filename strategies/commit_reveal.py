@@ -429,7 +429,7 @@ class CommitRevealStrategy(Strategy):
             needed = int(self.contract.get_round(self.run_id, report.round)["votesNeeded"])
         except ContractRevertError:  # finalized meanwhile (by attesters sending their own): nothing to cast
             return []
-        batches = [(pair, votes) for pair, votes in ordered[:-1]]
+        batches = list(ordered[:-1])
         if ordered:
             pair, votes = ordered[-1]
             batches += [(pair, dict(list(votes.items())[:needed])), (pair, dict(list(votes.items())[needed:]))]
