@@ -8,6 +8,7 @@
                                    the same from a live node's events
 
     deai consortium ...            set up a consortium (keys, certificates, contract, silos, runs)
+    deai release ...               the FAB hash a silo approves, and the gate that runs only approved FABs
 
 ``deai verify`` takes the rule, its parameters and the DP settings from the run spec the
 chain names, never from flags or a config; it exits 1 when the run does not verify.
@@ -102,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify_cmd.add_parser(groups)
     consortium_cmd.add_parser(groups)
+    from . import release_cmd
+
+    release_cmd.add_parser(groups)
     return parser
 
 
