@@ -14,6 +14,7 @@ import contextlib
 import http.client
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ import pytest
 from eth_account import Account
 from support import compose_with
 
-from deai_flower.chain import simulation_key
+from deai_flower.chain import connect_embedded, simulation_key
+from deai_flower.chain.bridge import JsonRpcBridge
 from deai_flower.chain.node import ChainNode
 from deai_flower.simulation import experiment
 from deai_flower.simulation.experiment import run_experiment
@@ -129,3 +131,123 @@ def test_development_requests_through_the_bridge_during_a_run_are_refused_and_ch
                for tx in node.w3.eth.get_block(n, full_transactions=True)["transactions"]}  # fmt: skip
     assert senders and senders <= parties, senders - parties
     assert node.now() < attacker.start_time + SKIP_S // 100
+
+
+# ---------------------------------------------------------------- an endless computation
+
+#: Init code that never ends: it writes a BLAKE2 compression of 200,000 rounds to memory
+#: (200,000 gas, seconds of pure-Python work on py-evm), then calls that precompile
+#: (``STATICCALL`` to address 9, its output written past its input) in a loop. Sent as
+#: ``eth_call``/``eth_estimateGas`` with no ``to``, or as a contract creation, it runs the
+#: loop as the attacker's own code.
+ENDLESS_INIT_CODE = bytes.fromhex(
+    "6300030d4060e01b5f52"  # MSTORE(0, 200000 << 224): the rounds, then zeros (h, m, t, f)
+    "5b" "6040" "60e0" "60d5" "5f" "6009" "5a" "fa" "50"  # loop: STATICCALL(gas, 9, 0, 213, 224, 64); POP
+    "600a" "56"  # JUMP back to the JUMPDEST at 10
+)
+#: What "answered promptly" means while another request tries to hold the chain.
+PROMPT_S = 10.0
+
+
+def rpc_post(url: str, payload: Any, *, timeout: float) -> Any:
+    port = int(url.rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", "/", body=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def served_chain() -> Iterator[tuple[ChainNode, str]]:
+    node = connect_embedded()
+    bridge = JsonRpcBridge(node)
+    try:
+        yield node, bridge.start()
+    finally:
+        bridge.stop()
+
+
+class Held(threading.Thread):
+    """One request body sent to the bridge in the background; keeps its answer and how long it took."""
+
+    def __init__(self, url: str, payload: Any) -> None:
+        super().__init__(name="bridge-holder", daemon=True)
+        self.url, self.payload = url, payload
+        self.answer: Any = None
+        self.seconds = float("nan")
+
+    def run(self) -> None:
+        start = time.monotonic()
+        self.answer = rpc_post(self.url, self.payload, timeout=600)
+        self.seconds = time.monotonic() - start
+
+
+def block_number_wait(url: str) -> float:
+    """How long a participant's ``eth_blockNumber`` takes; fails when it takes past PROMPT_S."""
+    start = time.monotonic()
+    request = {"jsonrpc": "2.0", "id": 7, "method": "eth_blockNumber", "params": []}
+    answer = rpc_post(url, request, timeout=PROMPT_S)
+    assert "result" in answer, answer
+    return time.monotonic() - start
+
+
+@pytest.mark.parametrize("method", ["eth_call", "eth_estimateGas"])
+def test_an_endless_call_is_stopped_with_an_error_and_a_participant_is_answered_meanwhile(method: str) -> None:
+    with served_chain() as (node, url):
+        intruder = node.w3.eth.accounts[0]  # a call needs no key: any funded address does, and these are public
+        params: list[Any] = [{"from": intruder, "data": "0x" + ENDLESS_INIT_CODE.hex()}, "latest"]
+        batch = [{"jsonrpc": "2.0", "id": i, "method": method, "params": params} for i in range(3)]
+        holder = Held(url, batch)  # one body: one budget for the three
+        holder.start()
+        time.sleep(0.5)  # the loop holds the chain now
+        assert block_number_wait(url) < PROMPT_S
+        holder.join(timeout=600)
+        assert not holder.is_alive() and isinstance(holder.answer, list) and len(holder.answer) == 3, holder.answer
+        for answer in holder.answer:
+            assert "result" not in answer and "budget" in answer["error"]["message"], answer
+            assert method in answer["error"]["message"], answer
+        assert holder.seconds < PROMPT_S, holder.seconds
+        # the chain serves calls as before
+        empty = rpc_post(url, {"jsonrpc": "2.0", "id": 2, "method": "eth_call",
+                               "params": [{"from": intruder, "data": "0x00"}, "latest"]}, timeout=PROMPT_S)  # fmt: skip
+        assert empty == {"jsonrpc": "2.0", "id": 2, "result": "0x"}, empty
+
+
+def test_an_endless_transaction_fails_on_chain_within_the_budget_and_one_above_the_gas_cap_is_refused() -> None:
+    with served_chain() as (node, url):
+        attacker = Account.create()
+        node.fund([attacker.address])  # a participant's funded key, signing for itself
+
+        def raw(nonce: int, gas: int, data: bytes) -> dict[str, Any]:
+            signed = attacker.sign_transaction({"data": data, "value": 0, "nonce": nonce, "gas": gas,
+                                                "chainId": node.chain_id, **node.fee_fields()})  # fmt: skip
+            return {"jsonrpc": "2.0", "id": nonce, "method": "eth_sendRawTransaction",
+                    "params": ["0x" + signed.raw_transaction.hex()]}  # fmt: skip
+
+        holder = Held(url, raw(0, 9_000_000, ENDLESS_INIT_CODE))  # under the cap: it runs
+        holder.start()
+        time.sleep(0.5)
+        assert block_number_wait(url) < PROMPT_S
+        holder.join(timeout=600)
+        assert not holder.is_alive() and holder.answer is not None and holder.seconds < PROMPT_S, holder.seconds
+        receipt = node.w3.eth.get_transaction_receipt(holder.answer["result"])
+        assert receipt["status"] == 0 and receipt["gasUsed"] == 9_000_000  # failed as if out of gas, and paid for
+
+        start = time.monotonic()
+        refused = rpc_post(url, raw(1, 30_000_000, ENDLESS_INIT_CODE), timeout=PROMPT_S)
+        assert time.monotonic() - start < 2.0 and "result" not in refused, refused
+        assert "gas" in refused["error"]["message"] and "10000000" in refused["error"]["message"], refused
+        # nothing was sent: the next transaction takes nonce 1 and succeeds
+        answer = rpc_post(url, raw(1, 100_000, bytes.fromhex("00")), timeout=PROMPT_S)
+        assert node.w3.eth.get_transaction_receipt(answer["result"])["status"] == 1
+
+
+def test_a_call_asking_for_more_gas_than_the_cap_gets_the_cap() -> None:
+    with served_chain() as (node, url):
+        gas_left = "0x5a5f5260205ff3"  # init code returning GAS: what the call was given, less 2
+        call = {"from": node.w3.eth.accounts[0], "data": gas_left, "gas": hex(30_000_000)}
+        answer = rpc_post(url, {"jsonrpc": "2.0", "id": 1, "method": "eth_call", "params": [call, "latest"]},
+                          timeout=PROMPT_S)  # fmt: skip
+        assert 9_900_000 < int(answer["result"], 16) <= 10_000_000, answer
