@@ -7,13 +7,20 @@ consortium up with the same functions ``deai consortium`` calls, submits runs wi
 ``flwr run`` through a connection in its own ``FLWR_HOME``, judges them with ``flwr ls``
 and stops every process it started (each in its own session, so Flower's children stop
 with it). The shell version for users is ``examples/hospital-silos/run_demo.sh``.
+
+Silos run pinned, as the runbook says: the consortium approves one release (the FAB this
+checkout builds, snapshotted under ``work/release`` so later edits to the checkout do not
+change what runs), and every SuperNode is started with ``--isolation process`` next to a
+``deai release gate`` that runs its ClientApps only for that FAB's SHA-256.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import ssl
@@ -33,6 +40,7 @@ from ..chain.keys import keystore_key
 from ..errors import DeaiError
 from ..processes import stop_process_group
 from .credentials import SiloKey, SupernodeKeys, TlsFiles, create_keystore, create_supernode_keys, create_tls
+from .release import build_fab, unpack_fab
 from .setup import CreatedRun, create_run, deploy, fund, register
 
 __all__ = ["LocalConsortium", "Silo", "SuperNodeProcess"]
@@ -85,14 +93,22 @@ def toml_node_config(config: dict[str, Any]) -> str:
 
 @dataclass
 class SuperNodeProcess:
+    """A SuperNode and its code gate, in one process group: stopping the node (even with
+    SIGKILL) stops the gate and the ClientApp it is running, as it stops a ``flwr-clientapp``."""
+
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
     port: int
+    gate_log_path: Path
     node_id: int | None = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def gate_log(self) -> str:
+        """What the gate and the ClientApps it ran wrote (a refused FAB is logged here)."""
+        return self.gate_log_path.read_text(errors="replace") if self.gate_log_path.exists() else ""
 
 
 #: Seconds between two ``flwr`` queries while waiting: each starts a ``flwr`` process, about
@@ -114,6 +130,9 @@ class LocalConsortium:
     link_port: int = 0
     contract: str = ""
     admin: SiloKey | None = None
+    #: The approved release: an app directory that builds exactly the FAB whose hash the silos pin.
+    release: Path | None = None
+    release_sha256: str = ""
     _logs: list[IO[bytes]] = field(default_factory=list)
 
     # ------------------------------------------------------------------ set-up
@@ -162,16 +181,30 @@ class LocalConsortium:
         silo = self.silos[name] = Silo(name, home, key, supernode, data_path, eval_path)
         return silo
 
+    def approve_release(self, app: Path = PROJECT_ROOT) -> str:
+        """Build the FAB of ``app`` (Flower's build) and snapshot it as the release every silo
+        started afterwards pins; its SHA-256."""
+        fab = build_fab(app)
+        release = self.work / "release" / "app"
+        if release.exists():
+            shutil.rmtree(release)
+        self.release = unpack_fab(fab, release)
+        self.release_sha256 = hashlib.sha256(fab).hexdigest()
+        return self.release_sha256
+
     def create_run(self, overrides: list[str]) -> CreatedRun:
         return create_run(self.rpc, self.contract, self.admin_account(), store_location=self.store,
                           overrides=overrides)  # fmt: skip
 
     # ------------------------------------------------------------------ Flower processes
 
-    def _spawn(self, name: str, argv: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
+    def _log_path(self, name: str) -> Path:
         logs = self.work / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        path = logs / f"{name}.log"
+        return logs / f"{name}.log"
+
+    def _spawn(self, name: str, argv: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
+        path = self._log_path(name)
         log = path.open("ab")
         self._logs.append(log)
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.work,
@@ -225,16 +258,35 @@ class LocalConsortium:
             raise LocalnetError(f"flwr supernode register said: {out.strip()[-300:]}")
         return int(found.group(1))
 
-    def start_supernode(self, silo: Silo, node_config: dict[str, Any], *, name: str | None = None) -> SuperNodeProcess:
+    def start_supernode(self, silo: Silo, node_config: dict[str, Any], *, name: str | None = None,
+                        approved_fabs: list[str] | None = None, pinned: bool = True) -> SuperNodeProcess:  # fmt: skip
+        """A silo's SuperNode (``--isolation process``) and its code gate, which runs the
+        ClientApps only for ``approved_fabs`` (default: the release, approved on first use).
+        ``pinned=False``: Flower's own ``flwr-clientapp``, which runs whatever FAB a run
+        brings (only for measuring plain Flower apps next to this one; never for a silo)."""
         assert self.tls is not None
         name = name or silo.name
         port = free_port()
-        process, log = self._spawn(name, [
+        supernode = [
             "flower-supernode", "--root-certificates", str(self.tls.ca_cert), "--superlink",
             f"127.0.0.1:{self.link_port}", "--auth-supernode-private-key", str(silo.supernode.private_key),
             "--port", str(port), "--node-config", toml_node_config(node_config),
-        ])  # fmt: skip
-        node = self.supernodes[name] = SuperNodeProcess(name, process, log, port)
+        ]  # fmt: skip
+        gate_log = self._log_path(f"{name}-gate")
+        if not pinned:
+            process, log = self._spawn(name, supernode)
+            node = self.supernodes[name] = SuperNodeProcess(name, process, log, port, gate_log)
+            return node
+        if approved_fabs is None:
+            approved_fabs = [self.release_sha256 or self.approve_release()]
+        supernode += ["--isolation", "process"]
+        gate = ["deai", "release", "gate", "--runtime-api-address", f"127.0.0.1:{port}", "--insecure",
+                *[arg for digest in approved_fabs for arg in ("--approved-fab", digest)]]  # fmt: skip
+        # One session for both (a process cannot join a group of another session): the
+        # shell starts the gate in the background, then becomes the SuperNode.
+        script = f"{shlex.join(gate)} >>{shlex.quote(str(gate_log))} 2>&1 & exec {shlex.join(supernode)}"
+        process, log = self._spawn(name, ["bash", "-c", script])
+        node = self.supernodes[name] = SuperNodeProcess(name, process, log, port, gate_log)
         return node
 
     def nodes(self) -> list[dict[str, Any]]:
@@ -267,8 +319,13 @@ class LocalConsortium:
                 raise LocalnetError(f"SuperNode {node_id} still {status or 'unlisted'} after {timeout:.0f}s")
             time.sleep(POLL_S)
 
-    def run(self, run_config: dict[str, Any], *, app: Path = PROJECT_ROOT) -> int:
-        """``flwr run`` the app (default: this project) with ``run_config``; Flower's run id."""
+    def run(self, run_config: dict[str, Any], *, app: Path | None = None) -> int:
+        """``flwr run`` the app (default: the approved release) with ``run_config``; Flower's run id."""
+        if app is None:
+            if self.release is None:
+                self.approve_release()
+            app = self.release
+        assert app is not None
         out = self.flwr("run", str(app), CONNECTION, "--format", "json", "--run-config",
                         toml_node_config(run_config), timeout=300)  # fmt: skip
         return int(json.loads(out)["run-id"])

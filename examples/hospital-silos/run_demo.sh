@@ -2,8 +2,9 @@
 # Three hospital silos on one machine, as a real Flower deployment:
 #   anvil (the chain), a store directory every silo reaches (or an IPFS node: STORE=ipfs:/ip4/...),
 #   a SuperLink with TLS and SuperNode authentication, 3 SuperNodes each with its own chain
-#   keystore, SuperNode key pair, data files and node config; the consortium set-up
-#   (deai consortium ...), flwr run, a wait for the run's end, deai verify.
+#   keystore, SuperNode key pair, data files and node config, each pinned to the release
+#   (the FAB this checkout builds, snapshotted: its code gate runs no other FAB); the
+#   consortium set-up (deai consortium ...), flwr run, a wait for the run's end, deai verify.
 # Everything started here is stopped on exit, failure or Ctrl-C. Exit 0 only if every
 # round finalized and the run verifies from chain + store.
 #
@@ -140,19 +141,31 @@ for silo in "${SILOS[@]}"; do
 done
 log "registered ${#SILOS[@]} SuperNode public keys with the SuperLink"
 
-# --- the silos: one SuperNode each ------------------------------------------------------------
+# --- the release every silo approves: the FAB this checkout builds ----------------------------
+# Snapshotted into WORK/release/app (it builds the very same FAB), so that an edit of the
+# checkout while the demo runs does not make the silos refuse the run.
+RELEASE="$WORK/release/app"
+python -c 'import sys; from pathlib import Path; from deai_flower.consortium.release import build_fab, unpack_fab
+unpack_fab(build_fab(Path(sys.argv[1])), Path(sys.argv[2]))' "$REPO" "$RELEASE"
+RELEASE_SHA=$(deai release hash "$RELEASE" | cut -d' ' -f1)
+log "approved release: FAB SHA-256 $RELEASE_SHA"
+
+# --- the silos: one SuperNode each, and its code gate -----------------------------------------
 for i in "${!SILOS[@]}"; do
-  silo=${SILOS[$i]} home="$WORK/${SILOS[$i]}"
+  silo=${SILOS[$i]} home="$WORK/${SILOS[$i]}" port=$(free_port)
   node_config="keystore=\"$home/keys/chain.keystore.json\" password-file=\"$home/keys/chain.password\""
   node_config+=" data-path=\"$WORK/data/$silo/train.npz\" eval-data-path=\"$WORK/data/$silo/eval.npz\""
   node_config+=" chain-url=\"$RPC\" store=\"$STORE\" ledger-dir=\"$home/ledger\" device=\"cpu\" threads=1"
   start "$silo" flower-supernode --root-certificates "$K/tls/ca.crt" --superlink "127.0.0.1:$LINK_PORT" \
-    --auth-supernode-private-key "$home/keys/supernode" --port "$(free_port)" --node-config "$node_config"
+    --auth-supernode-private-key "$home/keys/supernode" --port "$port" --isolation process \
+    --node-config "$node_config"
+  start "$silo-gate" deai release gate --runtime-api-address "127.0.0.1:$port" --insecure \
+    --approved-fab "$RELEASE_SHA"
 done
-log "started ${#SILOS[@]} SuperNodes"
+log "started ${#SILOS[@]} SuperNodes, each with a code gate"
 
 # --- the run ------------------------------------------------------------------------------------
-flwr run "$REPO" consortium --format json --run-config "$RUN_CONFIG" >"$WORK/logs/flwr-run.json"
+flwr run "$RELEASE" consortium --format json --run-config "$RUN_CONFIG" >"$WORK/logs/flwr-run.json"
 FLWR_RUN=$(python -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["run-id"])' "$WORK/logs/flwr-run.json")
 log "flwr run $FLWR_RUN submitted (contract $CONTRACT, run $RUN_ID); waiting for it to finish"
 status=""

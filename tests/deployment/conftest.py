@@ -1,5 +1,7 @@
 """The deployment tier: real ``flower-superlink`` / ``flower-supernode`` processes with TLS and
-SuperNode authentication, anvil as the chain, a store directory every silo reaches.
+SuperNode authentication, anvil as the chain, a store directory every silo reaches. Silos run
+pinned, as the runbook says: each SuperNode (``--isolation process``) hands its messages to a
+``deai release gate`` that runs only the release :class:`LocalConsortium` approved.
 
 Every test here is marked ``deployment`` (and ``slow``); the processes are started by the fixtures and
 stopped on teardown, whatever happened. Skipped, with the reason, only when Flower's
