@@ -21,6 +21,7 @@ set ``privacy.enabled``, so ``privacy=none`` stays non-private with any of them.
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 import logging
 import math
@@ -177,15 +178,43 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def resolve_target(target: object, kind: str) -> Callable[..., Any]:
+def resolve_target(target: object, kind: str, *, exact: bool = False) -> Callable[..., Any]:
     """Import the callable a ``_target_`` names (``"package.module.name"``).
 
+    With ``exact`` the name must say where the callable is defined: ``module.name`` is a
+    module-level function or class whose ``__module__`` and ``__qualname__`` are those
+    two, so no attribute walk reaches into another module (``pkg.mod.torch.load``).
+
     Raises:
-        ConfigError: ``target`` is not a dotted name, cannot be imported, or is not
-            callable; the message names the ``kind`` (``"model"``, ``"dataset loader"``).
+        ConfigError: ``target`` is not a dotted name, cannot be imported, is not defined
+            where its name says (``exact``), or is not callable; the message names the
+            ``kind`` (``"model"``, ``"dataset loader"``).
     """
     if not isinstance(target, str) or "." not in target.strip("."):
         raise ConfigError(f"{kind} target must be an importable 'package.module.name' (got {target!r})")
+    obj = _import_exact(target, kind) if exact else _import_walking(target, kind)
+    if not callable(obj):
+        raise ConfigError(f"{kind} {target}: not callable (a {type(obj).__name__})")
+    return obj
+
+
+def _import_exact(target: str, kind: str) -> Any:
+    module_name, _, name = target.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module_name), name)
+    except Exception as exc:  # noqa: BLE001 - any import failure means "cannot use this target"
+        raise ConfigError(f"{kind} {target}: cannot import it ({one_line(exc)})") from exc
+    if not callable(obj):
+        return obj  # refused by the caller, as any target that is not callable
+    defined_as = f"{getattr(obj, '__module__', None)}.{getattr(obj, '__qualname__', None)}"
+    if defined_as != target:
+        where = f"it is {defined_as}" if not defined_as.startswith("None.") else f"a {type(obj).__name__}"
+        raise ConfigError(f"{kind} {target}: not a function or class defined there ({where}); name it by the "
+                          "module that defines it")  # fmt: skip
+    return obj
+
+
+def _import_walking(target: str, kind: str) -> Any:
     hydra_log = logging.getLogger("hydra.utils")  # it logs the failure itself: one line is ours
     level, hydra_log.level = hydra_log.level, logging.CRITICAL
     try:
@@ -195,8 +224,6 @@ def resolve_target(target: object, kind: str) -> Callable[..., Any]:
         raise ConfigError(f"{kind} {target}: cannot import it ({one_line(cause)})") from exc
     finally:
         hydra_log.setLevel(level)
-    if not callable(obj):
-        raise ConfigError(f"{kind} {target}: not callable (a {type(obj).__name__})")
     return obj
 
 
@@ -417,5 +444,6 @@ def validate(cfg: ExperimentConfig, *, targets: bool = True) -> None:
     from .data import check_loader
     from .models import check_model_args, model_spec
 
-    check_model_args(model_spec(cfg.model))
+    model = model_spec(cfg.model)
+    check_model_args(model, allowed=(model.target,))  # the config's author allows its own model
     check_loader(cfg.dataset.loader)

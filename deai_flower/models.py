@@ -1,11 +1,18 @@
 """Models as Hydra targets, weight exchange as numpy arrays, evaluation and device choice.
 
-A run's model is a Hydra ``_target_`` with its arguments (:class:`ModelSpec`): any
-importable callable returning a ``torch.nn.Module`` that Opacus can train, e.g.
-``model._target_=my_package.MyNet``. :func:`instantiate_model` builds it for a data
-schema, passing ``num_features``, ``num_classes`` and ``input_shape`` as keywords where
-the callable takes them. The bundled models are targets of the same kind:
-:func:`mlp`, :func:`cnn`, :func:`scatter` and :func:`resnet` (``conf/model/*.yaml``).
+A run's model is a Hydra ``_target_`` with its arguments (:class:`ModelSpec`): a
+module-level callable returning a ``torch.nn.Module`` that Opacus can train, named by the
+module that defines it, e.g. ``model._target_=my_package.MyNet``. :func:`instantiate_model`
+builds it for a data schema, passing ``num_features``, ``num_classes`` and ``input_shape``
+as keywords where the callable takes them. The bundled models are targets of the same
+kind: :func:`mlp`, :func:`cnn`, :func:`scatter` and :func:`resnet` (``conf/model/*.yaml``).
+
+A spec's target is code the building party runs, so every party builds only what it
+allows (:func:`deai_flower.protocol.spec.check_model`, before anything is imported): the
+bundled models, and exact names its own configuration adds (a silo's ``model-targets``,
+``deai verify --allow-model``; the experiment's own target for the party that wrote the
+config). The arguments are plain values passed as they are; nothing in them is
+instantiated.
 
 Weights travel between the server, the clients and the content store as a mapping of
 parameter name to ``float32`` numpy array. Names are those of the plain PyTorch module:
@@ -27,19 +34,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from opacus.validators import ModuleValidator
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from torch import nn
 
 from deai_flower.config import accepted_arguments, check_call, one_line, resolve_target, split_target
 from deai_flower.errors import ConfigError
-from deai_flower.protocol.spec import DataSchema, ModelSpec
+from deai_flower.protocol.spec import BUNDLED_MODEL_TARGETS, DataSchema, ModelSpec, SpecError, check_model
 
 __all__ = [
     "ACTIVATIONS",
@@ -56,6 +61,7 @@ __all__ = [
     "mlp",
     "model_spec",
     "resnet",
+    "resolve_model",
     "scatter",
     "select_device",
     "set_arrays",
@@ -458,23 +464,49 @@ def model_spec(node: Mapping[str, Any]) -> ModelSpec:
     Interpolations are resolved; the arguments become plain JSON values (lists, dicts).
 
     Raises:
-        ConfigError: the node has no ``_target_``.
+        ConfigError: the node has no ``_target_``, or its arguments hold Hydra's keys
+            (``_target_``, ``_partial_``, ...: a run's model arguments are plain values).
     """
     target, args = split_target(node, "model")
-    return ModelSpec(target=target, args=args)
+    spec = ModelSpec(target=target, args=args)
+    try:
+        check_model(spec, allowed=(target,))  # the config's own target: only its form is checked
+    except SpecError as exc:
+        raise ConfigError(str(exc)) from exc
+    return spec
 
 
-def check_model_args(model: ModelSpec, schema: DataSchema | None = None) -> None:
-    """Check a model spec without building it: the target imports, takes the arguments.
+def resolve_model(model: ModelSpec, *, allowed: Collection[str] = BUNDLED_MODEL_TARGETS) -> Callable[..., Any]:
+    """The callable ``model`` names, if ``allowed`` names it exactly; imported only then,
+    and only as a module-level function or class of the module its name gives.
+
+    Raises:
+        SpecError: the target is not allowed, or Hydra's keys are in its arguments.
+        ConfigError: the target cannot be imported, is not defined where its name says,
+            or is not callable.
+    """
+    check_model(model, allowed=allowed)
+    return resolve_target(model.target, "model", exact=True)
+
+
+def check_model_args(
+    model: ModelSpec, schema: DataSchema | None = None, *, allowed: Collection[str] = BUNDLED_MODEL_TARGETS
+) -> None:
+    """Check a model spec without building it: it is allowed, imports, takes the arguments.
 
     With ``schema`` None the schema's keys count as given where the target takes them
     (a config is checked before its dataset is loaded). For the bundled targets the
     argument values are checked too (sizes, activation, norm, pool).
 
     Raises:
+        SpecError: the target is not one of ``allowed`` (:func:`resolve_model`).
         ConfigError: one line naming the target and the problem.
     """
-    fn = resolve_target(model.target, "model")
+    _checked_callable(model, schema, allowed)
+
+
+def _checked_callable(model: ModelSpec, schema: DataSchema | None, allowed: Collection[str]) -> Callable[..., Any]:
+    fn = resolve_model(model, allowed=allowed)
     clash = [key for key in _SCHEMA_ARGS if key in model.args]
     if clash:
         raise ConfigError(f"model {model.target}: {clash[0]!r} comes from the data, not from the model's "
@@ -487,6 +519,7 @@ def check_model_args(model: ModelSpec, schema: DataSchema | None = None) -> None
             _check_bundled_values(model.args)
         except ConfigError as exc:
             raise ConfigError(f"model {model.target}: {exc}") from exc
+    return fn
 
 
 def _schema_values(schema: DataSchema | None) -> dict[str, Any]:
@@ -511,25 +544,32 @@ def _check_bundled_values(args: Mapping[str, Any]) -> None:
         raise ConfigError(one_line(exc)) from exc
 
 
-def instantiate_model(model: ModelSpec, schema: DataSchema, *, seed: int | None = None) -> nn.Module:
+def instantiate_model(
+    model: ModelSpec,
+    schema: DataSchema,
+    *,
+    allowed: Collection[str] = BUNDLED_MODEL_TARGETS,
+    seed: int | None = None,
+) -> nn.Module:
     """Build the model a spec names, for data of ``schema``, ready for Opacus.
 
-    Hydra instantiates ``{"_target_": model.target, **model.args}`` (nested
-    ``_target_`` nodes are instantiated too) and calls it with ``num_features``,
-    ``num_classes`` and ``input_shape`` (a tuple) as keywords where the target's
-    signature takes them (or has ``**kwargs``). The result must be an ``nn.Module``;
+    Only a target ``allowed`` names exactly is imported (:func:`resolve_model`). It is
+    called with the spec's arguments as they are (plain values) plus ``num_features``,
+    ``num_classes`` and ``input_shape`` (a tuple) as keywords where its signature takes
+    them (or has ``**kwargs``). The result must be an ``nn.Module``;
     :func:`make_dp_compatible` then converts layers Opacus cannot train (BatchNorm).
     With ``seed`` the model is built in a forked, seeded torch RNG, so equal specs give
     equal weights and the caller's random state is left as it was.
 
     Raises:
+        SpecError: the target is not one of ``allowed``, or Hydra's keys are in its
+            arguments (nothing is imported then).
         ConfigError: one line naming the target: it cannot be imported, an argument is
             unknown or missing, building it failed, it is not an ``nn.Module``, or
             Opacus cannot train it.
     """
     target = model.target
-    check_model_args(model, schema)
-    fn = resolve_target(target, "model")
+    fn = _checked_callable(model, schema, allowed)
     schema_values = _schema_values(schema)
     data_args = {key: schema_values[key] for key in accepted_arguments(fn, _SCHEMA_ARGS)}
     scope = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
@@ -537,12 +577,7 @@ def instantiate_model(model: ModelSpec, schema: DataSchema, *, seed: int | None 
         if seed is not None:
             torch.manual_seed(seed)
         try:
-            # _partial_: Hydra builds the arguments (and nested targets); the data's
-            # values are passed as given, so input_shape stays a tuple.
-            factory = instantiate({"_target_": target, "_partial_": True, **model.args}, _convert_="all")
-            module = factory(**data_args)
-        except InstantiationException as exc:
-            raise ConfigError(f"model {target}: {one_line(exc.__cause__ or exc)}") from exc
+            module = fn(**model.args, **data_args)
         except Exception as exc:  # noqa: BLE001 - a user's model may raise anything while built
             raise ConfigError(f"model {target}: {one_line(exc)}") from exc
         if not isinstance(module, nn.Module):

@@ -39,6 +39,7 @@ from .chain.node import connect_url
 from .chain.runs import fetch_spec
 from .errors import ConfigError
 from .models import evaluate, get_arrays, instantiate_model, select_device, set_arrays
+from .protocol.spec import allowed_models
 from .storage import array_spec, cid_from_bytes, decode_arrays
 from .storage.location import open_store
 from .strategies import CommitRevealStrategy
@@ -89,10 +90,12 @@ def _flag(run_config: Mapping[str, Any], key: str, *, default: bool) -> bool:
     raise ConfigError(f"run config: '{key}' must be true or false, not '{run_config[key]}'")
 
 
-def _strategy_for(contract: RoundsContract, run_id: int, store: Any, locator: dict[str, Any], **hooks: Any) -> tuple[CommitRevealStrategy, ArrayRecord]:  # fmt: skip
-    """The strategy and the chain's current global model, both from what the chain records."""
+def _strategy_for(contract: RoundsContract, run_id: int, store: Any, locator: dict[str, Any], *,
+                  models: tuple[str, ...], **hooks: Any) -> tuple[CommitRevealStrategy, ArrayRecord]:  # fmt: skip
+    """The strategy and the chain's current global model, both from what the chain records;
+    the spec's model is built only if ``models`` names it."""
     spec = fetch_spec(contract, run_id, store)
-    model = instantiate_model(spec.model, spec.data)
+    model = instantiate_model(spec.model, spec.data, allowed=models)
     shape = array_spec(get_arrays(model))
     current = cid_from_bytes(bytes(contract.get_run(run_id)["modelCid"]))
     arrays = decode_arrays(store.get(current), max_bytes=spec.max_blob_bytes, expected=shape)
@@ -117,7 +120,11 @@ def _deployment(grid: Grid, run_config: Mapping[str, Any]) -> None:
     # unless asked for one per phase.
     per_phase = _flag(run_config, "phase-messages", default=False)
     evaluate = _flag(run_config, "federated-evaluation", default=True)
-    strategy, arrays = _strategy_for(contract, run_id, store, locator, federated_evaluation=evaluate,
+    try:  # the coordinator's own list, as a silo's node config has one
+        models = allowed_models(str(run_config.get("model-targets", "")))
+    except ConfigError as exc:
+        raise ConfigError(f"run config 'model-targets': {exc}") from None
+    strategy, arrays = _strategy_for(contract, run_id, store, locator, models=models, federated_evaluation=evaluate,
                                      one_message_rounds=not per_phase, relay=_flag(run_config, "relay", default=True),
                                      reply_poll_s=_REPLY_POLL_S)  # fmt: skip
     strategy.start(grid, arrays)
@@ -180,11 +187,12 @@ def _play_simulation(grid: Grid, cfg: Any, contract: RoundsContract, run_id: int
     from .simulation.results import results_document
 
     device = select_device(str(cfg.device))
+    models = allowed_models([str(cfg.model._target_)])  # the experiment wrote the spec: its own model too
     evaluation: dict[int, dict[str, float]] = {}
     holder: dict[str, Any] = {}
 
     def evaluate_global(round_id: int, arrays: dict[str, Any]) -> dict[str, float]:
-        model = holder.setdefault("model", instantiate_model(strategy.spec.model, strategy.spec.data))
+        model = holder.setdefault("model", instantiate_model(strategy.spec.model, strategy.spec.data, allowed=models))
         set_arrays(model, arrays)
         loss, accuracy = evaluate(model, split.x_test, split.y_test, device=device)
         evaluation[round_id] = {"loss": loss, "accuracy": accuracy}
@@ -205,7 +213,7 @@ def _play_simulation(grid: Grid, cfg: Any, contract: RoundsContract, run_id: int
     done = int(contract.get_run(run_id)["finalizedRounds"])
     monitor = ProgressMonitor(num_rounds=int(cfg.num_rounds), enabled=progress, completed=done)
     # simulated participants are registered with made-up identities: no SuperNode key to bind
-    strategy, arrays = _strategy_for(contract, run_id, store, where, evaluate_fn=evaluate_global,
+    strategy, arrays = _strategy_for(contract, run_id, store, where, models=models, evaluate_fn=evaluate_global,
                                      bind_supernode_keys=False, on_phase=monitor.phase, on_round=round_done,
                                      max_failed_rounds=int(cfg.strategy.get("max_failed_rounds", 3)),
                                      relay=bool(cfg.strategy.get("relay", True)))  # fmt: skip

@@ -19,7 +19,7 @@ import hashlib
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ from .protocol.encoding import (
 from .protocol.outcome import OutcomeEntry, Refusal
 from .protocol.rules import RULES, RevealedUpdate, minimum_updates
 from .protocol.scores import alignment_scores, loss_improvement_scores
-from .protocol.spec import Release, RunSpec, SpecError, spec_cid
+from .protocol.spec import BUNDLED_MODEL_TARGETS, Release, RunSpec, SpecError, check_model, spec_cid
 from .recovery import fetch_update, result_blob
 from .storage import ContentStore, IpfsStore, LocalStore, array_spec, cid_from_bytes, compute_cid, decode_arrays
 
@@ -337,14 +337,22 @@ def _check_params(verification: Verification, params: dict[str, Any]) -> None:
         verification.checks.append("run parameters on chain match the spec")
 
 
-def verify_run(record: RunRecord, store: ContentStore, *, spec: tuple[RunSpec, str] | None = None) -> Verification:
+def verify_run(record: RunRecord, store: ContentStore, *, spec: tuple[RunSpec, str] | None = None,
+               models: Collection[str] = BUNDLED_MODEL_TARGETS) -> Verification:  # fmt: skip
     """Check every round of ``record`` against the chain's spec and ``store``.
 
     ``spec``: the spec and its CID when the caller already loaded them (:func:`load_spec`).
+    ``models``: the exact model targets this verifier builds, for a loss-scored run (§4.3.2).
     Raises :class:`DeaiError` when the run cannot be checked at all (no spec, no initial
-    model, a malformed event log); mismatches are reported in the result.
+    model, a model it does not build, a malformed event log); mismatches are reported in
+    the result.
     """
     run_spec, cid = spec if spec is not None else load_spec(record, store)
+    if run_spec.incentives.score == "loss":  # its scores are recomputed with the spec's model
+        try:
+            check_model(run_spec.model, allowed=models)
+        except SpecError as exc:
+            raise SpecError(f"{exc}; deai verify --allow-model NAME builds more") from exc
     verification = Verification(run_id=record.run_id, contract=record.contract, spec=run_spec, spec_cid=cid)
     verification.checks.append(f"spec {cid} hashes to the chain's specHash")
     ours = Release.current()
@@ -352,13 +360,14 @@ def verify_run(record: RunRecord, store: ContentStore, *, spec: tuple[RunSpec, s
         verification.checks.append(f"spec is for deai-flower {run_spec.release.deai_flower}, checked with "
                                    f"{ours.deai_flower}")  # fmt: skip
     try:
-        _verify_rounds(record, store, verification)
+        _verify_rounds(record, store, verification, models)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise DeaiError(f"{record.source}: malformed event log ({type(exc).__name__}: {exc})") from exc
     return verification
 
 
-def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verification) -> None:
+def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verification,
+                   models: Collection[str]) -> None:  # fmt: skip
     spec = verification.spec
     rule, rule_params, max_bytes = spec.rule.name, spec.rule.params, spec.max_blob_bytes
     events = sorted(record.events, key=lambda e: (e["block"], e["log_index"]))
@@ -376,7 +385,7 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
             by_round[int(e["args"]["round"])].append(e)
     reported = _ReportedEpsilon.of(record.reported)
     funds = replay_incentives(run_events, record.run_id)
-    scorer = _Scorer(spec, store)
+    scorer = _Scorer(spec, store, models)
     histories: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
     for round_id in sorted(by_round):
         round_events = by_round[round_id]
@@ -535,8 +544,8 @@ def _check_outcome(verdict: RoundVerdict, outcome: list[OutcomeEntry], updates: 
 class _Scorer:
     """Recomputes a round's contribution scores by the spec's score (protocol §4.3)."""
 
-    def __init__(self, spec: RunSpec, store: ContentStore) -> None:
-        self.spec, self.store = spec, store
+    def __init__(self, spec: RunSpec, store: ContentStore, models: Collection[str]) -> None:
+        self.spec, self.store, self.models = spec, store, models
         self._loss_context: tuple[Any, Any, Any] | None = None
 
     def check(self, verdict: RoundVerdict, outcome: list[OutcomeEntry], aggregated: list[RevealedUpdate],
@@ -569,7 +578,7 @@ class _Scorer:
             arrays = decode_arrays(self.store.get(self.spec.incentives.validation_cid),
                                    max_bytes=self.spec.max_blob_bytes)  # fmt: skip
             x, y = validation_set(arrays, num_features=data.num_features, num_classes=data.num_classes)
-            self._loss_context = (instantiate_model(self.spec.model, data), x, y)
+            self._loss_context = (instantiate_model(self.spec.model, data, allowed=self.models), x, y)
         model, x, y = self._loss_context
         reference = validation_loss(model, global_arrays, x, y)
         return loss_improvement_scores(reference, validation_losses(model, {u.participant: u.arrays

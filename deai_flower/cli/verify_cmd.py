@@ -2,10 +2,14 @@
 
     deai verify OUTPUT_DIR
     deai verify --rpc URL --contract ADDRESS --run-id N (--store-root DIR | --store-api MULTIADDR)
+    deai verify ... --allow-model my_lab.nets.Net    (a model it may build, besides the bundled ones)
 
 The rule, its parameters, the blob size limit and the DP settings come from the run spec
 the chain names (``specHash``), read from the store; nothing is taken from flags or a
-config. An output directory is checked against the store inside it.
+config. An output directory is checked against the store inside it. A loss-scored run's
+scores are recomputed with the spec's model, which is built only if it is a bundled model
+or one ``--allow-model`` names exactly: a spec names code, and a verifier runs none it
+did not choose.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     store.add_argument("--store-root", metavar="DIR",
                        help="local store directory (default for OUTPUT_DIR: the store inside it)")  # fmt: skip
     store.add_argument("--store-api", metavar="MULTIADDR", help="read blobs from the IPFS node at this RPC API")
+    verify.add_argument("--allow-model", action="append", default=[], metavar="NAME",
+                        help="an exact model target (module.function or module.Class) this verifier may build to "
+                             "recompute loss scores, besides the bundled models; repeatable")  # fmt: skip
     verify.set_defaults(func=run_verify)
 
 
@@ -50,9 +57,13 @@ def _store_location(args: argparse.Namespace) -> StoreLocation | None:
 
 
 def run_verify(args: argparse.Namespace) -> None:
-    from ..protocol.spec import MAX_SPEC_BYTES
+    from ..protocol.spec import MAX_SPEC_BYTES, allowed_models
     from ..verify import RunRecord, load_spec, verify_run
 
+    try:
+        models = allowed_models(args.allow_model)
+    except DeaiError as exc:
+        raise DeaiError(f"--allow-model: {exc}") from None
     explicit = _store_location(args)
     if args.rpc:
         if args.output_dir:
@@ -70,7 +81,7 @@ def run_verify(args: argparse.Namespace) -> None:
     assert location is not None  # an output directory always names one
     # The spec first, read under its own size cap; then the blobs, under the spec's.
     spec, cid = load_spec(record, location.open(max_bytes=MAX_SPEC_BYTES))
-    verification = verify_run(record, location.open(max_bytes=spec.max_blob_bytes), spec=(spec, cid))
+    verification = verify_run(record, location.open(max_bytes=spec.max_blob_bytes), spec=(spec, cid), models=models)
     _print(verification, record, location)
     if not verification.rounds:
         raise DeaiError("the run has no rounds to verify")

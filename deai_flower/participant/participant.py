@@ -22,13 +22,9 @@ from eth_account.signers.local import LocalAccount
 
 from ..chain.keys import keystore_key
 from ..errors import ConfigError, ProtocolError
-from ..protocol.spec import DataSchema
+from ..protocol.spec import BUNDLED_MODEL_TARGETS, DataSchema, allowed_models
 
 __all__ = ["Behaviour", "LocalData", "Participant", "SiloFiles", "BUNDLED_MODEL_TARGETS"]
-
-#: Model targets a deployed participant builds unless its node config allows more: the
-#: spec's target is code this silo runs, so a silo decides which code that may be.
-BUNDLED_MODEL_TARGETS = ("deai_flower.models.",)
 
 _GRAD_SAMPLE_MODES = ("auto", "hooks", "ghost")
 _STORE_KINDS = ("local", "ipfs")
@@ -130,8 +126,10 @@ class Participant:
     #: Opacus' per-sample-gradient implementation.
     secure_mode: bool = False
     grad_sample_mode: str = "auto"
-    #: Model target prefixes it agrees to build; None: any (a simulation's own config).
-    model_targets: tuple[str, ...] | None = BUNDLED_MODEL_TARGETS
+    #: The exact model targets it builds: a spec's target is code this silo runs, so the
+    #: silo decides which code that may be (the bundled models unless its node config
+    #: lists more; a simulated participant adds its experiment's own).
+    model_targets: tuple[str, ...] = BUNDLED_MODEL_TARGETS
     #: Simulation only: a simulated adversary.
     behaviour: Behaviour | None = None
     #: Simulation only, for reproducible runs: round r draws its DP noise and batches from
@@ -173,9 +171,6 @@ class Participant:
             return secrets.randbits(63)
         return self.noise_seed + round_id * 1_009
 
-    def allows_model(self, target: str) -> bool:
-        return self.model_targets is None or any(target.startswith(prefix) for prefix in self.model_targets)
-
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> Participant:
         """A deployed silo from a SuperNode's ``--node-config``.
@@ -186,7 +181,8 @@ class Participant:
         (created if absent). Optional: ``eval-data-path`` (held-out data), ``device``
         (default ``auto``), ``threads``, ``secure-mode`` (default false),
         ``grad-sample-mode`` (default ``auto``), ``model-targets`` (comma-separated
-        prefixes of model targets it builds besides the bundled ones).
+        exact names of module-level model functions or classes of its own installed code
+        that it builds besides the bundled ones).
 
         Raises:
             ConfigError: one line naming the node_config key that is missing or unusable.
@@ -220,7 +216,10 @@ class Participant:
         if grad_sample_mode not in _GRAD_SAMPLE_MODES:
             raise ConfigError(f"node_config 'grad-sample-mode' must be one of {', '.join(_GRAD_SAMPLE_MODES)} "
                               f"(got {grad_sample_mode!r})")  # fmt: skip
-        extra_targets = tuple(p.strip() for p in reader.text("model-targets", default="").split(",") if p.strip())
+        try:
+            model_targets = allowed_models(reader.text("model-targets", default=""))
+        except ConfigError as exc:
+            raise ConfigError(f"node_config 'model-targets': {exc}") from None
         return cls(
             account=account,
             data=SiloFiles(data_path, eval_path),
@@ -231,7 +230,7 @@ class Participant:
             num_threads=threads,
             secure_mode=reader.flag("secure-mode"),
             grad_sample_mode=grad_sample_mode,
-            model_targets=BUNDLED_MODEL_TARGETS + extra_targets,
+            model_targets=model_targets,
         )
 
 

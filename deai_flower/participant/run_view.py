@@ -107,12 +107,10 @@ def _build(participant: Participant, node: ChainNode, address: str, run_id: int)
     contract = RoundsContract(node, address, participant.account)
     spec = fetch_spec(contract, run_id, open_store(participant.store_location, max_bytes=MAX_SPEC_BYTES))
     digest = spec.digest()
-    target = spec.model.target
-    if not participant.allows_model(target):
-        raise SpecError(f"run {run_id}: its model {target} is not one this participant builds "
-                        f"(allowed: {', '.join(participant.model_targets or ())}*)")  # fmt: skip
     try:
-        model = instantiate_model(spec.model, spec.data)
+        model = instantiate_model(spec.model, spec.data, allowed=participant.model_targets)
+    except SpecError as exc:
+        raise SpecError(f"run {run_id}: {exc}; a silo lists more in its node config's 'model-targets'") from exc
     except ConfigError as exc:
         raise SpecError(f"run {run_id}: cannot build its model here ({exc})") from exc
     data = participant.local_data(spec.data)

@@ -22,11 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from typing import Any
 
-from deai_flower.errors import ProtocolError
+from deai_flower.errors import ConfigError, ProtocolError
 from deai_flower.protocol.cid import _RAW, _binary_cid, cid_from_bytes
 
 #: The format this release writes and reads.
@@ -47,6 +49,75 @@ _BYTE_LIBRARIES = ("numpy",)
 
 class SpecError(ProtocolError):
     """A run spec that cannot be fetched, parsed or supported."""
+
+
+# --- which model a party builds: the one rule (docs/protocol.md §1.1) ------------------
+
+#: The models this release bundles (deai_flower.models), by their exact names: what every
+#: party builds unless its own configuration names more.
+BUNDLED_MODEL_TARGETS: tuple[str, ...] = (
+    "deai_flower.models.cnn", "deai_flower.models.mlp", "deai_flower.models.resnet", "deai_flower.models.scatter",
+)
+#: The keys Hydra's ``instantiate`` acts on. Anywhere in a model's arguments they would
+#: make the party that builds the model import and call whatever they name.
+HYDRA_KEYS: tuple[str, ...] = ("_target_", "_args_", "_partial_", "_recursive_", "_convert_")
+_DOTTED_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
+def allowed_models(extra: str | Iterable[str] = ()) -> tuple[str, ...]:
+    """The bundled model targets plus ``extra`` (exact dotted names; a string is a
+    comma-separated list, as node and run configs write it).
+
+    Raises:
+        ConfigError: a name that is not a dotted name (a prefix such as ``my_lab.`` is not).
+    """
+    names = [name.strip() for name in (extra.split(",") if isinstance(extra, str) else extra)]
+    for name in names:
+        if name and not _DOTTED_NAME.fullmatch(name):
+            raise ConfigError(f"model target {name!r} is not an exact 'package.module.name' (prefixes are not "
+                              "allowed: list each model by the module that defines it)")  # fmt: skip
+    return tuple(dict.fromkeys([*BUNDLED_MODEL_TARGETS, *(name for name in names if name)]))
+
+
+def _hydra_key_in(value: Any, path: str) -> str | None:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if key in HYDRA_KEYS:
+                return f"{path}.{key}"
+            found = _hydra_key_in(item, f"{path}.{key}")
+            if found:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = _hydra_key_in(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _model_problem(model: ModelSpec) -> str | None:
+    if not isinstance(model.target, str) or not _DOTTED_NAME.fullmatch(model.target):
+        return f"model target must be an importable 'package.module.name' (got {model.target!r})"
+    key = _hydra_key_in(model.args, "model.args")
+    if key:
+        return f"{key}: a model's arguments are plain values; Hydra's keys ({', '.join(HYDRA_KEYS)}) are refused"
+    return None
+
+
+def check_model(model: ModelSpec, *, allowed: Collection[str]) -> None:
+    """The rule every party applies before it builds a spec's model, ahead of any import:
+    the target is exactly one of ``allowed`` (not a prefix of it, nor an attribute reached
+    through it) and no argument, at any depth, is a key Hydra would act on.
+
+    Raises:
+        SpecError: one line naming the target or the argument.
+    """
+    problem = _model_problem(model)
+    if problem:
+        raise SpecError(problem)
+    if model.target not in allowed:
+        raise SpecError(f"model {model.target} is not one this party builds (it builds exactly: "
+                        f"{', '.join(allowed)})")  # fmt: skip
 
 
 def _package_version(name: str) -> str:
@@ -256,8 +327,9 @@ class RunSpec:
         """Values in range (a spec that parses but could not run is refused as well)."""
         d, p, t, r = self.data, self.privacy, self.training, self.rounds
         problems = []
-        if "." not in self.model.target:
-            problems.append(f"model.target must be 'module.callable' (got {self.model.target!r})")
+        model_problem = _model_problem(self.model)
+        if model_problem:
+            problems.append(model_problem)
         if d.num_features < 1 or d.num_classes < 2 or not d.input_shape or min(d.input_shape) < 1:
             problems.append(f"data schema needs num_features >= 1, num_classes >= 2 and a positive input shape "
                             f"(got {d.num_features}, {d.num_classes}, {list(d.input_shape)})")  # fmt: skip

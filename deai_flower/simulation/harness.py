@@ -41,6 +41,7 @@ from ..protocol.spec import (
     RuleSpec,
     RunSpec,
     TrainingSpec,
+    allowed_models,
 )
 from ..storage import ContentStore, array_spec, cid_from_bytes, cid_to_bytes, decode_arrays, encode_arrays
 from ..storage.location import open_store, store_location
@@ -129,7 +130,8 @@ def create_run(contract: RoundsContract, spec: RunSpec, initial_cid: str) -> tup
 def store_run(spec: RunSpec, store: ContentStore, *, seed: int) -> tuple[str, dict[str, Any]]:
     """Put the spec and the initial model (the spec's model built with ``seed``) into
     ``store``; return the initial model's CID and arrays."""
-    model = instantiate_model(spec.model, spec.data, seed=seed)
+    # The run's creator wrote this spec from its own config: its own model is allowed.
+    model = instantiate_model(spec.model, spec.data, allowed=allowed_models([spec.model.target]), seed=seed)
     initial = get_arrays(model)
     store.put(spec.to_bytes())
     return store.put(encode_arrays(initial)), initial

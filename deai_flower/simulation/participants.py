@@ -27,6 +27,7 @@ from ..data import client_partitions, load_dataset
 from ..errors import ConfigError
 from ..participant.locator import RunLocator
 from ..participant.participant import LocalData, Participant
+from ..protocol.spec import allowed_models
 from .config import experiment_config
 
 __all__ = ["FreeRider", "ScaledUpdate", "forget_simulated_participants", "simulated_participant"]
@@ -144,7 +145,7 @@ def _build(cfg: DictConfig, run_config: Mapping[str, Any], i: int, data: LocalDa
         num_threads=max(1, int(cfg.engine.num_cpus_per_client)),
         secure_mode=bool(cfg.privacy.secure_mode),
         grad_sample_mode=str(cfg.privacy.grad_sample_mode),
-        model_targets=None,  # the experiment's own config names the model
+        model_targets=allowed_models([str(cfg.model._target_)]),  # the experiment wrote the spec: its own model too
         behaviour=_adversary(cfg, i) if i in poisoned else None,
         # Secret noise (fresh CSPRNG entropy every round) unless the experiment asks for
         # reproducible noise: round r then uses seed * 1_000_003 + r * 1_009 + i, which

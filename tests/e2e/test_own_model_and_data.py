@@ -1,5 +1,7 @@
 """Bring your own model and data: a model class and a loader defined here, named by
-``_target_``, run the whole protocol on the real contract and store, and verify."""
+``_target_``, run the whole protocol on the real contract and store, and verify. The
+experiment wrote the spec, so its simulated participants build the model it names; a
+verifier builds it (for loss scores) only when told to."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from torch import nn
 
 from support import compose_with
 
-from deai_flower.protocol.spec import RunSpec, spec_cid
+from deai_flower.protocol.spec import RunSpec, SpecError, allowed_models, spec_cid
 from deai_flower.simulation.experiment import run_experiment
 from deai_flower.storage import LocalStore
 from deai_flower.verify import RunRecord, verify_run
@@ -47,7 +49,8 @@ def test_a_model_and_loader_from_a_test_module_run_the_protocol_and_verify(tmp_p
     cfg = compose_with(
         "num_clients=3", "num_rounds=2", "progress=false", "training.local_epochs=2", "training.batch_size=16",
         f"model._target_={HERE}.TwoLayerNet", "~model.hidden", "~model.activation", "~model.pool", "+model.width=12",
-        f"dataset.loader._target_={HERE}.load_blobs", "+dataset.loader.rows=450",
+        f"dataset.loader._target_={HERE}.load_blobs", "+dataset.loader.rows=450", "incentives.score=loss",
+        "incentives.validation_size=60",
     )
     results = run_experiment(cfg, output_dir=tmp_path)
     assert [r["status"] for r in results["rounds"]] == ["finalized", "finalized"]
@@ -57,5 +60,9 @@ def test_a_model_and_loader_from_a_test_module_run_the_protocol_and_verify(tmp_p
     assert spec_cid(spec.digest()) == results["spec_cid"]
     assert (spec.model.target, spec.model.args) == (f"{HERE}.TwoLayerNet", {"width": 12})
     assert (spec.data.num_features, spec.data.num_classes, spec.data.input_shape) == (6, 3, (6,))
-    verdicts = verify_run(RunRecord.from_output_dir(tmp_path), store)
-    assert all(v.ok for v in verdicts), [v.problems for v in verdicts]
+    record = RunRecord.from_output_dir(tmp_path)
+    verification = verify_run(record, store, models=allowed_models([f"{HERE}.TwoLayerNet"]))
+    assert verification.ok, (verification.problems, [v.problems for v in verification.rounds])
+    assert all("loss scores recomputed" in " ".join(v.checks) for v in verification.rounds)
+    with pytest.raises(SpecError, match=f"model {HERE}.TwoLayerNet is not one this party builds .*--allow-model"):
+        verify_run(record, store)  # a verifier that did not allow it builds none of its code

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from torch import nn
 
 from deai_flower.errors import ConfigError
 from deai_flower.models import (
+    _BUNDLED,
     MODEL_TARGETS,
     build_model,
     check_engine_devices,
@@ -22,10 +24,11 @@ from deai_flower.models import (
     instantiate_model,
     make_dp_compatible,
     model_spec,
+    resolve_model,
     select_device,
     set_arrays,
 )
-from deai_flower.protocol.spec import DataSchema, ModelSpec
+from deai_flower.protocol.spec import BUNDLED_MODEL_TARGETS, DataSchema, ModelSpec, SpecError, allowed_models
 
 
 def _mlp(seed: int = 0, hidden: tuple[int, ...] = (16, 8)) -> nn.Module:
@@ -316,7 +319,18 @@ def _target(obj: object) -> str:
     return f"{obj.__module__}.{obj.__qualname__}"  # type: ignore[attr-defined]
 
 
+def _own(obj: object) -> tuple[str, ...]:
+    """What the party that wrote a config naming ``obj`` builds: the bundled models and it."""
+    return allowed_models([_target(obj)])
+
+
 DIGITS = DataSchema(num_features=64, num_classes=10, input_shape=(1, 8, 8))
+
+
+def test_the_bundled_targets_are_the_bundled_factories() -> None:
+    assert sorted(MODEL_TARGETS.values()) == sorted(BUNDLED_MODEL_TARGETS)
+    for name, target in MODEL_TARGETS.items():
+        assert resolve_model(ModelSpec(target)) is _BUNDLED[name]
 
 
 def test_bundled_targets_match_the_named_models() -> None:
@@ -343,7 +357,7 @@ def test_instantiate_model_is_seeded_and_leaves_global_rng_untouched() -> None:
 
 @pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 def test_a_users_model_class_runs_through_instantiate_model() -> None:
-    model = instantiate_model(ModelSpec(_target(TinyNet), {"width": 5}), DIGITS, seed=0)
+    model = instantiate_model(ModelSpec(_target(TinyNet), {"width": 5}), DIGITS, allowed=_own(TinyNet), seed=0)
     assert isinstance(model, TinyNet)
     assert model(torch.randn(2, 64)).shape == (2, 10)
     assert get_arrays(model)["body.0.weight"].shape == (5, 64)
@@ -354,7 +368,7 @@ def test_a_users_model_class_runs_through_instantiate_model() -> None:
 
 
 def test_kwargs_targets_get_the_whole_schema_and_batchnorm_is_fixed() -> None:
-    model = instantiate_model(ModelSpec(_target(ShapedNet), {}), DIGITS, seed=0)
+    model = instantiate_model(ModelSpec(_target(ShapedNet), {}), DIGITS, allowed=_own(ShapedNet), seed=0)
     assert model.data == {"num_features": 64, "num_classes": 10, "input_shape": (1, 8, 8)}
     assert isinstance(model.body[1], nn.GroupNorm)
 
@@ -367,6 +381,8 @@ def test_model_spec_from_a_config_node() -> None:
     assert model_spec(node) == ModelSpec("deai_flower.models.mlp", {"hidden": [64], "pool": 2, "width": 1})
     with pytest.raises(ConfigError, match=r"model._target_ is required"):
         model_spec({"hidden": [64]})
+    with pytest.raises(ConfigError, match=r"^model.args.layers\[0\]._partial_: a model's arguments are plain"):
+        model_spec({"_target_": "deai_flower.models.mlp", "layers": [{"_partial_": True}]})
 
 
 @pytest.mark.parametrize(
@@ -380,18 +396,64 @@ def test_model_spec_from_a_config_node() -> None:
         ("deai_flower.models.cnn", {"channels": [0]}, "model deai_flower.models.cnn: model.channels must all be >= 1"),
         ("no_such_package.Net", {}, r"model no_such_package.Net: cannot import it \(.*no_such_package"),
         ("deai_flower.models.NoSuchNet", {}, "model deai_flower.models.NoSuchNet: cannot import it"),
-        ("MyNet", {}, "model target must be an importable 'package.module.name'"),
         ("deai_flower.models.MODELS", {}, "not callable"),
+        # named through another module's attribute, not where it is defined
+        ("deai_flower.models.nn.Module", {}, "model deai_flower.models.nn.Module: cannot import it"),
+        ("deai_flower.models.ModuleValidator", {},
+         r"not a function or class defined there \(it is opacus.validators.module_validator.ModuleValidator\)"),
+        ("torch.nn.Identity", {}, r"\(it is torch.nn.modules.linear.Identity\); name it by the module that defines it"),
         (_target(TinyNet), {"depth": 2}, "unknown argument 'depth'"),
         (_target(FrozenNet), {"width": 2}, "unknown argument 'width' \\(it takes: num_features, num_classes\\)"),
     ],
 )
 def test_bad_targets_and_arguments_are_one_line_config_errors(target: str, args: dict, message: str) -> None:
+    allowed = allowed_models([target])  # the config's own: allowed, and still checked
     with pytest.raises(ConfigError, match=message) as info:
-        check_model_args(ModelSpec(target, args))
+        check_model_args(ModelSpec(target, args), allowed=allowed)
     assert "\n" not in str(info.value)
     with pytest.raises(ConfigError, match=message):
-        instantiate_model(ModelSpec(target, args), DIGITS, seed=0)
+        instantiate_model(ModelSpec(target, args), DIGITS, allowed=allowed, seed=0)
+
+
+@pytest.mark.parametrize(
+    "target,args,message",
+    [
+        ("MyNet", {}, r"^model target must be an importable 'package.module.name' \(got 'MyNet'\)$"),
+        ("deai_flower.models.", {}, "model target must be an importable 'package.module.name'"),
+        # a prefix look-alike, and an attribute walk into torch: names nobody allowed
+        ("deai_flower.models.mlp_v2", {}, "model deai_flower.models.mlp_v2 is not one this party builds"),
+        ("deai_flower.models.nn.Module", {}, "model deai_flower.models.nn.Module is not one this party builds"),
+        ("deai_flower.models.mlp", {"hidden": [{"_target_": "builtins.print"}]},
+         r"^model.args.hidden\[0\]._target_: a model's arguments are plain values"),
+        ("deai_flower.models.mlp", {"activation": {"x": {"_args_": ["tanh"]}}}, r"^model.args.activation.x._args_:"),
+        ("deai_flower.models.mlp", {"_recursive_": False}, r"^model.args._recursive_:"),
+        ("deai_flower.models.mlp", {"_convert_": "all"}, r"^model.args._convert_:"),
+    ],
+)
+def test_targets_beyond_the_allowlist_and_hydra_keys_are_refused_before_any_import(
+    target: str, args: dict, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_import(name: str, *rest: object) -> None:
+        raise AssertionError(f"imported {name} for a refused spec")
+
+    monkeypatch.setattr("importlib.import_module", no_import)
+    with pytest.raises(SpecError, match=message) as info:
+        instantiate_model(ModelSpec(target, args), DIGITS)
+    assert "\n" not in str(info.value)
+    with pytest.raises(SpecError, match=message):
+        check_model_args(ModelSpec(target, args))
+
+
+def test_an_allowed_name_is_exact_not_a_prefix() -> None:
+    allowed = allowed_models([_target(TinyNet)])
+    assert allowed == (*BUNDLED_MODEL_TARGETS, _target(TinyNet))
+    with pytest.raises(SpecError, match="is not one this party builds"):
+        resolve_model(ModelSpec(_target(TinyNet) + "2"), allowed=allowed)
+    for listed in ("my_lab.", "my_lab.nets.*", "my_lab", "os.system; rm"):
+        with pytest.raises(ConfigError, match=f"model target '{re.escape(listed)}' is not an exact"):
+            allowed_models(listed)
+    assert allowed_models(" my_lab.nets.Net ,, other.mod.f") == (*BUNDLED_MODEL_TARGETS, "my_lab.nets.Net",
+                                                               "other.mod.f")  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -404,7 +466,7 @@ def test_bad_targets_and_arguments_are_one_line_config_errors(target: str, args:
 )
 def test_models_that_fail_to_build_name_their_target(obj: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as info:
-        instantiate_model(ModelSpec(_target(obj), {}), DIGITS)
+        instantiate_model(ModelSpec(_target(obj), {}), DIGITS, allowed=_own(obj))
     assert str(info.value).startswith(f"model {_target(obj)}")
     assert "\n" not in str(info.value)
 

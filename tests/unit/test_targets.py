@@ -1,7 +1,11 @@
 """A config names code: the model and the dataset loader are Hydra targets, the bundled
-ones and a user's own alike, and a composed config builds both for the same schema."""
+ones and a user's own alike, and a composed config builds both for the same schema. The
+party that wrote the config builds its own model; nothing nested in the model's arguments
+is instantiated."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +18,7 @@ from deai_flower.config import validate
 from deai_flower.data import RawDataset, load_dataset
 from deai_flower.errors import ConfigError
 from deai_flower.models import get_arrays, instantiate_model, model_spec
+from deai_flower.protocol.spec import SpecError, allowed_models
 
 
 class ClinicNet(nn.Module):
@@ -63,7 +68,9 @@ def test_a_users_model_and_loader_named_in_the_config() -> None:
     assert (split.name, split.num_features, split.num_classes, split.num_groups) == ("clinic", 5, 2, 3)
     spec = model_spec(cfg.model)
     assert spec.args == {"width": 4}
-    net = instantiate_model(spec, split.schema(), seed=0)
+    with pytest.raises(SpecError, match=f"model {_name(ClinicNet)} is not one this party builds"):
+        instantiate_model(spec, split.schema())  # a party that did not write the config: the bundled models only
+    net = instantiate_model(spec, split.schema(), allowed=allowed_models([_name(ClinicNet)]), seed=0)
     assert isinstance(net, ClinicNet)
     assert get_arrays(net)["layers.0.weight"].shape == (4, 5)
     # A few plain SGD steps learn the separable toy task.
@@ -83,3 +90,14 @@ def test_a_users_targets_are_checked_before_anything_is_built() -> None:
         validate(compose_with(*_overrides_for_user_code(), "+model.depth=2"))
     with pytest.raises(ConfigError, match=r"load_clinic: unknown argument 'row' \(it takes: rows, sites\)"):
         validate(compose_with(*_overrides_for_user_code(row=3)))
+
+
+def test_nested_targets_in_a_configs_model_are_refused(tmp_path: Path) -> None:
+    """Hydra would build a nested ``_target_``: a config's model arguments stay plain values,
+    so the target file of this one is never opened."""
+    target = tmp_path / "appended.pth"
+    cfg = compose_with(*_overrides_for_user_code(), "+model.log._target_=builtins.open",
+                       f"+model.log.file={target}", "+model.log.mode=a")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^model.args.log._target_: a model's arguments are plain values"):
+        validate(cfg)
+    assert not target.exists()
