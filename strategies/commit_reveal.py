@@ -38,6 +38,7 @@ nor what the result is.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -210,6 +211,7 @@ class CommitRevealStrategy(Strategy):
         self._addresses: dict[int, str] = {}
         self._asked: set[int] = set()  # nodes asked for their address already
         self._silent: set[int] = set()  # asked, but no answer (error or none): asked again
+        self._commit_closed: set[int] = set()  # rounds whose commit phase was ended early
         #: Nodes whose identity proof failed, by node id: the address they claimed and why.
         self.refused: dict[int, dict[str, str]] = {}
         self._round_state: dict[str, Any] = {}  # the current round's getRound, read when it opened
@@ -477,7 +479,7 @@ class CommitRevealStrategy(Strategy):
                 continue
             status, metrics = reply.content[STATUS], reply.content[METRICS] if METRICS in reply.content else {}
             if status.get("state") == "declined":
-                report.declined[address] = str(status.get("reason", ""))
+                self._declined(report, reply.metadata.src_node_id, status)
                 continue
             report.committed.append(address)
             trained.append(metrics)
@@ -594,6 +596,8 @@ class CommitRevealStrategy(Strategy):
                 replies.append(reply)
             if not pending:
                 break
+            if until_closed and report is not None:
+                self._close_commit_phase_if_done(report, asked=len(messages), answered=len(replies))
             if until_closed and report is not None and closed_at is None \
                     and self.contract.phase(self.run_id, report.round) in ("finalized", "failed"):  # fmt: skip
                 closed_at = time.monotonic()
@@ -602,6 +606,33 @@ class CommitRevealStrategy(Strategy):
                 break
             time.sleep(self.reply_poll_s)
         return replies
+
+    def _close_commit_phase_if_done(self, report: RoundReport, *, asked: int, answered: int) -> None:
+        """On one-message rounds, end the commit phase once no more commits can come.
+
+        Only the nodes asked commit, and a node that commits answers only after the commit
+        phase: when the commits on chain and the answers (declines, errors) account for
+        every node asked, the phase waits only for sampled silos known not to answer (a
+        node that cannot serve, an absent one). The chain's clock is then moved to the
+        commit deadline where the chain allows it (a development chain; the nodes, which
+        watch the phase, go on at once); a chain whose clock nobody moves keeps its
+        deadline (docs/protocol.md §2.2).
+        """
+        if report.round in self._commit_closed or self.contract.phase(self.run_id, report.round) != "commit":
+            return
+        state = self.contract.get_round(self.run_id, report.round)  # the current round: its commit phase
+        if int(state["commitCount"]) + answered < asked:
+            return
+        self._commit_closed.add(report.round)
+        missing = int(state["sampledCount"]) - int(state["commitCount"])
+        try:
+            self.contract.node.advance_to(int(state["commitDeadline"]), timeout=0.0)
+        except ChainError:
+            log(INFO, "round %s: %s sampled silo(s) will not commit; the chain keeps its commit deadline",
+                report.round, missing)  # fmt: skip
+            return
+        log(INFO, "round %s: every asked node committed or answered; commit phase closed without %s sampled "
+            "silo(s) that cannot answer", report.round, missing)  # fmt: skip
 
     def _discover(self, grid: Grid) -> None:
         """Learn the chain address of every node not asked before, keeping only nodes
@@ -635,6 +666,7 @@ class CommitRevealStrategy(Strategy):
             answered.add(node_id)
             if reply.has_error():
                 self._silent.add(node_id)
+                self._unavailable(node_id, keys.get(node_id, b""), _error_line(reply.error.reason))
                 log(WARNING, "node %s did not prove its chain address (%s); it is asked again next round",
                     node_id, reply.error.reason)  # fmt: skip
                 continue
@@ -646,8 +678,10 @@ class CommitRevealStrategy(Strategy):
                 self._refuse(node_id, address, reason)
             else:
                 self._addresses[node_id] = to_checksum_address(address)
+                self.refused.pop(node_id, None)  # it could not serve before; it can now
         for node_id in set(new) - answered:
             self._silent.add(node_id)
+            self._unavailable(node_id, keys.get(node_id, b""), "did not answer the identity challenge in time")
             log(WARNING, "node %s did not answer the identity challenge in time; it is asked again next round",
                 node_id)  # fmt: skip
 
@@ -678,6 +712,22 @@ class CommitRevealStrategy(Strategy):
         if holder is not None:
             return f"signs as {address}, which node {holder} has proven already"
         return ""
+
+    def _unavailable(self, node_id: int, public_key: bytes, reason: str) -> None:
+        """Report a node that cannot serve (its ClientApp fails, e.g. on its node config)
+        by name: the registered address its SuperNode key is bound to, where the
+        SuperLink reports keys. It is not asked to act until it proves its address."""
+        self.refused[node_id] = {"address": self._registered_holder(public_key), "reason": f"cannot serve: {reason}"}
+
+    def _registered_holder(self, public_key: bytes) -> str:
+        """The registered address bound to this SuperNode key ('' when none or unknown)."""
+        if not public_key or not self.bind_supernode_keys:
+            return ""
+        try:
+            identity = supernode_identity(public_key)
+        except ConfigError:
+            return ""
+        return next((a for a in self.contract.members() if self.contract.participant_info(a)[1] == identity), "")
 
     def _refuse(self, node_id: int, address: str, reason: str) -> None:
         self.refused[node_id] = {"address": address, "reason": reason}
@@ -743,8 +793,18 @@ class CommitRevealStrategy(Strategy):
             if status.get("state") in ok_states:
                 good[node_id] = reply
             elif status.get("state") == "declined":
-                report.declined[address] = str(status.get("reason", ""))
+                self._declined(report, node_id, status)
         return good
+
+    def _declined(self, report: RoundReport, node_id: int, status: Any) -> None:
+        """Record a node's decline; one whose own terms refuse the run (protocol §1.5)
+        is refused for the rest of it, since its terms do not change within the run."""
+        address = self._addresses.get(node_id, str(node_id))
+        reason = str(status.get("reason", ""))
+        report.declined[address] = reason
+        if status.get("terms") is True:
+            self._addresses.pop(node_id, None)
+            self._refuse(node_id, address, f"its terms refuse this run: {reason}")
 
     def _settle_missing_reveals(self, report: RoundReport) -> None:
         """Have the chain slash committers that did not reveal now, rather than at their
@@ -857,6 +917,13 @@ def _record_training(report: RoundReport, metrics: list[Any]) -> None:
     weights = [int(m["num-examples"]) for m in metrics]
     if sum(weights):
         report.train_loss = sum(float(m["train-loss"]) * w for m, w in zip(metrics, weights, strict=True)) / sum(weights)
+
+
+def _error_line(reason: str) -> str:
+    """A node's error reply as one line: Flower writes ``<class 'module.Error'>:<'text'>``."""
+    match = re.fullmatch(r"<class '(?:[\w.]+\.)?(\w+)'>:<'(.*)'>", reason.strip(), flags=re.DOTALL)
+    line = f"{match.group(1)}: {match.group(2)}" if match else reason.strip()
+    return line.splitlines()[0] if line else "no reason given"
 
 
 def _plain(arrays: ArrayRecord) -> dict[str, Any]:

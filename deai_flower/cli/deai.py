@@ -8,6 +8,8 @@
                                    the same from a live node's events
 
     deai consortium ...            set up a consortium (keys, certificates, contract, silos, runs)
+    deai silo check --node-config CONFIG
+                                   check a SuperNode's node config (terms, key, data, chain, store)
     deai release ...               the FAB hash a silo approves, and the gate that runs only approved FABs
 
 ``deai verify`` takes the rule, its parameters and the DP settings from the run spec the
@@ -99,10 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=_verify)
     # Each subcommand imports what it runs only when it runs: --help and the store
     # commands must not pay for the ML stack or web3.
-    from . import consortium_cmd, verify_cmd
+    from . import consortium_cmd, silo_cmd, verify_cmd
 
     verify_cmd.add_parser(groups)
     consortium_cmd.add_parser(groups)
+    silo_cmd.add_parser(groups)
     from . import release_cmd
 
     release_cmd.add_parser(groups)

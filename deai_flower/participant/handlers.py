@@ -230,9 +230,24 @@ def handle_commit(participant: Participant, message: Message, context: Context) 
     return reply(message, status=status, metrics=metrics)
 
 
+def _terms_refusal(participant: Participant, view: RunView) -> str | None:
+    """Why this silo's own terms (its node config) refuse the run, or None: the run is
+    judged by what the chain records, never by what the coordinator says it is."""
+    if participant.terms is None:  # a simulation's participant serves its own experiment
+        return None
+    params = view.contract.run_params(view.run_id) or {}
+    return participant.terms.check(contract=view.contract.address, run_id=view.run_id, spec=view.spec,
+                                   spec_digest=view.spec_digest, params=params)  # fmt: skip
+
+
 def _commit(participant: Participant, view: RunView, context: Context, round_id: int, config: Any) -> Step:
     contract, spec = view.contract, view.spec
     started = time.perf_counter()
+
+    refusal = _terms_refusal(participant, view)
+    if refusal is not None:  # before anything is fetched, staked, trained or signed
+        log(WARNING, "participant %s refuses run %s: %s", participant.label, view.run_id, refusal)
+        return {"state": "declined", "reason": refusal, "address": participant.address, "terms": True}, None
 
     model_cid = cid_from_bytes(bytes(contract.get_run(view.run_id)["modelCid"]))
     if str(config.get("model-cid", "")) != model_cid:

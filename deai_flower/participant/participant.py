@@ -23,6 +23,7 @@ from eth_account.signers.local import LocalAccount
 from ..chain.keys import keystore_key
 from ..errors import ConfigError, ProtocolError
 from ..protocol.spec import BUNDLED_MODEL_TARGETS, DataSchema, allowed_models
+from .terms import SiloTerms
 
 __all__ = ["Behaviour", "LocalData", "Participant", "SiloFiles", "BUNDLED_MODEL_TARGETS"]
 
@@ -130,6 +131,9 @@ class Participant:
     #: silo decides which code that may be (the bundled models unless its node config
     #: lists more; a simulated participant adds its experiment's own).
     model_targets: tuple[str, ...] = BUNDLED_MODEL_TARGETS
+    #: The runs it serves and its limits (its node config's); None: a simulation's own
+    #: participant, which serves the experiment it was built for.
+    terms: SiloTerms | None = None
     #: Simulation only: a simulated adversary.
     behaviour: Behaviour | None = None
     #: Simulation only, for reproducible runs: round r draws its DP noise and batches from
@@ -182,7 +186,10 @@ class Participant:
         (default ``auto``), ``threads``, ``secure-mode`` (default false),
         ``grad-sample-mode`` (default ``auto``), ``model-targets`` (comma-separated
         exact names of module-level model functions or classes of its own installed code
-        that it builds besides the bundled ones).
+        that it builds besides the bundled ones), and the terms it
+        serves runs on (:class:`~deai_flower.participant.terms.SiloTerms`: ``contract``,
+        ``runs``, ``spec-digests``, ``max-epsilon``, ``max-delta``, ``allow-no-dp``,
+        ``max-stake``, ``max-slash``, ``rules``).
 
         Raises:
             ConfigError: one line naming the node_config key that is missing or unusable.
@@ -231,6 +238,7 @@ class Participant:
             secure_mode=reader.flag("secure-mode"),
             grad_sample_mode=grad_sample_mode,
             model_targets=model_targets,
+            terms=SiloTerms.from_node_config(node_config),
         )
 
 

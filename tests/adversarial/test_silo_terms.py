@@ -1,0 +1,241 @@
+"""A run's launcher cannot set a silo's terms, and a silo that cannot serve stalls nobody.
+
+Attack A: the node checked a message only against the run config the coordinator writes;
+a deployed node trained with σ = 0 (ε = ∞) and staked 50 ether for a run its creator set
+up. A silo's node config now pins what it serves (:mod:`deai_flower.participant.terms`):
+a non-private run, a stake above its maximum, a contract it did not pin are refused
+before it stakes or trains (its stake on chain stays 0, its ledger directory empty), and
+the reason reaches the coordinator's refused nodes and ``results.json``.
+
+Attack B: a registered silo whose SuperNode has a misspelt ``data-path`` fails every
+message; the chain samples it, and every round waited out the whole commit phase, with
+``refused_nodes`` empty. It is now reported by name (its registered address, found from
+its SuperNode key, and why it cannot serve), and the round goes on once every node that
+can answer has committed.
+
+The in-process cases run the real ClientApp, contract (embedded EVM served over
+JSON-RPC) and store through a grid that delivers in this process; the last test is a
+real deployment (``flower-superlink`` with TLS and SuperNode authentication, one
+``flower-supernode`` per silo, anvil).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_account import Account
+from eth_utils import to_checksum_address
+from flwr.app import Array, ArrayRecord
+from flwr.common.constant import SUPERLINK_NODE_ID
+
+from deai_flower.chain import RoundsContract, to_wad
+from deai_flower.flower_compat import task_identity
+from deai_flower.models import get_arrays, instantiate_model
+from deai_flower.participant.app import client_app
+from deai_flower.protocol.spec import IncentivesSpec, PrivacySpec, RunSpec
+from deai_flower.server_app import _with_nodes
+from deai_flower.storage import LocalStore, array_spec, cid_to_bytes, encode_arrays
+from deai_flower.strategies import CommitRevealStrategy
+from e2e.test_deployed_participants import _consortium
+from e2e.test_node_identity import SuperLinkGrid
+from unit.participant._support import small_spec
+
+ETHER = 10**18
+VICTIM_NODE = 303
+
+
+@dataclass
+class Consortium:
+    admin: RoundsContract
+    url: str
+    store_dir: Path
+    #: Node id -> (node config, address); two honest silos and the victim (node 303).
+    silos: dict[int, tuple[dict[str, Any], str]]
+
+    @property
+    def victim(self) -> str:
+        return self.silos[VICTIM_NODE][1]
+
+
+@pytest.fixture
+def consortium(tmp_path: Path) -> Iterator[Consortium]:
+    """Three registered silos (100 ether each) on the embedded chain served over JSON-RPC."""
+    for admin, url, configs in _consortium(tmp_path, allow_dev_methods=False):
+        silos = {n: (cfg, a) for n, cfg, a in zip((301, 302, VICTIM_NODE), configs, admin.members(), strict=True)}
+        yield Consortium(admin, url, tmp_path / "store", silos)
+
+
+def _create_run(net: Consortium, spec: RunSpec) -> int:
+    """The creator's run: ``spec`` stored, its digest and its amounts on chain."""
+    store = LocalStore(net.store_dir)
+    store.put(spec.to_bytes())
+    initial = store.put(encode_arrays(get_arrays(instantiate_model(spec.model, spec.data, seed=0))))
+    r, i = spec.rounds, spec.incentives
+    run_id, _ = net.admin.create_run({
+        "specHash": spec.digest(), "codeHash": b"\x02" * 32, "initialModelCid": cid_to_bytes(initial),
+        "epsilonBudgetWad": to_wad(spec.privacy.epsilon), "deltaWad": to_wad(spec.privacy.delta),
+        "numRounds": r.num_rounds, "commitDuration": r.commit_s, "revealDuration": r.reveal_s,
+        "attestDuration": r.attest_s, "sampleBps": 10_000, "quorum": r.quorum, "minReveals": r.min_reveals,
+        "stake": i.stake, "slashMissingReveal": i.slash_missing_reveal, "slashRefused": i.slash_refused,
+        "slashMinority": i.slash_minority,
+    })  # fmt: skip
+    return run_id
+
+
+def _play_one_round(net: Consortium, run_id: int, spec: RunSpec, honest_terms: dict[str, Any],
+                    victim_terms: dict[str, Any]) -> tuple[CommitRevealStrategy, SuperLinkGrid]:  # fmt: skip
+    """One round of ``run_id`` through the real ClientApp: the honest silos with
+    ``honest_terms`` in their node configs, the victim with ``victim_terms``."""
+    nodes = {n: ({**cfg, **(victim_terms if n == VICTIM_NODE else honest_terms)}, b"")
+             for n, (cfg, _) in net.silos.items()}  # fmt: skip
+    grid = SuperLinkGrid(client_app, nodes, {"contract": net.admin.address, "run-id": run_id})
+    model = instantiate_model(spec.model, spec.data, seed=0)
+    strategy = CommitRevealStrategy(contract=net.admin, run_id=run_id, spec=spec, store=LocalStore(net.store_dir),
+                                    expected_spec=array_spec(get_arrays(model)), max_failed_rounds=0,
+                                    locator={"contract": net.admin.address, "run-id": run_id, "chain-url": net.url,
+                                             "store": f"local:{net.store_dir}"})  # fmt: skip
+    with task_identity(run_id=1, node_id=SUPERLINK_NODE_ID):
+        strategy.start(grid, ArrayRecord({k: Array(v) for k, v in get_arrays(model).items()}), num_rounds=1)  # type: ignore[arg-type]
+    return strategy, grid
+
+
+def _assert_refused_before_staking_or_training(net: Consortium, run_id: int, strategy: CommitRevealStrategy,
+                                               grid: SuperLinkGrid, reason: str) -> None:  # fmt: skip
+    victim = net.victim
+    assert net.admin.get_account(run_id, victim)["stake"] == 0  # nothing deposited
+    assert not list(Path(net.silos[VICTIM_NODE][0]["ledger-dir"]).glob("privacy-ledger-*.json"))  # nothing trained
+    report = strategy.reports[0]
+    assert victim not in report.committed and reason in report.declined[victim]
+    assert strategy.refused[VICTIM_NODE]["address"] == victim
+    assert reason in strategy.refused[VICTIM_NODE]["reason"]
+    # results.json names it with its reason; it is not asked to act again
+    document = _with_nodes({"rounds": [{}]}, strategy)
+    (entry,) = [r for r in document["refused_nodes"] if r["node_id"] == VICTIM_NODE]
+    assert entry["address"] == victim and reason in entry["reason"]
+    assert victim not in document["nodes"].values()
+    assert grid.received[VICTIM_NODE] == ["query.identity", "train.commit"]
+    # the run goes on without it: the honest silos finalized the round
+    assert report.status == "finalized", report.reason
+    assert sorted(report.committed) == sorted(a for n, (_, a) in net.silos.items() if n != VICTIM_NODE)
+
+
+def test_a_non_private_run_is_refused_by_a_silo_that_did_not_allow_one(consortium: Consortium) -> None:
+    """The creator's run trains with σ = 0 (ε = ∞) and asks a stake: the victim, started
+    with the default terms, neither stakes nor trains."""
+    spec = dataclasses.replace(small_spec(), privacy=PrivacySpec(epsilon=math.inf, delta=1e-5, max_grad_norm=1.0,
+                                                                 accountant="rdp"),
+                               incentives=IncentivesSpec(stake=ETHER // 10))  # fmt: skip
+    run_id = _create_run(consortium, spec)
+    strategy, grid = _play_one_round(consortium, run_id, spec, {"allow-no-dp": True}, {})
+    _assert_refused_before_staking_or_training(consortium, run_id, strategy, grid, "the run is not private (ε = ∞")
+
+
+def test_a_stake_above_the_silos_maximum_is_refused(consortium: Consortium) -> None:
+    """50 ether at stake (the sybils' prize): above the victim's default maximum of 1 ether."""
+    spec = dataclasses.replace(small_spec(), incentives=IncentivesSpec(stake=50 * ETHER))
+    run_id = _create_run(consortium, spec)
+    strategy, grid = _play_one_round(consortium, run_id, spec, {"max-stake": "60 ether"}, {})
+    _assert_refused_before_staking_or_training(consortium, run_id, strategy, grid,
+                                               f"the run's stake {50 * ETHER} exceeds this silo's maximum {ETHER}")  # fmt: skip
+
+
+def test_a_run_on_a_contract_the_silo_did_not_pin_is_refused(consortium: Consortium) -> None:
+    """The victim pinned its consortium's contract; a launcher names another one (here:
+    a second deployment, its run config and messages all pointing there)."""
+    pinned, _ = RoundsContract.deploy(consortium.admin.node, consortium.admin.account)
+    spec = small_spec()
+    run_id = _create_run(consortium, spec)
+    strategy, grid = _play_one_round(consortium, run_id, spec, {}, {"contract": pinned.address})
+    _assert_refused_before_staking_or_training(
+        consortium, run_id, strategy, grid,
+        f"contract {consortium.admin.address} is not the one this silo serves ({pinned.address})")  # fmt: skip
+
+
+def test_a_silo_that_cannot_build_is_named_with_its_reason_and_asked_again(consortium: Consortium) -> None:
+    """A misspelt data-path: every message fails; the coordinator reports the node and its
+    reason (no SuperNode key here: the deployment test below names its address)."""
+    spec = small_spec()
+    run_id = _create_run(consortium, spec)
+    broken = {"data-path": str(Path(consortium.silos[VICTIM_NODE][0]["data-path"]).with_name("trian.npz"))}
+    strategy, grid = _play_one_round(consortium, run_id, spec, {}, broken)
+    reason = strategy.refused[VICTIM_NODE]["reason"]
+    assert reason.startswith("cannot serve: ConfigError: node_config 'data-path':") and "trian.npz" in reason
+    assert strategy.reports[0].status == "finalized"
+    assert grid.received[VICTIM_NODE] == ["query.identity"]
+
+
+# ---------------------------------------------------------------------------- a deployment
+
+
+@pytest.mark.deployment
+@pytest.mark.slow
+def test_deployed_silos_refuse_a_non_private_run_and_a_broken_silo_does_not_stall_the_round(
+    tmp_path: Path,
+) -> None:
+    """Real SuperLink (TLS, SuperNode authentication), four SuperNodes, anvil: the creator's
+    run is non-private (privacy=none). Two silos allowed that in their node configs; the
+    victim did not and refuses before staking or training; the fourth silo is registered
+    but its SuperNode's data-path is misspelt. The round finalizes with the two, well
+    before the 300 s commit phase would have ended; results.json names the victim and
+    the broken silo (by its registered address) with their reasons."""
+    from deai_flower.consortium.demo_data import write_silo_files
+    from deai_flower.consortium.localnet import LocalConsortium, tools_missing
+
+    if tools_missing():
+        pytest.skip(f"Flower's deployment executables are missing: {', '.join(tools_missing())}")
+    commit_s = 300
+    overrides = ["num_rounds=1", "dataset=breast_cancer", "training.local_epochs=1", "training.batch_size=16",
+                 f"strategy.commit_timeout_s={commit_s}", "privacy=none"]  # fmt: skip
+    with LocalConsortium(tmp_path) as net:
+        net.start_chain()
+        net.set_up_chain()
+        files = write_silo_files(tmp_path / "data", num_silos=4, overrides=["dataset=breast_cancer"])
+        silos = [net.add_silo(name, data_path=f.train, eval_path=f.eval)
+                 for name, f in zip(["silo-0", "silo-1", "victim", "broken"], files, strict=True)]  # fmt: skip
+        created = net.create_run(overrides)
+        net.start_superlink()
+        node_ids = {silo.name: net.register_supernode(silo) for silo in silos}
+        pin = {"contract": created.contract, "runs": str(created.run_id)}
+        for silo in silos[:2]:
+            net.start_supernode(silo, silo.node_config(chain_url=net.rpc, store=net.store, **pin, **{"allow-no-dp": True}))
+        victim, broken = silos[2], silos[3]
+        net.start_supernode(victim, victim.node_config(chain_url=net.rpc, store=net.store, **pin))
+        net.start_supernode(broken, broken.node_config(chain_url=net.rpc, store=net.store, **pin,
+                                                       **{"data-path": str(broken.data_path) + ".misspelt"}))  # fmt: skip
+        net.wait_for_nodes(4)
+        started = time.monotonic()
+        flwr_run = net.run({**net.coordinator_run_config(created, tmp_path / "results"), "federated-evaluation": False})
+        status = net.wait(flwr_run, timeout=900)
+        seconds = time.monotonic() - started
+        results_path = tmp_path / "results" / "results.json"
+        results = json.loads(results_path.read_text()) if results_path.exists() else {}
+        if status != "finished:completed" or not results:
+            print(net.server_log(flwr_run)[-4000:], file=sys.stderr)
+        assert status == "finished:completed" and results, status
+        reader = RoundsContract(net.anvil.connect(), created.contract, Account.create())  # type: ignore[union-attr]
+        victim_address, broken_address = to_checksum_address(victim.key.address), to_checksum_address(broken.key.address)
+        # Attack A: refused before staking or training, the reason in results.json
+        assert reader.get_account(created.run_id, victim_address)["stake"] == 0
+        assert not list((victim.home / "ledger").glob("privacy-ledger-*.json"))
+        refused = {r["node_id"]: r for r in results["refused_nodes"]}
+        assert refused[node_ids["victim"]]["address"] == victim_address
+        assert "the run is not private (ε = ∞" in refused[node_ids["victim"]]["reason"]
+        (round_one,) = results["rounds"]
+        assert "the run is not private" in round_one["declined"][victim_address]
+        # Attack B: the broken silo named by its registered address, and the round not held up by it
+        assert refused[node_ids["broken"]]["address"] == broken_address
+        assert "cannot serve" in refused[node_ids["broken"]]["reason"]
+        assert "data-path" in refused[node_ids["broken"]]["reason"]
+        assert round_one["status"] == "finalized", round_one["reason"]
+        assert sorted(round_one["committed"]) == sorted(to_checksum_address(s.key.address) for s in silos[:2])
+        assert round_one["phase_seconds"]["round"] < commit_s * 0.6, round_one["phase_seconds"]
+        print(f"deployment: run {seconds:.0f} s; round phases {round_one['phase_seconds']}", file=sys.stderr)
