@@ -29,8 +29,12 @@ def _gate(args: argparse.Namespace) -> None:
 
     if args.insecure == (args.root_certificates is not None):
         raise ConfigError("say how to reach the SuperNode's Runtime API: --insecure (loopback) or --root-certificates CA")
-    serve(args.runtime_api_address, parse_approved(args.approved_fab),
-          root_certificates_path=str(args.root_certificates) if args.root_certificates else None)  # fmt: skip
+    approved = parse_approved(args.approved_fab)
+    try:
+        serve(args.runtime_api_address, approved,
+              root_certificates_path=str(args.root_certificates) if args.root_certificates else None)  # fmt: skip
+    except KeyboardInterrupt:  # Ctrl-C is how an operator stops it
+        pass
 
 
 def add_parser(groups: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
