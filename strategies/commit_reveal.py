@@ -797,7 +797,7 @@ class CommitRevealStrategy(Strategy):
         return good
 
     def _declined(self, report: RoundReport, node_id: int, status: Any) -> None:
-        """Record a node's decline; one whose own terms refuse the run (protocol §1.5)
+        """Record a node's decline; one whose own terms refuse the run (protocol §1.2)
         is refused for the rest of it, since its terms do not change within the run."""
         address = self._addresses.get(node_id, str(node_id))
         reason = str(status.get("reason", ""))

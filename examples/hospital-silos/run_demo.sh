@@ -156,6 +156,9 @@ for i in "${!SILOS[@]}"; do
   node_config="keystore=\"$home/keys/chain.keystore.json\" password-file=\"$home/keys/chain.password\""
   node_config+=" data-path=\"$WORK/data/$silo/train.npz\" eval-data-path=\"$WORK/data/$silo/eval.npz\""
   node_config+=" chain-url=\"$RPC\" store=\"$STORE\" ledger-dir=\"$home/ledger\" device=\"cpu\" threads=1"
+  # its terms: the contract and the run it agreed to (limits: the defaults, docs/deployment.md)
+  node_config+=" contract=\"$CONTRACT\" runs=\"$RUN_ID\""
+  deai silo check --node-config "$node_config" >>"$WORK/logs/setup.log"
   start "$silo" flower-supernode --root-certificates "$K/tls/ca.crt" --superlink "127.0.0.1:$LINK_PORT" \
     --auth-supernode-private-key "$home/keys/supernode" --port "$port" --isolation process \
     --node-config "$node_config"
