@@ -31,9 +31,12 @@ import {MessageHashUtils} from "@openzeppelin/contracts/utils/cryptography/Messa
 /// calls `openRound` only for its first round and after a failed one. The sampling beacon
 /// is not stored: it is a hash of the run, the round and the round's global model (itself
 /// the hash of the previous round's aggregate), see `beaconOf`.
-/// A round finalizes when one CID has a strict majority of the round's eligible attesters
-/// (the revealers in the round's committee: the first `committeeSize` sampled positions,
-/// or every revealer), and never below the run's `quorum`.
+/// A round finalizes when one CID has the votes of a strict majority of the round's
+/// committee members that committed (the committee: the first `committeeSize` sampled
+/// positions, or every sampled participant), and never fewer than the run's `quorum`;
+/// only those that revealed may vote. Counting commits, not reveals, is what keeps a
+/// relayer that withholds reveals from lowering the bar: withholding can make a round
+/// fail, never change who decides it.
 /// Reveals and votes may also come in a relayer's batch (`revealMany`, `attestMany`,
 /// sent by anyone): a reveal is authenticated by the commitment, which binds its
 /// participant, and a vote by its attester's signature of `voteDigest`; each is recorded
@@ -163,6 +166,7 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
         uint128 deltaWad;
         bytes32 beacon; // sampling seed of the current round (of round 1 before it opens)
         bytes modelCid; // current global model
+        bool cancelled; // cancelled by `cancelRun`
     }
 
     /// @notice The current round as `getRound` reports it.
@@ -182,8 +186,8 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
         uint32 registrySize; // registry size N when the round opened (the permutation's domain)
         uint32 registryEpoch; // registry epoch when the round opened
         uint32 committeeSize; // sampled positions whose revealers may attest (sampledCount: all)
-        uint32 eligibleCount; // revealers that may attest
-        uint32 votesNeeded; // max(quorum, eligibleCount / 2 + 1)
+        uint32 committeeCommits; // committee members that committed (only revealers among them may attest)
+        uint32 votesNeeded; // max(quorum, committeeCommits / 2 + 1)
     }
 
     /// @notice A participant's record in a run as `getMember` reports it.
@@ -208,6 +212,7 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
         uint8 modelCodec; // multicodec of the model CID: 0x55 raw or 0x70 dag-pb
         uint40 openedBlock; // block in which the current round was opened
         uint24 registrySize; // registry size when the current round opened
+        bool cancelled; // `cancelRun`: no round opens again, the pool goes back to the creator
     }
 
     /// @dev Run slot 1: the current round's clock and counts, all that `phase` reads and
@@ -221,7 +226,7 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
         uint16 sampledCount; // k: positions below it are sampled
         uint16 commitCount;
         uint16 revealCount;
-        uint16 eligibleCount; // revealers in the committee (every revealer without one)
+        uint16 committeeCommits; // committee members that committed: the base of the majority
         uint16 minReveals;
         uint24 registryEpoch; // registry epoch at opening: later (re)assigned indices sit out
         bool finalized; // a finalized round stays current only if it did not open the next
@@ -231,7 +236,7 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
     }
 
     /// @dev Run slot 2: the first CID attested in round `round`, its votes and the votes
-    /// any CID needs (fixed by the first attestation: the eligible count is final then).
+    /// any CID needs (fixed by the first attestation: the commit phase is over then).
     struct VoteTally {
         uint32 round;
         uint16 votes;
@@ -351,6 +356,8 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
     error NothingToWithdraw(uint256 runId, address account);
     error NotRunCreator(uint256 runId, address caller);
     error RunNotComplete(uint256 runId, uint32 finalizedRounds, uint32 numRounds);
+    error RunIsCancelled(uint256 runId);
+    error CancelTooEarly(uint256 runId, uint32 round, uint32 failedAttempts, uint32 required);
     error TransferFailed(address to, uint256 amount);
     error InvalidOutcome(uint256 runId, uint32 round, uint256 length, uint32 revealCount);
     error OutcomeNotSorted(uint256 runId, uint32 round, uint256 entry);
@@ -390,7 +397,7 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
     event Committed(uint256 indexed runId, uint32 indexed round, address indexed participant, bytes32 commitment);
     event Revealed(uint256 indexed runId, uint32 indexed round, address indexed participant, bytes record);
     /// @dev A CID's votes are its `Attested` events in the round; it finalizes at
-    /// max(quorum, eligibleCount / 2 + 1).
+    /// max(quorum, committeeCommits / 2 + 1).
     event Attested(uint256 indexed runId, uint32 indexed round, address indexed attester, bytes resultCid, bytes outcome);
     event RoundFinalized(uint256 indexed runId, uint32 indexed round, bytes resultCid);
     /// @dev `slashed`: what was taken from its stake into the reward pool (at most its stake).
@@ -408,6 +415,8 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
     event StakeWithdrawn(uint256 indexed runId, address indexed participant, uint128 amount);
     event RewardsWithdrawn(uint256 indexed runId, address indexed participant, uint128 amount);
     event PoolWithdrawn(uint256 indexed runId, address indexed creator, uint128 amount);
+    /// @dev `round`: the last attempt, failed; `pool`: what the creator may now withdraw.
+    event RunCancelled(uint256 indexed runId, uint32 round, uint32 finalizedRounds, uint128 pool);
 
     // ------------------------------------------------------------------ storage
 
@@ -415,10 +424,12 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
     uint24 private constant _MAX_COUNT = type(uint24).max;
     /// @dev The most participants sampled in one round (counts are 16-bit).
     uint256 private constant _MAX_SAMPLED = type(uint16).max;
+    /// @dev Attempts failed in a row, the current one included, after which anyone may
+    /// cancel the run (`cancelRun`).
+    uint32 private constant _CANCEL_AFTER_FAILED_ATTEMPTS = 3;
     /// @dev Rounds of the swap-or-not permutation (as Ethereum's committee shuffle).
     uint256 private constant _SHUFFLE_ROUNDS = 90;
     uint112 private constant _EPSILON_SATURATED = type(uint112).max;
-    uint64 private constant _NO_EXAMPLE_BOUND = type(uint64).max;
     /// @dev Domain tag of a signed vote (`voteDigest`), so no other signed message is one.
     bytes32 private constant _VOTE_TAG = keccak256("deai-flower vote");
 
@@ -471,14 +482,6 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
     }
 
     // ------------------------------------------------------------------ registry
-
-    /// @notice Adds `participant` to the consortium, bound to an off-chain identity, with no
-    /// bound on its example count.
-    /// @param participant the participant's signing address
-    /// @param identity hash binding the address to its node (e.g. SuperNode public key)
-    function register(address participant, bytes32 identity) external onlyAdmin {
-        _register(participant, identity, _NO_EXAMPLE_BOUND);
-    }
 
     /// @notice Adds `participant` to the consortium, bound to an off-chain identity. Its
     /// reveals may claim at most `maxExamples` training examples (its aggregation weight).
@@ -631,7 +634,8 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
             committeeSize: params.committeeSize,
             modelCodec: uint8(cid[1]),
             openedBlock: 0,
-            registrySize: 0
+            registrySize: 0,
+            cancelled: false
         });
         // the clock keeps the reveal and attest durations from the start (round 0: not opened)
         RoundClock memory c;
@@ -701,13 +705,16 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
     }
 
     /// @notice Returns what the reward pool holds to the run's creator once the run is
-    /// complete (rounding remainders, rounds nobody scored in, stake slashed late).
+    /// complete (rounding remainders, rounds nobody scored in, stake slashed late) or
+    /// cancelled (the rounds' unspent shares too).
     /// @param runId the run
     function withdrawPool(uint256 runId) external nonReentrant {
         Run storage run = _runs[runId];
         if (msg.sender != run.creator) revert NotRunCreator(runId, msg.sender);
         RunConfig memory cfg = run.config;
-        if (cfg.finalizedRounds < cfg.numRounds) revert RunNotComplete(runId, cfg.finalizedRounds, cfg.numRounds);
+        if (cfg.finalizedRounds < cfg.numRounds && !cfg.cancelled) {
+            revert RunNotComplete(runId, cfg.finalizedRounds, cfg.numRounds);
+        }
         uint128 amount = run.funds.pool;
         if (amount == 0) revert NothingToWithdraw(runId, msg.sender);
         run.funds.pool = 0;
@@ -777,6 +784,7 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
         RunConfig memory cfg = run.config;
         if (cfg.numRounds == 0) revert UnknownRun(runId);
         if (cfg.finalizedRounds >= cfg.numRounds) revert RunComplete(runId, cfg.finalizedRounds);
+        if (cfg.cancelled) revert RunIsCancelled(runId);
         RoundClock memory c = run.clock;
         uint32 previous = c.round;
         if (previous != 0) {
@@ -788,6 +796,30 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
         }
         round = previous + 1;
         _open(runId, run, cfg, c, round, run.modelDigest, false);
+    }
+
+    /// @notice Ends a run that cannot go on: once `_CANCEL_AFTER_FAILED_ATTEMPTS` (3)
+    /// attempts in a row have failed, the last one included (say, the global model is gone
+    /// from every store, so nobody can train on it), anyone may cancel it. No round opens
+    /// again; stakes are withdrawable as after any failed round, rewards already credited
+    /// stay withdrawable, penalties already earned are still settled, and the creator may
+    /// withdraw what the pool holds (`withdrawPool`).
+    /// @param runId the run, whose current attempt has failed
+    function cancelRun(uint256 runId) external {
+        Run storage run = _runs[runId];
+        RunConfig memory cfg = run.config;
+        if (cfg.numRounds == 0) revert UnknownRun(runId);
+        if (cfg.cancelled) revert RunIsCancelled(runId);
+        RoundClock memory c = run.clock;
+        // the failed-round bits of the attempts before the current one tell the streak
+        for (uint32 back = 0; back < _CANCEL_AFTER_FAILED_ATTEMPTS; ++back) {
+            if (_phase(runId, c, c.round - back) != Phase.Failed) {
+                revert CancelTooEarly(runId, c.round, back, _CANCEL_AFTER_FAILED_ATTEMPTS);
+            }
+        }
+        cfg.cancelled = true;
+        run.config = cfg;
+        emit RunCancelled(runId, c.round, cfg.finalizedRounds, run.funds.pool);
     }
 
     /// @dev Opens round `round` on model `modelDigest`: fixes the registry's size and epoch
@@ -815,7 +847,7 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
             sampledCount: uint16(sampled),
             commitCount: 0,
             revealCount: 0,
-            eligibleCount: 0,
+            committeeCommits: 0,
             minReveals: cfg.minReveals,
             registryEpoch: r.epoch,
             finalized: false,
@@ -863,7 +895,10 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
             if (stake < required) revert InsufficientStake(runId, msg.sender, stake, required);
         }
         m.current = MemberRound(round, Stage.Committed, committeeMember, bytes26(commitment));
-        run.clock.commitCount = c.commitCount + 1;
+        RoundClock storage clock = run.clock;
+        clock.commitCount = c.commitCount + 1;
+        // the majority is counted over the committee's commits, which no relayer can withhold
+        if (committeeMember) clock.committeeCommits = c.committeeCommits + 1;
         emit Committed(runId, round, msg.sender, commitment);
     }
 
@@ -951,7 +986,6 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
 
         m.ledger = MemberLedger(round, ledger.rewardPoints + numExamples, ledger.penalties, epsilon);
         c.revealCount += 1;
-        if (last.committee) c.eligibleCount += 1;
         emit Revealed(runId, round, participant, record);
     }
 
@@ -1028,12 +1062,12 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
 
         VoteTally memory v = run.votes;
         if (v.round != round) {
-            // the first attestation: the eligible count is final (the reveal phase is over)
-            v = VoteTally(round, 0, _votesNeeded(run.config.quorum, c.eligibleCount), false, bytes23(cidHash));
+            // the first attestation: the committee's commits are final (the commit phase is over)
+            v = VoteTally(round, 0, _votesNeeded(run.config.quorum, c.committeeCommits), false, bytes23(cidHash));
         }
         uint256 votes;
         if (v.cidHash == bytes23(cidHash)) {
-            // at most the eligible count (< 2^16): each eligible attester votes once
+            // at most the committee's commits (< 2^16): each eligible attester votes once
             votes = v.votes += uint16(attesters.length);
         } else {
             v.disputed = true;
@@ -1275,7 +1309,8 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
             epsilonBudgetWad: run.epsilonBudgetWad,
             deltaWad: run.deltaWad,
             beacon: _currentBeacon(runId, run, run.clock),
-            modelCid: _cidOf(cfg.modelCodec, run.modelDigest)
+            modelCid: _cidOf(cfg.modelCodec, run.modelDigest),
+            cancelled: cfg.cancelled
         });
     }
 
@@ -1298,7 +1333,7 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
         v.revealCount = c.revealCount;
         v.finalized = c.finalized;
         v.registryEpoch = c.registryEpoch;
-        v.eligibleCount = c.eligibleCount;
+        v.committeeCommits = c.committeeCommits;
         RunConfig memory cfg = run.config;
         v.openedBlock = cfg.openedBlock;
         v.registrySize = cfg.registrySize;
@@ -1307,7 +1342,7 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
         if (votes.round == round) {
             (v.leadingVotes, v.disputed, v.votesNeeded) = (votes.votes, votes.disputed, votes.needed);
         } else {
-            v.votesNeeded = _votesNeeded(cfg.quorum, c.eligibleCount);
+            v.votesNeeded = _votesNeeded(cfg.quorum, c.committeeCommits);
         }
     }
 
@@ -1351,9 +1386,10 @@ contract CommitRevealRounds is ReentrancyGuardTransient {
         if (k > _MAX_SAMPLED) k = _MAX_SAMPLED;
     }
 
-    /// @dev Votes one CID needs: a strict majority of the eligible attesters, and `quorum`.
-    function _votesNeeded(uint16 quorum, uint16 eligible) private pure returns (uint16) {
-        uint16 majority = eligible / 2 + 1;
+    /// @dev Votes one CID needs: a strict majority of the committee members that
+    /// committed, and `quorum`.
+    function _votesNeeded(uint16 quorum, uint16 committeeCommits) private pure returns (uint16) {
+        uint16 majority = committeeCommits / 2 + 1;
         return majority > quorum ? majority : quorum;
     }
 

@@ -58,6 +58,8 @@ from .storage import ContentStore, IpfsStore, LocalStore, array_spec, cid_from_b
 EPSILON_RTOL = 1e-6
 #: Absolute floor of that comparison, for ε near zero.
 EPSILON_ATOL = 1e-9
+#: Failed attempts in a row after which the contract lets anyone cancel a run (protocol §2.1).
+CANCEL_AFTER_FAILED_ATTEMPTS = 3
 _TOLERANCE = f"tolerance EPSILON_RTOL={EPSILON_RTOL:g}, relative"
 
 
@@ -501,7 +503,28 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
             verdict.status = "not finalized"
     if reported is not None:
         reported.check_leftovers(verification)
+    _check_cancellation(verification, run_events)
     _check_funds(verification, funds, record.reported)
+
+
+def _check_cancellation(verification: Verification, run_events: list[dict[str, Any]]) -> None:
+    """A ``RunCancelled`` follows three failed attempts in a row (protocol §2.1): its round
+    and the two before it opened and none finalized; and no round opens after it."""
+    cancelled = [int(e["args"]["round"]) for e in run_events if e["event"] == "RunCancelled"]
+    if not cancelled:
+        return
+    opened = {int(e["args"]["round"]) for e in run_events if e["event"] == "RoundOpened"}
+    finalized = {int(e["args"]["round"]) for e in run_events if e["event"] == "RoundFinalized"}
+    last = cancelled[0]
+    streak = range(last - CANCEL_AFTER_FAILED_ATTEMPTS + 1, last + 1)
+    if len(cancelled) > 1:
+        verification.problems.append(f"the run was cancelled {len(cancelled)} times")
+    elif any(r < 1 or r not in opened or r in finalized for r in streak) or max(opened) > last:
+        verification.problems.append(f"the run was cancelled after round {last}, but rounds {list(streak)} did not "
+                                     f"all open and fail, or a round opened after it")  # fmt: skip
+    else:
+        verification.checks.append(f"cancelled after {CANCEL_AFTER_FAILED_ATTEMPTS} failed attempts "
+                                   f"(rounds {streak[0]}-{last})")  # fmt: skip
 
 
 def _check_outcome(verdict: RoundVerdict, outcome: list[OutcomeEntry], updates: dict[str, RevealedUpdate],
@@ -614,12 +637,14 @@ def _check_votes(verdict: RoundVerdict, round_events: list[dict[str, Any]], resu
                  entries: dict[str, _Entry], reveals: list[dict[str, Any]], beacon: bytes, sample_bps: int,
                  committee_size: int, registry_size: int, quorum: int) -> None:  # fmt: skip
     """A finalized round had ``votesNeeded`` attestations of its CID from eligible attesters
-    (revealers in the committee, protocol §2.5), and nobody else attested."""
-    revealers = {to_checksum_address(r["participant"]) for r in reveals}
-    eligible = {who for who in revealers if who in entries
-                and in_committee(beacon=beacon, sample_bps=sample_bps, committee_size=committee_size,
-                                 index=entries[who].index, registry_size=registry_size)}  # fmt: skip
-    needed = votes_needed(eligible=len(eligible), quorum=quorum)
+    (revealers in the committee, protocol §2.5), and nobody else attested. The majority is
+    of the committee members that committed (``entries``: the round's sampled committers),
+    so reveals a relayer withheld cannot lower it."""
+    committed = {who for who, entry in entries.items()
+                 if in_committee(beacon=beacon, sample_bps=sample_bps, committee_size=committee_size,
+                                 index=entry.index, registry_size=registry_size)}  # fmt: skip
+    eligible = committed & {to_checksum_address(r["participant"]) for r in reveals}
+    needed = votes_needed(eligible=len(committed), quorum=quorum)
     # a vote is for the result CID and the outcome together; the finalizing one is the last
     attested = [(to_checksum_address(e["args"]["attester"]),
                  (_bytes(e["args"]["resultCid"]), _bytes(e["args"].get("outcome", "0x"))))
@@ -632,9 +657,11 @@ def _check_votes(verdict: RoundVerdict, round_events: list[dict[str, Any]], resu
     votes = sum(1 for who, pair in attested if pair == finalizing and who in eligible)
     if votes < needed:
         verdict.problems.append(f"finalized with {votes} matching attestations of eligible attesters, "
-                                f"{needed} needed (a majority of {len(eligible)}, at least quorum {quorum})")  # fmt: skip
+                                f"{needed} needed (a majority of the {len(committed)} committee members that "
+                                f"committed, at least quorum {quorum})")  # fmt: skip
     else:
-        verdict.checks.append(f"{votes} of {len(eligible)} eligible attesters finalized it ({needed} needed)")
+        verdict.checks.append(f"{votes} of {len(eligible)} eligible attesters finalized it ({needed} needed: a "
+                              f"majority of the {len(committed)} committee members that committed)")  # fmt: skip
 
 
 def _check_epsilon(verdict: RoundVerdict, who: str, dp: DpParams, history: list[tuple[float, float, int]]) -> float:

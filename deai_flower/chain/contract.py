@@ -429,6 +429,11 @@ class RoundsContract:
     def withdraw_pool(self, run_id: int) -> TxResult:
         return self._transact("withdrawPool", run_id)
 
+    def cancel_run(self, run_id: int) -> TxResult:
+        """Cancel a run whose last three attempts failed (``cancelRun``, protocol §2.8):
+        no round opens again and the creator may withdraw the pool."""
+        return self._transact("cancelRun", run_id)
+
     def settle(self, run_id: int, participant: str) -> TxResult:
         return self._transact("settle", run_id, to_checksum_address(participant))
 

@@ -101,7 +101,7 @@ def test_a_relayer_publishes_only_the_committed_records(five: Deployment) -> Non
     tx = relayer.reveal_many(run_id, round_id, records)
     assert [e["args"]["participant"] for e in tx.events] == [a for a in addresses if a != addresses[2]]
     state = d.admin.get_round(run_id, round_id)
-    assert (state["revealCount"], state["eligibleCount"]) == (5, 5)
+    assert (state["revealCount"], state["committeeCommits"]) == (5, 5)
     order = [addresses[2], *(a for a in addresses if a != addresses[2])]
     published = d.admin.revealed(run_id, round_id, from_block=0)
     assert [(r["participant"], bytes(r["cid"]), r["numExamples"]) for r in published] == [
@@ -220,15 +220,15 @@ def tampering(victims: dict[int, str]) -> Callable[[Message, Context], Message]:
 
 @pytest.mark.slow
 def test_tampered_hand_overs_are_left_out_and_the_round_goes_on(tmp_path: Path) -> None:
-    # six nodes: five revealers (3 votes needed), of which three vote honestly
-    cfg = compose_with("num_clients=6", "num_rounds=2", "progress=false", "training.local_epochs=1",
+    # seven committed nodes (4 votes needed), six revealers, of which four vote honestly
+    cfg = compose_with("num_clients=7", "num_rounds=2", "progress=false", "training.local_epochs=1",
                        "privacy=none")  # fmt: skip
     results = run_experiment(cfg, output_dir=tmp_path,
                              client_app=tampering({0: "inflate", 1: "foreign", 2: "bomb"}))  # fmt: skip
     inflater, forger, bomber = (simulation_key(seed=0, role=f"client-{i}").address for i in range(3))
     assert [r["status"] for r in results["rounds"]] == ["finalized", "finalized"]
     for r in results["rounds"]:
-        assert inflater not in r["revealed"] and len(r["revealed"]) == 5, r
+        assert inflater not in r["revealed"] and len(r["revealed"]) == 6, r
         assert "CommitmentMismatch" in r["errors"][inflater]
         assert "not its own" in r["errors"][forger] and "'signature' is not 65 bytes" in r["errors"][bomber]
         assert forger not in r["attested"] and bomber not in r["attested"]

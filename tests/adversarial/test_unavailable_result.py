@@ -6,7 +6,10 @@ finalizes, before the coordinator fetches the result, its blob is deleted from t
 aggregated reveals, so the coordinator rebuilds it, checks it against the finalized CID
 and stores it again; a silo that then misses it at its next commit rebuilds it too. When
 an aggregated reveal's blob is gone as well, nothing can be rebuilt: the round reports
-why, naming both CIDs, and no other model takes its place.
+why, naming both CIDs, and no other model takes its place. Such a run cannot go on, and
+its pool is not locked: after three failed attempts in a row anyone may cancel it
+(protocol §2.1), the creator takes back the unspent pool and every participant its stake
+and the rewards it earned.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from typing import Any
 import pytest
 from flwr.app import Context, Message
 
-from support import compose_with
+from support import Deployment, compose_with
+
+from unit.chain.test_contract import attest, commit, deadline, do_reveal, expect_revert
 
 from deai_flower.apps import client_app
 from deai_flower.participant.app import participant_for
@@ -28,7 +33,6 @@ from deai_flower.simulation.experiment import run_experiment
 from deai_flower.storage import LocalStore, cid_from_bytes
 from deai_flower.verify import RunRecord, verify_run
 
-pytestmark = pytest.mark.slow
 
 # Attesters send their own attestations (no relay): the one whose vote finalizes round 1
 # sees it in its own call, and deletes the blob before the coordinator fetches it.
@@ -76,6 +80,7 @@ def losing_blobs(store_dir: Path, *, lose_a_reveal: bool, lose_at_commit: bool,
     return call
 
 
+@pytest.mark.slow
 def test_a_lost_result_is_rebuilt_and_the_run_goes_on(tmp_path: Path) -> None:
     lost: dict[str, Any] = {}
     app = losing_blobs(tmp_path / "store", lose_a_reveal=False, lose_at_commit=True, lost=lost)
@@ -96,6 +101,7 @@ def test_a_lost_result_is_rebuilt_and_the_run_goes_on(tmp_path: Path) -> None:
     assert verification.ok, [v.problems for v in verification] + verification.problems
 
 
+@pytest.mark.slow
 def test_a_result_that_cannot_be_rebuilt_fails_its_round_with_the_reason(tmp_path: Path) -> None:
     lost: dict[str, Any] = {}
     app = losing_blobs(tmp_path / "store", lose_a_reveal=True, lose_at_commit=False, lost=lost)
@@ -113,3 +119,52 @@ def test_a_result_that_cannot_be_rebuilt_fails_its_round_with_the_reason(tmp_pat
     verification = verify_run(RunRecord.from_output_dir(tmp_path), LocalStore(tmp_path / "store"))
     assert any(lost["reveal"] in p for p in verification[0].problems)
 
+
+
+def test_a_run_that_cannot_go_on_is_cancelled_and_its_pool_returned(deployment: Deployment) -> None:
+    """On the real contract: round 1 finalizes and pays a third of the pool; its result is
+    then lost, so nobody can commit to any later attempt. Three failed attempts in a row
+    let anyone cancel the run; nothing stays locked."""
+    d, stake, pool = deployment, 10**18, 6 * 10**18 + 670
+    run_id = d.create_run(numRounds=3, stake=stake, rewardPool=pool, slashMissingReveal=10**17)
+    for i in range(3):
+        d.as_client(i).deposit(run_id, stake)
+    round_id, _ = d.admin.open_round(run_id)
+    reveals = [commit(d, i, run_id, round_id) for i in range(3)]
+    for i, r in enumerate(reveals):
+        do_reveal(d, i, run_id, round_id, r)
+    d.node.advance_to(deadline(d, run_id, round_id, "revealDeadline"), timeout=5)
+    for i in range(2):
+        attest(d.as_client(i), run_id, round_id, bytes([1, 0x55, 0x12, 0x20]) + b"\x55" * 32)
+    earned = [d.admin.get_account(run_id, c.address)["rewards"] for c in d.clients[:3]]
+    assert all(earned) and d.admin.get_incentives(run_id)["pool"] == pool - sum(earned)
+
+    outsider = d.admin.as_account(d.clients[3])  # not registered, not the creator: anyone
+    round_id = int(d.admin.get_run(run_id)["currentRound"])  # round 2, opened by the finalization
+    for attempt in (1, 2, 3):  # the model is gone: nobody commits, every attempt fails
+        if attempt > 1:
+            round_id, _ = d.admin.open_round(run_id)
+        d.node.advance_to(deadline(d, run_id, round_id, "commitDeadline"), timeout=5)
+        assert d.admin.phase(run_id, round_id) == "failed"
+        if attempt < 3:
+            with expect_revert("CancelTooEarly"):
+                outsider.cancel_run(run_id)
+            with expect_revert("RunNotComplete"):
+                d.admin.withdraw_pool(run_id)
+
+    tx = outsider.cancel_run(run_id)
+    left = pool - sum(earned)
+    assert [(e["event"], e["args"]["round"], e["args"]["pool"]) for e in tx.events] == [("RunCancelled", 4, left)]
+    assert d.admin.get_run(run_id)["cancelled"]
+    with expect_revert("RunIsCancelled"):
+        d.admin.open_round(run_id)
+    with expect_revert("RunIsCancelled"):
+        outsider.cancel_run(run_id)
+    before = d.admin.balance(d.admin.account.address)
+    tx = d.admin.withdraw_pool(run_id)
+    assert tx.events[0]["args"]["amount"] == left and d.admin.balance(d.admin.account.address) > before
+    for i, c in enumerate(d.clients[:3]):
+        member = d.as_client(i)
+        assert member.withdraw_rewards(run_id).events[0]["args"]["amount"] == earned[i]
+        assert member.withdraw_stake(run_id).events[0]["args"]["amount"] == stake
+    assert d.admin.balance(d.admin.address) == 0  # the contract holds nothing of the run any more

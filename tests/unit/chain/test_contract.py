@@ -434,9 +434,9 @@ def test_reveal_checks_delta_and_monotone_epsilon(deployment: Deployment) -> Non
     with expect_revert("DeltaMismatch"):
         do_reveal(d, 1, run_id, round_id, r1)
     do_reveal(d, 0, run_id, round_id, r0)
-    d.node.advance_to(deadline(d, run_id, round_id, "revealDeadline"), timeout=5)
-    attest(d.as_client(0), run_id, round_id, cid_of(1, 0x70))
-    round2 = next_round(d, run_id)
+    # one revealer of three committed is no majority: the round fails, the ledger stays
+    d.node.advance_to(deadline(d, run_id, round_id, "attestDeadline"), timeout=5)
+    round2, _ = d.admin.open_round(run_id)
     lower = commit(d, 0, run_id, round2, epsilon=2.0)
     for i in (1, 2):
         commit(d, i, run_id, round2)
@@ -620,7 +620,7 @@ def test_two_colluding_attesters_of_five_cannot_finalize_a_forged_cid(deployment
     for i in (3, 4):
         attest(d.as_client(i), run_id, round_id, forged)
     state = d.admin.get_round(run_id, round_id)
-    assert (state["eligibleCount"], state["votesNeeded"], state["leadingVotes"]) == (5, 3, 2)
+    assert (state["committeeCommits"], state["votesNeeded"], state["leadingVotes"]) == (5, 3, 2)
     assert d.admin.phase(run_id, round_id) == "attest"  # two votes: a minority, not a quorum of 2
     for i in (0, 1):
         tx = attest(d.as_client(i), run_id, round_id, honest)
@@ -635,13 +635,45 @@ def test_two_colluding_attesters_of_five_cannot_finalize_a_forged_cid(deployment
     assert [d.admin.get_member(run_id, c.address)["penalties"] for c in d.clients[:5]] == [0, 0, 0, 1, 1]
 
 
+def test_a_run_is_cancelled_only_after_three_failed_attempts_in_a_row(deployment: Deployment) -> None:
+    """The streak is the current attempt and the ones before it, back to a finalized round
+    (protocol §2.1); a cancelled run never opens a round again."""
+    d = deployment
+    run_id = d.create_run(numRounds=5)
+    with expect_revert("CancelTooEarly"):  # nothing opened yet
+        d.admin.cancel_run(run_id)
+
+    def fail(round_id: int) -> None:
+        d.node.advance_to(deadline(d, run_id, round_id, "commitDeadline"), timeout=5)
+        assert d.admin.phase(run_id, round_id) == "failed"
+
+    first, _ = d.admin.open_round(run_id)
+    fail(first)
+    full_round(d, run_id)  # round 2 finalizes and opens round 3
+    with expect_revert("CancelTooEarly"):  # round 3 is in its commit phase
+        d.admin.cancel_run(run_id)
+    fail(3)
+    fail(d.admin.open_round(run_id)[0])
+    with pytest.raises(ContractRevertError, match=r"CancelTooEarly\(runId=1, round=4, failedAttempts=2, required=3\)"):
+        d.admin.cancel_run(run_id)
+    fail(d.admin.open_round(run_id)[0])
+    tx = d.as_client(3).cancel_run(run_id)  # anyone, registered or not
+    assert [e["event"] for e in tx.events] == ["RunCancelled"] and tx.events[0]["args"]["round"] == 5
+    assert d.admin.get_run(run_id)["cancelled"] and d.admin.get_run(run_id)["finalizedRounds"] == 1
+    assert d.admin.phase(run_id, 5) == "failed"
+    with expect_revert("RunIsCancelled"):
+        d.admin.open_round(run_id)
+    with expect_revert("UnknownRun"):
+        d.admin.cancel_run(run_id + 1)
+
+
 def test_a_round_without_a_majority_fails_and_penalizes_nobody(deployment: Deployment) -> None:
     d = with_members(deployment, 4)
     run_id = d.create_run(quorum=1, minReveals=1)
     round_id, _ = d.admin.open_round(run_id)
     for i, r in enumerate([commit(d, i, run_id, round_id) for i in range(4)]):
         do_reveal(d, i, run_id, round_id, r)
-    assert d.admin.get_round(run_id, round_id)["votesNeeded"] == 3  # 4 eligible: 3, though quorum is 1
+    assert d.admin.get_round(run_id, round_id)["votesNeeded"] == 3  # 4 committed: 3, though quorum is 1
     for i, tag in ((0, 1), (1, 1), (2, 2), (3, 2)):  # a 2-2 split
         attest(d.as_client(i), run_id, round_id, cid_of(tag, 0x70))
     d.node.advance_to(deadline(d, run_id, round_id, "attestDeadline"), timeout=5)
@@ -672,7 +704,8 @@ def test_only_the_beacons_committee_may_attest_and_its_majority_finalizes(deploy
         do_reveal(d, i, run_id, round_id, reveals[i])
     d.node.advance_to(deadline(d, run_id, round_id, "revealDeadline"), timeout=5)
     state = d.admin.get_round(run_id, round_id)
-    assert (state["committeeSize"], state["eligibleCount"], state["votesNeeded"]) == (3, 2, 2)
+    # the majority is of the 3 committee members that committed, the silent one included
+    assert (state["committeeSize"], state["committeeCommits"], state["votesNeeded"]) == (3, 3, 2)
     with expect_revert("NotInCommittee"):
         attest(d.as_client(outside[0]), run_id, round_id, cid_of(4, 0x70))
     with pytest.raises(ContractRevertError, match=r"NotEligibleAttester\(.*stage=committed\)"):
