@@ -405,7 +405,8 @@ def revealed_updates(
     is excluded, with the reason, and so is a reveal (``dp-claims``)
     whose DP claims contradict the spec or understate the ε its revealed history gives
     (:func:`~deai_flower.verify.dp_claim_problem`); every honest attester excludes the
-    same ones.
+    same ones, but for availability, which a revealer may grant some attesters and not
+    others (an attester missing a blob abstains, protocol §4.2).
     """
     # asked in the attest phase: the round's reveals are final (read once per connection)
     reveals = view.contract.final_reveals(view.run_id, round_id, from_block=opened_block)
@@ -464,6 +465,16 @@ def _finalized(view: RunView, result_cid: str, rejected: dict[str, Refusal]) -> 
     return {"state": state, "address": view.account.address, "cid": result_cid, **_exclusions(rejected)}, None
 
 
+def _abstained(view: RunView, round_id: int, rejected: dict[str, Refusal]) -> Step:
+    """Outcome of an attester that could not fetch every revealed blob: it casts no vote
+    (protocol §2.5). Its revealer may have served others, whose pair then differs from
+    the one this attester would vote only by availability, and a losing vote is slashed:
+    a blob withheld can make a round fail, never get an honest attester slashed."""
+    missing = sorted(address for address, refusal in rejected.items() if refusal.verdict == "unavailable")
+    log(WARNING, "round %s: abstained: the blobs of %s are unavailable", round_id, ", ".join(missing))
+    return {"state": "abstained", "address": view.account.address, **_exclusions(rejected)}, None
+
+
 def _late(view: RunView) -> Step:
     """Outcome of a committee member asked after the quorum had finalized the round: there
     is nothing left to attest (`deai verify` replays the round for anyone who wants to)."""
@@ -497,6 +508,8 @@ def _attest(participant: Participant, view: RunView, round_id: int, *, relay: bo
     updates, rejected = revealed_updates(view, round_id, opened_block)
     for address, reason in rejected.items():
         log(WARNING, "round %s: excluded update of %s: %s", round_id, address, reason)
+    if any(refusal.verdict == "unavailable" for refusal in rejected.values()):
+        return _abstained(view, round_id, rejected)
     if not updates:
         raise ProtocolError(f"round {round_id}: no valid revealed update to aggregate")
     result_cid = view.store.put(result_blob(view.spec, updates))
