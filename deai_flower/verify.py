@@ -61,6 +61,7 @@ EPSILON_ATOL = 1e-9
 #: Failed attempts in a row after which the contract lets anyone cancel a run (protocol §2.1).
 CANCEL_AFTER_FAILED_ATTEMPTS = 3
 _TOLERANCE = f"tolerance EPSILON_RTOL={EPSILON_RTOL:g}, relative"
+_EXACTLY = "compared exactly, as WADs"
 
 
 @dataclass
@@ -439,7 +440,7 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
         reveals = [e["args"] for e in round_events if e["event"] == "Revealed"]
         updates: dict[str, RevealedUpdate] = {}
         judged: dict[str, Refusal] = {}  # the verifier's own refusals
-        chain_epsilon: dict[str, float] = {}
+        revealed_epsilon: dict[str, int] = {}  # each reveal's ε as the chain records it (WAD)
         for r in reveals:
             who = to_checksum_address(r["participant"])
             try:  # the record as logged; decoded fields next to it in an export are not trusted
@@ -457,7 +458,8 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
                 verdict.problems.append(f"{who} accounts with {ACCOUNTANT_NAMES.get(dp.accountant, dp.accountant)}, "
                                         f"the spec names {spec.privacy.accountant}")  # fmt: skip
             claim = dp_claim_problem(spec, num_examples=revealed.num_examples, dp=dp, history=list(histories[who]))
-            chain_epsilon[who] = _check_epsilon(verdict, who, dp, histories[who])
+            _check_epsilon(verdict, who, dp, histories[who])
+            revealed_epsilon[who] = dp.epsilon_wad
             bound = entries[who].max_examples if who in entries else NO_EXAMPLE_BOUND
             if revealed.num_examples > bound:
                 verdict.problems.append(f"{who} reveals {revealed.num_examples} examples, above the {bound} it is "
@@ -473,7 +475,7 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
             updates[who] = RevealedUpdate(who, revealed.num_examples, arrays)
         verdict.checks.append(f"{len(reveals)} reveals vs commitments, CIDs, ε")
         if reported is not None:
-            reported.check_round(verdict, chain_epsilon, committed=set(commitments))
+            reported.check_round(verdict, revealed_epsilon, committed=set(commitments))
 
         finalized = [e["args"] for e in round_events if e["event"] == "RoundFinalized"]
         if finalized:
@@ -498,6 +500,8 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
                     )
                 else:
                     verdict.checks.append(f"{rule} aggregate equals the finalized CID")
+            _check_stored_result(verdict, store, cid_from_bytes(_bytes(result_cid)), max_bytes=max_bytes,
+                                 expected=arrays_spec)  # fmt: skip
             model_cid = result_cid
         else:
             verdict.status = "not finalized"
@@ -664,24 +668,35 @@ def _check_votes(verdict: RoundVerdict, round_events: list[dict[str, Any]], resu
                               f"majority of the {len(committed)} committee members that committed)")  # fmt: skip
 
 
-def _check_epsilon(verdict: RoundVerdict, who: str, dp: DpParams, history: list[tuple[float, float, int]]) -> float:
-    """Recompute the participant's cumulative ε from its revealed (σ, q, steps) history;
-    return it (the revealed ε when it cannot be recomputed)."""
+def _check_stored_result(verdict: RoundVerdict, store: ContentStore, cid: str, *, max_bytes: int,
+                         expected: dict[str, Any]) -> None:  # fmt: skip
+    """Re-read a finalized result from the store: its bytes must hash to its CID and decode as
+    a blob of the model's layout. The next round's scores read it too, but nothing reads
+    the last round's (the run's final model) but this."""
+    stored = fetch_update(store, cid, max_bytes=max_bytes, expected=expected)
+    if isinstance(stored, Refusal):
+        verdict.problems.append(f"the stored result {cid} is {stored.verdict}: {stored.reason}")
+    else:
+        verdict.checks.append(f"stored result {cid} re-read")
+
+
+def _check_epsilon(verdict: RoundVerdict, who: str, dp: DpParams, history: list[tuple[float, float, int]]) -> None:
+    """Recompute the participant's cumulative ε from its revealed (σ, q, steps) history
+    (appended to ``history``) and compare it with the revealed ε."""
     history.append((from_wad(dp.noise_multiplier_wad), from_wad(dp.sample_rate_wad), dp.steps))
     accountant = ACCOUNTANT_NAMES.get(dp.accountant)
     claimed = dp.epsilon
     if accountant == "none" or any(sigma == 0 for sigma, _, _ in history):
         if not math.isinf(claimed):
             verdict.problems.append(f"{who} trained without noise but claims ε={claimed}")
-        return math.inf
+        return
     if accountant is None:
         verdict.problems.append(f"{who} names unknown accountant id {dp.accountant}")
-        return claimed
+        return
     recomputed = PrivacyLedger(history=list(history)).epsilon(from_wad(dp.delta_wad), accountant)
     if not _close(recomputed, claimed):
         verdict.problems.append(f"{who} claims ε={claimed:.6f}, its revealed parameters give ε={recomputed:.6f} "
                                 f"({_TOLERANCE})")  # fmt: skip
-    return recomputed
 
 
 def dp_claim_problem(spec: RunSpec, *, num_examples: int, dp: DpParams,
@@ -728,16 +743,21 @@ def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=EPSILON_RTOL, abs_tol=EPSILON_ATOL)
 
 
-def _as_epsilon(value: Any) -> float:
-    """A reported ε: a number, or a string such as ``"inf"`` for a non-private run."""
+def _as_epsilon(value: Any) -> tuple[float, int]:
+    """A reported ε (a number, or a string such as ``"inf"`` for a non-private run) and the
+    WAD it encodes to."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"not an ε: {value!r}")
-    return float(value)
+    number = float(value)
+    if not number >= 0:
+        raise ValueError(f"not an ε: {value!r}")
+    return number, to_wad(number)
 
 
 class _ReportedEpsilon:
     """The ε values ``results.json`` reports: per participant per round (``privacy_ledger``)
-    and each round's maximum (``rounds[].epsilon``), checked against the chain's."""
+    and each round's maximum (``rounds[].epsilon``). They restate what the reveals record,
+    so they must encode to the very WADs the chain holds (protocol §6, step 5)."""
 
     def __init__(self, ledger: dict[tuple[str, int], Any], maxima: dict[int, list[Any]]) -> None:
         self.ledger, self.maxima = ledger, maxima
@@ -761,7 +781,7 @@ class _ReportedEpsilon:
             raise DeaiError(f"results.json: malformed privacy_ledger or rounds ({type(exc).__name__}: {exc})") from exc
         return cls(ledger, maxima)
 
-    def check_round(self, verdict: RoundVerdict, chain: dict[str, float], *, committed: set[str]) -> None:
+    def check_round(self, verdict: RoundVerdict, chain: dict[str, int], *, committed: set[str]) -> None:
         round_id = verdict.round
         before = len(verdict.problems)
         for who, epsilon in chain.items():
@@ -772,13 +792,14 @@ class _ReportedEpsilon:
                                         "which revealed in it")  # fmt: skip
                 continue
             try:
-                claimed = _as_epsilon(row.get("epsilon"))
+                claimed, wad = _as_epsilon(row.get("epsilon"))
             except ValueError as exc:
                 verdict.problems.append(f"results.json's privacy_ledger, {who} round {round_id}: {exc}")
                 continue
-            if not _close(claimed, epsilon):
-                verdict.problems.append(f"results.json reports ε={claimed:.6f} for {who} in round {round_id}; its "
-                                        f"reveals give ε={epsilon:.6f} ({_TOLERANCE})")  # fmt: skip
+            if wad != epsilon:
+                verdict.problems.append(f"results.json reports ε={claimed!r} for {who} in round {round_id}, which "
+                                        f"differs from the ε={from_wad(epsilon)!r} its reveal records "
+                                        f"({_EXACTLY})")  # fmt: skip
         for who, r in sorted(self.ledger):
             if r == round_id and who not in chain:
                 self.seen.add((who, r))
@@ -790,13 +811,14 @@ class _ReportedEpsilon:
             silent = bool(committed - set(chain))
             for value in self.maxima.get(round_id, []):
                 try:
-                    claimed = _as_epsilon(value)
+                    claimed, wad = _as_epsilon(value)
                 except ValueError as exc:
                     verdict.problems.append(f"results.json's round {round_id} ε: {exc}")
                     continue
-                if not (_close(claimed, highest) or (silent and claimed > highest)):
-                    verdict.problems.append(f"results.json reports round {round_id}'s ε={claimed:.6f}; the "
-                                            f"highest its reveals give is ε={highest:.6f} ({_TOLERANCE})")  # fmt: skip
+                if not (wad == highest or (silent and wad > highest)):
+                    verdict.problems.append(f"results.json reports round {round_id}'s ε={claimed!r}, which differs "
+                                            f"from the highest its reveals record, ε={from_wad(highest)!r} "
+                                            f"({_EXACTLY})")  # fmt: skip
         if len(verdict.problems) == before:
             verdict.checks.append("results.json's ε")
 

@@ -21,7 +21,7 @@ from support import SmallRun
 from deai_flower.storage import cid_from_bytes
 from deai_flower.protocol.encoding import parse_reveal_record
 from deai_flower.protocol.outcome import decode_outcome, encode_outcome
-from deai_flower.verify import EPSILON_RTOL, RunRecord, Verification, verify_run
+from deai_flower.verify import RunRecord, Verification, verify_run
 
 pytestmark = pytest.mark.slow
 
@@ -140,9 +140,24 @@ def test_an_edited_epsilon_in_results_fails(run_dir: Path, tmp_path: Path) -> No
     cli = deai_verify(str(copy))
     assert cli.returncode == 1 and "round(s) 2" in cli.stderr, cli.stdout + cli.stderr
     (line,) = [line for line in cli.stdout.splitlines() if line.startswith("round 2 ")]
-    assert f"results.json reports ε={row['epsilon']:.6f} for {who} in round 2" in line
-    assert f"EPSILON_RTOL={EPSILON_RTOL:g}" in line
+    assert f"results.json reports ε={row['epsilon']!r} for {who} in round 2" in line
+    assert "compared exactly, as WADs" in line
     assert deai_verify(str(run_dir)).returncode == 0
+
+
+def test_a_flipped_byte_in_the_final_model_fails(run_dir: Path, tmp_path: Path) -> None:
+    copy, results = copy_of(run_dir, tmp_path)
+    final = [e for e in results["events"] if e["event"] == "RoundFinalized"][-1]
+    round_id, cid = final["args"]["round"], cid_from_bytes(bytes.fromhex(final["args"]["resultCid"][2:]))
+    (blob,) = list((copy / "store").rglob(cid))
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+    cli = deai_verify(str(copy))
+    assert cli.returncode == 1 and f"round(s) {round_id}" in cli.stderr, cli.stdout + cli.stderr
+    (line,) = [line for line in cli.stdout.splitlines() if line.startswith(f"round {round_id} ")]
+    assert f"the stored result {cid} is invalid" in line and "tampered" in line, line
 
 
 def test_an_edited_round_epsilon_in_results_fails(run_dir: Path, tmp_path: Path) -> None:
