@@ -149,7 +149,10 @@ class _ExecutionWatch:
     thread, and only while that thread's innermost frame is EVM execution
     (:data:`_EVM_CODE`): there py-evm takes it like any VMError, failing the computation as
     if out of gas and reverting its state. Anywhere else (validating, mining, persisting a
-    block) the watchdog waits and looks again, so nothing is stopped half-written.
+    block) the watchdog waits and looks again, so nothing is stopped half-written. The look
+    and the raise run within one of the watchdog's turns at the interpreter (microseconds
+    of a 5 ms switch interval), so the serving thread does not move in between unless a
+    third thread forces a switch at that very moment.
     """
 
     def __init__(self, deadline: float) -> None:
