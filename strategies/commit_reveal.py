@@ -597,7 +597,7 @@ class CommitRevealStrategy(Strategy):
             if not pending:
                 break
             if until_closed and report is not None:
-                self._close_commit_phase_if_done(report, asked=len(messages), answered=len(replies))
+                self._close_commit_phase_if_done(report, asked=len(messages), replies=replies)
             if until_closed and report is not None and closed_at is None \
                     and self.contract.phase(self.run_id, report.round) in ("finalized", "failed"):  # fmt: skip
                 closed_at = time.monotonic()
@@ -607,7 +607,7 @@ class CommitRevealStrategy(Strategy):
             time.sleep(self.reply_poll_s)
         return replies
 
-    def _close_commit_phase_if_done(self, report: RoundReport, *, asked: int, answered: int) -> None:
+    def _close_commit_phase_if_done(self, report: RoundReport, *, asked: int, replies: list[Message]) -> None:
         """On one-message rounds, end the commit phase once no more commits can come.
 
         Only the nodes asked commit, and a node that commits answers only after the commit
@@ -621,6 +621,10 @@ class CommitRevealStrategy(Strategy):
         if report.round in self._commit_closed or self.contract.phase(self.run_id, report.round) != "commit":
             return
         state = self.contract.get_round(self.run_id, report.round)  # the current round: its commit phase
+        if int(state["commitCount"]) + len(replies) < asked:
+            return
+        # a node that committed and then failed has answered too: count it once
+        answered = sum(1 for reply in replies if not self._committed(report.round, reply.metadata.src_node_id))
         if int(state["commitCount"]) + answered < asked:
             return
         self._commit_closed.add(report.round)
@@ -633,6 +637,14 @@ class CommitRevealStrategy(Strategy):
             return
         log(INFO, "round %s: every asked node committed or answered; commit phase closed without %s sampled "
             "silo(s) that cannot answer", report.round, missing)  # fmt: skip
+
+    def _committed(self, round_id: int, node_id: int) -> bool:
+        """Whether the node's participant has committed in round ``round_id``."""
+        address = self._addresses.get(node_id)
+        if address is None:
+            return False
+        member = self.contract.get_member(self.run_id, address)
+        return int(member["round"]) == round_id and member["stage"] != "none"
 
     def _discover(self, grid: Grid) -> None:
         """Learn the chain address of every node not asked before, keeping only nodes

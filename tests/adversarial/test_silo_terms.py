@@ -25,16 +25,18 @@ import dataclasses
 import json
 import math
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import pytest
 from eth_account import Account
 from eth_utils import to_checksum_address
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, Message
 from flwr.common.constant import SUPERLINK_NODE_ID
 
 from deai_flower.chain import RoundsContract, to_wad
@@ -91,16 +93,37 @@ def _create_run(net: Consortium, spec: RunSpec) -> int:
     return run_id
 
 
+class ConcurrentGrid(SuperLinkGrid):
+    """As a SuperLink: pushing returns at once, every node runs its message at the same
+    time, and replies are pulled as they come (one-message rounds need this)."""
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = str(uuid4())
+            ids.append(message.metadata.message_id)
+            threading.Thread(target=self._answer, args=(message,), daemon=True).start()
+        return ids
+
+    def _answer(self, message: Message) -> None:
+        reply = self._deliver(message)
+        with self._lock:
+            self._replies[message.metadata.message_id] = reply
+
+
 def _play_one_round(net: Consortium, run_id: int, spec: RunSpec, honest_terms: dict[str, Any],
-                    victim_terms: dict[str, Any]) -> tuple[CommitRevealStrategy, SuperLinkGrid]:  # fmt: skip
+                    victim_terms: dict[str, Any], *, one_message: bool = False) -> tuple[CommitRevealStrategy, SuperLinkGrid]:  # fmt: skip
     """One round of ``run_id`` through the real ClientApp: the honest silos with
-    ``honest_terms`` in their node configs, the victim with ``victim_terms``."""
+    ``honest_terms`` in their node configs, the victim with ``victim_terms``; with
+    ``one_message``, as a deployment plays it (one ``train.round`` per node, all at once)."""
     nodes = {n: ({**cfg, **(victim_terms if n == VICTIM_NODE else honest_terms)}, b"")
              for n, (cfg, _) in net.silos.items()}  # fmt: skip
-    grid = SuperLinkGrid(client_app, nodes, {"contract": net.admin.address, "run-id": run_id})
+    grid = (ConcurrentGrid if one_message else SuperLinkGrid)(client_app, nodes, {"contract": net.admin.address,
+                                                                                  "run-id": run_id})  # fmt: skip
     model = instantiate_model(spec.model, spec.data, seed=0)
     strategy = CommitRevealStrategy(contract=net.admin, run_id=run_id, spec=spec, store=LocalStore(net.store_dir),
                                     expected_spec=array_spec(get_arrays(model)), max_failed_rounds=0,
+                                    one_message_rounds=one_message, reply_poll_s=0.2 if one_message else None,
                                     locator={"contract": net.admin.address, "run-id": run_id, "chain-url": net.url,
                                              "store": f"local:{net.store_dir}"})  # fmt: skip
     with task_identity(run_id=1, node_id=SUPERLINK_NODE_ID):
@@ -171,6 +194,24 @@ def test_a_silo_that_cannot_build_is_named_with_its_reason_and_asked_again(conso
     assert reason.startswith("cannot serve: ConfigError: node_config 'data-path':") and "trian.npz" in reason
     assert strategy.reports[0].status == "finalized"
     assert grid.received[VICTIM_NODE] == ["query.identity"]
+
+
+def test_one_message_rounds_do_not_wait_out_the_commit_phase_for_a_silo_that_cannot_serve(
+    consortium: Consortium,
+) -> None:
+    """As a deployment plays a round: the chain samples the broken silo, which never
+    commits; the two others commit, and the round goes on at once instead of waiting for
+    the commit deadline (150 s here, 600 s by default)."""
+    spec = small_spec(rounds=dataclasses.replace(small_spec().rounds, commit_s=150))
+    run_id = _create_run(consortium, spec)
+    broken = {"data-path": str(Path(consortium.silos[VICTIM_NODE][0]["data-path"]).with_name("trian.npz"))}
+    strategy, grid = _play_one_round(consortium, run_id, spec, {}, broken, one_message=True)
+    report = strategy.reports[0]
+    assert report.status == "finalized", report.reason
+    assert spec.rounds.sample_fraction == 1.0 and len(consortium.admin.members()) == 3  # the chain sampled it
+    assert sorted(report.committed) == sorted(a for n, (_, a) in consortium.silos.items() if n != VICTIM_NODE)
+    assert report.phase_seconds["round"] < 100, report.phase_seconds  # old: at least the 150 s
+    assert strategy.refused[VICTIM_NODE]["reason"].startswith("cannot serve:")
 
 
 # ---------------------------------------------------------------------------- a deployment
