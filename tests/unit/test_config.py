@@ -77,9 +77,9 @@ def test_plus_keys_outside_the_schema_are_refused_with_one_line(override: str, m
 def test_free_form_nodes_take_their_targets_arguments() -> None:
     check_known_keys(compose_with("+model.anything=1", "+dataset.loader.anything=2"))
     validate(compose_with("model=resnet", "model.channels=[4]"))
-    cfg = compose_with("model._target_=torch.nn.Identity", "~model.hidden", "~model.activation", "~model.pool")
+    cfg = compose_with("model._target_=torch.nn.modules.linear.Identity", "~model.hidden", "~model.activation", "~model.pool")
     validate(cfg)
-    assert cfg.model == {"_target_": "torch.nn.Identity"}
+    assert cfg.model == {"_target_": "torch.nn.modules.linear.Identity"}
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -43,15 +43,14 @@ def silo(tmp_path: Path) -> tuple[dict[str, Any], str]:
 def test_a_silo_is_built_from_its_node_config(silo: tuple[dict[str, Any], str], tmp_path: Path) -> None:
     node_config, address = silo
     participant = Participant.from_node_config({**node_config, "device": "cpu", "threads": 2,
-                                                "model-targets": "my_lab.nets, other."})  # fmt: skip
+                                                "model-targets": "my_lab.nets.Net, other.mod.f"})  # fmt: skip
     assert participant.address == address
     assert participant.data == SiloFiles(tmp_path / "train.npz")
     assert participant.store_location == f"local:{tmp_path / 'store'}"
     assert participant.chain_url == "http://127.0.0.1:8545"
     assert participant.ledger_dir == tmp_path / "ledger" and participant.ledger_dir.is_dir()
     assert (participant.device, participant.num_threads, participant.secure_mode) == ("cpu", 2, False)
-    assert participant.model_targets == (*BUNDLED_MODEL_TARGETS, "my_lab.nets", "other.")
-    assert participant.allows_model("my_lab.nets.Net") and not participant.allows_model("os.system")
+    assert participant.model_targets == (*BUNDLED_MODEL_TARGETS, "my_lab.nets.Net", "other.mod.f")
     # no simulation behaviour, and its noise cannot be predicted
     assert participant.behaviour is None and participant.noise_seed is None
     assert participant.round_seed(1) != participant.round_seed(1)

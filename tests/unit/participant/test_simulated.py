@@ -10,7 +10,7 @@ import pytest
 from deai_flower.chain import simulation_key
 from deai_flower.data import client_partitions, load_dataset
 from deai_flower.errors import ConfigError
-from deai_flower.participant import LocalData, RunLocator
+from deai_flower.participant import BUNDLED_MODEL_TARGETS, LocalData, RunLocator
 from deai_flower.simulation.config import experiment_config
 from deai_flower.simulation.participants import (
     FreeRider,
@@ -42,7 +42,7 @@ def test_a_simulated_participant_is_a_seeded_key_and_a_partition(run_config: dic
         assert np.array_equal(p.data.x, parts[i][0]) and np.array_equal(p.data.y, parts[i][1])
         assert (p.chain_url, p.store_location) == (HERE.chain_url, HERE.store)
         assert p.ledger_dir == tmp_path / "ledgers"
-        assert (p.device, p.device_index, p.model_targets) == ("cpu", i, None)
+        assert (p.device, p.device_index, p.model_targets) == ("cpu", i, BUNDLED_MODEL_TARGETS)
         assert p.noise_seed is None and p.round_seed(2) != p.round_seed(2)  # secret noise by default
     assert simulated_participant(run_config, 0, HERE).behaviour == ScaledUpdate(-5.0)
     assert simulated_participant(run_config, 1, HERE).behaviour is None
