@@ -263,9 +263,12 @@ class LocalConsortium:
         """A silo's SuperNode (``--isolation process``) and its code gate, which runs the
         ClientApps only for ``approved_fabs`` (default: the release, approved on first use).
         ``pinned=False``: Flower's own ``flwr-clientapp``, which runs whatever FAB a run
-        brings (only for measuring plain Flower apps next to this one; never for a silo)."""
+        brings (only for measuring plain Flower apps next to this one; never for a silo).
+        The silo's terms pin the consortium's contract unless ``node_config`` names one."""
         assert self.tls is not None
         name = name or silo.name
+        if self.contract:
+            node_config = {"contract": self.contract, **node_config}
         port = free_port()
         supernode = [
             "flower-supernode", "--root-certificates", str(self.tls.ca_cert), "--superlink",
