@@ -10,7 +10,7 @@
 // rebuild the bytecode and compare it with what is deployed.
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createHash } from "node:crypto";
-import { dirname, join } from "node:path";
+import { dirname, join, posix } from "node:path";
 import { fileURLToPath } from "node:url";
 import solc from "solc";
 
@@ -36,13 +36,17 @@ if (!version.startsWith(EXPECTED_COMPILER + "+")) {
   console.error(`solc ${version} found; ${EXPECTED_COMPILER} is pinned (run npm ci in contracts/)`);
   process.exit(2);
 }
-// Imports resolve to the pinned packages in node_modules (OpenZeppelin Contracts).
+// Imports resolve to this folder's sources (the contract's interface), then to the pinned
+// packages in node_modules (OpenZeppelin Contracts).
 function findImports(path) {
-  try {
-    return { contents: readFileSync(join(here, "node_modules", path), "utf8") };
-  } catch {
-    return { error: `not found: ${path}` };
+  for (const root of [here, join(here, "node_modules")]) {
+    try {
+      return { contents: readFileSync(join(root, path), "utf8") };
+    } catch {
+      // not under this root
+    }
   }
+  return { error: `not found: ${path}` };
 }
 const sources = Object.fromEntries(
   CONTRACTS.map(([file]) => [file, { content: readFileSync(join(here, file), "utf8") }]),
@@ -57,6 +61,18 @@ for (const e of output.errors ?? []) {
 }
 if (errors.length > 0) process.exit(1);
 
+const sha256 = (text) => createHash("sha256").update(text).digest("hex");
+// A source of ours and those of ours it imports, transitively, each with its digest: what a
+// rebuild of its artifact starts from (OpenZeppelin's sources are pinned by package-lock.json).
+function ourSources(file, found = {}) {
+  const text = readFileSync(join(here, file), "utf8");
+  found[file] = sha256(text);
+  for (const [, path] of text.matchAll(/^import\s[^"]*"(\.{1,2}\/[^"]+)";/gm)) {
+    const imported = posix.normalize(posix.join(posix.dirname(file), path));
+    if (!(imported in found)) ourSources(imported, found);
+  }
+  return found;
+}
 const outIndex = process.argv.indexOf("--out");
 const folder = outIndex > 0 ? process.argv[outIndex + 1] : join(here, "artifacts");
 for (const [file, name, path] of CONTRACTS) {
@@ -64,7 +80,8 @@ for (const [file, name, path] of CONTRACTS) {
   const artifact = {
     contractName: name,
     sourceFile: file,
-    sourceSha256: createHash("sha256").update(sources[file].content).digest("hex"),
+    sourceSha256: sha256(sources[file].content),
+    sourceFiles: ourSources(file),
     compiler: { name: "solc-js", version },
     settings: { evmVersion: settings.evmVersion, optimizer: settings.optimizer, viaIR: settings.viaIR, metadata: settings.metadata },
     abi: compiled.abi,
