@@ -62,23 +62,48 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def results_table(results: dict[str, Any]) -> Table:
-    """Per-round table: accuracy, loss, max epsilon over clients, gas, wall seconds."""
+    """Per-round table: accuracy, loss, max epsilon over clients, gas, wall seconds.
+
+    Rounds are numbered as the user counts them (a resumed run's go on from the rounds it
+    had finalized), with the chain's attempt id beside them; an attempt that ended without
+    a result is ``failed``, with the round it tried to finalize."""
+    from .outputs import finalized_before, round_rows
+
     label = "private" if results["private"] else "NON-PRIVATE"
     eps = results["privacy"]["epsilon"]
     table = Table(title=f"deai-flower run {results['run_id']} ({label}, ε budget {eps}, δ {results['privacy']['delta']})")
-    for column in ("round", "status", "accuracy", "loss", "max ε", "gas used", "seconds"):
+    for column in ("round", "attempt", "status", "accuracy", "loss", "max ε", "gas used", "seconds"):
         table.add_column(column, justify="right")
     initial = results.get("initial") or {}
+    before = finalized_before(results)
     if initial:
-        table.add_row("0", "initial", _fmt(initial.get("accuracy"), ".4f"), _fmt(initial.get("loss"), ".4f"), "-", "-", "-")
-    for r in results["rounds"]:
+        table.add_row(str(before), "-", "resumed" if before else "initial", _fmt(initial.get("accuracy"), ".4f"),
+                      _fmt(initial.get("loss"), ".4f"), "-", "-", "-")  # fmt: skip
+    for row in round_rows(results):
         table.add_row(
-            str(r["round"]),
-            r["status"],
-            _fmt(r["accuracy"], ".4f"),
-            _fmt(r["loss"], ".4f"),
-            _fmt(r["epsilon"], ".3f"),
-            f"{r['gas_used']:,}",
-            f"{r['seconds']:.2f}",
+            str(row["round"]),
+            str(row["attempt"]),
+            row["status"],
+            _fmt(row["accuracy"], ".4f"),
+            _fmt(row["loss"], ".4f"),
+            _fmt(row["max_epsilon"], ".3f"),
+            f"{row['gas_used']:,}",
+            _fmt(row["seconds"], ".2f"),
         )
     return table
+
+
+def round_line(results: dict[str, Any]) -> str:
+    """The last round attempt of ``results`` in one line, as the table shows it (what
+    ``flwr run`` logs after each round)."""
+    from .outputs import round_rows
+
+    rows = round_rows(results)
+    if not rows:
+        return "no round played yet"
+    row = rows[-1]
+    line = (f"round {row['round']} (attempt {row['attempt']}): {row['status']} · accuracy {_fmt(row['accuracy'], '.4f')}"
+            f" · loss {_fmt(row['loss'], '.4f')} · max ε {_fmt(row['max_epsilon'], '.3f')} · gas {row['gas_used']:,}")
+    if row["status"] != "finalized" and row["reason"]:
+        line += f" · {row['reason']}"
+    return line

@@ -183,7 +183,8 @@ def _wait_for_nodes(grid: Grid, *, minimum: int) -> list[int]:
 def _play_simulation(grid: Grid, cfg: Any, contract: RoundsContract, run_id: int, store: Any, where: dict[str, Any],
                      split: Any, output_dir: Path, setup: dict[str, Any], started: float, *, progress: bool) -> None:  # fmt: skip
     """Play a simulated run with central evaluation on the dataset's test split."""
-    from .report import ProgressMonitor
+    from .outputs import write_run_outputs
+    from .report import ProgressMonitor, round_line
     from .simulation.results import results_document
 
     device = select_device(str(cfg.device))
@@ -199,15 +200,18 @@ def _play_simulation(grid: Grid, cfg: Any, contract: RoundsContract, run_id: int
         monitor.evaluated(round_id, accuracy)
         return {"loss": loss, "accuracy": accuracy}
 
-    def write_results() -> None:
+    def write_results() -> dict[str, Any]:
         document = results_document(strategy, node=contract.node, store=store,
                                     first_block=int(setup.get("first_block", 0)), setup=setup,
                                     wall_seconds=time.time() - float(setup.get("started", started)), cfg=cfg,
                                     output_dir=output_dir)  # fmt: skip
+        document["finalized_before"] = done  # a resumed run counts its rounds on from these
         _write_results(output_dir, _with_nodes(document, strategy))
+        return document
 
     def round_done(report: Any) -> None:
-        write_results()  # after every round: a stop loses at most the round in flight
+        document = write_results()  # after every round: a stop loses at most the round in flight
+        log(INFO, "%s", round_line(document))  # flwr run's progress (deai-flower shows its own display)
         monitor.round_done(report)
 
     done = int(contract.get_run(run_id)["finalizedRounds"])
@@ -219,7 +223,8 @@ def _play_simulation(grid: Grid, cfg: Any, contract: RoundsContract, run_id: int
                                      relay=bool(cfg.strategy.get("relay", True)))  # fmt: skip
     with monitor:
         strategy.start(grid, arrays)
-    write_results()
+    written = write_run_outputs(output_dir, write_results(), store=store)
+    log(INFO, "run %s: %s in %s", run_id, ", ".join(path.name for path in written.values()), output_dir)
 
 
 def _with_nodes(document: dict[str, Any], strategy: CommitRevealStrategy) -> dict[str, Any]:

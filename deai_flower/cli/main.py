@@ -145,6 +145,7 @@ def _run(cfg: DictConfig, output_dir: Path) -> None:
     from ..logs import quiet_third_party
 
     quiet_third_party(verbose=bool(cfg.get("verbose", False)))
+    from ..outputs import CLIENTS_CSV, CURVE_PNG, MODEL_FILE, ROUNDS_CSV, clients_table
     from ..report import results_table  # the ML stack, Flower and the chain: after the summary line
     from ..simulation.experiment import run_experiment
 
@@ -152,16 +153,20 @@ def _run(cfg: DictConfig, output_dir: Path) -> None:
     results = run_experiment(cfg, output_dir=output_dir, overrides=list(HydraConfig.get().overrides.task),
                              on_start=lambda record: print(run_line(record), flush=True))  # fmt: skip
     finalized = [r for r in results["rounds"] if r["status"] == "finalized"]
+    console.print(results_table(results))
+    console.print(clients_table(results))
     if not finalized:
-        console.print(results_table(results))
         first = results["rounds"][0] if results["rounds"] else {"round": "-", "reason": "no round ran"}
         raise ProtocolError(f"no round finalized (round {first['round']}: {first['reason']})")
-    console.print(results_table(results))
     accuracy = finalized[-1].get("accuracy")
+    written = [name for name in (MODEL_FILE, ROUNDS_CSV, CLIENTS_CSV, CURVE_PNG) if (output_dir / name).exists()]
+    # soft_wrap: one line however narrow the terminal (or a pipe's 80 columns), so paths stay whole
     console.print(
         f"final accuracy {'-' if accuracy is None else format(accuracy, '.4f')} · contract "
-        f"{results['contract_address']} · results {output_dir / 'results.json'} · {results['wall_seconds']:.1f}s",
+        f"{results['contract_address']} · results {output_dir / 'results.json'} (and {', '.join(written)}) · "
+        f"{results['wall_seconds']:.1f}s",
         highlight=False,
+        soft_wrap=True,
     )
 
 
