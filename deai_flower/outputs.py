@@ -147,7 +147,8 @@ def clients_table(results: Mapping[str, Any]) -> Any:
 
     table = Table(title="participants (ε spent, score summed over rounds, payout and slashed stake in 10^18 units)")
     for column in ("client", "address", "role", "ε spent", "score", "payout", "slashed", "refused"):
-        table.add_column(column, justify="left" if column in ("address", "role", "refused") else "right")
+        table.add_column(column, justify="left" if column in ("address", "role", "refused") else "right",
+                         no_wrap=column in ("address", "role"))  # fmt: skip
     for row in client_rows(results):
         table.add_row(
             "-" if row["client"] is None else str(row["client"]),

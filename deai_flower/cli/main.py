@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ..config import is_private, register_configs, validate
 from ..errors import ConfigError, DeaiError, ProtocolError
@@ -39,6 +39,7 @@ register_configs()
 def main() -> None:
     """The console script: Hydra's composition errors as one line, then the run."""
     _stop_on_sigterm()
+    working_directory_importable()
     try:
         error = composition_error(sys.argv[1:])
         if error is not None:
@@ -52,6 +53,18 @@ def main() -> None:
         run_main()
     except KeyboardInterrupt as stop:  # before the job, or between a sweep's jobs
         _stopped(stop, None)
+
+
+def working_directory_importable(cwd: str | None = None) -> None:
+    """Make modules beside where ``deai-flower`` runs (``my_pkg/``) importable for a
+    ``_target_``, as ``python -m`` would: first on this process's path, and through
+    ``PYTHONPATH`` for the processes it starts (Ray's workers)."""
+    cwd = os.path.abspath(cwd or os.getcwd())
+    if cwd not in (os.path.abspath(p or ".") for p in sys.path):
+        sys.path.insert(0, cwd)
+    entries = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if cwd not in (os.path.abspath(p) for p in entries):
+        os.environ["PYTHONPATH"] = os.pathsep.join([cwd, *entries])
 
 
 class Terminated(KeyboardInterrupt):
@@ -284,6 +297,10 @@ def _check_target_exists(node: Any, kind: str) -> None:
     module must be installed and, for this project's own modules, the name defined in
     the module's source.
     """
+    if isinstance(node, DictConfig) and "_target_" in node.keys() and OmegaConf.is_missing(node, "_target_"):
+        key = "model" if kind == "model" else "dataset.loader"
+        raise ConfigError(f"{kind}: name its callable with {key}._target_=my_pkg.MyNet (a module in the working "
+                          "directory or installed)")  # fmt: skip
     target = node.get("_target_") if hasattr(node, "get") else None
     if not isinstance(target, str) or "." not in target.strip("."):
         return  # validate's target check gives the message

@@ -33,6 +33,7 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Completed
         ("num_rounds=abc", "could not be converted to Integer"),
         ("model._target_=deai_flower.models.mlpp", "mlpp"),
         ("model._target_=no_such_package.Net", "no_such_package"),
+        ("model=custom", "model._target_=my_pkg.MyNet"),
     ],
 )
 def test_bad_input_is_one_readable_error(override: str, expected: str, tmp_path: Path) -> None:
@@ -103,13 +104,35 @@ def test_store_add_prints_the_ipfs_cid(tmp_path: Path) -> None:
     assert missing.returncode == 2 and missing.stderr.startswith("error: no such file")
 
 
+OWN_MODEL = """from torch import nn
+
+
+def MyNet(num_features, num_classes, width=8):
+    return nn.Sequential(nn.Linear(num_features, width), nn.Tanh(), nn.Linear(width, num_classes))
+"""
+
+
+def run_console_script(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``deai-flower`` as installed: unlike ``python -c``, nothing puts the working directory on its path."""
+    script = Path(sys.executable).parent / "deai-flower"
+    env = {key: value for key, value in ENV.items() if key != "PYTHONPATH"}
+    return subprocess.run([str(script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("DEAI_SKIP_RAY") == "1", reason="DEAI_SKIP_RAY=1")
-def test_ray_engine_runs_the_same_apps(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["inprocess", pytest.param("ray", marks=pytest.mark.skipif(
+    os.environ.get("DEAI_SKIP_RAY") == "1", reason="DEAI_SKIP_RAY=1"))])  # fmt: skip
+def test_a_model_in_the_working_directory_runs_on_each_engine(engine: str, tmp_path: Path) -> None:
+    """``my_pkg/`` beside where the user runs ``deai-flower``: importable by the run and by
+    Ray's workers without PYTHONPATH, through the ``custom`` model group (no ``~`` removals)."""
+    (tmp_path / "my_pkg").mkdir()
+    (tmp_path / "my_pkg" / "__init__.py").write_text(OWN_MODEL)
     out = tmp_path / "out"
-    result = run_cli("engine=ray", "num_clients=3", "num_rounds=1", "progress=false", f"hydra.run.dir={out}",
-                     cwd=tmp_path, timeout=600)  # fmt: skip
+    result = run_console_script(f"engine={engine}", "num_clients=3", "num_rounds=1", "progress=false",
+                                "model=custom", "model._target_=my_pkg.MyNet", "+model.width=6",
+                                f"hydra.run.dir={out}", cwd=tmp_path, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["rounds"][0]["status"] == "finalized"
+    assert results["spec"]["model"] == {"target": "my_pkg.MyNet", "args": {"width": 6}}
     assert results["chain"]["kind"] == "embedded"
