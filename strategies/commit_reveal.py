@@ -285,8 +285,8 @@ class CommitRevealStrategy(Strategy):
             finalized = self.play_round(report)
         else:
             committed = self.commit(report)
-            revealed = self.reveal(report, committed)
-            finalized = self.attest(report, revealed)
+            self.reveal(report, committed)
+            finalized = self.attest(report)
         self._settle_missing_reveals(report)
         if not finalized:
             return None
@@ -371,14 +371,19 @@ class CommitRevealStrategy(Strategy):
         report.add_gas("revealMany", tx.gas_used)
         return [by_address[str(e["args"]["participant"])] for e in tx.events if e["event"] == "Revealed"]
 
-    def attest(self, report: RoundReport, revealed: dict[int, Message]) -> bool:
+    def attest(self, report: RoundReport) -> bool:
         """After the reveal deadline, ask a committee of revealers to aggregate and
         attest; True when the chain finalized the round."""
         self._mark(report, "attest")
         phase = self._wait_for_phase_end(report.round, "reveal", "revealDeadline")
         if phase != "attest":
-            return self._fail(report, f"reveal phase ended in phase '{phase}' with {len(revealed)} valid reveals")
-        committee = self._committee({n: self._addresses[n] for n in revealed})
+            return self._fail(report, f"reveal phase ended in phase '{phase}' with {len(reveals)} valid reveals")
+        committee = self._committee({n: a for n, a in self._addresses.items() if a in report.revealed})
+        # The revealers are final now; the chain names them all, also a node whose hand-over
+        # was lost and that revealed on its own (its reveal guard, protocol §2.4).
+        opened = int(self._round_state.get("openedBlock", 0))
+        reveals = self.contract.final_reveals(self.run_id, report.round, from_block=opened)
+        report.revealed = [str(r["participant"]) for r in reveals]
         replies = self._exchange(committee, "train.attest", {"round": report.round, "relay": self.relay}, report,
                                  timeout=self._reply_window(self.spec.rounds.attest_s))  # fmt: skip
         answered = self._split(report, replies, "attested", "signed")

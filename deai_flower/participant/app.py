@@ -5,12 +5,15 @@ names its keystore (``keystore``, see :meth:`Participant.from_node_config`); a s
 node has a ``partition-id`` and is built by the simulation harness from the run's
 experiment config. A deployed participant serves only the run its SuperNode's
 ``run_config`` names (``contract``, ``run-id``) and reaches chain and store through its
-own endpoints; a simulated one goes where each message's locator says.
+own endpoints; a simulated one goes where each message's locator says. Either kind
+refuses to be relayed when its node config says ``relay=false`` (protocol §2.4).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from importlib import import_module
 from typing import Any
@@ -22,11 +25,12 @@ from flwr.clientapp import ClientApp
 from ..errors import ConfigError, ProtocolError
 from ..messages import CONFIG
 from .locator import RunLocator
-from .participant import Participant
+from .participant import Participant, _NodeConfig
 
 __all__ = ["client_app", "participant_for"]
 
 _DEPLOYED: dict[tuple[tuple[str, str], ...], Participant] = {}
+_UNRELAYED: weakref.WeakKeyDictionary[Participant, Participant] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 
@@ -76,10 +80,20 @@ def participant_for(message: Message, context: Context) -> Participant:
 
         n = node_config.get("num-partitions")
         locator = RunLocator.from_config(config)
-        return simulated_participant(context.run_config, int(node_config["partition-id"]), locator,
-                                     num_partitions=None if n is None else int(n))  # fmt: skip
+        participant = simulated_participant(context.run_config, int(node_config["partition-id"]), locator,
+                                            num_partitions=None if n is None else int(n))  # fmt: skip
+        return participant if _NodeConfig(node_config).flag("relay", default=True) else _unrelayed(participant)
     raise ConfigError("node_config names neither a 'keystore' (a deployed participant: see "
                       "Participant.from_node_config) nor a 'partition-id' (a simulated one)")  # fmt: skip
+
+
+def _unrelayed(participant: Participant) -> Participant:
+    """``participant`` refusing any relayer (one copy per participant: views are cached per object)."""
+    with _LOCK:
+        copy = _UNRELAYED.get(participant)
+        if copy is None:
+            copy = _UNRELAYED[participant] = dataclasses.replace(participant, relay=False)
+        return copy
 
 
 def _serve(module: str, name: str) -> Callable[[Message, Context], Message]:

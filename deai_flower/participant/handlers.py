@@ -9,7 +9,9 @@ revealed set from chain events, not from the coordinator.
 
 Durable per-node state (the privacy ledger, the pending reveal) lives in Flower's
 ``context.state``, which follows the node whichever worker serves it; the ledger is
-also written to the participant's ledger directory, so it survives a restart.
+also written to the participant's ledger directory, so it survives a restart. A
+deployed node's pending reveal is also written there for its reveal guard
+(:mod:`.reveal_guard`), which reveals on its own when no relayer published it in time.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import threading
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from logging import INFO, WARNING
+from logging import DEBUG, INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from ..chain import DpParams, commitment_of
 from ..protocol.encoding import from_wad, reveal_record
 from ..errors import (
     ChainError,
+    ConfigError,
     ContractRevertError,
     PrivacyBudgetExhaustedError,
     ProtocolError,
@@ -46,6 +49,7 @@ from ..verify import dp_claim_problem
 from ..storage import cid_from_bytes, cid_to_bytes, compute_cid, encode_arrays
 from .locator import RunLocator
 from .participant import Participant
+from .reveal_guard import GuardOutcome, PendingReveal, guard_in_thread, spawn_guard
 from .run_view import RunView, run_view
 from .scoring import contribution_scores
 
@@ -227,7 +231,34 @@ def handle_commit(participant: Participant, message: Message, context: Context) 
     commit to the update's hash."""
     round_id, view = _round_and_view(participant, message)
     status, metrics = _commit(participant, view, context, round_id, message.content[CONFIG])
+    if status["state"] == "committed":
+        _guard_reveal(view, context, round_id)
     return reply(message, status=status, metrics=metrics)
+
+
+def _guard_reveal(view: RunView, context: Context, round_id: int) -> None:
+    """Make sure the reveal just committed to lands even if the coordinator withholds
+    the hand-over or never asks for it (:mod:`.reveal_guard`): a detached process for a
+    deployed silo, whose ClientApp process ends with this reply; a thread otherwise."""
+    held = context.state[_PENDING]
+    pending = PendingReveal(chain_id=view.contract.node.chain_id, contract=view.contract.address,
+                            run_id=view.run_id, round=round_id, participant=view.account.address,
+                            cid=str(held["cid"]), num_examples=int(held["num-examples"]),
+                            dp=DpParams(*(int(v) for v in held["dp"])), salt=bytes(held["salt"]),
+                            blob=bytes(held["blob"]))  # fmt: skip
+    label, ledger_dir = view.participant.label, view.participant.ledger_dir
+    if "keystore" in context.node_config and ledger_dir is not None:
+        try:
+            spawn_guard(pending, context.node_config, ledger_dir)
+            return
+        except ConfigError as exc:  # the commit stands: guard it for as long as this process lives
+            log(WARNING, "participant %s: %s; guarding the reveal in this process", label, exc)
+
+    def report(outcome: GuardOutcome) -> None:
+        level = WARNING if outcome.revealed_itself or outcome.failed else DEBUG
+        log(level, "participant %s: reveal guard: %s", label, outcome)
+
+    guard_in_thread(view.contract, view.store, pending, report)
 
 
 def _terms_refusal(participant: Participant, view: RunView) -> str | None:
@@ -361,7 +392,8 @@ def handle_reveal(participant: Participant, message: Message, context: Context) 
     every participant's in one ``revealMany`` (the record reproduces this participant's
     commitment, so the relayer can publish nothing else in its name)."""
     round_id, view = _round_and_view(participant, message)
-    status, metrics = _reveal(participant, view, context, round_id, relay=bool(message.content[CONFIG].get("relay")))
+    relay = bool(message.content[CONFIG].get("relay")) and participant.relay  # a silo may refuse any relayer
+    status, metrics = _reveal(participant, view, context, round_id, relay=relay)
     return reply(message, status=status, metrics=metrics)
 
 
@@ -386,8 +418,7 @@ def _reveal(participant: Participant, view: RunView, context: Context, round_id:
     dp = DpParams(*(int(v) for v in pending["dp"]))
     fields = {"cid": cid_to_bytes(stored_cid), "num_examples": int(pending["num-examples"]), "dp": dp,
               "salt": bytes(pending["salt"])}  # fmt: skip
-    if relay:
-        del context.state[_PENDING]
+    if relay:  # kept: the reveal guard, not this hand-over, makes sure it lands
         return {"state": "handed", "address": participant.address, "record": reveal_record(**fields)}, {"gas": 0}
     tx = view.contract.reveal(view.run_id, round_id, **fields)
     del context.state[_PENDING]
@@ -487,7 +518,8 @@ def handle_attest(participant: Participant, message: Message, context: Context) 
     with the CID, the outcome and the signature) for the coordinator to cast with the
     others' in one ``attestMany``: the signature counts for this pair in this round only."""
     round_id, view = _round_and_view(participant, message)
-    status, metrics = _attest(participant, view, round_id, relay=bool(message.content[CONFIG].get("relay")))
+    relay = bool(message.content[CONFIG].get("relay")) and participant.relay  # a silo may refuse any relayer
+    status, metrics = _attest(participant, view, round_id, relay=relay)
     return reply(message, status=status, metrics=metrics)
 
 

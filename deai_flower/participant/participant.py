@@ -134,6 +134,9 @@ class Participant:
     #: The runs it serves and its limits (its node config's); None: a simulation's own
     #: participant, which serves the experiment it was built for.
     terms: SiloTerms | None = None
+    #: Whether it lets a coordinator publish its reveal records and cast its signed votes
+    #: (protocol §2.4, §2.5); False: it sends its own, whatever the coordinator asks.
+    relay: bool = True
     #: Simulation only: a simulated adversary.
     behaviour: Behaviour | None = None
     #: Simulation only, for reproducible runs: round r draws its DP noise and batches from
@@ -189,7 +192,8 @@ class Participant:
         that it builds besides the bundled ones), and the terms it
         serves runs on (:class:`~deai_flower.participant.terms.SiloTerms`: ``contract``,
         ``runs``, ``spec-digests``, ``max-epsilon``, ``max-delta``, ``allow-no-dp``,
-        ``max-stake``, ``max-slash``, ``rules``).
+        ``max-stake``, ``max-slash``, ``rules``), ``relay`` (default true; false: it
+        reveals and attests with its own transactions even when asked to hand over).
 
         Raises:
             ConfigError: one line naming the node_config key that is missing or unusable.
@@ -239,6 +243,7 @@ class Participant:
             grad_sample_mode=grad_sample_mode,
             model_targets=model_targets,
             terms=SiloTerms.from_node_config(node_config),
+            relay=reader.flag("relay", default=True),
         )
 
 
@@ -279,8 +284,8 @@ class _NodeConfig:
             raise ConfigError(f"node_config '{key}' must be a positive integer (got {value!r})")
         return number
 
-    def flag(self, key: str) -> bool:
-        value = self._config.get(key, False)
+    def flag(self, key: str, *, default: bool = False) -> bool:
+        value = self._config.get(key, default)
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.strip().lower() in ("true", "false"):
