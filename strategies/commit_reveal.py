@@ -376,14 +376,14 @@ class CommitRevealStrategy(Strategy):
         attest; True when the chain finalized the round."""
         self._mark(report, "attest")
         phase = self._wait_for_phase_end(report.round, "reveal", "revealDeadline")
-        if phase != "attest":
-            return self._fail(report, f"reveal phase ended in phase '{phase}' with {len(reveals)} valid reveals")
-        committee = self._committee({n: a for n, a in self._addresses.items() if a in report.revealed})
         # The revealers are final now; the chain names them all, also a node whose hand-over
         # was lost and that revealed on its own (its reveal guard, protocol §2.4).
         opened = int(self._round_state.get("openedBlock", 0))
         reveals = self.contract.final_reveals(self.run_id, report.round, from_block=opened)
         report.revealed = [str(r["participant"]) for r in reveals]
+        if phase != "attest":
+            return self._fail(report, f"reveal phase ended in phase '{phase}' with {len(reveals)} valid reveals")
+        committee = self._committee({n: a for n, a in self._addresses.items() if a in report.revealed})
         replies = self._exchange(committee, "train.attest", {"round": report.round, "relay": self.relay}, report,
                                  timeout=self._reply_window(self.spec.rounds.attest_s))  # fmt: skip
         answered = self._split(report, replies, "attested", "signed")
