@@ -67,7 +67,7 @@ from deai_flower.errors import (
 from deai_flower.messages import CONFIG, METRICS, STATUS
 from deai_flower.protocol.spec import RunSpec
 from deai_flower.recovery import fetch_result
-from deai_flower.storage import ContentStore, cid_from_bytes, cid_to_bytes
+from deai_flower.storage import ContentStore, cid_from_bytes, cid_to_bytes, compute_cid, encode_arrays
 
 #: How long a one-message round waits for replies once the chain has closed the round.
 _STRAGGLER_GRACE_S = 5.0
@@ -203,6 +203,7 @@ class CommitRevealStrategy(Strategy):
         self.reply_poll_s = reply_poll_s
         self.evaluate_timeout_s = float(spec.rounds.commit_s if evaluate_timeout_s is None else evaluate_timeout_s)
         self.initial_federated: dict[str, Any] = {}
+        self._held: tuple[str, bytes] | None = None  # the chain's current model, as stored: (CID, blob)
         self._on_phase = on_phase or (lambda _r, _p: None)
         self._on_round = on_round or (lambda _report: None)
         self.reports: list[RoundReport] = []
@@ -245,6 +246,7 @@ class CommitRevealStrategy(Strategy):
         result = Result(arrays=initial_arrays)
         run = self.contract.get_run(self.run_id)
         finalized = int(run["finalizedRounds"])
+        self._hold(cid_from_bytes(bytes(run["modelCid"])), _plain(initial_arrays))
         if self.evaluate_fn is not None:
             self.initial_metrics = self.evaluate_fn(finalized, _plain(initial_arrays))
             result.evaluate_metrics_serverapp[finalized] = MetricRecord(self.initial_metrics)
@@ -303,6 +305,7 @@ class CommitRevealStrategy(Strategy):
         opening = time.perf_counter()
         run, state, tx = self._round_to_play()
         report = RoundReport(round=int(state["round"]), attempt=attempt, model_cid=cid_from_bytes(bytes(run["modelCid"])))
+        self._put_back(report)
         report.phase_seconds["open"] = time.perf_counter() - opening
         if tx is not None:
             report.add_gas("openRound", tx.gas_used)
@@ -526,6 +529,7 @@ class CommitRevealStrategy(Strategy):
             report.recovered = rebuilt.describe()
             log(WARNING, "round %s: %s", report.round, report.recovered)
         report.status = "finalized"
+        self._hold(report.result_cid, arrays)
         return ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
     def evaluate(self, report: RoundReport, arrays: ArrayRecord) -> None:
@@ -780,6 +784,22 @@ class CommitRevealStrategy(Strategy):
             self.contract.node.advance_to(int(state["attestDeadline"]), timeout=self._longest_phase())
         round_id, tx = self.contract.open_round(self.run_id)
         return self.contract.get_run(self.run_id), self.contract.get_round(self.run_id, round_id), tx
+
+    def _hold(self, cid: str, arrays: dict[str, Any]) -> None:
+        """Keep the blob of the chain's model ``cid`` (``arrays``, canonically encoded), to
+        put it back should the store lose it; a copy that does not hash to ``cid`` is not kept."""
+        blob = encode_arrays(arrays)
+        self._held = (cid, blob) if compute_cid(blob) == cid else None
+
+    def _put_back(self, report: RoundReport) -> None:
+        """Put the round's global model back into the store when the store has lost it and
+        this coordinator holds it (it fetched or rebuilt it): otherwise no node could train
+        on it, and every attempt would fail."""
+        if self._held is None or self._held[0] != report.model_cid or self.store.has(report.model_cid):
+            return
+        self.store.put(self._held[1], cid=report.model_cid)
+        log(WARNING, "round %s: the store had lost the global model %s; put back the copy this coordinator holds",
+            report.round, report.model_cid)  # fmt: skip
 
     def _longest_phase(self) -> float:
         r = self.spec.rounds
