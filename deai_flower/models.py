@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -45,6 +46,13 @@ from torch import nn
 from deai_flower.config import accepted_arguments, check_call, one_line, resolve_target, split_target
 from deai_flower.errors import ConfigError
 from deai_flower.protocol.spec import BUNDLED_MODEL_TARGETS, DataSchema, ModelSpec, SpecError, check_model
+
+# Opacus computes per-sample gradients with full backward hooks on every layer; the first
+# layer's input (the data) never requires a gradient, so PyTorch warns on every backward
+# pass that the hook fires on outputs only. That is what Opacus needs, and nothing a user
+# can act on: exactly this warning is silenced, wherever a model of this module trains.
+warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect to "
+                        "module outputs since no inputs require gradients", category=UserWarning)  # fmt: skip
 
 __all__ = [
     "ACTIVATIONS",

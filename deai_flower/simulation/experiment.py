@@ -25,7 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import validate
-from ..models import check_engine_devices
+from ..models import check_engine_devices, select_device
 from ..participant.run_view import forget_run_views
 from ..protocol.spec import spec_cid
 from .harness import PreparedRun, locator, prepare_run, serve_chain
@@ -63,6 +63,7 @@ def run_experiment(cfg: DictConfig, *, output_dir: Path, client_app: Any = None,
 
     validate(cfg)  # type: ignore[arg-type]
     check_engine_devices(cfg.engine.kind, cfg.device, float(cfg.engine.num_gpus_per_client))
+    select_device(str(cfg.device))  # device=cuda on a machine without CUDA: refused before anything is deployed
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     prepared = prepare_run(cfg, output_dir)

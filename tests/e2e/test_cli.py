@@ -13,10 +13,13 @@ import pytest
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, cwd: Path, timeout: float = 300, warnings: bool = False) -> subprocess.CompletedProcess[str]:
+    """``deai-flower`` with ``args``; ``warnings``: with Python's default warning filters,
+    as a user's shell has them (else every warning is ignored)."""
     # As the console script does: Hydra finds the packaged configs through the module.
     entry = "from deai_flower.cli.main import main; main()"
-    return subprocess.run([sys.executable, "-c", entry, *args], cwd=cwd, env=ENV,
+    env = {k: v for k, v in ENV.items() if k != "PYTHONWARNINGS"} if warnings else ENV
+    return subprocess.run([sys.executable, "-c", entry, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
@@ -74,7 +77,8 @@ def main_job(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Compl
     """One run of the main job from the command line, and its output directory (read by two tests)."""
     cwd = tmp_path_factory.mktemp("main-job")
     out = cwd / "out"
-    return run_cli("num_clients=3", "num_rounds=1", "progress=false", f"hydra.run.dir={out}", cwd=cwd), out
+    return run_cli("num_clients=3", "num_rounds=1", "progress=false", f"hydra.run.dir={out}", cwd=cwd,
+                   warnings=True), out  # fmt: skip
 
 
 @pytest.mark.slow
@@ -92,6 +96,38 @@ def test_main_job_runs_and_prints_the_table(main_job: tuple[subprocess.Completed
     assert "accuracy" in result.stdout and "gas used" in result.stdout
     results = json.loads((out / "results.json").read_text())
     assert results["rounds"][0]["status"] == "finalized"
+    # piped (80 columns): the last line still names the results file whole, on one line
+    assert f"results {out / 'results.json'} (and model.safetensors" in result.stdout.splitlines()[-1]
+    assert "ε spent" in result.stdout and "payout" in result.stdout  # the per-client table
+
+
+@pytest.mark.slow
+def test_main_job_warns_nothing_and_logs_under_its_name(main_job: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    result, out = main_job
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Warning" not in result.stderr, result.stderr[-2000:]  # Opacus' full backward hook warning among them
+    assert (out / "deai-flower.log").is_file() and not (out / "main.log").exists()
+
+
+def test_help_begins_with_what_the_tool_is(tmp_path: Path) -> None:
+    result = run_console_script("--help", cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("deai-flower: federated learning on Flower with no trusted aggregator")
+    assert "powered by Hydra" not in result.stdout
+    assert "model: cnn, custom, mlp, resnet, scatter" in result.stdout
+
+
+@pytest.mark.slow
+def test_cuda_without_cuda_is_refused_before_anything_is_deployed(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = run_cli("device=cuda", f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: device 'cuda' was requested but no CUDA GPU is available to PyTorch; use 'cpu' or 'auto'"]
+    assert "contract" not in result.stdout  # no run line: nothing was deployed
 
 
 def test_store_add_prints_the_ipfs_cid(tmp_path: Path) -> None:
