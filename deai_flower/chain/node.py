@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from requests.exceptions import ConnectionError as RequestsConnectionError
@@ -20,6 +20,9 @@ from web3.exceptions import Web3Exception
 from web3.providers.rpc.utils import ExceptionRetryConfiguration
 
 from ..errors import ChainError, ChainUnavailableError
+
+if TYPE_CHECKING:
+    from .embedded import LogIndex
 
 #: Ether given to each simulated participant key on development chains.
 DEV_FUNDING_WEI = 10**20
@@ -100,9 +103,11 @@ class ChainNode:
     #: whether the node answers eth_sendRawTransactionSync (None: not tried yet)
     _sync_send: bool | None = field(default=None, repr=False)
     _embedded_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: the embedded chain's log index (see :mod:`.embedded`)
+    _log_index: LogIndex | None = field(default=None, repr=False)
     #: Answers that can never change (a run's creation event, a closed round's reveals),
-    #: shared by every handle on this connection: on the embedded chain a log query walks
-    #: every block, and a hundred participants asking the same question would cost O(n²).
+    #: shared by every handle on this connection: a hundred participants asking the same
+    #: question would cost a hundred log queries (over JSON-RPC, a hundred round trips).
     final_answers: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
 
     def request(self, method: str, params: list[Any]) -> Any:
@@ -118,6 +123,10 @@ class ChainNode:
         if self._tester is not None:
             with self._embedded_lock:  # py-evm is not thread-safe
                 try:
+                    if method == "eth_getLogs" and self._log_index is not None and params:
+                        answer = self._log_index.get_logs(params[0])
+                        if answer is not None:
+                            return answer
                     return to_wire(self.w3.manager.request_blocking(method, params))
                 except Exception as exc:  # noqa: BLE001 - eth-tester raises many kinds; all become answers
                     raise JsonRpcError(method, embedded_error(exc)) from exc
@@ -243,13 +252,22 @@ class ChainNode:
 
 
 def connect_embedded() -> ChainNode:
-    """A fresh in-process EVM (py-evm through web3's tester provider)."""
-    from eth_tester import EthereumTester, PyEVMBackend
+    """A fresh in-process EVM (py-evm through web3's tester provider), indexed so that
+    receipts and log queries cost what they return, not the blocks mined (:mod:`.embedded`)."""
+    from eth_tester import EthereumTester
     from web3.providers.eth_tester import EthereumTesterProvider
 
-    tester = EthereumTester(PyEVMBackend())
+    from .embedded import IndexedPyEVMBackend, LogIndex
+
+    tester = EthereumTester(IndexedPyEVMBackend())
     w3 = Web3(EthereumTesterProvider(tester))
-    return ChainNode(w3=w3, kind="embedded", url="embedded://py-evm", _tester=tester)
+
+    def block_logs(number: int) -> list[dict[str, Any]]:
+        """One block's logs as eth-tester answers them (what the index files)."""
+        return to_wire(w3.manager.request_blocking("eth_getLogs", [{"fromBlock": hex(number), "toBlock": hex(number)}]))
+
+    index = LogIndex(lambda: tester.backend.chain, block_logs)
+    return ChainNode(w3=w3, kind="embedded", url="embedded://py-evm", _tester=tester, _log_index=index)
 
 
 #: A request whose connection was refused (a node restarting) is tried once more; one that
