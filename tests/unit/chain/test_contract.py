@@ -35,6 +35,7 @@ from deai_flower.protocol.encoding import (
 )
 from deai_flower.errors import ContractRevertError
 from deai_flower.protocol.outcome import encode_outcome
+from deai_flower.verify import Verification, _check_cancellation
 
 
 @dataclass
@@ -665,6 +666,16 @@ def test_a_run_is_cancelled_only_after_three_failed_attempts_in_a_row(deployment
         d.admin.open_round(run_id)
     with expect_revert("UnknownRun"):
         d.admin.cancel_run(run_id + 1)
+
+    # deai verify replays it from the log: three failed attempts before it, none opened after
+    events = d.admin.event_log()
+    replayed = Verification(run_id=run_id, contract=d.admin.address, spec=None, spec_cid="")  # type: ignore[arg-type]
+    _check_cancellation(replayed, events)
+    assert replayed.checks == ["cancelled after 3 failed attempts (rounds 3-5)"] and replayed.problems == []
+    finalized_4 = {"event": "RoundFinalized", "args": {"runId": run_id, "round": 4, "resultCid": cid_of(4)}}
+    forged = Verification(run_id=run_id, contract=d.admin.address, spec=None, spec_cid="")  # type: ignore[arg-type]
+    _check_cancellation(forged, [*events, finalized_4])
+    assert forged.checks == [] and "cancelled after round 5, but rounds [3, 4, 5]" in forged.problems[0]
 
 
 def test_a_round_without_a_majority_fails_and_penalizes_nobody(deployment: Deployment) -> None:
