@@ -26,7 +26,7 @@ __all__ = ["KNOWN_KEYS", "SiloCheck", "check_node_config"]
 
 #: The node-config keys a deployed participant reads; any other is ignored (and said so).
 KNOWN_KEYS = ("keystore", "password-file", "data-path", "eval-data-path", "chain-url", "store", "ledger-dir",
-              "device", "threads", "secure-mode", "grad-sample-mode", "model-targets") + TERMS_KEYS  # fmt: skip
+              "device", "threads", "secure-mode", "grad-sample-mode", "model-targets", "relay") + TERMS_KEYS  # fmt: skip
 #: What the store check writes and reads back (content-addressed: the same bytes every time).
 _STORE_PROBE = b"deai silo check\n"
 
