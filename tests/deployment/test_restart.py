@@ -41,6 +41,9 @@ OVERRIDES = [f"num_rounds={ROUNDS}", "dataset=breast_cancer", "training.local_ep
 # What this test judges is who plays which round: the silos' evaluation of each model
 # (a ClientApp process per silo and round) is left out.
 NO_EVALUATION = {"federated-evaluation": False}
+# The run is not private (fast, and private runs are judged elsewhere): each silo's terms
+# must say it accepts that, or it declines every round.
+NO_DP = {"allow-no-dp": True}
 
 
 def _wait(what: str, predicate, timeout: float) -> None:  # type: ignore[no-untyped-def]
@@ -64,7 +67,7 @@ def test_a_killed_supernode_and_a_stopped_coordinator_are_started_again_and_the_
         node_ids = []
         for silo in silos:
             node_ids.append(net.register_supernode(silo))
-            net.start_supernode(silo, silo.node_config(chain_url=net.rpc, store=net.store))
+            net.start_supernode(silo, silo.node_config(chain_url=net.rpc, store=net.store, **NO_DP))
         net.wait_for_nodes(3)
         run_config = {**net.coordinator_run_config(created, tmp_path / "results"), **NO_EVALUATION}
         first = net.run(run_config)
@@ -92,7 +95,8 @@ def test_a_killed_supernode_and_a_stopped_coordinator_are_started_again_and_the_
         # given up on the killed process (two missed heartbeats), and fails the messages
         # that were waiting for it, round 2's among them
         net.wait_until_offline(node_ids[2])
-        net.start_supernode(silos[2], silos[2].node_config(chain_url=net.rpc, store=net.store), name="silo-2-again")
+        net.start_supernode(silos[2], silos[2].node_config(chain_url=net.rpc, store=net.store, **NO_DP),
+                             name="silo-2-again")
         net.wait_for_nodes(3)
         end_commit_phase_after_the_live_silos(2)
 
