@@ -29,6 +29,7 @@ from typing import Any
 
 from eth.exceptions import HeaderNotFound
 from eth.exceptions import TransactionNotFound as EvmTransactionNotFound
+from eth.vm.spoof import SpoofTransaction
 from eth_tester import PyEVMBackend
 from eth_tester.backends.pyevm.main import _get_transaction_by_hash
 from eth_tester.backends.pyevm.serializers import serialize_transaction, serialize_transaction_receipt
@@ -40,9 +41,82 @@ _BLOCK_NUMBER = re.compile(r"^0x[0-9a-fA-F]+$")
 _INDEXED_KEYS = frozenset({"fromBlock", "toBlock", "address", "topics"})
 
 
+#: py-evm's default estimator (``binary_gas_search_intrinsic_tolerance``) stops once the
+#: range it searches is narrower than this.
+_ESTIMATE_TOLERANCE = 21_000
+
+
+def _consumed(state: Any, transaction: Any) -> int | None:
+    """The gas ``transaction`` consumes (before refunds) run on ``state``, or ``None`` if it fails."""
+    snapshot = state.snapshot()
+    try:
+        computation = state.apply_transaction(transaction)
+        return None if computation.is_error else int(transaction.gas - computation.get_gas_remaining())
+    finally:
+        state.revert(snapshot)
+
+
+def estimate_gas(state: Any, transaction: Any) -> int:
+    """py-evm's gas estimate, the same number, from about 4 EVM runs instead of 7 to 12.
+
+    py-evm bisects between the intrinsic gas and the block's gas limit, running the EVM at
+    every midpoint until the range is narrower than 21,000. Here the search visits the same
+    midpoints but runs only those whose outcome is not known yet: a run that succeeds
+    consumes ``c``, so any limit below ``c`` fails, and once a limit succeeds every larger
+    one does. One extra run at ``c`` itself then settles nearly every midpoint. This holds
+    for code whose path depends on its gas only by running out (the project's contract
+    never reads ``gasleft``); the first midpoint runs as in py-evm, so a sender who cannot
+    pay for that much gas is refused as before.
+    """
+    if not hasattr(transaction, "sender"):
+        raise TypeError("Transaction is missing attribute sender.")
+    if _consumed(state, SpoofTransaction(transaction, gas=transaction.intrinsic_gas, gas_price=0)) is not None:
+        return int(transaction.intrinsic_gas)
+    snapshot = state.snapshot()
+    try:
+        computation = state.apply_transaction(SpoofTransaction(transaction, gas=state.gas_limit, gas_price=0))
+        if computation.is_error:
+            raise computation.error
+    finally:
+        state.revert(snapshot)
+    viable, out_of_gas = int(state.gas_limit), int(transaction.intrinsic_gas)
+    known_viable, known_short = viable, out_of_gas  # limits known to succeed and fail
+    probed = False
+    while viable - out_of_gas > _ESTIMATE_TOLERANCE:
+        midpoint = (viable + out_of_gas) // 2
+        if midpoint >= known_viable:
+            succeeds = True
+        elif midpoint <= known_short:
+            succeeds = False
+        else:
+            consumed = _consumed(state, SpoofTransaction(transaction, gas=midpoint))
+            succeeds = consumed is not None
+            if consumed is not None and not probed:
+                probed = True
+                known_short = max(known_short, consumed - 1)
+                if consumed < midpoint:  # does it succeed with exactly what it consumes?
+                    if _consumed(state, SpoofTransaction(transaction, gas=consumed)) is not None:
+                        known_viable = consumed
+                    else:
+                        known_short = consumed
+        if succeeds:
+            viable = midpoint
+            known_viable = min(known_viable, midpoint)
+        else:
+            out_of_gas = midpoint
+            known_short = max(known_short, midpoint)
+    return viable
+
+
 class IndexedPyEVMBackend(PyEVMBackend):
     """eth-tester's py-evm backend, finding mined transactions through py-evm's hash index
-    instead of walking back from the head."""
+    instead of walking back from the head, and estimating gas with :func:`estimate_gas`."""
+
+    def reset_to_genesis(self, *args: Any, **kwargs: Any) -> None:
+        super().reset_to_genesis(*args, **kwargs)
+        # on the chain's class (this backend's own), so the chains a revert builds keep it
+        type(self.chain).gas_estimator = staticmethod(estimate_gas)
+        self.chain.gas_estimator = estimate_gas
 
     def _locate(self, transaction_hash: bytes) -> tuple[Any, Any, int]:
         chain = self.chain

@@ -114,3 +114,62 @@ def test_receipts_found_by_hash_are_those_the_walk_finds(busy_chain: tuple[Chain
     node._tester.revert_to_snapshot(snapshot)
     with pytest.raises(TransactionNotFound):  # reverted away: not found through a stale index entry
         backend.get_transaction_receipt(bytes(gone))
+
+
+def test_gas_estimates_are_py_evms_own_over_a_whole_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every estimate of deploying, registering, opening, committing, revealing and
+    attesting (the finalizing attestation included) equals py-evm's bisection, from fewer runs."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from eth.estimators.gas import binary_gas_search_intrinsic_tolerance
+
+    from deai_flower.chain import embedded
+
+    spec = importlib.util.spec_from_file_location("contract_cases", Path(__file__).with_name("test_contract.py"))
+    assert spec is not None and spec.loader is not None
+    cases = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, cases)  # its dataclasses look themselves up there
+    spec.loader.exec_module(cases)  # its round helpers: commit, reveal, attest
+
+    runs = {"ours": 0, "py-evm": 0}
+    compared: list[int] = []
+    real_consumed = embedded._consumed
+
+    def counted(state: Any, transaction: Any) -> int | None:
+        runs["ours"] += 1
+        return real_consumed(state, transaction)
+
+    def both(state: Any, transaction: Any) -> int:
+        from eth.estimators import gas
+
+        before = runs["ours"]
+        real_error = gas._get_computation_error
+
+        def counted_error(s: Any, t: Any) -> Any:
+            runs["py-evm"] += 1
+            return real_error(s, t)
+
+        monkeypatch.setattr(gas, "_get_computation_error", counted_error)
+        try:
+            expected = binary_gas_search_intrinsic_tolerance(state, transaction)
+        finally:
+            monkeypatch.setattr(gas, "_get_computation_error", real_error)
+        ours = embedded.estimate_gas(state, transaction)
+        assert ours == expected
+        assert runs["ours"] > before
+        compared.append(ours)
+        return ours
+
+    monkeypatch.setattr(embedded, "_consumed", counted)
+    node = connect_embedded()
+    chain = node._tester.backend.chain
+    type(chain).gas_estimator = staticmethod(both)
+    chain.gas_estimator = both
+    d = deploy_for_tests(node)
+    run_id = d.create_run()
+    cases.full_round(d, run_id)
+    cases.full_round(d, run_id)
+    assert len([gas for gas in compared if gas > 100_000]) >= 3, compared  # contract calls, not only transfers
+    assert runs["ours"] < runs["py-evm"]
