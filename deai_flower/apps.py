@@ -6,6 +6,7 @@ very same objects on the in-process engine or on Ray. Each is imported on first 
 the coordinator's side.
 """
 
+import warnings
 from typing import TYPE_CHECKING
 
 from .lazy import lazy_exports
@@ -17,5 +18,10 @@ if TYPE_CHECKING:
 _WHERE = {"client_app": ".participant.app", "server_app": ".server_app"}
 
 __all__ = ["client_app", "server_app"]
+
+# Flower's simulation runtime loads these apps before it starts Ray, whose start then warns
+# about a future default for GPU visibility: nothing a user of a run can act on.
+warnings.filterwarnings("ignore", message="Tip: In future versions of Ray, Ray will no longer override accelerator",
+                        category=FutureWarning)  # fmt: skip
 
 __getattr__ = lazy_exports(globals(), _WHERE)

@@ -44,3 +44,45 @@ def quiet_third_party(*, verbose: bool = False) -> None:
     # Hugging Face's libraries set their loggers' levels from these when imported.
     os.environ.setdefault("HF_HUB_VERBOSITY", "error")
     os.environ.setdefault("DATASETS_VERBOSITY", "error")
+
+
+#: The root handler ``opacus.utils.module_utils`` installs with ``logging.basicConfig`` on
+#: import: every record of a propagating logger (Flower's among them) is printed a second
+#: time, in this format, at any level.
+_OPACUS_ROOT_FORMAT = "%(asctime)s:%(levelname)s:%(message)s"
+
+
+def drop_opacus_root_handler() -> None:
+    """Remove the root handler Opacus' import added (Flower's lines printed twice, once
+    in Flower's format and once in this one). Called once Opacus is imported; any other
+    root handler is left alone."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        formatter = handler.formatter
+        if formatter is not None and formatter._fmt == _OPACUS_ROOT_FORMAT:  # noqa: SLF001 - no public accessor
+            root.removeHandler(handler)
+
+
+class _ProjectErrorsInOneLine(logging.Filter):
+    """A record carrying one of the project's own errors (:class:`~deai_flower.errors.DeaiError`,
+    whose message already says what is wrong) loses its traceback: the line ends with the
+    error's message instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from .errors import DeaiError
+
+        error = record.exc_info[1] if record.exc_info else None
+        while error is not None and not isinstance(error, DeaiError):
+            error = error.__cause__ or error.__context__
+        if isinstance(error, DeaiError):
+            record.msg, record.args = f"{record.getMessage()}: {error}", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def project_errors_in_one_line(logger_name: str = "flwr") -> None:
+    """Flower logs a ServerApp's exception with its traceback; for the project's own
+    errors (a config error, a refused run) one line says it all."""
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, _ProjectErrorsInOneLine) for f in logger.filters):
+        logger.addFilter(_ProjectErrorsInOneLine())

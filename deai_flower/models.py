@@ -45,6 +45,7 @@ from torch import nn
 
 from deai_flower.config import accepted_arguments, check_call, one_line, resolve_target, split_target
 from deai_flower.errors import ConfigError
+from deai_flower.logs import drop_opacus_root_handler
 from deai_flower.protocol.spec import BUNDLED_MODEL_TARGETS, DataSchema, ModelSpec, SpecError, check_model
 
 # Opacus computes per-sample gradients with full backward hooks on every layer; the first
@@ -53,6 +54,7 @@ from deai_flower.protocol.spec import BUNDLED_MODEL_TARGETS, DataSchema, ModelSp
 # can act on: exactly this warning is silenced, wherever a model of this module trains.
 warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect to "
                         "module outputs since no inputs require gradients", category=UserWarning)  # fmt: skip
+drop_opacus_root_handler()  # imported above, Opacus added a root handler: Flower's lines would print twice
 
 __all__ = [
     "ACTIVATIONS",

@@ -25,7 +25,7 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping
-from logging import INFO
+from logging import ERROR, INFO
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,8 @@ from .chain import RoundsContract, simulation_key
 from .chain.keys import keystore_key
 from .chain.node import connect_url
 from .chain.runs import fetch_spec
-from .errors import ConfigError
+from .errors import ConfigError, DeaiError, ProtocolError
+from .logs import project_errors_in_one_line
 from .models import evaluate, get_arrays, instantiate_model, select_device, set_arrays
 from .protocol.spec import allowed_models
 from .storage import array_spec, cid_from_bytes, decode_arrays
@@ -45,9 +46,12 @@ from .storage.location import open_store
 from .strategies import CommitRevealStrategy
 
 server_app = ServerApp()
+project_errors_in_one_line()  # a config error or a refused run: one line, not Flower's traceback
 
 #: How long ``flwr run`` waits for its SuperNodes to connect.
 _NODES_TIMEOUT_S = 120.0
+#: How long a number of connected SuperNodes below the run's needs must stand still to be taken as final.
+_NODES_STEADY_S = 15.0
 #: How often a deployed coordinator asks the SuperLink for replies (Flower's own
 #: ``send_and_receive`` asks every 3 s: on average 1.5 s lost per message exchange).
 _REPLY_POLL_S = 0.5
@@ -55,7 +59,11 @@ _REPLY_POLL_S = 0.5
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    coordinate(grid, context.run_config)
+    try:
+        coordinate(grid, context.run_config)
+    except DeaiError as exc:  # said at once: under flwr run, Flower reports the failure only once its runtime stops
+        log(ERROR, "run failed: %s", exc)
+        raise
 
 
 def coordinate(grid: Grid, run_config: Mapping[str, Any]) -> None:
@@ -163,26 +171,39 @@ def _simulation(grid: Grid, run_config: Mapping[str, Any]) -> None:
         setup = {"setup_gas": prepared.setup_gas, "first_block": prepared.first_block,
                  "initial_cid": prepared.initial_cid, "num_clients": len(nodes),
                  "chain": prepared.node.describe()}  # fmt: skip
-        _play_simulation(grid, cfg, prepared.contract, prepared.run_id, prepared.store, locator(prepared, chain_url),
-                         prepared.split, output_dir, setup, started, progress=False)  # fmt: skip
+        document = _play_simulation(grid, cfg, prepared.contract, prepared.run_id, prepared.store,
+                                    locator(prepared, chain_url), prepared.split, output_dir, setup, started,
+                                    progress=False)  # fmt: skip
+    finalized = sum(1 for r in document["rounds"] if r["status"] == "finalized")
+    if finalized < int(cfg.num_rounds):  # flwr ls says finished:failed, as for a run that raised
+        last = document["rounds"][-1] if document["rounds"] else {"round": "-", "reason": "no round ran"}
+        raise ProtocolError(f"{finalized} of {cfg.num_rounds} rounds finalized (attempt {last['round']}: "
+                            f"{last['reason']}); results in {output_dir}")  # fmt: skip
 
 
 def _wait_for_nodes(grid: Grid, *, minimum: int) -> list[int]:
     deadline = time.monotonic() + _NODES_TIMEOUT_S
+    seen, steady_since = -1, time.monotonic()
     while True:
         nodes = list(grid.get_node_ids())
-        if len(nodes) >= minimum or time.monotonic() > deadline:
+        if len(nodes) != seen:
+            seen, steady_since = len(nodes), time.monotonic()
+        # the simulation runtime registers all its SuperNodes at once: a count that has
+        # stood still for a while is the federation's size, no need to wait out the deadline
+        steady = bool(nodes) and time.monotonic() - steady_since > _NODES_STEADY_S
+        if len(nodes) >= minimum or steady or time.monotonic() > deadline:
             break
         time.sleep(1.0)
     if len(nodes) < minimum:
-        raise ConfigError(f"{len(nodes)} SuperNodes connected within {_NODES_TIMEOUT_S:.0f}s; the run needs at least "
-                          f"{minimum} (strategy.min_reveals): flwr run . --federation-config 'num-supernodes=5'")  # fmt: skip
+        raise ConfigError(f"{len(nodes)} SuperNodes connected; the run needs at least {minimum} "
+                          f"(strategy.min_reveals): flwr run . --federation-config 'num-supernodes={minimum}'")  # fmt: skip
     return nodes
 
 
 def _play_simulation(grid: Grid, cfg: Any, contract: RoundsContract, run_id: int, store: Any, where: dict[str, Any],
-                     split: Any, output_dir: Path, setup: dict[str, Any], started: float, *, progress: bool) -> None:  # fmt: skip
-    """Play a simulated run with central evaluation on the dataset's test split."""
+                     split: Any, output_dir: Path, setup: dict[str, Any], started: float, *,
+                     progress: bool) -> dict[str, Any]:  # fmt: skip
+    """Play a simulated run with central evaluation on the dataset's test split; its results."""
     from .outputs import write_run_outputs
     from .report import ProgressMonitor, round_line
     from .simulation.results import results_document
@@ -223,8 +244,10 @@ def _play_simulation(grid: Grid, cfg: Any, contract: RoundsContract, run_id: int
                                      relay=bool(cfg.strategy.get("relay", True)))  # fmt: skip
     with monitor:
         strategy.start(grid, arrays)
-    written = write_run_outputs(output_dir, write_results(), store=store)
-    log(INFO, "run %s: %s in %s", run_id, ", ".join(path.name for path in written.values()), output_dir)
+    document = write_results()
+    written = write_run_outputs(output_dir, document, store=store)
+    log(INFO, "run %s: results.json, %s in %s", run_id, ", ".join(path.name for path in written.values()), output_dir)
+    return document
 
 
 def _with_nodes(document: dict[str, Any], strategy: CommitRevealStrategy) -> dict[str, Any]:

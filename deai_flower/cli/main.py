@@ -29,6 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from ..compose import composition_error
 from ..config import is_private, register_configs, validate
 from ..errors import ConfigError, DeaiError, ProtocolError
 from ..sweep import FAILED_FILE
@@ -97,31 +98,6 @@ def with_unique_output_dirs(overrides: list[str], *, now: datetime | None = None
     extra = [f"{key}={root}/{stamp}" for key, root in (("hydra.run.dir", "outputs"), ("hydra.sweep.dir", "multirun"))
              if key not in given]  # fmt: skip
     return [*overrides, *extra]
-
-
-def composition_error(overrides: list[str]) -> str | None:
-    """Why Hydra cannot compose the config with ``overrides``, in one line; None if it can.
-
-    Only plain ``key=value`` overrides are checked here: with a flag (``-m`` and its
-    sweep syntax, ``--cfg``, ``--help``) Hydra itself reports, in its own format.
-    """
-    if any(arg.startswith("-") for arg in overrides):
-        return None
-    from hydra import compose, initialize_config_module
-    from hydra.errors import HydraException, MissingConfigException
-
-    try:
-        with initialize_config_module(config_module="deai_flower.conf", version_base=None):
-            compose(config_name="config", overrides=overrides)
-    except MissingConfigException as exc:
-        first = str(exc).strip().splitlines()[0]
-        return f"{first} (available: {', '.join(exc.options)})" if exc.options else first
-    except HydraException as exc:
-        first, *rest = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
-        cause = exc.__cause__
-        detail = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
-        return " ".join([first.rstrip("."), f"({detail})." if detail else ".", *rest]).replace(" .", ".")
-    return None
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")

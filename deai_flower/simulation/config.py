@@ -49,6 +49,9 @@ def compose_overrides(overrides: str) -> DictConfig:
         with initialize_config_module(config_module="deai_flower.conf", version_base=None):
             cfg = compose(config_name="config", overrides=shlex.split(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(f"overrides {overrides!r}: {str(exc).splitlines()[0]}") from None
+        from ..compose import composition_error  # the CLI's line (with "did you mean"), for every way in
+
+        why = composition_error(shlex.split(overrides)) or str(exc).splitlines()[0]
+        raise ConfigError(f"overrides {overrides!r}: {why}") from None
     validate(cfg)  # type: ignore[arg-type]
     return cfg

@@ -64,3 +64,39 @@ def test_flwr_run_runs_the_default_experiment(flwr_home: Path, tmp_path: Path) -
     assert results["rounds"][-1]["accuracy"] > 0.5  # digits: chance is 0.1
     verdicts = verify_run(RunRecord.from_output_dir(out), LocalStore(out / results["store"]["root"]))
     assert all(v.ok for v in verdicts), [v.problems for v in verdicts]
+    # one line per round, as the CLI's table has it, each printed once (not again in a second format)
+    lines = [line for line in run.stdout.splitlines() if "(attempt " in line]
+    assert len(lines) == 2 and all(f"round {n} (attempt {n}): finalized · accuracy" in lines[n - 1] for n in (1, 2))
+    assert all("max ε" in line and "gas" in line for line in lines)
+    for noise in ("FutureWarning", "Full backward hook", "DEBUG:"):  # Ray's tip, Opacus' hooks, Opacus' root handler
+        assert noise not in run.stdout + run.stderr, run.stdout[-3000:]
+    for name in ("model.safetensors", "rounds.csv", "clients.csv", "curve.png"):
+        assert (out / name).is_file(), name
+
+
+def _status(home: Path) -> str:
+    listing = _flwr("ls", "--format", "json", home=home, timeout=120)
+    (entry,) = json.loads(listing.stdout)["runs"]
+    return str(entry["status"])
+
+
+def test_a_config_error_is_one_line_with_did_you_mean_and_the_run_fails(flwr_home: Path, tmp_path: Path) -> None:
+    config = f'overrides="privacy.epsilonn=3" output-dir="{tmp_path / "out"}"'
+    run = _flwr("run", ".", "--stream", "--run-config", config, home=flwr_home, timeout=600)
+    output = run.stdout + run.stderr
+    assert "unknown config key 'privacy.epsilonn' (did you mean privacy.epsilon?" in output, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert _status(flwr_home) == "finished:failed"
+
+
+@pytest.mark.skipif(os.environ.get("DEAI_README_KRUM") != "1", reason="5 SuperNodes x 3 rounds: minutes; "
+                    "DEAI_README_KRUM=1 runs it")  # fmt: skip
+def test_the_readme_krum_command_runs_as_written(flwr_home: Path, tmp_path: Path) -> None:
+    """README's second ``flwr run`` command: Krum needs 5 reveals, the federation gets 5 SuperNodes."""
+    out = tmp_path / "run"
+    config = f'overrides="strategy=krum num_rounds=3" output-dir="{out}"'
+    run = _flwr("run", ".", "--stream", "--federation-config", "num-supernodes=5", "--run-config", config,
+                home=flwr_home, timeout=1200)  # fmt: skip
+    assert _status(flwr_home) == "finished:completed", (run.stdout + run.stderr)[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert [r["status"] for r in results["rounds"]] == ["finalized"] * 3
