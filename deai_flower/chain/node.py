@@ -229,8 +229,9 @@ class ChainNode:
         if self.now() >= timestamp:
             return
         if self._tester is not None:
-            self._tester.time_travel(timestamp)
-            self._tester.mine_blocks(1)  # calls then see the new time, as on a real node
+            with self._embedded_lock:  # not while another thread's request reads the chain (or its log index)
+                self._tester.time_travel(timestamp)
+                self._tester.mine_blocks(1)  # calls then see the new time, as on a real node
             return
         # anvil and hardhat name it evm_setNextBlockTimestamp; the embedded chain served
         # over JSON-RPC (eth-tester) testing_timeTravel
