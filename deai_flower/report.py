@@ -13,9 +13,9 @@ from .strategies import RoundReport
 
 
 class ProgressMonitor:
-    """Rich progress bar over finalized rounds, showing the chain's round id (an attempt
-    after a failed one, or after a resume, has a higher id than its place in the run),
-    the current phase and the last accuracy."""
+    """Rich progress bar over finalized rounds, showing the round as the user counts it
+    (with the chain's attempt id beside it where they differ: after a failed attempt or a
+    resume), the current phase and the last accuracy."""
 
     def __init__(
         self, *, num_rounds: int, enabled: bool = True, completed: int = 0, console: Console | None = None
@@ -44,7 +44,9 @@ class ProgressMonitor:
         self._progress.stop()
 
     def phase(self, server_round: int, phase: str) -> None:
-        self._progress.update(self._task, round=server_round, phase=phase)
+        playing = int(self._progress.tasks[0].completed) + 1
+        label = str(playing) if playing == server_round else f"{playing} (attempt {server_round})"
+        self._progress.update(self._task, round=label, phase=phase)
 
     def round_done(self, report: RoundReport) -> None:
         self._progress.update(self._task, advance=1 if report.status == "finalized" else 0, phase=report.status)

@@ -106,3 +106,11 @@ def test_a_resumed_run_counts_rounds_as_the_user_does() -> None:
 
 def test_client_rows_without_incentives_are_empty() -> None:
     assert client_rows({"rounds": []}) == []
+
+
+def test_the_progress_display_counts_rounds_as_the_user_does() -> None:
+    from deai_flower.report import ProgressMonitor
+
+    monitor = ProgressMonitor(num_rounds=5, enabled=False, completed=3)  # resumed after 3 finalized rounds
+    monitor.phase(5, "commit")  # the chain's attempt 5 plays the run's 4th round
+    assert monitor._progress.tasks[0].fields["round"] == "4 (attempt 5)"
