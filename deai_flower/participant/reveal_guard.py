@@ -49,7 +49,7 @@ _SILO_KEYS = ("keystore", "password-file", "chain-url", "store")
 #: and the longest it waits between two questions far from it.
 POLL_S = 1.0
 _MAX_PAUSE_S = 10.0
-#: How long a guard keeps trying to reach the chain before it knows the round's deadlines.
+#: How long a guard keeps trying to reach a chain that stays out of reach.
 _UNREACHABLE_BUDGET_S = 60.0
 #: A job file is the silo's own, but read back as untrusted: bounded.
 _MAX_JOB_BYTES = 64 * 1024
@@ -118,9 +118,18 @@ def watch(contract: RoundsContract, store: ContentStore, pending: PendingReveal,
         ChainError: the chain could not be read, or refused the node's own reveal.
     """
     run_id, round_id = pending.run_id, pending.round
-    give_up = time.monotonic() + _UNREACHABLE_BUDGET_S
-    out_of_reach = False  # noted once per spell
-    while True:  # a chain node out of reach for a moment must not cost the reveal
+    unreachable_since: float | None = None  # the chain out of reach for a moment must not cost the reveal
+
+    def out_of_reach(exc: ChainUnavailableError) -> None:
+        nonlocal unreachable_since
+        if unreachable_since is None:
+            unreachable_since = time.monotonic()
+            note(f"{exc}; trying again")
+        elif time.monotonic() - unreachable_since > _UNREACHABLE_BUDGET_S:
+            raise exc
+        time.sleep(poll_s)
+
+    while True:
         try:
             state = contract.get_round(run_id, round_id)
             clock = _ChainClock(contract)
@@ -128,12 +137,7 @@ def watch(contract: RoundsContract, store: ContentStore, pending: PendingReveal,
         except ContractRevertError:  # no longer the run's current round: it ended
             return GuardOutcome(False, f"{pending.label} is over: nothing to reveal")
         except ChainUnavailableError as exc:
-            if time.monotonic() > give_up:
-                raise
-            if not out_of_reach:
-                note(f"{exc}; trying again")
-            out_of_reach = True
-            time.sleep(poll_s)
+            out_of_reach(exc)
     commit_deadline, reveal_deadline = int(state["commitDeadline"]), int(state["revealDeadline"])
     fallback = fallback_point(commit_deadline, reveal_deadline)
     while True:
@@ -147,14 +151,13 @@ def watch(contract: RoundsContract, store: ContentStore, pending: PendingReveal,
                                            f"deadline {reveal_deadline}): nothing to do")  # fmt: skip
             if now >= fallback:
                 return _reveal_itself(contract, store, pending, commit_deadline)
-            out_of_reach = False
+            unreachable_since = None
         except ChainUnavailableError as exc:
             if clock.guess() >= reveal_deadline:
                 raise
-            if not out_of_reach:
-                note(f"{exc}; trying again")
-            out_of_reach, now = True, clock.guess()
-        time.sleep(poll_s if out_of_reach else _pause(fallback - now, poll_s))
+            out_of_reach(exc)
+            continue
+        time.sleep(_pause(fallback - now, poll_s))
 
 
 def _pause(to_fallback: float, poll_s: float) -> float:
