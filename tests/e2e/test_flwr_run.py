@@ -89,8 +89,6 @@ def test_a_config_error_is_one_line_with_did_you_mean_and_the_run_fails(flwr_hom
     assert _status(flwr_home) == "finished:failed"
 
 
-@pytest.mark.skipif(os.environ.get("DEAI_README_KRUM") != "1", reason="5 SuperNodes x 3 rounds: minutes; "
-                    "DEAI_README_KRUM=1 runs it")  # fmt: skip
 def test_the_readme_krum_command_runs_as_written(flwr_home: Path, tmp_path: Path) -> None:
     """README's second ``flwr run`` command: Krum needs 5 reveals, the federation gets 5 SuperNodes."""
     out = tmp_path / "run"
