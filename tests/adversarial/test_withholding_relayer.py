@@ -230,3 +230,46 @@ def wall_clock_until(contract: Any, deadline: int) -> None:
     while chain_then + (time.monotonic() - started) < deadline + BLOCK_TIME_S:
         time.sleep(0.2)
     node.advance_to(deadline, timeout=5)
+
+
+# ------------------------------------------------------------------ a real deployment
+
+
+@pytest.mark.deployment
+def test_on_a_real_deployment_a_silo_refuses_the_relayer_and_every_node_guards(tmp_path: Path) -> None:
+    """flower-superlink (TLS, node auth) and three flower-supernodes, one message per phase:
+    silo-2's node config says ``relay=false`` and it reveals and attests itself while the
+    coordinator relays the others'; every committer's guard process, started from a
+    ClientApp process that has exited since, finds its record on chain and ends."""
+    from deai_flower.consortium.demo_data import write_silo_files
+    from deai_flower.consortium.localnet import LocalConsortium, tools_missing
+
+    if tools_missing():
+        pytest.skip(f"Flower's deployment executables are missing: {', '.join(tools_missing())}")
+    with LocalConsortium(tmp_path) as net:
+        net.start_chain()
+        net.set_up_chain()
+        files = write_silo_files(tmp_path / "data", num_silos=3, overrides=["dataset=breast_cancer"])
+        silos = [net.add_silo(f"silo-{i}", data_path=f.train, eval_path=f.eval) for i, f in enumerate(files)]
+        created = net.create_run(["num_rounds=1", "dataset=breast_cancer", "training.local_epochs=1",
+                                  "training.batch_size=16"])  # fmt: skip
+        net.start_superlink()
+        for silo in silos:
+            net.register_supernode(silo)
+        for i, silo in enumerate(silos):
+            extra = {"relay": "false"} if i == 2 else {}
+            net.start_supernode(silo, silo.node_config(chain_url=net.rpc, store=net.store, **extra))
+        net.wait_for_nodes(3)
+        run_config = {**net.coordinator_run_config(created, tmp_path / "results"), "phase-messages": "true"}
+        flwr_run = net.run(run_config)
+        status = net.wait(flwr_run, timeout=900)
+        assert status == "finished:completed", net.server_log(flwr_run)[-4000:]
+        rounds = json.loads((tmp_path / "results" / "results.json").read_text())["rounds"]
+        assert [r["status"] for r in rounds] == ["finalized"]
+        gas = rounds[0]["gas_by_call"]
+        assert gas.get("revealMany", 0) > 0 and gas.get("reveal", 0) > 0 and gas.get("attest", 0) > 0, gas
+        for silo in silos:
+            ledger = silo.home / "ledger"
+            log = (ledger / "reveal-guard.log").read_text()
+            assert "the record is on chain" in log and "own transaction" not in log, log
+            assert not any((ledger / "pending-reveals").iterdir())
