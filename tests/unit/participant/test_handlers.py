@@ -106,9 +106,11 @@ def test_a_participant_whose_staged_update_is_gone_stores_it_again(
     assert list((Path(store.describe()["location"]) / ".staging").iterdir()) == []
 
 
-def test_attesters_exclude_an_unusable_reveal_with_its_reason(
+def test_attesters_abstain_when_a_revealed_blob_is_unavailable(
     deployment: Deployment, store: LocalStore, participants: list[Participant]
 ) -> None:
+    """A blob its revealer may have served others is no verdict an attester can share with
+    them: it casts no vote (protocol §2.5), naming the blob it missed."""
     r = Round(deployment, store, participants)
     cids = [r.commit(i)["cid"] for i in range(3)]
     for i in range(3):
@@ -116,9 +118,10 @@ def test_attesters_exclude_an_unusable_reveal_with_its_reason(
     (blob,) = Path(store.describe()["location"]).glob(f"*/{cids[2]}")
     blob.unlink()  # revealed, then gone from the store
     first, second = r.attest(0), r.attest(1)
+    assert first["state"] == second["state"] == "abstained"
     assert first["excluded"] == second["excluded"] == [participants[2].address]
-    assert cids[2] in first["excluded-reasons"][0]
-    assert first["cid"] == second["cid"] == r.model_cid
+    assert first["excluded-verdicts"] == ["unavailable"] and cids[2] in first["excluded-reasons"][0]
+    assert "cid" not in first
 
 
 def test_a_participant_past_its_budget_declines_even_after_a_restart(
