@@ -29,7 +29,7 @@ and anything that holds it holds every participant. Two limits, as a public node
 The gas cap alone cannot bound the time: py-evm is pure Python, and what a gas unit
 costs varies a hundredfold. Measured on this project's 2-core development machine, busy
 with other work: a tight loop (``JUMPDEST PUSH0 JUMP``) burns 10 million gas in 7 s and
-a loop over ``JUMPDEST``\ s in 17 s, while the BLAKE2 precompile costs about 14 µs a gas
+a loop over ``JUMPDEST`` opcodes in 17 s, while the BLAKE2 precompile costs about 14 µs a gas
 (its 10 million rounds, one opcode, would take over two minutes) and the pairing
 precompile about 5 µs. The project's own heaviest estimate (deploying the contract,
 5.3 million gas) takes 0.05 s. So a watchdog enforces the time (:class:`_ExecutionWatch`).
