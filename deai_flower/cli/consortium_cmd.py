@@ -129,6 +129,14 @@ def _withdraw(args: argparse.Namespace) -> None:
           + ", ".join(f"{kind} {amount} {unit}" for kind, amount in amounts.items()))  # fmt: skip
 
 
+def _cancel_run(args: argparse.Namespace) -> None:
+    from ..consortium.setup import cancel_run
+
+    done = cancel_run(args.rpc, args.contract, _admin(args), run_id=args.run_id)
+    print(f"cancelled run {args.run_id} at round {done['round']} with {done['finalized_rounds']} rounds finalized; "
+          f"its creator may withdraw the pool ({done['pool']} wei or token units) with 'withdraw --pool'")
+
+
 def _toml(value: Any) -> str:
     return str(value) if isinstance(value, int) else '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -203,6 +211,13 @@ def add_parser(groups: Any) -> None:
     _keystore_args(p, "the silo (or the run's creator)")
     p.add_argument("--pool", action="store_true", help="also return what the pool holds (the creator, after the run)")
     p.set_defaults(func=_withdraw)
+
+    p = steps.add_parser("cancel-run", help="end a run whose last three attempts failed, so stakes and pool come back")
+    _chain_args(p)
+    p.add_argument("--contract", required=True)
+    p.add_argument("--run-id", required=True, type=int)
+    _keystore_args(p, "any funded key")
+    p.set_defaults(func=_cancel_run)
 
     p = steps.add_parser("demo-data", help="write silo data files from a bundled dataset (demonstrations)")
     p.add_argument("--out", required=True, type=Path)

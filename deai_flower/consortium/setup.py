@@ -168,7 +168,8 @@ def withdraw(rpc_url: str, address: str, account: LocalAccount, *, run_id: int, 
         except ContractRevertError as exc:
             if exc.error_name != "StakeLocked":
                 raise
-            raise ConsortiumError(f"{account.address}'s stake in run {run_id} is locked until round {exc.args[2]} "
+            until = exc.error_args[2]
+            raise ConsortiumError(f"{account.address}'s stake in run {run_id} is locked until round {until} "
                                   "closes (a penalty may still apply); withdraw after it") from None  # fmt: skip
         # the stake less any penalty settled on the way out
         withdrawn["stake"] = sum(int(e["args"]["amount"]) for e in tx.events if e["event"] == "StakeWithdrawn")
@@ -183,3 +184,29 @@ def withdraw(rpc_url: str, address: str, account: LocalAccount, *, run_id: int, 
     if not withdrawn:
         raise ConsortiumError(f"{account.address} has nothing to withdraw in run {run_id}")
     return withdrawn
+
+
+def cancel_run(rpc_url: str, address: str, account: LocalAccount, *, run_id: int) -> dict[str, int]:
+    """Cancel run ``run_id`` once its last three attempts have failed (``cancelRun``,
+    protocol §2.8; anyone may send it): no round opens again, stakes and earned rewards
+    stay withdrawable, and the creator may take back the pool. Returns the run's round,
+    finalized rounds and pool at cancellation, from the ``RunCancelled`` event.
+
+    Raises:
+        ConsortiumError: no such run, cancelled already, or too few failed attempts yet.
+    """
+    contract = open_contract(rpc_url, address, account)
+    if int(contract.get_run(run_id)["numRounds"]) == 0:
+        raise ConsortiumError(f"contract {contract.address} has no run {run_id}")
+    _require_funds(contract.node, account)
+    try:
+        tx = contract.cancel_run(run_id)
+    except ContractRevertError as exc:
+        if exc.error_name == "CancelTooEarly":
+            _, round_id, failed, required = exc.error_args[:4]
+            raise ConsortiumError(f"run {run_id} cannot be cancelled yet: round {round_id} has {failed} failed "
+                                  f"attempts in a row, {required} are needed") from None  # fmt: skip
+        raise ConsortiumError(f"run {run_id} cannot be cancelled: {exc}") from None
+    (event,) = (e["args"] for e in tx.events if e["event"] == "RunCancelled")
+    return {"round": int(event["round"]), "finalized_rounds": int(event["finalizedRounds"]),
+            "pool": int(event["pool"])}  # fmt: skip

@@ -121,6 +121,10 @@ def test_a_consortium_is_set_up_step_by_step(rpc: str, tmp_path: Path, capsys: p
     assert reader.get_account(1, silo)["stake"] == 0
     code, _, err = deai(capsys, *withdraw, *admin_args, "--pool")
     assert code == 2 and "RunNotComplete" in err and err.count("\n") == 1
+    # nor cancel a run that has not failed three attempts in a row
+    cancel = ["consortium", "cancel-run", "--rpc", rpc, "--contract", contract, "--run-id", "1", *admin_args]
+    code, _, err = deai(capsys, *cancel)
+    assert code == 2 and "run 1 cannot be cancelled yet" in err and err.count("\n") == 1
 
 
 def test_demo_data_writes_each_silos_training_and_held_out_files(tmp_path: Path,
