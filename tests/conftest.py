@@ -25,6 +25,8 @@ SHARED_FIXTURES = {
     "tests/e2e/test_verify.py": "small_run",
     "tests/e2e/test_privacy_run.py": "small_run",
     "tests/e2e/test_cli.py": "main_job",
+    # `flwr run .` starts Flower's local SuperLink on its fixed ports: one test at a time
+    "tests/e2e/test_flwr_run.py": "local_superlink",
     "tests/integration/ipfs/": "ipfs_daemon",
 }
 
