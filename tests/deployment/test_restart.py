@@ -130,7 +130,12 @@ def test_a_killed_supernode_and_a_stopped_coordinator_are_started_again_and_the_
         summary = [(r["round"], r["attempt"], r["status"], r["reason"], r["revealed"]) for r in rounds]
         assert int(reader.get_run(created.run_id)["finalizedRounds"]) == ROUNDS, summary
         # the new coordinator played what was missing (the nodes may have finalized round 3 since `done_before`)
-        assert 1 <= len([r for r in rounds if r["status"] == "finalized"]) <= ROUNDS - done_before, summary
+        played = len([r for r in rounds if r["status"] == "finalized"])
+        assert played <= ROUNDS - done_before, summary
+        # A round whose every node is accounted for ends its commit phase at once, so the
+        # first coordinator may finish the run while its stop takes effect: then there is
+        # nothing left to resume.
+        assert played >= 1 or done_before == ROUNDS, summary
 
         # the first finalized round went on without the killed node; the restarted one took part again
         address = silos[2].key.address
