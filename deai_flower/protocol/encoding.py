@@ -225,7 +225,7 @@ def committee_size_of(*, sampled: int, committee_size: int) -> int:
 
 def votes_needed(*, eligible: int, quorum: int) -> int:
     """Matching attestations that finalize a round: a strict majority of the ``eligible``
-    attesters (revealers in the committee), and at least ``quorum``."""
+    attesters (committee members that committed, protocol 0.6), and at least ``quorum``."""
     return max(quorum, eligible // 2 + 1)
 
 
