@@ -31,7 +31,6 @@ from .incentives import IncentiveReplay, replay_incentives
 from .privacy import PrivacyLedger
 from .protocol.encoding import (
     ACCOUNTANT_NAMES,
-    BPS,
     DpParams,
     NO_EXAMPLE_BOUND,
     ZERO_ADDRESS,
@@ -311,25 +310,12 @@ def load_spec(record: RunRecord, store: ContentStore) -> tuple[RunSpec, str]:
 def _check_params(verification: Verification, params: dict[str, Any]) -> None:
     """The run's parameters on chain must be the ones its spec fixes."""
     spec = verification.spec
-    expected = {
-        "epsilonBudgetWad": to_wad(spec.privacy.epsilon),
-        "deltaWad": to_wad(spec.privacy.delta),
-        "numRounds": spec.rounds.num_rounds,
-        "commitDuration": spec.rounds.commit_s,
-        "revealDuration": spec.rounds.reveal_s,
-        "attestDuration": spec.rounds.attest_s,
-        "sampleBps": round(spec.rounds.sample_fraction * BPS),
-        "quorum": spec.rounds.quorum,
-        "minReveals": spec.rounds.min_reveals,
-        "committeeSize": spec.rounds.committee_size,
-        "stake": spec.incentives.stake,
-        "rewardPool": spec.incentives.reward_pool,
-        "slashMissingReveal": spec.incentives.slash_missing_reveal,
-        "slashRefused": spec.incentives.slash_refused,
-        "slashMinority": spec.incentives.slash_minority,
-    }
+    # Not compared here: the spec was fetched by its digest, the initial model is read by
+    # its CID, and codeHash names the creator's release, which the spec does not fix.
+    enforced = spec.run_params(initial_model_cid=b"", code_hash=b"")
+    expected = {name: value for name, value in enforced.items() if isinstance(value, int)}
     token = str(params.get("stakeToken", ZERO_ADDRESS))
-    if int(token, 16) != int(spec.incentives.stake_token or "0x0", 16):
+    if int(token, 16) != int(enforced["stakeToken"], 16):
         verification.problems.append(f"the chain's stake token {token} differs from the spec's "
                                      f"{spec.incentives.stake_token or 'native currency'}")  # fmt: skip
     wrong = [f"{name} {int(params[name])}, the spec gives {value}" for name, value in expected.items()

@@ -30,6 +30,7 @@ from typing import Any
 
 from deai_flower.errors import ConfigError, ProtocolError
 from deai_flower.protocol.cid import _RAW, _binary_cid, cid_from_bytes
+from deai_flower.protocol.encoding import BPS, ZERO_ADDRESS, to_wad
 
 #: The format this release writes and reads.
 SPEC_FORMAT = "deai-flower/run-spec/2"
@@ -316,6 +317,37 @@ class RunSpec:
         reader.done()
         spec.check()
         return spec
+
+    # ------------------------------------------------------------------ on chain
+
+    def run_params(self, *, initial_model_cid: bytes, code_hash: bytes) -> dict[str, Any]:
+        """The contract's ``RunParams`` for this spec (docs/protocol.md §2.1): what the run's
+        creator passes to ``createRun`` and what a verifier expects the ``RunCreated``
+        event to hold. Everything but the initial model's binary CID and the release's
+        ``codeHash`` follows from the spec; ``sampleBps`` is ``sample_fraction`` in basis
+        points, rounded half to even (Python's ``round``)."""
+        r, inc = self.rounds, self.incentives
+        return {
+            "specHash": self.digest(),
+            "codeHash": code_hash,
+            "initialModelCid": initial_model_cid,
+            "epsilonBudgetWad": to_wad(self.privacy.epsilon),
+            "deltaWad": to_wad(self.privacy.delta),
+            "numRounds": r.num_rounds,
+            "commitDuration": r.commit_s,
+            "revealDuration": r.reveal_s,
+            "attestDuration": r.attest_s,
+            "sampleBps": round(r.sample_fraction * BPS),
+            "quorum": r.quorum,
+            "minReveals": r.min_reveals,
+            "committeeSize": r.committee_size,
+            "stakeToken": inc.stake_token or ZERO_ADDRESS,
+            "stake": inc.stake,
+            "rewardPool": inc.reward_pool,
+            "slashMissingReveal": inc.slash_missing_reveal,
+            "slashRefused": inc.slash_refused,
+            "slashMinority": inc.slash_minority,
+        }
 
     # ------------------------------------------------------------------ checks
 

@@ -23,14 +23,13 @@ from eth_utils import keccak
 from omegaconf import DictConfig, OmegaConf
 
 from .. import __version__
-from ..chain import ChainNode, RoundsContract, TxResult, connect_embedded, connect_rpc, simulation_key, to_wad
+from ..chain import ChainNode, RoundsContract, TxResult, connect_embedded, connect_rpc, simulation_key
 from ..chain.artifact import load_artifact
 from ..chain.runs import fetch_spec
 from ..data import DatasetSplit, client_partitions, load_dataset
 from ..config import privacy_epsilon
 from ..errors import ConfigError
 from ..models import get_arrays, instantiate_model, model_spec
-from ..protocol.encoding import ZERO_ADDRESS
 from ..protocol.rules import RULE_PARAMS
 from ..protocol.validation import validation_arrays
 from ..protocol.spec import (
@@ -101,30 +100,7 @@ def create_run(contract: RoundsContract, spec: RunSpec, initial_cid: str) -> tup
     participants read, under :func:`~deai_flower.protocol.spec.spec_cid` of that digest)
     and the run parameters it enforces, all taken from the spec.
     """
-    r, inc = spec.rounds, spec.incentives
-    return contract.create_run(
-        {
-            "stakeToken": inc.stake_token or ZERO_ADDRESS,
-            "stake": inc.stake,
-            "rewardPool": inc.reward_pool,
-            "slashMissingReveal": inc.slash_missing_reveal,
-            "slashRefused": inc.slash_refused,
-            "slashMinority": inc.slash_minority,
-            "specHash": spec.digest(),
-            "codeHash": code_hash(),
-            "initialModelCid": cid_to_bytes(initial_cid),
-            "epsilonBudgetWad": to_wad(spec.privacy.epsilon),
-            "deltaWad": to_wad(spec.privacy.delta),
-            "numRounds": r.num_rounds,
-            "commitDuration": r.commit_s,
-            "revealDuration": r.reveal_s,
-            "attestDuration": r.attest_s,
-            "sampleBps": round(r.sample_fraction * 10_000),
-            "quorum": r.quorum,
-            "minReveals": r.min_reveals,
-            "committeeSize": r.committee_size,
-        }
-    )
+    return contract.create_run(spec.run_params(initial_model_cid=cid_to_bytes(initial_cid), code_hash=code_hash()))
 
 
 def store_run(spec: RunSpec, store: ContentStore, *, seed: int) -> tuple[str, dict[str, Any]]:

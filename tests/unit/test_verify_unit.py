@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from support import deploy_for_tests
 
-from deai_flower.chain import DpParams, commitment_of, connect_embedded, to_wad
+from deai_flower.chain import DpParams, commitment_of, connect_embedded
 from deai_flower.cli.deai import main as deai_main
 from deai_flower.privacy import PrivacyLedger
 from deai_flower.protocol.encoding import ACCOUNTANT_NAMES, from_wad, parse_reveal_record
@@ -75,20 +75,7 @@ def play_run(out: Path, *, spec: RunSpec | None = None, **param_overrides: Any) 
     store = LocalStore(out / "store")
     assert store.put(spec.to_bytes()) == spec_cid(spec.digest())
     model = {"b": np.zeros(2, np.float32), "w": np.zeros((2, 4), np.float32)}
-    params = {
-        "specHash": spec.digest(),
-        "initialModelCid": cid_to_bytes(store.put(encode_arrays(model))),
-        "epsilonBudgetWad": to_wad(spec.privacy.epsilon),
-        "deltaWad": to_wad(spec.privacy.delta),
-        "numRounds": spec.rounds.num_rounds,
-        "commitDuration": spec.rounds.commit_s,
-        "revealDuration": spec.rounds.reveal_s,
-        "attestDuration": spec.rounds.attest_s,
-        "sampleBps": round(spec.rounds.sample_fraction * 10_000),
-        "quorum": spec.rounds.quorum,
-        "minReveals": spec.rounds.min_reveals,
-        "committeeSize": spec.rounds.committee_size,
-    }
+    params = spec.run_params(initial_model_cid=cid_to_bytes(store.put(encode_arrays(model))), code_hash=b"\x02" * 32)
     run_id = deployment.create_run(**{**params, **param_overrides})
     round_id, _ = admin.open_round(run_id)
     rng = np.random.default_rng(7)

@@ -52,6 +52,23 @@ def test_digest_names_the_cid_the_store_gives() -> None:
     assert spec_cid(spec.digest()) == compute_cid(spec.to_bytes())
 
 
+def test_run_params_follow_from_the_spec_alone() -> None:
+    """The on-chain RunParams of a spec: every field the contract takes, the spec's values
+    in its units (WADs, basis points), and only the initial model and the release given."""
+    spec = make_spec(rounds=dataclasses.replace(make_spec().rounds, sample_fraction=0.25),
+                     privacy=PrivacySpec(epsilon=math.inf, delta=1e-5, max_grad_norm=1.0, accountant="rdp"))  # fmt: skip
+    params = spec.run_params(initial_model_cid=b"\x01\x55", code_hash=b"\x02" * 32)
+    assert list(params) == [
+        "specHash", "codeHash", "initialModelCid", "epsilonBudgetWad", "deltaWad", "numRounds", "commitDuration",
+        "revealDuration", "attestDuration", "sampleBps", "quorum", "minReveals", "committeeSize", "stakeToken",
+        "stake", "rewardPool", "slashMissingReveal", "slashRefused", "slashMinority",
+    ]  # fmt: skip
+    assert params["specHash"] == spec.digest() and params["initialModelCid"] == b"\x01\x55"
+    assert params["sampleBps"] == 2_500 and params["committeeSize"] == 3 and params["minReveals"] == 5
+    assert params["epsilonBudgetWad"] == 2**128 - 1 and params["deltaWad"] == 10**13  # ε = inf: uint128 max
+    assert params["stakeToken"] == "0x" + "00" * 20 and params["stake"] == params["rewardPool"] == 0
+
+
 def test_infinite_epsilon_is_a_string_and_non_private() -> None:
     spec = make_spec(privacy=PrivacySpec(math.inf, 1e-5, 1.0, "rdp"))
     assert b'"epsilon":"inf"' in spec.to_bytes()
