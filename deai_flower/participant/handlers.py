@@ -19,10 +19,11 @@ from __future__ import annotations
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from logging import DEBUG, INFO, WARNING
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from eth_utils import keccak
@@ -30,6 +31,7 @@ from flwr.app import ConfigRecord, Context, Message
 from flwr.common import log
 
 from ..chain import DpParams, commitment_of
+from ..chain.phases import await_phase_end
 from ..protocol.encoding import from_wad, reveal_record
 from ..errors import (
     ChainError,
@@ -39,13 +41,29 @@ from ..errors import (
     ProtocolError,
     StoreError,
 )
-from ..messages import CONFIG, reply
+from ..messages import (
+    CONFIG,
+    AttestReply,
+    AttestRequest,
+    CommitReply,
+    CommitRequest,
+    EvaluateReply,
+    EvaluateRequest,
+    Exclusion,
+    ReplyState,
+    RevealReply,
+    RevealRequest,
+    RoundReply,
+    RoundRequest,
+    TrainingMetrics,
+    reply_message,
+)
 from ..models import evaluate, set_arrays
 from ..privacy import PrivacyLedger, ledger_path, load_ledger, save_ledger, train_round
+from ..protocol.judgment import RevealClaims, judge_reveal
 from ..protocol.outcome import Refusal, encode_outcome
 from ..protocol.rules import RevealedUpdate
-from ..recovery import fetch_result, fetch_update, result_blob
-from ..verify import dp_claim_problem
+from ..recovery import fetch_result, result_blob
 from ..storage import cid_from_bytes, cid_to_bytes, compute_cid, encode_arrays
 from .locator import RunLocator
 from .participant import Participant
@@ -55,16 +73,22 @@ from .scoring import contribution_scores
 
 __all__ = ["handle_attest", "handle_commit", "handle_evaluate", "handle_reveal", "handle_round", "revealed_updates"]
 
+_R = TypeVar("_R", CommitRequest, RevealRequest, AttestRequest, RoundRequest, EvaluateRequest)
+
 _LEDGER = "privacy-ledger"
 _PENDING = "pending-reveal"
 
 
-def _round_and_view(participant: Participant, message: Message) -> tuple[int, RunView]:
+def _request_and_view(participant: Participant, message: Message, request_type: type[_R]) -> tuple[_R, RunView]:
+    """The coordinator's request (``request_type``) and the run it is about.
+
+    Raises:
+        ProtocolError: the message does not name its run, or a request field is missing
+            or malformed.
+    """
     config = message.content[CONFIG]
     locator = RunLocator.from_config(config)
-    if "round" not in config:
-        raise ProtocolError("message config lacks round")
-    return int(config["round"]), run_view(participant, locator.contract, locator.run_id)
+    return request_type.from_record(config), run_view(participant, locator.contract, locator.run_id)
 
 
 def _salt(view: RunView, round_id: int) -> bytes:
@@ -222,18 +246,14 @@ def _global_model(view: RunView, model_cid: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-#: A step's outcome: the reply's status entries and its metrics (None: no metrics).
-Step = tuple[dict[str, Any], dict[str, Any] | None]
-
-
 def handle_commit(participant: Participant, message: Message, context: Context) -> Message:
     """Fetch the chain's global model, train with DP-SGD under the spec's settings,
     commit to the update's hash."""
-    round_id, view = _round_and_view(participant, message)
-    status, metrics = _commit(participant, view, context, round_id, message.content[CONFIG])
-    if status["state"] == "committed":
-        _guard_reveal(view, context, round_id)
-    return reply(message, status=status, metrics=metrics)
+    request, view = _request_and_view(participant, message, CommitRequest)
+    committed = _commit(participant, view, context, request.round, request.model_cid)
+    if committed.state is ReplyState.COMMITTED:
+        _guard_reveal(view, context, request.round)
+    return reply_message(message, committed)
 
 
 def _guard_reveal(view: RunView, context: Context, round_id: int) -> None:
@@ -271,18 +291,20 @@ def _terms_refusal(participant: Participant, view: RunView) -> str | None:
                                    spec_digest=view.spec_digest, params=params)  # fmt: skip
 
 
-def _commit(participant: Participant, view: RunView, context: Context, round_id: int, config: Any) -> Step:
+def _commit(participant: Participant, view: RunView, context: Context, round_id: int, announced_cid: str) -> CommitReply:
+    """The commit step: train on the chain's global model (which the coordinator must
+    have announced as ``announced_cid``) and commit to the update, or decline."""
     contract, spec = view.contract, view.spec
     started = time.perf_counter()
 
     refusal = _terms_refusal(participant, view)
     if refusal is not None:  # before anything is fetched, staked, trained or signed
         log(WARNING, "participant %s refuses run %s: %s", participant.label, view.run_id, refusal)
-        return {"state": "declined", "reason": refusal, "address": participant.address, "terms": True}, None
+        return CommitReply(ReplyState.DECLINED, participant.address, reason=refusal, terms=True)
 
     model_cid = cid_from_bytes(bytes(contract.get_run(view.run_id)["modelCid"]))
-    if str(config.get("model-cid", "")) != model_cid:
-        raise ProtocolError(f"coordinator announced model {config.get('model-cid')} but the chain records {model_cid}")
+    if announced_cid != model_cid:
+        raise ProtocolError(f"coordinator announced model {announced_cid} but the chain records {model_cid}")
     global_arrays = _global_model(view, model_cid)
     set_arrays(view.model, global_arrays)
 
@@ -293,7 +315,7 @@ def _commit(participant: Participant, view: RunView, context: Context, round_id:
         reason = (f"its {len(view.data.y)} training examples exceed the {bound} it is registered with "
                   "(the contract refuses a reveal above the bound)")  # fmt: skip
         log(WARNING, "participant %s declines round %s: %s", participant.label, round_id, reason)
-        return {"state": "declined", "reason": reason, "address": participant.address}, None
+        return CommitReply(ReplyState.DECLINED, participant.address, reason=reason)
     stake_gas = _ensure_stake(view)
     ledger = _load_ledger(view, context)
     try:
@@ -313,7 +335,7 @@ def _commit(participant: Participant, view: RunView, context: Context, round_id:
         )
     except PrivacyBudgetExhaustedError as exc:
         log(INFO, "participant %s declines round %s: %s", participant.label, round_id, exc)
-        return {"state": "declined", "reason": str(exc), "address": participant.address}, None
+        return CommitReply(ReplyState.DECLINED, participant.address, reason=str(exc))
     _save_ledger(view, context, ledger)
     train_seconds = time.perf_counter() - started
 
@@ -371,19 +393,11 @@ def _commit(participant: Participant, view: RunView, context: Context, round_id:
             "salt": salt,
         }
     )
-    return (
-        {"state": "committed", "address": participant.address, "cid": cid},
-        {
-            "num-examples": trained.num_examples,
-            "epsilon": trained.epsilon,
-            "noise-multiplier": trained.noise_multiplier,
-            "sample-rate": trained.sample_rate,
-            "steps": trained.steps,
-            "train-loss": trained.train_loss,
-            "train-seconds": train_seconds,
-            "gas": tx.gas_used + stake_gas,
-        },
-    )
+    training = TrainingMetrics(num_examples=trained.num_examples, epsilon=trained.epsilon,
+                               noise_multiplier=trained.noise_multiplier, sample_rate=trained.sample_rate,
+                               steps=trained.steps, train_loss=trained.train_loss, train_seconds=train_seconds)  # fmt: skip
+    return CommitReply(ReplyState.COMMITTED, participant.address, cid=cid, training=training,
+                       gas=tx.gas_used + stake_gas)  # fmt: skip
 
 
 def handle_reveal(participant: Participant, message: Message, context: Context) -> Message:
@@ -391,13 +405,14 @@ def handle_reveal(participant: Participant, message: Message, context: Context) 
     message's config, hand the reveal record to the coordinator instead, which publishes
     every participant's in one ``revealMany`` (the record reproduces this participant's
     commitment, so the relayer can publish nothing else in its name)."""
-    round_id, view = _round_and_view(participant, message)
-    relay = bool(message.content[CONFIG].get("relay")) and participant.relay  # a silo may refuse any relayer
-    status, metrics = _reveal(participant, view, context, round_id, relay=relay)
-    return reply(message, status=status, metrics=metrics)
+    request, view = _request_and_view(participant, message, RevealRequest)
+    relay = request.relay and participant.relay  # a silo may refuse any relayer
+    return reply_message(message, _reveal(participant, view, context, request.round, relay=relay))
 
 
-def _reveal(participant: Participant, view: RunView, context: Context, round_id: int, *, relay: bool = False) -> Step:
+def _reveal(participant: Participant, view: RunView, context: Context, round_id: int, *,
+            relay: bool = False) -> RevealReply:  # fmt: skip
+    """The reveal step: publish the committed blob and reveal it (relayed: hand the record over)."""
     pending = context.state[_PENDING] if _PENDING in context.state else None
     if (pending is None or int(pending["round"]) != round_id
             or str(pending.get("contract", view.contract.address)) != view.contract.address
@@ -419,10 +434,10 @@ def _reveal(participant: Participant, view: RunView, context: Context, round_id:
     fields = {"cid": cid_to_bytes(stored_cid), "num_examples": int(pending["num-examples"]), "dp": dp,
               "salt": bytes(pending["salt"])}  # fmt: skip
     if relay:  # kept: the reveal guard, not this hand-over, makes sure it lands
-        return {"state": "handed", "address": participant.address, "record": reveal_record(**fields)}, {"gas": 0}
+        return RevealReply(ReplyState.HANDED, participant.address, record=reveal_record(**fields))
     tx = view.contract.reveal(view.run_id, round_id, **fields)
     del context.state[_PENDING]
-    return {"state": "revealed", "address": participant.address}, {"gas": tx.gas_used}
+    return RevealReply(ReplyState.REVEALED, participant.address, gas=tx.gas_used)
 
 
 def revealed_updates(
@@ -431,37 +446,34 @@ def revealed_updates(
     """The round's valid reveals, read from chain events (from the round's opening
     block on) and fetched from the store.
 
-    A blob the store cannot produce (verdict ``unavailable``), or that does not match its
-    CID or fails validation against the spec's array layout and size limit (``invalid``)
-    is excluded, with the reason, and so is a reveal (``dp-claims``)
-    whose DP claims contradict the spec or understate the ε its revealed history gives
-    (:func:`~deai_flower.verify.dp_claim_problem`); every honest attester excludes the
-    same ones, but for availability, which a revealer may grant some attesters and not
-    others (an attester missing a blob abstains, protocol §4.2).
+    Each reveal is judged by :func:`~deai_flower.protocol.judgment.judge_reveal`, as
+    ``deai verify`` judges it: every honest attester excludes the same ones, with the
+    reason, but for availability, which a revealer may grant some attesters and not others
+    (an attester missing a blob abstains, protocol §4.2).
     """
     # asked in the attest phase: the round's reveals are final (read once per connection)
     reveals = view.contract.final_reveals(view.run_id, round_id, from_block=opened_block)
     histories = _revealed_histories(view, round_id) if view.spec.private else {}
 
-    def fetch(reveal: dict[str, Any]) -> dict[str, np.ndarray] | Refusal:
-        return fetch_update(view.store, cid_from_bytes(reveal["cid"]), max_bytes=view.spec.max_blob_bytes,
-                            expected=view.array_spec)  # fmt: skip
+    def judge(reveal: dict[str, Any]) -> RevealedUpdate | Refusal:
+        claims = RevealClaims(reveal["participant"], cid_from_bytes(reveal["cid"]), int(reveal["numExamples"]),
+                              _dp_of(reveal))  # fmt: skip
+        return judge_reveal(view.spec, claims, history=histories.get(claims.participant, []),
+                            epsilon_of=_epsilon_of, read=view.store.get, expected=view.array_spec)  # fmt: skip
 
     # Hashing and decoding release the GIL: a store that allows it is read on all cores.
     workers = max(1, min(len(reveals), getattr(view.store, "read_concurrency", 1)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        fetched = list(pool.map(fetch, reveals))
-    updates, rejected = [], {}
-    for reveal, arrays in zip(reveals, fetched, strict=True):
-        claim = dp_claim_problem(view.spec, num_examples=int(reveal["numExamples"]), dp=_dp_of(reveal),
-                                 history=histories.get(reveal["participant"], []))  # fmt: skip
-        if claim is not None:
-            rejected[reveal["participant"]] = Refusal("dp-claims", f"DP claims: {claim}")
-        elif isinstance(arrays, Refusal):
-            rejected[reveal["participant"]] = arrays
-        else:
-            updates.append(RevealedUpdate(reveal["participant"], reveal["numExamples"], arrays))
+        judged = list(pool.map(judge, reveals))
+    updates = [verdict for verdict in judged if isinstance(verdict, RevealedUpdate)]
+    rejected = {reveal["participant"]: verdict for reveal, verdict in zip(reveals, judged, strict=True)
+                if isinstance(verdict, Refusal)}  # fmt: skip
     return updates, rejected
+
+
+def _epsilon_of(history: Sequence[tuple[float, float, int]], delta: float, accountant: str) -> float:
+    """Cumulative ε of a revealed (σ, q, steps) history: what reveal judgment recomputes."""
+    return PrivacyLedger(history=list(history)).epsilon(delta, accountant)
 
 
 def _dp_of(reveal: dict[str, Any]) -> DpParams:
@@ -483,33 +495,32 @@ def _revealed_histories(view: RunView, round_id: int) -> dict[str, list[tuple[fl
     return histories
 
 
-def _exclusions(rejected: dict[str, Refusal]) -> dict[str, list[str]]:
-    """The excluded reveals as parallel lists (a ConfigRecord holds no mappings)."""
-    return {"excluded": list(rejected), "excluded-reasons": [r.reason for r in rejected.values()],
-            "excluded-verdicts": [r.verdict for r in rejected.values()]}  # fmt: skip
+def _exclusions(rejected: dict[str, Refusal]) -> tuple[Exclusion, ...]:
+    """The excluded reveals, as an attester's reply names them."""
+    return tuple(Exclusion(participant, refusal.verdict, refusal.reason) for participant, refusal in rejected.items())
 
 
-def _finalized(view: RunView, result_cid: str, rejected: dict[str, Refusal]) -> Step:
+def _finalized(view: RunView, result_cid: str, rejected: dict[str, Refusal]) -> AttestReply:
     """Outcome of an attester that found the round already finalized by the quorum."""
     final = cid_from_bytes(bytes(view.contract.get_run(view.run_id)["modelCid"]))
-    state = "agreed" if final == result_cid else "disagreed"
-    return {"state": state, "address": view.account.address, "cid": result_cid, **_exclusions(rejected)}, None
+    state = ReplyState.AGREED if final == result_cid else ReplyState.DISAGREED
+    return AttestReply(state, view.account.address, cid=result_cid, excluded=_exclusions(rejected))
 
 
-def _abstained(view: RunView, round_id: int, rejected: dict[str, Refusal]) -> Step:
+def _abstained(view: RunView, round_id: int, rejected: dict[str, Refusal]) -> AttestReply:
     """Outcome of an attester that could not fetch every revealed blob: it casts no vote
     (protocol §2.5). Its revealer may have served others, whose pair then differs from
     the one this attester would vote only by availability, and a losing vote is slashed:
     a blob withheld can make a round fail, never get an honest attester slashed."""
     missing = sorted(address for address, refusal in rejected.items() if refusal.verdict == "unavailable")
     log(WARNING, "round %s: abstained: the blobs of %s are unavailable", round_id, ", ".join(missing))
-    return {"state": "abstained", "address": view.account.address, **_exclusions(rejected)}, None
+    return AttestReply(ReplyState.ABSTAINED, view.account.address, excluded=_exclusions(rejected))
 
 
-def _late(view: RunView) -> Step:
+def _late(view: RunView) -> AttestReply:
     """Outcome of a committee member asked after the quorum had finalized the round: there
     is nothing left to attest (`deai verify` replays the round for anyone who wants to)."""
-    return {"state": "late", "address": view.account.address}, None
+    return AttestReply(ReplyState.LATE, view.account.address)
 
 
 def handle_attest(participant: Participant, message: Message, context: Context) -> Message:
@@ -517,13 +528,13 @@ def handle_attest(participant: Participant, message: Message, context: Context) 
     CID; with ``relay`` in the message's config, sign the vote instead (state ``signed``,
     with the CID, the outcome and the signature) for the coordinator to cast with the
     others' in one ``attestMany``: the signature counts for this pair in this round only."""
-    round_id, view = _round_and_view(participant, message)
-    relay = bool(message.content[CONFIG].get("relay")) and participant.relay  # a silo may refuse any relayer
-    status, metrics = _attest(participant, view, round_id, relay=relay)
-    return reply(message, status=status, metrics=metrics)
+    request, view = _request_and_view(participant, message, AttestRequest)
+    relay = request.relay and participant.relay  # a silo may refuse any relayer
+    return reply_message(message, _attest(participant, view, request.round, relay=relay))
 
 
-def _attest(participant: Participant, view: RunView, round_id: int, *, relay: bool = False) -> Step:
+def _attest(participant: Participant, view: RunView, round_id: int, *, relay: bool = False) -> AttestReply:
+    """The attest step: aggregate the revealed set and attest (relayed: sign) the result."""
     contract = view.contract
     phase = contract.phase(view.run_id, round_id)
     if phase == "finalized":
@@ -550,8 +561,8 @@ def _attest(participant: Participant, view: RunView, round_id: int, *, relay: bo
     outcome = encode_outcome(scores, {address: refusal.verdict for address, refusal in rejected.items()})
     if relay:
         signature = contract.sign_vote(view.run_id, round_id, cid_to_bytes(result_cid), outcome)
-        return ({"state": "signed", "address": participant.address, "cid": result_cid, "outcome": outcome,
-                 "signature": signature, **_exclusions(rejected)}, {"gas": 0, "excluded": len(rejected)})  # fmt: skip
+        return AttestReply(ReplyState.SIGNED, participant.address, cid=result_cid, outcome=outcome,
+                           signature=signature, excluded=_exclusions(rejected))  # fmt: skip
     try:
         tx = contract.attest(view.run_id, round_id, cid_to_bytes(result_cid), outcome)
     except ChainError:
@@ -560,8 +571,8 @@ def _attest(participant: Participant, view: RunView, round_id: int, *, relay: bo
         if contract.phase(view.run_id, round_id) != "finalized":
             raise
         return _finalized(view, result_cid, rejected)
-    return ({"state": "attested", "address": participant.address, "cid": result_cid, **_exclusions(rejected)},
-            {"gas": tx.gas_used, "excluded": len(rejected)})  # fmt: skip
+    return AttestReply(ReplyState.ATTESTED, participant.address, cid=result_cid, excluded=_exclusions(rejected),
+                       gas=tx.gas_used)  # fmt: skip
 
 
 def handle_round(participant: Participant, message: Message, context: Context) -> Message:
@@ -577,57 +588,32 @@ def handle_round(participant: Participant, message: Message, context: Context) -
     state), ``update-cid`` the committed update's CID, and each step's gas is
     ``commit-gas``, ``reveal-gas``, ``attest-gas``.
     """
-    round_id, view = _round_and_view(participant, message)
-    status, metrics = _commit(participant, view, context, round_id, message.content[CONFIG])
-    if status["state"] != "committed" or metrics is None:
-        return reply(message, status=status, metrics=metrics)
-    status["update-cid"] = status.pop("cid")
-    metrics["commit-gas"] = metrics.pop("gas")
-    phase = _await_phase_end(view, round_id, "commit", "commitDeadline")
+    request, view = _request_and_view(participant, message, RoundRequest)
+    round_id = request.round
+    committed = _commit(participant, view, context, round_id, request.model_cid)
+    if committed.state is not ReplyState.COMMITTED:
+        return reply_message(message, RoundReply(commit=committed))
+    phase = _await_phase_end(view, round_id, "commit")
     if phase != "reveal":
-        return reply(message, status={**status, "phase": phase}, metrics=metrics)
+        return reply_message(message, RoundReply(commit=committed, phase=phase))
     # asked while the round is in its reveal phase: inCommittee refuses a finalized round
     attests = view.contract.in_committee(view.run_id, round_id, participant.address)
-    revealed, gas = _reveal(participant, view, context, round_id)
-    status["state"] = revealed["state"]
-    metrics["reveal-gas"] = gas["gas"] if gas else 0
-    phase = _await_phase_end(view, round_id, "reveal", "revealDeadline")
-    if attests and phase in ("attest", "finalized"):
-        attested, gas = _attest(participant, view, round_id)
-        status.update(attested)
-        if gas is not None:
-            metrics["attest-gas"], metrics["excluded"] = gas["gas"], gas["excluded"]
-    return reply(message, status={**status, "phase": phase}, metrics=metrics)
+    revealed = _reveal(participant, view, context, round_id)
+    phase = _await_phase_end(view, round_id, "reveal")
+    attested = _attest(participant, view, round_id) if attests and phase in ("attest", "finalized") else None
+    return reply_message(message, RoundReply(commit=committed, reveal=revealed, attest=attested, phase=phase))
 
 
 #: How often a node playing a whole round asks the chain whether a phase has ended.
 _PHASE_POLL_S = 0.2
 
 
-def _await_phase_end(view: RunView, round_id: int, phase: str, deadline_key: str) -> str:
+def _await_phase_end(view: RunView, round_id: int, phase: str) -> str:
     """Wait until the round leaves ``phase`` (every sampled node committed, every committer
-    revealed, or the phase's deadline passed); return the phase it is in then.
-
-    The chain's clock moves only with its blocks: once the deadline is due, this node
-    moves the clock there itself (:meth:`~deai_flower.chain.node.ChainNode.advance_to`: a
-    development chain mines a block at the deadline, any other is waited for), so the
-    phase closes even when no other transaction comes.
-    """
-    contract, node = view.contract, view.contract.node
-    current = contract.phase(view.run_id, round_id)
-    if current != phase:
-        return current
-    deadline = int(contract.get_round(view.run_id, round_id)[deadline_key])
-    due = time.monotonic() + max(0, deadline - node.now())
-    while current == phase:
-        if time.monotonic() >= due:
-            rounds = view.spec.rounds
-            node.advance_to(deadline, timeout=float(rounds.commit_s + rounds.reveal_s + rounds.attest_s))
-            due = float("inf")
-        else:
-            time.sleep(_PHASE_POLL_S)
-        current = contract.phase(view.run_id, round_id)
-    return current
+    revealed, or the phase's deadline passed); return the phase it is in then."""
+    rounds = view.spec.rounds
+    return await_phase_end(view.contract, view.run_id, round_id, phase, watch_s=_PHASE_POLL_S,
+                           timeout=float(rounds.commit_s + rounds.reveal_s + rounds.attest_s))  # fmt: skip
 
 
 def handle_evaluate(participant: Participant, message: Message, context: Context) -> Message:
@@ -637,19 +623,17 @@ def handle_evaluate(participant: Participant, message: Message, context: Context
     must agree), fetched from the silo's own store and checked against the CID and the
     spec's array layout. A silo without held-out data says so and scores nothing.
     """
-    round_id, view = _round_and_view(participant, message)
-    config = message.content[CONFIG]
+    request, view = _request_and_view(participant, message, EvaluateRequest)
     model_cid = cid_from_bytes(bytes(view.contract.get_run(view.run_id)["modelCid"]))
-    if str(config.get("model-cid", "")) != model_cid:
-        raise ProtocolError(f"coordinator asked to evaluate model {config.get('model-cid')} but the chain records "
+    if request.model_cid != model_cid:
+        raise ProtocolError(f"coordinator asked to evaluate model {request.model_cid} but the chain records "
                             f"{model_cid}")  # fmt: skip
     data = view.data
     if data.x_eval is None or data.y_eval is None or len(data.y_eval) == 0:
-        return reply(message, status={"state": "no-eval-data", "address": participant.address},
-                     metrics={"num-examples": 0})  # fmt: skip
+        return reply_message(message, EvaluateReply(ReplyState.NO_EVAL_DATA, participant.address))
     set_arrays(view.model, _global_model(view, model_cid))
     loss, accuracy = evaluate(view.model, data.x_eval, data.y_eval, device=view.device)
     log(INFO, "participant %s: round %s model scores accuracy %.4f on %s held-out examples", participant.label,
-        round_id, accuracy, len(data.y_eval))  # fmt: skip
-    return reply(message, status={"state": "evaluated", "address": participant.address, "model-cid": model_cid},
-                 metrics={"loss": loss, "accuracy": accuracy, "num-examples": int(len(data.y_eval))})  # fmt: skip
+        request.round, accuracy, len(data.y_eval))  # fmt: skip
+    return reply_message(message, EvaluateReply(ReplyState.EVALUATED, participant.address, model_cid=model_cid,
+                                                loss=loss, accuracy=accuracy, num_examples=int(len(data.y_eval))))

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from flwr.app import Context, Message
 
-from ..consortium.identity import CHALLENGE_BYTES, sign_identity
-from ..errors import ProtocolError
-from ..messages import CONFIG, reply
+from ..consortium.identity import sign_identity
+from ..messages import CONFIG, IdentityReply, IdentityRequest, reply_message
 from .locator import RunLocator
 from .participant import Participant
 
@@ -21,10 +20,8 @@ def handle_identity(participant: Participant, message: Message, context: Context
     """Prove which chain address this node acts for: sign the coordinator's fresh
     challenge, bound to the run and this node's Flower id, with the participant's key."""
     config = message.content[CONFIG]
-    challenge = config.get("challenge")
-    if not isinstance(challenge, bytes) or len(challenge) != CHALLENGE_BYTES:
-        raise ProtocolError(f"identity query without a {CHALLENGE_BYTES}-byte challenge: nothing to sign")
+    request = IdentityRequest.from_record(config)  # a malformed challenge: nothing to sign
     locator = RunLocator.from_config(config)
-    signature = sign_identity(participant.account, challenge=challenge, contract=locator.contract,
+    signature = sign_identity(participant.account, challenge=request.challenge, contract=locator.contract,
                               run_id=locator.run_id, node_id=int(context.node_id))  # fmt: skip
-    return reply(message, status={"address": participant.address, "signature": signature})
+    return reply_message(message, IdentityReply(address=participant.address, signature=signature))

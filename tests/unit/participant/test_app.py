@@ -46,7 +46,7 @@ def test_a_deployed_node_is_its_keystore_and_proves_who_it_is(node_config: dict[
     signature = reply.content["status"]["signature"]
     assert recover_identity(signature, challenge=challenge, contract=CONTRACT, run_id=3, node_id=11) == address
     assert recover_identity(signature, challenge=challenge, contract=CONTRACT, run_id=3, node_id=12) != address
-    with pytest.raises(ProtocolError, match="without a 32-byte challenge"):
+    with pytest.raises(ProtocolError, match="identity query lacks 'challenge'"):
         call(client_app, message("query.identity", locator()), ctx)
     # built once per node config and process (decrypting a keystore is slow)
     commit = message("train.commit", locator())
