@@ -69,10 +69,10 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from sklearn.model_selection import train_test_split
 
-from deai_flower.config import accepted_arguments, check_call, one_line, resolve_target, split_target
-from deai_flower.errors import ConfigError
+from deai_flower.errors import ConfigError, one_line
 from deai_flower.protocol.spec import DataSchema
 from deai_flower.silo_data import SILO_FILE_TYPES, load_silo_data
+from deai_flower.targets import accepted_arguments, check_call, resolve_target, split_target
 
 __all__ = [
     "BUNDLED_DATASETS",

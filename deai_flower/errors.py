@@ -81,3 +81,11 @@ class PrivacyError(DeaiError):
 
 class PrivacyBudgetExhaustedError(PrivacyError):
     """Training one more round would take a participant past its (epsilon, delta) budget."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line; the project's own errors without their type name."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, ConfigError):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

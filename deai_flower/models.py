@@ -43,10 +43,10 @@ import torch
 from opacus.validators import ModuleValidator
 from torch import nn
 
-from deai_flower.config import accepted_arguments, check_call, one_line, resolve_target, split_target
-from deai_flower.errors import ConfigError
+from deai_flower.errors import ConfigError, one_line
 from deai_flower.logs import drop_opacus_root_handler
 from deai_flower.protocol.spec import BUNDLED_MODEL_TARGETS, DataSchema, ModelSpec, SpecError, check_model
+from deai_flower.targets import accepted_arguments, check_call, resolve_target, split_target
 
 # Opacus computes per-sample gradients with full backward hooks on every layer; the first
 # layer's input (the data) never requires a gradient, so PyTorch warns on every backward

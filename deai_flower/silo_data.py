@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deai_flower.config import one_line
-from deai_flower.errors import ConfigError
+from deai_flower.errors import ConfigError, one_line
 from deai_flower.protocol.spec import DataSchema
 
 __all__ = ["LABEL_COLUMN", "SILO_FILE_TYPES", "load_silo_data"]

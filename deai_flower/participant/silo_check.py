@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import one_line
-from ..errors import DeaiError
+from ..errors import DeaiError, one_line
 from .terms import TERMS_KEYS, SiloTerms
 
 __all__ = ["KNOWN_KEYS", "SiloCheck", "check_node_config"]
