@@ -54,7 +54,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from deai_flower.chain import RoundsContract, TxResult
 from deai_flower.protocol.encoding import REVEAL_RECORD_BYTES, committee_size_of, sampled_count, sampled_indices
-from deai_flower.consortium.identity import CHALLENGE_BYTES, recover_identity, supernode_identity
+from deai_flower.protocol.identity import CHALLENGE_BYTES, recover_identity, supernode_identity
 from deai_flower.errors import (
     BlobFormatError,
     ChainError,

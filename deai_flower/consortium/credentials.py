@@ -25,8 +25,8 @@ from pathlib import Path
 
 from eth_account import Account
 
+from ..protocol.identity import supernode_identity
 from .errors import ConsortiumError
-from .identity import supernode_identity
 
 __all__ = ["SiloKey", "SupernodeKeys", "TlsFiles", "create_keystore", "create_supernode_keys", "create_tls"]
 

@@ -20,8 +20,8 @@ from ..chain import RoundsContract
 from ..chain.keys import keystore_key
 from ..chain.node import ChainNode, connect_rpc
 from ..errors import ChainError, ContractRevertError
+from ..protocol.identity import supernode_identity
 from .errors import ConsortiumError
-from .identity import supernode_identity
 
 __all__ = ["CreatedRun", "create_run", "deploy", "fund", "register", "open_contract", "withdraw"]
 
@@ -128,7 +128,7 @@ def create_run(rpc_url: str, address: str, account: LocalAccount, *, store_locat
 
     cfg = compose_run_config(overrides)
     contract = open_contract(rpc_url, address, account)
-    if contract.contract.functions.admin().call() != account.address:
+    if contract.admin() != account.address:
         raise ConsortiumError(f"{account.address} is not the admin of contract {contract.address}; "
                               "create runs with the key that deployed it")  # fmt: skip
     _require_funds(contract.node, account)

@@ -1,9 +1,11 @@
-"""The participants' ClientApp: one module-level object for every engine.
+"""The participants' ClientApp.
 
 Which participant a node is follows from ``context.node_config``: a deployed SuperNode
 names its keystore (``keystore``, see :meth:`Participant.from_node_config`); a simulated
-node has a ``partition-id`` and is built by the simulation harness from the run's
-experiment config. A deployed participant serves only the run its SuperNode's
+node has a ``partition-id`` and is built by the simulation, which supplies its builder to
+:func:`build_client_app` (participants never import the simulation):
+``deai_flower.apps.client_app`` serves both kinds on every engine, :data:`client_app`
+deployed silos only. A deployed participant serves only the run its SuperNode's
 ``run_config`` names (``contract``, ``run-id``) and reaches chain and store through its
 own endpoints; a simulated one goes where each message's locator says. Either kind
 refuses to be relayed when its node config says ``relay=false`` (protocol §2.4).
@@ -27,7 +29,11 @@ from ..messages import CONFIG
 from .locator import RunLocator
 from .participant import Participant, _NodeConfig
 
-__all__ = ["client_app", "participant_for"]
+__all__ = ["SimulatedParticipants", "build_client_app", "client_app", "participant_for"]
+
+#: Builds simulated participant ``partition_id`` of the experiment ``run_config`` names, at
+#: ``locator``'s chain and store, among ``num_partitions`` (the experiment's own count when None).
+SimulatedParticipants = Callable[[Mapping[str, Any], int, RunLocator, "int | None"], Participant]
 
 _DEPLOYED: dict[tuple[tuple[str, str], ...], Participant] = {}
 _UNRELAYED: weakref.WeakKeyDictionary[Participant, Participant] = weakref.WeakKeyDictionary()
@@ -60,11 +66,13 @@ def _check_run(locator: RunLocator, run_config: Mapping[str, Any]) -> None:
                             f"serves run {run_id} of contract {to_checksum_address(contract)}")  # fmt: skip
 
 
-def participant_for(message: Message, context: Context) -> Participant:
-    """The participant this node is, for this message.
+def participant_for(message: Message, context: Context, *,
+                    simulated: SimulatedParticipants | None = None) -> Participant:  # fmt: skip
+    """The participant this node is, for this message; ``simulated`` builds a simulated node's.
 
     Raises:
-        ConfigError: the node config names neither a keystore nor a partition.
+        ConfigError: the node config names neither a keystore nor a partition, or names a
+            partition with no ``simulated`` to build it.
         ProtocolError: a deployed participant got a message about another run, or a
             message that does not say which run it is about.
     """
@@ -76,12 +84,12 @@ def participant_for(message: Message, context: Context) -> Participant:
             _check_run(RunLocator.from_config(config), context.run_config)
         return participant
     if "partition-id" in node_config:
-        from ..simulation.participants import simulated_participant
-
+        if simulated is None:
+            raise ConfigError("node_config names a 'partition-id' (a simulated participant), and this ClientApp "
+                              "serves deployed ones only (deai_flower.apps.client_app serves both)")  # fmt: skip
         n = node_config.get("num-partitions")
-        locator = RunLocator.from_config(config)
-        participant = simulated_participant(context.run_config, int(node_config["partition-id"]), locator,
-                                            num_partitions=None if n is None else int(n))  # fmt: skip
+        participant = simulated(context.run_config, int(node_config["partition-id"]), RunLocator.from_config(config),
+                                None if n is None else int(n))  # fmt: skip
         return participant if _NodeConfig(node_config).flag("relay", default=True) else _unrelayed(participant)
     raise ConfigError("node_config names neither a 'keystore' (a deployed participant: see "
                       "Participant.from_node_config) nor a 'partition-id' (a simulated one)")  # fmt: skip
@@ -96,23 +104,30 @@ def _unrelayed(participant: Participant) -> Participant:
         return copy
 
 
-def _serve(module: str, name: str) -> Callable[[Message, Context], Message]:
+def _serve(module: str, name: str, simulated: SimulatedParticipants | None) -> Callable[[Message, Context], Message]:
     """Flower's entry for one message type: ``module``'s handler ``name``, imported on the
     first message (Flower starts a ClientApp process per message in a deployment, and only
     training and evaluation need torch and Opacus)."""
 
     def serve(message: Message, context: Context) -> Message:
         handler: Callable[[Participant, Message, Context], Message] = getattr(import_module(module, __package__), name)
-        return handler(participant_for(message, context), message, context)
+        return handler(participant_for(message, context, simulated=simulated), message, context)
 
     serve.__name__ = serve.__qualname__ = name
     return serve
 
 
-client_app = ClientApp()
-client_app.query("identity")(_serve(".identity_query", "handle_identity"))
-client_app.train("commit")(_serve(".handlers", "handle_commit"))
-client_app.train("reveal")(_serve(".handlers", "handle_reveal"))
-client_app.train("attest")(_serve(".handlers", "handle_attest"))
-client_app.train("round")(_serve(".handlers", "handle_round"))
-client_app.evaluate()(_serve(".handlers", "handle_evaluate"))
+def build_client_app(*, simulated: SimulatedParticipants | None = None) -> ClientApp:
+    """The participants' ClientApp; with ``simulated`` it also serves simulated nodes."""
+    app = ClientApp()
+    app.query("identity")(_serve(".identity_query", "handle_identity", simulated))
+    app.train("commit")(_serve(".handlers", "handle_commit", simulated))
+    app.train("reveal")(_serve(".handlers", "handle_reveal", simulated))
+    app.train("attest")(_serve(".handlers", "handle_attest", simulated))
+    app.train("round")(_serve(".handlers", "handle_round", simulated))
+    app.evaluate()(_serve(".handlers", "handle_evaluate", simulated))
+    return app
+
+
+#: The ClientApp of deployed silos.
+client_app = build_client_app()

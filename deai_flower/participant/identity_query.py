@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flwr.app import Context, Message
 
-from ..consortium.identity import sign_identity
+from ..protocol.identity import sign_identity
 from ..messages import CONFIG, IdentityReply, IdentityRequest, reply_message
 from .locator import RunLocator
 from .participant import Participant

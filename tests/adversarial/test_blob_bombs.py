@@ -162,7 +162,7 @@ def test_a_header_bomb_in_a_real_run_is_refused_as_invalid_and_the_run_goes_on(
     from deai_flower.apps import client_app
     from deai_flower.chain import simulation_key
     from deai_flower.participant import handlers
-    from deai_flower.participant.app import participant_for
+    from deai_flower.apps import participant_for
     from deai_flower.participant.run_view import run_view
     from deai_flower.simulation.experiment import run_experiment
     from support import compose_with

@@ -27,7 +27,7 @@ from support import Deployment, compose_with
 from unit.chain.test_contract import attest, commit, deadline, do_reveal, expect_revert
 
 from deai_flower.apps import client_app
-from deai_flower.participant.app import participant_for
+from deai_flower.apps import participant_for
 from deai_flower.participant.run_view import run_view
 from deai_flower.simulation.experiment import run_experiment
 from deai_flower.storage import LocalStore, cid_from_bytes

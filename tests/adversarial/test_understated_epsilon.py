@@ -20,7 +20,7 @@ from support import compose_with
 from deai_flower.apps import client_app
 from deai_flower.chain import simulation_key
 from deai_flower.participant import handlers
-from deai_flower.participant.app import participant_for
+from deai_flower.apps import participant_for
 from deai_flower.participant.run_view import run_view
 from deai_flower.privacy import PrivacyLedger
 from deai_flower.protocol.encoding import DpParams

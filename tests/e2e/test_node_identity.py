@@ -30,7 +30,7 @@ from deai_flower.apps import client_app
 from deai_flower.chain import RoundsContract, connect_embedded, simulation_key
 from deai_flower.chain.bridge import JsonRpcBridge
 from deai_flower.consortium.credentials import create_supernode_keys
-from deai_flower.consortium.identity import sign_identity
+from deai_flower.protocol.identity import sign_identity
 from deai_flower.flower_compat import task_identity
 from deai_flower.models import get_arrays, instantiate_model
 from deai_flower.simulation.inprocess import InProcessGrid

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from deai_flower.chain import keystore_key
 from deai_flower.consortium.credentials import create_keystore, create_supernode_keys, create_tls
 from deai_flower.consortium.errors import ConsortiumError
-from deai_flower.consortium.identity import supernode_identity
+from deai_flower.protocol.identity import supernode_identity
 
 
 def test_a_keystore_decrypts_with_its_password_file_and_is_private(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from deai_flower.chain import RoundsContract, connect_embedded
 from deai_flower.chain.bridge import JsonRpcBridge
 from deai_flower.chain.runs import fetch_spec
 from deai_flower.cli.deai import main
-from deai_flower.consortium.identity import supernode_identity
+from deai_flower.protocol.identity import supernode_identity
 from deai_flower.storage import LocalStore
 
 

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 from eth_account import Account
+from web3 import Web3
 
-from deai_flower.consortium.identity import recover_identity
+from deai_flower.protocol.identity import recover_identity
 from deai_flower.errors import ConfigError, ProtocolError
 from deai_flower.participant.app import client_app, participant_for
 from unit.participant._support import call, context, local_data, message
@@ -88,3 +89,21 @@ def test_a_message_that_does_not_name_its_run_is_refused(node_config: dict[str, 
 def test_a_node_that_is_neither_deployed_nor_simulated_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="neither a 'keystore'.*nor a 'partition-id'"):
         call(client_app, message("train.commit", locator()), context({"data-path": "/x"}))
+
+
+def test_a_simulated_node_is_built_by_the_builder_the_simulation_supplies(node_config: dict[str, Any]) -> None:
+    """participant/ never imports the simulation: a partition is served only by a ClientApp
+    given a builder, and that builder decides who the node is."""
+    simulated = {"partition-id": 2, "num-partitions": 4}
+    with pytest.raises(ConfigError, match="serves deployed ones only"):
+        call(client_app, message("train.commit", locator()), context(simulated))
+    built: list[tuple[int, str, int | None]] = []
+    deployed = participant_for(message("train.commit", locator()), context(node_config, {"contract": CONTRACT,
+                                                                                         "run-id": 3}))  # fmt: skip
+
+    def builder(run_config: Any, partition_id: int, where: Any, num_partitions: int | None) -> Any:
+        built.append((partition_id, where.contract, num_partitions))
+        return deployed
+
+    node = participant_for(message("train.commit", locator()), context(simulated), simulated=builder)
+    assert node.address == deployed.address and built == [(2, Web3.to_checksum_address(CONTRACT), 4)]

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from eth_account import Account
 
-from deai_flower.consortium.identity import recover_identity, sign_identity, supernode_identity
+from deai_flower.protocol.identity import recover_identity, sign_identity, supernode_identity
 from deai_flower.errors import ConfigError
 
 CONTRACT = "0x" + "ab" * 20
