@@ -40,9 +40,8 @@ from deai_flower.config import register_configs
 from deai_flower.data import client_partitions, load_dataset
 from deai_flower.simulation.inprocess import run_inprocess
 from deai_flower.simulation.experiment import run_experiment
-from deai_flower import privacy
 from deai_flower.models import get_arrays, instantiate_model, model_spec, select_device, set_arrays
-from deai_flower.privacy import PrivacyLedger, PrivacySettings, train_round
+from deai_flower.privacy import PrivacyLedger, PrivacySettings, calibrate_noise, train_round
 
 RESULTS = Path(__file__).resolve().parent / "results" / "overhead.json"
 #: name -> (dataset, MLP hidden widths): both about 1M parameters
@@ -112,7 +111,7 @@ def plain_flower(cfg: Any) -> dict[str, Any]:
 
 
 def _commit_reveal(overrides: list[str]) -> dict[str, Any]:
-    privacy._calibrate.cache_clear()  # memoised per process: each run starts cold
+    calibrate_noise.cache_clear()  # memoised per process: each run starts cold
     binary = find_anvil() or install_anvil()
     with AnvilNode(binary) as anvil, tempfile.TemporaryDirectory() as out:
         return run_experiment(compose_cfg(*overrides, "chain=anvil", f"chain.rpc_url={anvil.url}"),
@@ -130,7 +129,7 @@ def measure(workload: str, *, rounds: int, clients: int, repeats: int) -> dict[s
                  f"model.hidden=[{','.join(map(str, hidden))}]", "progress=false", "device=cpu"]  # fmt: skip
     plain_runs, cr_runs = [], []
     for _ in range(repeats):
-        privacy._calibrate.cache_clear()
+        calibrate_noise.cache_clear()
         plain_runs.append(plain_flower(compose_cfg(*overrides)))
         cr_runs.append(_commit_reveal(overrides))
     plain_totals = [sum(r["round_seconds"]) for r in plain_runs]

@@ -28,7 +28,6 @@ from eth_utils import is_address, to_checksum_address
 
 from .errors import BlobFormatError, DeaiError, StoreError
 from .incentives import IncentiveReplay, replay_incentives
-from .privacy import PrivacyLedger
 from .protocol.encoding import (
     ACCOUNTANT_NAMES,
     DpParams,
@@ -45,6 +44,7 @@ from .protocol.encoding import (
     to_wad,
     votes_needed,
 )
+from .protocol.epsilon import epsilon_of
 from .protocol.outcome import OutcomeEntry, Refusal
 from .protocol.rules import RULES, RevealedUpdate, minimum_updates
 from .protocol.scores import alignment_scores, loss_improvement_scores
@@ -679,7 +679,7 @@ def _check_epsilon(verdict: RoundVerdict, who: str, dp: DpParams, history: list[
     if accountant is None:
         verdict.problems.append(f"{who} names unknown accountant id {dp.accountant}")
         return
-    recomputed = PrivacyLedger(history=list(history)).epsilon(from_wad(dp.delta_wad), accountant)
+    recomputed = epsilon_of(history, delta=from_wad(dp.delta_wad), accountant=accountant)
     if not _close(recomputed, claimed):
         verdict.problems.append(f"{who} claims ε={claimed:.6f}, its revealed parameters give ε={recomputed:.6f} "
                                 f"({_TOLERANCE})")  # fmt: skip
@@ -716,7 +716,7 @@ def dp_claim_problem(spec: RunSpec, *, num_examples: int, dp: DpParams,
     expected_steps = spec.training.local_epochs * int(1 / expected_rate)
     if dp.steps != expected_steps:
         return f"reveals {dp.steps} steps, the spec's training gives {expected_steps} at q={expected_rate:.9g}"
-    epsilon = PrivacyLedger(history=[*history, (sigma, rate, dp.steps)]).epsilon(from_wad(dp.delta_wad), accountant)
+    epsilon = epsilon_of([*history, (sigma, rate, dp.steps)], delta=from_wad(dp.delta_wad), accountant=accountant)
     if dp.epsilon < epsilon and not _close(dp.epsilon, epsilon):
         return (f"claims cumulative ε={dp.epsilon:.6f}, its revealed history gives ε={epsilon:.6f} "
                 f"({_TOLERANCE})")  # fmt: skip

@@ -59,7 +59,7 @@ from ..messages import (
     reply_message,
 )
 from ..models import evaluate, set_arrays
-from ..privacy import PrivacyLedger, ledger_path, load_ledger, save_ledger, train_round
+from ..privacy import PrivacyLedger, ledger_path, load_ledger, reconcile_with_chain, save_ledger, train_round
 from ..protocol.judgment import RevealClaims, judge_reveal
 from ..protocol.outcome import Refusal, encode_outcome
 from ..protocol.rules import RevealedUpdate
@@ -112,16 +112,9 @@ def _load_ledger(view: RunView, context: Context) -> PrivacyLedger:
 
     When both exist the one with more rounds wins: never account for less than was spent.
     In a private run the ledger is then reconciled with the chain
-    (:meth:`~deai_flower.privacy.PrivacyLedger.reconciled`). Each round's training is
-    recorded as unconfirmed, with the round and its opening block (:func:`_save_ledger`);
-    once that round is closed (the contract opens a round only after the previous one
-    finalized or failed, so no reveal can come) the entry stays if this participant's
-    reveal is among the round's ``Revealed`` events, and is rolled back, in
-    ``context.state`` and in the ledger file, if it is not: an update trained but never
-    revealed (a pending reveal abandoned when its round lapsed, a commit or reveal that
-    failed for good, a coordinator stopped mid-round) released nothing. A revealed round
-    is never rolled back, even when its round failed, nor an entry charged on another
-    chain (its round's opening block is not this chain's), nor one of the open round.
+    (:func:`~deai_flower.privacy.reconcile_with_chain`: updates trained but never
+    revealed rolled back, revealed ones it lacks added), in ``context.state`` and in the
+    ledger file, and the round about to be trained is charged as unconfirmed.
     """
     in_memory = PrivacyLedger.from_record(dict(context.state[_LEDGER])) if _LEDGER in context.state else None
     path, identity = _ledger_file(view)
@@ -132,18 +125,11 @@ def _load_ledger(view: RunView, context: Context) -> PrivacyLedger:
         return ledger  # every round spends an infinite ε: nothing to reconcile
     contract, address = view.contract, view.account.address
     current = int(contract.get_run(view.run_id)["currentRound"])
-    abandoned, confirmed = [], []
-    closed = sorted({u.round for u in ledger.unconfirmed if u.round < current})
-    for round_id in closed:
-        entries = [u for u in ledger.unconfirmed if u.round == round_id]
-        if _block_hash(view, entries[0].block) != entries[0].block_hash:
-            confirmed += [u.entry for u in entries]  # charged on another chain: it stands
-            continue
-        revealed = sum(1 for r in contract.final_reveals(view.run_id, round_id) if r["participant"] == address)
-        confirmed += [u.entry for u in entries[:revealed]]
-        abandoned += [u.entry for u in entries[revealed:]]
-    result = ledger.reconciled(_revealed_histories(view, current).get(address, []), abandoned=abandoned,
-                               confirmed=confirmed)  # fmt: skip
+    result = reconcile_with_chain(
+        ledger, current_round=current, released=_revealed_histories(view, current).get(address, []),
+        reveals_in=lambda round_id: sum(1 for r in contract.final_reveals(view.run_id, round_id)
+                                        if r["participant"] == address),
+        block_hash=lambda number: _block_hash(view, number))  # fmt: skip
     if result.dropped or result.added:
         pending = context.state[_PENDING] if _PENDING in context.state else None
         lapsed = int(pending["round"]) if pending is not None and int(pending["round"]) < current else None
@@ -186,10 +172,9 @@ def _confirm_release(view: RunView, context: Context, round_id: int) -> None:
     a published update is released whether or not the reveal transaction then lands."""
     if _LEDGER not in context.state:
         return
-    ledger = PrivacyLedger.from_record(dict(context.state[_LEDGER]))
-    entries = [u.entry for u in ledger.unconfirmed if u.round == round_id]
-    if entries:
-        _save_ledger(view, context, ledger.reconciled([], confirmed=entries).ledger)
+    result = PrivacyLedger.from_record(dict(context.state[_LEDGER])).confirmed_round(round_id)
+    if result.settled:
+        _save_ledger(view, context, result.ledger)
 
 
 _BOUNDS: dict[int, tuple[weakref.ref[RunView], int]] = {}

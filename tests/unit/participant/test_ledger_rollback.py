@@ -20,17 +20,14 @@ import pytest
 from flwr.app import Context
 from support import Deployment
 
-from deai_flower.chain import DpParams, to_wad
+from deai_flower.chain import DpParams
 from deai_flower.errors import ChainError
 from deai_flower.participant import Participant, handle_attest, handle_commit, handle_reveal
-from deai_flower.privacy import PrivacyLedger, PrivacySettings, Unconfirmed, ledger_path, load_ledger, save_ledger
+from deai_flower.privacy import PrivacyLedger, ledger_path, load_ledger
 from deai_flower.protocol.encoding import from_wad
 from deai_flower.storage import LocalStore, cid_from_bytes
 from deai_flower.verify import dp_claim_problem
 from unit.participant._support import call, context, create_run, message, small_spec
-
-SIGMA, RATE, STEPS = 0.8667, 0.2, 5
-
 
 class Run:
     """A fresh run of ``small_spec(num_rounds=3)``, its participants with their own contexts."""
@@ -211,73 +208,6 @@ def test_a_ledger_charged_on_another_chain_is_never_rolled_back(
     r.commit(0, ctx=context(node_id=10))  # restarted, with only its ledger file
     assert len(r.ledger_file(0).history) == 2
     assert [u.round for u in r.ledger_file(0).unconfirmed] == [2]
-
-
-# --- the reconciliation itself -------------------------------------------------------
-
-
-def entry(steps: int = STEPS) -> tuple[float, float, int]:
-    return (SIGMA, RATE, steps)
-
-
-def chain_entry(steps: int = STEPS) -> tuple[float, float, int]:
-    """As the chain gives it back: fixed-point, 18 decimals."""
-    return (from_wad(to_wad(SIGMA)), from_wad(to_wad(RATE)), steps)
-
-
-def unconfirmed(*entries: int, round_id: int = 3) -> list[Unconfirmed]:
-    return [Unconfirmed(entry=i, round=round_id, block=7, block_hash="ab") for i in entries]
-
-
-@pytest.mark.parametrize(
-    "history,tags,released,abandoned,confirmed,expected,left,dropped,added",
-    [
-        # the abandoned round goes, the others stay
-        ([entry()] * 3, unconfirmed(2), [chain_entry()] * 2, [2], [], [entry()] * 2, [], 1, 0),
-        # an undecided entry (its round still open) stays, and stays unconfirmed
-        ([entry()] * 3, unconfirmed(2), [chain_entry()] * 2, [], [], [entry()] * 3, unconfirmed(2), 0, 0),
-        # a confirmed one stays for good
-        ([entry()] * 3, unconfirmed(2), [chain_entry()] * 3, [], [2], [entry()] * 3, [], 0, 0),
-        # entries never unconfirmed are never dropped (asked or not, revealed here or not)
-        ([entry()] * 2, [], [], [0, 1], [], [entry()] * 2, [], 0, 0),
-        # a lost round is added, with the ledger's own floats
-        ([entry()], [], [chain_entry()] * 2, [], [], [entry()] * 2, [], 0, 1),
-        # a lost ledger: the chain's record
-        ([], [], [chain_entry()], [], [], [chain_entry()], [], 0, 1),
-        # the abandoned one goes, however it differs; later tags move with their entries
-        ([entry(3), entry(5), entry(5)], unconfirmed(0) + unconfirmed(2, round_id=4), [chain_entry(5)], [0], [],
-         [entry(5), entry(5)], unconfirmed(1, round_id=4), 1, 0),
-    ],
-)
-def test_reconciled_drops_only_abandoned_entries_and_adds_released_ones(
-    history: list, tags: list, released: list, abandoned: list, confirmed: list, expected: list, left: list,
-    dropped: int, added: int
-) -> None:
-    ledger = PrivacyLedger(history=list(history), noise_multiplier=SIGMA, unconfirmed=list(tags))
-    result = ledger.reconciled(released, abandoned=abandoned, confirmed=confirmed)
-    assert (result.ledger.history, result.ledger.unconfirmed, result.dropped, result.added) == (
-        expected, left, dropped, added)
-    assert result.changed == bool(dropped or added or len(tags) != len(left))
-    assert result.ledger.noise_multiplier == SIGMA
-
-
-def test_reconciled_takes_the_revealed_noise_multiplier_for_an_empty_ledger() -> None:
-    result = PrivacyLedger().reconciled([chain_entry()])
-    assert result.ledger.noise_multiplier == chain_entry()[0]
-    assert PrivacyLedger().reconciled([]).ledger == PrivacyLedger()
-
-
-def test_a_training_is_recorded_unconfirmed_in_the_record_and_the_file(tmp_path: Path) -> None:
-    ledger = PrivacyLedger(history=[entry()], noise_multiplier=SIGMA)
-    ledger.charging(round_id=4, block=17, block_hash="cd")
-    ledger.history.append(entry())  # as train_round does
-    ledger.mark_charged()
-    assert ledger.unconfirmed == [Unconfirmed(entry=1, round=4, block=17, block_hash="cd")]
-    assert PrivacyLedger.from_record(ledger.to_record()) == ledger
-    identity = {"participant": "0xabc", "chain_id": 1, "contract": "0xdef", "run_id": 1}
-    settings = PrivacySettings(epsilon=8.0, delta=1e-5, max_grad_norm=1.0, accountant="rdp")
-    save_ledger(tmp_path / "ledger.json", ledger, settings=settings, identity=identity)
-    assert load_ledger(tmp_path / "ledger.json", identity=identity) == ledger
 
 
 def test_a_published_update_stays_charged_when_its_reveal_transaction_fails(
