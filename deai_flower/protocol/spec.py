@@ -31,13 +31,12 @@ from typing import Any
 from deai_flower.errors import ConfigError, ProtocolError
 from deai_flower.protocol.cid import _RAW, _binary_cid, cid_from_bytes
 from deai_flower.protocol.encoding import BPS, ZERO_ADDRESS, to_wad
+from deai_flower.protocol.epsilon import ACCOUNTANTS
 
 #: The format this release writes and reads.
 SPEC_FORMAT = "deai-flower/run-spec/2"
 #: A spec must fit one raw IPFS block, so the digest on chain names its CID.
 MAX_SPEC_BYTES = 262_144
-#: Accountants the protocol knows (their ε is recomputable by anyone).
-ACCOUNTANTS = ("rdp", "prv")
 #: Contribution scores attesters know how to compute (deai_flower.protocol.scores).
 SCORES = ("alignment", "loss")
 #: Amounts are wei (or token base units): at most what the contract's uint128 holds.

@@ -76,6 +76,13 @@ def test_merged_rounds_are_one_mechanism_and_a_noiseless_round_spends_infinity()
         epsilon_of([(1.1, 0.25, 4)], delta=1e-5, accountant="gdp")
 
 
+def test_run_specs_and_settings_accept_exactly_the_accountants_epsilon_is_defined_for() -> None:
+    from deai_flower.privacy import settings
+    from deai_flower.protocol import spec
+
+    assert spec.ACCOUNTANTS is settings.ACCOUNTANTS is epsilon_module.ACCOUNTANTS
+
+
 def test_the_pinned_opacus_and_its_defaults_are_the_ones_documented() -> None:
     # docs/protocol.md states these; a new Opacus release must be a deliberate protocol change.
     pinned = [d for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
