@@ -27,6 +27,7 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from .errors import ProtocolError
 from .protocol.encoding import MAX_SAMPLED, REVEAL_RECORD_BYTES
+from .protocol.identity import CHALLENGE_BYTES
 from .protocol.outcome import OUTCOME_ENTRY_BYTES
 
 __all__ = [
@@ -43,11 +44,13 @@ __all__ = [
     "IdentityReply",
     "IdentityRequest",
     "ReplyState",
+    "Request",
     "RevealReply",
     "RevealRequest",
     "RoundReply",
     "RoundRequest",
     "TrainingMetrics",
+    "read_reply",
     "reply_message",
     "request_message",
 ]
@@ -59,8 +62,6 @@ STATUS = "status"
 #: MetricRecord replied by a node: gas used, training metrics.
 METRICS = "metrics"
 
-#: Bytes of a fresh identity challenge.
-CHALLENGE_BYTES = 32
 #: Bytes of an EIP-191 signature (r, s, v).
 SIGNATURE_BYTES = 65
 #: The longest text field accepted (a reason, a CID, an address).

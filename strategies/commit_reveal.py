@@ -34,49 +34,71 @@ finalized rounds: here a failed round is followed by a new attempt until the spe
 rule, the phase durations and the committee size come from the run spec the chain
 records; sampling from the chain's beacon. The coordinator chooses neither who takes part
 nor what the result is.
-"""
 
+This module is the loop and its phases; what they lean on has a module of its own, as
+Flower's strategies keep their helpers apart: node admission (:mod:`.admission`),
+relaying (:mod:`.relay`), sending and polling (:mod:`.transport`), the typed messages
+(:mod:`deai_flower.messages`), and the sampling rule, which is protocol
+(:mod:`deai_flower.protocol.sampling`). Both flows record a step's replies with the same
+helpers, as the participant's handlers play both with the same step functions.
+"""
 from __future__ import annotations
 
-import re
-import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
-from typing import Any
+from typing import Any, TypeVar
 
-from eth_utils import is_address, to_checksum_address
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from deai_flower.chain import RoundsContract, TxResult
-from deai_flower.protocol.encoding import REVEAL_RECORD_BYTES, committee_size_of, sampled_count, sampled_indices
-from deai_flower.protocol.identity import CHALLENGE_BYTES, recover_identity, supernode_identity
+from deai_flower.chain.phases import await_phase_end
 from deai_flower.errors import (
     BlobFormatError,
     ChainError,
     ConfigError,
-    ContractRevertError,
-    InvalidCidError,
+    ProtocolError,
     ResultUnrecoverableError,
     StoreError,
 )
-from deai_flower.messages import CONFIG, METRICS, STATUS
+from deai_flower.messages import (
+    AttestReply,
+    AttestRequest,
+    CommitReply,
+    CommitRequest,
+    EvaluateReply,
+    EvaluateRequest,
+    ReplyState,
+    Request,
+    RevealReply,
+    RevealRequest,
+    RoundReply,
+    RoundRequest,
+    read_reply,
+    request_message,
+)
+from deai_flower.protocol.sampling import RoundSample, round_sample
 from deai_flower.protocol.spec import RunSpec
 from deai_flower.recovery import fetch_result
-from deai_flower.storage import ContentStore, cid_from_bytes, cid_to_bytes, compute_cid, encode_arrays
+from deai_flower.storage import ContentStore, cid_from_bytes, compute_cid, encode_arrays
 
-#: How long a one-message round waits for replies once the chain has closed the round.
-_STRAGGLER_GRACE_S = 5.0
+from .admission import NodeAdmission
+from .relay import Relayed, cast_votes, relay_reveals
+from .transport import exchange
+
 #: The share of a reveal or attest phase a relaying coordinator waits for the nodes'
 #: hand-overs; the rest is left for its batches to land before the phase's deadline.
 _RELAY_WAIT_SHARE = 0.75
 
 #: Evaluation of a finalized model: (round, arrays) -> metrics such as loss and accuracy.
 EvaluateFn = Callable[[int, dict[str, Any]], dict[str, float]]
+
+_Reply = TypeVar("_Reply", CommitReply, RevealReply, AttestReply, RoundReply)
 
 
 @dataclass
@@ -195,13 +217,13 @@ class CommitRevealStrategy(Strategy):
         self.max_failed_rounds = max_failed_rounds
         self.evaluate_fn = evaluate_fn
         self.federated_evaluation = federated_evaluation
-        # Only a SuperLink with node authentication reports real SuperNode keys; Flower's
-        # simulation runtime makes up random ones, which no registry entry can match.
-        self.bind_supernode_keys = bind_supernode_keys
         self.one_message_rounds = one_message_rounds
         self.relay = relay
         self.reply_poll_s = reply_poll_s
         self.evaluate_timeout_s = float(spec.rounds.commit_s if evaluate_timeout_s is None else evaluate_timeout_s)
+        self.admission = NodeAdmission(contract=contract, run_id=run_id, locator=self.locator,
+                                       bind_supernode_keys=bind_supernode_keys,
+                                       timeout_s=float(spec.rounds.commit_s))  # fmt: skip
         self.initial_federated: dict[str, Any] = {}
         self._held: tuple[str, bytes] | None = None  # the chain's current model, as stored: (CID, blob)
         self._on_phase = on_phase or (lambda _r, _p: None)
@@ -209,20 +231,21 @@ class CommitRevealStrategy(Strategy):
         self.reports: list[RoundReport] = []
         self.initial_metrics: dict[str, float] = {}
         self._grid: Grid | None = None
-        self._addresses: dict[int, str] = {}
-        self._asked: set[int] = set()  # nodes asked for their address already
-        self._silent: set[int] = set()  # asked, but no answer (error or none): asked again
         self._commit_closed: set[int] = set()  # rounds whose commit phase was ended early
-        #: Nodes whose identity proof failed, by node id: the address they claimed and why.
-        self.refused: dict[int, dict[str, str]] = {}
         self._round_state: dict[str, Any] = {}  # the current round's getRound, read when it opened
+        self._sample: RoundSample | None = None  # the current round's sample
         self._positions: dict[str, int] = {}  # sampled address -> its position in the round's shuffle
         self._phase_start = 0.0
 
     @property
     def addresses(self) -> dict[int, str]:
         """The nodes that proved their chain address, by node id."""
-        return dict(self._addresses)
+        return dict(self.admission.addresses)
+
+    @property
+    def refused(self) -> dict[int, dict[str, str]]:
+        """Nodes refused, by node id: the address they claimed (or are bound to) and why."""
+        return self.admission.refused
 
     # ------------------------------------------------------------------ the rounds loop
 
@@ -313,155 +336,60 @@ class CommitRevealStrategy(Strategy):
         self._round_state = {**state, "sampleBps": int(run["sampleBps"])}
         return report
 
-    def commit(self, report: RoundReport) -> dict[int, Message]:
+    def commit(self, report: RoundReport) -> dict[int, CommitReply]:
         """Ask the sampled nodes to train and commit; wait at most the commit duration."""
         self._mark(report, "commit")
-        sampled = self._sampled_nodes()
-        report.sampled = [self._addresses[n] for n in sampled]
-        log(INFO, "round %s: %s of %s nodes sampled", report.round, len(sampled), len(self._addresses))
-        replies = self._exchange(sampled, "train.commit", {"round": report.round, "model-cid": report.model_cid},
-                                 report, timeout=self.spec.rounds.commit_s)  # fmt: skip
-        committed = self._split(report, replies, "committed")
-        report.committed = [self._addresses[n] for n in committed]
-        for reply in committed.values():
-            report.add_gas("commit", int(reply.content[METRICS]["gas"]))
-        _record_training(report, [reply.content[METRICS] for reply in committed.values()])
+        replies = self._exchange(self._sampled_nodes(report), CommitRequest(report.round, report.model_cid), report,
+                                 timeout=self.spec.rounds.commit_s)  # fmt: skip
+        committed = {n: r for n, r in self._read(report, replies, CommitReply).items()
+                     if r.state is ReplyState.COMMITTED}  # fmt: skip
+        self._record_commits(report, committed)
         return committed
 
-    def reveal(self, report: RoundReport, committed: dict[int, Message]) -> dict[int, Message]:
-        """After the commit deadline, ask the committers to publish and reveal."""
+    def reveal(self, report: RoundReport, committed: Mapping[int, Any]) -> dict[int, RevealReply]:
+        """After the commit deadline, ask the committers to publish and reveal (relaying:
+        to hand their records over, which :func:`.relay.relay_reveals` publishes)."""
         self._mark(report, "reveal")
-        self._wait_for_phase_end(report.round, "commit", "commitDeadline")
-        replies = self._exchange(committed, "train.reveal", {"round": report.round, "relay": self.relay}, report,
+        self._wait_for_phase_end(report.round, "commit")
+        replies = self._exchange(committed, RevealRequest(report.round, relay=self.relay), report,
                                  timeout=self._reply_window(self.spec.rounds.reveal_s))  # fmt: skip
-        answered = self._split(report, replies, "revealed", "handed")
-        revealed = {n: r for n, r in answered.items() if r.content[STATUS]["state"] == "revealed"}
+        answered = self._read(report, replies, RevealReply)
+        revealed = {n: r for n, r in answered.items() if r.state is ReplyState.REVEALED}
         for reply in revealed.values():
-            report.add_gas("reveal", int(reply.content[METRICS]["gas"]))
-        handed = {n: r for n, r in answered.items() if n not in revealed}
-        records = {}
-        for n, reply in handed.items():  # replies are untrusted: a malformed one is that node's error
-            try:
-                records[n] = _reply_bytes(reply.content[STATUS], "record", size=REVEAL_RECORD_BYTES)
-            except ValueError as exc:
-                report.errors[self._addresses[n]] = f"record not published: {exc}"
-                log(WARNING, "round %s: record of %s not published: %s", report.round, self._addresses[n], exc)
-        if records:
-            revealed.update({n: handed[n] for n in self._relay_reveals(report, records)})
-        report.revealed = [self._addresses[n] for n in revealed]
+            report.add_gas("reveal", reply.gas)
+        handed = {self.admission.name(n): r.record for n, r in answered.items() if r.state is ReplyState.HANDED}
+        if handed:
+            revealed.update({n: answered[n] for n in self._relay_reveals(report, handed)})
+        report.revealed = [self.admission.name(n) for n in revealed]
         return revealed
-
-    def _relay_reveals(self, report: RoundReport, records: dict[int, bytes]) -> list[int]:
-        """Publish the records nodes handed over in one ``revealMany``; return the nodes
-        whose reveal it recorded. A record the chain would refuse (it does not reproduce
-        its node's commitment, or breaks the run's rules) would revert the whole batch:
-        it is found by calling the batch for each record alone, left out and reported as
-        that node's error."""
-        by_address = {self._addresses[n]: n for n in records}
-        batch = {self._addresses[n]: record for n, record in records.items()}
-        try:
-            tx = self.contract.reveal_many(self.run_id, report.round, batch)
-        except ContractRevertError:
-            for address, record in list(batch.items()):
-                refusal = self.contract.reveal_refusal(self.run_id, report.round, address, record)
-                if refusal is not None:
-                    report.errors[address] = f"reveal refused by the chain: {refusal}"
-                    log(WARNING, "round %s: reveal of %s refused: %s", report.round, address, refusal)
-                    del batch[address]
-            if not batch:
-                return []
-            tx = self.contract.reveal_many(self.run_id, report.round, batch)
-        report.add_gas("revealMany", tx.gas_used)
-        return [by_address[str(e["args"]["participant"])] for e in tx.events if e["event"] == "Revealed"]
 
     def attest(self, report: RoundReport) -> bool:
         """After the reveal deadline, ask a committee of revealers to aggregate and
-        attest; True when the chain finalized the round."""
+        attest (relaying: to sign their votes, which :func:`.relay.cast_votes` casts);
+        True when the chain finalized the round."""
         self._mark(report, "attest")
-        phase = self._wait_for_phase_end(report.round, "reveal", "revealDeadline")
+        phase = self._wait_for_phase_end(report.round, "reveal")
         # The revealers are final now; the chain names them all, also a node whose hand-over
         # was lost and that revealed on its own (its reveal guard, protocol §2.4).
-        opened = int(self._round_state.get("openedBlock", 0))
-        reveals = self.contract.final_reveals(self.run_id, report.round, from_block=opened)
-        report.revealed = [str(r["participant"]) for r in reveals]
+        self._read_revealers(report)
         if phase != "attest":
-            return self._fail(report, f"reveal phase ended in phase '{phase}' with {len(reveals)} valid reveals")
-        committee = self._committee({n: a for n, a in self._addresses.items() if a in report.revealed})
-        replies = self._exchange(committee, "train.attest", {"round": report.round, "relay": self.relay}, report,
-                                 timeout=self._reply_window(self.spec.rounds.attest_s))  # fmt: skip
-        answered = self._split(report, replies, "attested", "signed")
-        self._record_exclusions(report, replies)
-        attested = {n: r for n, r in answered.items() if r.content[STATUS]["state"] == "attested"}
-        for reply in attested.values():
-            report.add_gas("attest", int(reply.content[METRICS]["gas"]))
-        signed = {n: r for n, r in answered.items() if n not in attested}
+            return self._fail(report, f"reveal phase ended in phase '{phase}' with {len(report.revealed)} valid "
+                                      "reveals")  # fmt: skip
+        replies = self._exchange(self._committee(report.revealed), AttestRequest(report.round, relay=self.relay),
+                                 report, timeout=self._reply_window(self.spec.rounds.attest_s))  # fmt: skip
+        answered = self._read(report, replies, AttestReply)
+        self._record_exclusions(report, answered.values())
+        attested = [n for n, r in answered.items() if r.state is ReplyState.ATTESTED]
+        for n in attested:
+            report.add_gas("attest", answered[n].gas)
+        signed = {self.admission.name(n): r for n, r in answered.items() if r.state is ReplyState.SIGNED}
         if signed:
-            attested.update({n: signed[n] for n in self._cast_votes(report, signed)})
-        report.attested = [self._addresses[n] for n in attested]
+            attested += self._cast_votes(report, signed)
+        report.attested = [self.admission.name(n) for n in attested]
         phase = self.contract.phase(self.run_id, report.round)
         if phase != "finalized":
             return self._fail(report, f"no attestation quorum ({len(attested)} attestations; phase '{phase}')")
         return True
-
-    def _reply_window(self, phase_s: float) -> float:
-        """How long to wait for the nodes' replies in a reveal or attest phase of
-        ``phase_s`` seconds: all of it when nodes send their own transactions; when
-        relaying, the first :data:`_RELAY_WAIT_SHARE` of it, so that the batches land
-        before the phase's deadline even when a node hangs (on a chain whose clock runs
-        with the wall's, a batch sent at the end of the phase would be refused)."""
-        return phase_s * _RELAY_WAIT_SHARE if self.relay else phase_s
-
-    def _cast_votes(self, report: RoundReport, signed: dict[int, Message]) -> list[int]:
-        """Cast the signed votes nodes sent, one ``attestMany`` per (result CID, outcome)
-        pair, the pairs with fewer votes first: dissent is cast as its signers gave it.
-        Once a pair finalizes the round no vote lands, so of the pair with the most votes
-        only the round's ``votesNeeded`` are cast (the rest if those do not finalize), as
-        attesters sending their own stop at the finalizing vote. A signature that is not
-        its node's, or that the chain would refuse, is left out and reported as that
-        node's error. Returns the nodes whose votes landed."""
-        groups: dict[tuple[bytes, bytes], dict[int, bytes]] = {}
-        for n, reply in signed.items():  # replies are untrusted: a malformed one is that node's error
-            status, address = reply.content[STATUS], self._addresses[n]
-            try:
-                if "cid" not in status:
-                    raise ValueError("its reply names no result CID")
-                result = cid_to_bytes(status["cid"])
-                outcome, signature = _reply_bytes(status, "outcome"), _reply_bytes(status, "signature", size=65)
-                if self.contract.vote_signer(self.run_id, report.round, result, outcome, signature) != address:
-                    raise ValueError("its vote's signature is not its own")
-            except (ValueError, InvalidCidError) as exc:
-                report.errors[address] = f"vote not cast: {exc}"
-                log(WARNING, "round %s: vote of %s not cast: %s", report.round, address, exc)
-                continue
-            groups.setdefault((result, outcome), {})[n] = signature
-        ordered = sorted(groups.items(), key=lambda g: len(g[1]))
-        try:
-            needed = int(self.contract.get_round(self.run_id, report.round)["votesNeeded"])
-        except ContractRevertError:  # finalized meanwhile (by attesters sending their own): nothing to cast
-            return []
-        batches = list(ordered[:-1])
-        if ordered:
-            pair, votes = ordered[-1]
-            batches += [(pair, dict(list(votes.items())[:needed])), (pair, dict(list(votes.items())[needed:]))]
-        cast: list[int] = []
-        for (result, outcome), votes in batches:
-            if not votes or self.contract.phase(self.run_id, report.round) != "attest":
-                continue
-            try:
-                tx = self.contract.attest_many(self.run_id, report.round, result, outcome, list(votes.values()))
-            except ContractRevertError:
-                for n, signature in list(votes.items()):
-                    refusal = self.contract.vote_refusal(self.run_id, report.round, result, outcome, signature)
-                    if refusal is not None:
-                        report.errors[self._addresses[n]] = f"vote refused by the chain: {refusal}"
-                        log(WARNING, "round %s: vote of %s refused: %s", report.round, self._addresses[n], refusal)
-                        del votes[n]
-                if not votes:
-                    continue
-                tx = self.contract.attest_many(self.run_id, report.round, result, outcome, list(votes.values()))
-            report.add_gas("attestMany", tx.gas_used)
-            cast.extend(votes)
-        return cast
 
     def play_round(self, report: RoundReport) -> bool:
         """One message per round (a deployment): ``train.round`` to the sampled nodes,
@@ -470,41 +398,28 @@ class CommitRevealStrategy(Strategy):
         round's three durations; True when the chain finalized the round.
 
         The revealers are read from the chain; the committers, attesters, declines,
-        errors and exclusions from the replies.
+        errors and exclusions from the replies, recorded as :meth:`commit`,
+        :meth:`reveal` and :meth:`attest` record theirs.
         """
         self._mark(report, "round")
-        sampled = self._sampled_nodes()
-        report.sampled = [self._addresses[n] for n in sampled]
-        log(INFO, "round %s: %s of %s nodes sampled", report.round, len(sampled), len(self._addresses))
-        replies = self._exchange(sampled, "train.round", {"round": report.round, "model-cid": report.model_cid},
-                                 report, timeout=self._longest_phase(), until_closed=True)  # fmt: skip
-        trained = []
-        for reply in replies:
-            address = self._addresses.get(reply.metadata.src_node_id, str(reply.metadata.src_node_id))
-            if reply.has_error():
-                report.errors[address] = reply.error.reason
-                log(WARNING, "round %s: node %s failed: %s", report.round, address, reply.error.reason)
-                continue
-            status, metrics = reply.content[STATUS], reply.content[METRICS] if METRICS in reply.content else {}
-            if status.get("state") == "declined":
-                self._declined(report, reply.metadata.src_node_id, status)
-                continue
-            report.committed.append(address)
-            trained.append(metrics)
-            for step in ("commit", "reveal", "attest"):
-                if f"{step}-gas" in metrics:
-                    report.add_gas(step, int(metrics[f"{step}-gas"]))
-            if "attest-gas" in metrics:
-                report.attested.append(address)
-        _record_training(report, trained)
-        self._record_exclusions(report, replies)
+        replies = self._exchange(self._sampled_nodes(report), RoundRequest(report.round, report.model_cid), report,
+                                 timeout=self._longest_phase(), until_closed=True)  # fmt: skip
+        played = {n: r for n, r in self._read(report, replies, RoundReply).items()
+                  if r.commit.state is ReplyState.COMMITTED}  # fmt: skip
+        self._record_commits(report, {n: r.commit for n, r in played.items()})
+        for r in played.values():
+            if r.reveal is not None:
+                report.add_gas("reveal", r.reveal.gas)
+        attests = {n: r.attest for n, r in played.items() if r.attest is not None}
+        self._record_exclusions(report, attests.values())
+        for n, attested in attests.items():
+            if attested.voted:
+                report.add_gas("attest", attested.gas)
+                report.attested.append(self.admission.name(n))
         phase = self.contract.phase(self.run_id, report.round)
         if phase != "finalized":
             self._fail(report, f"round not finalized: {len(report.attested)} attestations, phase '{phase}'")
-        # the reveal phase is over either way: the chain's list of revealers is final
-        opened = int(self._round_state.get("openedBlock", 0))
-        report.revealed = [str(r["participant"]) for r in self.contract.final_reveals(self.run_id, report.round,
-                                                                                      from_block=opened)]  # fmt: skip
+        self._read_revealers(report)  # the reveal phase is over either way: the chain's list is final
         return phase == "finalized"
 
     def finalize(self, report: RoundReport) -> ArrayRecord | None:
@@ -547,74 +462,179 @@ class CommitRevealStrategy(Strategy):
     def _evaluate_on_nodes(self, round_id: int, model_cid: str) -> dict[str, Any]:
         """``evaluate`` to every identified node; their scores per silo and weighted by
         held-out examples (``loss``, ``accuracy``, ``num_examples``; no entry without any)."""
-        replies = self._exchange(list(self._addresses), "evaluate", {"round": round_id, "model-cid": model_cid},
-                                 None, timeout=self.evaluate_timeout_s)  # fmt: skip
+        replies = self._exchange(list(self.admission.addresses), EvaluateRequest(round_id, model_cid), None,
+                                 timeout=self.evaluate_timeout_s)  # fmt: skip
         per_silo: dict[str, dict[str, float]] = {}
         errors: dict[str, str] = {}
         for reply in replies:
-            address = self._addresses.get(reply.metadata.src_node_id, str(reply.metadata.src_node_id))
-            if reply.has_error():
-                errors[address] = reply.error.reason
-                log(WARNING, "round %s: node %s did not evaluate: %s", round_id, address, reply.error.reason)
+            address = self.admission.name(reply.metadata.src_node_id)
+            try:
+                if reply.has_error():
+                    raise ProtocolError(reply.error.reason)
+                scored: EvaluateReply = read_reply(EvaluateReply, reply)
+            except ProtocolError as exc:
+                errors[address] = str(exc)
+                log(WARNING, "round %s: node %s did not evaluate: %s", round_id, address, exc)
                 continue
-            if reply.content[STATUS].get("state") != "evaluated":
-                continue
-            m = reply.content[METRICS]
-            per_silo[address] = {"loss": float(m["loss"]), "accuracy": float(m["accuracy"]),
-                                 "num_examples": int(m["num-examples"])}  # fmt: skip
+            if scored.state is ReplyState.EVALUATED:
+                per_silo[address] = {"loss": scored.loss, "accuracy": scored.accuracy,
+                                     "num_examples": scored.num_examples}  # fmt: skip
         total = sum(s["num_examples"] for s in per_silo.values())
         summary: dict[str, Any] = {"per_silo": dict(sorted(per_silo.items())), "num_examples": total}
         if total:
-            for key in ("loss", "accuracy"):
-                summary[key] = sum(s[key] * s["num_examples"] for s in per_silo.values()) / total
+            summary.update(_example_weighted(list(per_silo.values()), "num_examples", ("loss", "accuracy")))
             log(INFO, "round %s: federated accuracy %.4f on %s held-out examples of %s silos", round_id,
                 summary["accuracy"], total, len(per_silo))  # fmt: skip
         if errors:
             summary["errors"] = errors
         return summary
 
+    # ------------------------------------------------------------------ steps both flows record with
+
+    def _sampled_nodes(self, report: RoundReport) -> list[int]:
+        """The identified nodes in the round's sampled set, in shuffle order
+        (:func:`~deai_flower.protocol.sampling.round_sample`, with the registry as it is
+        now: an index whose holder joined after the round opened sits the round out).
+        Recorded in ``report.sampled``."""
+        state = self._round_state
+        self._sample = round_sample(beacon=bytes(state["beacon"]), registry_size=int(state["registrySize"]),
+                                    registry_epoch=int(state["registryEpoch"]), sample_bps=int(state["sampleBps"]),
+                                    committee_size=int(state["committeeSize"]))  # fmt: skip
+        changed = self.contract.registry()[1] != self._sample.registry_epoch  # a registration or revocation since
+        self._positions = self._sample.members(self.contract.members(), entry_epoch=(
+            (lambda address: int(self.contract.registry_entry(address)["epoch"])) if changed else None))  # fmt: skip
+        by_address = {a: n for n, a in self.admission.addresses.items()}
+        sampled = [by_address[a] for a in self._positions if a in by_address]
+        report.sampled = [self.admission.addresses[n] for n in sampled]
+        log(INFO, "round %s: %s of %s nodes sampled", report.round, len(sampled), len(self.admission.addresses))
+        return sampled
+
+    def _committee(self, revealers: list[str]) -> list[int]:
+        """The identified eligible attesters: revealers at the round's committee positions,
+        in shuffle order. All are asked: a strict majority of them must agree to finalize."""
+        assert self._sample is not None, "the round's sample is drawn when its nodes are asked to commit"
+        by_address = {a: n for n, a in self.admission.addresses.items()}
+        return [by_address[a] for a in self._sample.committee(self._positions, revealers) if a in by_address]
+
+    def _read(self, report: RoundReport, replies: list[Message], reply_type: type[_Reply]) -> dict[int, _Reply]:
+        """The replies as ``reply_type``, by node id. An error reply, or one that is malformed
+        (replies are untrusted), is recorded as that node's error; a decline is recorded
+        (:meth:`_declined`) and left out."""
+        typed: dict[int, _Reply] = {}
+        for reply in replies:
+            node_id = reply.metadata.src_node_id
+            address = self.admission.name(node_id)
+            if reply.has_error():
+                report.errors[address] = reply.error.reason
+                log(WARNING, "round %s: node %s failed: %s", report.round, address, reply.error.reason)
+                continue
+            try:
+                answer = read_reply(reply_type, reply)
+            except ProtocolError as exc:
+                report.errors[address] = f"reply refused: {exc}"
+                log(WARNING, "round %s: reply of %s refused: %s", report.round, address, exc)
+                continue
+            commit = answer.commit if isinstance(answer, RoundReply) else answer
+            if isinstance(commit, CommitReply) and commit.state is ReplyState.DECLINED:
+                self._declined(report, node_id, commit)
+                continue
+            typed[node_id] = answer
+        return typed
+
+    def _declined(self, report: RoundReport, node_id: int, declined: CommitReply) -> None:
+        """Record a node's decline; one whose own terms refuse the run (protocol §1.2)
+        is refused for the rest of it, since its terms do not change within the run."""
+        address = self.admission.name(node_id)
+        report.declined[address] = declined.reason
+        if declined.terms:
+            self.admission.refuse(node_id, address, f"its terms refuse this run: {declined.reason}")
+
+    def _record_commits(self, report: RoundReport, committed: Mapping[int, CommitReply]) -> None:
+        """The committers, their gas, the round's largest ε and example-weighted training loss."""
+        report.committed = [self.admission.name(n) for n in committed]
+        trainings = [reply.training for reply in committed.values() if reply.training is not None]
+        for reply in committed.values():
+            report.add_gas("commit", reply.gas)
+        report.epsilon_max = max([report.epsilon_max, *(t.epsilon for t in trainings)])
+        if sum(t.num_examples for t in trainings):
+            report.train_loss = _example_weighted([{"loss": t.train_loss, "num_examples": t.num_examples}
+                                                   for t in trainings], "num_examples", ("loss",))["loss"]  # fmt: skip
+
+    @staticmethod
+    def _record_exclusions(report: RoundReport, attests: Iterable[AttestReply]) -> None:
+        """Collect the reveals attesters refused (bad blobs), with the first reason given."""
+        for attest in attests:
+            for exclusion in attest.excluded:
+                report.excluded.setdefault(exclusion.participant, exclusion.reason)
+
+    def _relay_reveals(self, report: RoundReport, records: dict[str, bytes]) -> list[int]:
+        """Publish the reveal records handed over, by address (:func:`.relay.relay_reveals`);
+        return the nodes whose reveals landed."""
+        return self._record_relayed(report, "revealMany", relay_reveals(self.contract, self.run_id, report.round,
+                                                                        records))  # fmt: skip
+
+    def _cast_votes(self, report: RoundReport, signed: dict[str, AttestReply]) -> list[int]:
+        """Cast the signed votes, by address (:func:`.relay.cast_votes`); return the nodes
+        whose votes landed."""
+        return self._record_relayed(report, "attestMany", cast_votes(self.contract, self.run_id, report.round, signed))
+
+    def _record_relayed(self, report: RoundReport, call: str, relayed: Relayed) -> list[int]:
+        """Record a relayed batch's gas and refusals; return the nodes whose reveals or votes landed."""
+        for gas in relayed.gas:
+            report.add_gas(call, gas)
+        for address, reason in relayed.refused.items():
+            report.errors[address] = reason
+            log(WARNING, "round %s: %s of %s: %s", report.round, call, address, reason)
+        by_address = {a: n for n, a in self.admission.addresses.items()}
+        return [by_address[a] for a in relayed.landed if a in by_address]
+
+    def _read_revealers(self, report: RoundReport) -> None:
+        """The round's revealers as the chain records them (asked once its reveal phase is over)."""
+        opened = int(self._round_state.get("openedBlock", 0))
+        reveals = self.contract.final_reveals(self.run_id, report.round, from_block=opened)
+        report.revealed = [str(r["participant"]) for r in reveals]
+
+    def _settle_missing_reveals(self, report: RoundReport) -> None:
+        """Have the chain slash committers that did not reveal now, rather than at their
+        next commit: results then show it, and one that never commits again pays too."""
+        for address in sorted(set(report.committed) - set(report.revealed)):
+            try:
+                report.add_gas("settle", self.contract.settle(self.run_id, address).gas_used)
+            except ChainError as exc:
+                log(WARNING, "round %s: settling %s failed: %s", report.round, address, exc)
+
+    def _fail(self, report: RoundReport, reason: str) -> bool:
+        """Record the failure and let the round's deadlines pass, so a new round can open."""
+        self._wait_for_phase_end(report.round, self.contract.phase(self.run_id, report.round), until="attest")
+        report.status = "failed"
+        report.reason = reason
+        log(WARNING, "round %s failed: %s", report.round, reason)
+        return False
+
     # ------------------------------------------------------------------ helpers
 
-    def _exchange(self, node_ids: Iterable[int], message_type: str, config: dict[str, Any],
-                  report: RoundReport | None, *, timeout: float, until_closed: bool = False) -> list[Message]:  # fmt: skip
-        """Send ``message_type`` to ``node_ids``; the replies back within ``timeout``.
+    def _discover(self, grid: Grid) -> None:
+        """Learn the chain address of the nodes not asked before (:class:`.admission.NodeAdmission`)."""
+        self._grid = grid
+        self.admission.discover(grid)
 
-        With :attr:`reply_poll_s`, the SuperLink is asked for replies that often (rather
-        than every 3 s, as Flower's ``send_and_receive`` does), and with ``until_closed``
-        stragglers are waited for at most :data:`_STRAGGLER_GRACE_S` seconds once the
-        chain has closed the report's round (finalized or failed): a node that died
-        mid-round does not hold the round up for the whole timeout.
-        """
+    def _exchange(self, node_ids: Iterable[int], request: Request, report: RoundReport | None, *, timeout: float,
+                  until_closed: bool = False) -> list[Message]:  # fmt: skip
+        """Send ``request`` to ``node_ids``; the replies back within ``timeout``
+        (:func:`.transport.exchange`). With ``until_closed``, stragglers are waited for only
+        briefly once the chain has closed the report's round, and the commit phase is ended
+        once no more commits can come (:meth:`_close_commit_phase_if_done`)."""
         assert self._grid is not None
-        group = str(report.round if report is not None else config.get("round", 0))
-        messages = [
-            Message(RecordDict({CONFIG: ConfigRecord({**self.locator, **config})}), dst_node_id=n,
-                    message_type=message_type, group_id=group)  # fmt: skip
-            for n in node_ids
-        ]
-        if not messages:
-            return []
-        if self.reply_poll_s is None:
-            return list(self._grid.send_and_receive(messages, timeout=float(timeout)))
-        pending = set(self._grid.push_messages(messages))
-        replies: list[Message] = []
-        end, closed_at = time.monotonic() + timeout, None
-        while pending and time.monotonic() < end:
-            for reply in self._grid.pull_messages(list(pending)):
-                pending.discard(reply.metadata.reply_to_message_id)
-                replies.append(reply)
-            if not pending:
-                break
-            if until_closed and report is not None:
-                self._close_commit_phase_if_done(report, asked=len(messages), replies=replies)
-            if until_closed and report is not None and closed_at is None \
-                    and self.contract.phase(self.run_id, report.round) in ("finalized", "failed"):  # fmt: skip
-                closed_at = time.monotonic()
-            if closed_at is not None and time.monotonic() - closed_at > _STRAGGLER_GRACE_S:
-                log(WARNING, "round %s closed on chain; %s node(s) did not answer", report.round, len(pending))  # type: ignore[union-attr]
-                break
-            time.sleep(self.reply_poll_s)
-        return replies
+        group = str(report.round if report is not None else request.round)
+        messages = [request_message(request, self.locator, node_id=n, group_id=group) for n in node_ids]
+
+        def round_closed(replies: list[Message]) -> bool:
+            assert report is not None
+            self._close_commit_phase_if_done(report, asked=len(messages), replies=replies)
+            return self.contract.phase(self.run_id, report.round) in ("finalized", "failed")
+
+        watch = round_closed if until_closed and report is not None else None
+        return exchange(self._grid, messages, timeout=timeout, poll_s=self.reply_poll_s, round_closed=watch)
 
     def _close_commit_phase_if_done(self, report: RoundReport, *, asked: int, replies: list[Message]) -> None:
         """On one-message rounds, end the commit phase once no more commits can come.
@@ -649,110 +669,11 @@ class CommitRevealStrategy(Strategy):
 
     def _committed(self, round_id: int, node_id: int) -> bool:
         """Whether the node's participant has committed in round ``round_id``."""
-        address = self._addresses.get(node_id)
+        address = self.admission.addresses.get(node_id)
         if address is None:
             return False
         member = self.contract.get_member(self.run_id, address)
         return int(member["round"]) == round_id and member["stage"] != "none"
-
-    def _discover(self, grid: Grid) -> None:
-        """Learn the chain address of every node not asked before, keeping only nodes
-        that prove it: a node that connects after the first round takes part from the next.
-
-        Each new node gets a fresh random challenge and must return an EIP-191 signature
-        over (challenge, contract, run id, its node id) that recovers to the address it
-        claims; that address must be registered and, where the SuperLink reports the
-        node's SuperNode public key (a deployment with node authentication), registered
-        with that key's identity hash; and no other node may have proven it already. A
-        node whose proof fails is refused with its reason (:attr:`refused`) and never
-        asked again. A node that did not answer (an error reply, or none in time) is not
-        refused for good: it is asked again at the next round's discovery, since a
-        transient fault must not exclude a silo for the rest of the run.
-        """
-        self._grid = grid
-        keys = {int(info.node_id): bytes(info.public_key) for info in grid.get_nodes()}
-        new = [n for n in keys if n not in self._asked or n in self._silent]
-        self._asked.update(new)
-        self._silent.difference_update(new)
-        if not new:
-            return
-        challenges = {n: secrets.token_bytes(CHALLENGE_BYTES) for n in new}
-        messages = [Message(RecordDict({CONFIG: ConfigRecord({**self.locator, "challenge": challenges[n]})}),
-                            dst_node_id=n, message_type="query.identity", group_id="identity")
-                    for n in new]  # fmt: skip
-        replies = list(grid.send_and_receive(messages, timeout=float(self.spec.rounds.commit_s)))
-        answered = set()
-        for reply in replies:
-            node_id = int(reply.metadata.src_node_id)
-            answered.add(node_id)
-            if reply.has_error():
-                self._silent.add(node_id)
-                self._unavailable(node_id, keys.get(node_id, b""), _error_line(reply.error.reason))
-                log(WARNING, "node %s did not prove its chain address (%s); it is asked again next round",
-                    node_id, reply.error.reason)  # fmt: skip
-                continue
-            status = reply.content[STATUS]
-            address = str(status.get("address", ""))
-            reason = self._identity_problem(node_id, address, status.get("signature"), challenges[node_id],
-                                            keys.get(node_id, b""))  # fmt: skip
-            if reason:
-                self._refuse(node_id, address, reason)
-            else:
-                self._addresses[node_id] = to_checksum_address(address)
-                self.refused.pop(node_id, None)  # it could not serve before; it can now
-        for node_id in set(new) - answered:
-            self._silent.add(node_id)
-            self._unavailable(node_id, keys.get(node_id, b""), "did not answer the identity challenge in time")
-            log(WARNING, "node %s did not answer the identity challenge in time; it is asked again next round",
-                node_id)  # fmt: skip
-
-    def _identity_problem(self, node_id: int, address: str, signature: Any, challenge: bytes,
-                          public_key: bytes) -> str:  # fmt: skip
-        """Why a node's identity proof fails, or '' when it holds."""
-        if not is_address(address):
-            return f"claims {address!r}, which is not an address"
-        address = to_checksum_address(address)
-        if not isinstance(signature, bytes):
-            return f"claims {address} without a signature"
-        signer = recover_identity(signature, challenge=challenge, contract=self.contract.address,
-                                  run_id=self.run_id, node_id=node_id)  # fmt: skip
-        if signer != address:
-            return f"claims {address} but its signature over the challenge is by {signer or 'nobody (malformed)'}"
-        active, identity = self.contract.participant_info(address)
-        if not active:
-            return f"signs as {address}, which is not a registered participant"
-        if public_key and self.bind_supernode_keys:
-            try:
-                node_identity = supernode_identity(public_key)
-            except ConfigError as exc:
-                return f"the SuperLink reports an unreadable SuperNode key for it ({exc})"
-            if node_identity != identity:
-                return (f"signs as {address}, but its SuperNode key (identity 0x{node_identity.hex()}) is not the "
-                        f"one registered for {address} (0x{identity.hex()})")
-        holder = next((n for n, a in self._addresses.items() if a == address), None)
-        if holder is not None:
-            return f"signs as {address}, which node {holder} has proven already"
-        return ""
-
-    def _unavailable(self, node_id: int, public_key: bytes, reason: str) -> None:
-        """Report a node that cannot serve (its ClientApp fails, e.g. on its node config)
-        by name: the registered address its SuperNode key is bound to, where the
-        SuperLink reports keys. It is not asked to act until it proves its address."""
-        self.refused[node_id] = {"address": self._registered_holder(public_key), "reason": f"cannot serve: {reason}"}
-
-    def _registered_holder(self, public_key: bytes) -> str:
-        """The registered address bound to this SuperNode key ('' when none or unknown)."""
-        if not public_key or not self.bind_supernode_keys:
-            return ""
-        try:
-            identity = supernode_identity(public_key)
-        except ConfigError:
-            return ""
-        return next((a for a in self.contract.members() if self.contract.participant_info(a)[1] == identity), "")
-
-    def _refuse(self, node_id: int, address: str, reason: str) -> None:
-        self.refused[node_id] = {"address": address, "reason": reason}
-        log(WARNING, "node %s refused, it will not be asked to act: %s", node_id, reason)
 
     def _round_to_play(self) -> tuple[dict[str, Any], dict[str, Any], TxResult | None]:
         """The run (``getRun``) and the chain round to play next (``getRound``) as the
@@ -816,105 +737,18 @@ class CommitRevealStrategy(Strategy):
             self._on_phase(report.round, phase)
         self._phase_start = now if phase != "done" else 0.0
 
-    def _split(self, report: RoundReport, replies: list[Message], *ok_states: str) -> dict[int, Message]:
-        """Replies in one of ``ok_states`` by node id; errors recorded in the report."""
-        good = {}
-        for reply in replies:
-            node_id = reply.metadata.src_node_id
-            address = self._addresses.get(node_id, str(node_id))
-            if reply.has_error():
-                report.errors[address] = reply.error.reason
-                log(WARNING, "round %s: node %s failed: %s", report.round, address, reply.error.reason)
-                continue
-            status = reply.content[STATUS]
-            if status.get("state") in ok_states:
-                good[node_id] = reply
-            elif status.get("state") == "declined":
-                self._declined(report, node_id, status)
-        return good
+    def _reply_window(self, phase_s: float) -> float:
+        """How long to wait for the nodes' replies in a reveal or attest phase of
+        ``phase_s`` seconds: all of it when nodes send their own transactions; when
+        relaying, the first :data:`_RELAY_WAIT_SHARE` of it, so that the batches land
+        before the phase's deadline even when a node hangs (on a chain whose clock runs
+        with the wall's, a batch sent at the end of the phase would be refused)."""
+        return phase_s * _RELAY_WAIT_SHARE if self.relay else phase_s
 
-    def _declined(self, report: RoundReport, node_id: int, status: Any) -> None:
-        """Record a node's decline; one whose own terms refuse the run (protocol §1.2)
-        is refused for the rest of it, since its terms do not change within the run."""
-        address = self._addresses.get(node_id, str(node_id))
-        reason = str(status.get("reason", ""))
-        report.declined[address] = reason
-        if status.get("terms") is True:
-            self._addresses.pop(node_id, None)
-            self._refuse(node_id, address, f"its terms refuse this run: {reason}")
-
-    def _settle_missing_reveals(self, report: RoundReport) -> None:
-        """Have the chain slash committers that did not reveal now, rather than at their
-        next commit: results then show it, and one that never commits again pays too."""
-        for address in sorted(set(report.committed) - set(report.revealed)):
-            try:
-                report.add_gas("settle", self.contract.settle(self.run_id, address).gas_used)
-            except ChainError as exc:
-                log(WARNING, "round %s: settling %s failed: %s", report.round, address, exc)
-
-    @staticmethod
-    def _record_exclusions(report: RoundReport, replies: list[Message]) -> None:
-        """Collect the reveals attesters refused (bad blobs), with the first reason given."""
-        for reply in replies:
-            if reply.has_error():
-                continue
-            status = reply.content[STATUS]
-            if "excluded" not in status:
-                continue
-            for participant, reason in zip(status["excluded"], status["excluded-reasons"], strict=True):
-                report.excluded.setdefault(str(participant), str(reason))
-
-    def _wait_for_phase_end(self, round_id: int, phase: str, deadline_key: str) -> str:
-        """Wait (bounded) until the round leaves ``phase``; return the phase it is in."""
-        current = self.contract.phase(self.run_id, round_id)
-        if current == phase and phase not in ("finalized", "failed"):
-            deadline = int(self.contract.get_round(self.run_id, round_id)[deadline_key])
-            self.contract.node.advance_to(deadline, timeout=self._longest_phase())
-            current = self.contract.phase(self.run_id, round_id)
-        return current
-
-    def _sampled_nodes(self) -> list[int]:
-        """Nodes in the round's sampled set, in shuffle order (docs/protocol.md §2.2).
-
-        The contract's rule evaluated locally: the registry indices at the first k positions
-        of the beacon-keyed shuffle of the registry as it was when the round opened (k
-        inverse evaluations, one read of the registry), less anyone whose index was assigned
-        after the round opened. The protocol tests keep this equal to the chain's
-        ``isSampled``.
-        """
-        state = self._round_state
-        size, epoch = int(state["registrySize"]), int(state["registryEpoch"])
-        members = self.contract.members()
-        changed = self.contract.registry()[1] != epoch  # a registration or revocation since it opened
-        by_address = {a: n for n, a in self._addresses.items()}
-        self._positions = {}
-        for position, index in enumerate(sampled_indices(beacon=bytes(state["beacon"]), registry_size=size,
-                                                         sample_bps=int(state["sampleBps"]))):  # fmt: skip
-            if index >= len(members):
-                continue  # revoked since, its index not refilled
-            address = members[index]
-            if changed and self.contract.registry_entry(address)["epoch"] > epoch:
-                continue  # moved into this index after the round opened: sits the round out
-            self._positions[address] = position
-        return [by_address[a] for a in sorted(self._positions, key=self._positions.__getitem__) if a in by_address]
-
-    def _committee(self, revealers: dict[int, str]) -> list[int]:
-        """The eligible attesters: revealers among the round's committee positions (the
-        first ``committeeSize`` sampled positions; every revealer when it is 0), in shuffle
-        order. All are asked: a strict majority of them must agree to finalize."""
-        state = self._round_state
-        k = sampled_count(registry_size=int(state["registrySize"]), sample_bps=int(state["sampleBps"]))
-        seats = committee_size_of(sampled=k, committee_size=int(state["committeeSize"]))
-        eligible = [n for n, a in revealers.items() if self._positions.get(a, seats) < seats]
-        return sorted(eligible, key=lambda n: self._positions[revealers[n]])
-
-    def _fail(self, report: RoundReport, reason: str) -> bool:
-        """Record the failure and let the round's deadlines pass, so a new round can open."""
-        self._wait_for_phase_end(report.round, self.contract.phase(self.run_id, report.round), "attestDeadline")
-        report.status = "failed"
-        report.reason = reason
-        log(WARNING, "round %s failed: %s", report.round, reason)
-        return False
+    def _wait_for_phase_end(self, round_id: int, phase: str, *, until: str | None = None) -> str:
+        """Wait (bounded) until the round leaves ``phase``; return the phase it is in. The
+        coordinator holds every reply it waits for, so the clock is moved at once."""
+        return await_phase_end(self.contract, self.run_id, round_id, phase, timeout=self._longest_phase(), until=until)
 
     # ------------------------------------------------------------------ Flower's hooks, unused
 
@@ -939,28 +773,13 @@ class CommitRevealStrategy(Strategy):
         log(INFO, "\t└── committee size %s, rule %s", self.spec.rounds.committee_size, self.spec.rule.name)
 
 
-def _reply_bytes(status: Any, key: str, *, size: int | None = None) -> bytes:
-    """Field ``key`` of a node's reply status, which must be bytes (of ``size`` bytes)."""
-    value = status[key] if key in status else None
-    if not isinstance(value, bytes) or (size is not None and len(value) != size):
-        raise ValueError(f"its reply's '{key}' is not {size or 'some'} bytes")
-    return value
-
-
-def _record_training(report: RoundReport, metrics: list[Any]) -> None:
-    """The round's largest ε and example-weighted training loss, from the committers' metrics."""
-    for m in metrics:
-        report.epsilon_max = max(report.epsilon_max, float(m["epsilon"]))
-    weights = [int(m["num-examples"]) for m in metrics]
-    if sum(weights):
-        report.train_loss = sum(float(m["train-loss"]) * w for m, w in zip(metrics, weights, strict=True)) / sum(weights)
-
-
-def _error_line(reason: str) -> str:
-    """A node's error reply as one line: Flower writes ``<class 'module.Error'>:<'text'>``."""
-    match = re.fullmatch(r"<class '(?:[\w.]+\.)?(\w+)'>:<'(.*)'>", reason.strip(), flags=re.DOTALL)
-    line = f"{match.group(1)}: {match.group(2)}" if match else reason.strip()
-    return line.splitlines()[0] if line else "no reason given"
+def _example_weighted(records: list[dict[str, float]], weight: str, keys: tuple[str, ...]) -> dict[str, float]:
+    """The ``keys`` of ``records`` averaged with the weights under ``weight`` (Flower's
+    ``aggregate_metricrecords``, as its strategies weight by examples)."""
+    weighted = aggregate_metricrecords(
+        [RecordDict({"metrics": MetricRecord({**{k: float(r[k]) for k in keys}, weight: int(r[weight])})})
+         for r in records], weight)  # fmt: skip
+    return {k: float(weighted[k]) for k in keys}  # type: ignore[arg-type]
 
 
 def _plain(arrays: ArrayRecord) -> dict[str, Any]:

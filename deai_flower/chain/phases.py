@@ -15,7 +15,7 @@ import time
 
 from .contract import RoundsContract
 
-__all__ = ["await_phase_end"]
+__all__ = ["DEADLINE_OF", "await_phase_end"]
 
 #: The ``getRound`` field holding each phase's deadline.
 DEADLINE_OF = {"commit": "commitDeadline", "reveal": "revealDeadline", "attest": "attestDeadline"}

@@ -32,6 +32,7 @@ from support import compose_with
 
 from deai_flower.apps import client_app
 from deai_flower.chain import simulation_key
+from deai_flower.chain.phases import DEADLINE_OF
 from deai_flower.simulation.experiment import run_experiment
 from deai_flower.simulation.harness import prepare_run, serve_chain
 from deai_flower.storage import LocalStore, cid_from_bytes
@@ -54,10 +55,10 @@ BLOCK_TIME_S = 4
 class WallClockCoordinator(CommitRevealStrategy):
     """The reference coordinator, except that it waits for a deadline as on a real chain."""
 
-    def _wait_for_phase_end(self, round_id: int, phase: str, deadline_key: str) -> str:
+    def _wait_for_phase_end(self, round_id: int, phase: str, *, until: str | None = None) -> str:
         current = self.contract.phase(self.run_id, round_id)
         if current == phase and phase not in ("finalized", "failed"):
-            deadline = int(self.contract.get_round(self.run_id, round_id)[deadline_key])
+            deadline = int(self.contract.get_round(self.run_id, round_id)[DEADLINE_OF[until or phase]])
             node, started, chain_then = self.contract.node, time.monotonic(), self.contract.node.now()
             while node.now() < deadline and chain_then + (time.monotonic() - started) < deadline + BLOCK_TIME_S:
                 time.sleep(0.2)
@@ -69,8 +70,8 @@ class WallClockCoordinator(CommitRevealStrategy):
 class WithholdingRelayer(WallClockCoordinator):
     """Publishes every hand-over but the victim's."""
 
-    def _relay_reveals(self, report: Any, records: dict[int, bytes]) -> list[int]:
-        kept = {n: record for n, record in records.items() if self._addresses[n] != VICTIM}
+    def _relay_reveals(self, report: Any, records: dict[str, bytes]) -> list[int]:
+        kept = {address: record for address, record in records.items() if address != VICTIM}
         return super()._relay_reveals(report, kept) if kept else []
 
 

@@ -277,9 +277,9 @@ def test_a_hung_attester_does_not_hold_a_relayed_round_past_its_deadline(
     waits: dict[str, list[float]] = {}
     real = CommitRevealStrategy._exchange
 
-    def timed(self: CommitRevealStrategy, node_ids: Any, message_type: str, *args: Any, **kwargs: Any) -> Any:
-        waits.setdefault(message_type, []).append(float(kwargs["timeout"]))
-        return real(self, node_ids, message_type, *args, **kwargs)
+    def timed(self: CommitRevealStrategy, node_ids: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        waits.setdefault(request.message_type, []).append(float(kwargs["timeout"]))
+        return real(self, node_ids, request, *args, **kwargs)
 
     monkeypatch.setattr(CommitRevealStrategy, "_exchange", timed)
     faulty = 3

@@ -185,7 +185,7 @@ def test_without_supernode_keys_a_registered_address_and_a_valid_signature_suffi
                                              "store": f"local:{tmp_path / 'store'}"})  # fmt: skip
     with task_identity(run_id=RUN_ID, node_id=SUPERLINK_NODE_ID):
         strategy._discover(grid)
-    assert strategy._addresses == {7: silo.address}
+    assert strategy.addresses == {7: silo.address}
     assert strategy.refused == {8: {"address": silo.address, "reason": f"signs as {silo.address}, which node 7 has "
                                                                        "proven already"}}  # fmt: skip
     assert sign_identity  # the node's side is the real handler (see the first test)

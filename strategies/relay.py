@@ -1,0 +1,102 @@
+"""Relaying: publishing the reveals nodes hand over in one ``revealMany`` and casting the
+votes they sign in one ``attestMany`` per result (protocol §2.4, §2.5).
+
+A round then costs each participant one transaction of its own (its commit) instead of
+three. The relayer pays for the batches, and can publish only what the nodes committed
+to and signed: a record or vote the chain would refuse is found, left out and named as
+its node's error, and the rest of the batch lands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from deai_flower.chain import RoundsContract
+from deai_flower.errors import ContractRevertError, InvalidCidError
+from deai_flower.messages import AttestReply
+from deai_flower.storage import cid_to_bytes
+
+__all__ = ["Relayed", "cast_votes", "relay_reveals"]
+
+
+@dataclass
+class Relayed:
+    """What a relayed batch came to: whose reveals or votes landed, what the chain (or the
+    relayer's own check) refused and why, and the gas of each transaction sent."""
+
+    landed: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    gas: list[int] = field(default_factory=list)
+
+
+def relay_reveals(contract: RoundsContract, run_id: int, round_id: int, records: Mapping[str, bytes]) -> Relayed:
+    """Publish the reveal records (by participant address) in one ``revealMany``.
+
+    A record the chain would refuse (it does not reproduce its node's commitment, or
+    breaks the run's rules) would revert the whole batch: it is found by calling the
+    batch for each record alone, and left out.
+    """
+    relayed, batch = Relayed(), dict(records)
+    try:
+        tx = contract.reveal_many(run_id, round_id, batch)
+    except ContractRevertError:
+        for address, record in list(batch.items()):
+            refusal = contract.reveal_refusal(run_id, round_id, address, record)
+            if refusal is not None:
+                relayed.refused[address] = f"reveal refused by the chain: {refusal}"
+                del batch[address]
+        if not batch:
+            return relayed
+        tx = contract.reveal_many(run_id, round_id, batch)
+    relayed.gas.append(tx.gas_used)
+    relayed.landed = [str(e["args"]["participant"]) for e in tx.events if e["event"] == "Revealed"]
+    return relayed
+
+
+def cast_votes(contract: RoundsContract, run_id: int, round_id: int, signed: Mapping[str, AttestReply]) -> Relayed:
+    """Cast the signed votes (by attester address), one ``attestMany`` per (result CID,
+    outcome) pair, the pairs with fewer votes first: dissent is cast as its signers gave it.
+
+    Once a pair finalizes the round no vote lands, so of the pair with the most votes only
+    the round's ``votesNeeded`` are cast (the rest if those do not finalize), as attesters
+    sending their own stop at the finalizing vote. A signature that is not its attester's,
+    or that the chain would refuse, is left out.
+    """
+    relayed = Relayed()
+    groups: dict[tuple[bytes, bytes], dict[str, bytes]] = {}
+    for address, vote in signed.items():  # replies are untrusted: a bad vote is its attester's error
+        try:
+            result = cid_to_bytes(vote.cid)
+            if contract.vote_signer(run_id, round_id, result, vote.outcome, vote.signature) != address:
+                raise ValueError("its vote's signature is not its own")
+        except (ValueError, InvalidCidError) as exc:
+            relayed.refused[address] = f"vote not cast: {exc}"
+            continue
+        groups.setdefault((result, vote.outcome), {})[address] = vote.signature
+    ordered = sorted(groups.items(), key=lambda g: len(g[1]))
+    try:
+        needed = int(contract.get_round(run_id, round_id)["votesNeeded"])
+    except ContractRevertError:  # finalized meanwhile (by attesters sending their own): nothing to cast
+        return relayed
+    batches = list(ordered[:-1])
+    if ordered:
+        pair, votes = ordered[-1]
+        batches += [(pair, dict(list(votes.items())[:needed])), (pair, dict(list(votes.items())[needed:]))]
+    for (result, outcome), votes in batches:
+        if not votes or contract.phase(run_id, round_id) != "attest":
+            continue
+        try:
+            tx = contract.attest_many(run_id, round_id, result, outcome, list(votes.values()))
+        except ContractRevertError:
+            for address, signature in list(votes.items()):
+                refusal = contract.vote_refusal(run_id, round_id, result, outcome, signature)
+                if refusal is not None:
+                    relayed.refused[address] = f"vote refused by the chain: {refusal}"
+                    del votes[address]
+            if not votes:
+                continue
+            tx = contract.attest_many(run_id, round_id, result, outcome, list(votes.values()))
+        relayed.gas.append(tx.gas_used)
+        relayed.landed.extend(votes)
+    return relayed
