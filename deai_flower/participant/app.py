@@ -25,7 +25,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from ..errors import ConfigError, ProtocolError
-from ..messages import CONFIG
+from ..messages import CONFIG, IdentityRequest
 from .locator import RunLocator
 from .participant import Participant, _NodeConfig
 
@@ -80,7 +80,7 @@ def participant_for(message: Message, context: Context, *,
     config = message.content[CONFIG] if CONFIG in message.content else {}
     if "keystore" in node_config:
         participant = _deployed(node_config)
-        if message.metadata.message_type != "query.identity" or "contract" in config:
+        if message.metadata.message_type != IdentityRequest.message_type or "contract" in config:
             _check_run(RunLocator.from_config(config), context.run_config)
         return participant
     if "partition-id" in node_config:
