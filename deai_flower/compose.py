@@ -9,11 +9,18 @@ Imports Hydra, never the ML stack.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
+import shlex
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["composition_error"]
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+__all__ = ["compose_overrides", "composition_error"]
 
 _NOT_OVERRIDABLE = re.compile(r"Could not override '([^']+)'")
 
@@ -83,3 +90,25 @@ def composition_error(overrides: Sequence[str]) -> str | None:
     except OmegaConfBaseException as exc:
         return str(exc).strip().splitlines()[0]
     return None
+
+
+@functools.lru_cache(maxsize=8)
+def compose_overrides(overrides: str, *, check_loader: bool = True) -> DictConfig:
+    """Compose ``conf/config.yaml`` with Hydra overrides given as one shell-quoted string,
+    and validate it (``check_loader=False``: all but the dataset loader, which a run's
+    creator, having no dataset, never imports)."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .config import register_configs, validate
+
+    register_configs()
+    try:
+        with initialize_config_module(config_module="deai_flower.conf", version_base=None):
+            cfg = compose(config_name="config", overrides=shlex.split(overrides))
+    except (HydraException, OmegaConfBaseException) as exc:
+        why = composition_error(shlex.split(overrides)) or str(exc).splitlines()[0]
+        raise ConfigError(f"overrides {overrides!r}: {why}") from None
+    validate(cfg, loader=check_loader)  # type: ignore[arg-type]
+    return cfg

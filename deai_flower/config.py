@@ -31,6 +31,17 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError
+from .protocol.spec import DataSchema, IncentivesSpec, PrivacySpec, RoundsSpec, RuleSpec, RunSpec, TrainingSpec
+
+
+@dataclass
+class DataSchemaConfig:
+    """What the model expects of every silo's rows (the run spec's data schema), declared
+    so that a run is created without loading the dataset; 0: not declared."""
+
+    num_features: int = 0
+    num_classes: int = 0
+    input_shape: list[int] = field(default_factory=list)  # [channels, height, width] for images; [] for flat rows
 
 
 @dataclass
@@ -41,6 +52,7 @@ class DatasetConfig:
     dirichlet_alpha: float = 0.5
     classes_per_partition: int = 2  # pathological: classes held by each client
     test_fraction: float = 0.2
+    schema: DataSchemaConfig = field(default_factory=DataSchemaConfig)
 
 
 @dataclass
@@ -86,10 +98,13 @@ class StrategyConfig:
 class AdversaryConfig:
     """Simulated attackers for robustness experiments (none by default)."""
 
-    kind: str = "scaled"  # scaled (model poisoning) | freerider (trains nothing)
+    # scaled (model poisoning) | freerider (trains nothing) | public_step | no_noise | sybil |
+    # sign_flip_twins (defectors against the reward rule: deai_flower/simulation/adversaries.py)
+    kind: str = "scaled"
     poisoned_clients: list[int] = field(default_factory=list)
     scale: float = 1.0  # scaled: a poisoned client sends w_global + scale * (w_trained - w_global)
     noise: float = 0.0  # freerider: std of the Gaussian noise added to the global model it sends back
+    look_honest: bool = True  # public_step: add the noise an honest DP update carries
 
 
 @dataclass
@@ -166,6 +181,50 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="deai_schema", node=ExperimentConfig)
 
 
+def declared_schema(cfg: Any) -> DataSchema | None:
+    """The data schema ``dataset.schema`` declares, or None where it declares none."""
+    node = cfg.dataset.get("schema") or {}
+    features, classes = int(node.get("num_features", 0)), int(node.get("num_classes", 0))
+    if not features and not classes:
+        return None
+    shape = tuple(int(n) for n in node.get("input_shape") or ())
+    _require(features >= 1 and classes >= 2,
+             f"dataset.schema needs num_features >= 1 and num_classes >= 2 (got {features} and {classes})")  # fmt: skip
+    _require(not shape or math.prod(shape) == features,
+             f"dataset.schema.input_shape {list(shape)} does not hold num_features={features} values")  # fmt: skip
+    return DataSchema(num_features=features, num_classes=classes, input_shape=shape or (features,))
+
+
+def spec_from_config(cfg: Any, schema: DataSchema, *, validation_cid: str = "") -> RunSpec:
+    """The run spec an experiment config describes (the one place config becomes spec);
+    ``validation_cid``: where the validation set of a loss-scored run is stored."""
+    from .models import model_spec  # the ML stack, for the model's exact target
+    from .protocol.rules import RULE_PARAMS
+
+    s, inc = cfg.strategy, cfg.incentives
+    params = {key: s[key] for key in RULE_PARAMS.get(str(s.name), ())}
+    return RunSpec(
+        model=model_spec(cfg.model),
+        data=schema,
+        rule=RuleSpec(name=str(s.name), params=OmegaConf.to_container(OmegaConf.create(params), resolve=True)),  # type: ignore[arg-type]
+        privacy=PrivacySpec(epsilon=privacy_epsilon(cfg),
+                            delta=float(cfg.privacy.delta), max_grad_norm=float(cfg.privacy.max_grad_norm),
+                            accountant=str(cfg.privacy.accountant)),  # fmt: skip
+        training=TrainingSpec(local_epochs=int(cfg.training.local_epochs), batch_size=int(cfg.training.batch_size),
+                              learning_rate=float(cfg.training.learning_rate)),  # fmt: skip
+        rounds=RoundsSpec(num_rounds=int(cfg.num_rounds), commit_s=int(s.commit_timeout_s),
+                          reveal_s=int(s.reveal_timeout_s), attest_s=int(s.attest_timeout_s),
+                          sample_fraction=float(s.sample_fraction), quorum=int(s.quorum), min_reveals=int(s.min_reveals),
+                          committee_size=int(s.committee_size)),  # fmt: skip
+        max_blob_bytes=int(cfg.storage.max_blob_bytes),
+        incentives=IncentivesSpec(
+            score=str(inc.score), validation_cid=validation_cid if str(inc.score) == "loss" else "",
+            stake_token=str(inc.stake_token or ""), stake=int(inc.stake), reward_pool=int(inc.reward_pool),
+            slash_missing_reveal=int(inc.slash_missing_reveal), slash_refused=int(inc.slash_refused),
+            slash_minority=int(inc.slash_minority)),  # fmt: skip
+    )
+
+
 # --- the whole config ----------------------------------------------------------------
 
 # Nodes whose keys are the arguments of user-named code, not schema fields.
@@ -236,10 +295,12 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def validate(cfg: ExperimentConfig, *, targets: bool = True) -> None:
+def validate(cfg: ExperimentConfig, *, targets: bool = True, loader: bool = True) -> None:
     """Check a composed config: no unknown keys, values in range, model and loader
     targets that import and take their arguments. The message names the key to fix.
-    ``targets=False`` skips the targets, whose check imports the ML stack.
+    ``targets=False`` skips the targets, whose check imports the ML stack;
+    ``loader=False`` the dataset loader only (a run's creator has no dataset: the silos
+    bring their own files).
 
     Raises:
         ConfigError: the first problem found, in one line.
@@ -286,9 +347,11 @@ def validate(cfg: ExperimentConfig, *, targets: bool = True) -> None:
     _require(all(0 <= c < cfg.num_clients for c in cfg.adversary.poisoned_clients),
              f"adversary.poisoned_clients must be client indices below num_clients ({cfg.num_clients})")  # fmt: skip
     a, inc = cfg.adversary, cfg.incentives
-    _require(a.kind in ("scaled", "freerider"), f"adversary.kind must be 'scaled' or 'freerider' (got {a.kind!r})")
+    kinds = ("scaled", "freerider", "public_step", "no_noise", "sybil", "sign_flip_twins")
+    _require(a.kind in kinds, f"adversary.kind must be one of {', '.join(kinds)} (got {a.kind!r})")
     _require(a.noise >= 0, f"adversary.noise must be >= 0 (got {a.noise})")
-    _require(inc.score in ("alignment", "loss"), f"incentives.score must be 'alignment' or 'loss' (got {inc.score!r})")
+    _require(inc.score in ("alignment", "loss", "shares"),
+             f"incentives.score must be 'alignment', 'loss' or 'shares' (got {inc.score!r})")  # fmt: skip
     _require(inc.validation_size >= 1, f"incentives.validation_size must be >= 1 (got {inc.validation_size})")
     for key in ("stake", "reward_pool", "slash_missing_reveal", "slash_refused", "slash_minority"):
         _require(0 <= int(inc[key]) < 2**128, f"incentives.{key} must be between 0 and 2**128 - 1 wei (got {inc[key]})")
@@ -321,9 +384,11 @@ def validate(cfg: ExperimentConfig, *, targets: bool = True) -> None:
     # The model and the dataset loader: importable targets taking the arguments given
     # (the bundled models' argument values too). Imported here: both pull in heavy
     # libraries that a config check alone should not need.
-    from .data import check_loader
     from .models import check_model_args, model_spec
 
     model = model_spec(cfg.model)
     check_model_args(model, allowed=(model.target,))  # the config's author allows its own model
-    check_loader(cfg.dataset.loader)
+    if loader:
+        from .data import check_loader
+
+        check_loader(cfg.dataset.loader)

@@ -8,7 +8,7 @@
     deai consortium register --rpc URL --contract ADDR --keystore K --password-file P
                              --silo ADDRESS --supernode-key KEY.pub
     deai consortium create-run --rpc URL --contract ADDR --keystore K --password-file P
-                               --store local:DIR|ipfs:MULTIADDR [OVERRIDE ...]
+                               --store local:DIR|ipfs:MULTIADDR [--validation-set FILE] [OVERRIDE ...]
     deai consortium demo-data --out DIR --silos N [OVERRIDE ...]
     deai consortium withdraw --rpc URL --contract ADDR --run-id N --keystore K --password-file P [--pool]
 
@@ -104,7 +104,8 @@ def _create_run(args: argparse.Namespace) -> None:
     from ..consortium.setup import create_run
 
     account = _admin(args)
-    run = create_run(args.rpc, args.contract, account, store_location=args.store, overrides=args.overrides)
+    run = create_run(args.rpc, args.contract, account, store_location=args.store, overrides=args.overrides,
+                     validation_set=args.validation_set)  # fmt: skip
     coordinator_keystore = (args.coordinator_keystore or args.keystore).resolve()
     coordinator_password = (args.coordinator_password_file or args.password_file).resolve()
     run_config = " ".join(f"{k}={_toml(v)}" for k, v in (
@@ -201,7 +202,10 @@ def add_parser(groups: Any) -> None:
     p.add_argument("--coordinator-password-file", type=Path, default=None)
     p.add_argument("--output-dir", default="deai-run", help="where the coordinator writes results.json")
     p.add_argument("--connection", default="consortium", help="the flwr connection name for the printed command")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides, as for deai-flower (e.g. num_rounds=2)")
+    p.add_argument("--validation-set", type=Path, default=None, metavar="FILE",
+                   help="a loss-scored run's validation rows (.npz, .csv or .parquet, as a silo's file)")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, as for deai-flower (e.g. num_rounds=2); no dataset "
+                   "is loaded: the data schema is the one dataset.schema declares")  # fmt: skip
     p.set_defaults(func=_create_run)
 
     p = steps.add_parser("withdraw", help="pull a key's rewards and stake from a run (and, for its creator, the pool)")

@@ -106,37 +106,53 @@ class CreatedRun:
 
 
 def compose_run_config(overrides: list[str]) -> Any:
-    """The experiment config of ``overrides`` (Hydra syntax, as for ``deai-flower``)."""
-    from ..simulation.config import compose_overrides
+    """The experiment config of ``overrides`` (Hydra syntax, as for ``deai-flower``),
+    checked without importing its dataset loader."""
+    from ..compose import compose_overrides
 
-    return compose_overrides(" ".join(shlex.quote(o) for o in overrides))
+    return compose_overrides(" ".join(shlex.quote(o) for o in overrides), check_loader=False)
 
 
-def create_run(rpc_url: str, address: str, account: LocalAccount, *, store_location: str,
-               overrides: list[str]) -> CreatedRun:  # fmt: skip
+def create_run(rpc_url: str, address: str, account: LocalAccount, *, store_location: str, overrides: list[str],
+               validation_set: Path | None = None) -> CreatedRun:  # fmt: skip
     """Create a run of the experiment ``overrides`` describe: its spec (model, data schema,
     rule, DP settings, rounds) and initial model go into the store, the chain records them.
 
-    The data schema comes from the configured dataset (loaded once here, only for its
-    shape: silos train on their own files, checked against it); a loss-scored run's
-    validation set is cut from its test split. The creator's key pays the reward pool.
+    No dataset is loaded: the data schema is the one ``dataset.schema`` declares (silos
+    train on their own files, checked against it), and a loss-scored run's validation set
+    is the creator's own ``validation_set`` file (``.npz``, ``.csv`` or ``.parquet``, as a
+    silo's). The creator's key pays the reward pool.
     """
+    from ..config import declared_schema, spec_from_config
     from ..protocol.spec import spec_cid
-    from ..simulation.harness import create_run as create_on_chain
-    from ..simulation.harness import load_split, spec_from_config, store_run, store_validation_set
+    from ..silo_data import load_silo_data
     from ..storage.location import open_store
+    from .runs import create_run as create_on_chain
+    from .runs import publish_run, publish_validation_set
 
     cfg = compose_run_config(overrides)
+    schema = declared_schema(cfg)
+    if schema is None:
+        raise ConsortiumError("the run's data schema is not declared: name a dataset that declares one or give "
+                              "dataset.schema.num_features=N dataset.schema.num_classes=K "
+                              "(and dataset.schema.input_shape=[C,H,W] for images)")  # fmt: skip
+    loss_scored = str(cfg.incentives.score) == "loss"
+    if loss_scored and validation_set is None:
+        raise ConsortiumError("a loss-scored run (incentives.score=loss) needs its validation set: --validation-set FILE")
+    if not loss_scored and validation_set is not None:
+        raise ConsortiumError("--validation-set is for loss-scored runs (incentives.score=loss)")
     contract = open_contract(rpc_url, address, account)
-    if contract.admin() != account.address:
+    if contract.contract.functions.admin().call() != account.address:
         raise ConsortiumError(f"{account.address} is not the admin of contract {contract.address}; "
                               "create runs with the key that deployed it")  # fmt: skip
     _require_funds(contract.node, account)
-    split = load_split(cfg, num_clients=1)
     store = open_store(store_location, max_bytes=int(cfg.storage.max_blob_bytes))
-    spec = spec_from_config(cfg, split.schema(), validation_cid=store_validation_set(cfg, split, store))
+    validation_cid = ""
+    if validation_set is not None:
+        validation_cid = publish_validation_set(store, *load_silo_data(validation_set, schema))
+    spec = spec_from_config(cfg, schema, validation_cid=validation_cid)
     spec.check_supported()
-    initial_cid, _ = store_run(spec, store, seed=int(cfg.seed))
+    initial_cid, _ = publish_run(spec, store, seed=int(cfg.seed))
     try:
         run_id, _ = create_on_chain(contract, spec, initial_cid)
     except ChainError as exc:

@@ -20,62 +20,22 @@ from pathlib import Path
 from typing import Any
 
 from eth_utils import keccak
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from .. import __version__
-from ..chain import ChainNode, RoundsContract, TxResult, connect_embedded, connect_rpc, simulation_key
-from ..chain.artifact import load_artifact
+from ..chain import ChainNode, RoundsContract, connect_embedded, connect_rpc, simulation_key
 from ..chain.runs import fetch_spec
+from ..config import declared_schema, spec_from_config
+from ..consortium.runs import create_run, publish_run, publish_validation_set
 from ..data import DatasetSplit, client_partitions, load_dataset
-from ..config import privacy_epsilon
 from ..errors import ConfigError
-from ..models import get_arrays, instantiate_model, model_spec
-from ..protocol.rules import RULE_PARAMS
-from ..protocol.validation import validation_arrays
-from ..protocol.spec import (
-    DataSchema,
-    IncentivesSpec,
-    PrivacySpec,
-    RoundsSpec,
-    RuleSpec,
-    RunSpec,
-    TrainingSpec,
-    allowed_models,
-)
-from ..storage import ContentStore, array_spec, cid_from_bytes, cid_to_bytes, decode_arrays, encode_arrays
+from ..protocol.spec import RunSpec
+from ..storage import ContentStore, array_spec, cid_from_bytes, decode_arrays
 from ..storage.location import open_store, store_location
 
 
 def client_role(partition_id: int) -> str:
     """Name under which a simulated participant's key is derived."""
     return f"client-{partition_id}"
-
-
-def spec_from_config(cfg: DictConfig, schema: DataSchema, *, validation_cid: str = "") -> RunSpec:
-    """The run spec an experiment config describes (the one place config becomes spec);
-    ``validation_cid``: where the validation set of a loss-scored run is stored."""
-    s, inc = cfg.strategy, cfg.incentives
-    params = {key: s[key] for key in RULE_PARAMS.get(str(s.name), ())}
-    return RunSpec(
-        model=model_spec(cfg.model),
-        data=schema,
-        rule=RuleSpec(name=str(s.name), params=OmegaConf.to_container(OmegaConf.create(params), resolve=True)),  # type: ignore[arg-type]
-        privacy=PrivacySpec(epsilon=privacy_epsilon(cfg),
-                            delta=float(cfg.privacy.delta), max_grad_norm=float(cfg.privacy.max_grad_norm),
-                            accountant=str(cfg.privacy.accountant)),  # fmt: skip
-        training=TrainingSpec(local_epochs=int(cfg.training.local_epochs), batch_size=int(cfg.training.batch_size),
-                              learning_rate=float(cfg.training.learning_rate)),  # fmt: skip
-        rounds=RoundsSpec(num_rounds=int(cfg.num_rounds), commit_s=int(s.commit_timeout_s),
-                          reveal_s=int(s.reveal_timeout_s), attest_s=int(s.attest_timeout_s),
-                          sample_fraction=float(s.sample_fraction), quorum=int(s.quorum), min_reveals=int(s.min_reveals),
-                          committee_size=int(s.committee_size)),  # fmt: skip
-        max_blob_bytes=int(cfg.storage.max_blob_bytes),
-        incentives=IncentivesSpec(
-            score=str(inc.score), validation_cid=validation_cid if str(inc.score) == "loss" else "",
-            stake_token=str(inc.stake_token or ""), stake=int(inc.stake), reward_pool=int(inc.reward_pool),
-            slash_missing_reveal=int(inc.slash_missing_reveal), slash_refused=int(inc.slash_refused),
-            slash_minority=int(inc.slash_minority)),  # fmt: skip
-    )
 
 
 def store_validation_set(cfg: DictConfig, split: DatasetSplit, store: ContentStore) -> str:
@@ -85,32 +45,7 @@ def store_validation_set(cfg: DictConfig, split: DatasetSplit, store: ContentSto
     if str(cfg.incentives.score) != "loss":
         return ""
     size = min(int(cfg.incentives.validation_size), len(split.y_test))
-    return store.put(encode_arrays(validation_arrays(split.x_test[:size], split.y_test[:size])))
-
-
-def code_hash() -> bytes:
-    """keccak256 identifying the code release: package version and contract bytecode."""
-    return keccak(f"deai-flower {__version__}\n{load_artifact()['deployedBytecode']}".encode())
-
-
-def create_run(contract: RoundsContract, spec: RunSpec, initial_cid: str) -> tuple[int, TxResult]:
-    """Create the run of ``spec`` on chain, starting from the model stored at ``initial_cid``.
-
-    The chain records the spec's digest (the spec itself must already be in the store
-    participants read, under :func:`~deai_flower.protocol.spec.spec_cid` of that digest)
-    and the run parameters it enforces, all taken from the spec.
-    """
-    return contract.create_run(spec.run_params(initial_model_cid=cid_to_bytes(initial_cid), code_hash=code_hash()))
-
-
-def store_run(spec: RunSpec, store: ContentStore, *, seed: int) -> tuple[str, dict[str, Any]]:
-    """Put the spec and the initial model (the spec's model built with ``seed``) into
-    ``store``; return the initial model's CID and arrays."""
-    # The run's creator wrote this spec from its own config: its own model is allowed.
-    model = instantiate_model(spec.model, spec.data, allowed=allowed_models([spec.model.target]), seed=seed)
-    initial = get_arrays(model)
-    store.put(spec.to_bytes())
-    return store.put(encode_arrays(initial)), initial
+    return publish_validation_set(store, split.x_test[:size], split.y_test[:size])
 
 
 @dataclass
@@ -156,12 +91,15 @@ def prepare_run(cfg: DictConfig, output_dir: Path, *, node: ChainNode | None = N
     node = node or connect(cfg)
     n = int(cfg.num_clients if num_clients is None else num_clients)
     split = load_split(cfg, num_clients=n)
+    declared = declared_schema(cfg)
+    if declared is not None and declared != split.schema():
+        raise ConfigError(f"dataset.schema declares {declared}; the dataset loaded is {split.schema()}")
     location = store_location(cfg, output_dir)
     store = open_store(location, max_bytes=int(cfg.storage.max_blob_bytes), timeout_s=float(cfg.storage.timeout_s),
                        retries=int(cfg.storage.retries))  # fmt: skip
     spec = spec_from_config(cfg, split.schema(), validation_cid=store_validation_set(cfg, split, store))
     spec.check_supported()
-    initial_cid, initial = store_run(spec, store, seed=int(cfg.seed))
+    initial_cid, initial = publish_run(spec, store, seed=int(cfg.seed))
     admin = simulation_key(seed=int(cfg.seed), role="coordinator")
     clients = [simulation_key(seed=int(cfg.seed), role=client_role(i)) for i in range(n)]
     node.fund([admin.address] + [c.address for c in clients])

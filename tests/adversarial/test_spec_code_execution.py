@@ -33,12 +33,12 @@ from torch.nn import Linear
 from deai_flower.chain import RoundsContract, connect_embedded, simulation_key
 from deai_flower.chain.bridge import JsonRpcBridge
 from deai_flower.cli.deai import main as deai_main
+from deai_flower.consortium.runs import create_run
 from deai_flower.errors import ConfigError, DeaiError
 from deai_flower.models import get_arrays
 from deai_flower.participant.app import client_app
 from deai_flower.protocol.spec import IncentivesSpec, ModelSpec, SpecError
 from deai_flower.server_app import coordinate
-from deai_flower.simulation.harness import create_run
 from deai_flower.storage import LocalStore, cid_from_bytes, encode_arrays
 from unit.participant._support import call, context, local_data, message, small_spec
 

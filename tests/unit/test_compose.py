@@ -7,10 +7,9 @@ import logging
 
 import pytest
 
-from deai_flower.compose import composition_error
+from deai_flower.compose import compose_overrides, composition_error
 from deai_flower.errors import ConfigError
 from deai_flower.logs import _ProjectErrorsInOneLine, drop_opacus_root_handler
-from deai_flower.simulation.config import compose_overrides
 
 HINT = "unknown config key 'privacy.epsilonn' (did you mean privacy.epsilon?"
 

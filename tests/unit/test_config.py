@@ -11,7 +11,7 @@ from omegaconf.errors import ConfigKeyError
 
 from support import compose_with
 
-from deai_flower.config import check_known_keys, is_private, privacy_epsilon, validate
+from deai_flower.config import check_known_keys, declared_schema, is_private, privacy_epsilon, validate
 from deai_flower.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -132,3 +132,22 @@ def test_unknown_group_option_is_refused() -> None:
 def test_bad_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         validate(compose_with(override))
+
+
+@pytest.mark.parametrize("dataset", sorted(p.stem for p in (CONF / "dataset").glob("*.yaml")
+                                           if "schema:" in p.read_text()))  # fmt: skip
+def test_a_declared_data_schema_is_the_loaded_datasets(dataset: str) -> None:
+    """A run is created from the schema a dataset config declares, without loading it:
+    the declaration must be what loading gives."""
+    from deai_flower.data import load_dataset
+
+    cfg = compose_with(f"dataset={dataset}")
+    assert declared_schema(cfg) == load_dataset(cfg.dataset, seed=0).schema()
+
+
+def test_a_data_schema_is_declared_whole() -> None:
+    assert declared_schema(compose_with("dataset.schema.num_features=0", "dataset.schema.num_classes=0")) is None
+    with pytest.raises(ConfigError, match=r"input_shape \[1, 8, 8\] does not hold num_features=30"):
+        declared_schema(compose_with("dataset.schema.num_features=30"))
+    with pytest.raises(ConfigError, match="num_classes >= 2"):
+        declared_schema(compose_with("dataset.schema.num_classes=1"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,10 +16,11 @@ from eth_account import Account
 
 from deai_flower.chain import RoundsContract, connect_embedded
 from deai_flower.chain.bridge import JsonRpcBridge
+from deai_flower.chain.node import connect_rpc
 from deai_flower.chain.runs import fetch_spec
 from deai_flower.cli.deai import main
 from deai_flower.protocol.identity import supernode_identity
-from deai_flower.storage import LocalStore
+from deai_flower.storage import LocalStore, decode_arrays
 
 
 @pytest.fixture
@@ -94,7 +97,6 @@ def test_a_consortium_is_set_up_step_by_step(rpc: str, tmp_path: Path, capsys: p
     argv = shlex.split(command)
     assert argv[:5] == ["flwr", "run", ".", "consortium", "--stream"] and argv[5] == "--run-config"
     assert f'contract="{contract}" run-id=1 chain-url="{rpc}" store="local:{store}"' in argv[6]
-    from deai_flower.chain.node import connect_rpc
 
     reader = RoundsContract(connect_rpc(rpc), contract, Account.create())
     spec = fetch_spec(reader, 1, LocalStore(store))
@@ -125,6 +127,56 @@ def test_a_consortium_is_set_up_step_by_step(rpc: str, tmp_path: Path, capsys: p
     cancel = ["consortium", "cancel-run", "--rpc", rpc, "--contract", contract, "--run-id", "1", *admin_args]
     code, _, err = deai(capsys, *cancel)
     assert code == 2 and "run 1 cannot be cancelled yet" in err and err.count("\n") == 1
+
+
+#: What loading a bundled dataset imports; a consortium creating a run has no dataset.
+DATASET_MODULES = ("deai_flower.data", "datasets", "flwr_datasets", "sklearn.datasets", "lifelines", "mlxtend",
+                   "pydataset")  # fmt: skip
+
+CREATE_RUN_ALONE = """
+import sys
+from deai_flower.cli.deai import main
+
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    if exc.code:
+        raise
+print("imported:", sorted(m for m in sys.modules if m.startswith({modules!r})))
+"""
+
+
+def test_a_run_is_created_without_a_dataset(rpc: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The schema is the one the config declares and the validation set the creator's own
+    file: no dataset loader runs, nor is any imported (a fresh process says what it loaded)."""
+    admin_args = ["--keystore", tmp_path / "admin.keystore.json", "--password-file", tmp_path / "admin.password"]
+    code, out, _ = deai(capsys, "consortium", "keystore", "--out", tmp_path, "--name", "admin", "--kdf", "pbkdf2")
+    deai(capsys, "consortium", "fund", "--rpc", rpc, address_in(out))
+    code, out, _ = deai(capsys, "consortium", "deploy", "--rpc", rpc, *admin_args)
+    contract = address_in(out)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((12, 4), dtype=np.float32), np.arange(12) % 3
+    np.savez(tmp_path / "validation.npz", x=x, y=y)
+    store = tmp_path / "store"
+    argv = ["consortium", "create-run", "--rpc", rpc, "--contract", contract, *admin_args, "--store", f"local:{store}",
+            "--validation-set", tmp_path / "validation.npz", "num_rounds=2", "incentives.score=loss",
+            "dataset.loader._target_=no.such.loader", "dataset.schema.num_features=4",
+            "dataset.schema.num_classes=3", "dataset.schema.input_shape=[]", "model.hidden=[8]"]  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", CREATE_RUN_ALONE.format(modules=DATASET_MODULES), *map(str, argv)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "created run 1" in done.stdout and "imported: []" in done.stdout, done.stdout
+    spec = fetch_spec(RoundsContract(connect_rpc(rpc), contract, Account.create()), 1, LocalStore(store))
+    assert (spec.data.num_features, spec.data.num_classes, spec.data.input_shape) == (4, 3, (4,))
+    stored = decode_arrays(LocalStore(store).get(spec.incentives.validation_cid), max_bytes=spec.max_blob_bytes)
+    assert np.array_equal(stored["x"], x) and np.array_equal(stored["y"], y)
+    # a loss-scored run without its validation set, and a schema nobody declared, are refused first
+    without = [a for a in argv if a not in ("--validation-set", tmp_path / "validation.npz")]
+    code, _, err = deai(capsys, *without)
+    assert code == 2 and "needs its validation set: --validation-set FILE" in err
+    undeclared = [a for a in without if not str(a).startswith(("dataset.schema", "incentives"))]
+    code, _, err = deai(capsys, *undeclared, "dataset.schema.num_features=0", "dataset.schema.num_classes=0")
+    assert code == 2 and "data schema is not declared" in err
 
 
 def test_demo_data_writes_each_silos_training_and_held_out_files(tmp_path: Path,
