@@ -75,19 +75,23 @@ class _HistoryAccountant:
         self.history: list[tuple[float, float, int]] = []
 
 
-def _opacus_accountants() -> tuple[Any, Any]:
-    """Opacus' ``accountants.rdp`` and ``accountants.prv`` modules, loaded from the
-    installed package's files without importing ``opacus`` itself (so without torch).
+def _opacus_accountants(name: str) -> Any:
+    """Opacus' ``accountants.<name>`` module (``"rdp"`` or ``"prv"``), loaded from the
+    installed package's files without importing ``opacus`` itself (so without torch);
+    ``prv`` only when asked for, as it imports most of scipy.
 
     Raises:
         ProtocolError: Opacus is missing, or is not the release ε is defined by.
     """
     with _LOADING:
-        return _load_opacus_accountants()
+        if _LOADED_AS not in sys.modules:
+            _install_opacus_accountants()
+        return importlib.import_module(f"{_LOADED_AS}.{name}")
 
 
-@functools.cache
-def _load_opacus_accountants() -> tuple[Any, Any]:
+def _install_opacus_accountants() -> None:
+    """Register Opacus' ``accountants`` folder as the package :data:`_LOADED_AS`, with
+    :class:`_HistoryAccountant` as its ``accountant`` module's ``IAccountant``."""
     try:
         installed = metadata.version("opacus")
     except metadata.PackageNotFoundError as exc:
@@ -103,12 +107,7 @@ def _load_opacus_accountants() -> tuple[Any, Any]:
     package.__package__ = _LOADED_AS
     base = types.ModuleType(f"{_LOADED_AS}.accountant")
     base.IAccountant = _HistoryAccountant  # type: ignore[attr-defined]
-    sys.modules[_LOADED_AS], sys.modules[base.__name__] = package, base
-    rdp = importlib.import_module(f"{_LOADED_AS}.rdp")
-    prv = importlib.import_module(f"{_LOADED_AS}.prv")
-    if list(RDP_ORDERS) != rdp.RDPAccountant.DEFAULT_ALPHAS:  # pragma: no cover - guarded by the pin
-        raise ProtocolError("Opacus' RDP orders are not the ones ε is defined with")
-    return rdp, prv
+    sys.modules[base.__name__], sys.modules[_LOADED_AS] = base, package
 
 
 def coalesce(history: History) -> History:
@@ -132,7 +131,7 @@ def coalesce(history: History) -> History:
 def _rdp_one_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
     # RDP composes additively and linearly in steps, so one step's curve (which costs
     # ~0.1 s over the 151 orders) is computed once per (σ, q) and scaled.
-    rdp, _ = _opacus_accountants()
+    rdp = _opacus_accountants("rdp")
     curve = rdp.privacy_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1,
                                              orders=rdp.RDPAccountant.DEFAULT_ALPHAS)  # fmt: skip
     curve = np.asarray(curve, dtype=np.float64)
@@ -157,14 +156,14 @@ def epsilon_of(history: History, *, delta: float, accountant: str) -> float:
         return 0.0
     if any(sigma <= 0.0 for sigma, _, _ in merged):
         return math.inf
-    rdp, prv = _opacus_accountants()
     if accountant == "rdp":
         # RDPAccountant.get_privacy_spent over the history, with each (σ, q) curve memoised.
+        rdp = _opacus_accountants("rdp")
         total = sum(_rdp_one_step(sigma, rate) * steps for sigma, rate, steps in merged)
         eps, _ = rdp.privacy_analysis.get_privacy_spent(orders=rdp.RDPAccountant.DEFAULT_ALPHAS, rdp=total,
                                                         delta=delta)  # fmt: skip
         return float(eps)
-    accountant_prv = prv.PRVAccountant()
+    accountant_prv = _opacus_accountants("prv").PRVAccountant()
     accountant_prv.history = merged
     with warnings.catch_warnings():
         # PRV bounds its discretisation domain with an RDP estimate, which notes when the

@@ -96,7 +96,7 @@ def test_the_pinned_opacus_and_its_defaults_are_the_ones_documented() -> None:
 def test_another_opacus_release_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(epsilon_module.metadata, "version", lambda name: "1.5.4")
     with pytest.raises(ProtocolError, match=r"Opacus 1\.6\.0's accountants, but Opacus 1\.5\.4"):
-        epsilon_module._load_opacus_accountants.__wrapped__()
+        epsilon_module._install_opacus_accountants()
 
 
 def _modules_after(code: str) -> set[str]:
