@@ -22,12 +22,12 @@ from eth_account.signers.local import LocalAccount
 
 from ..chain.keys import keystore_key
 from ..errors import ConfigError, ProtocolError
+from ..privacy.settings import GRAD_SAMPLE_MODES
 from ..protocol.spec import BUNDLED_MODEL_TARGETS, DataSchema, allowed_models
 from .terms import SiloTerms
 
 __all__ = ["Behaviour", "LocalData", "Participant", "SiloFiles", "BUNDLED_MODEL_TARGETS"]
 
-_GRAD_SAMPLE_MODES = ("auto", "hooks", "ghost")
 _STORE_KINDS = ("local", "ipfs")
 
 
@@ -224,8 +224,8 @@ class Participant:
         device = reader.text("device", default="auto")
         threads = reader.positive_int("threads") if "threads" in node_config else None
         grad_sample_mode = reader.text("grad-sample-mode", default="auto")
-        if grad_sample_mode not in _GRAD_SAMPLE_MODES:
-            raise ConfigError(f"node_config 'grad-sample-mode' must be one of {', '.join(_GRAD_SAMPLE_MODES)} "
+        if grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise ConfigError(f"node_config 'grad-sample-mode' must be one of {', '.join(GRAD_SAMPLE_MODES)} "
                               f"(got {grad_sample_mode!r})")  # fmt: skip
         try:
             model_targets = allowed_models(reader.text("model-targets", default=""))
