@@ -50,11 +50,10 @@ from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any, TypeVar
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from deai_flower.chain import RoundsContract, TxResult
 from deai_flower.chain.phases import await_phase_end
@@ -88,6 +87,7 @@ from deai_flower.recovery import fetch_result
 from deai_flower.storage import ContentStore, cid_from_bytes, compute_cid, encode_arrays
 
 from .admission import NodeAdmission
+from .metrics import federated_summary, training_summary
 from .relay import Relayed, cast_votes, relay_reveals
 from .transport import exchange
 
@@ -464,7 +464,7 @@ class CommitRevealStrategy(Strategy):
         held-out examples (``loss``, ``accuracy``, ``num_examples``; no entry without any)."""
         replies = self._exchange(list(self.admission.addresses), EvaluateRequest(round_id, model_cid), None,
                                  timeout=self.evaluate_timeout_s)  # fmt: skip
-        per_silo: dict[str, dict[str, float]] = {}
+        scores: dict[str, EvaluateReply] = {}
         errors: dict[str, str] = {}
         for reply in replies:
             address = self.admission.name(reply.metadata.src_node_id)
@@ -477,16 +477,11 @@ class CommitRevealStrategy(Strategy):
                 log(WARNING, "round %s: node %s did not evaluate: %s", round_id, address, exc)
                 continue
             if scored.state is ReplyState.EVALUATED:
-                per_silo[address] = {"loss": scored.loss, "accuracy": scored.accuracy,
-                                     "num_examples": scored.num_examples}  # fmt: skip
-        total = sum(s["num_examples"] for s in per_silo.values())
-        summary: dict[str, Any] = {"per_silo": dict(sorted(per_silo.items())), "num_examples": total}
-        if total:
-            summary.update(_example_weighted(list(per_silo.values()), "num_examples", ("loss", "accuracy")))
+                scores[address] = scored
+        summary = federated_summary(scores, errors)
+        if summary["num_examples"]:
             log(INFO, "round %s: federated accuracy %.4f on %s held-out examples of %s silos", round_id,
-                summary["accuracy"], total, len(per_silo))  # fmt: skip
-        if errors:
-            summary["errors"] = errors
+                summary["accuracy"], summary["num_examples"], len(scores))  # fmt: skip
         return summary
 
     # ------------------------------------------------------------------ steps both flows record with
@@ -552,13 +547,12 @@ class CommitRevealStrategy(Strategy):
     def _record_commits(self, report: RoundReport, committed: Mapping[int, CommitReply]) -> None:
         """The committers, their gas, the round's largest ε and example-weighted training loss."""
         report.committed = [self.admission.name(n) for n in committed]
-        trainings = [reply.training for reply in committed.values() if reply.training is not None]
         for reply in committed.values():
             report.add_gas("commit", reply.gas)
-        report.epsilon_max = max([report.epsilon_max, *(t.epsilon for t in trainings)])
-        if sum(t.num_examples for t in trainings):
-            report.train_loss = _example_weighted([{"loss": t.train_loss, "num_examples": t.num_examples}
-                                                   for t in trainings], "num_examples", ("loss",))["loss"]  # fmt: skip
+        epsilon_max, train_loss = training_summary(r.training for r in committed.values() if r.training is not None)
+        report.epsilon_max = max(report.epsilon_max, epsilon_max)
+        if train_loss is not None:
+            report.train_loss = train_loss
 
     @staticmethod
     def _record_exclusions(report: RoundReport, attests: Iterable[AttestReply]) -> None:
@@ -771,15 +765,6 @@ class CommitRevealStrategy(Strategy):
     def summary(self) -> None:
         log(INFO, "\t├── CommitRevealStrategy: contract %s, run %s", self.contract.address, self.run_id)
         log(INFO, "\t└── committee size %s, rule %s", self.spec.rounds.committee_size, self.spec.rule.name)
-
-
-def _example_weighted(records: list[dict[str, float]], weight: str, keys: tuple[str, ...]) -> dict[str, float]:
-    """The ``keys`` of ``records`` averaged with the weights under ``weight`` (Flower's
-    ``aggregate_metricrecords``, as its strategies weight by examples)."""
-    weighted = aggregate_metricrecords(
-        [RecordDict({"metrics": MetricRecord({**{k: float(r[k]) for k in keys}, weight: int(r[weight])})})
-         for r in records], weight)  # fmt: skip
-    return {k: float(weighted[k]) for k in keys}  # type: ignore[arg-type]
 
 
 def _plain(arrays: ArrayRecord) -> dict[str, Any]:
