@@ -47,7 +47,7 @@ from .settings import GRAD_SAMPLE_MODES, PrivacySettings, is_number
 __all__ = ["RoundTraining", "choose_grad_sample_mode", "train_round"]
 
 # "auto" trains all-Linear models of at least this many trainable parameters with ghost
-# clipping (the measurements are next to GRAD_SAMPLE_MODES).
+# clipping (the measurements are next to GRAD_SAMPLE_MODES, in settings.py).
 _GHOST_MIN_LINEAR_PARAMETERS = 8_000
 _FALLBACK_GRAD_SAMPLE_MODE = "hooks"
 
@@ -390,7 +390,7 @@ def choose_grad_sample_mode(model: nn.Module, requested: str = "auto") -> str:
 
     "auto" picks ghost clipping for models whose trainable layers are all Linear and
     hold at least ``_GHOST_MIN_LINEAR_PARAMETERS`` parameters, hooks otherwise (see the
-    measurements next to ``GRAD_SAMPLE_MODES``).
+    measurements next to ``GRAD_SAMPLE_MODES`` in :mod:`.settings`).
     """
     if requested not in GRAD_SAMPLE_MODES:
         raise ConfigError(f"grad_sample_mode must be one of: {', '.join(GRAD_SAMPLE_MODES)} (got {requested!r})")
