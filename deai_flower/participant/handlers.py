@@ -304,7 +304,9 @@ def _commit(participant: Participant, view: RunView, context: Context, round_id:
     stake_gas = _ensure_stake(view)
     ledger = _load_ledger(view, context)
     try:
-        trained = train_round(
+        # a simulated adversary may train otherwise (simulation/adversaries.py)
+        train = getattr(participant.behaviour, "train_round", None) or train_round
+        trained = train(
             model=view.model,
             x=view.data.x,
             y=view.data.y,

@@ -39,6 +39,8 @@ class RevealedUpdate:
     participant: str  # chain address
     num_examples: int
     arrays: dict[str, np.ndarray]
+    #: Its reveal's DP record (a DpParams), for scores calibrated to the noise (shares); None: not known.
+    dp: Any = None
 
 
 def canonical_order(updates: Sequence[RevealedUpdate]) -> list[RevealedUpdate]:
@@ -209,7 +211,7 @@ def aggregate(
     ordered = canonical_order(updates)
     if rule != "fedavg":  # FedAvg widens as it accumulates; the others work on float64 copies
         ordered = [RevealedUpdate(u.participant, u.num_examples,
-                                  {k: np.asarray(v, dtype=np.float64) for k, v in u.arrays.items()})
+                                  {k: np.asarray(v, dtype=np.float64) for k, v in u.arrays.items()}, u.dp)
                    for u in ordered]  # fmt: skip
     reference = canonical_order(updates)[0].arrays
     result = implementation(ordered, params)

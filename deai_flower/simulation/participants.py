@@ -28,6 +28,7 @@ from ..errors import ConfigError
 from ..participant.locator import RunLocator
 from ..participant.participant import LocalData, Participant
 from ..protocol.spec import allowed_models
+from .adversaries import ADVERSARY_KINDS, forget_twins, make_adversary
 from .config import experiment_config
 
 __all__ = ["FreeRider", "ScaledUpdate", "forget_simulated_participants", "simulated_participant"]
@@ -77,8 +78,10 @@ class FreeRider:
                 if self.noise > 0 else value.copy() for name, value in global_arrays.items()}  # fmt: skip
 
 
-def _adversary(cfg: DictConfig, client: int) -> ScaledUpdate | FreeRider:
+def _adversary(cfg: DictConfig, client: int) -> Any:
     a = cfg.adversary
+    if str(a.kind) in ADVERSARY_KINDS:  # the defectors against the reward rule (adversaries.py)
+        return make_adversary(cfg, client)
     if str(a.kind) == "freerider":  # seeded as the partitions are: the experiment repeats
         return FreeRider(float(a.noise), seed=int(cfg.seed) * 1_000_003 + client)
     return ScaledUpdate(float(a.scale))
@@ -126,6 +129,7 @@ def forget_simulated_participants() -> None:
     with _LOCK:
         _PARTITIONS.clear()
         _AT.clear()
+    forget_twins()
 
 
 def _build(cfg: DictConfig, run_config: Mapping[str, Any], i: int, data: LocalData) -> Participant:
