@@ -354,9 +354,7 @@ class CommitRevealStrategy(Strategy):
         replies = self._exchange(committed, RevealRequest(report.round, relay=self.relay), report,
                                  timeout=self._reply_window(self.spec.rounds.reveal_s))  # fmt: skip
         answered = self._read(report, replies, RevealReply)
-        revealed = {n: r for n, r in answered.items() if r.state is ReplyState.REVEALED}
-        for reply in revealed.values():
-            report.add_gas("reveal", reply.gas)
+        revealed = {n: answered[n] for n in self._record_own_reveals(report, answered)}
         handed = {self.admission.name(n): r.record for n, r in answered.items() if r.state is ReplyState.HANDED}
         if handed:
             revealed.update({n: answered[n] for n in self._relay_reveals(report, handed)})
@@ -378,10 +376,7 @@ class CommitRevealStrategy(Strategy):
         replies = self._exchange(self._committee(report.revealed), AttestRequest(report.round, relay=self.relay),
                                  report, timeout=self._reply_window(self.spec.rounds.attest_s))  # fmt: skip
         answered = self._read(report, replies, AttestReply)
-        self._record_exclusions(report, answered.values())
-        attested = [n for n, r in answered.items() if r.state is ReplyState.ATTESTED]
-        for n in attested:
-            report.add_gas("attest", answered[n].gas)
+        attested = self._record_attests(report, answered)
         signed = {self.admission.name(n): r for n, r in answered.items() if r.state is ReplyState.SIGNED}
         if signed:
             attested += self._cast_votes(report, signed)
@@ -407,15 +402,9 @@ class CommitRevealStrategy(Strategy):
         played = {n: r for n, r in self._read(report, replies, RoundReply).items()
                   if r.commit.state is ReplyState.COMMITTED}  # fmt: skip
         self._record_commits(report, {n: r.commit for n, r in played.items()})
-        for r in played.values():
-            if r.reveal is not None:
-                report.add_gas("reveal", r.reveal.gas)
-        attests = {n: r.attest for n, r in played.items() if r.attest is not None}
-        self._record_exclusions(report, attests.values())
-        for n, attested in attests.items():
-            if attested.voted:
-                report.add_gas("attest", attested.gas)
-                report.attested.append(self.admission.name(n))
+        self._record_own_reveals(report, {n: r.reveal for n, r in played.items() if r.reveal is not None})
+        attested = self._record_attests(report, {n: r.attest for n, r in played.items() if r.attest is not None})
+        report.attested = [self.admission.name(n) for n in attested]
         phase = self.contract.phase(self.run_id, report.round)
         if phase != "finalized":
             self._fail(report, f"round not finalized: {len(report.attested)} attestations, phase '{phase}'")
@@ -555,11 +544,24 @@ class CommitRevealStrategy(Strategy):
             report.train_loss = train_loss
 
     @staticmethod
-    def _record_exclusions(report: RoundReport, attests: Iterable[AttestReply]) -> None:
-        """Collect the reveals attesters refused (bad blobs), with the first reason given."""
-        for attest in attests:
+    def _record_own_reveals(report: RoundReport, reveals: Mapping[int, RevealReply]) -> list[int]:
+        """The gas of the reveals nodes sent themselves; return those nodes."""
+        revealed = [n for n, reply in reveals.items() if reply.state is ReplyState.REVEALED]
+        for n in revealed:
+            report.add_gas("reveal", reveals[n].gas)
+        return revealed
+
+    @staticmethod
+    def _record_attests(report: RoundReport, attests: Mapping[int, AttestReply]) -> list[int]:
+        """The reveals attesters refused (bad blobs, with the first reason given) and the gas
+        of the attestations nodes sent themselves; return those nodes."""
+        for attest in attests.values():
             for exclusion in attest.excluded:
                 report.excluded.setdefault(exclusion.participant, exclusion.reason)
+        attested = [n for n, reply in attests.items() if reply.state is ReplyState.ATTESTED]
+        for n in attested:
+            report.add_gas("attest", attests[n].gas)
+        return attested
 
     def _relay_reveals(self, report: RoundReport, records: dict[str, bytes]) -> list[int]:
         """Publish the reveal records handed over, by address (:func:`.relay.relay_reveals`);
