@@ -160,7 +160,7 @@ def _compose(*overrides: str):
 
 def federated_accuracy(overrides: list[str]) -> tuple[float, float]:
     """Final accuracy of the whole federated run and its wall time."""
-    from deai_flower.simulation.experiment import run_experiment
+    from deai_flower.experiment import run_experiment
 
     with tempfile.TemporaryDirectory(prefix="deai-bench-dp-") as out:
         results = run_experiment(_compose(*overrides, "progress=false"), output_dir=Path(out))

@@ -53,7 +53,7 @@ def _compose(*overrides: str) -> Any:
 
 def federated(epsilon: float, seed: int) -> dict[str, Any]:
     """The whole federated run: its final accuracy and loss, and its wall time."""
-    from deai_flower.simulation.experiment import run_experiment
+    from deai_flower.experiment import run_experiment
 
     privacy = ["privacy=none"] if math.isinf(epsilon) else [f"privacy.epsilon={epsilon:g}"]
     with tempfile.TemporaryDirectory(prefix="deai-bench-medical-") as out:

@@ -39,7 +39,7 @@ from deai_flower.chain.devnode import AnvilNode, find_anvil, install_anvil
 from deai_flower.config import register_configs
 from deai_flower.data import client_partitions, load_dataset
 from deai_flower.simulation.inprocess import run_inprocess
-from deai_flower.simulation.experiment import run_experiment
+from deai_flower.experiment import run_experiment
 from deai_flower.models import get_arrays, instantiate_model, model_spec, select_device, set_arrays
 from deai_flower.privacy import PrivacyLedger, PrivacySettings, calibrate_noise, train_round
 

@@ -109,7 +109,8 @@ def _create_run(args: argparse.Namespace) -> None:
     coordinator_keystore = (args.coordinator_keystore or args.keystore).resolve()
     coordinator_password = (args.coordinator_password_file or args.password_file).resolve()
     run_config = " ".join(f"{k}={_toml(v)}" for k, v in (
-        ("contract", run.contract), ("run-id", run.run_id), ("chain-url", args.rpc), ("store", args.store),
+        ("mode", "deployment"), ("contract", run.contract), ("run-id", run.run_id), ("chain-url", args.rpc),
+        ("store", args.store),
         ("keystore", str(coordinator_keystore)), ("password-file", str(coordinator_password)),
         ("output-dir", str(Path(args.output_dir).resolve())),
     ))  # fmt: skip

@@ -136,7 +136,7 @@ def _run(cfg: DictConfig, output_dir: Path) -> None:
     quiet_third_party(verbose=bool(cfg.get("verbose", False)))
     from ..outputs import CLIENTS_CSV, CURVE_PNG, MODEL_FILE, ROUNDS_CSV, clients_table
     from ..report import results_table  # the ML stack, Flower and the chain: after the summary line
-    from ..simulation.experiment import run_experiment
+    from ..experiment import run_experiment
 
     console = Console()
     results = run_experiment(cfg, output_dir=output_dir, overrides=list(HydraConfig.get().overrides.task),

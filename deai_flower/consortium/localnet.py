@@ -353,7 +353,8 @@ class LocalConsortium:
 
     def coordinator_run_config(self, created: CreatedRun, output_dir: Path) -> dict[str, Any]:
         assert self.admin is not None
-        return {"contract": created.contract, "run-id": created.run_id, "chain-url": self.rpc, "store": self.store,
+        return {"mode": "deployment", "contract": created.contract, "run-id": created.run_id, "chain-url": self.rpc,
+                "store": self.store,
                 "keystore": str(self.admin.keystore), "password-file": str(self.admin.password_file),
                 "output-dir": str(output_dir)}  # fmt: skip
 

@@ -164,7 +164,7 @@ def test_a_header_bomb_in_a_real_run_is_refused_as_invalid_and_the_run_goes_on(
     from deai_flower.participant import handlers
     from deai_flower.apps import participant_for
     from deai_flower.participant.run_view import run_view
-    from deai_flower.simulation.experiment import run_experiment
+    from deai_flower.experiment import run_experiment
     from support import compose_with
 
     attacker = 1

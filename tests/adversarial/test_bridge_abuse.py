@@ -26,8 +26,8 @@ from support import compose_with
 from deai_flower.chain import connect_embedded, simulation_key
 from deai_flower.chain.bridge import JsonRpcBridge
 from deai_flower.chain.node import ChainNode
-from deai_flower.simulation import experiment
-from deai_flower.simulation.experiment import run_experiment
+from deai_flower import experiment
+from deai_flower.experiment import run_experiment
 from deai_flower.simulation.harness import client_role
 from deai_flower.storage import LocalStore
 from deai_flower.verify import RunRecord, verify_run

@@ -26,7 +26,7 @@ from deai_flower.chain import simulation_key
 from deai_flower.apps import participant_for
 from deai_flower.participant.run_view import run_view
 from deai_flower.protocol.outcome import encode_outcome
-from deai_flower.simulation.experiment import run_experiment
+from deai_flower.experiment import run_experiment
 from deai_flower.storage import LocalStore
 from deai_flower.verify import RunRecord, verify_run
 

@@ -22,7 +22,7 @@ from support import compose_with
 from deai_flower.apps import client_app
 from deai_flower.apps import participant_for
 from deai_flower.participant.run_view import run_view
-from deai_flower.simulation.experiment import run_experiment
+from deai_flower.experiment import run_experiment
 from deai_flower.storage import LocalStore, cid_from_bytes
 
 pytestmark = pytest.mark.slow

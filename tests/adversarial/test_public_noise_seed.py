@@ -23,8 +23,8 @@ from deai_flower.data import client_partitions, load_dataset
 from deai_flower.models import instantiate_model, select_device, set_arrays
 from deai_flower.privacy import PrivacyLedger, PrivacySettings, train_round
 from deai_flower.protocol.encoding import parse_reveal_record
-from deai_flower.simulation.experiment import run_experiment
-from deai_flower.simulation.results import SECRET_NOISE, SEEDED_NOISE
+from deai_flower.experiment import run_experiment
+from deai_flower.results import SECRET_NOISE, SEEDED_NOISE
 from deai_flower.storage import LocalStore, cid_from_bytes, decode_arrays, encode_arrays
 from deai_flower.verify import RunRecord, load_spec
 

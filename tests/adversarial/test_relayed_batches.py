@@ -28,7 +28,7 @@ from deai_flower.chain import DpParams, RoundsContract, commitment_of, simulatio
 from deai_flower.errors import ContractRevertError
 from deai_flower.protocol.encoding import reveal_record, vote_key, vote_message
 from deai_flower.protocol.outcome import encode_outcome
-from deai_flower.simulation.experiment import run_experiment
+from deai_flower.experiment import run_experiment
 from deai_flower.storage import LocalStore
 from deai_flower.verify import RunRecord, verify_run
 

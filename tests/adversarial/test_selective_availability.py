@@ -24,7 +24,7 @@ from support import compose_with
 from deai_flower.apps import client_app, participant_for
 from deai_flower.chain import simulation_key
 from deai_flower.participant.run_view import run_view
-from deai_flower.simulation.experiment import run_experiment
+from deai_flower.experiment import run_experiment
 from deai_flower.storage import LocalStore, cid_from_bytes
 from deai_flower.verify import RunRecord, verify_run
 

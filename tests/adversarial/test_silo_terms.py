@@ -44,7 +44,7 @@ from deai_flower.flower_compat import task_identity
 from deai_flower.models import get_arrays, instantiate_model
 from deai_flower.participant.app import client_app
 from deai_flower.protocol.spec import IncentivesSpec, PrivacySpec, RunSpec
-from deai_flower.server_app import _with_nodes
+from deai_flower.server_app import with_nodes
 from deai_flower.storage import LocalStore, array_spec, cid_to_bytes, encode_arrays
 from deai_flower.strategies import CommitRevealStrategy
 from e2e.test_deployed_participants import _consortium
@@ -141,7 +141,7 @@ def _assert_refused_before_staking_or_training(net: Consortium, run_id: int, str
     assert strategy.refused[VICTIM_NODE]["address"] == victim
     assert reason in strategy.refused[VICTIM_NODE]["reason"]
     # results.json names it with its reason; it is not asked to act again
-    document = _with_nodes({"rounds": [{}]}, strategy)
+    document = with_nodes({"rounds": [{}]}, strategy)
     (entry,) = [r for r in document["refused_nodes"] if r["node_id"] == VICTIM_NODE]
     assert entry["address"] == victim and reason in entry["reason"]
     assert victim not in document["nodes"].values()

@@ -29,7 +29,7 @@ from unit.chain.test_contract import attest, commit, deadline, do_reveal, expect
 from deai_flower.apps import client_app
 from deai_flower.apps import participant_for
 from deai_flower.participant.run_view import run_view
-from deai_flower.simulation.experiment import run_experiment
+from deai_flower.experiment import run_experiment
 from deai_flower.storage import LocalStore, cid_from_bytes
 from deai_flower.verify import RunRecord, verify_run
 

@@ -33,7 +33,7 @@ from support import compose_with
 from deai_flower.apps import client_app
 from deai_flower.chain import simulation_key
 from deai_flower.chain.phases import DEADLINE_OF
-from deai_flower.simulation.experiment import run_experiment
+from deai_flower.experiment import run_experiment
 from deai_flower.simulation.harness import prepare_run, serve_chain
 from deai_flower.storage import LocalStore, cid_from_bytes
 from deai_flower.strategies import CommitRevealStrategy

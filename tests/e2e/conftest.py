@@ -13,7 +13,7 @@ import json
 import pytest
 from support import SMALL_RUN, SmallRun, compose_with
 
-from deai_flower.simulation.experiment import run_experiment
+from deai_flower.experiment import run_experiment
 
 
 @pytest.fixture(scope="session")

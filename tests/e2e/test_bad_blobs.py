@@ -29,7 +29,7 @@ from deai_flower.apps import client_app
 from deai_flower.chain import simulation_key
 from deai_flower.participant import handlers
 from deai_flower.config import register_configs
-from deai_flower.simulation.experiment import run_experiment
+from deai_flower.experiment import run_experiment
 from deai_flower.storage import LocalStore, cid_from_bytes, compute_cid, encode_arrays
 
 pytestmark = pytest.mark.slow

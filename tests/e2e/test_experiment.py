@@ -21,7 +21,7 @@ from safetensors.numpy import load as load_safetensors
 
 from support import SMALL_RUN, SmallRun, compose_with
 
-from deai_flower.simulation.experiment import run_experiment
+from deai_flower.experiment import run_experiment
 from deai_flower.storage import LocalStore
 from deai_flower.verify import RunRecord, verify_run
 

@@ -158,9 +158,9 @@ def test_only_nodes_that_prove_a_registered_identity_are_asked_to_act(
     assert f"is not the one registered for {silos[0].address}" in reasons[105]
     assert f"claims {silos[1].address} but its signature over the challenge is by" in reasons[106]
     assert strategy.refused[105]["address"] == silos[0].address
-    from deai_flower.server_app import _with_nodes
+    from deai_flower.server_app import with_nodes
 
-    document = _with_nodes({"rounds": [{}]}, strategy)
+    document = with_nodes({"rounds": [{}]}, strategy)
     assert document["rounds"][0]["federated_evaluation"]["num_examples"] == 36
     assert [r["node_id"] for r in document["refused_nodes"]] == [104, 105, 106]
     assert set(document["nodes"].values()) == {s.address for s in silos}

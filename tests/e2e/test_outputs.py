@@ -15,7 +15,7 @@ from support import SMALL_RUN, compose_with
 from deai_flower.outputs import CLIENTS_CSV, CURVE_PNG, MODEL_FILE, ROUNDS_CSV, client_rows, round_rows
 from deai_flower.protocol.blob import decode_arrays
 from deai_flower.report import results_table, round_line
-from deai_flower.simulation.experiment import run_experiment
+from deai_flower.experiment import run_experiment
 from deai_flower.storage import LocalStore
 
 

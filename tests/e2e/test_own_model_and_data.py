@@ -15,7 +15,7 @@ from torch import nn
 from support import compose_with
 
 from deai_flower.protocol.spec import RunSpec, SpecError, allowed_models, spec_cid
-from deai_flower.simulation.experiment import run_experiment
+from deai_flower.experiment import run_experiment
 from deai_flower.storage import LocalStore
 from deai_flower.verify import RunRecord, verify_run
 

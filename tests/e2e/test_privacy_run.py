@@ -18,7 +18,7 @@ from support import SMALL_RUN, SmallRun, compose_with
 from deai_flower.chain import simulation_key
 from deai_flower.protocol.encoding import from_wad
 from deai_flower.errors import ConfigError
-from deai_flower.simulation.experiment import run_experiment
+from deai_flower.experiment import run_experiment
 
 pytestmark = pytest.mark.slow
 

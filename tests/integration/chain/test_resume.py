@@ -11,7 +11,7 @@ from support import compose_with
 from deai_flower.chain.devnode import AnvilNode
 from deai_flower.errors import ConfigError
 from deai_flower.report import ProgressMonitor
-from deai_flower.simulation import experiment
+from deai_flower import experiment
 from deai_flower.storage import LocalStore
 from deai_flower.verify import RunRecord, verify_run
 

@@ -1,14 +1,17 @@
-"""What the deployment hands Flower: node configs Flower parses back, and which run the
+"""What the deployment hands Flower: node configs Flower parses back, and what the
 coordinator plays for a given run config."""
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
 from flwr.common.config import parse_config_args
 
-from deai_flower import server_app
+from deai_flower import apps, server_app
+from deai_flower.simulation import coordinator
 from deai_flower.consortium.localnet import LocalnetError, toml_node_config
 
 
@@ -19,20 +22,29 @@ def test_node_configs_are_toml_flower_parses_back() -> None:
         toml_node_config({"keystore": '/srv/"a"/k.json'})
 
 
-@pytest.mark.parametrize(("run_config", "played"), [
-    ({"overrides": "", "experiment": "", "keystore": "/k.json", "contract": "0x1"}, "deployment"),
-    ({"overrides": "", "experiment": "", "keystore": "", "contract": ""}, "simulation"),  # flwr run . on :local:
-    ({"overrides": "num_rounds=2", "experiment": "", "keystore": "/k.json"}, "simulation"),
-    ({"experiment": "{}", "contract": "0x1"}, "simulation"),  # deai-flower's own runs
-])  # fmt: skip
-def test_a_deployment_is_a_coordinator_key_without_an_experiment(
-    run_config: dict[str, Any], played: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.parametrize(("mode", "played"), [("deployment", "deployment"), ("simulation", "simulation")])
+def test_the_run_configs_mode_says_what_the_coordinator_plays(mode: str, played: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     seen: list[str] = []
-    monkeypatch.setattr(server_app, "_deployment", lambda grid, cfg: seen.append("deployment"))
-    monkeypatch.setattr(server_app, "_simulation", lambda grid, cfg: seen.append("simulation"))
-    server_app.coordinate(None, run_config)  # type: ignore[arg-type]
+    monkeypatch.setattr(server_app, "coordinate", lambda grid, cfg: seen.append("deployment"))
+    monkeypatch.setattr(coordinator, "coordinate_simulation", lambda grid, cfg: seen.append("simulation"))
+    # the other keys no longer decide: a keystore without an experiment is still a simulation if it says so
+    apps.coordinate(None, {"mode": mode, "keystore": "/k.json", "experiment": "", "overrides": ""})  # type: ignore[arg-type]
     assert seen == [played]
+
+
+@pytest.mark.parametrize("mode", ["", "deployed"])
+def test_a_run_config_without_a_known_mode_is_refused(mode: str) -> None:
+    from deai_flower.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'mode' must be 'deployment' or 'simulation'"):
+        apps.coordinate(None, {"mode": mode, "keystore": "/k.json"})  # type: ignore[arg-type]
+
+
+def test_flwr_run_plays_a_simulation_unless_told_otherwise() -> None:
+    """``flwr run .`` hands over ``[tool.flwr.app.config]``: its default mode is a simulation."""
+    config = tomllib.loads((Path(__file__).resolve().parents[3] / "pyproject.toml").read_text())
+    assert config["tool"]["flwr"]["app"]["config"]["mode"] == "simulation"
 
 
 @pytest.mark.parametrize(("value", "expected"), [("", True), (True, True), ("yes", True), (False, False),

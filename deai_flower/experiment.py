@@ -1,6 +1,6 @@
 """One simulated experiment, end to end, from a composed config to ``results.json``.
 
-The harness sets the simulated consortium up (:mod:`.harness`), then Flower's
+The harness sets the simulated consortium up (:mod:`.simulation.harness`), then Flower's
 module-level ServerApp and ClientApp (``deai_flower.apps``) run on the chosen engine,
 configured through Flower's ``run_config`` as they would be by ``flwr run``: the
 coordinator and the simulated participants build everything else from the chain and
@@ -24,12 +24,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import validate
-from ..models import check_engine_devices, select_device
-from ..participant.run_view import forget_run_views
-from ..protocol.spec import spec_cid
-from .harness import PreparedRun, locator, prepare_run, serve_chain
-from .participants import forget_simulated_participants
+from .config import validate
+from .models import check_engine_devices, select_device
+from .participant.run_view import forget_run_views
+from .protocol.spec import spec_cid
+from .simulation.harness import PreparedRun, locator, prepare_run, serve_chain
+from .simulation.participants import forget_simulated_participants
 
 #: Where a run is and how to resume it, written into the output directory before the run starts.
 RUN_FILE = "run.json"
@@ -43,8 +43,8 @@ def experiment_run_config(cfg: DictConfig, *, output_dir: Path, where: dict[str,
                           setup: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     """Flower's ``run_config`` for a simulated run (every value a string or number)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    return {"experiment": json.dumps(resolved, sort_keys=True, default=str), "output-dir": str(output_dir),
-            "setup": json.dumps(setup), **where}  # fmt: skip
+    return {"mode": "simulation", "experiment": json.dumps(resolved, sort_keys=True, default=str),
+            "output-dir": str(output_dir), "setup": json.dumps(setup), **where}  # fmt: skip
 
 
 def run_experiment(cfg: DictConfig, *, output_dir: Path, client_app: Any = None,
@@ -58,8 +58,8 @@ def run_experiment(cfg: DictConfig, *, output_dir: Path, client_app: Any = None,
     ``run.json``'s resume command repeats. ``on_start``: called with ``run.json``'s
     content once it is written, before the first round.
     """
-    from ..apps import client_app as default_client_app
-    from ..apps import server_app
+    from .apps import client_app as default_client_app
+    from .apps import server_app
 
     validate(cfg)  # type: ignore[arg-type]
     check_engine_devices(cfg.engine.kind, cfg.device, float(cfg.engine.num_gpus_per_client))
@@ -178,13 +178,13 @@ def run_engine(cfg: DictConfig, *, server_app: Any, client_app: Any, run_config:
     flwr_logger.setLevel(logging.WARNING)
     try:
         if cfg.engine.kind == "ray":
-            from .ray import run_ray
+            from .simulation.ray import run_ray
 
             run_ray(server_app=server_app, client_app=client_app, num_nodes=int(cfg.num_clients),
                     num_cpus=float(cfg.engine.num_cpus_per_client), num_gpus=float(cfg.engine.num_gpus_per_client),
                     run_config=run_config)  # fmt: skip
         else:
-            from .inprocess import run_inprocess
+            from .simulation.inprocess import run_inprocess
 
             concurrency = cfg.engine.get("concurrency")
             run_inprocess(server_app=server_app, client_app=client_app, num_nodes=int(cfg.num_clients),

@@ -9,10 +9,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ..chain import simulation_key
-from ..incentives import replay_incentives
-from ..protocol.encoding import ACCOUNTANT_NAMES, from_wad
-from ..protocol.spec import spec_cid
+from .chain import simulation_key
+from .incentives import replay_incentives
+from .protocol.encoding import ACCOUNTANT_NAMES, from_wad
+from .protocol.spec import spec_cid
 
 
 def _finite(value: float) -> float | str:
