@@ -1,7 +1,7 @@
 """The import layers of pyproject.toml's ``[tool.importlinter]`` hold: imports run down
 (protocol <- chain/storage/privacy <- participant/coordinator <- consortium <- simulation
-<- apps <- CLI), lazy and ``TYPE_CHECKING`` imports included, and no modules import each
-other in a circle.
+<- apps <- experiment <- CLI), lazy and ``TYPE_CHECKING`` imports included, and no modules
+import each other in a circle.
 
 The linter reads files, not the import system, so it is run on the package laid out as
 installed: setuptools' ``package-dir`` puts the top-level ``strategies/`` at
