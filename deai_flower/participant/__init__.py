@@ -1,7 +1,8 @@
 """A participant: one silo (key, data, store, chain endpoint, privacy ledger) and the
 handlers of its protocol phases, built from the run spec the chain records.
 
-The module-level ClientApp is :data:`deai_flower.participant.app.client_app`. Names are
+The ClientApp of deployed silos is :data:`deai_flower.participant.app.client_app`;
+``deai_flower.apps.client_app`` also serves the simulation's nodes. Names are
 imported on first use (PEP 562): Flower starts a ClientApp process for every message,
 and one that answers an identity query needs neither torch nor Opacus.
 """
