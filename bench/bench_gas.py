@@ -36,8 +36,9 @@ by score; ``--no-incentives``: neither, the same calls otherwise). A participant
 deposit is paid once per run and reported apart (``deposit``).
 
 Prints tables and writes ``bench/results/gas.json``. Run from the repository root:
-``python bench/bench_gas.py [--anvil] [--quick] [--play N] [--artifact PATH]``
-(``--artifact`` measures another build of the contract with the same calls).
+``python bench/bench_gas.py [--anvil] [--quick] [--main-only] [--play N] [--artifacts DIR]``
+(``--artifacts`` measures another build of the contracts with the same calls: a folder as
+``node contracts/compile.mjs --out DIR`` writes).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 
 from deai_flower.chain import ChainNode, DpParams, RoundsContract, commitment_of, connect_embedded, simulation_key
+from deai_flower.chain import artifact as artifact_module
 from deai_flower.chain import contract as contract_module
 from deai_flower.protocol.encoding import reveal_record, sampled_indices, to_wad, votes_needed
 from deai_flower.protocol.outcome import encode_outcome
@@ -137,8 +139,9 @@ class Bench:
         self.admin_key = simulation_key(seed=SEED, role="coordinator")
         self.keys: list[LocalAccount] = [simulation_key(seed=SEED, role=f"client-{i}") for i in range(n)]
         node.fund([self.admin_key.address])
-        self.admin, deploy = RoundsContract.deploy(node, self.admin_key)
-        self.deploy_gas = deploy.gas_used
+        extension, extension_deploy = RoundsContract.deploy_extension(node, self.admin_key)
+        self.admin, deploy = RoundsContract.deploy(node, self.admin_key, extension=extension)
+        self.deploy_gas = {"extension": extension_deploy.gas_used, "rounds": deploy.gas_used}
         self.register_gas: list[float] = []
         if batch:
             for start in range(0, n, BATCH):
@@ -303,19 +306,27 @@ def main() -> None:
     parser.add_argument("--anvil", action="store_true", help="also measure the main-job point on a local anvil")
     parser.add_argument("--quick", action="store_true", help="skip the 100-participant and 10,000-registered points")
     parser.add_argument("--play", type=int, default=12, help="most sampled participants playing a registry point")
-    parser.add_argument("--artifact", type=Path, help="measure this contract artifact instead of the packaged one")
+    parser.add_argument("--main-only", action="store_true", help="only the main job's point (5 participants)")
+    parser.add_argument("--artifacts", type=Path, help="measure the artifacts in this folder instead of the packaged ones")
     parser.add_argument("--no-incentives", action="store_true", help="runs without stake and reward pool")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON results")
     args = parser.parse_args()
-    if args.artifact is not None:
-        other = json.loads(args.artifact.read_text())
-        contract_module.load_artifact = lambda: other  # type: ignore[assignment]
-    artifact = contract_module.load_artifact()
+    if args.artifacts is not None:
+        folder = args.artifacts
+
+        def load_other(name: str = artifact_module.CONTRACT_NAME) -> dict[str, Any]:
+            return json.loads((folder / f"{name}.json").read_text())
+
+        artifact_module.load_artifact = contract_module.load_artifact = load_other  # type: ignore[assignment]
+    artifact = artifact_module.load_artifact()
     started = time.perf_counter()
 
     summary: dict[str, Any] = {
         "contract": {"compiler": artifact["compiler"]["version"], "source_sha256": artifact.get("sourceSha256"),
-                     "artifact": str(args.artifact) if args.artifact else "packaged"},  # fmt: skip
+                     "optimizer": artifact.get("settings", {}).get("optimizer"),
+                     "deployed_bytes": {name: len(artifact_module.load_artifact(name)["deployedBytecode"]) // 2 - 1
+                                        for name in (artifact_module.CONTRACT_NAME, artifact_module.EXTENSION_NAME)},
+                     "artifacts": str(args.artifacts) if args.artifacts else "packaged"},  # fmt: skip
         "chain": "embedded (py-evm through eth-tester)",
         "budget_per_participant": BUDGET,
         "incentives": None if args.no_incentives else INCENTIVES,
@@ -334,7 +345,7 @@ def main() -> None:
 
     participants = summary["participants"]
     for n in (5, 10, 100):
-        if not (args.quick and n > 10):
+        if not (args.quick and n > 10) and not (args.main_only and n > 5):
             participants.append(measure_participants(n, incentives=not args.no_incentives))
             save()
     main_job = summary["main_job"] = participants[0]
@@ -358,7 +369,7 @@ def main() -> None:
 
     registry = summary["registry"]
     for n in (10, 100, 1_000, 10_000):
-        if args.quick and n > 1_000:
+        if (args.quick and n > 1_000) or args.main_only:
             continue
         for bps in (100, 1_000, 10_000):
             registry.append(measure_registry(n, bps, play=args.play, incentives=not args.no_incentives))
@@ -390,7 +401,8 @@ def main() -> None:
               f"{commit:>9,.0f} {reveal:>9,.0f} {c['attest'] or 0:>9,.0f} {c['attest_finalizing']:>9,} "
               f"{r['round_gas_if_all_play']:>14,} {r['per_participant_if_all_play']:>13,}")  # fmt: skip
     setup = main_job["setup"]
-    print(f"\nsetup: deploy {setup['deploy']:,}, register {setup['register_each']:,.0f} per participant, "
+    deploy = ", ".join(f"{part} {gas:,}" for part, gas in setup["deploy"].items())
+    print(f"\nsetup: deploy {deploy}, register {setup['register_each']:,.0f} per participant, "
           f"createRun {setup['createRun']:,}")  # fmt: skip
     if anvil is not None:
         print(f"anvil, N=5: {anvil['steady_calls']} same as embedded: {anvil['same_as_embedded']}")

@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity 0.8.37;
 
+import {IParticipantRegistry} from "./IParticipantRegistry.sol";
+
 /// @title ICommitRevealRounds
 /// @notice What `CommitRevealRounds` shows the world besides its functions: the types its
 /// views return, its custom errors and the events a verifier replays (docs/protocol.md §2,
 /// §2.8). Kept apart so that a client or another contract can use them without the
-/// implementation.
-interface ICommitRevealRounds {
+/// implementation. The registry's errors and events are in `IParticipantRegistry`.
+interface ICommitRevealRounds is IParticipantRegistry {
     // ------------------------------------------------------------------ types
 
     /// @notice A round's phase, derived by `phase`.
@@ -127,14 +129,6 @@ interface ICommitRevealRounds {
 
     // ------------------------------------------------------------------ errors
 
-    error NotAdmin(address caller);
-    error NotPendingAdmin(address caller);
-    error RegistryFull(uint256 size);
-    error RegistryEpochsExhausted(uint256 epoch);
-    error BatchLengthMismatch(uint256 participants, uint256 identities, uint256 maxExamples);
-    error ZeroExampleBound(address participant);
-    error AlreadyRegistered(address participant);
-    error NotRegistered(address participant);
     error ZeroRounds();
     error InvalidQuorum(uint16 quorum, uint16 minReveals);
     error InvalidCommitteeSize(uint16 committeeSize, uint16 quorum);
@@ -173,22 +167,10 @@ interface ICommitRevealRounds {
     error OutcomeNotRevealer(uint256 runId, uint32 round, address participant);
     error OutcomeRefusedWithScore(uint256 runId, uint32 round, address participant);
     error InvalidSignatures(uint256 length);
+    error NoExtensionCode(address extension);
 
     // ------------------------------------------------------------------ events
 
-    /// @dev `index` and `epoch`: the registry index assigned and the registry epoch it was
-    /// assigned in (what sampling reads, see `permutedPosition`).
-    event ParticipantRegistered(
-        address indexed participant, bytes32 identity, uint64 maxExamples, uint32 index, uint32 epoch
-    );
-    /// @dev The last member `moved` (zero if the revoked one was last) now holds the revoked
-    /// one's index, assigned in `epoch`.
-    event ParticipantRevoked(address indexed participant, uint32 epoch, address moved);
-    /// @dev Two steps (as OpenZeppelin's Ownable2Step): a typo in the new address cannot
-    /// lose the role; there is no renouncing it (a consortium without an admin could never
-    /// register a silo or create a run again).
-    event AdminTransferStarted(address indexed admin, address indexed pendingAdmin);
-    event AdminTransferred(address indexed previousAdmin, address indexed admin);
     event RunCreated(uint256 indexed runId, address indexed creator, RunParams params, bytes32 beacon);
     /// @dev The round's model is the last `RoundFinalized.resultCid` (the run's initial
     /// model before any); its reveal and attest deadlines follow from `commitDeadline`

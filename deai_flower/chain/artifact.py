@@ -1,4 +1,4 @@
-"""The committed contract artifact (ABI + bytecode), shipped inside the package."""
+"""The committed contract artifacts (ABI + bytecode), shipped inside the package."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from importlib import resources
 from typing import Any
 
 CONTRACT_NAME = "CommitRevealRounds"
+#: The code the rounds contract runs through its fallback (registry, incentives, views): its
+#: functions are called at the rounds contract's address.
+EXTENSION_NAME = "RoundsExtension"
 
 
 @cache
@@ -16,3 +19,10 @@ def load_artifact(name: str = CONTRACT_NAME) -> dict[str, Any]:
     ``name`` may be a path under ``artifacts/`` such as ``test/TestToken`` (tests)."""
     path = resources.files("deai_flower.contracts").joinpath("artifacts", *f"{name}.json".split("/"))
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def rounds_abi() -> list[dict[str, Any]]:
+    """The ABI a rounds contract answers at its address: its own functions and those of the
+    extension it runs through its fallback, with both parts' events and errors."""
+    own = load_artifact()["abi"]
+    return own + [e for e in load_artifact(EXTENSION_NAME)["abi"] if e not in own and e["type"] != "constructor"]

@@ -1,5 +1,9 @@
 """The round contract seen from Python: deploy, send signed calls, read state and events.
 
+A deployment is ``CommitRevealRounds`` and the ``RoundsExtension`` whose code it runs
+through its fallback (the registry, incentives and views: the functions no round needs),
+called at the rounds contract's address; the handle knows both parts' ABIs.
+
 Each participant (and the coordinator) holds its own :class:`RoundsContract` bound to
 its own key; transactions are signed locally and sent raw, so the same code works on
 the embedded chain and on any JSON-RPC node. Reverts are decoded from the ABI's custom
@@ -27,7 +31,7 @@ from hexbytes import HexBytes
 from web3 import Web3
 
 from ..errors import ChainError, ContractRevertError
-from .artifact import load_artifact
+from .artifact import EXTENSION_NAME, load_artifact, rounds_abi
 from .node import ChainNode, JsonRpcError
 from ..protocol.encoding import (
     NO_EXAMPLE_BOUND,
@@ -171,17 +175,18 @@ def describe_revert(error_name: str, names: list[str], values: tuple[Any, ...]) 
 
 
 class RoundsContract:
-    """A handle on a deployed ``CommitRevealRounds``, signing with one account."""
+    """A handle on a deployed ``CommitRevealRounds`` (with its extension's functions),
+    signing with one account."""
 
     def __init__(self, node: ChainNode, address: str, account: LocalAccount) -> None:
-        artifact = load_artifact()
+        abi = rounds_abi()
         self.node = node
         self.w3: Web3 = node.w3
         self.address = to_checksum_address(address)
         self.account = account
-        self.contract = self.w3.eth.contract(address=self.address, abi=artifact["abi"])
-        self._errors = _error_table(artifact["abi"])
-        self._functions = _function_table(artifact["abi"])
+        self.contract = self.w3.eth.contract(address=self.address, abi=abi)
+        self._errors = _error_table(abi)
+        self._functions = _function_table(abi)
         self._nonce: int | None = None
         self._lock = threading.Lock()
         self._chain_id = node.chain_id
@@ -192,13 +197,28 @@ class RoundsContract:
     # ------------------------------------------------------------------ deployment
 
     @classmethod
-    def deploy(cls, node: ChainNode, account: LocalAccount) -> tuple[RoundsContract, TxResult]:
-        """Deploy the committed bytecode with ``account`` as admin."""
-        deployer = cls(node, "0x" + "00" * 20, account)  # a handle to sign with; no contract yet
-        receipt = deployer._send(bytes.fromhex(load_artifact()["bytecode"].removeprefix("0x")), to=None,
-                                 label="deploy")  # fmt: skip
+    def deploy(
+        cls, node: ChainNode, account: LocalAccount, *, extension: str | None = None
+    ) -> tuple[RoundsContract, TxResult]:
+        """Deploy the committed rounds contract with ``account`` as admin, running the
+        ``RoundsExtension`` at ``extension`` (without one, a new one is deployed first).
+        The result is the rounds contract's deployment (the extension's:
+        :meth:`deploy_extension`)."""
+        if extension is None:
+            extension, _ = cls.deploy_extension(node, account)
+        deployer = cls(node, ZERO_ADDRESS, account)  # a handle to sign with; no contract yet
+        receipt = deployer._send(_creation_code(load_artifact(), ["address"], [extension]), to=None, label="deploy")
         contract = cls(node, receipt["contractAddress"], account)
         return contract, contract._tx_result(receipt)
+
+    @classmethod
+    def deploy_extension(cls, node: ChainNode, account: LocalAccount) -> tuple[str, TxResult]:
+        """Deploy a ``RoundsExtension``: its address and deployment. It holds no state, so
+        any number of rounds contracts may run one (:meth:`deploy`)."""
+        deployer = cls(node, ZERO_ADDRESS, account)  # a handle to sign with
+        receipt = deployer._send(_creation_code(load_artifact(EXTENSION_NAME), [], []), to=None,
+                                 label="deploy the extension")  # fmt: skip
+        return to_checksum_address(receipt["contractAddress"]), deployer._tx_result(receipt)
 
     def as_account(self, account: LocalAccount) -> RoundsContract:
         """The same contract, signing with another key."""
@@ -505,6 +525,14 @@ class RoundsContract:
         """The registered participants' addresses, in registry order."""
         return [to_checksum_address(a) for a in self._call("members")]
 
+    def admin(self) -> str:
+        """The consortium admin, who registers participants and creates runs."""
+        return str(self._call("admin"))
+
+    def pending_admin(self) -> str:
+        """The address a transfer of the admin role awaits (the zero address: none)."""
+        return str(self._call("pendingAdmin"))
+
     def participant_info(self, participant: str) -> tuple[bool, bytes]:
         active, identity = self._call("participantInfo", to_checksum_address(participant))
         return bool(active), bytes(identity)
@@ -611,8 +639,9 @@ class RoundsContract:
 
     def event_log(self, *, from_block: int = 0, timeout: float = 60.0) -> list[dict[str, Any]]:
         """Every event the contract emitted from ``from_block`` on, decoded, in chain
-        order, JSON-ready. Asked again (a coordinator writing results after every round),
-        this handle reads only the blocks mined since: the others' events are kept."""
+        order, JSON-ready (the extension's code emits at the contract's address too).
+        Asked again (a coordinator writing results after every round), this handle reads
+        only the blocks mined since: the others' events are kept."""
         start = time.monotonic()
         head = int(self.node.request("eth_blockNumber", []), 16)
         known_from, known, next_block = self._event_cache if self._event_cache else (from_block, [], from_block)
@@ -627,6 +656,11 @@ class RoundsContract:
             raise ChainError("reading the contract's events timed out")
         self._event_cache = (from_block, known, next_block)
         return list(known)
+
+
+def _creation_code(artifact: dict[str, Any], types: list[str], args: list[Any]) -> bytes:
+    """An artifact's creation bytecode followed by its ABI-encoded constructor arguments."""
+    return bytes.fromhex(artifact["bytecode"].removeprefix("0x")) + encode(types, args)
 
 
 def _log_entry(wire: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ def test_the_admin_role_is_offered_then_accepted(deployment: Deployment) -> None
         new.transfer_admin(new.account.address)
     tx = old.transfer_admin(new.account.address)
     assert [e["event"] for e in tx.events] == ["AdminTransferStarted"]
-    assert old.contract.functions.pendingAdmin().call() == new.account.address
+    assert old.pending_admin() == new.account.address
     # offered, not yet taken: the old admin still rules, the new key does not
     with pytest.raises(ContractRevertError, match="NotAdmin"):
         new.register(d.clients[3].address, b"\x09" * 32)
@@ -24,8 +24,8 @@ def test_the_admin_role_is_offered_then_accepted(deployment: Deployment) -> None
     tx = new.accept_admin()
     assert [(e["event"], e["args"]["previousAdmin"], e["args"]["admin"]) for e in tx.events] == [
         ("AdminTransferred", old.account.address, new.account.address)]
-    assert old.contract.functions.admin().call() == new.account.address
-    assert old.contract.functions.pendingAdmin().call() == "0x" + "00" * 20
+    assert old.admin() == new.account.address
+    assert old.pending_admin() == "0x" + "00" * 20
     new.register(d.clients[3].address, b"\x09" * 32)
     with pytest.raises(ContractRevertError, match="NotAdmin"):
         old.register(d.clients[3].address, b"\x0a" * 32)
@@ -39,4 +39,4 @@ def test_a_pending_transfer_can_be_redirected_or_cancelled(deployment: Deploymen
     d.admin.transfer_admin("0x" + "00" * 20)  # cancelled: nobody can take it
     with pytest.raises(ContractRevertError, match="NotPendingAdmin"):
         d.as_client(0).accept_admin()
-    assert d.admin.contract.functions.admin().call() == d.admin.account.address
+    assert d.admin.admin() == d.admin.account.address

@@ -971,3 +971,33 @@ def test_reading_an_address_without_the_contract_is_a_clear_error(deployment: De
     nothing = RoundsContract(d.node, "0x" + "12" * 20, d.admin.account)
     with pytest.raises(ChainError, match=r"getRun: the answer from 0x1212.* is not a CommitRevealRounds answer"):
         nothing.get_run(1)
+
+
+def test_the_fallback_runs_only_the_extension_and_takes_no_stray_ether(deployment: Deployment) -> None:
+    from eth_utils import function_signature_to_4byte_selector
+
+    from deai_flower.errors import ChainError
+
+    d = deployment
+    # the extension's functions answer at the rounds contract, on its storage
+    assert d.admin.admin() == d.admin.account.address and len(d.admin.members()) == 3
+    extension = d.admin.contract.functions.extension().call()
+    assert extension != d.admin.address and len(d.node.w3.eth.get_code(extension)) > 0
+    # a selector neither part defines, and a plain payment, revert
+    unknown = function_signature_to_4byte_selector("noSuchFunction()")
+    with pytest.raises(ChainError):
+        d.admin._send(unknown, to=d.admin.address, label="noSuchFunction")
+    with pytest.raises(ChainError):
+        d.admin._send(b"", to=d.admin.address, label="a payment", value=1)
+    # the extension called directly works on its own, empty storage: it is no backdoor
+    direct = RoundsContract(d.node, extension, d.admin.account)
+    assert direct.members() == [] and direct.admin() == "0x" + "00" * 20
+    with pytest.raises(ContractRevertError, match="NotAdmin"):
+        direct.register(d.clients[3].address, b"\x09" * 32)
+
+
+def test_a_rounds_contract_without_extension_code_is_refused(deployment: Deployment) -> None:
+    # a delegatecall to an address without code would succeed doing nothing
+    d = deployment
+    with pytest.raises(ContractRevertError, match="NoExtensionCode"):
+        RoundsContract.deploy(d.node, d.admin.account, extension=d.clients[3].address)

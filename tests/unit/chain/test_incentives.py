@@ -16,7 +16,7 @@ from eth_utils import function_signature_to_4byte_selector, to_checksum_address
 from support import Deployment, cid_of, with_members
 
 from deai_flower.chain import RoundsContract, TxResult, commitment_of, to_wad
-from deai_flower.chain.artifact import load_artifact
+from deai_flower.chain.artifact import load_artifact, rounds_abi
 from deai_flower.chain.contract import ATTEST_GAS_PER_REVEALER, ROUND_CALL_GAS, ZERO_ADDRESS
 from deai_flower.errors import ContractRevertError
 from deai_flower.protocol.encoding import PENALTY_REASONS, reveal_record
@@ -45,7 +45,7 @@ def incentive_run(d: Deployment, **overrides: Any) -> int:
 
 def run_params(**overrides: Any) -> tuple[Any, ...]:
     """``RunParams`` as the ABI tuple (for calls ``create_run`` would not send: a wrong value)."""
-    (entry,) = [e for e in load_artifact()["abi"] if e.get("name") == "createRun"]
+    (entry,) = [e for e in rounds_abi() if e.get("name") == "createRun"]
     values = {"specHash": b"\x01" * 32, "codeHash": b"\x02" * 32, "initialModelCid": cid_of(0),
               "epsilonBudgetWad": to_wad(8.0), "deltaWad": to_wad(1e-5), "numRounds": 3, "commitDuration": 100,
               "revealDuration": 100, "attestDuration": 100, "sampleBps": 10_000, "quorum": 2, "minReveals": 2,
