@@ -3,7 +3,7 @@
 A finalized result is deterministic: it is the spec's aggregation rule applied to the
 round's reveals that the finalized outcome marks aggregated (verdict 0), and the rules
 are bit-exact on every machine (:mod:`.protocol.rules`). Attesters compute it
-(:func:`result_blob`), ``deai verify`` recomputes it, and when the store has lost a
+(:func:`~deai_flower.protocol.outcome.result_blob`), ``deai verify`` recomputes it, and when the store has lost a
 finalized result's blob (an IPFS node collected it, a directory was wiped) the
 coordinator and the participants rebuild it (:func:`fetch_result`): the round's
 ``Attested`` events give the finalized outcome (attesters vote for the result CID and
@@ -20,14 +20,12 @@ so there every reader rebuilds it again; an IPFS store cannot hold one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import (
-    BlobFormatError,
     BlobNotFoundError,
     ChainError,
     ResultUnrecoverableError,
@@ -35,35 +33,23 @@ from .errors import (
     StoreUnavailableError,
     TamperedBlobError,
 )
-from .protocol.outcome import Refusal, decode_outcome
-from .protocol.rules import RevealedUpdate, aggregate
+from .protocol.judgment import judge_blob
+from .protocol.outcome import Refusal, decode_outcome, result_blob
+from .protocol.rules import RevealedUpdate
 from .protocol.spec import RunSpec
-from .storage import ContentStore, cid_from_bytes, compute_cid, decode_arrays, encode_arrays
+from .storage import ContentStore, cid_from_bytes, compute_cid, decode_arrays
 
 if TYPE_CHECKING:
     from .chain import RoundsContract
 
-__all__ = ["RebuiltResult", "fetch_result", "fetch_update", "rebuild_result", "result_blob"]
+__all__ = ["RebuiltResult", "fetch_result", "fetch_update", "rebuild_result"]
 
 
-def fetch_update(store: ContentStore, cid: str, *, max_bytes: int | None,
+def fetch_update(store: ContentStore, cid: str, *, max_bytes: int,
                  expected: dict[str, Any] | None) -> dict[str, np.ndarray] | Refusal:  # fmt: skip
-    """A revealed update's arrays, or why they cannot be aggregated: ``unavailable`` when
-    the store cannot produce the blob, ``invalid`` when it does not hash to its CID or is
-    not a blob of the ``expected`` layout within ``max_bytes`` (what attesters and
-    verifiers judge alike)."""
-    try:
-        return decode_arrays(store.get(cid), max_bytes=max_bytes, expected=expected)
-    except (BlobNotFoundError, StoreUnavailableError) as exc:
-        return Refusal("unavailable", str(exc))
-    except (StoreError, BlobFormatError) as exc:
-        return Refusal("invalid", str(exc))
-
-
-def result_blob(spec: RunSpec, updates: Sequence[RevealedUpdate]) -> bytes:
-    """The result of aggregating ``updates`` (in any order) with the spec's rule, encoded:
-    the same bytes on every machine."""
-    return encode_arrays(aggregate(spec.rule.name, updates, dict(spec.rule.params)))
+    """The arrays stored under ``cid``, or why they cannot be aggregated, as reveal
+    judgment rules (:func:`~deai_flower.protocol.judgment.judge_blob`)."""
+    return judge_blob(lambda: store.get(cid), max_bytes=max_bytes, expected=expected)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import hashlib
 import json
 import math
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,28 +37,25 @@ from .protocol.encoding import (
     commitment_of,
     committee_size_of,
     from_wad,
+    in_committee,
+    is_sampled,
     parse_reveal_record,
     sampled_count,
     to_wad,
     votes_needed,
 )
 from .protocol.epsilon import epsilon_of
-from .protocol.sampling import RoundSample, round_sample
-from .protocol.outcome import OutcomeEntry, Refusal
+from .protocol.judgment import EPSILON_RTOL, RevealClaims, judge_reveal
+from .protocol.judgment import TOLERANCE_NOTE as _TOLERANCE
+from .protocol.judgment import epsilon_close as _close
+from .protocol.outcome import OutcomeEntry, Refusal, round_outcome
 from .protocol.rules import RULES, RevealedUpdate, minimum_updates
-from .protocol.scores import alignment_scores, loss_improvement_scores
 from .protocol.spec import BUNDLED_MODEL_TARGETS, Release, RunSpec, SpecError, check_model, spec_cid
-from .recovery import fetch_update, result_blob
+from .recovery import fetch_update
 from .storage import ContentStore, IpfsStore, LocalStore, array_spec, cid_from_bytes, compute_cid, decode_arrays
 
-#: Relative tolerance on an ε compared with the one recomputed from revealed parameters
-#: (the chain holds σ, q and δ in 18-decimal fixed point, so recomputation is not exact).
-EPSILON_RTOL = 1e-6
-#: Absolute floor of that comparison, for ε near zero.
-EPSILON_ATOL = 1e-9
 #: Failed attempts in a row after which the contract lets anyone cancel a run (protocol §2.1).
 CANCEL_AFTER_FAILED_ATTEMPTS = 3
-_TOLERANCE = f"tolerance EPSILON_RTOL={EPSILON_RTOL:g}, relative"
 _EXACTLY = "compared exactly, as WADs"
 
 
@@ -403,8 +400,6 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
         if "committeeSize" in o and int(o["committeeSize"]) != committee:
             verdict.problems.append(f"RoundOpened.committeeSize {o['committeeSize']}, the run's parameters "
                                     f"give {committee}")  # fmt: skip
-        sample = round_sample(beacon=beacon, registry_size=registry_size, registry_epoch=registry_epoch,
-                              sample_bps=sample_bps, committee_size=int(params.get("committeeSize", 0)))  # fmt: skip
         verdict.checks.append("beacon, model and sample")
 
         commitments = {to_checksum_address(e["args"]["participant"]): _bytes(e["args"]["commitment"])
@@ -418,7 +413,8 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
             entry = _registry_at(events, (e["block"], e["log_index"])).members.get(who)
             if entry is None:
                 verdict.problems.append(f"{who} committed without being registered")
-            elif sample.position(index=entry.index, epoch=entry.epoch) is None:
+            elif entry.epoch > registry_epoch or not is_sampled(beacon=beacon, sample_bps=sample_bps,
+                                                                index=entry.index, registry_size=registry_size):
                 verdict.problems.append(f"{who} committed without being sampled (index {entry.index}, "
                                         f"epoch {entry.epoch})")  # fmt: skip
             else:
@@ -443,22 +439,20 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
             if spec.private and ACCOUNTANT_NAMES.get(dp.accountant) != spec.privacy.accountant:
                 verdict.problems.append(f"{who} accounts with {ACCOUNTANT_NAMES.get(dp.accountant, dp.accountant)}, "
                                         f"the spec names {spec.privacy.accountant}")  # fmt: skip
-            claim = dp_claim_problem(spec, num_examples=revealed.num_examples, dp=dp, history=list(histories[who]))
+            judgment = judge_reveal(spec, RevealClaims(who, cid_from_bytes(revealed.cid), revealed.num_examples, dp),
+                                    history=list(histories[who]), read=store.get, expected=arrays_spec)  # fmt: skip
             _check_epsilon(verdict, who, dp, histories[who])
             revealed_epsilon[who] = dp.epsilon_wad
             bound = entries[who].max_examples if who in entries else NO_EXAMPLE_BOUND
             if revealed.num_examples > bound:
                 verdict.problems.append(f"{who} reveals {revealed.num_examples} examples, above the {bound} it is "
                                         "registered with")  # fmt: skip
-            if claim is not None:  # attesters exclude it too (protocol §2.5)
-                verdict.problems.append(f"{who}'s reveal {claim}: excluded")
-                judged[who] = Refusal("dp-claims", claim)
+            if isinstance(judgment, RevealedUpdate):
+                updates[who] = judgment
                 continue
-            arrays = fetch_update(store, cid_from_bytes(revealed.cid), max_bytes=max_bytes, expected=arrays_spec)
-            if isinstance(arrays, Refusal):
-                judged[who] = arrays
-                continue
-            updates[who] = RevealedUpdate(who, revealed.num_examples, arrays)
+            judged[who] = judgment
+            if judgment.verdict == "dp-claims":  # attesters exclude it too (protocol §2.5)
+                verdict.problems.append(f"{who}'s reveal is excluded: {judgment.reason}")
         verdict.checks.append(f"{len(reveals)} reveals vs commitments, CIDs, ε")
         if reported is not None:
             reported.check_round(verdict, revealed_epsilon, committed=set(commitments))
@@ -468,16 +462,24 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
             verdict.status = "finalized"
             result_cid = finalized[0]["resultCid"]
             outcome = funds.outcomes.get(round_id, [])
-            _check_votes(verdict, round_events, result_cid, entries=entries, reveals=reveals, sample=sample,
-                         quorum=int(params["quorum"]))  # fmt: skip
+            _check_votes(verdict, round_events, result_cid, entries=entries, reveals=reveals, beacon=beacon,
+                         sample_bps=sample_bps, committee_size=int(params.get("committeeSize", 0)),
+                         registry_size=registry_size, quorum=int(params["quorum"]))  # fmt: skip
             aggregated = _check_outcome(verdict, outcome, updates, judged,
                                         revealers=[to_checksum_address(r["participant"]) for r in reveals])  # fmt: skip
-            if aggregated and not verdict.problems:
-                scorer.check(verdict, outcome, aggregated, model_cid)
+            # scores only for a round whose outcome agrees with the verifier's verdicts
+            global_arrays = scorer.global_model(verdict, model_cid) if aggregated and not verdict.problems else None
             if len(aggregated) < minimum_updates(rule, rule_params):
                 verdict.problems.append(f"finalized with {len(aggregated)} valid updates, fewer than {rule} needs")
             else:
-                recomputed = compute_cid(result_blob(spec, aggregated))
+                # the outcome's refusals, as the verifier judged them (a blob published late it could not)
+                refused = {e.participant: judged.get(e.participant, Refusal(e.verdict, "unavailable to the attesters"))
+                           for e in outcome if e.verdict != "aggregated"}  # fmt: skip
+                ours = round_outcome(spec, aggregated, refused, global_arrays=global_arrays,
+                                     validation_losses=scorer.validation_losses)  # fmt: skip
+                if ours.scores is not None:
+                    scorer.check(verdict, outcome, ours.scores)
+                recomputed = compute_cid(ours.result)
                 if recomputed != cid_from_bytes(_bytes(result_cid)):
                     verdict.problems.append(
                         f"{rule} of the valid reveals is {recomputed}, chain finalized "
@@ -560,18 +562,17 @@ class _Scorer:
         self.spec, self.store, self.models = spec, store, models
         self._loss_context: tuple[Any, Any, Any] | None = None
 
-    def check(self, verdict: RoundVerdict, outcome: list[OutcomeEntry], aggregated: list[RevealedUpdate],
-              model_cid: Any) -> None:  # fmt: skip
-        max_bytes = self.spec.max_blob_bytes
+    def global_model(self, verdict: RoundVerdict, model_cid: Any) -> dict[str, Any] | None:
+        """The round's global model, which scores are measured from (None, with the
+        problem noted, when the store cannot produce it)."""
         try:
-            global_arrays = decode_arrays(self.store.get(cid_from_bytes(_bytes(model_cid))), max_bytes=max_bytes)
+            return decode_arrays(self.store.get(cid_from_bytes(_bytes(model_cid))), max_bytes=self.spec.max_blob_bytes)
         except (StoreError, BlobFormatError) as exc:
             verdict.problems.append(f"the round's global model cannot be read to recompute scores: {exc}")
-            return
-        if self.spec.incentives.score == "alignment":
-            scores = alignment_scores(aggregated, global_arrays)
-        else:
-            scores = self._loss_scores(aggregated, global_arrays)
+            return None
+
+    def check(self, verdict: RoundVerdict, outcome: list[OutcomeEntry], scores: Mapping[str, int]) -> None:
+        """The finalized outcome's scores must be the recomputed ``scores``."""
         claimed = {e.participant: e.score for e in outcome if e.verdict == "aggregated"}
         wrong = [f"{who} {claimed.get(who)} (recomputed {score})" for who, score in sorted(scores.items())
                  if claimed.get(who) != score]  # fmt: skip
@@ -580,7 +581,9 @@ class _Scorer:
         else:
             verdict.checks.append(f"{len(scores)} {self.spec.incentives.score} scores recomputed")
 
-    def _loss_scores(self, aggregated: list[RevealedUpdate], global_arrays: dict[str, Any]) -> dict[str, int]:
+    def validation_losses(self, aggregated: Sequence[RevealedUpdate],
+                          global_arrays: Mapping[str, Any]) -> tuple[float, dict[str, float]]:  # fmt: skip
+        """The validation losses of a loss-scored run, with the spec's model (built once)."""
         from .models import instantiate_model
         from .protocol.validation import validation_set
         from .validation_loss import validation_loss, validation_losses
@@ -593,8 +596,7 @@ class _Scorer:
             self._loss_context = (instantiate_model(self.spec.model, data, allowed=self.models), x, y)
         model, x, y = self._loss_context
         reference = validation_loss(model, global_arrays, x, y)
-        return loss_improvement_scores(reference, validation_losses(model, {u.participant: u.arrays
-                                                                            for u in aggregated}, x, y))  # fmt: skip
+        return reference, validation_losses(model, {u.participant: u.arrays for u in aggregated}, x, y)
 
 
 def _check_funds(verification: Verification, funds: IncentiveReplay, reported: dict[str, Any] | None) -> None:
@@ -623,13 +625,15 @@ def _check_funds(verification: Verification, funds: IncentiveReplay, reported: d
 
 
 def _check_votes(verdict: RoundVerdict, round_events: list[dict[str, Any]], result_cid: str, *,
-                 entries: dict[str, _Entry], reveals: list[dict[str, Any]], sample: RoundSample,
-                 quorum: int) -> None:  # fmt: skip
+                 entries: dict[str, _Entry], reveals: list[dict[str, Any]], beacon: bytes, sample_bps: int,
+                 committee_size: int, registry_size: int, quorum: int) -> None:  # fmt: skip
     """A finalized round had ``votesNeeded`` attestations of its CID from eligible attesters
     (revealers in the committee, protocol §2.5), and nobody else attested. The majority is
     of the committee members that committed (``entries``: the round's sampled committers),
     so reveals a relayer withheld cannot lower it."""
-    committed = {who for who, entry in entries.items() if sample.in_committee(index=entry.index, epoch=entry.epoch)}
+    committed = {who for who, entry in entries.items()
+                 if in_committee(beacon=beacon, sample_bps=sample_bps, committee_size=committee_size,
+                                 index=entry.index, registry_size=registry_size)}  # fmt: skip
     eligible = committed & {to_checksum_address(r["participant"]) for r in reveals}
     needed = votes_needed(eligible=len(committed), quorum=quorum)
     # a vote is for the result CID and the outcome together; the finalizing one is the last
@@ -680,50 +684,6 @@ def _check_epsilon(verdict: RoundVerdict, who: str, dp: DpParams, history: list[
     if not _close(recomputed, claimed):
         verdict.problems.append(f"{who} claims ε={claimed:.6f}, its revealed parameters give ε={recomputed:.6f} "
                                 f"({_TOLERANCE})")  # fmt: skip
-
-
-def dp_claim_problem(spec: RunSpec, *, num_examples: int, dp: DpParams,
-                     history: list[tuple[float, float, int]]) -> str | None:  # fmt: skip
-    """Why a reveal's DP claims contradict what can be checked, or None.
-
-    ``history``: the participant's revealed (σ, q, steps) in this run before this reveal.
-    Checked for a private spec: the spec's accountant and δ; σ > 0 and steps > 0; q equal
-    to ``min(batch_size, n) / n`` for the revealed n and steps to ``local_epochs *
-    floor(1/q)`` (how DP-SGD runs under the spec); and the cumulative ε recomputed from
-    the whole history, this reveal included, neither understated nor past the budget.
-    What happened inside the silo (that this noise was really added) stays a claim.
-    """
-    p = spec.privacy
-    if not spec.private:
-        return None
-    accountant = ACCOUNTANT_NAMES.get(dp.accountant)
-    if accountant != p.accountant:
-        return f"accounts with {accountant or dp.accountant}, the spec names {p.accountant}"
-    if dp.delta_wad != to_wad(p.delta):
-        return f"reveals δ={from_wad(dp.delta_wad):g}, the spec gives {p.delta:g}"
-    sigma, rate = from_wad(dp.noise_multiplier_wad), from_wad(dp.sample_rate_wad)
-    if not sigma > 0 or dp.steps <= 0:
-        return f"reveals σ={sigma:g} and {dp.steps} steps in a private run (no noise, or no DP-SGD)"
-    if num_examples <= 0:
-        return f"reveals {num_examples} examples"
-    expected_rate = min(spec.training.batch_size, num_examples) / num_examples
-    if not math.isclose(rate, expected_rate, rel_tol=1e-9, abs_tol=1e-15):
-        return (f"reveals q={rate:.9g}, the spec's batch size gives {expected_rate:.9g} for its "
-                f"{num_examples} examples")  # fmt: skip
-    expected_steps = spec.training.local_epochs * int(1 / expected_rate)
-    if dp.steps != expected_steps:
-        return f"reveals {dp.steps} steps, the spec's training gives {expected_steps} at q={expected_rate:.9g}"
-    epsilon = epsilon_of([*history, (sigma, rate, dp.steps)], delta=from_wad(dp.delta_wad), accountant=accountant)
-    if dp.epsilon < epsilon and not _close(dp.epsilon, epsilon):
-        return (f"claims cumulative ε={dp.epsilon:.6f}, its revealed history gives ε={epsilon:.6f} "
-                f"({_TOLERANCE})")  # fmt: skip
-    if epsilon > p.epsilon and not _close(epsilon, p.epsilon):
-        return f"its revealed history gives ε={epsilon:.6f}, past the run's budget {p.epsilon:g}"
-    return None
-
-
-def _close(a: float, b: float) -> bool:
-    return math.isclose(a, b, rel_tol=EPSILON_RTOL, abs_tol=EPSILON_ATOL)
 
 
 def _as_epsilon(value: Any) -> tuple[float, int]:
@@ -819,7 +779,6 @@ __all__ = [
     "RunRecord",
     "StoreLocation",
     "Verification",
-    "dp_claim_problem",
     "load_spec",
     "recorded_store",
     "verify_run",

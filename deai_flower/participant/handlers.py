@@ -19,7 +19,6 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from logging import DEBUG, INFO, WARNING
 from pathlib import Path
@@ -61,15 +60,15 @@ from ..messages import (
 from ..models import evaluate, set_arrays
 from ..privacy import PrivacyLedger, ledger_path, load_ledger, reconcile_with_chain, save_ledger, train_round
 from ..protocol.judgment import RevealClaims, judge_reveal
-from ..protocol.outcome import Refusal, encode_outcome
+from ..protocol.outcome import Refusal, round_outcome
 from ..protocol.rules import RevealedUpdate
-from ..recovery import fetch_result, result_blob
+from ..recovery import fetch_result
 from ..storage import cid_from_bytes, cid_to_bytes, compute_cid, encode_arrays
 from .locator import RunLocator
 from .participant import Participant
 from .reveal_guard import GuardOutcome, PendingReveal, guard_in_thread, spawn_guard
 from .run_view import RunView, run_view
-from .scoring import contribution_scores
+from .scoring import validation_losses_of
 
 __all__ = ["handle_attest", "handle_commit", "handle_evaluate", "handle_reveal", "handle_round", "revealed_updates"]
 
@@ -446,7 +445,7 @@ def revealed_updates(
         claims = RevealClaims(reveal["participant"], cid_from_bytes(reveal["cid"]), int(reveal["numExamples"]),
                               _dp_of(reveal))  # fmt: skip
         return judge_reveal(view.spec, claims, history=histories.get(claims.participant, []),
-                            epsilon_of=_epsilon_of, read=view.store.get, expected=view.array_spec)  # fmt: skip
+                            read=view.store.get, expected=view.array_spec)  # fmt: skip
 
     # Hashing and decoding release the GIL: a store that allows it is read on all cores.
     workers = max(1, min(len(reveals), getattr(view.store, "read_concurrency", 1)))
@@ -456,11 +455,6 @@ def revealed_updates(
     rejected = {reveal["participant"]: verdict for reveal, verdict in zip(reveals, judged, strict=True)
                 if isinstance(verdict, Refusal)}  # fmt: skip
     return updates, rejected
-
-
-def _epsilon_of(history: Sequence[tuple[float, float, int]], delta: float, accountant: str) -> float:
-    """Cumulative ε of a revealed (σ, q, steps) history: what reveal judgment recomputes."""
-    return PrivacyLedger(history=list(history)).epsilon(delta, accountant)
 
 
 def _dp_of(reveal: dict[str, Any]) -> DpParams:
@@ -542,10 +536,10 @@ def _attest(participant: Participant, view: RunView, round_id: int, *, relay: bo
         return _abstained(view, round_id, rejected)
     if not updates:
         raise ProtocolError(f"round {round_id}: no valid revealed update to aggregate")
-    result_cid = view.store.put(result_blob(view.spec, updates))
     global_arrays = _global_model(view, cid_from_bytes(bytes(contract.get_run(view.run_id)["modelCid"])))
-    scores = contribution_scores(view, updates, global_arrays)
-    outcome = encode_outcome(scores, {address: refusal.verdict for address, refusal in rejected.items()})
+    voted = round_outcome(view.spec, updates, rejected, global_arrays=global_arrays,
+                          validation_losses=validation_losses_of(view))  # fmt: skip
+    result_cid, outcome = view.store.put(voted.result), voted.outcome
     if relay:
         signature = contract.sign_vote(view.run_id, round_id, cid_to_bytes(result_cid), outcome)
         return AttestReply(ReplyState.SIGNED, participant.address, cid=result_cid, outcome=outcome,

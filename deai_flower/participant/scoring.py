@@ -1,10 +1,9 @@
-"""An attester's contribution scores for the round outcome (docs/protocol.md §4.3).
+"""What an attester of a loss-scored run evaluates for the round outcome's scores
+(docs/protocol.md §4.3): validation losses on the set the spec names by CID.
 
-The spec names the score: ``alignment`` (:func:`~deai_flower.protocol.scores.alignment_scores`,
-from the revealed updates and the round's global model) or ``loss`` (the improvement of
-the validation loss over the global model's, on the validation set the spec names by
-CID, :mod:`deai_flower.validation_loss`). Every honest attester computes the same
-integers from the same revealed bytes.
+The scores themselves, and which score a run uses, are
+:func:`~deai_flower.protocol.scores.contribution_scores`'s; this module only evaluates
+the spec's model (with torch, :mod:`deai_flower.validation_loss`) for it.
 """
 
 from __future__ import annotations
@@ -17,12 +16,12 @@ import numpy as np
 
 from ..errors import ProtocolError
 from ..protocol.rules import RevealedUpdate
-from ..protocol.scores import alignment_scores, loss_improvement_scores
+from ..protocol.scores import ValidationLosses
 from ..protocol.validation import validation_set
 from ..storage import decode_arrays
 from .run_view import RunView
 
-__all__ = ["contribution_scores"]
+__all__ = ["validation_losses_of"]
 
 #: id(view) -> (the view, weakly; its validation set)
 _VALIDATION: dict[int, tuple[weakref.ref[RunView], tuple[np.ndarray, np.ndarray]]] = {}
@@ -50,15 +49,18 @@ def _validation_of(view: RunView) -> tuple[np.ndarray, np.ndarray]:
     return cached
 
 
-def contribution_scores(
-    view: RunView, updates: Sequence[RevealedUpdate], global_arrays: Mapping[str, np.ndarray]
-) -> dict[str, int]:
-    """Address -> score of each aggregated update, by the score the run's spec names."""
-    if view.spec.incentives.score == "alignment":
-        return alignment_scores(updates, global_arrays)
-    from ..validation_loss import validation_loss, validation_losses  # torch: only loss-scored runs
+def validation_losses_of(view: RunView) -> ValidationLosses | None:
+    """How this attester evaluates validation losses for the run's scores (None: the run is
+    not loss-scored, and nothing needs torch)."""
+    if view.spec.incentives.score != "loss":
+        return None
 
-    x, y = _validation_of(view)
-    reference = validation_loss(view.model, global_arrays, x, y)
-    losses = validation_losses(view.model, {u.participant: u.arrays for u in updates}, x, y)
-    return loss_improvement_scores(reference, losses)
+    def losses(updates: Sequence[RevealedUpdate],
+               global_arrays: Mapping[str, np.ndarray]) -> tuple[float, dict[str, float]]:  # fmt: skip
+        from ..validation_loss import validation_loss, validation_losses  # torch: only loss-scored runs
+
+        x, y = _validation_of(view)
+        reference = validation_loss(view.model, global_arrays, x, y)
+        return reference, validation_losses(view.model, {u.participant: u.arrays for u in updates}, x, y)
+
+    return losses

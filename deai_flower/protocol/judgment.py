@@ -10,8 +10,8 @@ A reveal is aggregated unless one of these refuses it, checked in this order:
 * ``invalid``: the blob does not hash to its CID, exceeds the spec's size limit, or is
   not a blob of the run's array layout (:func:`judge_blob`).
 
-Pure: the caller hands in how to read a blob by CID (a store's ``get``) and how to
-compute ε (the accountant's maths lives with the privacy code).
+Pure: the caller hands in how to read a blob by CID (a store's ``get``); ε is
+:func:`~deai_flower.protocol.epsilon.epsilon_of`'s.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 from deai_flower.errors import BlobFormatError, BlobNotFoundError, StoreError, StoreUnavailableError
 from deai_flower.protocol.blob import ArraySpec, decode_arrays
 from deai_flower.protocol.encoding import ACCOUNTANT_NAMES, DpParams, from_wad, to_wad
+from deai_flower.protocol.epsilon import epsilon_of
 from deai_flower.protocol.outcome import Refusal
 from deai_flower.protocol.rules import RevealedUpdate
 from deai_flower.protocol.spec import RunSpec
@@ -32,7 +33,6 @@ from deai_flower.protocol.spec import RunSpec
 __all__ = [
     "EPSILON_ATOL",
     "EPSILON_RTOL",
-    "EpsilonOf",
     "RevealClaims",
     "dp_claim_problem",
     "epsilon_close",
@@ -47,9 +47,6 @@ EPSILON_RTOL = 1e-6
 EPSILON_ATOL = 1e-9
 #: How a refusal names the comparison it made.
 TOLERANCE_NOTE = f"tolerance EPSILON_RTOL={EPSILON_RTOL:g}, relative"
-
-#: ``(history, delta, accountant) -> cumulative ε`` over a participant's (σ, q, steps) history.
-EpsilonOf = Callable[[Sequence[tuple[float, float, int]], float, str], float]
 
 
 def epsilon_close(a: float, b: float) -> bool:
@@ -67,8 +64,8 @@ class RevealClaims:
     dp: DpParams
 
 
-def dp_claim_problem(spec: RunSpec, *, num_examples: int, dp: DpParams, history: Sequence[tuple[float, float, int]],
-                     epsilon_of: EpsilonOf) -> str | None:  # fmt: skip
+def dp_claim_problem(spec: RunSpec, *, num_examples: int, dp: DpParams,
+                     history: Sequence[tuple[float, float, int]]) -> str | None:  # fmt: skip
     """Why a reveal's DP claims contradict what can be checked, or None.
 
     ``history``: the participant's revealed (σ, q, steps) in this run before this reveal.
@@ -98,7 +95,7 @@ def dp_claim_problem(spec: RunSpec, *, num_examples: int, dp: DpParams, history:
     expected_steps = spec.training.local_epochs * int(1 / expected_rate)
     if dp.steps != expected_steps:
         return f"reveals {dp.steps} steps, the spec's training gives {expected_steps} at q={expected_rate:.9g}"
-    epsilon = epsilon_of([*history, (sigma, rate, dp.steps)], from_wad(dp.delta_wad), accountant)
+    epsilon = epsilon_of([*history, (sigma, rate, dp.steps)], delta=from_wad(dp.delta_wad), accountant=accountant)
     if dp.epsilon < epsilon and not epsilon_close(dp.epsilon, epsilon):
         return (f"claims cumulative ε={dp.epsilon:.6f}, its revealed history gives ε={epsilon:.6f} "
                 f"({TOLERANCE_NOTE})")  # fmt: skip
@@ -122,7 +119,7 @@ def judge_blob(read: Callable[[], bytes], *, max_bytes: int,
 
 
 def judge_reveal(spec: RunSpec, reveal: RevealClaims, *, history: Sequence[tuple[float, float, int]],
-                 epsilon_of: EpsilonOf, read: Callable[[str], bytes],
+                 read: Callable[[str], bytes],
                  expected: ArraySpec | None) -> RevealedUpdate | Refusal:  # fmt: skip
     """The verdict on one reveal (the module docstring's order): the update to aggregate,
     or the :class:`~deai_flower.protocol.outcome.Refusal` that excludes it.
@@ -130,11 +127,10 @@ def judge_reveal(spec: RunSpec, reveal: RevealClaims, *, history: Sequence[tuple
     ``history``: the participant's revealed (σ, q, steps) before this reveal; ``read``:
     the blob's bytes by CID; ``expected``: the run's array layout (its initial model's).
     """
-    claim = dp_claim_problem(spec, num_examples=reveal.num_examples, dp=reveal.dp, history=history,
-                             epsilon_of=epsilon_of)  # fmt: skip
+    claim = dp_claim_problem(spec, num_examples=reveal.num_examples, dp=reveal.dp, history=history)
     if claim is not None:
         return Refusal("dp-claims", f"DP claims: {claim}")
     arrays = judge_blob(lambda: read(reveal.cid), max_bytes=spec.max_blob_bytes, expected=expected)
     if isinstance(arrays, Refusal):
         return arrays
-    return RevealedUpdate(reveal.participant, reveal.num_examples, arrays, reveal.dp)
+    return RevealedUpdate(reveal.participant, reveal.num_examples, arrays)

@@ -1,6 +1,9 @@
-"""A round's outcome: what attesters agree on besides the model.
+"""A round's outcome: the aggregate every attester computes, and what they agree on
+besides it.
 
-For every revealer of the round, in ascending address order, one 25-byte entry:
+:func:`round_outcome` assembles both from the judged reveals
+(:mod:`.judgment`): the attester votes for them and ``deai verify`` recomputes them with
+the same call. For every revealer of the round, in ascending address order, one 25-byte entry:
 address (20 bytes), contribution score (uint32, big-endian) and verdict (uint8). The
 attestation carries the outcome with the result CID and the contract counts votes for
 the pair, so the majority that fixes the model also fixes who was refused, why, and
@@ -10,12 +13,28 @@ what each contribution scored; the finalizing attestation pays and slashes by it
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from eth_utils import to_checksum_address
 
-__all__ = ["OUTCOME_ENTRY_BYTES", "VERDICTS", "OutcomeEntry", "Refusal", "decode_outcome", "encode_outcome"]
+from deai_flower.protocol.blob import encode_arrays
+from deai_flower.protocol.rules import RevealedUpdate, aggregate
+from deai_flower.protocol.scores import ValidationLosses, contribution_scores
+from deai_flower.protocol.spec import RunSpec
+
+__all__ = [
+    "OUTCOME_ENTRY_BYTES",
+    "VERDICTS",
+    "OutcomeEntry",
+    "Refusal",
+    "RoundOutcome",
+    "decode_outcome",
+    "encode_outcome",
+    "result_blob",
+    "round_outcome",
+]
 
 OUTCOME_ENTRY_BYTES = 25
 #: Verdict codes: 0 aggregated; the others refuse the update (and slash its author).
@@ -86,3 +105,46 @@ def decode_outcome(outcome: bytes) -> list[OutcomeEntry]:
             raise ValueError("a refused update has a non-zero score")
         entries.append(OutcomeEntry(to_checksum_address(raw[:20]), score, VERDICTS[code]))
     return entries
+
+
+def result_blob(spec: RunSpec, updates: Sequence[RevealedUpdate]) -> bytes:
+    """The result of aggregating ``updates`` (in any order) with the spec's rule, encoded:
+    the same bytes on every machine."""
+    return encode_arrays(aggregate(spec.rule.name, updates, dict(spec.rule.params)))
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """What a round's attesters vote for: the aggregate's bytes and the outcome.
+
+    ``scores`` is None where they were not computed (:func:`round_outcome`).
+    """
+
+    result: bytes
+    scores: Mapping[str, int] | None
+    refused: Mapping[str, Refusal]
+
+    @property
+    def outcome(self) -> bytes:
+        """The outcome bytes an attestation carries."""
+        if self.scores is None:
+            raise ValueError("an outcome needs the aggregated updates' scores")
+        return encode_outcome(self.scores, {address: refusal.verdict for address, refusal in self.refused.items()})
+
+
+def round_outcome(spec: RunSpec, updates: Sequence[RevealedUpdate], refused: Mapping[str, Refusal], *,
+                  global_arrays: Mapping[str, np.ndarray] | None,
+                  validation_losses: ValidationLosses | None = None) -> RoundOutcome:  # fmt: skip
+    """The round's result and outcome from its judged reveals: the aggregated ``updates``
+    and the ``refused`` ones (address -> refusal).
+
+    ``global_arrays``: the round's global model, which contribution scores are measured
+    from (:func:`~deai_flower.protocol.scores.contribution_scores`); None leaves the
+    scores out (a verifier still checks the aggregate of a round whose scores it cannot
+    recompute). ``validation_losses``: for a loss-scored run.
+    """
+    result = result_blob(spec, updates)
+    scores = None
+    if global_arrays is not None:
+        scores = contribution_scores(spec, updates, global_arrays, validation_losses=validation_losses)
+    return RoundOutcome(result=result, scores=scores, refused=dict(refused))

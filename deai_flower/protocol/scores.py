@@ -70,18 +70,22 @@ reduced, except for a loss that falls exactly at a rounding boundary.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from deai_flower.errors import ProtocolError
 from deai_flower.protocol.rules import RevealedUpdate, canonical_order
+from deai_flower.protocol.spec import RunSpec
 
 __all__ = [
     "CHANCE_MARGIN",
     "MAX_SCORE",
     "PIECE",
     "SCORE_SCALE",
+    "ValidationLosses",
     "alignment_scores",
+    "contribution_scores",
     "loss_improvement_scores",
     "quantize_loss",
 ]
@@ -257,3 +261,26 @@ def loss_improvement_scores(global_loss: float, losses: Mapping[str, float]) -> 
     """
     reference = quantize_loss(global_loss)
     return {address: min(MAX_SCORE, max(0, reference - quantize_loss(loss))) for address, loss in losses.items()}
+
+
+#: ``(updates, global_arrays) -> (the global model's validation loss, address -> each
+#: update's)``: the spec's model evaluated on the spec's validation set (with torch, so
+#: the caller's).
+ValidationLosses = Callable[[Sequence[RevealedUpdate], Mapping[str, np.ndarray]], tuple[float, dict[str, float]]]
+
+
+def contribution_scores(spec: RunSpec, updates: Sequence[RevealedUpdate], global_arrays: Mapping[str, np.ndarray], *,
+                        validation_losses: ValidationLosses | None = None) -> dict[str, int]:  # fmt: skip
+    """Address -> score of each aggregated update, by the score the run's spec names
+    (docs/protocol.md §4.3): :func:`alignment_scores` from the updates and the round's
+    global model, or :func:`loss_improvement_scores` from ``validation_losses``.
+
+    Raises:
+        ProtocolError: a loss-scored run without ``validation_losses``.
+    """
+    if spec.incentives.score == "alignment":
+        return alignment_scores(updates, global_arrays)
+    if validation_losses is None:
+        raise ProtocolError("a loss-scored run needs its validation losses to score updates")
+    reference, losses = validation_losses(updates, global_arrays)
+    return loss_improvement_scores(reference, losses)

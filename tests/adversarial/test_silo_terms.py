@@ -39,7 +39,7 @@ from eth_utils import to_checksum_address
 from flwr.app import Array, ArrayRecord, Message
 from flwr.common.constant import SUPERLINK_NODE_ID
 
-from deai_flower.chain import RoundsContract, to_wad
+from deai_flower.chain import RoundsContract
 from deai_flower.flower_compat import task_identity
 from deai_flower.models import get_arrays, instantiate_model
 from deai_flower.participant.app import client_app
@@ -81,15 +81,7 @@ def _create_run(net: Consortium, spec: RunSpec) -> int:
     store = LocalStore(net.store_dir)
     store.put(spec.to_bytes())
     initial = store.put(encode_arrays(get_arrays(instantiate_model(spec.model, spec.data, seed=0))))
-    r, i = spec.rounds, spec.incentives
-    run_id, _ = net.admin.create_run({
-        "specHash": spec.digest(), "codeHash": b"\x02" * 32, "initialModelCid": cid_to_bytes(initial),
-        "epsilonBudgetWad": to_wad(spec.privacy.epsilon), "deltaWad": to_wad(spec.privacy.delta),
-        "numRounds": r.num_rounds, "commitDuration": r.commit_s, "revealDuration": r.reveal_s,
-        "attestDuration": r.attest_s, "sampleBps": 10_000, "quorum": r.quorum, "minReveals": r.min_reveals,
-        "stake": i.stake, "slashMissingReveal": i.slash_missing_reveal, "slashRefused": i.slash_refused,
-        "slashMinority": i.slash_minority,
-    })  # fmt: skip
+    run_id, _ = net.admin.create_run(spec.run_params(initial_model_cid=cid_to_bytes(initial), code_hash=b"\x02" * 32))
     return run_id
 
 

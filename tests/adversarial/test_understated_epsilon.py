@@ -24,10 +24,11 @@ from deai_flower.apps import participant_for
 from deai_flower.participant.run_view import run_view
 from deai_flower.privacy import PrivacyLedger
 from deai_flower.protocol.encoding import DpParams
+from deai_flower.protocol.judgment import dp_claim_problem
 from deai_flower.protocol.spec import DataSchema, ModelSpec, PrivacySpec, RoundsSpec, RuleSpec, RunSpec, TrainingSpec
 from deai_flower.experiment import run_experiment
 from deai_flower.storage import LocalStore
-from deai_flower.verify import RunRecord, dp_claim_problem, verify_run
+from deai_flower.verify import RunRecord, verify_run
 
 
 def _lying_app(attacker: int, monkeypatch: pytest.MonkeyPatch, **lie: Any) -> Any:

@@ -16,10 +16,10 @@ import pytest
 from eth_utils import to_checksum_address
 
 from deai_flower.errors import ResultUnrecoverableError, StoreError
-from deai_flower.protocol.outcome import encode_outcome
+from deai_flower.protocol.outcome import encode_outcome, result_blob
 from deai_flower.protocol.rules import RevealedUpdate
 from deai_flower.protocol.spec import RuleSpec
-from deai_flower.recovery import fetch_result, rebuild_result, result_blob
+from deai_flower.recovery import fetch_result, rebuild_result
 from deai_flower.storage import LocalStore, array_spec, cid_to_bytes, compute_cid, encode_arrays
 from unit.participant._support import small_spec
 

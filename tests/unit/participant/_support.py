@@ -10,7 +10,6 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from support import Deployment
 
-from deai_flower.chain import to_wad
 from deai_flower.flower_compat import task_identity
 from deai_flower.models import get_arrays, instantiate_model
 from deai_flower.participant import LocalData
@@ -55,11 +54,7 @@ def create_run(d: Deployment, store: LocalStore, spec: RunSpec, *, stored: RunSp
     store.put((stored or spec).to_bytes())
     blob = encode_arrays(get_arrays(instantiate_model(spec.model, spec.data, seed=0))) if initial_model else b"none"
     initial = store.put(blob)
-    return d.create_run(specHash=spec.digest(), initialModelCid=cid_to_bytes(initial),
-                        numRounds=spec.rounds.num_rounds, quorum=spec.rounds.quorum,
-                        minReveals=spec.rounds.min_reveals, epsilonBudgetWad=to_wad(spec.privacy.epsilon),
-                        deltaWad=to_wad(spec.privacy.delta), commitDuration=spec.rounds.commit_s,
-                        revealDuration=spec.rounds.reveal_s, attestDuration=spec.rounds.attest_s)  # fmt: skip
+    return d.create_run(**spec.run_params(initial_model_cid=cid_to_bytes(initial), code_hash=b"\x02" * 32))
 
 
 def message(message_type: str, config: dict[str, Any], *, node_id: int = 7) -> Message:

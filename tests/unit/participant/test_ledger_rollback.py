@@ -25,8 +25,8 @@ from deai_flower.errors import ChainError
 from deai_flower.participant import Participant, handle_attest, handle_commit, handle_reveal
 from deai_flower.privacy import PrivacyLedger, ledger_path, load_ledger
 from deai_flower.protocol.encoding import from_wad
+from deai_flower.protocol.judgment import dp_claim_problem
 from deai_flower.storage import LocalStore, cid_from_bytes
-from deai_flower.verify import dp_claim_problem
 from unit.participant._support import call, context, create_run, message, small_spec
 
 class Run:
