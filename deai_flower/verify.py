@@ -37,8 +37,6 @@ from .protocol.encoding import (
     commitment_of,
     committee_size_of,
     from_wad,
-    in_committee,
-    is_sampled,
     parse_reveal_record,
     sampled_count,
     to_wad,
@@ -49,6 +47,7 @@ from .protocol.judgment import EPSILON_RTOL, RevealClaims, judge_reveal
 from .protocol.judgment import TOLERANCE_NOTE as _TOLERANCE
 from .protocol.judgment import epsilon_close as _close
 from .protocol.outcome import OutcomeEntry, Refusal, round_outcome
+from .protocol.sampling import RoundSample, round_sample
 from .protocol.rules import RULES, RevealedUpdate, minimum_updates
 from .protocol.spec import BUNDLED_MODEL_TARGETS, Release, RunSpec, SpecError, check_model, spec_cid
 from .recovery import fetch_update
@@ -400,6 +399,8 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
         if "committeeSize" in o and int(o["committeeSize"]) != committee:
             verdict.problems.append(f"RoundOpened.committeeSize {o['committeeSize']}, the run's parameters "
                                     f"give {committee}")  # fmt: skip
+        sample = round_sample(beacon=beacon, registry_size=registry_size, registry_epoch=registry_epoch,
+                              sample_bps=sample_bps, committee_size=int(params.get("committeeSize", 0)))  # fmt: skip
         verdict.checks.append("beacon, model and sample")
 
         commitments = {to_checksum_address(e["args"]["participant"]): _bytes(e["args"]["commitment"])
@@ -413,8 +414,7 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
             entry = _registry_at(events, (e["block"], e["log_index"])).members.get(who)
             if entry is None:
                 verdict.problems.append(f"{who} committed without being registered")
-            elif entry.epoch > registry_epoch or not is_sampled(beacon=beacon, sample_bps=sample_bps,
-                                                                index=entry.index, registry_size=registry_size):
+            elif sample.position(index=entry.index, epoch=entry.epoch) is None:
                 verdict.problems.append(f"{who} committed without being sampled (index {entry.index}, "
                                         f"epoch {entry.epoch})")  # fmt: skip
             else:
@@ -462,9 +462,8 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
             verdict.status = "finalized"
             result_cid = finalized[0]["resultCid"]
             outcome = funds.outcomes.get(round_id, [])
-            _check_votes(verdict, round_events, result_cid, entries=entries, reveals=reveals, beacon=beacon,
-                         sample_bps=sample_bps, committee_size=int(params.get("committeeSize", 0)),
-                         registry_size=registry_size, quorum=int(params["quorum"]))  # fmt: skip
+            _check_votes(verdict, round_events, result_cid, entries=entries, reveals=reveals, sample=sample,
+                         quorum=int(params["quorum"]))  # fmt: skip
             aggregated = _check_outcome(verdict, outcome, updates, judged,
                                         revealers=[to_checksum_address(r["participant"]) for r in reveals])  # fmt: skip
             # scores only for a round whose outcome agrees with the verifier's verdicts
@@ -625,15 +624,13 @@ def _check_funds(verification: Verification, funds: IncentiveReplay, reported: d
 
 
 def _check_votes(verdict: RoundVerdict, round_events: list[dict[str, Any]], result_cid: str, *,
-                 entries: dict[str, _Entry], reveals: list[dict[str, Any]], beacon: bytes, sample_bps: int,
-                 committee_size: int, registry_size: int, quorum: int) -> None:  # fmt: skip
+                 entries: dict[str, _Entry], reveals: list[dict[str, Any]], sample: RoundSample,
+                 quorum: int) -> None:  # fmt: skip
     """A finalized round had ``votesNeeded`` attestations of its CID from eligible attesters
     (revealers in the committee, protocol §2.5), and nobody else attested. The majority is
     of the committee members that committed (``entries``: the round's sampled committers),
     so reveals a relayer withheld cannot lower it."""
-    committed = {who for who, entry in entries.items()
-                 if in_committee(beacon=beacon, sample_bps=sample_bps, committee_size=committee_size,
-                                 index=entry.index, registry_size=registry_size)}  # fmt: skip
+    committed = {who for who, entry in entries.items() if sample.in_committee(index=entry.index, epoch=entry.epoch)}
     eligible = committed & {to_checksum_address(r["participant"]) for r in reveals}
     needed = votes_needed(eligible=len(committed), quorum=quorum)
     # a vote is for the result CID and the outcome together; the finalizing one is the last

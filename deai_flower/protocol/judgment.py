@@ -133,4 +133,4 @@ def judge_reveal(spec: RunSpec, reveal: RevealClaims, *, history: Sequence[tuple
     arrays = judge_blob(lambda: read(reveal.cid), max_bytes=spec.max_blob_bytes, expected=expected)
     if isinstance(arrays, Refusal):
         return arrays
-    return RevealedUpdate(reveal.participant, reveal.num_examples, arrays)
+    return RevealedUpdate(reveal.participant, reveal.num_examples, arrays, reveal.dp)
