@@ -182,8 +182,9 @@ class RunRecord:
         return cls(events=handle.event_log(), chain_id=node.chain_id, contract=handle.address, run_id=run_id,
                    source=f"contract {handle.address} at {rpc_url}")  # fmt: skip
 
-    def run_params(self) -> dict[str, Any]:
-        """The ``RunParams`` of the run's ``RunCreated`` event."""
+    def created_params(self) -> dict[str, Any]:
+        """The ``RunParams`` of the run's ``RunCreated`` event (what the chain recorded; what
+        the spec gives is :meth:`~deai_flower.protocol.spec.RunSpec.run_params`)."""
         try:
             created = [e for e in self.events
                        if e["event"] == "RunCreated" and int(e["args"]["runId"]) == self.run_id]  # fmt: skip
@@ -196,7 +197,7 @@ class RunRecord:
 
     def spec_digest(self) -> bytes:
         """The spec's sha-256 digest the chain recorded at ``createRun``."""
-        params = self.run_params()
+        params = self.created_params()
         # ``configHash`` is the field's name in contracts deployed before the rename.
         digest = params.get("specHash", params.get("configHash"))
         if digest is None:
@@ -356,7 +357,7 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
     rule, rule_params, max_bytes = spec.rule.name, spec.rule.params, spec.max_blob_bytes
     events = sorted(record.events, key=lambda e: (e["block"], e["log_index"]))
     run_events = [e for e in events if int(e["args"].get("runId", record.run_id)) == record.run_id]
-    params = record.run_params()
+    params = record.created_params()
     _check_params(verification, params)
     model_cid = params["initialModelCid"]
     try:
