@@ -111,7 +111,9 @@ class AdversaryConfig:
 class IncentivesConfig:
     """Stakes, contribution scores and the reward pool (amounts in wei, or token units)."""
 
-    score: str = "alignment"  # alignment (geometry of the updates) | loss (validation-loss improvement)
+    # alignment (geometry of the updates) | loss (validation-loss improvement) | shares (equal shares
+    # for updates that carry their DP noise, are no copies and agree beyond chance: docs/incentives.md)
+    score: str = "alignment"
     validation_size: int = 200  # loss: examples of the validation set, held out of the test split
     stake_token: str | None = None  # an ERC-20 address; none: the native currency
     stake: int = 10**18  # each participant deposits this before its first commit

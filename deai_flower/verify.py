@@ -360,6 +360,7 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
     params = record.created_params()
     _check_params(verification, params)
     model_cid = params["initialModelCid"]
+    previous_model_cid = None
     try:
         arrays_spec = array_spec(decode_arrays(store.get(cid_from_bytes(_bytes(model_cid))), max_bytes=max_bytes))
     except (StoreError, BlobFormatError) as exc:
@@ -475,8 +476,11 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
                 # the outcome's refusals, as the verifier judged them (a blob published late it could not)
                 refused = {e.participant: judged.get(e.participant, Refusal(e.verdict, "unavailable to the attesters"))
                            for e in outcome if e.verdict != "aggregated"}  # fmt: skip
+                previous = None  # shares: the model before the round's, whose public step it removes
+                if global_arrays is not None and spec.incentives.score == "shares" and previous_model_cid is not None:
+                    previous = scorer.global_model(verdict, previous_model_cid)
                 ours = round_outcome(spec, aggregated, refused, global_arrays=global_arrays,
-                                     validation_losses=scorer.validation_losses)  # fmt: skip
+                                     validation_losses=scorer.validation_losses, previous_global=previous)  # fmt: skip
                 if ours.scores is not None:
                     scorer.check(verdict, outcome, ours.scores)
                 recomputed = compute_cid(ours.result)
@@ -489,7 +493,7 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
                     verdict.checks.append(f"{rule} aggregate equals the finalized CID")
             _check_stored_result(verdict, store, cid_from_bytes(_bytes(result_cid)), max_bytes=max_bytes,
                                  expected=arrays_spec)  # fmt: skip
-            model_cid = result_cid
+            previous_model_cid, model_cid = model_cid, result_cid
         else:
             verdict.status = "not finalized"
     if reported is not None:

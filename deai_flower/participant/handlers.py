@@ -68,6 +68,7 @@ from .locator import RunLocator
 from .participant import Participant
 from .reveal_guard import GuardOutcome, PendingReveal, guard_in_thread, spawn_guard
 from .run_view import RunView, run_view
+from .public_history import previous_global_cid
 from .scoring import validation_losses_of
 
 __all__ = ["handle_attest", "handle_commit", "handle_evaluate", "handle_reveal", "handle_round", "revealed_updates"]
@@ -537,8 +538,11 @@ def _attest(participant: Participant, view: RunView, round_id: int, *, relay: bo
     if not updates:
         raise ProtocolError(f"round {round_id}: no valid revealed update to aggregate")
     global_arrays = _global_model(view, cid_from_bytes(bytes(contract.get_run(view.run_id)["modelCid"])))
+    # shares: the model before the round's, whose public step is removed before scoring
+    previous_cid = previous_global_cid(view, round_id) if view.spec.incentives.score == "shares" else None
+    previous = _global_model(view, previous_cid) if previous_cid is not None else None
     voted = round_outcome(view.spec, updates, rejected, global_arrays=global_arrays,
-                          validation_losses=validation_losses_of(view))  # fmt: skip
+                          validation_losses=validation_losses_of(view), previous_global=previous)  # fmt: skip
     result_cid, outcome = view.store.put(voted.result), voted.outcome
     if relay:
         signature = contract.sign_vote(view.run_id, round_id, cid_to_bytes(result_cid), outcome)

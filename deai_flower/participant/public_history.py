@@ -9,15 +9,12 @@ last result finalized before it, and the one before that is the previous model.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-
-import numpy as np
+from collections.abc import Iterable
 
 from ..protocol.cid import cid_from_bytes
-from ..storage import decode_arrays
 from .run_view import RunView
 
-__all__ = ["previous_model_cid", "previous_global_model"]
+__all__ = ["previous_global_cid", "previous_model_cid"]
 
 
 def previous_model_cid(initial_cid: str, finalized: Iterable[tuple[int, str]], round_id: int) -> str | None:
@@ -27,14 +24,11 @@ def previous_model_cid(initial_cid: str, finalized: Iterable[tuple[int, str]], r
     return models[-2] if len(models) >= 2 else None
 
 
-def previous_global_model(view: RunView, round_id: int) -> Mapping[str, np.ndarray] | None:
-    """The arrays of :func:`previous_model_cid` for ``view``'s run, from its store; None in round 1."""
+def previous_global_cid(view: RunView, round_id: int) -> str | None:
+    """:func:`previous_model_cid` for ``view``'s run, from its chain; None in round 1."""
     params = view.contract.run_params(view.run_id) or {}
     if "initialModelCid" not in params:
         return None
     finalized = [(int(e["round"]), cid_from_bytes(bytes(e["resultCid"])))
                  for e in view.contract.finalized_rounds(view.run_id)]  # fmt: skip
-    cid = previous_model_cid(cid_from_bytes(bytes(params["initialModelCid"])), finalized, round_id)
-    if cid is None:
-        return None
-    return decode_arrays(view.store.get(cid), max_bytes=view.spec.max_blob_bytes)
+    return previous_model_cid(cid_from_bytes(bytes(params["initialModelCid"])), finalized, round_id)

@@ -134,17 +134,20 @@ class RoundOutcome:
 
 def round_outcome(spec: RunSpec, updates: Sequence[RevealedUpdate], refused: Mapping[str, Refusal], *,
                   global_arrays: Mapping[str, np.ndarray] | None,
-                  validation_losses: ValidationLosses | None = None) -> RoundOutcome:  # fmt: skip
+                  validation_losses: ValidationLosses | None = None,
+                  previous_global: Mapping[str, np.ndarray] | None = None) -> RoundOutcome:  # fmt: skip
     """The round's result and outcome from its judged reveals: the aggregated ``updates``
     and the ``refused`` ones (address -> refusal).
 
     ``global_arrays``: the round's global model, which contribution scores are measured
     from (:func:`~deai_flower.protocol.scores.contribution_scores`); None leaves the
     scores out (a verifier still checks the aggregate of a round whose scores it cannot
-    recompute). ``validation_losses``: for a loss-scored run.
+    recompute). ``validation_losses``: for a loss-scored run. ``previous_global``: for a
+    shares-scored run, the model before the round's (its public step is removed before scoring).
     """
     result = result_blob(spec, updates)
     scores = None
     if global_arrays is not None:
-        scores = contribution_scores(spec, updates, global_arrays, validation_losses=validation_losses)
+        scores = contribution_scores(spec, updates, global_arrays, validation_losses=validation_losses,
+                                     previous_global=previous_global)  # fmt: skip
     return RoundOutcome(result=result, scores=scores, refused=dict(refused))

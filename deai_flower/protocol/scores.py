@@ -270,7 +270,8 @@ ValidationLosses = Callable[[Sequence[RevealedUpdate], Mapping[str, np.ndarray]]
 
 
 def contribution_scores(spec: RunSpec, updates: Sequence[RevealedUpdate], global_arrays: Mapping[str, np.ndarray], *,
-                        validation_losses: ValidationLosses | None = None) -> dict[str, int]:  # fmt: skip
+                        validation_losses: ValidationLosses | None = None,
+                        previous_global: Mapping[str, np.ndarray] | None = None) -> dict[str, int]:  # fmt: skip
     """Address -> score of each aggregated update, by the score the run's spec names
     (docs/protocol.md §4.3): :func:`alignment_scores` from the updates and the round's
     global model, or :func:`loss_improvement_scores` from ``validation_losses``.
@@ -280,6 +281,10 @@ def contribution_scores(spec: RunSpec, updates: Sequence[RevealedUpdate], global
     """
     if spec.incentives.score == "alignment":
         return alignment_scores(updates, global_arrays)
+    if spec.incentives.score == "shares":  # noise-calibrated equal shares; previous_global: the public step
+        from deai_flower.protocol.shares import share_scores  # it imports this module
+
+        return share_scores(spec, updates, global_arrays, previous_global=previous_global)
     if validation_losses is None:
         raise ProtocolError("a loss-scored run needs its validation losses to score updates")
     reference, losses = validation_losses(updates, global_arrays)

@@ -38,7 +38,7 @@ SPEC_FORMAT = "deai-flower/run-spec/2"
 #: A spec must fit one raw IPFS block, so the digest on chain names its CID.
 MAX_SPEC_BYTES = 262_144
 #: Contribution scores attesters know how to compute (deai_flower.protocol.scores).
-SCORES = ("alignment", "loss")
+SCORES = ("alignment", "loss", "shares")
 #: Amounts are wei (or token base units): at most what the contract's uint128 holds.
 _MAX_AMOUNT = 2**128 - 1
 _MAX_MINORITY_SLASH = 2**96 - 1

@@ -201,3 +201,14 @@ def test_random_module_is_not_used() -> None:
     base, _, updates = honest_round()
     share_scores(SPEC, updates, base)
     assert (random.random(), np.random.random()) == before
+
+
+def test_a_spec_that_names_shares_is_scored_by_it() -> None:
+    from deai_flower.protocol.scores import contribution_scores
+    from deai_flower.protocol.spec import SCORES
+
+    assert "shares" in SCORES
+    base, direction, updates = honest_round()
+    previous = {k: base[k] - direction[k] for k in SHAPES}
+    assert contribution_scores(SPEC, updates, base, previous_global=previous) == share_scores(
+        SPEC, updates, base, previous_global=previous)
