@@ -349,6 +349,7 @@ def main() -> None:
             participants.append(measure_participants(n, incentives=not args.no_incentives))
             save()
     main_job = summary["main_job"] = participants[0]
+    save()
 
     if args.anvil:
         from deai_flower.chain.devnode import AnvilNode, find_anvil, install_anvil
