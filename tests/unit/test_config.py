@@ -151,11 +151,3 @@ def test_a_data_schema_is_declared_whole() -> None:
         declared_schema(compose_with("dataset.schema.num_features=30"))
     with pytest.raises(ConfigError, match="num_classes >= 2"):
         declared_schema(compose_with("dataset.schema.num_classes=1"))
-
-
-def test_a_simulation_stops_when_its_dataset_is_not_the_schema_it_declares(tmp_path: Path) -> None:
-    from deai_flower.simulation.harness import prepare_run
-
-    cfg = compose_with("dataset=breast_cancer", "dataset.schema.num_features=31")
-    with pytest.raises(ConfigError, match="dataset.schema declares .*num_features=31.*the dataset loaded is"):
-        prepare_run(cfg, tmp_path)
