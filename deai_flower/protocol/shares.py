@@ -38,6 +38,10 @@ previous round's global model when there is one):
    others, at most a standard normal whatever its size (``c_i`` has standard deviation
    ``sqrt(m_i)`` times the noise's per-coordinate one). Refused when
    ``z_i < MIN_AGREEMENT``; with no such other, or ``m_i == 0``, nothing is refused here.
+   When no update of the round reaches ``MIN_AGREEMENT`` (under heavy DP an honest
+   update's signal can stay within chance of the others in a round), the bar is
+   ``-MIN_AGREEMENT`` instead: only an update that points against the others is refused,
+   and the round's admitted updates share equally rather than nobody being paid.
 6. ``score_i = SCORE_SCALE`` when 3, 4 and 5 admit it, else 0.
 """
 
@@ -71,8 +75,9 @@ MOMENTUM = 0.9
 NOISE_FLOOR = 0.25
 #: Two updates closer than this share of two independent noises are copies (step 4).
 DUPLICATE_FLOOR = 0.25
-#: Least agreement with the others, in standard deviations of chance (step 5).
-MIN_AGREEMENT = 1.0
+#: Least agreement with the others, in standard deviations of chance (step 5): noise sent
+#: as an update passes about one round in twenty (one-sided 5 %).
+MIN_AGREEMENT = 1.645
 
 
 def update_noise_std(*, noise_multiplier: float, steps: int, num_examples: int, batch_size: int,
@@ -182,17 +187,22 @@ def share_verdicts(spec: RunSpec, updates: Sequence[RevealedUpdate], global_arra
                 copies[j].append(i)
     first: list[str | None] = ["noise" if noise[i] < NOISE_FLOOR * var[i] else "copy" if copies[i] else None
                                for i in range(n)]  # fmt: skip
-    verdicts: dict[str, ShareVerdict] = {}
-    for i, update in enumerate(ordered):
-        refused, agreement = first[i], None
-        if refused is None:
+    agreements: list[float | None] = [None] * n
+    for i in range(n):
+        if first[i] is None:
             peers = [j for j in range(n) if j != i and first[j] is None]
             mass = math.fsum(R[j][l] for j in peers for l in peers) if peers else 0.0
             if peers and mass > 0.0:
                 scale = max(stds[i], math.sqrt(max(R[i][i], 0.0) / D))
-                agreement = math.fsum(R[i][j] for j in peers) / (math.sqrt(mass) * scale) if scale > 0.0 else 0.0
-                if agreement < MIN_AGREEMENT:
-                    refused = "direction"
+                agreements[i] = math.fsum(R[i][j] for j in peers) / (math.sqrt(mass) * scale) if scale > 0.0 else 0.0
+    tested = [z for z in agreements if z is not None]
+    # step 5's fallback: a round in which no update rises above chance refuses only what points against the others
+    bar = MIN_AGREEMENT if any(z >= MIN_AGREEMENT for z in tested) else -MIN_AGREEMENT
+    verdicts: dict[str, ShareVerdict] = {}
+    for i, update in enumerate(ordered):
+        refused, agreement = first[i], agreements[i]
+        if refused is None and agreement is not None and agreement < bar:
+            refused = "direction"
         ratio = noise[i] / var[i] if var[i] > 0.0 else math.inf
         verdicts[update.participant] = ShareVerdict(ratio, tuple(ordered[j].participant for j in copies[i]),
                                                     agreement, refused)  # fmt: skip

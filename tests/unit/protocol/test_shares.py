@@ -212,3 +212,14 @@ def test_a_spec_that_names_shares_is_scored_by_it() -> None:
     previous = {k: base[k] - direction[k] for k in SHAPES}
     assert contribution_scores(SPEC, updates, base, previous_global=previous) == share_scores(
         SPEC, updates, base, previous_global=previous)
+
+
+def test_a_round_where_nobody_rises_above_chance_pays_all_but_those_against_the_others() -> None:
+    base, _, updates = honest_round(4, strength=0.0)  # the updates' signal is lost in their noise
+    verdicts = share_verdicts(SPEC, updates, base)
+    assert all(v.agreement < 1.645 for v in verdicts.values())  # nobody is told apart from noise...
+    assert all(v.refused is None for v in verdicts.values())  # ...so none is refused for it
+    flipped = sent(9, base, {k: -5.0 * (updates[0].arrays[k] - base[k]) for k in SHAPES})
+    verdicts = share_verdicts(SPEC, [*updates, flipped], base)
+    assert verdicts[flipped.participant].refused == "direction"
+    assert verdicts[flipped.participant].agreement < -1.645
