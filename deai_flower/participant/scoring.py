@@ -2,7 +2,7 @@
 (docs/protocol.md §4.3): validation losses on the set the spec names by CID.
 
 The scores themselves, and which score a run uses, are
-:func:`~deai_flower.protocol.scores.contribution_scores`'s; this module only evaluates
+:func:`~deai_flower.protocol.contribution.contribution_scores`'s; this module only evaluates
 the spec's model (with torch, :mod:`deai_flower.validation_loss`) for it.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ProtocolError
 from ..protocol.rules import RevealedUpdate
-from ..protocol.scores import ValidationLosses
+from ..protocol.contribution import ValidationLosses
 from ..protocol.validation import validation_set
 from ..storage import decode_arrays
 from .run_view import RunView

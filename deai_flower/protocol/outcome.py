@@ -21,7 +21,7 @@ from eth_utils import to_checksum_address
 
 from deai_flower.protocol.blob import encode_arrays
 from deai_flower.protocol.rules import RevealedUpdate, aggregate
-from deai_flower.protocol.scores import ValidationLosses, contribution_scores
+from deai_flower.protocol.contribution import ValidationLosses, contribution_scores
 from deai_flower.protocol.spec import RunSpec
 
 __all__ = [
@@ -140,7 +140,7 @@ def round_outcome(spec: RunSpec, updates: Sequence[RevealedUpdate], refused: Map
     and the ``refused`` ones (address -> refusal).
 
     ``global_arrays``: the round's global model, which contribution scores are measured
-    from (:func:`~deai_flower.protocol.scores.contribution_scores`); None leaves the
+    from (:func:`~deai_flower.protocol.contribution.contribution_scores`); None leaves the
     scores out (a verifier still checks the aggregate of a round whose scores it cannot
     recompute). ``validation_losses``: for a loss-scored run. ``previous_global``: for a
     shares-scored run, the model before the round's (its public step is removed before scoring).

@@ -70,22 +70,18 @@ reduced, except for a loss that falls exactly at a rounding boundary.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from deai_flower.errors import ProtocolError
+from deai_flower.protocol.piecewise import PIECE, check_layout, delta_pieces, exact_total, tree_sums
 from deai_flower.protocol.rules import RevealedUpdate, canonical_order
-from deai_flower.protocol.spec import RunSpec
 
 __all__ = [
     "CHANCE_MARGIN",
     "MAX_SCORE",
-    "PIECE",
     "SCORE_SCALE",
-    "ValidationLosses",
     "alignment_scores",
-    "contribution_scores",
     "loss_improvement_scores",
     "quantize_loss",
 ]
@@ -96,65 +92,8 @@ SCORE_SCALE = 1_000_000
 #: Chance agreement discounted from an alignment cosine, in standard deviations (1/sqrt(D)).
 CHANCE_MARGIN = 2.0
 
-#: Elements per piece of a piecewise sum (and per step of the computation): a power of two.
-PIECE = 16_384
-
 #: Largest score: scores are encoded as uint32 on chain.
 MAX_SCORE = 2**32 - 1
-
-
-def _tree_sums(rows: np.ndarray) -> np.ndarray:
-    """Each row's pairwise tree sum (step 3): zero-padded to PIECE columns, then halved
-    by adding even and odd columns until one is left. Elementwise additions only."""
-    padded = np.zeros((rows.shape[0], PIECE), dtype=np.float64)
-    padded[:, : rows.shape[1]] = rows
-    while padded.shape[1] > 1:
-        padded = padded[:, 0::2] + padded[:, 1::2]
-    return padded[:, 0]
-
-
-def _exact_total(pieces: list[float], what: str) -> float:
-    """The exactly rounded sum of piece sums (the second level of a piecewise sum),
-    refusing overflow."""
-    try:
-        total = math.fsum(pieces)
-    except (OverflowError, ValueError) as exc:  # intermediate overflow, or inf + -inf
-        raise ValueError(f"cannot score: {what} overflows a double ({exc})") from None
-    if not math.isfinite(total):
-        raise ValueError(f"cannot score: {what} overflows a double")
-    return total
-
-
-def _check_layout(ordered: list[RevealedUpdate], global_arrays: Mapping[str, np.ndarray]) -> list[str]:
-    """The tensor names in order, after checking every update has the global model's."""
-    names = sorted(global_arrays)
-    for update in ordered:
-        missing = sorted(set(names) - set(update.arrays))
-        unexpected = sorted(set(update.arrays) - set(names))
-        if missing or unexpected:
-            raise ValueError(f"update from {update.participant} does not match the global model's tensors: "
-                             f"missing {missing}, unexpected {unexpected}")  # fmt: skip
-        for name in names:
-            shape, expected = np.shape(update.arrays[name]), np.shape(global_arrays[name])
-            if shape != expected:
-                raise ValueError(f"update from {update.participant}: tensor {name!r} has shape {shape}, "
-                                 f"the global model's is {expected}")  # fmt: skip
-    return names
-
-
-def _delta_pieces(ordered: list[RevealedUpdate], global_arrays: Mapping[str, np.ndarray],
-                  names: list[str]) -> Iterator[np.ndarray]:  # fmt: skip
-    """Step 1 piece by piece: an ``n x PIECE`` (or shorter) float64 array of every
-    update's delta over the next piece of coordinates."""
-    for name in names:
-        reference = np.asarray(global_arrays[name]).reshape(-1)
-        flat = [np.asarray(u.arrays[name]).reshape(-1) for u in ordered]
-        for start in range(0, reference.size, PIECE):
-            base = reference[start : start + PIECE].astype(np.float64)
-            deltas = np.stack([f[start : start + PIECE].astype(np.float64) for f in flat]) - base
-            if not np.isfinite(deltas).all():
-                raise ValueError("cannot score: an update is not finite or its delta overflows a double")
-            yield deltas
 
 
 def _others_medians(deltas: np.ndarray) -> np.ndarray:
@@ -186,22 +125,22 @@ def _alignment_terms(
     if not updates:
         return {}
     ordered = canonical_order(updates)
-    names = _check_layout(ordered, global_arrays)
+    names = check_layout(ordered, global_arrays)
     n = len(ordered)
     # per update, the piece sums of delta*delta, delta*M and M*M (step 3)
     own: list[list[float]] = [[] for _ in range(n)]
     dots: list[list[float]] = [[] for _ in range(n)]
     medians: list[list[float]] = [[] for _ in range(n)]
     coordinates = 0
-    for deltas in _delta_pieces(ordered, global_arrays, names):
+    for deltas in delta_pieces(ordered, global_arrays, names):
         coordinates += deltas.shape[1]
         median = _others_medians(deltas) if n > 1 else np.zeros_like(deltas)
         if not np.isfinite(median).all():
             raise ValueError("cannot score: the median of the updates overflows a double")
         for sums, products in ((own, deltas * deltas), (dots, deltas * median), (medians, median * median)):
-            for i, value in enumerate(_tree_sums(products).tolist()):
+            for i, value in enumerate(tree_sums(products).tolist()):
                 sums[i].append(value)
-    norms2 = [_exact_total(pieces, "a squared norm") for pieces in own]
+    norms2 = [exact_total(pieces, "a squared norm") for pieces in own]
     norms = [math.sqrt(v) for v in norms2]
     if n == 1:  # no others to agree with: full score for any non-zero delta
         full = 1.0 if norms2[0] > 0.0 else 0.0
@@ -210,11 +149,11 @@ def _alignment_terms(
     chance = CHANCE_MARGIN / math.sqrt(coordinates) if coordinates else 0.0
     terms = {}
     for i, update in enumerate(ordered):
-        median_norm = math.sqrt(_exact_total(medians[i], "a median's squared norm"))
+        median_norm = math.sqrt(exact_total(medians[i], "a median's squared norm"))
         if norms2[i] == 0.0 or median_norm == 0.0:
             cos = 0.0
         else:
-            cos = _exact_total(dots[i], "a dot product") / (norms[i] * median_norm)
+            cos = exact_total(dots[i], "a dot product") / (norms[i] * median_norm)
         clamped = min(1.0, max(0.0, cos - chance))
         magnitude = 0.0 if norms2[i] == 0.0 else min(1.0, typical / norms[i])
         terms[update.participant] = (clamped, magnitude)
@@ -261,31 +200,3 @@ def loss_improvement_scores(global_loss: float, losses: Mapping[str, float]) -> 
     """
     reference = quantize_loss(global_loss)
     return {address: min(MAX_SCORE, max(0, reference - quantize_loss(loss))) for address, loss in losses.items()}
-
-
-#: ``(updates, global_arrays) -> (the global model's validation loss, address -> each
-#: update's)``: the spec's model evaluated on the spec's validation set (with torch, so
-#: the caller's).
-ValidationLosses = Callable[[Sequence[RevealedUpdate], Mapping[str, np.ndarray]], tuple[float, dict[str, float]]]
-
-
-def contribution_scores(spec: RunSpec, updates: Sequence[RevealedUpdate], global_arrays: Mapping[str, np.ndarray], *,
-                        validation_losses: ValidationLosses | None = None,
-                        previous_global: Mapping[str, np.ndarray] | None = None) -> dict[str, int]:  # fmt: skip
-    """Address -> score of each aggregated update, by the score the run's spec names
-    (docs/protocol.md §4.3): :func:`alignment_scores` from the updates and the round's
-    global model, or :func:`loss_improvement_scores` from ``validation_losses``.
-
-    Raises:
-        ProtocolError: a loss-scored run without ``validation_losses``.
-    """
-    if spec.incentives.score == "alignment":
-        return alignment_scores(updates, global_arrays)
-    if spec.incentives.score == "shares":  # noise-calibrated equal shares; previous_global: the public step
-        from deai_flower.protocol.shares import share_scores  # it imports this module
-
-        return share_scores(spec, updates, global_arrays, previous_global=previous_global)
-    if validation_losses is None:
-        raise ProtocolError("a loss-scored run needs its validation losses to score updates")
-    reference, losses = validation_losses(updates, global_arrays)
-    return loss_improvement_scores(reference, losses)

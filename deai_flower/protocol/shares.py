@@ -9,7 +9,7 @@ admitted update scores the same (``SCORE_SCALE``), so that an update's pay canno
 with less noise. The threat model and the known limits are in docs/incentives.md.
 
 Conventions are :mod:`.scores`' (docs/protocol.md §4): updates in canonical order,
-float64, every vector reduction a piecewise sum (:func:`.scores._tree_sums` per piece,
+float64, every vector reduction a piecewise sum (:func:`.piecewise.tree_sums` per piece,
 ``math.fsum`` over pieces), every scalar sum ``math.fsum``, correctly rounded double
 operations in the order written. The tests reduce to the Gram matrix of the deltas,
 so the result is a function of the revealed bytes and DP records alone.
@@ -55,7 +55,8 @@ import numpy as np
 from deai_flower.errors import ProtocolError
 from deai_flower.protocol.encoding import DpParams, from_wad
 from deai_flower.protocol.rules import RevealedUpdate, canonical_order
-from deai_flower.protocol.scores import SCORE_SCALE, _check_layout, _delta_pieces, _exact_total, _tree_sums
+from deai_flower.protocol.piecewise import check_layout, delta_pieces, exact_total, tree_sums
+from deai_flower.protocol.scores import SCORE_SCALE
 from deai_flower.protocol.spec import RunSpec
 
 __all__ = [
@@ -129,21 +130,21 @@ class ShareVerdict:
 def _gram(ordered: list[RevealedUpdate], global_arrays: Mapping[str, np.ndarray],
           previous: Mapping[str, np.ndarray] | None) -> tuple[list[list[float]], int]:  # fmt: skip
     """``R`` (step 1) and ``D``."""
-    names = _check_layout(ordered, global_arrays)
+    names = check_layout(ordered, global_arrays)
     rows = list(ordered)
     if previous is not None:
         rows.append(RevealedUpdate("0x0", 0, {name: previous[name] for name in names}))
     m = len(rows)
     pieces: dict[tuple[int, int], list[float]] = {(i, j): [] for i in range(m) for j in range(i, m)}
     coordinates = 0
-    for deltas in _delta_pieces(rows, global_arrays, names):
+    for deltas in delta_pieces(rows, global_arrays, names):
         coordinates += deltas.shape[1]
         for i in range(m):
-            for j, value in enumerate(_tree_sums(deltas[i] * deltas[i:]).tolist(), start=i):
+            for j, value in enumerate(tree_sums(deltas[i] * deltas[i:]).tolist(), start=i):
                 pieces[(i, j)].append(value)
     g = [[0.0] * m for _ in range(m)]
     for (i, j), values in pieces.items():
-        g[i][j] = g[j][i] = _exact_total(values, "a dot product")
+        g[i][j] = g[j][i] = exact_total(values, "a dot product")
     n = len(ordered)
     if previous is None or g[n][n] == 0.0:
         return [row[:n] for row in g[:n]], coordinates

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from deai_flower.protocol.piecewise import PIECE
 from deai_flower.protocol.rules import RevealedUpdate, canonical_order
 from deai_flower.protocol.scores import (
     CHANCE_MARGIN,
     MAX_SCORE,
-    PIECE,
     SCORE_SCALE,
     _alignment_terms,
     alignment_scores,

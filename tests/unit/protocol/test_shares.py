@@ -204,7 +204,7 @@ def test_random_module_is_not_used() -> None:
 
 
 def test_a_spec_that_names_shares_is_scored_by_it() -> None:
-    from deai_flower.protocol.scores import contribution_scores
+    from deai_flower.protocol.contribution import contribution_scores
     from deai_flower.protocol.spec import SCORES
 
     assert "shares" in SCORES

@@ -74,8 +74,8 @@ def test_the_largest_amounts_are_written_as_integers() -> None:
 @pytest.mark.parametrize(
     ("changes", "reason"),
     [
-        ({"score": "shapley"}, "incentives.score must be one of alignment, loss (got 'shapley')"),
-        ({"score": ""}, "incentives.score must be one of alignment, loss (got '')"),
+        ({"score": "shapley"}, "incentives.score must be one of alignment, loss, shares (got 'shapley')"),
+        ({"score": ""}, "incentives.score must be one of alignment, loss, shares (got '')"),
         ({"score": "loss", "validation_cid": ""}, "incentives.score 'loss' needs incentives.validation_cid"),
         ({"stake_token": "0x1234"}, "incentives.stake_token must be a 0x address or empty (got '0x1234')"),
         ({"stake_token": "ab" * 21}, "incentives.stake_token must be a 0x address or empty"),
