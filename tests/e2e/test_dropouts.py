@@ -8,6 +8,8 @@ the real protocol on the embedded chain.
 
 from __future__ import annotations
 
+import dataclasses
+
 import threading
 import time
 from collections.abc import Callable
@@ -246,15 +248,15 @@ def test_a_node_that_connects_late_takes_part_from_the_next_round(
 def test_nodes_refuse_a_model_the_chain_does_not_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A coordinator that announces another model (here: a valid, stored blob) gets no
     commit: every node checks the announced CID against the chain's before training."""
+    from deai_flower.messages import CommitRequest, RoundRequest
     from deai_flower.strategies import CommitRevealStrategy
 
     real = CommitRevealStrategy._exchange
 
-    def lying(self: CommitRevealStrategy, node_ids: Any, message_type: str, config: dict[str, Any], *args: Any,
-              **kwargs: Any) -> Any:  # fmt: skip
-        if message_type == "train.commit":
-            config = {**config, "model-cid": self.store.put(b"not the global model")}
-        return real(self, node_ids, message_type, config, *args, **kwargs)
+    def lying(self: CommitRevealStrategy, node_ids: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(request, CommitRequest | RoundRequest):  # whichever flow asks for the commits
+            request = dataclasses.replace(request, model_cid=self.store.put(b"not the global model"))
+        return real(self, node_ids, request, *args, **kwargs)
 
     monkeypatch.setattr(CommitRevealStrategy, "_exchange", lying)
     results = run(tmp_path, {}, "num_rounds=1", "strategy.max_failed_rounds=0")
