@@ -112,10 +112,12 @@ for i in "${!SILOS[@]}"; do
 done
 # demonstration data: each silo's own training and held-out files
 deai consortium demo-data --out "$WORK/data" --silos "${#SILOS[@]}" dataset=breast_cancer
+# Paid by the shares score: under DP an honest silo's alignment with two others is often
+# below chance, so the alignment score paid nobody in some runs (docs/incentives.md)
 # shellcheck disable=SC2086
 deai consortium create-run --rpc "$RPC" --contract "$CONTRACT" "${ADMIN[@]}" --store "$STORE" \
   --output-dir "$WORK/results" num_rounds="$ROUNDS" dataset=breast_cancer training.local_epochs=1 training.batch_size=16 \
-  ${DEMO_OVERRIDES:-} | tee "$WORK/logs/create-run.log"
+  incentives.score=shares ${DEMO_OVERRIDES:-} | tee "$WORK/logs/create-run.log"
 RUN_ID=$(sed -n 's/^created run \([0-9]*\) .*/\1/p' "$WORK/logs/create-run.log")
 RUN_CONFIG=$(sed -n "s/.*--run-config '\(.*\)'\$/\1/p" "$WORK/logs/create-run.log")
 
