@@ -38,6 +38,9 @@ from pathlib import Path
 from deai_flower.participant import handlers
 
 faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for stacks if a stop hangs
+# Ctrl-C as a terminal delivers it: a harness started in the background (a non-interactive
+# shell's `&`) hands its children SIGINT ignored, and Python then leaves it ignored.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 stall, real = int(os.environ.get("DEAI_TEST_STALL_ROUND", "0")), handlers.handle_reveal
 
