@@ -74,7 +74,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from deai_flower.protocol.piecewise import PIECE, check_layout, delta_pieces, exact_total, tree_sums
+from deai_flower.protocol.piecewise import check_layout, delta_pieces, exact_total, tree_sums
 from deai_flower.protocol.rules import RevealedUpdate, canonical_order
 
 __all__ = [
