@@ -9,13 +9,10 @@ the store. The coordinator writes ``results.json``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import re
 import shlex
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -28,6 +25,7 @@ from .config import validate
 from .models import check_engine_devices, select_device
 from .participant.run_view import forget_run_views
 from .protocol.spec import spec_cid
+from .results import write_json_atomic
 from .simulation.harness import PreparedRun, locator, prepare_run, serve_chain
 from .simulation.participants import forget_simulated_participants
 
@@ -134,22 +132,6 @@ def resume_overrides(cfg: DictConfig, overrides: Sequence[str], *, contract_addr
     if state_dir is not None:
         pinned.append(f"privacy.state_dir={_hydra_value(str((output_dir / str(state_dir)).resolve()))}")
     return [*kept, *pinned, f"resume.contract_address={contract_address}", f"resume.run_id={int(run_id)}"]
-
-
-def write_json_atomic(path: Path, document: Any) -> None:
-    """Write ``document`` as JSON to ``path`` atomically: a reader (or a stop at any
-    moment) sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(json.dumps(document, indent=2, allow_nan=True) + "\n")
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
 
 
 def _override_key(override: str) -> str:

@@ -15,9 +15,6 @@ run config's ``mode`` says. The building blocks below (the strategy from the cha
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +30,7 @@ from .chain.runs import fetch_spec
 from .errors import ConfigError
 from .models import get_arrays, instantiate_model
 from .protocol.spec import allowed_models
+from .results import write_json_atomic
 from .storage import array_spec, cid_from_bytes, decode_arrays
 from .storage.location import open_store
 from .strategies import CommitRevealStrategy
@@ -123,15 +121,6 @@ def with_nodes(document: dict[str, Any], strategy: CommitRevealStrategy) -> dict
 
 
 def write_results(output_dir: Path, document: dict[str, Any]) -> None:
-    """Write ``results.json`` atomically (temporary file, then rename): a reader, or a stop
-    at any moment, sees the previous round's file or this one, never half of one."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".results.json.", dir=output_dir)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(json.dumps(document, indent=2, allow_nan=True) + "\n")
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, output_dir / "results.json")
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Write ``results.json`` atomically: a reader, or a stop at any moment, sees the
+    previous round's file or this one, never half of one."""
+    write_json_atomic(output_dir / "results.json", document)
