@@ -11,6 +11,7 @@
     deai silo check --node-config CONFIG
                                    check a SuperNode's node config (terms, key, data, chain, store)
     deai release ...               the FAB hash a silo approves, and the gate that runs only approved FABs
+    deai local ...                 start and stop a trial's background parts; stop the local SuperLink
 
 ``deai verify`` takes the rule, its parameters and the DP settings from the run spec the
 chain names, never from flags or a config; it exits 1 when the run does not verify.
@@ -106,9 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify_cmd.add_parser(groups)
     consortium_cmd.add_parser(groups)
     silo_cmd.add_parser(groups)
-    from . import release_cmd
+    from . import local_cmd, release_cmd
 
     release_cmd.add_parser(groups)
+    local_cmd.add_parser(groups)
     return parser
 
 
