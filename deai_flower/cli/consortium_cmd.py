@@ -9,6 +9,7 @@
                              --silo ADDRESS --supernode-key KEY.pub
     deai consortium create-run --rpc URL --contract ADDR --keystore K --password-file P
                                --store local:DIR|ipfs:MULTIADDR [--validation-set FILE] [OVERRIDE ...]
+    deai consortium watch --rpc URL --contract ADDR --run-id N    a line per round phase, from the chain
     deai consortium demo-data --out DIR --silos N [OVERRIDE ...]
     deai consortium withdraw --rpc URL --contract ADDR --run-id N --keystore K --password-file P [--pool]
 
@@ -49,7 +50,7 @@ def _keystore(args: argparse.Namespace) -> None:
     key = create_keystore(args.out, args.name, password=password, kdf=args.kdf)
     print(f"created chain key {key.address}")
     print(f"  keystore       {key.keystore}")
-    print(f"  password file  {key.password_file}  (keep both on the silo; hand over only the address)")
+    print(f"  password file  {key.password_file}  (keep both here; hand over only the address)")
 
 
 def _tls(args: argparse.Namespace) -> None:
@@ -139,6 +140,21 @@ def _cancel_run(args: argparse.Namespace) -> None:
           f"its creator may withdraw the pool ({done['pool']} wei or token units) with 'withdraw --pool'")
 
 
+def _watch(args: argparse.Namespace) -> None:
+    import sys
+
+    from eth_account import Account
+
+    from ..consortium.progress import watch_run
+    from ..consortium.setup import open_contract
+
+    contract = open_contract(args.rpc, args.contract, Account.create())  # reads only: no key needed
+    done = watch_run(contract, args.run_id, poll_s=args.poll, timeout_s=args.timeout,
+                     say=lambda line: print(line, flush=True))  # fmt: skip
+    if not done:
+        sys.exit(1)
+
+
 def _toml(value: Any) -> str:
     return str(value) if isinstance(value, int) else '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -223,6 +239,14 @@ def add_parser(groups: Any) -> None:
     p.add_argument("--run-id", required=True, type=int)
     _keystore_args(p, "any funded key")
     p.set_defaults(func=_cancel_run)
+
+    p = steps.add_parser("watch", help="print a run's rounds as the chain records them, until every one is finalized")
+    _chain_args(p)
+    p.add_argument("--contract", required=True)
+    p.add_argument("--run-id", required=True, type=int)
+    p.add_argument("--poll", type=float, default=2.0, help="seconds between two looks at the chain (default: 2)")
+    p.add_argument("--timeout", type=float, default=None, help="stop watching after this many seconds (exit 1)")
+    p.set_defaults(func=_watch)
 
     p = steps.add_parser("demo-data", help="write silo data files from a bundled dataset (demonstrations)")
     p.add_argument("--out", required=True, type=Path)

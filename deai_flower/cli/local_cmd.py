@@ -4,6 +4,7 @@
                                                         logged to DIR/logs/NAME.log, recorded in DIR/run
     deai local list --dir DIR                          what is recorded there, running or not
     deai local stop --dir DIR [NAME ...]               stop those (default: all), with what they spawned
+    deai local chain [--port 8545]                     a development chain (anvil) in the foreground
     deai local stop-superlink                          stop the SuperLink `flwr run .` started on
                                                         Flower's `local` connection (found by its port)
 
@@ -61,6 +62,19 @@ def _stop_superlink(args: argparse.Namespace) -> None:
         print(f"stopped the local SuperLink on 127.0.0.1:{port} (process {pid}) and what it had started")
 
 
+def _chain(args: argparse.Namespace) -> None:
+    import os
+    import sys
+
+    from ..chain.devnode import find_anvil, install_anvil
+    from ..consortium.localnet import PROJECT_ROOT
+
+    anvil = find_anvil(search_from=PROJECT_ROOT) or install_anvil()
+    print(f"development chain (anvil, {anvil}) at http://{args.host}:{args.port}", flush=True)
+    sys.stdout.flush()
+    os.execv(str(anvil), [str(anvil), "--host", args.host, "--port", str(args.port)])
+
+
 def add_parser(groups: Any) -> None:
     local = groups.add_parser("local", help="start and stop the background parts of a trial on one machine",
                               description="Start a trial's long-running parts (chain node, store, SuperLink, "
@@ -82,6 +96,11 @@ def add_parser(groups: Any) -> None:
     p.add_argument("--dir", required=True, type=Path)
     p.add_argument("names", nargs="*", metavar="NAME")
     p.set_defaults(func=_stop)
+
+    p = actions.add_parser("chain", help="run a development chain (anvil, installed with npm on first use) here")
+    p.add_argument("--host", default="127.0.0.1", help="the address it listens on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8545, help="its JSON-RPC port (default: 8545)")
+    p.set_defaults(func=_chain)
 
     p = actions.add_parser("stop-superlink", help="stop the local SuperLink `flwr run .` started (by its port)")
     p.add_argument("--port", type=int, default=None,

@@ -5,15 +5,20 @@
 #   keystore, SuperNode key pair, data files and node config, each pinned to the release
 #   (the FAB this checkout builds, snapshotted: its code gate runs no other FAB); the
 #   consortium set-up (deai consortium ...), flwr run, a wait for the run's end, deai verify.
-# Everything started here is stopped on exit, failure or Ctrl-C. Exit 0 only if every
-# round finalized and the run verifies from chain + store.
+# It prints a line per round phase as the chain records it. Everything started here is
+# stopped on exit, failure or Ctrl-C. Exit 0 only if every round finalized and the run
+# verifies from chain + store. About 3 minutes on a quiet 2-core machine.
 #
 #   bash examples/hospital-silos/run_demo.sh [WORK_DIR]
 #
-# WORK_DIR (default: a fresh temporary directory) keeps every key, log and result.
+# WORK_DIR (default: a fresh temporary directory) keeps every key, log and result. Each
+# long-running part is started with `deai local start --dir WORK_DIR` (recorded in
+# WORK_DIR/run, logged to WORK_DIR/logs): should the script be killed without its clean-up,
+# `deai local stop --dir WORK_DIR` stops exactly what it started.
 # Settings (environment): ROUNDS (default 2), DEMO_OVERRIDES (extra Hydra overrides of the
 # run), RUN_TIMEOUT_S (default 900), STORE (default local:WORK_DIR/store; "ipfs" starts an
-# offline IPFS node here; ipfs:/ip4/HOST/tcp/PORT uses yours).
+# offline IPFS node here; ipfs:/ip4/HOST/tcp/PORT uses yours), KEEP=1 (leave chain, store,
+# SuperLink and SuperNodes running at the end; stop them with `deai local stop --dir WORK_DIR`).
 set -Eeuo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -28,18 +33,19 @@ ROUNDS=${ROUNDS:-2}
 RUN_TIMEOUT_S=${RUN_TIMEOUT_S:-900}
 SILOS=(silo-0 silo-1 silo-2)
 STARTED=$(date +%s)
-PIDS=()
+WATCH=""
 
 log() { printf '[%4ss] %s\n' "$(( $(date +%s) - STARTED ))" "$*"; }
 
 stop_all() {
   local status=$?
   trap - EXIT INT TERM
-  for pid in "${PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-  done
+  if [[ -n "$WATCH" ]]; then kill "$WATCH" 2>/dev/null || true; fi
+  if [[ $status -eq 0 && "${KEEP:-0}" == 1 ]]; then
+    log "KEEP=1: chain, store, SuperLink and SuperNodes still run; stop them with: deai local stop --dir $WORK"
+    exit 0
+  fi
+  deai local stop --dir "$WORK" >>"$WORK/logs/stop.log" 2>&1 || true
   if [[ $status -ne 0 ]]; then
     log "FAILED (status $status); logs in $WORK/logs"
     for f in "$WORK"/logs/*.log; do [[ -f "$f" ]] && { echo "--- tail of $f"; tail -n 15 "$f"; }; done
@@ -50,11 +56,11 @@ stop_all() {
 trap stop_all EXIT
 trap 'exit 130' INT TERM
 
-# start NAME CMD...: run CMD in its own session (so its children stop with it), log to logs/NAME.log
+# start NAME CMD...: run CMD in its own session (so its children stop with it), log to
+# logs/NAME.log, recorded in run/NAME.json (deai local stop stops exactly these)
 start() {
   local name=$1; shift
-  setsid "$@" >"$WORK/logs/$name.log" 2>&1 &
-  PIDS+=($!)
+  deai local start --dir "$WORK" "$name" -- "$@" >/dev/null
 }
 
 free_port() { python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -172,7 +178,11 @@ log "started ${#SILOS[@]} SuperNodes, each with a code gate"
 # --- the run ------------------------------------------------------------------------------------
 flwr run "$RELEASE" consortium --format json --run-config "$RUN_CONFIG" >"$WORK/logs/flwr-run.json"
 FLWR_RUN=$(python -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["run-id"])' "$WORK/logs/flwr-run.json")
-log "flwr run $FLWR_RUN submitted (contract $CONTRACT, run $RUN_ID); waiting for it to finish"
+log "flwr run $FLWR_RUN submitted (contract $CONTRACT, run $RUN_ID); each silo trains, commits, reveals and attests"
+# progress, as the chain records it (a line per round phase)
+deai consortium watch --rpc "$RPC" --contract "$CONTRACT" --run-id "$RUN_ID" --timeout "$RUN_TIMEOUT_S" \
+  2>>"$WORK/logs/watch.log" > >(while IFS= read -r line; do log "$line"; done) &
+WATCH=$!
 status=""
 # every 5 s: each `flwr ls` is a process of its own, about a CPU-second
 for _ in $(seq $(((RUN_TIMEOUT_S + 4) / 5))); do
@@ -192,10 +202,14 @@ results, rounds = json.load(open(sys.argv[1])), int(sys.argv[2])
 finalized = [r for r in results["rounds"] if r["status"] == "finalized"]
 for r in results["rounds"]:
     fed = r.get("federated_evaluation", {})
+    eps = r.get("epsilon")  # the largest ε a silo has spent by this round
+    eps = f"{eps:.3f}" if isinstance(eps, (int, float)) else "n/a"
     print(f"round {r['round']}: {r['status']}, federated accuracy {fed.get('accuracy', float('nan')):.4f} "
           f"on {fed.get('num_examples', 0)} held-out examples of {len(fed.get('per_silo', {}))} silos, "
-          f"eps {r['epsilon']}, {r['seconds']:.1f}s")
-print(f"refused nodes: {results.get('refused_nodes', [])}")
+          f"max eps {eps}, {r['seconds']:.1f}s")
+print(f"refused nodes: {results.get('refused_nodes', []) or 'none'}")
+for who, funds in sorted(results.get("incentives", {}).get("participants", {}).items()):
+    print(f"silo {who}: paid {funds['payout'] / 1e18:.4f} ether by score, slashed {funds['slashed'] / 1e18:.4f}")
 if len(finalized) != rounds:
     sys.exit(f"run_demo: {len(finalized)} of {rounds} rounds finalized")
 PY
