@@ -16,6 +16,7 @@ change what runs), and every SuperNode is started with ``--isolation process`` n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -292,6 +294,30 @@ class LocalConsortium:
         node = self.supernodes[name] = SuperNodeProcess(name, process, log, port, gate_log)
         return node
 
+    def gate_ids(self, name: str) -> list[int]:
+        """The process ids of the code gate of the SuperNode ``name`` (the SuperNode's children
+        running ``deai release gate``; the ClientApps the gate runs are its own children)."""
+        node = self.supernodes[name]
+        return [pid for pid in _children(node.process.pid) if b"gate" in _cmdline(pid)]
+
+    @contextlib.contextmanager
+    def holding(self, *names: str) -> Iterator[None]:
+        """Hold the silos ``names``: their code gates are paused (SIGSTOP), so their SuperNodes
+        stay online (heartbeats go on) and keep the messages they get, but no new ClientApp
+        starts until the block ends; the ClientApps already running go on. A test holds the
+        live silos this way while it restarts another, so that no round is played without it."""
+        pids = [pid for name in names for pid in self.gate_ids(name)]
+        if len(pids) < len(names):
+            raise LocalnetError(f"not every one of {', '.join(names)} has a running code gate")
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
     def nodes(self) -> list[dict[str, Any]]:
         """``flwr supernode list``: every SuperNode the SuperLink has registered, with its status."""
         return list(json.loads(self.flwr("supernode", "list", CONNECTION, "--format", "json")).get("nodes", []))
@@ -381,6 +407,26 @@ class LocalConsortium:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:  # fmt: skip
         self.stop()
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _children(pid: int) -> list[int]:
+    """The ids of the processes whose parent is ``pid`` (from ``/proc``)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
 
 
 def _tail(path: Path, lines: int = 12) -> str:

@@ -6,7 +6,10 @@ Silo-2's SuperNode is killed (with its ClientApp process) while round 1 asks it 
 commit: the round finalizes with the other two. Once round 1 is past its commit phase the
 SuperNode is started again with the same key (so the same node id), the same keystore and
 the same ledger directory: it takes part in a later round (Flower issue 4844 reports
-restarted nodes with TLS + auth that never receive work again). Once round 2 is
+restarted nodes with TLS + auth that never receive work again). Meanwhile the two live
+silos are held (their code gates paused: :meth:`LocalConsortium.holding`), since rounds
+whose every asked node is accounted for end at once and they would otherwise play every
+round left before silo-2 is back. Once round 2 is
 finalized the coordinator is stopped (``flwr stop``) and started again with the same run
 config: the new one reads what the chain finalized, lets the round in flight end, plays
 the rounds still missing, and ``deai verify`` checks all of them.
@@ -38,7 +41,7 @@ from deai_flower.errors import ContractRevertError
 
 ROUNDS = 4
 OVERRIDES = [f"num_rounds={ROUNDS}", "dataset=breast_cancer", "training.local_epochs=1", "training.batch_size=16",
-             "strategy.commit_timeout_s=150", "privacy=none"]  # fmt: skip
+             "strategy.commit_timeout_s=300", "privacy=none"]  # fmt: skip
 # What this test judges is who plays which round: the silos' evaluation of each model
 # (a ClientApp process per silo and round) is left out.
 NO_EVALUATION = {"federated-evaluation": False}
@@ -55,10 +58,6 @@ def _wait(what: str, predicate, timeout: float) -> None:  # type: ignore[no-unty
         time.sleep(0.5)
 
 
-# Known to fail since rounds end their commit phase as soon as every node is accounted
-# for: the stop lands at an unpredictable point and the resumed coordinator has ended
-# finished:failed. Under investigation (session note); the test still runs and reports.
-@pytest.mark.xfail(strict=False, reason="resume after a stop racing fast rounds: the second run can end failed")
 def test_a_killed_supernode_and_a_stopped_coordinator_are_started_again_and_the_run_completes(
     tmp_path: Path,
 ) -> None:
@@ -107,23 +106,33 @@ def test_a_killed_supernode_and_a_stopped_coordinator_are_started_again_and_the_
                   lambda: reader.phase(created.run_id, round_id) not in ("none", "commit"), timeout=60)  # fmt: skip
 
         end_commit_phase_after_the_live_silos(1)
-        # as an operator's supervisor would: the SuperLink refuses the key until it has
-        # given up on the killed process (two missed heartbeats), and fails the messages
-        # that were waiting for it, round 2's among them
-        net.wait_until_offline(node_ids[2])
-        net.start_supernode(silos[2], silos[2].node_config(chain_url=net.rpc, store=net.store, **NO_DP),
-                             name="silo-2-again")
-        net.wait_for_nodes(3)
+        # Rounds whose every asked node is accounted for end their commit phase at once:
+        # without a hold, the two live silos played every round left before silo-2 was back
+        # (its key is refused until the SuperLink gives up on the killed process), and the
+        # run was over before the stop below. So the live silos take no new message (their
+        # code gates paused, their SuperNodes online) until silo-2 is connected again;
+        # round 1's ClientApps, running already, finish it. The commit phase (300 s) outlasts the hold.
+        with net.holding("silo-0", "silo-1"):
+            # as an operator's supervisor would: the SuperLink refuses the key until it has
+            # given up on the killed process (two missed heartbeats), and fails the messages
+            # that were waiting for it, round 2's among them
+            net.wait_until_offline(node_ids[2])
+            net.start_supernode(silos[2], silos[2].node_config(chain_url=net.rpc, store=net.store, **NO_DP),
+                                 name="silo-2-again")
+            net.wait_for_nodes(3)
+            held_at = int(reader.get_run(created.run_id)["finalizedRounds"])
+        assert held_at <= 1, f"{held_at} rounds finalized while the live silos were held"
         end_commit_phase_after_the_live_silos(2)
 
         # Stopped once round 2 is finalized: round 3 is then in flight (its nodes may be
         # anywhere in it)
         _wait("round 2 to finalize", lambda: int(reader.get_run(created.run_id)["finalizedRounds"]) >= 2,
               timeout=900)  # fmt: skip
-        net.flwr("stop", str(first), "consortium")
+        net.flwr("stop", str(first), "consortium", check=False)  # refused only for a run over already
         assert net.wait(first, timeout=120).startswith("finished"), "the first coordinator did not stop"
         # read after the stop: the nodes may have finalized round 3 meanwhile
         done_before = int(reader.get_run(created.run_id)["finalizedRounds"])
+        assert done_before < ROUNDS, "the first coordinator played every round before its stop: nothing to resume"
         second = net.run(run_config)
         status = net.wait(second, timeout=1500)
         if status != "finished:completed":
@@ -136,10 +145,7 @@ def test_a_killed_supernode_and_a_stopped_coordinator_are_started_again_and_the_
         # the new coordinator played what was missing (the nodes may have finalized round 3 since `done_before`)
         played = len([r for r in rounds if r["status"] == "finalized"])
         assert played <= ROUNDS - done_before, summary
-        # A round whose every node is accounted for ends its commit phase at once, so the
-        # first coordinator may finish the run while its stop takes effect: then there is
-        # nothing left to resume.
-        assert played >= 1 or done_before == ROUNDS, summary
+        assert played >= 1, summary  # round 4 at least was left to it (the stop landed in round 3)
 
         # the first finalized round went on without the killed node; the restarted one took part again
         address = silos[2].key.address
