@@ -1,5 +1,6 @@
-"""The ``shares`` contribution score: equal shares for updates that carry their DP noise,
-are not copies, and point no worse than chance once the public trajectory is removed.
+"""The ``shares`` contribution score (the default): equal shares for updates that carry
+their DP noise, are not copies, and agree with the others beyond chance once the public
+trajectory is removed.
 
 Under DP an honest update is mostly noise, so any score that grows with an update's
 quality pays most to whoever drops its noise, copies a neighbour or echoes the public
@@ -8,41 +9,34 @@ refuses each update by tests calibrated to the noise the run's spec fixes, and e
 admitted update scores the same (``SCORE_SCALE``), so that an update's pay cannot grow
 with less noise. The threat model and the known limits are in docs/incentives.md.
 
+The exact rule, which an independent verifier implements, is docs/protocol.md §4.3.3;
+in short (``D`` coordinates, ``n`` updates, ``G`` the round's global model, ``P`` the one
+before it):
+
+1. **Residuals.** ``delta_i = u_i - G``; ``p = P - G`` (the public step, none in round
+   1); ``r_i = delta_i - (a_i / pp) p`` with ``a_i = S(delta_i*p)``, ``pp = S(p*p)``:
+   what anyone could echo from the chain is removed. ``R`` is their Gram matrix.
+2. ``s_i``: the per-coordinate std of the DP noise an honest update of i's claims
+   carries (:func:`update_noise_std`).
+3. **Noise.** Refused when its own power (its residual's spread around the others'
+   mean, less the others' claimed noise) is below ``NOISE_FLOOR * s_i^2``, or its
+   power ``R_ii / D`` is above ``NOISE_CEILING`` times both ``s_i^2`` and the round's
+   upper-median power.
+4. **Copies.** Both of a pair refused when their distance is below
+   ``copy_bar * (s_i^2 + s_j^2)``, or their cross-power exceeds what their signals explain
+   by ``shared_bar * s_i * s_j`` (one is the other plus fresh noise)
+   (:func:`duplicate_bars`).
+5. **Direction.** The others' admitted residuals summed, soft-thresholded per
+   coordinate at ``REFERENCE_THRESHOLD`` times their noise std: ``v_i``;
+   ``z_i = <r_i, v_i> / (|v_i| * max(s_i, rms(r_i)))``, at most a standard normal for
+   anything independent of the others. Refused below ``MIN_AGREEMENT``; in a round
+   where no update reaches it, below ``-MIN_AGREEMENT`` only.
+6. ``score_i = SCORE_SCALE`` when admitted, else 0: equal shares.
+
 Conventions are :mod:`.scores`' (docs/protocol.md §4): updates in canonical order,
 float64, every vector reduction a piecewise sum (:func:`.piecewise.tree_sums` per piece,
 ``math.fsum`` over pieces), every scalar sum ``math.fsum``, correctly rounded double
-operations in the order written. The tests reduce to the Gram matrix of the deltas,
-so the result is a function of the revealed bytes and DP records alone.
-
-Definitions (``D`` coordinates, ``n`` updates, ``G`` the round's global model, ``P`` the
-previous round's global model when there is one):
-
-1. ``delta_i = u_i - G`` (as :mod:`.scores` step 1), ``p = P - G`` (the public step,
-   up to sign; none in round 1). ``g_ij = S(delta_i*delta_j)``, ``a_i = S(delta_i*p)``,
-   ``pp = S(p*p)``; ``R_ij = g_ij - a_i*a_j/pp`` (``g_ij`` without a public step or when
-   ``pp == 0``): the Gram matrix of the *residuals* ``r_i``, the deltas with their
-   component along the public step removed.
-2. ``s_i`` = the per-coordinate standard deviation of the DP noise an honest update of
-   i's claims carries (:func:`update_noise_std`, from the spec's learning rate, batch size
-   and clipping norm and the reveal's σ and steps).
-3. **Noise floor.** ``e_i = r_i - mean_{j != i} r_j``; its squared norm from ``R``; the
-   others' claimed noise expected in it, ``N_i = fsum(s_j^2, j != i) / (n-1)^2``, is
-   subtracted: ``own_i = (|e_i|^2 / D - N_i)``. Refused when ``own_i < NOISE_FLOOR * s_i^2``
-   (an honest update's own noise gives about ``s_i^2``; one without noise about its
-   disagreement with the others). With ``n == 1``: ``own_1 = R_11 / D``.
-4. **Copies.** ``d_ij = (R_ii + R_jj - 2 R_ij) / D``; both refused when
-   ``d_ij <= DUPLICATE_FLOOR * (s_i^2 + s_j^2)`` (independent noises give about the sum).
-5. **Direction.** Over the others ``O_i`` that pass 3 and 4: ``c_i = fsum(R_ij, j in O_i)``,
-   ``m_i = fsum(R_jk, j, k in O_i)`` (``|sum_j r_j|^2``),
-   ``z_i = c_i / (sqrt(m_i) * max(s_i, sqrt(R_ii / D)))``: for noise independent of the
-   others, at most a standard normal whatever its size (``c_i`` has standard deviation
-   ``sqrt(m_i)`` times the noise's per-coordinate one). Refused when
-   ``z_i < MIN_AGREEMENT``; with no such other, or ``m_i == 0``, nothing is refused here.
-   When no update of the round reaches ``MIN_AGREEMENT`` (under heavy DP an honest
-   update's signal can stay within chance of the others in a round), the bar is
-   ``-MIN_AGREEMENT`` instead: only an update that points against the others is refused,
-   and the round's admitted updates share equally rather than nobody being paid.
-6. ``score_i = SCORE_SCALE`` when 3, 4 and 5 admit it, else 0.
+operations in the order written: a function of the revealed bytes and DP records alone.
 """
 
 from __future__ import annotations
@@ -63,8 +57,12 @@ __all__ = [
     "DUPLICATE_FLOOR",
     "MIN_AGREEMENT",
     "MOMENTUM",
+    "NOISE_CEILING",
     "NOISE_FLOOR",
+    "REFERENCE_THRESHOLD",
+    "SHARED_NOISE",
     "ShareVerdict",
+    "duplicate_bars",
     "share_scores",
     "share_verdicts",
     "update_noise_std",
@@ -74,11 +72,33 @@ __all__ = [
 MOMENTUM = 0.9
 #: Least share of its claimed noise power an update must carry (step 3).
 NOISE_FLOOR = 0.25
+#: Most multiple of its claimed noise power, and of the round's typical power, an update
+#: may carry (step 3): honest DP updates measured 1.0-1.1 of the claimed power; far more
+#: noise than claimed would dilute the others' reference.
+NOISE_CEILING = 4.0
 #: Two updates closer than this share of two independent noises are copies (step 4).
 DUPLICATE_FLOOR = 0.25
+#: Two updates whose cross-power exceeds what their signals explain by this share of
+#: ``s_i * s_j`` share one noise: one is the other plus fresh noise (step 4).
+SHARED_NOISE = 0.5
+#: The others' summed residual is soft-thresholded at this many standard deviations of
+#: its noise before it is a reference (step 5): coordinates where the others move no
+#: more than their noise would are left out, so the test weighs where the signal is.
+REFERENCE_THRESHOLD = 1.0
 #: Least agreement with the others, in standard deviations of chance (step 5): noise sent
 #: as an update passes about one round in twenty (one-sided 5 %).
 MIN_AGREEMENT = 1.645
+
+
+def duplicate_bars(coordinates: int) -> tuple[float, float]:
+    """Step 4's bars for a model of ``coordinates`` parameters: ``(copy, shared noise)``.
+
+    Two independent noises differ by ``chi^2_D / D`` times their power, and their
+    cross-power is about normal with standard deviation ``1 / sqrt(D)`` of it: for a
+    small model both bars move six of those standard deviations away, so that honest
+    pairs are not taken for copies (with ``D = 10`` only exact copies are)."""
+    spread = 6.0 * math.sqrt(2.0 / coordinates) if coordinates > 0 else math.inf
+    return min(DUPLICATE_FLOOR, max(0.0, 1.0 - spread)), max(SHARED_NOISE, spread / math.sqrt(2.0))
 
 
 def update_noise_std(*, noise_multiplier: float, steps: int, num_examples: int, batch_size: int,
@@ -126,14 +146,21 @@ class ShareVerdict:
                 f"refused={self.refused})")  # fmt: skip
 
 
+def _rows(ordered: list[RevealedUpdate], previous: Mapping[str, np.ndarray] | None,
+          names: list[str]) -> list[RevealedUpdate]:  # fmt: skip
+    """The updates, and the previous global model as one more row (its delta is ``p``)."""
+    if previous is None:
+        return list(ordered)
+    return [*ordered, RevealedUpdate("0x0", 0, {name: previous[name] for name in names})]
+
+
 @np.errstate(over="ignore", invalid="ignore")
 def _gram(ordered: list[RevealedUpdate], global_arrays: Mapping[str, np.ndarray],
-          previous: Mapping[str, np.ndarray] | None) -> tuple[list[list[float]], int]:  # fmt: skip
-    """``R`` (step 1) and ``D``."""
+          previous: Mapping[str, np.ndarray] | None) -> tuple[list[list[float]], int, list[float] | None]:  # fmt: skip
+    """``R`` and ``D`` (step 1), and each update's coefficient along the public step
+    ``a_i / pp`` (None without one)."""
     names = check_layout(ordered, global_arrays)
-    rows = list(ordered)
-    if previous is not None:
-        rows.append(RevealedUpdate("0x0", 0, {name: previous[name] for name in names}))
+    rows = _rows(ordered, previous, names)
     m = len(rows)
     pieces: dict[tuple[int, int], list[float]] = {(i, j): [] for i in range(m) for j in range(i, m)}
     coordinates = 0
@@ -147,9 +174,36 @@ def _gram(ordered: list[RevealedUpdate], global_arrays: Mapping[str, np.ndarray]
         g[i][j] = g[j][i] = exact_total(values, "a dot product")
     n = len(ordered)
     if previous is None or g[n][n] == 0.0:
-        return [row[:n] for row in g[:n]], coordinates
+        return [row[:n] for row in g[:n]], coordinates, None
     pp = g[n][n]
-    return [[g[i][j] - g[i][n] * g[j][n] / pp for j in range(n)] for i in range(n)], coordinates
+    coefficients = [g[i][n] / pp for i in range(n)]
+    return [[g[i][j] - g[i][n] * g[j][n] / pp for j in range(n)] for i in range(n)], coordinates, coefficients
+
+
+@np.errstate(over="ignore", invalid="ignore")
+def _agreements(ordered: list[RevealedUpdate], global_arrays: Mapping[str, np.ndarray],
+                previous: Mapping[str, np.ndarray] | None, coefficients: list[float] | None,
+                admitted: list[int], var: list[float]) -> dict[int, tuple[float, float]]:  # fmt: skip
+    """Step 5's sums for every admitted update ``i``: ``(c_i, |v_i|^2)``."""
+    names = sorted(global_arrays)
+    rows = _rows(ordered, previous if coefficients is not None else None, names)
+    n = len(ordered)
+    taus = {i: REFERENCE_THRESHOLD * math.sqrt(math.fsum(var[j] for j in admitted if j != i)) for i in admitted}
+    sums: dict[int, tuple[list[float], list[float]]] = {i: ([], []) for i in admitted}
+    for deltas in delta_pieces(rows, global_arrays, names):
+        if coefficients is None:
+            residuals = deltas[:n]
+        else:
+            residuals = deltas[:n] - np.array(coefficients)[:, None] * deltas[n]
+        total = np.zeros(deltas.shape[1], dtype=np.float64)
+        for j in admitted:  # canonical order, one elementwise addition at a time
+            total = total + residuals[j]
+        for i in admitted:
+            rest = total - residuals[i]
+            reference = np.copysign(np.maximum(np.abs(rest) - taus[i], 0.0), rest)
+            sums[i][0].append(float(tree_sums((residuals[i] * reference)[None, :])[0]))
+            sums[i][1].append(float(tree_sums((reference * reference)[None, :])[0]))
+    return {i: (exact_total(c, "an agreement"), exact_total(v, "a reference's norm")) for i, (c, v) in sums.items()}
 
 
 def share_verdicts(spec: RunSpec, updates: Sequence[RevealedUpdate], global_arrays: Mapping[str, np.ndarray], *,
@@ -164,7 +218,7 @@ def share_verdicts(spec: RunSpec, updates: Sequence[RevealedUpdate], global_arra
         return {}
     ordered = canonical_order(updates)
     stds = [_noise_std(spec, u) for u in ordered]
-    R, D = _gram(ordered, global_arrays, previous_global)
+    R, D, coefficients = _gram(ordered, global_arrays, previous_global)
     n = len(ordered)
     var = [s * s for s in stds]
     noise: list[float] = []
@@ -179,23 +233,27 @@ def share_verdicts(spec: RunSpec, updates: Sequence[RevealedUpdate], global_arra
             spread = R[i][i] - 2.0 * cross / k + block / (k * k)
             own = spread / D - math.fsum(var[j] for j in others) / (k * k)
         noise.append(own)
+    copy_bar, shared_bar = duplicate_bars(D)
     copies: list[list[int]] = [[] for _ in range(n)]
     for i in range(n):
         for j in range(i + 1, n):
             distance = (R[i][i] + R[j][j] - 2.0 * R[i][j]) / D
-            if distance <= DUPLICATE_FLOOR * (var[i] + var[j]):
+            signal = math.sqrt(max(R[i][i] / D - var[i], 0.0) * max(R[j][j] / D - var[j], 0.0))
+            if distance <= copy_bar * (var[i] + var[j]) or R[i][j] / D - signal >= shared_bar * stds[i] * stds[j] > 0.0:
                 copies[i].append(j)
                 copies[j].append(i)
-    first: list[str | None] = ["noise" if noise[i] < NOISE_FLOOR * var[i] else "copy" if copies[i] else None
-                               for i in range(n)]  # fmt: skip
-    agreements: list[float | None] = [None] * n
+    powers = sorted(R[i][i] / D for i in range(n))
+    typical = powers[n // 2]  # the upper median: what a minority cannot move
+    first: list[str | None] = []
     for i in range(n):
-        if first[i] is None:
-            peers = [j for j in range(n) if j != i and first[j] is None]
-            mass = math.fsum(R[j][l] for j in peers for l in peers) if peers else 0.0
-            if peers and mass > 0.0:
-                scale = max(stds[i], math.sqrt(max(R[i][i], 0.0) / D))
-                agreements[i] = math.fsum(R[i][j] for j in peers) / (math.sqrt(mass) * scale) if scale > 0.0 else 0.0
+        too_much = R[i][i] / D > NOISE_CEILING * max(var[i], typical)
+        first.append("noise" if noise[i] < NOISE_FLOOR * var[i] or too_much else "copy" if copies[i] else None)
+    admitted = [i for i in range(n) if first[i] is None]
+    agreements: list[float | None] = [None] * n
+    if len(admitted) >= 2:
+        for i, (c, mass) in _agreements(ordered, global_arrays, previous_global, coefficients, admitted, var).items():
+            scale = max(stds[i], math.sqrt(max(R[i][i], 0.0) / D))
+            agreements[i] = c / (math.sqrt(mass) * scale) if mass > 0.0 and scale > 0.0 else 0.0
     tested = [z for z in agreements if z is not None]
     # step 5's fallback: a round in which no update rises above chance refuses only what points against the others
     bar = MIN_AGREEMENT if any(z >= MIN_AGREEMENT for z in tested) else -MIN_AGREEMENT

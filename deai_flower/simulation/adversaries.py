@@ -13,6 +13,9 @@ Selected by ``adversary.kind`` (conf/adversary/*.yaml), played by the clients in
   update, the other the identical bytes.
 * ``sign_flip_twins``: two identities send the identical sign-flipped update
   ``G + scale * (w_trained - G)`` (``adversary.scale`` < 0) of the first to train.
+* ``fit_validation``: trains as ``no_noise`` does, but on the validation set a
+  loss-scored run names in its spec (the first ``incentives.validation_size`` examples of
+  the test split, public to every participant) instead of its own data.
 
 A behaviour may wrap the training (``train_round``, with :func:`train_round`'s keyword
 arguments) and rewrite what is sent (``poison``). Twins meet on a board in this process:
@@ -37,7 +40,7 @@ from ..protocol.shares import update_noise_std
 __all__ = ["ADVERSARY_KINDS", "NoNoise", "PublicStepEcho", "Twin", "forget_twins", "make_adversary"]
 
 #: The kinds this module plays (the others, ``scaled`` and ``freerider``, are participants.py's).
-ADVERSARY_KINDS = ("public_step", "no_noise", "sybil", "sign_flip_twins")
+ADVERSARY_KINDS = ("public_step", "no_noise", "sybil", "sign_flip_twins", "fit_validation")
 
 _BOARD: dict[tuple[str, bytes], dict[str, np.ndarray]] = {}
 _BOARD_LOCK = threading.Lock()
@@ -89,13 +92,19 @@ class PublicStepEcho(_TrainingDefector):
 
 class NoNoise(_TrainingDefector):
     """``no_noise``: DP-SGD's clipping and Poisson sampling with σ = 0; the reveal carries
-    the claims (σ, q, steps, ε) of the honest round its ledger records."""
+    the claims (σ, q, steps, ε) of the honest round its ledger records.
+
+    ``data``: train on these ``(x, y)`` instead of its own (``fit_validation``: the
+    validation set a loss-scored run names)."""
+
+    def __init__(self, data: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        self.data = data
 
     def train_round(self, **kwargs: Any) -> RoundTraining:
         from ..privacy import training as dp
 
         honest = train_round(**kwargs)
-        x, y = kwargs["x"], kwargs["y"]
+        x, y = self.data if self.data is not None else (kwargs["x"], kwargs["y"])
         expected = min(int(kwargs["batch_size"]), len(x))
         seed = int(kwargs.get("seed") or 0)
         loader = dp.DPDataLoader(dp._tensors(x, y), sample_rate=expected / len(x),
@@ -146,6 +155,12 @@ def make_adversary(cfg: Any, client: int) -> PublicStepEcho | NoNoise | Twin:
         return PublicStepEcho(look_honest=bool(a.get("look_honest", True)), seed=seed)
     if kind == "no_noise":
         return NoNoise()
+    if kind == "fit_validation":  # the set harness.store_validation_set names in a loss-scored spec
+        from ..data import load_dataset
+
+        split = load_dataset(cfg.dataset, seed=int(cfg.seed))
+        size = min(int(cfg.incentives.validation_size), len(split.y_test))
+        return NoNoise(data=(split.x_test[:size], split.y_test[:size]))
     pair = f"{cfg.seed}:{kind}:{sorted(int(c) for c in a.poisoned_clients)}"
     if kind == "sybil":
         return Twin(pair=pair, scale=1.0)
