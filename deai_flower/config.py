@@ -111,9 +111,10 @@ class AdversaryConfig:
 class IncentivesConfig:
     """Stakes, contribution scores and the reward pool (amounts in wei, or token units)."""
 
-    # alignment (geometry of the updates) | loss (validation-loss improvement) | shares (equal shares
-    # for updates that carry their DP noise, are no copies and agree beyond chance: docs/incentives.md)
-    score: str = "alignment"
+    # shares (equal shares for updates that carry their DP noise, are no copies and agree beyond
+    # chance: docs/incentives.md) | alignment (geometry of the updates) | loss (validation-loss
+    # improvement; gameable by fitting the validation set the spec names)
+    score: str = "shares"
     validation_size: int = 200  # loss: examples of the validation set, held out of the test split
     stake_token: str | None = None  # an ERC-20 address; none: the native currency
     stake: int = 10**18  # each participant deposits this before its first commit
@@ -349,7 +350,7 @@ def validate(cfg: ExperimentConfig, *, targets: bool = True, loader: bool = True
     _require(all(0 <= c < cfg.num_clients for c in cfg.adversary.poisoned_clients),
              f"adversary.poisoned_clients must be client indices below num_clients ({cfg.num_clients})")  # fmt: skip
     a, inc = cfg.adversary, cfg.incentives
-    kinds = ("scaled", "freerider", "public_step", "no_noise", "sybil", "sign_flip_twins")
+    kinds = ("scaled", "freerider", "public_step", "no_noise", "sybil", "sign_flip_twins", "fit_validation")
     _require(a.kind in kinds, f"adversary.kind must be one of {', '.join(kinds)} (got {a.kind!r})")
     _require(a.noise >= 0, f"adversary.noise must be >= 0 (got {a.noise})")
     _require(inc.score in ("alignment", "loss", "shares"),

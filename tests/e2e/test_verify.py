@@ -186,7 +186,7 @@ def test_an_edited_score_fails_even_when_every_vote_agrees_with_it(run_dir: Path
             event["args"]["outcome"] = rescore(event["args"]["outcome"], who, +1)
     (copy / "results.json").write_text(json.dumps(results))
     problems = verify(copy)[0].problems
-    assert any(p.startswith("alignment scores differ") and who in p for p in problems), problems
+    assert any(p.startswith("shares scores differ") and who in p for p in problems), problems
 
 
 def test_an_edited_payout_fails(run_dir: Path, tmp_path: Path) -> None:
