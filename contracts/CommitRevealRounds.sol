@@ -36,17 +36,21 @@ import {Sampling} from "./lib/Sampling.sol";
 /// only those that revealed may vote. Counting commits, not reveals, is what keeps a
 /// relayer that withholds reveals from lowering the bar: withholding can make a round
 /// fail, never change who decides it.
-/// Reveals and votes may also come in a relayer's batch (`revealMany`, `attestMany`,
-/// sent by anyone): a reveal is authenticated by the commitment, which binds its
+/// Commits, reveals and votes may also come in a relayer's batch (`commitMany`,
+/// `revealMany`, `attestMany`, sent by anyone): a commitment is authenticated by its
+/// participant's signature of `commitDigest`, a reveal by the commitment, which binds its
 /// participant, and a vote by its attester's signature of `voteDigest`; each is recorded
 /// as the participant's own call would be, so a relayer can withhold, never forge.
+/// A sampled participant that will not take part in a round says so (`decline`, or a
+/// signed zero commitment in a batch): the commit phase then no longer waits for it.
 /// Penalties for missing reveals and minority attestations are settled lazily (on the
 /// participant's next commit, or by anyone through `settle`).
 /// Incentives: a run may require a stake (native currency, or the ERC-20 token the run
 /// names) before a participant commits, and carries a reward pool funded when it is
 /// created. The attestation that finalizes a round carries the round's outcome (each
 /// revealer's contribution score and verdict, agreed by the same majority as the model):
-/// the round's share of the pool is credited in proportion to the scores, and each
+/// the round's share of the pool is credited, the run's attester share of it equally to
+/// the votes for the finalized pair and the rest in proportion to the scores, and each
 /// refused update is slashed. Missing reveals and minority attestations are slashed when
 /// they are settled. Slashed stake goes to the run's reward pool, so it is paid to later
 /// contributors; what the pool holds once the run is complete goes back to its creator.
@@ -127,7 +131,7 @@ contract CommitRevealRounds is RoundsStorage {
         RoundClock memory previous,
         uint32 round,
         bytes32 modelDigest,
-        bool previousDisputed
+        bool previousRecorded
     ) private {
         bytes32 beacon = _beaconOf(runId, round, modelDigest);
         Registry memory r = _registry;
@@ -139,14 +143,14 @@ contract CommitRevealRounds is RoundsStorage {
             commitDeadline: commitDeadline,
             revealDuration: previous.revealDuration,
             attestDuration: previous.attestDuration,
-            sampledCount: uint16(sampled),
+            expectedCommits: uint16(sampled),
             commitCount: 0,
             revealCount: 0,
             committeeCommits: 0,
             minReveals: cfg.minReveals,
             registryEpoch: r.epoch,
             finalized: false,
-            previousDisputed: previousDisputed,
+            previousRecorded: previousRecorded,
             partialSample: sampled < r.size,
             committee: committee
         });
@@ -160,42 +164,124 @@ contract CommitRevealRounds is RoundsStorage {
     }
 
     /// @notice Commits to an update: `commitment` must equal `_commitmentOf(...)` of the
-    /// values revealed later. Settles the sender's previous round first.
+    /// values revealed later. Settles the sender's previous round first. A zero
+    /// `commitment` declines the round (as `decline`).
     /// @param runId the run
     /// @param round the open round
     /// @param commitment keccak256 of the ABI-encoded reveal preimage
     function commit(uint256 runId, uint32 round, bytes32 commitment) external {
         Run storage run = _runs[runId];
-        RoundClock memory c = run.clock;
-        Phase p = _phase(runId, c, round);
-        if (p != Phase.Commit) revert UnexpectedPhase(runId, round, p, Phase.Commit);
-        Participant storage entry = _participants[msg.sender];
-        if (!entry.active) revert NotRegistered(msg.sender);
+        RoundClock memory c = _clockIn(runId, run, round, Phase.Commit);
+        _commit(runId, round, run, c, msg.sender, commitment);
+        _writeCommitCounts(run, c);
+    }
+
+    /// @notice Declines the open round: a sampled participant that will not take part (its
+    /// terms refuse the run, its budget is spent, it cannot serve) says so, and the commit
+    /// phase no longer waits for it; it then cannot commit in this round. Not a penalty.
+    /// Settles the sender's previous round first.
+    /// @param runId the run
+    /// @param round the open round
+    function decline(uint256 runId, uint32 round) external {
+        Run storage run = _runs[runId];
+        RoundClock memory c = _clockIn(runId, run, round, Phase.Commit);
+        _commit(runId, round, run, c, msg.sender, 0);
+        _writeCommitCounts(run, c);
+    }
+
+    /// @notice Records several participants' commitments (or declines: a zero commitment)
+    /// in one transaction: a relayer's batch, which spares each participant a transaction.
+    /// Anyone may send it; each commitment is its participant's signature of
+    /// `commitDigest(runId, round, commitment)` and is checked and recorded exactly as that
+    /// participant's own `commit`. A participant that has committed or declined in the
+    /// round already is skipped, so committing on one's own never blocks a batch.
+    /// @param runId the run
+    /// @param round the open round
+    /// @param participants the committing participants, one per commitment
+    /// @param commitments their commitments (zero: a decline)
+    /// @param signatures 65-byte secp256k1 signatures (r, s, v), back to back, one per participant
+    function commitMany(
+        uint256 runId,
+        uint32 round,
+        address[] calldata participants,
+        bytes32[] calldata commitments,
+        bytes calldata signatures
+    ) external {
+        uint256 n = participants.length;
+        if (n == 0 || commitments.length != n || signatures.length != n * 65) {
+            revert InvalidSignatures(signatures.length);
+        }
+        Run storage run = _runs[runId];
+        RoundClock memory c = _clockIn(runId, run, round, Phase.Commit);
+        for (uint256 i = 0; i < n; ++i) {
+            address participant = participants[i];
+            if (_memberOf[runId][participant].current.round == round) continue;
+            bytes calldata sig = signatures[i * 65:(i + 1) * 65];
+            address signer = ECDSA.recover(
+                _signedDigest(_COMMIT_TAG, runId, round, commitments[i]),
+                uint8(sig[64]),
+                bytes32(sig[0:32]),
+                bytes32(sig[32:64])
+            );
+            if (signer != participant) revert CommitSignerMismatch(runId, round, participant, signer);
+            _commit(runId, round, run, c, participant, commitments[i]);
+        }
+        _writeCommitCounts(run, c);
+    }
+
+    /// @dev Checks and records `participant`'s commitment (zero: its decline) in the open
+    /// round, counting it in `c` (the caller writes the counts back).
+    function _commit(
+        uint256 runId,
+        uint32 round,
+        Run storage run,
+        RoundClock memory c,
+        address participant,
+        bytes32 commitment
+    ) private {
+        Participant storage entry = _participants[participant];
+        if (!entry.active) revert NotRegistered(participant);
         // an index (re)assigned after the round opened is not the one the round sampled
-        if (entry.epoch > c.registryEpoch) revert NotSampled(runId, round, msg.sender);
+        if (entry.epoch > c.registryEpoch) revert NotSampled(runId, round, participant);
         bool committeeMember = true;
         if (c.partialSample || c.committee) {
             RunConfig memory cfg = run.config;
             uint256 position =
                 Sampling.permutedPosition(_beaconOf(runId, round, run.modelDigest), entry.index, cfg.registrySize);
-            if (position >= c.sampledCount) revert NotSampled(runId, round, msg.sender);
+            if (position >= Sampling.sampledCount(cfg.registrySize, cfg.sampleBps)) {
+                revert NotSampled(runId, round, participant);
+            }
             committeeMember = !c.committee || position < cfg.committeeSize;
         }
-        Member storage m = _memberOf[runId][msg.sender];
+        Member storage m = _memberOf[runId][participant];
         MemberRound memory last = m.current;
-        if (last.round == round) revert AlreadyCommitted(runId, round, msg.sender);
-        _settle(runId, c, msg.sender, m, last);
+        if (last.round == round) revert AlreadyCommitted(runId, round, participant);
+        _settle(runId, c, participant, m, last);
+        if (commitment == 0) {
+            // no record hashes to zero: a zero commitment could never be revealed
+            m.current = MemberRound(round, Stage.Declined, false, 0);
+            c.expectedCommits -= 1;
+            emit Declined(runId, round, participant);
+            return;
+        }
         uint128 required = run.funds.stake;
         if (required != 0) {
-            uint128 stake = _accounts[runId][msg.sender].stake;
-            if (stake < required) revert InsufficientStake(runId, msg.sender, stake, required);
+            uint128 stake = _accounts[runId][participant].stake;
+            if (stake < required) revert InsufficientStake(runId, participant, stake, required);
         }
         m.current = MemberRound(round, Stage.Committed, committeeMember, bytes26(commitment));
-        RoundClock storage clock = run.clock;
-        clock.commitCount = c.commitCount + 1;
+        c.commitCount += 1;
         // the majority is counted over the committee's commits, which no relayer can withhold
-        if (committeeMember) clock.committeeCommits = c.committeeCommits + 1;
-        emit Committed(runId, round, msg.sender, commitment);
+        if (committeeMember) c.committeeCommits += 1;
+        emit Committed(runId, round, participant, commitment);
+    }
+
+    /// @dev Writes back what commits and declines change in the clock.
+    function _writeCommitCounts(Run storage run, RoundClock memory c) private {
+        RoundClock storage clock = run.clock;
+        clock.commitCount = c.commitCount;
+        clock.committeeCommits = c.committeeCommits;
+        clock.expectedCommits = c.expectedCommits;
     }
 
     /// @notice Reveals the committed update. The contract checks the preimage, the CID's
@@ -302,7 +388,7 @@ contract CommitRevealRounds is RoundsStorage {
 
     /// @notice Records several attesters' votes for one (result CID, outcome) pair in one
     /// transaction: a relayer's batch, which spares each attester a transaction. Anyone may
-    /// send it; each vote is its attester's signature of `_voteDigest(runId, round,
+    /// send it; each vote is its attester's signature of `voteDigest(runId, round,
     /// keccak256(resultCid ++ outcome))` and counts exactly as that attester's own `attest`.
     /// @param runId the run
     /// @param round the round in its attest phase
@@ -317,7 +403,7 @@ contract CommitRevealRounds is RoundsStorage {
         bytes calldata signatures
     ) external {
         if (signatures.length == 0 || signatures.length % 65 != 0) revert InvalidSignatures(signatures.length);
-        bytes32 digest = _voteDigest(runId, round, keccak256(abi.encodePacked(resultCid, outcome)));
+        bytes32 digest = _signedDigest(_VOTE_TAG, runId, round, keccak256(abi.encodePacked(resultCid, outcome)));
         address[] memory attesters = new address[](signatures.length / 65);
         for (uint256 i = 0; i < attesters.length; ++i) {
             bytes calldata sig = signatures[i * 65:(i + 1) * 65];
@@ -373,15 +459,24 @@ contract CommitRevealRounds is RoundsStorage {
 
         if (votes >= v.needed) {
             RunConfig memory cfg = run.config;
-            _settleOutcome(runId, round, run, cfg.numRounds - cfg.finalizedRounds, outcome);
+            uint128 attesterPay = _settleOutcome(runId, round, run, cfg, outcome, votes);
+            // when every vote for the pair came with this call, its voters are paid now;
+            // otherwise each when its vote is settled, from the round's recorded result
+            bool paidNow = votes == attesters.length;
+            if (paidNow && attesterPay != 0) {
+                for (uint256 i = 0; i < attesters.length; ++i) {
+                    _payAttester(runId, round, attesters[i], attesterPay);
+                }
+            }
+            bool recorded = v.disputed || (attesterPay != 0 && !paidNow);
+            if (recorded) _results[runId][round] = RoundResult(bytes16(cidHash), paidNow ? 0 : attesterPay);
             cfg.finalizedRounds += 1;
             cfg.modelCodec = Cid.codec(resultCid);
             bytes32 modelDigest = Cid.digest(resultCid);
             run.modelDigest = modelDigest;
-            if (v.disputed) _disputedResult[runId][round] = cidHash;
             emit RoundFinalized(runId, round, resultCid);
             if (cfg.finalizedRounds < cfg.numRounds) {
-                _open(runId, run, cfg, c, round + 1, modelDigest, v.disputed);
+                _open(runId, run, cfg, c, round + 1, modelDigest, recorded);
             } else {
                 run.config = cfg;
                 run.clock.finalized = true;
@@ -389,14 +484,21 @@ contract CommitRevealRounds is RoundsStorage {
         }
     }
 
-    /// @dev Applies a finalized outcome: slashes each refused update, then credits the
-    /// round's budget (the pool shared over the rounds left, this one included) to the
-    /// aggregated revealers in proportion to their scores. Checked here, once: entries in
-    /// ascending address order (so none twice), each a revealer of the round, refused
-    /// ones scored 0. The count was checked with every attestation.
-    function _settleOutcome(uint256 runId, uint32 round, Run storage run, uint32 roundsLeft, bytes calldata outcome)
-        private
-    {
+    /// @dev Applies a finalized outcome: slashes each refused update, then splits the
+    /// round's budget (the pool shared over the rounds left, this one included): the run's
+    /// attester share, equally over the `votes` for the finalized pair (returned: what each
+    /// is owed, taken from the pool now), and the rest to the aggregated revealers in
+    /// proportion to their scores. Checked here, once: entries in ascending address order
+    /// (so none twice), each a revealer of the round, refused ones scored 0. The count was
+    /// checked with every attestation.
+    function _settleOutcome(
+        uint256 runId,
+        uint32 round,
+        Run storage run,
+        RunConfig memory cfg,
+        bytes calldata outcome,
+        uint256 votes
+    ) private returns (uint128 attesterPay) {
         uint256 n = outcome.length / RoundOutcome.ENTRY_BYTES;
         uint256 totalScore;
         uint160 previous;
@@ -417,22 +519,24 @@ contract CommitRevealRounds is RoundsStorage {
                 totalScore += score;
             }
         }
-        Funds memory funds = run.funds;
-        uint128 budget = funds.pool / roundsLeft;
+        uint128 budget = run.funds.pool / (cfg.numRounds - cfg.finalizedRounds);
+        // budget < 2^128, share <= 10^4, votes >= 1: no overflow, and attesterPay * votes <= budget
+        attesterPay = uint128(uint256(budget) * cfg.attesterShareBps / Sampling.BPS / votes);
+        uint128 scoreBudget = budget - uint128(attesterPay * votes);
         uint128 paid;
-        if (totalScore != 0 && budget != 0) {
+        if (totalScore != 0 && scoreBudget != 0) {
             for (uint256 i = 0; i < n; ++i) {
                 (address participant, uint32 score,) = RoundOutcome.entry(outcome, i);
                 if (score == 0) continue;
-                // budget < 2^128 and score < 2^32: the product cannot overflow
-                uint128 amount = uint128((uint256(budget) * score) / totalScore);
+                // scoreBudget < 2^128 and score < 2^32: the product cannot overflow
+                uint128 amount = uint128((uint256(scoreBudget) * score) / totalScore);
                 _accounts[runId][participant].rewards += amount;
                 paid += amount;
                 emit RewardCredited(runId, round, participant, score, amount);
             }
         }
-        funds.pool -= paid;
-        run.funds.pool = funds.pool;
-        emit RoundSettled(runId, round, budget, paid, funds.pool);
+        uint128 pool = run.funds.pool - paid - uint128(attesterPay * votes);
+        run.funds.pool = pool;
+        emit RoundSettled(runId, round, budget, paid, attesterPay, uint32(votes), pool);
     }
 }

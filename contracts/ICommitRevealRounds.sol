@@ -26,7 +26,8 @@ interface ICommitRevealRounds is IParticipantRegistry {
         None,
         Committed,
         Revealed,
-        Attested
+        Attested,
+        Declined // sampled, it declined the round (`decline`): not awaited, never slashed for it
     }
 
     /// @notice Why a penalty was recorded.
@@ -59,6 +60,9 @@ interface ICommitRevealRounds is IParticipantRegistry {
         uint128 slashMissingReveal; // slashed for committing without revealing
         uint128 slashRefused; // slashed for an update the finalized outcome refused
         uint96 slashMinority; // slashed for attesting against the finalized outcome
+        // share of each finalized round's budget paid to the attesters that voted for the
+        // finalized pair, equally (basis points, at most 10000); the rest is paid by score
+        uint16 attesterShareBps;
     }
 
     /// @notice A run's incentives as `getIncentives` reports them.
@@ -74,7 +78,7 @@ interface ICommitRevealRounds is IParticipantRegistry {
     /// @notice A participant's funds in a run.
     struct AccountView {
         uint128 stake; // deposited, less slashed and withdrawn
-        uint128 rewards; // credited, not yet withdrawn
+        uint128 rewards; // credited (or owed for a matching vote, credited at settlement), not yet withdrawn
     }
 
     /// @notice A run as `getRun` reports it.
@@ -95,6 +99,7 @@ interface ICommitRevealRounds is IParticipantRegistry {
         bytes32 beacon; // sampling seed of the current round (of round 1 before it opens)
         bytes modelCid; // current global model
         bool cancelled; // cancelled by `cancelRun`
+        uint16 attesterShareBps;
     }
 
     /// @notice The current round as `getRound` reports it.
@@ -116,6 +121,7 @@ interface ICommitRevealRounds is IParticipantRegistry {
         uint32 committeeSize; // sampled positions whose revealers may attest (sampledCount: all)
         uint32 committeeCommits; // committee members that committed (only revealers among them may attest)
         uint32 votesNeeded; // max(quorum, committeeCommits / 2 + 1)
+        uint32 declineCount; // sampled participants that declined (the commit phase awaits sampledCount - declineCount)
     }
 
     /// @notice A participant's record in a run as `getMember` reports it.
@@ -167,6 +173,8 @@ interface ICommitRevealRounds is IParticipantRegistry {
     error OutcomeNotRevealer(uint256 runId, uint32 round, address participant);
     error OutcomeRefusedWithScore(uint256 runId, uint32 round, address participant);
     error InvalidSignatures(uint256 length);
+    error InvalidAttesterShare(uint16 attesterShareBps);
+    error CommitSignerMismatch(uint256 runId, uint32 round, address participant, address signer);
     error NoExtensionCode(address extension);
 
     // ------------------------------------------------------------------ events
@@ -186,6 +194,8 @@ interface ICommitRevealRounds is IParticipantRegistry {
         uint32 committeeSize
     );
     event Committed(uint256 indexed runId, uint32 indexed round, address indexed participant, bytes32 commitment);
+    /// @dev A sampled participant declined the round: the commit phase no longer awaits it.
+    event Declined(uint256 indexed runId, uint32 indexed round, address indexed participant);
     event Revealed(uint256 indexed runId, uint32 indexed round, address indexed participant, bytes record);
     /// @dev A CID's votes are its `Attested` events in the round; it finalizes at
     /// max(quorum, committeeCommits / 2 + 1).
@@ -200,8 +210,21 @@ interface ICommitRevealRounds is IParticipantRegistry {
     event RewardCredited(
         uint256 indexed runId, uint32 indexed round, address indexed participant, uint32 score, uint128 amount
     );
-    /// @dev After the round's payouts and slashes; `budget` = pool / rounds left before them.
-    event RoundSettled(uint256 indexed runId, uint32 indexed round, uint128 budget, uint128 paid, uint128 pool);
+    /// @dev An attester that voted for the round's finalized pair got `amount`, the round's
+    /// attester share over the pair's votes (at finalization, or when its vote is settled).
+    event AttesterRewardCredited(uint256 indexed runId, uint32 indexed round, address indexed attester, uint128 amount);
+    /// @dev After the round's payouts and slashes; `budget` = pool / rounds left before them;
+    /// `paid`: credited by score; `attesterPay` is owed to each of the `attesters` votes for
+    /// the finalized pair; `pool` = pool - paid - attesterPay * attesters.
+    event RoundSettled(
+        uint256 indexed runId,
+        uint32 indexed round,
+        uint128 budget,
+        uint128 paid,
+        uint128 attesterPay,
+        uint32 attesters,
+        uint128 pool
+    );
     event StakeDeposited(uint256 indexed runId, address indexed participant, uint128 amount, uint128 stake);
     event StakeWithdrawn(uint256 indexed runId, address indexed participant, uint128 amount);
     event RewardsWithdrawn(uint256 indexed runId, address indexed participant, uint128 amount);

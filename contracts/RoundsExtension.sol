@@ -46,6 +46,7 @@ contract RoundsExtension is RegistryModule, IncentivesModule {
         ) {
             revert InvalidSlashAmount(params.stake, params.slashMissingReveal, params.slashRefused, params.slashMinority);
         }
+        if (params.attesterShareBps > Sampling.BPS) revert InvalidAttesterShare(params.attesterShareBps);
         bytes calldata cid = params.initialModelCid;
         Cid.check(cid);
         runId = ++_runCount;
@@ -61,7 +62,8 @@ contract RoundsExtension is RegistryModule, IncentivesModule {
             modelCodec: Cid.codec(cid),
             openedBlock: 0,
             registrySize: 0,
-            cancelled: false
+            cancelled: false,
+            attesterShareBps: params.attesterShareBps
         });
         // the clock keeps the reveal and attest durations from the start (round 0: not opened)
         RoundClock memory c;
@@ -148,7 +150,19 @@ contract RoundsExtension is RegistryModule, IncentivesModule {
     /// @param voteKey keccak256(resultCid ++ outcome), the pair voted for
     /// @return the digest the attester signs
     function voteDigest(uint256 runId, uint32 round, bytes32 voteKey) external view returns (bytes32) {
-        return _voteDigest(runId, round, voteKey);
+        return _signedDigest(_VOTE_TAG, runId, round, voteKey);
+    }
+
+    /// @notice What a participant signs so that a relayer may record its commitment
+    /// (`commitMany`): the EIP-191 signed-message hash of keccak256(abi.encode(
+    /// keccak256("deai-flower commit"), chainId, contract, runId, round, commitment)); a
+    /// zero commitment is a decline.
+    /// @param runId the run
+    /// @param round the round
+    /// @param commitment the commitment (`commitmentOf`), or zero to decline
+    /// @return the digest the participant signs
+    function commitDigest(uint256 runId, uint32 round, bytes32 commitment) external view returns (bytes32) {
+        return _signedDigest(_COMMIT_TAG, runId, round, commitment);
     }
 
     /// @notice The sampling seed of round `round` of `runId` when its global model has the
@@ -210,7 +224,7 @@ contract RoundsExtension is RegistryModule, IncentivesModule {
         RunConfig memory cfg = run.config;
         uint256 position =
             Sampling.permutedPosition(_beaconOf(runId, round, run.modelDigest), entry.index, cfg.registrySize);
-        return (position < c.sampledCount, !c.committee || position < cfg.committeeSize);
+        return (position < Sampling.sampledCount(cfg.registrySize, cfg.sampleBps), !c.committee || position < cfg.committeeSize);
     }
 
     /// @notice The position of registry index `index` in the permutation of `size` indices
@@ -257,7 +271,8 @@ contract RoundsExtension is RegistryModule, IncentivesModule {
             deltaWad: run.deltaWad,
             beacon: _currentBeacon(runId, run, run.clock),
             modelCid: Cid.encode(cfg.modelCodec, run.modelDigest),
-            cancelled: cfg.cancelled
+            cancelled: cfg.cancelled,
+            attesterShareBps: cfg.attesterShareBps
         });
     }
 
@@ -275,16 +290,18 @@ contract RoundsExtension is RegistryModule, IncentivesModule {
         v.commitDeadline = c.commitDeadline;
         v.revealDeadline = revealDeadline;
         v.attestDeadline = revealDeadline + c.attestDuration;
-        v.sampledCount = c.sampledCount;
+        RunConfig memory cfg = run.config;
+        uint32 sampled = uint32(Sampling.sampledCount(cfg.registrySize, cfg.sampleBps));
+        v.sampledCount = sampled;
+        v.declineCount = sampled - c.expectedCommits;
         v.commitCount = c.commitCount;
         v.revealCount = c.revealCount;
         v.finalized = c.finalized;
         v.registryEpoch = c.registryEpoch;
         v.committeeCommits = c.committeeCommits;
-        RunConfig memory cfg = run.config;
         v.openedBlock = cfg.openedBlock;
         v.registrySize = cfg.registrySize;
-        v.committeeSize = c.committee ? cfg.committeeSize : c.sampledCount;
+        v.committeeSize = c.committee ? cfg.committeeSize : sampled;
         VoteTally memory votes = run.votes;
         if (votes.round == round) {
             (v.leadingVotes, v.disputed, v.votesNeeded) = (votes.votes, votes.disputed, votes.needed);

@@ -31,24 +31,27 @@ abstract contract RoundsStorage is ICommitRevealRounds {
         uint40 openedBlock; // block in which the current round was opened
         uint24 registrySize; // registry size when the current round opened
         bool cancelled; // `cancelRun`: no round opens again, the pool goes back to the creator
+        uint16 attesterShareBps; // the budget's share paid to the finalized pair's voters
     }
 
     /// @dev Run slot 1: the current round's clock and counts, all that `phase` reads and
     /// all that a commit needs to know whether it must evaluate the permutation. Durations
     /// are 24-bit (194 days), counts 16-bit (at most `Sampling.MAX_SAMPLED` sampled per round).
+    /// The sampled count k itself follows from the run's configuration (`registrySize`,
+    /// `sampleBps`); the clock keeps what the commit phase still awaits.
     struct RoundClock {
         uint32 round; // current round id, 0 before the first
         uint40 commitDeadline;
         uint24 revealDuration; // revealDeadline = commitDeadline + revealDuration
         uint24 attestDuration; // attestDeadline = revealDeadline + attestDuration
-        uint16 sampledCount; // k: positions below it are sampled
+        uint16 expectedCommits; // k less the declines: the commit phase ends when commitCount reaches it
         uint16 commitCount;
         uint16 revealCount;
         uint16 committeeCommits; // committee members that committed: the base of the majority
         uint16 minReveals;
         uint24 registryEpoch; // registry epoch at opening: later (re)assigned indices sit out
         bool finalized; // a finalized round stays current only if it did not open the next
-        bool previousDisputed; // the previous round finalized while another CID had votes
+        bool previousRecorded; // the previous round wrote its `RoundResult` (disputed, or attesters owed pay)
         bool partialSample; // k < registry size: a commit checks the sender's position
         bool committee; // committee smaller than the sample: a commit records membership
     }
@@ -119,6 +122,15 @@ abstract contract RoundsStorage is ICommitRevealRounds {
         MemberLedger ledger;
     }
 
+    /// @dev What settling a vote in a finalized round needs, written only when it matters:
+    /// the round finalized while another pair had votes, or its attesters were not all paid
+    /// at finalization. `voteKey`: the finalized pair's key, first 16 bytes; `attesterPay`:
+    /// what each vote for it is owed (zero once paid at finalization).
+    struct RoundResult {
+        bytes16 voteKey;
+        uint128 attesterPay;
+    }
+
     /// @dev A registered participant: one slot read by commit and reveal, then the identity
     /// (read by views only).
     struct Participant {
@@ -140,8 +152,10 @@ abstract contract RoundsStorage is ICommitRevealRounds {
     /// @dev Attempts failed in a row, the current one included, after which anyone may
     /// cancel the run (`cancelRun`).
     uint32 internal constant _CANCEL_AFTER_FAILED_ATTEMPTS = 3;
-    /// @dev Domain tag of a signed vote (`voteDigest`), so no other signed message is one.
-    bytes32 private constant _VOTE_TAG = keccak256("deai-flower vote");
+    /// @dev Domain tags of a signed vote (`voteDigest`) and a signed commitment
+    /// (`commitDigest`), so no other signed message is one of them.
+    bytes32 internal constant _VOTE_TAG = keccak256("deai-flower vote");
+    bytes32 internal constant _COMMIT_TAG = keccak256("deai-flower commit");
 
     /// @notice The consortium admin (the deployer, then whoever accepted a transfer):
     /// registers participants, creates runs.
@@ -159,8 +173,8 @@ abstract contract RoundsStorage is ICommitRevealRounds {
     mapping(uint256 => mapping(address => Account)) internal _accounts;
     /// @dev Bit `round % 256` of word `round / 256` is set once round `round` failed.
     mapping(uint256 => mapping(uint256 => uint256)) internal _failedRounds;
-    /// @dev keccak256 of the result CID of a round finalized while another CID had votes.
-    mapping(uint256 => mapping(uint32 => bytes32)) internal _disputedResult;
+    /// @dev The result of a finalized round, where `RoundResult` says one is written.
+    mapping(uint256 => mapping(uint32 => RoundResult)) internal _results;
     /// @dev Votes for CIDs other than the first one attested in a round.
     mapping(uint256 => mapping(uint32 => mapping(bytes32 => uint256))) internal _otherVotes;
 
@@ -181,11 +195,12 @@ abstract contract RoundsStorage is ICommitRevealRounds {
         return keccak256(abi.encode(block.chainid, address(this), runId, round, participant, record));
     }
 
-    /// @dev `voteDigest`: the EIP-191 hash of keccak256(abi.encode(tag, chainId, contract,
-    /// runId, round, voteKey)).
-    function _voteDigest(uint256 runId, uint32 round, bytes32 voteKey) internal view returns (bytes32) {
+    /// @dev `voteDigest` (tag `_VOTE_TAG`, key the vote key) and `commitDigest` (tag
+    /// `_COMMIT_TAG`, key the commitment): the EIP-191 hash of keccak256(abi.encode(tag,
+    /// chainId, contract, runId, round, key)).
+    function _signedDigest(bytes32 tag, uint256 runId, uint32 round, bytes32 key) internal view returns (bytes32) {
         return MessageHashUtils.toEthSignedMessageHash(
-            keccak256(abi.encode(_VOTE_TAG, block.chainid, address(this), runId, round, voteKey))
+            keccak256(abi.encode(tag, block.chainid, address(this), runId, round, key))
         );
     }
 
@@ -202,7 +217,7 @@ abstract contract RoundsStorage is ICommitRevealRounds {
         }
         if (c.finalized) return Phase.Finalized;
         uint256 commitDeadline = c.commitDeadline;
-        if (block.timestamp < commitDeadline && c.commitCount < c.sampledCount) return Phase.Commit;
+        if (block.timestamp < commitDeadline && c.commitCount < c.expectedCommits) return Phase.Commit;
         uint256 revealDeadline = commitDeadline + c.revealDuration;
         if (block.timestamp < revealDeadline && c.revealCount < c.commitCount) return Phase.Reveal;
         if (block.timestamp < revealDeadline + c.attestDuration && c.revealCount >= c.minReveals) return Phase.Attest;
@@ -236,12 +251,16 @@ abstract contract RoundsStorage is ICommitRevealRounds {
                 // not finalized: still attesting (pending) or failed (no result, no penalty)
                 return _phase(runId, c, round) != Phase.Attest;
             }
-            // The round is closed: finalized (a penalty if another CID won) or failed (none).
-            // Only a round finalized while another CID had votes recorded its result, and
+            // The round is closed: finalized (pay owed for a vote for the finalized pair, a
+            // penalty for one against it) or failed (neither). Only a round finalized
+            // disputed, or whose voters were not all paid at once, recorded its result, and
             // the clock tells whether the round just before the current one did.
-            if (round + 1 == c.round && !c.previousDisputed) return true;
-            bytes32 result = _disputedResult[runId][round];
-            if (result != 0 && bytes26(result) != last.hash) {
+            if (round + 1 == c.round && !c.previousRecorded) return true;
+            RoundResult memory result = _results[runId][round];
+            if (result.voteKey == 0) return true;
+            if (result.voteKey == bytes16(last.hash)) {
+                if (result.attesterPay != 0) _payAttester(runId, round, participant, result.attesterPay);
+            } else {
                 m.ledger.penalties += 1;
                 uint128 slashed = _slash(runId, participant, _runs[runId].terms.slashMinority);
                 emit PenaltyRecorded(runId, round, participant, PenaltyReason.MinorityAttestation, slashed);
@@ -255,6 +274,12 @@ abstract contract RoundsStorage is ICommitRevealRounds {
     /// records a reveal in that round has revealed.
     function _stageOf(MemberRound memory r, MemberLedger memory l) internal pure returns (Stage) {
         return r.stage == Stage.Committed && l.revealedRound == r.round ? Stage.Revealed : r.stage;
+    }
+
+    /// @dev Credits an attester's pay for its vote for round `round`'s finalized pair.
+    function _payAttester(uint256 runId, uint32 round, address attester, uint128 amount) internal {
+        _accounts[runId][attester].rewards += amount;
+        emit AttesterRewardCredited(runId, round, attester, amount);
     }
 
     /// @dev Moves up to `amount` of `participant`'s stake into the pool; returns what moved.

@@ -122,6 +122,9 @@ class IncentivesConfig:
     slash_missing_reveal: int = 10**17
     slash_refused: int = 5 * 10**17
     slash_minority: int = 2 * 10**17
+    # basis points of each round's budget paid equally to the attesters that voted for the
+    # finalized result (protocol §2.7.4); the rest is paid by score
+    attester_share_bps: int = 1_000
 
 
 @dataclass
@@ -224,7 +227,7 @@ def spec_from_config(cfg: Any, schema: DataSchema, *, validation_cid: str = "") 
             score=str(inc.score), validation_cid=validation_cid if str(inc.score) == "loss" else "",
             stake_token=str(inc.stake_token or ""), stake=int(inc.stake), reward_pool=int(inc.reward_pool),
             slash_missing_reveal=int(inc.slash_missing_reveal), slash_refused=int(inc.slash_refused),
-            slash_minority=int(inc.slash_minority)),  # fmt: skip
+            slash_minority=int(inc.slash_minority), attester_share_bps=int(inc.attester_share_bps)),  # fmt: skip
     )
 
 
@@ -356,6 +359,8 @@ def validate(cfg: ExperimentConfig, *, targets: bool = True, loader: bool = True
     _require(inc.score in ("alignment", "loss", "shares"),
              f"incentives.score must be 'alignment', 'loss' or 'shares' (got {inc.score!r})")  # fmt: skip
     _require(inc.validation_size >= 1, f"incentives.validation_size must be >= 1 (got {inc.validation_size})")
+    _require(0 <= int(inc.attester_share_bps) <= 10_000,
+             f"incentives.attester_share_bps must be between 0 and 10000 (got {inc.attester_share_bps})")  # fmt: skip
     for key in ("stake", "reward_pool", "slash_missing_reveal", "slash_refused", "slash_minority"):
         _require(0 <= int(inc[key]) < 2**128, f"incentives.{key} must be between 0 and 2**128 - 1 wei (got {inc[key]})")
     for key in ("slash_missing_reveal", "slash_refused", "slash_minority"):

@@ -4,11 +4,15 @@ The contract's ledger of funds lives in its storage; its events say every change
 ``RunCreated`` (the pool funded, the slashing amounts), ``StakeDeposited``,
 ``StakeWithdrawn``, ``PenaltyRecorded`` (what was slashed into the pool), ``RewardCredited``
 (a revealer's score and payout in a finalized round), ``RoundSettled`` (the round's
-budget and the pool after it), ``RewardsWithdrawn`` and ``PoolWithdrawn``. Replaying them
-re-derives every amount by the contract's rules (docs/protocol.md §2.7) and checks the
-events against the rules as it goes: a slash is min(amount, stake), a round's budget is
-the pool over the rounds left, a payout is budget * score // total score, and in the end
-payouts + what the pool holds + what the creator took back = funding + slashes, to the wei.
+budget, the pay owed to each vote for the finalized pair and the pool after it),
+``AttesterRewardCredited`` (that pay, credited), ``RewardsWithdrawn`` and
+``PoolWithdrawn``. Replaying them re-derives every amount by the contract's rules
+(docs/protocol.md §2.7) and checks the events against the rules as it goes: a slash is
+min(amount, stake), a round's budget is the pool over the rounds left, each vote for the
+finalized pair (its ``Attested`` events) earns budget * attesterShareBps // 10000 // votes,
+a payout is the rest of the budget * score // total score, and in the end payouts +
+attester pay + what the pool holds + what the creator took back = funding + slashes, to
+the wei.
 
 :class:`IncentiveReplay` is what ``results.json``'s ``incentives`` section reports and
 what ``deai verify`` compares it with.
@@ -39,14 +43,16 @@ class ParticipantFunds:
     stake: int = 0  # held now: deposited - slashed - withdrawn
     deposited: int = 0
     slashed: int = 0
-    payout: int = 0  # credited rewards, withdrawn or not
+    payout: int = 0  # credited rewards by score, withdrawn or not
+    attester_pay: int = 0  # earned by votes for finalized pairs (credited, or owed until its vote is settled)
+    attester_credited: int = 0  # of attester_pay, what the contract has credited so far
     withdrawn_rewards: int = 0
     scores: dict[int, int] = field(default_factory=dict)  # round -> score in the finalized outcome
     refused: dict[int, str] = field(default_factory=dict)  # round -> verdict, where its update was refused
 
     def to_json(self) -> dict[str, Any]:
         return {"stake": self.stake, "deposited": self.deposited, "slashed": self.slashed, "payout": self.payout,
-                "withdrawn_rewards": self.withdrawn_rewards,
+                "attester_pay": self.attester_pay, "withdrawn_rewards": self.withdrawn_rewards,
                 "score": {str(r): s for r, s in sorted(self.scores.items())},
                 "refused": {str(r): v for r, v in sorted(self.refused.items())}}  # fmt: skip
 
@@ -74,13 +80,17 @@ class IncentiveReplay:
         return sum(p.payout for p in self.participants.values())
 
     @property
+    def attester_paid(self) -> int:
+        return sum(p.attester_pay for p in self.participants.values())
+
+    @property
     def conserved(self) -> bool:
-        """Payouts + pool + what the creator took back = funding + slashes."""
-        return self.paid + self.pool + self.pool_withdrawn == self.funded + self.slashed
+        """Payouts + attester pay + pool + what the creator took back = funding + slashes."""
+        return self.paid + self.attester_paid + self.pool + self.pool_withdrawn == self.funded + self.slashed
 
     def to_json(self) -> dict[str, Any]:
         return {"token": self.token, "stake_required": self.stake_required, "funded": self.funded,
-                "slashed": self.slashed, "paid": self.paid, "pool_left": self.pool,
+                "slashed": self.slashed, "paid": self.paid, "attester_paid": self.attester_paid, "pool_left": self.pool,
                 "pool_withdrawn": self.pool_withdrawn,
                 "participants": {who: p.to_json() for who, p in sorted(self.participants.items())}}  # fmt: skip
 
@@ -90,9 +100,10 @@ def replay_incentives(events: Iterable[Mapping[str, Any]], run_id: int) -> Incen
     as ``RoundsContract.event_log`` or ``results.json`` gives them)."""
     replay = IncentiveReplay()
     slashes: dict[str, int] = {}
-    num_rounds = finalized = 0
+    num_rounds = finalized = share_bps = 0
     round_credits: list[tuple[str, int, int]] = []  # (who, score, amount) credited in the round being settled
-    last_outcome: dict[int, bytes] = {}  # round -> outcome of its latest attestation
+    votes: dict[int, list[tuple[str, bytes]]] = defaultdict(list)  # round -> (attester, pair) in chain order
+    owed: dict[tuple[int, str], int] = {}  # (round, attester) -> pay for its vote, not yet credited
     for event in events:
         args = event["args"]
         if int(args.get("runId", -1)) != run_id:
@@ -107,6 +118,7 @@ def replay_incentives(events: Iterable[Mapping[str, Any]], run_id: int) -> Incen
             replay.funded = replay.pool = int(params.get("rewardPool", 0))
             slashes = {reason: int(params.get(key, 0)) for reason, key in _SLASH_KEYS.items()}
             num_rounds = int(params["numRounds"])
+            share_bps = int(params.get("attesterShareBps", 0))
         elif name == "StakeDeposited":
             funds = replay.participants[who]
             funds.stake += int(args["amount"])
@@ -131,44 +143,67 @@ def replay_incentives(events: Iterable[Mapping[str, Any]], run_id: int) -> Incen
             funds.slashed += expected
             replay.pool += expected
         elif name == "Attested":
-            outcome = args.get("outcome", b"")
-            last_outcome[int(args["round"])] = bytes.fromhex(outcome[2:]) if isinstance(outcome, str) else bytes(outcome)
+            pair = _raw(args.get("resultCid", b"")) + b"|" + _raw(args.get("outcome", b""))
+            votes[int(args["round"])].append((to_checksum_address(args["attester"]), pair))
+        elif name == "AttesterRewardCredited":
+            attester, round_id, amount = to_checksum_address(args["attester"]), int(args["round"]), int(args["amount"])
+            if owed.get((round_id, attester)) != amount:
+                replay.problems.append(f"round {round_id}: {attester} was credited {amount} for its vote, it was owed "
+                                       f"{owed.get((round_id, attester), 0)}")  # fmt: skip
+            else:
+                del owed[(round_id, attester)]
+                replay.participants[attester].attester_credited += amount
         elif name == "RewardCredited":
             round_credits.append((who, int(args["score"]), int(args["amount"])))
         elif name == "RoundSettled":
             round_id = int(args["round"])
-            try:  # the attestation that finalized the round carries its outcome, just before
-                outcome = decode_outcome(last_outcome.get(round_id, b""))
+            # the attestation that finalized the round, just before, carries its pair
+            pair = votes[round_id][-1][1] if votes[round_id] else b"|"
+            try:
+                outcome = decode_outcome(pair.split(b"|", 1)[1])
             except ValueError as exc:
                 replay.problems.append(f"round {round_id}: the finalized outcome does not parse ({exc})")
                 outcome = []
             replay.outcomes[round_id] = outcome
-            _settle_round(replay, round_id, args, round_credits, outcome, rounds_left=num_rounds - finalized)
+            voters = [who for who, voted in votes[round_id] if voted == pair]
+            pay = _settle_round(replay, round_id, args, round_credits, outcome, voters,
+                                rounds_left=num_rounds - finalized, share_bps=share_bps)  # fmt: skip
+            for who in voters if pay else ():
+                replay.participants[who].attester_pay += pay
+                owed[(round_id, who)] = pay
             round_credits = []
         elif name == "RoundFinalized":
             finalized += 1
         elif name == "RewardsWithdrawn":
             funds = replay.participants[who]
-            owed = funds.payout - funds.withdrawn_rewards
-            if int(args["amount"]) != owed:
-                replay.problems.append(f"{who} withdrew rewards of {args['amount']}, it was owed {owed}")
-            funds.withdrawn_rewards = funds.payout  # the contract pays out all it owes
+            credited = funds.payout + funds.attester_credited
+            if int(args["amount"]) != credited - funds.withdrawn_rewards:
+                replay.problems.append(f"{who} withdrew rewards of {args['amount']}, it was owed "
+                                       f"{credited - funds.withdrawn_rewards}")  # fmt: skip
+            funds.withdrawn_rewards = credited  # the contract pays out all it credited
         elif name == "PoolWithdrawn":
             if int(args["amount"]) != replay.pool:
                 replay.problems.append(f"the creator took {args['amount']} from a pool holding {replay.pool}")
             replay.pool_withdrawn += int(args["amount"])
             replay.pool -= int(args["amount"])
     if not replay.conserved:
-        replay.problems.append(f"payouts {replay.paid} + pool {replay.pool} + withdrawn by the creator "
-                               f"{replay.pool_withdrawn} != funding {replay.funded} + slashes {replay.slashed}")  # fmt: skip
+        replay.problems.append(f"payouts {replay.paid} + attester pay {replay.attester_paid} + pool {replay.pool} + "
+                               f"withdrawn by the creator {replay.pool_withdrawn} != funding {replay.funded} + "
+                               f"slashes {replay.slashed}")  # fmt: skip
     return replay
 
 
+def _raw(value: Any) -> bytes:
+    """Bytes from an event argument as decoded (bytes) or as JSON (``0x`` hex)."""
+    return bytes.fromhex(value[2:]) if isinstance(value, str) else bytes(value)
+
+
 def _settle_round(replay: IncentiveReplay, round_id: int, args: Mapping[str, Any], credits: list[tuple[str, int, int]],
-                  outcome: list[OutcomeEntry], *, rounds_left: int) -> None:  # fmt: skip
+                  outcome: list[OutcomeEntry], voters: list[str], *, rounds_left: int, share_bps: int) -> int:  # fmt: skip
     """Check one finalized round's payouts against its outcome (its refused updates were
-    slashed just before). Amounts follow from the outcome and the rules; each event that
-    says otherwise is one problem, and the replay goes on with the rule's amounts."""
+    slashed just before) and the votes for its finalized pair; return what each of those
+    votes earns. Amounts follow from the outcome and the rules; each event that says
+    otherwise is one problem, and the replay goes on with the rule's amounts."""
     for entry in outcome:
         funds = replay.participants[entry.participant]
         funds.scores[round_id] = entry.score
@@ -178,6 +213,14 @@ def _settle_round(replay: IncentiveReplay, round_id: int, args: Mapping[str, Any
     if int(args["budget"]) != budget:
         replay.problems.append(f"round {round_id}: budget {args['budget']}, the pool {replay.pool} over "
                                f"{rounds_left} rounds left gives {budget}")  # fmt: skip
+    pay = budget * share_bps // 10_000 // len(voters) if voters else 0
+    said = (int(args.get("attesterPay", 0)), int(args.get("attesters", len(voters))))  # 0.6 logged neither
+    if said != (pay, len(voters)):
+        replay.problems.append(f"round {round_id}: RoundSettled owes {said[0]} to each of {said[1]} votes, the "
+                               f"{len(voters)} votes for the finalized pair with {share_bps} bps of budget {budget} "
+                               f"give {pay}")  # fmt: skip
+    replay.pool -= pay * len(voters)
+    budget -= pay * len(voters)  # what the scores share
     paid = {e.participant: e.score for e in outcome if e.verdict == "aggregated" and e.score > 0}
     total = sum(paid.values())
     expected = {who: budget * score // total for who, score in paid.items()} if budget else {}
@@ -201,3 +244,4 @@ def _settle_round(replay: IncentiveReplay, round_id: int, args: Mapping[str, Any
     if int(args["pool"]) != replay.pool:
         replay.problems.append(f"round {round_id}: RoundSettled says the pool holds {args['pool']}, the replay "
                                f"gives {replay.pool}")  # fmt: skip
+    return pay

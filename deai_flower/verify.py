@@ -407,20 +407,28 @@ def _verify_rounds(record: RunRecord, store: ContentStore, verification: Verific
 
         commitments = {to_checksum_address(e["args"]["participant"]): _bytes(e["args"]["commitment"])
                        for e in round_events if e["event"] == "Committed"}  # fmt: skip
-        # each committer's registry entry when it committed (a later revocation keeps its rights)
+        # each committer's registry entry when it committed (a later revocation keeps its rights);
+        # a sampled participant that declined (protocol §2.3) answered once, and did not commit
         entries: dict[str, _Entry] = {}
+        declined: set[str] = set()
         for e in round_events:
-            if e["event"] != "Committed":
+            if e["event"] not in ("Committed", "Declined"):
                 continue
-            who = to_checksum_address(e["args"]["participant"])
+            who, did = to_checksum_address(e["args"]["participant"]), e["event"].lower()
             entry = _registry_at(events, (e["block"], e["log_index"])).members.get(who)
             if entry is None:
-                verdict.problems.append(f"{who} committed without being registered")
+                verdict.problems.append(f"{who} {did} without being registered")
             elif sample.position(index=entry.index, epoch=entry.epoch) is None:
-                verdict.problems.append(f"{who} committed without being sampled (index {entry.index}, "
+                verdict.problems.append(f"{who} {did} without being sampled (index {entry.index}, "
                                         f"epoch {entry.epoch})")  # fmt: skip
+            elif who in entries or who in declined:
+                verdict.problems.append(f"{who} {did} after it had committed or declined in the round")
+            elif did == "declined":
+                declined.add(who)
             else:
                 entries[who] = entry
+        if declined:
+            verdict.checks.append(f"{len(declined)} sampled participant(s) declined the round")
         reveals = [e["args"] for e in round_events if e["event"] == "Revealed"]
         updates: dict[str, RevealedUpdate] = {}
         judged: dict[str, Refusal] = {}  # the verifier's own refusals

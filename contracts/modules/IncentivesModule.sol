@@ -54,9 +54,12 @@ abstract contract IncentivesModule is RoundsStorage, ReentrancyGuardTransient {
         _pay(run.terms.token, msg.sender, amount);
     }
 
-    /// @notice Withdraws the rewards credited to the sender in `runId`.
+    /// @notice Withdraws the rewards credited to the sender in `runId`, after settling its
+    /// last round (so pay owed for its vote there is credited first).
     /// @param runId the run
     function withdrawRewards(uint256 runId) external nonReentrant {
+        Member storage m = _memberOf[runId][msg.sender];
+        if (_settle(runId, _runs[runId].clock, msg.sender, m, m.current)) m.current.stage = Stage.None;
         Account storage account = _accounts[runId][msg.sender];
         uint128 amount = account.rewards;
         if (amount == 0) revert NothingToWithdraw(runId, msg.sender);
@@ -93,12 +96,19 @@ abstract contract IncentivesModule is RoundsStorage, ReentrancyGuardTransient {
         return IncentivesView(t.token, f.stake, f.pool, t.slashMissingReveal, t.slashRefused, t.slashMinority);
     }
 
-    /// @notice A participant's stake and unwithdrawn rewards in a run.
+    /// @notice A participant's stake and unwithdrawn rewards in a run, the pay owed for a
+    /// vote for a finalized pair not yet settled included.
     /// @param runId the run
     /// @param participant the address
     /// @return the account
     function getAccount(uint256 runId, address participant) external view returns (AccountView memory) {
         Account memory a = _accounts[runId][participant];
+        MemberRound memory last = _memberOf[runId][participant].current;
+        RoundClock memory c = _runs[runId].clock;
+        if (last.stage == Stage.Attested && (last.round < c.round || c.finalized)) {
+            RoundResult memory result = _results[runId][last.round];
+            if (result.voteKey != 0 && result.voteKey == bytes16(last.hash)) a.rewards += result.attesterPay;
+        }
         return AccountView(a.stake, a.rewards);
     }
 

@@ -34,6 +34,7 @@ from ..errors import ChainError, ContractRevertError
 from .artifact import EXTENSION_NAME, load_artifact, rounds_abi
 from .node import ChainNode, JsonRpcError
 from ..protocol.encoding import (
+    COMMIT_TAG,
     NO_EXAMPLE_BOUND,
     PHASES,
     STAGES,
@@ -68,6 +69,9 @@ ATTEST_GAS_PER_REVEALER = 45_000
 #: (``attestMany``): each is one participant's checks, two slot writes and an event.
 RELAYED_GAS_PER_REVEAL = 40_000
 RELAYED_GAS_PER_VOTE = 30_000
+#: Added to a ``commitMany``'s limit per signed commitment: a signature recovery, the
+#: commit's own checks (a permutation where the sample is partial, a settlement) and writes.
+RELAYED_GAS_PER_COMMIT = 110_000
 
 
 @dataclass(frozen=True)
@@ -332,15 +336,17 @@ class RoundsContract:
         """Create a run; ``params`` maps ``RunParams`` field names to values. Left out:
         ``committeeSize`` 0 (every revealer may attest) and no incentives (no stake, an
         empty pool, nothing slashed). A native-currency pool is sent with the call; a
-        token pool must be approved to the contract first."""
+        token pool must be approved to the contract first. ``attesterShareBps`` left out
+        is 0: the whole budget is paid by score."""
         order = [
             "specHash", "codeHash", "initialModelCid", "epsilonBudgetWad", "deltaWad", "numRounds",
             "commitDuration", "revealDuration", "attestDuration", "sampleBps", "quorum", "minReveals",
             "committeeSize", "stakeToken", "stake", "rewardPool", "slashMissingReveal", "slashRefused",
-            "slashMinority",
+            "slashMinority", "attesterShareBps",
         ]  # fmt: skip
         defaults = {"committeeSize": 0, "stakeToken": ZERO_ADDRESS, "stake": 0, "rewardPool": 0,
-                    "slashMissingReveal": 0, "slashRefused": 0, "slashMinority": 0}  # fmt: skip
+                    "slashMissingReveal": 0, "slashRefused": 0, "slashMinority": 0,
+                    "attesterShareBps": 0}  # fmt: skip
         values = {**defaults, **params}
         native = int(values["stakeToken"], 16) == 0
         result = self._transact("createRun", tuple(values[k] for k in order),
@@ -355,6 +361,41 @@ class RoundsContract:
 
     def commit(self, run_id: int, round_id: int, commitment: bytes) -> TxResult:
         return self._transact("commit", run_id, round_id, commitment)
+
+    def decline(self, run_id: int, round_id: int) -> TxResult:
+        """Decline the open round (protocol §2.3): the commit phase no longer waits for
+        this sampled participant, which cannot commit in the round afterwards."""
+        return self._transact("decline", run_id, round_id)
+
+    def sign_commit(self, run_id: int, round_id: int, commitment: bytes | None) -> bytes:
+        """This account's 65-byte signature of its commitment (``None``: of its decline),
+        for a relayer to record with :meth:`commit_many`."""
+        key = bytes(32) if commitment is None else bytes(commitment)
+        return bytes(self.account.sign_message(self._signed_message(run_id, round_id, key, COMMIT_TAG)).signature)
+
+    def commit_signer(self, run_id: int, round_id: int, commitment: bytes, signature: bytes) -> str | None:
+        """The address that signed this commitment (zero bytes: a decline), as the chain
+        recovers it; None: not a signature."""
+        return self._signer(self._signed_message(run_id, round_id, bytes(commitment), COMMIT_TAG), signature)
+
+    def commit_many(self, run_id: int, round_id: int, signed: dict[str, tuple[bytes, bytes]]) -> TxResult:
+        """Record several participants' signed commitments in one transaction
+        (``commitMany``): participant address -> (commitment, signature); a zero
+        commitment is a decline. Anyone may send it; a participant that has committed or
+        declined in the round already is skipped."""
+        participants = [to_checksum_address(a) for a in signed]
+        commitments = [bytes(c) for c, _ in signed.values()]
+        return self._transact("commitMany", run_id, round_id, participants, commitments,
+                              b"".join(bytes(s) for _, s in signed.values()),
+                              gas=ROUND_CALL_GAS["commit"] + RELAYED_GAS_PER_COMMIT * len(participants))  # fmt: skip
+
+    def commit_refusal(
+        self, run_id: int, round_id: int, participant: str, commitment: bytes, signature: bytes
+    ) -> ContractRevertError | None:
+        """Why the chain would refuse this one signed commitment now (``commitMany``,
+        called, not sent), or None."""
+        return self._refusal("commitMany", run_id, round_id, [to_checksum_address(participant)], [bytes(commitment)],
+                             bytes(signature))  # fmt: skip
 
     def reveal(
         self, run_id: int, round_id: int, *, cid: bytes, num_examples: int, dp: DpParams, salt: bytes
@@ -393,23 +434,28 @@ class RoundsContract:
     def sign_vote(self, run_id: int, round_id: int, result_cid: bytes, outcome: bytes) -> bytes:
         """This account's 65-byte signature of its vote for (``result_cid``, ``outcome``),
         for a relayer to cast with :meth:`attest_many`."""
-        message = self._vote_message(run_id, round_id, result_cid, outcome)
+        message = self._signed_message(run_id, round_id, vote_key(result_cid, outcome))
         return bytes(self.account.sign_message(message).signature)
 
     def vote_signer(
         self, run_id: int, round_id: int, result_cid: bytes, outcome: bytes, signature: bytes
     ) -> str | None:
         """The address that signed this vote (None: not a signature), as the chain recovers it."""
+        return self._signer(self._signed_message(run_id, round_id, vote_key(result_cid, outcome)), signature)
+
+    @staticmethod
+    def _signer(message: SignableMessage, signature: bytes) -> str | None:
         try:
-            return str(Account.recover_message(self._vote_message(run_id, round_id, result_cid, outcome),
-                                               signature=bytes(signature)))  # fmt: skip
+            return str(Account.recover_message(message, signature=bytes(signature)))
         except (ValueError, TypeError, BadSignature, ValidationError):
             return None
 
-    def _vote_message(self, run_id: int, round_id: int, result_cid: bytes, outcome: bytes) -> SignableMessage:
-        """The EIP-191 message of a vote on this contract (protocol §2.5)."""
+    def _signed_message(self, run_id: int, round_id: int, key: bytes, tag: bytes | None = None) -> SignableMessage:
+        """The EIP-191 message of a vote (protocol §2.5) or, with ``COMMIT_TAG``, of a
+        commitment (§2.3) on this contract."""
+        extra = {} if tag is None else {"tag": tag}
         return encode_defunct(primitive=vote_message(chain_id=self.node.chain_id, contract=self.address, run_id=run_id,
-                                                     round_id=round_id, key=vote_key(result_cid, outcome)))  # fmt: skip
+                                                     round_id=round_id, key=key, **extra))  # fmt: skip
 
     def attest_many(
         self, run_id: int, round_id: int, result_cid: bytes, outcome: bytes, signatures: list[bytes]

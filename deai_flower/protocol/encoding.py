@@ -30,7 +30,7 @@ ACCOUNTANT_NAMES = {v: k for k, v in ACCOUNTANT_IDS.items()}
 #: Contract ``Phase`` enum, in declaration order.
 PHASES = ("none", "commit", "reveal", "attest", "finalized", "failed")
 #: Contract ``Stage`` enum (a participant's progress in its last round), in order.
-STAGES = ("none", "committed", "revealed", "attested")
+STAGES = ("none", "committed", "revealed", "attested", "declined")
 #: Contract ``PenaltyReason`` enum, in order.
 PENALTY_REASONS = ("missing-reveal", "minority-attestation", "refused-update")
 #: The zero address: a run with it as ``stakeToken`` stakes and pays in native currency.
@@ -203,12 +203,18 @@ def vote_key(result_cid: bytes, outcome: bytes) -> bytes:
     return keccak(bytes(result_cid) + bytes(outcome))
 
 
-def vote_message(*, chain_id: int, contract: str, run_id: int, round_id: int, key: bytes) -> bytes:
+COMMIT_TAG = keccak(b"deai-flower commit")
+
+
+def vote_message(*, chain_id: int, contract: str, run_id: int, round_id: int, key: bytes,
+                 tag: bytes = VOTE_TAG) -> bytes:  # fmt: skip
     """The 32 bytes an attester signs as an EIP-191 message (``personal_sign``) so that a
     relayer may cast its vote: ``keccak256(abi.encode(VOTE_TAG, chainId, contract, runId,
-    round, voteKey))``. The chain's ``voteDigest`` is their signed-message hash."""
+    round, voteKey))``. The chain's ``voteDigest`` is their signed-message hash. With
+    ``tag=COMMIT_TAG`` and the commitment as ``key`` (zero: a decline), what a participant
+    signs so that a relayer may record its commitment (``commitDigest``, protocol §2.3)."""
     return keccak(encode(["bytes32", "uint256", "address", "uint256", "uint32", "bytes32"],
-                         [VOTE_TAG, chain_id, to_canonical_address(contract), run_id, round_id, key]))  # fmt: skip
+                         [tag, chain_id, to_canonical_address(contract), run_id, round_id, key]))  # fmt: skip
 
 
 def sampled_count(*, registry_size: int, sample_bps: int) -> int:

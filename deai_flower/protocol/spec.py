@@ -34,7 +34,7 @@ from deai_flower.protocol.encoding import BPS, ZERO_ADDRESS, to_wad
 from deai_flower.protocol.epsilon import ACCOUNTANTS
 
 #: The format this release writes and reads.
-SPEC_FORMAT = "deai-flower/run-spec/2"
+SPEC_FORMAT = "deai-flower/run-spec/3"
 #: A spec must fit one raw IPFS block, so the digest on chain names its CID.
 MAX_SPEC_BYTES = 262_144
 #: Contribution scores attesters know how to compute (deai_flower.protocol.scores).
@@ -213,7 +213,9 @@ class IncentivesSpec:
     ERC-20 address; empty: native). ``reward_pool`` is paid in by the run's creator and
     shared over the rounds by contribution ``score``: ``alignment`` (geometry of the
     revealed updates) or ``loss`` (improvement of the validation loss on the set stored
-    under ``validation_cid``). The contract's run parameters repeat the amounts.
+    under ``validation_cid``). ``attester_share_bps`` of each finalized round's budget
+    goes equally to the attesters that voted for the finalized result. The contract's run
+    parameters repeat the amounts and the share.
     """
 
     score: str = "alignment"
@@ -224,6 +226,7 @@ class IncentivesSpec:
     slash_missing_reveal: int = 0
     slash_refused: int = 0
     slash_minority: int = 0
+    attester_share_bps: int = 1_000
 
 
 @dataclass(frozen=True)
@@ -307,7 +310,8 @@ class RunSpec:
                 score=incentives.str("score"), validation_cid=incentives.str("validation_cid"),
                 stake_token=incentives.str("stake_token"), stake=incentives.int("stake"),
                 reward_pool=incentives.int("reward_pool"), slash_missing_reveal=incentives.int("slash_missing_reveal"),
-                slash_refused=incentives.int("slash_refused"), slash_minority=incentives.int("slash_minority")),  # fmt: skip
+                slash_refused=incentives.int("slash_refused"), slash_minority=incentives.int("slash_minority"),
+                attester_share_bps=incentives.int("attester_share_bps")),  # fmt: skip
             release=Release(deai_flower=release.str("deai_flower"),
                             libraries={k: str(v) for k, v in release.dict("libraries").items()}),  # fmt: skip
         )
@@ -346,6 +350,7 @@ class RunSpec:
             "slashMissingReveal": inc.slash_missing_reveal,
             "slashRefused": inc.slash_refused,
             "slashMinority": inc.slash_minority,
+            "attesterShareBps": inc.attester_share_bps,
         }
 
     # ------------------------------------------------------------------ checks
@@ -401,6 +406,8 @@ class RunSpec:
         slashes = (i.slash_missing_reveal, i.slash_refused, i.slash_minority)
         if max(slashes) > i.stake:
             problems.append(f"incentives: no slashing amount may exceed the stake ({i.stake}); got {list(slashes)}")
+        if not 0 <= i.attester_share_bps <= BPS:
+            problems.append(f"incentives.attester_share_bps must be between 0 and {BPS} (got {i.attester_share_bps})")
         if i.slash_minority > _MAX_MINORITY_SLASH:
             problems.append(f"incentives.slash_minority must be at most 2**96 - 1 (got {i.slash_minority})")
         return problems

@@ -69,8 +69,14 @@ def _credit(run_id: int, round_id: int, who: str, score: int, amount: int) -> tu
     return "RewardCredited", {"runId": run_id, "round": round_id, "participant": who, "score": score, "amount": amount}
 
 
-def _settled(run_id: int, round_id: int, budget: int, paid: int, pool: int) -> tuple[str, dict[str, Any]]:
-    return "RoundSettled", {"runId": run_id, "round": round_id, "budget": budget, "paid": paid, "pool": pool}
+def _settled(run_id: int, round_id: int, budget: int, paid: int, pool: int, *, attesters: int | None = None,
+             pay: int = 0) -> tuple[str, dict[str, Any]]:  # fmt: skip
+    """``attesters``: the votes for the finalized pair, ``pay``: what each is owed (left out:
+    the event as protocol 0.6 logged it, which the replay reads too)."""
+    args = {"runId": run_id, "round": round_id, "budget": budget, "paid": paid, "pool": pool}
+    if attesters is not None:
+        args.update(attesterPay=pay, attesters=attesters)
+    return "RoundSettled", args
 
 
 def _finalized(run_id: int, round_id: int) -> tuple[str, dict[str, Any]]:
@@ -113,7 +119,7 @@ def clean_run(*, withdrawals: bool = True, other_run: bool = False) -> list[Even
     chain.tx(_attested(RUN, 1, A, round1))
     if other_run:
         chain.tx(_attested(OTHER, 1, A, {}, {A: "invalid"}), _penalty(OTHER, 1, A, "refused-update", 2),
-                 _settled(OTHER, 1, 79, 0, 79), _finalized(OTHER, 1))  # fmt: skip
+                 _settled(OTHER, 1, 79, 0, 79, attesters=1), _finalized(OTHER, 1))  # fmt: skip
     chain.tx(_attested(RUN, 1, D, round1), _credit(RUN, 1, A, 3, 250), _credit(RUN, 1, B, 1, 83),
              _credit(RUN, 1, D, 2, 166), _settled(RUN, 1, 500, 499, 501), _finalized(RUN, 1),
              _opened(RUN, 2))  # fmt: skip
@@ -151,14 +157,14 @@ def test_a_clean_run_conserves_to_the_wei() -> None:
     assert (replay.token, replay.stake_required, replay.funded) == ("native", 1000, 1000)
     assert (replay.slashed, replay.paid, replay.pool, replay.pool_withdrawn) == (600, 1499, 0, 101)
     assert _funds(replay) == {
-        A: {"stake": 0, "deposited": 1000, "slashed": 0, "payout": 750, "withdrawn_rewards": 750,
+        A: {"stake": 0, "deposited": 1000, "slashed": 0, "payout": 750, "attester_pay": 0, "withdrawn_rewards": 750,
             "score": {"1": 3, "2": 1}, "refused": {}},
-        B: {"stake": 0, "deposited": 1000, "slashed": 200, "payout": 583, "withdrawn_rewards": 583,
+        B: {"stake": 0, "deposited": 1000, "slashed": 200, "payout": 583, "attester_pay": 0, "withdrawn_rewards": 583,
             "score": {"1": 1, "2": 1}, "refused": {}},
         # scored 0 in round 1: recorded, not credited; no line in round 2 (it did not reveal)
-        C: {"stake": 0, "deposited": 1000, "slashed": 100, "payout": 0, "withdrawn_rewards": 0,
+        C: {"stake": 0, "deposited": 1000, "slashed": 100, "payout": 0, "attester_pay": 0, "withdrawn_rewards": 0,
             "score": {"1": 0}, "refused": {}},
-        D: {"stake": 0, "deposited": 1000, "slashed": 300, "payout": 166, "withdrawn_rewards": 166,
+        D: {"stake": 0, "deposited": 1000, "slashed": 300, "payout": 166, "attester_pay": 0, "withdrawn_rewards": 166,
             "score": {"1": 2, "2": 0}, "refused": {"2": "invalid"}},
     }  # fmt: skip
     assert replay.outcomes[1] == [OutcomeEntry(A, 3, "aggregated"), OutcomeEntry(B, 1, "aggregated"),
@@ -205,14 +211,15 @@ def test_a_token_run_names_its_token_checksummed() -> None:
 
 def test_to_json_shape() -> None:
     document = replay_incentives(clean_run(), RUN).to_json()
-    assert list(document) == ["token", "stake_required", "funded", "slashed", "paid", "pool_left", "pool_withdrawn",
-                              "participants"]  # fmt: skip
+    assert list(document) == ["token", "stake_required", "funded", "slashed", "paid", "attester_paid", "pool_left",
+                              "pool_withdrawn", "participants"]  # fmt: skip
     assert {k: v for k, v in document.items() if k != "participants"} == {
-        "token": "native", "stake_required": 1000, "funded": 1000, "slashed": 600, "paid": 1499, "pool_left": 0,
-        "pool_withdrawn": 101}  # fmt: skip
+        "token": "native", "stake_required": 1000, "funded": 1000, "slashed": 600, "paid": 1499, "attester_paid": 0,
+        "pool_left": 0, "pool_withdrawn": 101}  # fmt: skip
     assert list(document["participants"]) == sorted([A, B, C, D])
     for funds in document["participants"].values():
-        assert list(funds) == ["stake", "deposited", "slashed", "payout", "withdrawn_rewards", "score", "refused"]
+        assert list(funds) == ["stake", "deposited", "slashed", "payout", "attester_pay", "withdrawn_rewards", "score",
+                               "refused"]  # fmt: skip
         assert all(isinstance(k, str) for k in (*funds["score"], *funds["refused"]))  # JSON keys
     assert document["participants"][D]["refused"] == {"2": "invalid"}
 
@@ -299,7 +306,8 @@ def test_a_broken_identity_is_reported() -> None:
     events.append({"event": "RunCreated", "block": 999, "log_index": 0, "args": copy.deepcopy(events[1]["args"])})
     replay = replay_incentives(events, RUN)
     assert not replay.conserved
-    assert replay.problems == ["payouts 1499 + pool 1000 + withdrawn by the creator 0 != funding 1000 + slashes 600"]
+    assert replay.problems == ["payouts 1499 + attester pay 0 + pool 1000 + withdrawn by the creator 0 != funding 1000 + "
+                               "slashes 600"]
 
 
 def test_an_unparseable_outcome_is_one_problem_for_a_round_without_credits() -> None:
@@ -402,3 +410,30 @@ def test_a_participant_credited_twice_is_named_alone() -> None:
     problems = replay_incentives(events, RUN).problems
     assert len(problems) == 1 and f"{A} was credited 2 times" in problems[0], problems
     assert problems[0].count("credited 2 times") == 1
+
+
+def test_attester_pay_is_owed_to_the_finalized_pairs_votes_and_checked_when_credited() -> None:
+    """Pool 1000 over 1 round, 10 % to the attesters: A and D voted for the finalized pair,
+    B for another, C not at all. Budget 1000: 100 // 2 = 50 owed to A and D; the scores
+    (A 1, D 1) share 900: 450 each. D's pay is credited at once, A's when settled."""
+    chain = Chain()
+    created = _run_created(RUN, rounds=1, stake=0, pool=1000, missing=0, refused=0, minority=0)
+    created[1]["params"]["attesterShareBps"] = 1_000
+    chain.tx(created)
+    scores = {A: 1, D: 1}
+    chain.tx(_attested(RUN, 1, B, {A: 9, D: 9}))
+    chain.tx(_attested(RUN, 1, A, scores))
+    chain.tx(_attested(RUN, 1, D, scores), _credit(RUN, 1, A, 1, 450), _credit(RUN, 1, D, 1, 450),
+             _settled(RUN, 1, 1000, 900, 0, attesters=2, pay=50), _finalized(RUN, 1))  # fmt: skip
+    replay = replay_incentives(chain.events, RUN)
+    assert replay.problems == [] and replay.conserved
+    assert {who: p.attester_pay for who, p in replay.participants.items()} == {A: 50, D: 50}  # B: a minority vote
+    assert replay.attester_paid == 100 and replay.paid == 900 and replay.pool == 0
+    chain.tx(("AttesterRewardCredited", {"runId": RUN, "round": 1, "attester": A, "amount": 50}),
+             ("RewardsWithdrawn", {"runId": RUN, "participant": A, "amount": 500}))  # fmt: skip
+    assert replay_incentives(chain.events, RUN).problems == []
+    chain.tx(("AttesterRewardCredited", {"runId": RUN, "round": 1, "attester": B, "amount": 50}))
+    assert replay_incentives(chain.events, RUN).problems == [f"round 1: {B} was credited 50 for its vote, it was "
+                                                             "owed 0"]  # fmt: skip
+    next(e for e in chain.events if e["event"] == "RoundSettled")["args"]["attesterPay"] = 51  # edited
+    assert "round 1: RoundSettled owes 51 to each of 2 votes" in replay_incentives(chain.events, RUN).problems[0]

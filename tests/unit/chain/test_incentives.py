@@ -50,7 +50,8 @@ def run_params(**overrides: Any) -> tuple[Any, ...]:
               "epsilonBudgetWad": to_wad(8.0), "deltaWad": to_wad(1e-5), "numRounds": 3, "commitDuration": 100,
               "revealDuration": 100, "attestDuration": 100, "sampleBps": 10_000, "quorum": 2, "minReveals": 2,
               "committeeSize": 0, "stakeToken": ZERO_ADDRESS, "stake": STAKE, "rewardPool": POOL,
-              "slashMissingReveal": 0, "slashRefused": 0, "slashMinority": 0, **overrides}  # fmt: skip
+              "slashMissingReveal": 0, "slashRefused": 0, "slashMinority": 0, "attesterShareBps": 0,
+              **overrides}  # fmt: skip
     return tuple(values[c["name"]] for c in entry["inputs"][0]["components"])
 
 

@@ -61,7 +61,7 @@ def test_run_params_follow_from_the_spec_alone() -> None:
     assert list(params) == [
         "specHash", "codeHash", "initialModelCid", "epsilonBudgetWad", "deltaWad", "numRounds", "commitDuration",
         "revealDuration", "attestDuration", "sampleBps", "quorum", "minReveals", "committeeSize", "stakeToken",
-        "stake", "rewardPool", "slashMissingReveal", "slashRefused", "slashMinority",
+        "stake", "rewardPool", "slashMissingReveal", "slashRefused", "slashMinority", "attesterShareBps",
     ]  # fmt: skip
     assert params["specHash"] == spec.digest() and params["initialModelCid"] == b"\x01\x55"
     assert params["sampleBps"] == 2_500 and params["committeeSize"] == 3 and params["minReveals"] == 5

@@ -28,12 +28,12 @@ def _document(spec: RunSpec) -> dict:  # type: ignore[type-arg]
 
 
 def test_defaults_are_an_unfunded_alignment_run() -> None:
-    assert make_spec().incentives == IncentivesSpec("alignment", "", "", 0, 0, 0, 0, 0)
+    assert make_spec().incentives == IncentivesSpec("alignment", "", "", 0, 0, 0, 0, 0, 1_000)
     assert _document(make_spec())["incentives"] == {
         "score": "alignment", "validation_cid": "", "stake_token": "", "stake": 0, "reward_pool": 0,
-        "slash_missing_reveal": 0, "slash_refused": 0, "slash_minority": 0,
+        "slash_missing_reveal": 0, "slash_refused": 0, "slash_minority": 0, "attester_share_bps": 1_000,
     }  # fmt: skip
-    assert _document(make_spec())["format"] == SPEC_FORMAT == "deai-flower/run-spec/2"
+    assert _document(make_spec())["format"] == SPEC_FORMAT == "deai-flower/run-spec/3"
 
 
 def test_non_default_incentives_round_trip_byte_identically() -> None:
