@@ -118,8 +118,9 @@ for i in "${!SILOS[@]}"; do
 done
 # demonstration data: each silo's own training and held-out files
 deai consortium demo-data --out "$WORK/data" --silos "${#SILOS[@]}" dataset=breast_cancer
-# Paid by the shares score: under DP an honest silo's alignment with two others is often
-# below chance, so the alignment score paid nobody in some runs (docs/incentives.md)
+# Paid by the shares score (the default, named here for the reader): under DP an honest
+# silo's alignment with two others is often below chance, so the alignment score paid
+# nobody in some runs (docs/incentives.md)
 # shellcheck disable=SC2086
 deai consortium create-run --rpc "$RPC" --contract "$CONTRACT" "${ADMIN[@]}" --store "$STORE" \
   --output-dir "$WORK/results" num_rounds="$ROUNDS" dataset=breast_cancer training.local_epochs=1 training.batch_size=16 \
@@ -208,8 +209,11 @@ for r in results["rounds"]:
           f"on {fed.get('num_examples', 0)} held-out examples of {len(fed.get('per_silo', {}))} silos, "
           f"max eps {eps}, {r['seconds']:.1f}s")
 print(f"refused nodes: {results.get('refused_nodes', []) or 'none'}")
-for who, funds in sorted(results.get("incentives", {}).get("participants", {}).items()):
-    print(f"silo {who}: paid {funds['payout'] / 1e18:.4f} ether by score, slashed {funds['slashed'] / 1e18:.4f}")
+incentives = results.get("incentives", {})
+for who, funds in sorted(incentives.get("participants", {}).items()):
+    shares = [r for r, score in sorted(funds.get("score", {}).items()) if score > 0]
+    print(f"silo {who}: paid {funds['payout'] / 1e18:.4f} ether by the {incentives.get('score', '?')} score "
+          f"(rounds {', '.join(shares) or 'none'}), slashed {funds['slashed'] / 1e18:.4f}")
 if len(finalized) != rounds:
     sys.exit(f"run_demo: {len(finalized)} of {rounds} rounds finalized")
 PY
