@@ -2,9 +2,11 @@
 
 A free-rider sends the global model back (unchanged, or with noise to look like an
 update); a poisoner sends its update scaled by -5. Attesters score every aggregated
-update against the median of the others (protocol §4.3) and the finalizing attestation
-pays the round's budget by score: neither earns more than a sliver, and the pool's
-books balance to the wei.
+update (``alignment``: against the median of the others; ``loss``: on the validation
+set; the default ``shares``: protocol §4.3.3, which refuses the poisoner's power) and the
+finalizing attestation pays the round's budget by score: neither earns more than a
+sliver, and the pool's books balance to the wei. tests/adversarial/test_shares_defectors.py
+runs the free-riders against the default score.
 """
 
 from __future__ import annotations
