@@ -28,7 +28,8 @@ def watch_run(contract: RoundsContract, run_id: int, *, poll_s: float = 2.0, tim
 
         raise ConsortiumError(f"contract {contract.address} has no run {run_id}")
     started = time.monotonic()
-    seen_attempt, seen_phase, counts = 0, "", {"sampledCount": 0, "commitCount": 0, "revealCount": 0}
+    seen_attempt, seen_phase = 0, ""
+    counts = {"sampledCount": 0, "commitCount": 0, "revealCount": 0, "openedBlock": 0}
     opened_at = started
     while True:
         run = contract.get_run(run_id)
@@ -86,5 +87,7 @@ def _settle(contract: RoundsContract, run_id: int, attempt: int, finalized: int,
     except ChainError:
         phase = ""
     if phase == "finalized":  # a failed one was reported when it failed
-        say(f"{_label(finalized, attempt)}: finalized ({counts['revealCount']} of {counts['sampledCount']} "
-            f"revealed) after {seconds:.0f}s")  # fmt: skip
+        # its last phases may have passed between two looks: the reveals are read from its events
+        revealed = len(contract.revealed(run_id, attempt, from_block=counts["openedBlock"]))
+        say(f"{_label(finalized, attempt)}: finalized ({revealed} of {counts['sampledCount']} revealed) "
+            f"after {seconds:.0f}s")  # fmt: skip
