@@ -254,8 +254,8 @@ class JsonRpcBridge:
                 return stopped
             watch = _ExecutionWatch(clock.deadline)
             try:
-                with watch:
-                    result = self._node.request(method, params)
+                with watch:  # an answer the watchdog may have cut short is not kept for the next asker
+                    result = self._node.request(method, params, keep=lambda: not watch.fired)
             except ExecutionBudgetExceeded:  # raised as the EVM finished, and landed outside it
                 return stopped
             except JsonRpcError:

@@ -7,9 +7,10 @@ and fast-forwarding the clock differ (a simulation may skip time, a real node wa
 from __future__ import annotations
 
 import ast
+import json
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -109,8 +110,13 @@ class ChainNode:
     #: shared by every handle on this connection: a hundred participants asking the same
     #: question would cost a hundred log queries (over JSON-RPC, a hundred round trips).
     final_answers: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
+    #: the embedded chain's answers to ``eth_call`` at its head (see :class:`_HeadAnswers`)
+    _head_answers: _HeadAnswers = field(default_factory=lambda: _HeadAnswers(), repr=False)
+    #: the embedded chain's first account, which eth-tester's middleware would look up
+    #: (two ``eth_accounts`` requests) for every call that names no sender
+    _default_sender: str | None = field(default=None, repr=False)
 
-    def request(self, method: str, params: list[Any]) -> Any:
+    def request(self, method: str, params: list[Any], *, keep: Callable[[], bool] | None = None) -> Any:
         """One JSON-RPC request with wire-format (0x-hex) parameters; the result as sent.
 
         The per-round calls (views, transactions) go this way rather than through web3's
@@ -119,6 +125,11 @@ class ChainNode:
         manager, whose tester middleware reads wire-format parameters, so both kinds of
         node speak the same wire format here. Raises :class:`JsonRpcError` on an error
         answer and :class:`ChainUnavailableError` when the node cannot be reached.
+
+        On the embedded chain an ``eth_call`` at the head is answered once per head: the
+        answer of the same call at the same state (:class:`_HeadAnswers`). ``keep`` says,
+        after the EVM ran, whether its answer may be kept (the JSON-RPC bridge's watchdog
+        may have stopped the run part way).
         """
         if self._tester is not None:
             with self._embedded_lock:  # py-evm is not thread-safe
@@ -127,7 +138,17 @@ class ChainNode:
                         answer = self._log_index.get_logs(params[0])
                         if answer is not None:
                             return answer
-                    return to_wire(self.w3.manager.request_blocking(method, params))
+                    if method in ("eth_call", "eth_estimateGas") and params and isinstance(params[0], Mapping) \
+                            and params[0].get("from") is None:  # fmt: skip
+                        params = [{**params[0], "from": self._first_account()}, *params[1:]]
+                    head = self._tester.backend.chain
+                    key = _HeadAnswers.key(method, params)
+                    if key is not None and (answer := self._head_answers.get(head, key)) is not None:
+                        return answer
+                    answer = to_wire(self.w3.manager.request_blocking(method, params))
+                    if key is not None and (keep is None or keep()):
+                        self._head_answers.put(head, key, answer)
+                    return answer
                 except Exception as exc:  # noqa: BLE001 - eth-tester raises many kinds; all become answers
                     raise JsonRpcError(method, embedded_error(exc)) from exc
         try:
@@ -139,6 +160,14 @@ class ChainNode:
         if response.get("error") is not None:
             raise JsonRpcError(method, response["error"])
         return response.get("result")
+
+    def _first_account(self) -> str | None:
+        """The sender eth-tester's middleware gives a call that names none (its first
+        account: accounts are only ever added after it), read once."""
+        if self._default_sender is None:
+            accounts = self.w3.eth.accounts
+            self._default_sender = str(accounts[0]) if accounts else None
+        return self._default_sender
 
     def send_raw_transaction(self, raw: bytes, *, timeout: float) -> dict[str, Any]:
         """Send a signed transaction; return its receipt (wire form) once it is mined.
@@ -250,6 +279,54 @@ class ChainNode:
             if time.monotonic() > deadline:
                 raise ChainError(f"chain clock did not reach {timestamp} within {timeout:.0f}s")
             time.sleep(1.0)
+
+
+class _HeadAnswers:
+    """The embedded chain's ``eth_call`` answers at its current head, by exact request.
+
+    A call at ``latest`` runs on the latest mined block's state, with the sender, gas and
+    data it names: the same request at the same head has the same answer. A round asks
+    the same views (``getRun``, ``getRound``, ``phase``) of every participant between two
+    blocks: at 100 participants, most of a round's EVM runs were repeats. The head is
+    py-evm's pending header, an immutable object that the chain replaces whenever its
+    state moves (a block mined, time travel, a snapshot revert, a pending transaction),
+    so the answers are kept for the header *object* (compared by identity, held so its
+    identity cannot be reused) and dropped when it changes. Only successful answers are
+    kept; a call that reverts runs again.
+    """
+
+    #: The calls answered from the state of the latest mined block.
+    _AT_HEAD = (None, "latest")
+
+    def __init__(self) -> None:
+        self._chain: Any = None
+        self._header: Any = None
+        self._answers: dict[str, Any] = {}
+
+    @classmethod
+    def key(cls, method: str, params: list[Any]) -> str | None:
+        """The request's key, or ``None`` for one that is not a call at the head."""
+        if method != "eth_call" or not params or not isinstance(params[0], Mapping) or len(params) > 2:
+            return None
+        if (params[1] if len(params) > 1 else None) not in cls._AT_HEAD:
+            return None
+        try:
+            return json.dumps(params[0], sort_keys=True)
+        except (TypeError, ValueError):
+            return None
+
+    def _current(self, chain: Any) -> bool:
+        if chain is self._chain and chain.header is self._header:
+            return True
+        self._chain, self._header, self._answers = chain, chain.header, {}
+        return False
+
+    def get(self, chain: Any, key: str) -> Any:
+        return self._answers.get(key) if self._current(chain) else None
+
+    def put(self, chain: Any, key: str, answer: Any) -> None:
+        if self._current(chain) and answer is not None:
+            self._answers[key] = answer
 
 
 def connect_embedded() -> ChainNode:

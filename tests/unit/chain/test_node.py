@@ -10,6 +10,7 @@ from support import deploy_for_tests
 from deai_flower.chain import ChainNode, connect_embedded, connect_rpc, simulation_key
 from deai_flower.chain.bridge import JsonRpcBridge
 from deai_flower.chain.node import JsonRpcError
+from deai_flower.errors import ContractRevertError
 
 
 @pytest.fixture
@@ -28,10 +29,10 @@ def test_a_node_without_sync_send_is_polled_for_the_receipt(bridged: ChainNode, 
     assert bridged._sync_send is False
     methods: list[str] = []
     real = ChainNode.request
-    def spy(node: ChainNode, method: str, params: list) -> object:
+    def spy(node: ChainNode, method: str, params: list, **kwargs: object) -> object:
         if node is bridged:  # not the embedded chain answering behind the bridge
             methods.append(method)
-        return real(node, method, params)
+        return real(node, method, params, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(ChainNode, "request", spy)
     tx = d.admin.register(simulation_key(seed=5, role="late joiner").address, b"\x07" * 32)
@@ -95,3 +96,43 @@ def test_a_request_that_times_out_is_not_tried_again() -> None:
         server.shutdown()
         server.server_close()
 
+
+
+def test_a_view_runs_the_evm_once_per_head_and_never_answers_from_an_older_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The embedded chain answers a repeated ``eth_call`` at the same head from what it ran;
+    a mined transaction, time travel or a reverted call runs the EVM again."""
+    node = connect_embedded()
+    d = deploy_for_tests(node)
+    backend = node._tester.backend
+    runs: list[object] = []
+    real_call = backend.call
+    monkeypatch.setattr(backend, "call", lambda *a, **k: (runs.append(a), real_call(*a, **k))[1])
+
+    assert d.admin.registry() == d.admin.registry() == (3, 3)
+    assert len(runs) == 1  # the second came from the first's answer
+    d.admin.register(d.clients[3].address, b"\x03" * 32)  # a block mined: the head moved
+    runs.clear()
+    assert d.admin.registry() == (4, 4) and len(runs) == 1
+
+    run_id = d.create_run()
+    round_id, _ = d.admin.open_round(run_id)
+    assert d.admin.phase(run_id, round_id) == "commit"
+    deadline = int(d.admin.get_round(run_id, round_id)["commitDeadline"])
+    node.advance_to(deadline + 1, timeout=1.0)  # time travel: the same call, a new answer
+    assert d.admin.phase(run_id, round_id) != "commit"
+
+    runs.clear()
+    for _ in range(2):  # a revert is not kept: it runs (and is refused) every time
+        with pytest.raises(ContractRevertError):
+            d.admin.get_round(run_id, round_id + 7)
+    assert len(runs) == 2
+
+
+def test_a_call_the_bridge_watchdog_cut_short_is_not_kept() -> None:
+    node = connect_embedded()
+    d = deploy_for_tests(node)
+    call = [{"to": d.admin.address, "data": "0x" + d.admin._functions["registry"].calldata(()).hex()}, "latest"]
+    node.request("eth_call", call, keep=lambda: False)
+    assert node._head_answers._answers == {}
+    node.request("eth_call", call)
+    assert len(node._head_answers._answers) == 1
