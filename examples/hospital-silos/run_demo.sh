@@ -7,7 +7,7 @@
 #   consortium set-up (deai consortium ...), flwr run, a wait for the run's end, deai verify.
 # It prints a line per round phase as the chain records it. Everything started here is
 # stopped on exit, failure or Ctrl-C. Exit 0 only if every round finalized and the run
-# verifies from chain + store. About 3 minutes on a quiet 2-core machine.
+# verifies from chain + store. About 3 minutes on a quiet 2-core machine (9 min under a load of 7-12).
 #
 #   bash examples/hospital-silos/run_demo.sh [WORK_DIR]
 #
