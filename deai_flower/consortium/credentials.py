@@ -92,12 +92,15 @@ def create_tls(out_dir: Path, *, hosts: Iterable[str] = (), days: int = 365) -> 
     _free([files.ca_cert, files.ca_key, files.server_cert, files.server_key])
     names: list[x509.GeneralName] = []
     for host in ["localhost", "127.0.0.1", "::1", *hosts]:
+        name: x509.GeneralName
         try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            name = x509.IPAddress(ipaddress.ip_address(host))
         except ValueError:
             if not host or any(c in host for c in " /:"):
                 raise ConsortiumError(f"--host {host!r} is neither a host name nor an IP address") from None
-            names.append(x509.DNSName(host))
+            name = x509.DNSName(host.lower())  # DNS names are case-insensitive
+        if name not in names:  # --host localhost (or a name given twice) is named once
+            names.append(name)
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "deai-flower consortium CA")])

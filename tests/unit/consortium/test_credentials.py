@@ -42,6 +42,15 @@ def test_tls_files_chain_to_the_ca_and_name_the_superlinks_hosts(tmp_path: Path)
         create_tls(tmp_path / "other", hosts=["https://link"])
 
 
+def test_each_tls_name_is_in_the_certificate_once(tmp_path: Path) -> None:
+    hosts = ["localhost", "127.0.0.1", "0:0:0:0:0:0:0:1", "Link.example.org", "link.example.org"]
+    files = create_tls(tmp_path, hosts=hosts)
+    names = x509.load_pem_x509_certificate(files.server_cert.read_bytes()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value  # fmt: skip
+    assert names.get_values_for_type(x509.DNSName) == ["localhost", "link.example.org"]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "::1"]
+
+
 def test_supernode_keys_are_what_flower_loads(tmp_path: Path) -> None:
     from flwr.cli.supernode.register import try_load_public_key
 
