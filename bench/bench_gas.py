@@ -12,11 +12,12 @@ Drives the real bytecode on the embedded chain (py-evm; anvil charges the same g
   round also opens the next one, so ``openRound`` is paid only for a run's first round
   (and after a failed one).
 
-  The same is measured **relayed** (protocol §2.4, §2.5): each participant still commits
-  itself, one ``revealMany`` publishes every record and one ``attestMany`` casts the
-  majority's signed votes (the relayer's gas, shared by the k participants). The budget
-  (110,000 per participant per round at N = 5) applies to this path, which the step-wise
-  coordinator takes.
+  The same is measured **relayed** (protocol §2.3, §2.4, §2.5): one ``revealMany``
+  publishes every record and one ``attestMany`` casts every signed vote (the relayer's
+  gas, shared by the k participants), with each participant committing itself
+  (``relayed``) or, since protocol 0.7, one ``commitMany`` recording every signed
+  commitment too (``relayed_commits``: three transactions a round, whatever k). The
+  budget (110,000 per participant per round at N = 5) applies to the relayed paths.
 
 * **Registry size** (``registry``): 10, 100, 1,000 and 10,000 registered (by
   ``registerMany``) at 1 %, 10 % and 100 % sampling. Every call's gas is independent of
@@ -32,7 +33,8 @@ Drives the real bytecode on the embedded chain (py-evm; anvil charges the same g
   revealers, never with the registry.
 
 Runs carry incentives as the main job does (a stake per participant, a reward pool paid
-by score; ``--no-incentives``: neither, the same calls otherwise). A participant's
+by score, 10 % of each round's budget to the votes for the finalized pair;
+``--no-incentives``: none of it, the same calls otherwise). A participant's
 deposit is paid once per run and reported apart (``deposit``).
 
 Prints tables and writes ``bench/results/gas.json``. Run from the repository root:
@@ -70,7 +72,7 @@ DP = DpParams.from_floats(noise_multiplier=1.1, sample_rate=0.05, steps=30, delt
 BATCH = 200
 #: The main job's incentives (conf defaults): stake, pool and slashes in wei.
 INCENTIVES = {"stake": 10**18, "rewardPool": 10**19, "slashMissingReveal": 10**17, "slashRefused": 5 * 10**17,
-              "slashMinority": 2 * 10**17}  # fmt: skip
+              "slashMinority": 2 * 10**17, "attesterShareBps": 1_000}  # fmt: skip
 
 
 @dataclass
@@ -91,6 +93,8 @@ class RoundGas:
     first_reveal: list[int]
     deposit: list[int] = field(default_factory=list)  # once per participant per run
     relayed: bool = False  # reveals in one revealMany, votes in one attestMany (sent by a relayer)
+    relayed_commits: bool = False  # commits in one commitMany as well
+    transactions: int = 0  # sent in the round (deposits left out)
 
     def call_means(self) -> dict[str, float | None]:
         def mean(values: list[int]) -> float | None:
@@ -115,6 +119,8 @@ class RoundGas:
         commit = means["commit"] if means["commit"] is not None else means["first_commit"]
         reveal = means["reveal"] if means["reveal"] is not None else means["first_reveal"]
         k = self.sampled
+        if self.relayed_commits:
+            commit = sum(self.commit) / k
         if self.relayed:  # one batch each, its gas shared by the k participants
             reveal = sum(self.reveal) / k
             attests = float(sum(self.attest))
@@ -177,7 +183,8 @@ class Bench:
         self.quorum = quorum
         return run_id, tx.gas_used
 
-    def round(self, run_id: int, *, index: int, play: int | None = None, relayed: bool = False) -> RoundGas:
+    def round(self, run_id: int, *, index: int, play: int | None = None, relayed: bool = False,
+              relayed_commits: bool = False) -> RoundGas:  # fmt: skip
         current = int(self.admin.get_run(run_id)["currentRound"])
         if current and self.admin.phase(run_id, current) == "commit":
             round_id, open_gas = current, 0  # the previous round's finalizing attestation opened it
@@ -191,8 +198,9 @@ class Bench:
         order = sampled_indices(beacon=beacon, registry_size=size, sample_bps=sample_bps)
         assert len(order) == k == bps
         players = [self.by_address[self.members[i]] for i in order[: play or k]]
-        gas = RoundGas(size, k, len(players), 0, sample_bps, open_gas, [], [], [], [], [], relayed=relayed)
-        reveals = []
+        gas = RoundGas(size, k, len(players), 0, sample_bps, open_gas, [], [], [], [], [], relayed=relayed,
+                       relayed_commits=relayed_commits, transactions=1 if open_gas else 0)  # fmt: skip
+        reveals, signed = [], {}
         for i, key in enumerate(players):
             h = self.handle(key)
             if self.incentives and key.address not in self.staked:
@@ -203,41 +211,52 @@ class Bench:
                                        round_id=round_id, participant=key.address, cid=cid,
                                        num_examples=300 + i, dp=DP, salt=salt)  # fmt: skip
             returning = key.address in self.took_part
-            (gas.commit if returning else gas.first_commit).append(h.commit(run_id, round_id, commitment).gas_used)
+            if relayed_commits:
+                signed[key.address] = (commitment, h.sign_commit(run_id, round_id, commitment))
+            else:
+                (gas.commit if returning else gas.first_commit).append(h.commit(run_id, round_id, commitment).gas_used)
+                gas.transactions += 1
             reveals.append((h, cid, 300 + i, salt, returning))
+        if relayed_commits:  # the coordinator records everyone's signed commitment in one transaction
+            gas.commit.append(self.admin.commit_many(run_id, round_id, signed).gas_used)
+            gas.transactions += 1
         if len(players) < k:
             self.node.advance_to(int(state["commitDeadline"]), timeout=5)
         if relayed:  # the coordinator publishes everyone's records in one transaction
             records = {h.account.address: reveal_record(cid=cid, num_examples=n, dp=DP, salt=salt)
                        for h, cid, n, salt, _ in reveals}  # fmt: skip
             gas.reveal.append(self.admin.reveal_many(run_id, round_id, records).gas_used)
+            gas.transactions += 1
             self.took_part.update(records)
         for h, cid, n_examples, salt, returning in [] if relayed else reveals:
             used = h.reveal(run_id, round_id, cid=cid, num_examples=n_examples, dp=DP, salt=salt).gas_used
             (gas.reveal if returning else gas.first_reveal).append(used)
+            gas.transactions += 1
             self.took_part.add(h.account.address)
         gas.votes_needed = int(self.admin.get_round(run_id, round_id)["votesNeeded"])
         result = bytes([0x01, 0x70, 0x12, 0x20]) + keccak(f"aggregate {index}".encode())
         # every revealer scored (distinct scores: every credit is a non-zero write)
         outcome = encode_outcome({h.account.address: 1_000 + i for i, (h, *_) in enumerate(reveals)}, {})
-        voters = [h for h, *_ in reveals[: gas.votes_needed]]
-        if relayed:  # the majority's signed votes, cast in one transaction
-            signatures = [h.sign_vote(run_id, round_id, result, outcome) for h in voters]
+        if relayed:  # every signed vote, cast in one transaction (each is paid the attester share)
+            signatures = [h.sign_vote(run_id, round_id, result, outcome) for h, *_ in reveals]
             gas.attest = [self.admin.attest_many(run_id, round_id, result, outcome, signatures).gas_used]
-        else:
-            gas.attest = [h.attest(run_id, round_id, result, outcome).gas_used for h in voters]
+        else:  # own transactions stop at the finalizing vote
+            gas.attest = [h.attest(run_id, round_id, result, outcome).gas_used
+                          for h, *_ in reveals[: gas.votes_needed]]  # fmt: skip
+        gas.transactions += len(gas.attest)
         # gas per round as if all k played: k eligible revealers need a majority of k
         gas.votes_needed = votes_needed(eligible=k, quorum=self.quorum) if play else gas.votes_needed
         return gas
 
 
-def _two_rounds(n: int, *, incentives: bool, relayed: bool) -> tuple[Bench, int, RoundGas, RoundGas]:
+def _two_rounds(n: int, *, incentives: bool, relayed: bool,
+                relayed_commits: bool = False) -> tuple[Bench, int, RoundGas, RoundGas]:  # fmt: skip
     """A fresh deployment with ``n`` registered, all sampled: its createRun gas, first and
     steady round (round 2's finalization opens round 3)."""
     bench = Bench(connect_embedded(), n, incentives=incentives)
     run_id, create_gas = bench.create_run(sample_bps=10_000, rounds=3)
-    first = bench.round(run_id, index=1, relayed=relayed)
-    return bench, create_gas, first, bench.round(run_id, index=2, relayed=relayed)
+    first = bench.round(run_id, index=1, relayed=relayed, relayed_commits=relayed_commits)
+    return bench, create_gas, first, bench.round(run_id, index=2, relayed=relayed, relayed_commits=relayed_commits)
 
 
 def measure_participants(n: int, *, incentives: bool = True) -> dict[str, Any]:
@@ -246,6 +265,7 @@ def measure_participants(n: int, *, incentives: bool = True) -> dict[str, Any]:
     majority's signed votes in one attestMany (commits stay each participant's own)."""
     bench, create_gas, first, steady = _two_rounds(n, incentives=incentives, relayed=False)
     *_, relayed = _two_rounds(n, incentives=incentives, relayed=True)
+    *_, batched = _two_rounds(n, incentives=incentives, relayed=True, relayed_commits=True)
     return {
         "participants": n,
         "quorum": QUORUM,
@@ -260,6 +280,11 @@ def measure_participants(n: int, *, incentives: bool = True) -> dict[str, Any]:
         "steady_calls": steady.call_means(),
         "relayed_steady": {"revealMany": relayed.reveal[0], "attestMany": relayed.attest[0]},
         "relayed_steady_per_participant": relayed.per_participant,
+        "relayed_commits_steady": {"commitMany": batched.commit[0], "revealMany": batched.reveal[0],
+                                   "attestMany": batched.attest[0]},
+        "relayed_commits_steady_per_participant": batched.per_participant,
+        "transactions_per_round": {"own": steady.transactions, "relayed": relayed.transactions,
+                                   "relayed_commits": batched.transactions},
         "deposit": first.call_means()["deposit"],
     }
 
@@ -386,6 +411,11 @@ def main() -> None:
     for p in participants:
         label = f"N={p['participants']} relayed"
         print(_row(label, p["relayed_steady_per_participant"]))
+    for p in participants:
+        label = f"N={p['participants']} relayed commits"
+        print(_row(label, p["relayed_commits_steady_per_participant"]))
+    for p in participants:
+        print(f"N={p['participants']}: transactions per round {p['transactions_per_round']}")
     print(_row("N=5, first round", main_job["first_round_per_participant"]))
     if main_job["deposit"] is not None:
         print(f"deposit (once per participant per run): {main_job['deposit']:,.0f}")

@@ -102,7 +102,7 @@ def replay_incentives(events: Iterable[Mapping[str, Any]], run_id: int) -> Incen
     slashes: dict[str, int] = {}
     num_rounds = finalized = share_bps = 0
     round_credits: list[tuple[str, int, int]] = []  # (who, score, amount) credited in the round being settled
-    votes: dict[int, list[tuple[str, bytes]]] = defaultdict(list)  # round -> (attester, pair) in chain order
+    votes: dict[int, list[tuple[str, tuple[bytes, bytes]]]] = defaultdict(list)  # round -> (attester, pair), in order
     owed: dict[tuple[int, str], int] = {}  # (round, attester) -> pay for its vote, not yet credited
     for event in events:
         args = event["args"]
@@ -143,7 +143,7 @@ def replay_incentives(events: Iterable[Mapping[str, Any]], run_id: int) -> Incen
             funds.slashed += expected
             replay.pool += expected
         elif name == "Attested":
-            pair = _raw(args.get("resultCid", b"")) + b"|" + _raw(args.get("outcome", b""))
+            pair = (_raw(args.get("resultCid", b"")), _raw(args.get("outcome", b"")))
             votes[int(args["round"])].append((to_checksum_address(args["attester"]), pair))
         elif name == "AttesterRewardCredited":
             attester, round_id, amount = to_checksum_address(args["attester"]), int(args["round"]), int(args["amount"])
@@ -158,9 +158,9 @@ def replay_incentives(events: Iterable[Mapping[str, Any]], run_id: int) -> Incen
         elif name == "RoundSettled":
             round_id = int(args["round"])
             # the attestation that finalized the round, just before, carries its pair
-            pair = votes[round_id][-1][1] if votes[round_id] else b"|"
+            pair = votes[round_id][-1][1] if votes[round_id] else (b"", b"")
             try:
-                outcome = decode_outcome(pair.split(b"|", 1)[1])
+                outcome = decode_outcome(pair[1])
             except ValueError as exc:
                 replay.problems.append(f"round {round_id}: the finalized outcome does not parse ({exc})")
                 outcome = []

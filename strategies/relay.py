@@ -58,10 +58,10 @@ def cast_votes(contract: RoundsContract, run_id: int, round_id: int, signed: Map
     """Cast the signed votes (by attester address), one ``attestMany`` per (result CID,
     outcome) pair, the pairs with fewer votes first: dissent is cast as its signers gave it.
 
-    Once a pair finalizes the round no vote lands, so of the pair with the most votes only
-    the round's ``votesNeeded`` are cast (the rest if those do not finalize), as attesters
-    sending their own stop at the finalizing vote. A signature that is not its attester's,
-    or that the chain would refuse, is left out.
+    Every vote of the pair with the most votes goes in one batch: once a pair finalizes the
+    round no vote lands, and the votes recorded for the finalized pair are the ones paid
+    the run's attester share (protocol §2.7.4), at once when they come in the finalizing
+    batch. A signature that is not its attester's, or that the chain would refuse, is left out.
     """
     relayed = Relayed()
     groups: dict[tuple[bytes, bytes], dict[str, bytes]] = {}
@@ -74,16 +74,7 @@ def cast_votes(contract: RoundsContract, run_id: int, round_id: int, signed: Map
             relayed.refused[address] = f"vote not cast: {exc}"
             continue
         groups.setdefault((result, vote.outcome), {})[address] = vote.signature
-    ordered = sorted(groups.items(), key=lambda g: len(g[1]))
-    try:
-        needed = int(contract.get_round(run_id, round_id)["votesNeeded"])
-    except ContractRevertError:  # finalized meanwhile (by attesters sending their own): nothing to cast
-        return relayed
-    batches = list(ordered[:-1])
-    if ordered:
-        pair, votes = ordered[-1]
-        batches += [(pair, dict(list(votes.items())[:needed])), (pair, dict(list(votes.items())[needed:]))]
-    for (result, outcome), votes in batches:
+    for (result, outcome), votes in sorted(groups.items(), key=lambda g: len(g[1])):
         if not votes or contract.phase(run_id, round_id) != "attest":
             continue
         try:
