@@ -25,12 +25,20 @@ PIECE = 16_384
 
 def tree_sums(rows: np.ndarray) -> np.ndarray:
     """Each row's pairwise tree sum (step 3): zero-padded to PIECE columns, then halved
-    by adding even and odd columns until one is left. Elementwise additions only."""
-    padded = np.zeros((rows.shape[0], PIECE), dtype=np.float64)
-    padded[:, : rows.shape[1]] = rows
+    by adding even and odd columns until one is left. Elementwise additions only.
+
+    Computed on the smallest power of two that holds the row: the columns beyond it are
+    zero, so in the full tree they only ever add ``+0.0`` to the row's own tree sum, which
+    leaves it unchanged except that ``-0.0`` becomes ``+0.0``; adding ``0.0`` once gives
+    exactly that. A short tensor (a bias) costs its own width, not PIECE's.
+    """
+    width = rows.shape[1]
+    size = 1 << max(0, width - 1).bit_length()
+    padded = np.zeros((rows.shape[0], size), dtype=np.float64)
+    padded[:, :width] = rows
     while padded.shape[1] > 1:
         padded = padded[:, 0::2] + padded[:, 1::2]
-    return padded[:, 0]
+    return padded[:, 0] + 0.0 if size < PIECE else padded[:, 0]
 
 
 def exact_total(pieces: list[float], what: str) -> float:
