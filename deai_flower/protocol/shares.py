@@ -208,6 +208,42 @@ def _agreements(ordered: list[RevealedUpdate], global_arrays: Mapping[str, np.nd
     return {i: (exact_total(c, "an agreement"), exact_total(v, "a reference's norm")) for i, (c, v) in sums.items()}
 
 
+def _exact_partials(values: Sequence[float]) -> list[float]:
+    """Non-overlapping doubles whose exact sum is that of ``values`` (Shewchuk's partials,
+    as ``math.fsum`` keeps them): exact while no partial overflows."""
+    partials: list[float] = []
+    for x in values:
+        kept = 0
+        for y in partials:
+            if abs(x) < abs(y):
+                x, y = y, x
+            high = x + y
+            low = y - (high - x)
+            if low:
+                partials[kept] = low
+                kept += 1
+            x = high
+        partials[kept:] = [x]
+    return partials
+
+
+def _others_blocks(R: list[list[float]]) -> list[float]:
+    """For each ``i``, ``math.fsum`` of ``R[j][l]`` over ``j, l != i`` (step 3), the same
+    double from O(n) terms each instead of O(n^2).
+
+    ``math.fsum`` rounds the exact sum of its terms once, so any terms with the same exact
+    sum give the same double: the whole matrix's exact partials less row ``i`` and column
+    ``i`` plus ``R[i][i]``. Where a partial could overflow (entries near the largest
+    double), the block is summed as written.
+    """
+    n = len(R)
+    largest = max((abs(v) for row in R for v in row), default=0.0)
+    if not largest * (n * n + 2 * n + 1) < 1e307:
+        return [math.fsum(R[j][l] for j in range(n) if j != i for l in range(n) if l != i) for i in range(n)]
+    total = _exact_partials([v for row in R for v in row])
+    return [math.fsum([*total, *(-v for v in R[i]), *(-R[j][i] for j in range(n)), R[i][i]]) for i in range(n)]
+
+
 def share_verdicts(spec: RunSpec, updates: Sequence[RevealedUpdate], global_arrays: Mapping[str, np.ndarray], *,
                    previous_global: Mapping[str, np.ndarray] | None = None) -> dict[str, ShareVerdict]:  # fmt: skip
     """Address -> the verdict of steps 3-5 (module docstring) on each update.
@@ -224,6 +260,7 @@ def share_verdicts(spec: RunSpec, updates: Sequence[RevealedUpdate], global_arra
     n = len(ordered)
     var = [s * s for s in stds]
     noise: list[float] = []
+    blocks = _others_blocks(R) if n > 1 else []
     for i in range(n):
         if n == 1:
             own = R[0][0] / D
@@ -231,7 +268,7 @@ def share_verdicts(spec: RunSpec, updates: Sequence[RevealedUpdate], global_arra
             others = [j for j in range(n) if j != i]
             k = float(n - 1)
             cross = math.fsum(R[i][j] for j in others)
-            block = math.fsum(R[j][l] for j in others for l in others)
+            block = blocks[i]
             spread = R[i][i] - 2.0 * cross / k + block / (k * k)
             own = spread / D - math.fsum(var[j] for j in others) / (k * k)
         noise.append(own)

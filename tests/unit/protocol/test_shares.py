@@ -280,3 +280,33 @@ def test_a_round_where_nobody_rises_above_chance_pays_all_but_those_against_the_
     verdicts = share_verdicts(SPEC, [*updates, flipped], base)
     assert verdicts[flipped.participant].refused == "direction"
     assert verdicts[flipped.participant].agreement < -1.645
+
+
+_ENTRIES = st.floats(allow_nan=False, allow_infinity=False, width=64)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=2, max_value=9).flatmap(
+    lambda n: st.lists(st.lists(_ENTRIES, min_size=n, max_size=n), min_size=n, max_size=n)))  # fmt: skip
+def test_the_others_blocks_are_the_written_sums_bit_for_bit(R: list[list[float]]) -> None:
+    """Step 3's block sums from the whole matrix's exact partials: the doubles (or the
+    overflow) that summing each block as written gives, near the largest double too."""
+    from deai_flower.protocol.shares import _others_blocks
+
+    n = len(R)
+    try:
+        written: object = [math.fsum(R[j][l] for j in range(n) if j != i for l in range(n) if l != i) for i in range(n)]
+    except OverflowError:
+        written = OverflowError
+    try:
+        ours: object = _others_blocks(R)
+    except OverflowError:
+        ours = OverflowError
+    assert ours == written if not isinstance(ours, list) else [x.hex() for x in ours] == [x.hex() for x in written]  # type: ignore[union-attr]
+
+
+def test_the_others_blocks_cancel_exactly() -> None:
+    from deai_flower.protocol.shares import _others_blocks
+
+    R = [[1e16, 1.0, -1e16], [3.0, 0.5, 2.0**-60], [-1e16, 7.0, 1e16]]
+    assert _others_blocks(R) == [0.5 + 2.0**-60 + 7.0 + 1e16, 1e16 - 1e16 - 1e16 + 1e16, 1e16 + 1.0 + 3.0 + 0.5]
