@@ -76,7 +76,7 @@ class ReplyState(StrEnum):
     COMMITTED = "committed"  # trained and committed to its update
     DECLINED = "declined"  # refused to take part (its terms, its budget, its example bound)
     REVEALED = "revealed"  # revealed on chain with its own transaction
-    HANDED = "handed"  # handed its reveal record to the relaying coordinator
+    HANDED = "handed"  # handed its signed commitment, or its reveal record, to the relaying coordinator
     ATTESTED = "attested"  # attested the result with its own transaction
     SIGNED = "signed"  # signed its vote for the relaying coordinator to cast
     AGREED = "agreed"  # found the round finalized with the result it computed
@@ -87,7 +87,7 @@ class ReplyState(StrEnum):
     NO_EVAL_DATA = "no-eval-data"  # has no held-out data to score on
 
 
-_COMMIT_STATES = (ReplyState.COMMITTED, ReplyState.DECLINED)
+_COMMIT_STATES = (ReplyState.COMMITTED, ReplyState.HANDED, ReplyState.DECLINED)
 _REVEAL_STATES = (ReplyState.REVEALED, ReplyState.HANDED)
 _ATTEST_STATES = (ReplyState.ATTESTED, ReplyState.SIGNED, ReplyState.AGREED, ReplyState.DISAGREED,
                   ReplyState.ABSTAINED, ReplyState.LATE)  # fmt: skip
@@ -196,9 +196,20 @@ class _ModelRequest:
 
 @dataclass(frozen=True)
 class CommitRequest(_ModelRequest):
-    """``train.commit``: train on the announced model and commit to the update."""
+    """``train.commit``: train on the announced model and commit to the update (``relay``:
+    sign the commitment, or a decline, for the coordinator's ``commitMany`` instead)."""
 
     message_type: ClassVar[str] = "train.commit"
+    relay: bool = False
+
+    def to_record(self) -> dict[str, Any]:
+        return {**super().to_record(), "relay": self.relay}
+
+    @classmethod
+    def from_record(cls, config: Mapping[str, Any]) -> Any:
+        request = super().from_record(config)
+        return cls(round=request.round, model_cid=request.model_cid,
+                   relay=_Fields(f"{cls.message_type} request", config).flag("relay", False))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -304,8 +315,11 @@ class IdentityReply:
 
 @dataclass(frozen=True)
 class CommitReply:
-    """``committed`` (with the update's CID, its training and the gas it cost) or
-    ``declined`` (with the reason; ``terms``: the silo's own terms refuse the run)."""
+    """``committed`` (with the update's CID, its training and the gas it cost), ``handed``
+    (the same, with its ``commitment`` and its ``signature`` of it for the relaying
+    coordinator's ``commitMany``, protocol §2.3) or ``declined`` (with the reason;
+    ``terms``: the silo's own terms refuse the run; ``signature``: its signed decline,
+    where the coordinator relays)."""
 
     state: ReplyState
     address: str
@@ -314,30 +328,44 @@ class CommitReply:
     gas: int = 0
     reason: str = ""
     terms: bool = False
+    commitment: bytes = b""
+    signature: bytes = b""
 
     def __post_init__(self) -> None:
         if self.state not in _COMMIT_STATES:
             raise ProtocolError(f"a commit reply cannot be '{self.state}'")
-        if self.state is ReplyState.COMMITTED and (not self.cid or self.training is None):
-            raise ProtocolError("a commit reply 'committed' names its update's CID and training")
+        if self.state is not ReplyState.DECLINED and (not self.cid or self.training is None):
+            raise ProtocolError(f"a commit reply '{self.state}' names its update's CID and training")
+        if self.state is ReplyState.HANDED and (len(self.commitment) != 32 or len(self.signature) != SIGNATURE_BYTES):
+            raise ProtocolError("a commit reply 'handed' carries its 32-byte commitment and its signature")
 
     def to_record(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
         if self.state is ReplyState.DECLINED:
             status: dict[str, Any] = {"state": self.state.value, "reason": self.reason, "address": self.address}
+            if self.signature:
+                status["signature"] = self.signature
             return ({**status, "terms": True} if self.terms else status), None
         assert self.training is not None
-        return ({"state": self.state.value, "address": self.address, "cid": self.cid},
-                {**self.training.to_record(), "gas": self.gas})  # fmt: skip
+        status = {"state": self.state.value, "address": self.address, "cid": self.cid}
+        if self.state is ReplyState.HANDED:
+            status.update(commitment=self.commitment, signature=self.signature)
+        return status, {**self.training.to_record(), "gas": self.gas}
 
     @classmethod
     def from_record(cls, status: Mapping[str, Any], metrics: Mapping[str, Any] | None = None) -> CommitReply:
         fields = _Fields("commit reply", status)
         state, address = fields.state(_COMMIT_STATES), fields.text("address", max_chars=100)
         if state is ReplyState.DECLINED:
-            return cls(state=state, address=address, reason=fields.text("reason", ""), terms=fields.flag("terms", False))
+            signature = fields.blob("signature", b"", max_size=SIGNATURE_BYTES)
+            if signature and len(signature) != SIGNATURE_BYTES:
+                raise ProtocolError(f"commit reply: a signed decline's signature is {SIGNATURE_BYTES} bytes")
+            return cls(state=state, address=address, reason=fields.text("reason", ""), terms=fields.flag("terms", False),
+                       signature=signature)  # fmt: skip
         numbers = _Fields("commit reply's metrics", metrics)
+        handed = state is ReplyState.HANDED
         return cls(state=state, address=address, cid=fields.text("cid"), training=TrainingMetrics.from_fields(numbers),
-                   gas=numbers.integer("gas"))  # fmt: skip
+                   gas=numbers.integer("gas"), commitment=fields.blob("commitment", size=32) if handed else b"",
+                   signature=fields.blob("signature", size=SIGNATURE_BYTES) if handed else b"")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ from deai_flower.storage import ContentStore, cid_from_bytes, compute_cid, encod
 
 from .admission import NodeAdmission
 from .metrics import federated_summary, training_summary
-from .relay import Relayed, cast_votes, relay_reveals
+from .relay import Relayed, cast_votes, relay_commits, relay_reveals
 from .transport import exchange
 
 #: The share of a reveal or attest phase a relaying coordinator waits for the nodes'
@@ -219,6 +219,7 @@ class CommitRevealStrategy(Strategy):
         self.federated_evaluation = federated_evaluation
         self.one_message_rounds = one_message_rounds
         self.relay = relay
+        self._signed_declines: dict[str, bytes] = {}  # address -> its signed decline, in the round asked
         self.reply_poll_s = reply_poll_s
         self.evaluate_timeout_s = float(spec.rounds.commit_s if evaluate_timeout_s is None else evaluate_timeout_s)
         self.admission = NodeAdmission(contract=contract, run_id=run_id, locator=self.locator,
@@ -337,12 +338,24 @@ class CommitRevealStrategy(Strategy):
         return report
 
     def commit(self, report: RoundReport) -> dict[int, CommitReply]:
-        """Ask the sampled nodes to train and commit; wait at most the commit duration."""
+        """Ask the sampled nodes to train and commit; wait at most the commit duration
+        (relaying: to sign their commitments or declines, which
+        :func:`.relay.relay_commits` records in one ``commitMany``, within the first
+        :data:`_RELAY_WAIT_SHARE` of it)."""
         self._mark(report, "commit")
-        replies = self._exchange(self._sampled_nodes(report), CommitRequest(report.round, report.model_cid), report,
-                                 timeout=self.spec.rounds.commit_s)  # fmt: skip
-        committed = {n: r for n, r in self._read(report, replies, CommitReply).items()
-                     if r.state is ReplyState.COMMITTED}  # fmt: skip
+        self._signed_declines = {}
+        replies = self._exchange(self._sampled_nodes(report), CommitRequest(report.round, report.model_cid,
+                                                                            relay=self.relay),
+                                 report, timeout=self._reply_window(self.spec.rounds.commit_s))  # fmt: skip
+        answered = self._read(report, replies, CommitReply)
+        committed = {n: r for n, r in answered.items() if r.state is ReplyState.COMMITTED}
+        signed = {self.admission.name(n): (r.commitment, r.signature) for n, r in answered.items()
+                  if r.state is ReplyState.HANDED}  # fmt: skip
+        signed.update((a, (bytes(32), sig)) for a, sig in self._signed_declines.items())
+        if signed:
+            landed = set(self._record_relayed(report, "commitMany", relay_commits(self.contract, self.run_id,
+                                                                                   report.round, signed)))  # fmt: skip
+            committed.update({n: r for n, r in answered.items() if r.state is ReplyState.HANDED and n in landed})
         self._record_commits(report, committed)
         return committed
 
@@ -530,6 +543,8 @@ class CommitRevealStrategy(Strategy):
         is refused for the rest of it, since its terms do not change within the run."""
         address = self.admission.name(node_id)
         report.declined[address] = declined.reason
+        if declined.signature:  # a signed decline, for the relayed commitMany
+            self._signed_declines[address] = declined.signature
         if declined.terms:
             self.admission.refuse(node_id, address, f"its terms refuse this run: {declined.reason}")
 
@@ -653,7 +668,7 @@ class CommitRevealStrategy(Strategy):
         if int(state["commitCount"]) + answered < asked:
             return
         self._commit_closed.add(report.round)
-        missing = int(state["sampledCount"]) - int(state["commitCount"])
+        missing = int(state["sampledCount"]) - int(state["declineCount"]) - int(state["commitCount"])
         try:
             self.contract.node.advance_to(int(state["commitDeadline"]), timeout=0.0)
         except ChainError:

@@ -1,8 +1,9 @@
-"""Relaying: publishing the reveals nodes hand over in one ``revealMany`` and casting the
-votes they sign in one ``attestMany`` per result (protocol §2.4, §2.5).
+"""Relaying: recording the commitments (and declines) nodes sign in one ``commitMany``,
+publishing the reveals they hand over in one ``revealMany`` and casting the votes they
+sign in one ``attestMany`` per result (protocol §2.3, §2.4, §2.5).
 
-A round then costs each participant one transaction of its own (its commit) instead of
-three. The relayer pays for the batches, and can publish only what the nodes committed
+A round then costs three transactions, whatever the number of participants, instead of
+three per participant. The relayer pays for the batches, and can publish only what the nodes committed
 to and signed: a record or vote the chain would refuse is found, left out and named as
 its node's error, and the rest of the batch lands.
 """
@@ -17,7 +18,7 @@ from deai_flower.errors import ContractRevertError, InvalidCidError
 from deai_flower.messages import AttestReply
 from deai_flower.storage import cid_to_bytes
 
-__all__ = ["Relayed", "cast_votes", "relay_reveals"]
+__all__ = ["Relayed", "cast_votes", "relay_commits", "relay_reveals"]
 
 
 @dataclass
@@ -28,6 +29,35 @@ class Relayed:
     landed: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
     gas: list[int] = field(default_factory=list)
+
+
+def relay_commits(contract: RoundsContract, run_id: int, round_id: int,
+                  signed: Mapping[str, tuple[bytes, bytes]]) -> Relayed:  # fmt: skip
+    """Record the signed commitments (by participant address: commitment, zero for a
+    decline, and signature) in one ``commitMany``. One the chain would refuse (a
+    signature that is not its participant's, a stake short of the run's) is found by
+    calling the batch with it alone, and left out: its node's guard commits on its own."""
+    relayed, batch = Relayed(), dict(signed)
+    for address, (commitment, signature) in list(batch.items()):  # replies are untrusted
+        if contract.commit_signer(run_id, round_id, commitment, signature) != address:
+            relayed.refused[address] = "commitment not recorded: its signature is not its own"
+            del batch[address]
+    if not batch:
+        return relayed
+    try:
+        tx = contract.commit_many(run_id, round_id, batch)
+    except ContractRevertError:
+        for address, (commitment, signature) in list(batch.items()):
+            refusal = contract.commit_refusal(run_id, round_id, address, commitment, signature)
+            if refusal is not None:
+                relayed.refused[address] = f"commitment refused by the chain: {refusal}"
+                del batch[address]
+        if not batch:
+            return relayed
+        tx = contract.commit_many(run_id, round_id, batch)
+    relayed.gas.append(tx.gas_used)
+    relayed.landed = [str(e["args"]["participant"]) for e in tx.events if e["event"] in ("Committed", "Declined")]
+    return relayed
 
 
 def relay_reveals(contract: RoundsContract, run_id: int, round_id: int, records: Mapping[str, bytes]) -> Relayed:

@@ -31,7 +31,7 @@ from flwr.common import log
 
 from ..chain import DpParams, commitment_of
 from ..chain.phases import await_phase_end
-from ..protocol.encoding import from_wad, reveal_record
+from ..protocol.encoding import STAGES, from_wad, reveal_record
 from ..errors import (
     ChainError,
     ConfigError,
@@ -233,15 +233,18 @@ def _global_model(view: RunView, model_cid: str) -> dict[str, np.ndarray]:
 
 def handle_commit(participant: Participant, message: Message, context: Context) -> Message:
     """Fetch the chain's global model, train with DP-SGD under the spec's settings,
-    commit to the update's hash."""
+    commit to the update's hash; with ``relay`` in the message's config, sign the
+    commitment (or the decline) for the coordinator's ``commitMany`` instead, guarded: a
+    commitment not on chain by the commit fallback point is sent by the node itself."""
     request, view = _request_and_view(participant, message, CommitRequest)
-    committed = _commit(participant, view, context, request.round, request.model_cid)
-    if committed.state is ReplyState.COMMITTED:
-        _guard_reveal(view, context, request.round)
+    relay = request.relay and participant.relay  # a silo may refuse any relayer
+    committed = _commit(participant, view, context, request.round, request.model_cid, relay=relay)
+    if committed.state in (ReplyState.COMMITTED, ReplyState.HANDED):
+        _guard_reveal(view, context, request.round, commitment=committed.commitment)
     return reply_message(message, committed)
 
 
-def _guard_reveal(view: RunView, context: Context, round_id: int) -> None:
+def _guard_reveal(view: RunView, context: Context, round_id: int, *, commitment: bytes = b"") -> None:
     """Make sure the reveal just committed to lands even if the coordinator withholds
     the hand-over or never asks for it (:mod:`.reveal_guard`): a detached process for a
     deployed silo, whose ClientApp process ends with this reply; a thread otherwise."""
@@ -250,7 +253,7 @@ def _guard_reveal(view: RunView, context: Context, round_id: int) -> None:
                             run_id=view.run_id, round=round_id, participant=view.account.address,
                             cid=str(held["cid"]), num_examples=int(held["num-examples"]),
                             dp=DpParams(*(int(v) for v in held["dp"])), salt=bytes(held["salt"]),
-                            blob=bytes(held["blob"]))  # fmt: skip
+                            blob=bytes(held["blob"]), commitment=commitment)  # fmt: skip
     label, ledger_dir = view.participant.label, view.participant.ledger_dir
     if "keystore" in context.node_config and ledger_dir is not None:
         try:
@@ -276,9 +279,26 @@ def _terms_refusal(participant: Participant, view: RunView) -> str | None:
                                    spec_digest=view.spec_digest, params=params)  # fmt: skip
 
 
-def _commit(participant: Participant, view: RunView, context: Context, round_id: int, announced_cid: str) -> CommitReply:
+def _decline(participant: Participant, view: RunView, round_id: int, reason: str, *, relay: bool) -> CommitReply:
+    """Decline a round this node was sampled for, on chain (protocol §2.3), so that the
+    commit phase stops waiting for it: signed for the relaying coordinator's
+    ``commitMany``, or by its own transaction (a chain that refuses it, say the node is
+    not sampled, changes nothing: the decline is reported either way)."""
+    if relay:
+        signature = view.contract.sign_commit(view.run_id, round_id, None)
+        return CommitReply(ReplyState.DECLINED, participant.address, reason=reason, signature=signature)
+    try:
+        view.contract.decline(view.run_id, round_id)
+    except ChainError as exc:
+        log(WARNING, "participant %s: declining round %s on chain failed: %s", participant.label, round_id, exc)
+    return CommitReply(ReplyState.DECLINED, participant.address, reason=reason)
+
+
+def _commit(participant: Participant, view: RunView, context: Context, round_id: int, announced_cid: str, *,
+            relay: bool = False) -> CommitReply:  # fmt: skip
     """The commit step: train on the chain's global model (which the coordinator must
-    have announced as ``announced_cid``) and commit to the update, or decline."""
+    have announced as ``announced_cid``) and commit to the update (relayed: sign it for
+    the coordinator), or decline."""
     contract, spec = view.contract, view.spec
     started = time.perf_counter()
 
@@ -300,7 +320,11 @@ def _commit(participant: Participant, view: RunView, context: Context, round_id:
         reason = (f"its {len(view.data.y)} training examples exceed the {bound} it is registered with "
                   "(the contract refuses a reveal above the bound)")  # fmt: skip
         log(WARNING, "participant %s declines round %s: %s", participant.label, round_id, reason)
-        return CommitReply(ReplyState.DECLINED, participant.address, reason=reason)
+        return _decline(participant, view, round_id, reason, relay=relay)
+    if relay:  # a commitMany item that would settle a missing-reveal slash first could fall short of the stake
+        member = contract.get_member(view.run_id, participant.address)
+        if 0 < int(member["round"]) < round_id and STAGES[int(member["stage"])] == "committed":
+            contract.settle(view.run_id, participant.address)
     stake_gas = _ensure_stake(view)
     ledger = _load_ledger(view, context)
     try:
@@ -322,7 +346,7 @@ def _commit(participant: Participant, view: RunView, context: Context, round_id:
         )
     except PrivacyBudgetExhaustedError as exc:
         log(INFO, "participant %s declines round %s: %s", participant.label, round_id, exc)
-        return CommitReply(ReplyState.DECLINED, participant.address, reason=str(exc))
+        return _decline(participant, view, round_id, str(exc), relay=relay)
     _save_ledger(view, context, ledger)
     train_seconds = time.perf_counter() - started
 
@@ -352,7 +376,9 @@ def _commit(participant: Participant, view: RunView, context: Context, round_id:
         salt=salt,
     )
     try:
-        tx = contract.commit(view.run_id, round_id, commitment)
+        # relayed: signed for the coordinator's commitMany (the reveal guard sends it if the
+        # coordinator does not in time); a pending penalty then settles there first
+        tx = None if relay else contract.commit(view.run_id, round_id, commitment)
     except ContractRevertError as exc:
         if exc.error_name != "InsufficientStake":
             raise
@@ -383,6 +409,9 @@ def _commit(participant: Participant, view: RunView, context: Context, round_id:
     training = TrainingMetrics(num_examples=trained.num_examples, epsilon=trained.epsilon,
                                noise_multiplier=trained.noise_multiplier, sample_rate=trained.sample_rate,
                                steps=trained.steps, train_loss=trained.train_loss, train_seconds=train_seconds)  # fmt: skip
+    if tx is None:
+        return CommitReply(ReplyState.HANDED, participant.address, cid=cid, training=training, gas=stake_gas,
+                           commitment=commitment, signature=contract.sign_commit(view.run_id, round_id, commitment))  # fmt: skip
     return CommitReply(ReplyState.COMMITTED, participant.address, cid=cid, training=training,
                        gas=tx.gas_used + stake_gas)  # fmt: skip
 

@@ -1,5 +1,10 @@
 """The reveal guard: a participant that committed makes sure its reveal lands.
 
+Where the coordinator relays commits too (protocol §2.3), the node hands it a signed
+commitment instead of committing, and the guard first makes sure the commitment lands:
+if it is not on chain by the *commit fallback point* (seven eighths into the commit
+phase), the node sends its own ``commit``.
+
 A relaying coordinator (protocol §2.4) publishes the reveal records its nodes hand over;
 one that withholds a record, or never asks for it, would get that node slashed for a
 missing reveal, its update already published. So once a node has committed in a round
@@ -88,11 +93,14 @@ class PendingReveal:
     dp: DpParams
     salt: bytes
     blob: bytes
+    #: Handed to a relaying coordinator, not sent yet (empty: the node committed itself).
+    commitment: bytes = b""
 
     def to_json(self) -> dict[str, Any]:
         return {"chain-id": self.chain_id, "contract": self.contract, "run-id": self.run_id, "round": self.round,
                 "participant": self.participant, "cid": self.cid, "num-examples": self.num_examples,
-                "dp": [str(v) for v in self.dp.as_tuple()], "salt": self.salt.hex()}  # fmt: skip
+                "dp": [str(v) for v in self.dp.as_tuple()], "salt": self.salt.hex(),
+                "commitment": self.commitment.hex()}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], blob: bytes) -> PendingReveal:
@@ -100,7 +108,8 @@ class PendingReveal:
             return cls(chain_id=int(data["chain-id"]), contract=str(data["contract"]), run_id=int(data["run-id"]),
                        round=int(data["round"]), participant=str(data["participant"]), cid=str(data["cid"]),
                        num_examples=int(data["num-examples"]), dp=DpParams(*(int(v) for v in data["dp"])),
-                       salt=bytes.fromhex(str(data["salt"])), blob=blob)  # fmt: skip
+                       salt=bytes.fromhex(str(data["salt"])), blob=blob,
+                       commitment=bytes.fromhex(str(data.get("commitment", ""))))  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"pending reveal is malformed: {exc!r}") from None
 
@@ -139,6 +148,10 @@ def watch(contract: RoundsContract, store: ContentStore, pending: PendingReveal,
         except ChainUnavailableError as exc:
             out_of_reach(exc)
     commit_deadline, reveal_deadline = int(state["commitDeadline"]), int(state["revealDeadline"])
+    if pending.commitment:
+        landed = _guard_commit(contract, pending, clock, commit_deadline, poll_s=poll_s, note=note)
+        if landed is not None:
+            return landed
     fallback = fallback_point(commit_deadline, reveal_deadline)
     while True:
         try:
@@ -157,6 +170,36 @@ def watch(contract: RoundsContract, store: ContentStore, pending: PendingReveal,
                 raise
             out_of_reach(exc)
             continue
+        time.sleep(_pause(fallback - now, poll_s))
+
+
+def _guard_commit(contract: RoundsContract, pending: PendingReveal, clock: _ChainClock, commit_deadline: int, *,
+                  poll_s: float, note: Callable[[str], None]) -> GuardOutcome | None:  # fmt: skip
+    """Wait for the handed commitment to land; send it at the commit fallback point if it
+    has not. None: it is on chain, go on guarding the reveal; else how the guard ended."""
+    run_id, round_id = pending.run_id, pending.round
+    duration = int(contract.get_run(run_id)["commitDuration"])
+    fallback = commit_deadline - duration // 8
+    while True:
+        member = contract.get_member(run_id, pending.participant)
+        if int(member["round"]) == round_id:
+            if STAGES[int(member["stage"])] == "declined":
+                return GuardOutcome(False, f"{pending.label}: declined, nothing to reveal")
+            return None
+        phase, now = contract.phase(run_id, round_id), clock.now()
+        if phase != "commit" or now >= commit_deadline:
+            return GuardOutcome(False, f"{pending.label}: its commitment was never recorded (phase {phase}); "
+                                       "nothing to reveal", failed=True)  # fmt: skip
+        if now >= fallback:
+            try:
+                tx = contract.commit(run_id, round_id, pending.commitment)
+            except ContractRevertError:
+                if int(contract.get_member(run_id, pending.participant)["round"]) == round_id:
+                    return None  # the relayer's batch landed first
+                raise
+            note(f"{pending.label}: its commitment was not on chain by the commit fallback point; committed with "
+                 f"its own transaction {tx.tx_hash}")  # fmt: skip
+            return None
         time.sleep(_pause(fallback - now, poll_s))
 
 

@@ -46,6 +46,7 @@ ATTESTED = AttestReply(ReplyState.ATTESTED, ADDRESS, cid=CID, excluded=EXCLUDED,
 REQUESTS = [
     IdentityRequest(challenge=b"\x01" * 32),
     CommitRequest(round=3, model_cid=CID),
+    CommitRequest(round=3, model_cid=CID, relay=True),
     RevealRequest(round=3, relay=True),
     AttestRequest(round=3),
     RoundRequest(round=1, model_cid=CID),
@@ -67,6 +68,9 @@ REPLIES = [
     RoundReply(commit=CommitReply(ReplyState.DECLINED, ADDRESS, reason="terms", terms=True)),
     EvaluateReply(ReplyState.EVALUATED, ADDRESS, model_cid=CID, loss=0.3, accuracy=0.9, num_examples=20),
     EvaluateReply(ReplyState.NO_EVAL_DATA, ADDRESS),
+    CommitReply(ReplyState.HANDED, ADDRESS, cid=CID, training=TRAINING, gas=0, commitment=b"\x04" * 32,
+                signature=b"\x05" * 65),
+    CommitReply(ReplyState.DECLINED, ADDRESS, reason="budget spent", signature=b"\x06" * 65),
 ]
 
 
@@ -125,7 +129,7 @@ def test_the_wire_keys_are_the_ones_both_sides_read() -> None:
                        "excluded-reasons": []}, {"gas": 1}, "differ in length"),
         (CommitReply, {"state": "committed", "address": ADDRESS, "cid": CID}, {"gas": 1},
          "commit reply's metrics lacks 'num-examples'"),
-        (CommitReply, {"state": "won", "address": ADDRESS}, None, "'state' is 'won', not one of committed, declined"),
+        (CommitReply, {"state": "won", "address": ADDRESS}, None, "'state' is 'won', not one of committed, handed, declined"),
         (CommitReply, {"address": ADDRESS}, None, "commit reply lacks 'state'"),
         (RevealReply, {"state": "revealed", "address": ADDRESS}, {"gas": -1}, "'gas' is not an integer of at least 0"),
         (EvaluateReply, {"state": "evaluated", "address": ADDRESS}, {"loss": [0.1], "accuracy": 1.0, "num-examples": 1},
