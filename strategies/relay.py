@@ -10,10 +10,11 @@ its node's error, and the rest of the batch lands.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from deai_flower.chain import RoundsContract
+from deai_flower.chain import RoundsContract, TxResult
 from deai_flower.errors import ContractRevertError, InvalidCidError
 from deai_flower.messages import AttestReply
 from deai_flower.storage import cid_to_bytes
@@ -42,22 +43,9 @@ def relay_commits(contract: RoundsContract, run_id: int, round_id: int,
         if contract.commit_signer(run_id, round_id, commitment, signature) != address:
             relayed.refused[address] = "commitment not recorded: its signature is not its own"
             del batch[address]
-    if not batch:
-        return relayed
-    try:
-        tx = contract.commit_many(run_id, round_id, batch)
-    except ContractRevertError:
-        for address, (commitment, signature) in list(batch.items()):
-            refusal = contract.commit_refusal(run_id, round_id, address, commitment, signature)
-            if refusal is not None:
-                relayed.refused[address] = f"commitment refused by the chain: {refusal}"
-                del batch[address]
-        if not batch:
-            return relayed
-        tx = contract.commit_many(run_id, round_id, batch)
-    relayed.gas.append(tx.gas_used)
-    relayed.landed = [str(e["args"]["participant"]) for e in tx.events if e["event"] in ("Committed", "Declined")]
-    return relayed
+    return _send_batch(relayed, batch, lambda items: contract.commit_many(run_id, round_id, items),
+                       lambda address, item: contract.commit_refusal(run_id, round_id, address, *item),
+                       what="commitment", landed=("Committed", "Declined"))  # fmt: skip
 
 
 def relay_reveals(contract: RoundsContract, run_id: int, round_id: int, records: Mapping[str, bytes]) -> Relayed:
@@ -67,20 +55,31 @@ def relay_reveals(contract: RoundsContract, run_id: int, round_id: int, records:
     breaks the run's rules) would revert the whole batch: it is found by calling the
     batch for each record alone, and left out.
     """
-    relayed, batch = Relayed(), dict(records)
+    return _send_batch(Relayed(), dict(records), lambda items: contract.reveal_many(run_id, round_id, items),
+                       lambda address, record: contract.reveal_refusal(run_id, round_id, address, record),
+                       what="reveal", landed=("Revealed",))  # fmt: skip
+
+
+def _send_batch(relayed: Relayed, batch: dict[str, Any], send: Callable[[dict[str, Any]], TxResult],
+                refusal: Callable[[str, Any], ContractRevertError | None], *, what: str,
+                landed: tuple[str, ...]) -> Relayed:  # fmt: skip
+    """Send ``batch`` (by participant address) in one transaction; if the chain refuses
+    it, find the items it refuses alone (``refusal``), leave them out and send the rest."""
+    if not batch:
+        return relayed
     try:
-        tx = contract.reveal_many(run_id, round_id, batch)
+        tx = send(batch)
     except ContractRevertError:
-        for address, record in list(batch.items()):
-            refusal = contract.reveal_refusal(run_id, round_id, address, record)
-            if refusal is not None:
-                relayed.refused[address] = f"reveal refused by the chain: {refusal}"
+        for address, item in list(batch.items()):
+            refused = refusal(address, item)
+            if refused is not None:
+                relayed.refused[address] = f"{what} refused by the chain: {refused}"
                 del batch[address]
         if not batch:
             return relayed
-        tx = contract.reveal_many(run_id, round_id, batch)
+        tx = send(batch)
     relayed.gas.append(tx.gas_used)
-    relayed.landed = [str(e["args"]["participant"]) for e in tx.events if e["event"] == "Revealed"]
+    relayed.landed = [str(e["args"]["participant"]) for e in tx.events if e["event"] in landed]
     return relayed
 
 
