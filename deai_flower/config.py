@@ -85,7 +85,7 @@ class StrategyConfig:
     beta: float = 0.2  # fedtrimmedavg: fraction cut at each end
     sample_fraction: float = 1.0  # per-participant sampling probability, from the beacon
     quorum: int = 2  # matching attestations that finalize a round
-    committee_size: int = 0  # eligible attesters: revealers among the first N sampled positions; 0: every revealer
+    committee_size: int = 25  # eligible attesters: revealers among the first N sampled positions; 0: every revealer
     min_reveals: int = 2  # valid reveals needed for a round to be aggregated
     commit_timeout_s: int = 600
     reveal_timeout_s: int = 600
