@@ -139,6 +139,8 @@ def _run(cfg: DictConfig, output_dir: Path) -> None:
     from ..experiment import run_experiment
 
     console = Console()
+    if not console.is_terminal:  # piped: rich's 80 columns would cut the tables' numbers short
+        console = Console(width=200)
     results = run_experiment(cfg, output_dir=output_dir, overrides=list(HydraConfig.get().overrides.task),
                              on_start=lambda record: print(run_line(record), flush=True))  # fmt: skip
     finalized = [r for r in results["rounds"] if r["status"] == "finalized"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,9 @@ def test_main_job_runs_and_prints_the_table(main_job: tuple[subprocess.Completed
     # piped (80 columns): the last line still names the results file whole, on one line
     assert f"results {out / 'results.json'} (and model.safetensors" in result.stdout.splitlines()[-1]
     assert "ε spent" in result.stdout and "payout" in result.stdout  # the per-client table
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("│", "┃"))]
+    # piped, no cell is cut short (the addresses' … is theirs)
+    assert rows and not [row for row in rows if "…" in re.sub(r"0x[0-9a-fA-F]{4}…[0-9a-fA-F]{4}", "", row)], rows
 
 
 @pytest.mark.slow

@@ -22,88 +22,18 @@ import re
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from doc_commands import DOCUMENTED, ROOT, Command, code_blocks
+from doc_commands import of as _of
 from support import compose_with
 
 from deai_flower.config import validate
 
-ROOT = Path(__file__).resolve().parents[2]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-
-
-@dataclass(frozen=True)
-class Command:
-    page: str
-    words: tuple[str, ...]
-
-    @property
-    def program(self) -> str:
-        return self.words[0].removeprefix(".venv/bin/")
-
-    def __str__(self) -> str:
-        return f"{self.page}: {shlex.join(self.words)}"
-
-
-def _blocks(path: Path, language: str = "bash") -> list[list[str]]:
-    """The lines of each fenced ``language`` block of ``path``."""
-    blocks, current = [], None
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("```"):
-            if current is None and line.strip() == f"```{language}":
-                current = []
-            elif current is not None:
-                blocks.append(current)
-                current = None
-        elif current is not None:
-            current.append(line)
-    return blocks
-
-
-def _commands(path: Path) -> list[Command]:
-    """The commands of ``path``'s bash blocks, as the shell would cut them.
-
-    A block written as a transcript (lines starting ``$ ``) gives only its ``$`` lines;
-    ``NAME=value`` lines set variables that later commands of the block use.
-    """
-    commands: list[Command] = []
-    for block in _blocks(path):
-        if any(line.startswith("$ ") for line in block):
-            block = [line[2:] for line in block if line.startswith("$ ")]
-        variables: dict[str, str] = {}
-        pending = ""
-        for line in block:
-            pending = f"{pending}\n{line}" if pending else line
-            if pending.endswith("\\"):
-                pending = pending[:-1]
-                continue
-            try:
-                words = shlex.split(re.sub(r"\$(\w+)", lambda m: variables.get(m.group(1), m.group(0)), pending),
-                                    comments=True)  # fmt: skip
-            except ValueError:  # a quote that closes on a later line
-                continue
-            pending = ""
-            for part in (list(g) for sep, g in itertools.groupby(words, lambda w: w in ("&&", ";", "&")) if not sep):
-                part = [w.strip("()") for w in part if w.strip("()")]
-                if len(part) == 1 and re.fullmatch(r"\w+=.*", part[0]):
-                    name, value = part[0].split("=", 1)
-                    variables[name] = value
-                elif part:
-                    commands.append(Command(path.relative_to(ROOT).as_posix(), tuple(part)))
-        assert not pending, f"{path.name}: unterminated command {pending!r}"
-    return commands
-
-
-DOCUMENTED = [command for page in PAGES for command in _commands(page)]
-
-
-def _of(*programs: str) -> list[Command]:
-    return [c for c in DOCUMENTED if c.program in programs]
 
 
 def _id(command: Command) -> str:
@@ -302,7 +232,7 @@ def test_the_readme_verifies_and_loads_a_runs_output_directory(tmp_path: Path) -
     verified = _run(words, cwd=tmp_path)
     assert verified.returncode == 0, verified.stdout[-2000:] + verified.stderr[-2000:]
     assert verified.stdout.splitlines()[-1].startswith("all 1 rounds verified"), verified.stdout[-2000:]
-    (snippet,) = ["\n".join(b) for b in _blocks(ROOT / "README.md", "python") if "load_model" in "\n".join(b)]
+    (snippet,) = ["\n".join(b) for b in code_blocks(ROOT / "README.md", "python") if "load_model" in "\n".join(b)]
     code = re.sub(r"outputs/<[^\"]+>/", f"{relative}/", snippet) + "\nimport torch\nprint(isinstance(model, torch.nn.Module))"
     loaded = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=ENV, capture_output=True, text=True,
                             timeout=300)  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from doc_commands import of
 
 from deai_flower.storage import LocalStore
 from deai_flower.verify import RunRecord, verify_run
@@ -89,12 +91,19 @@ def test_a_config_error_is_one_line_with_did_you_mean_and_the_run_fails(flwr_hom
     assert _status(flwr_home) == "finished:failed"
 
 
-def test_the_readme_krum_command_runs_as_written(flwr_home: Path, tmp_path: Path) -> None:
-    """README's second ``flwr run`` command: Krum needs 5 reveals, the federation gets 5 SuperNodes."""
+def test_the_readmes_flwr_run_with_overrides_runs_as_written(flwr_home: Path, tmp_path: Path) -> None:
+    """README's ``flwr run`` command with overrides, as written but for its output directory
+    (Krum needs 5 reveals a round: its federation has 5 SuperNodes)."""
+    (command,) = [c for c in of("flwr") if c.page == "README.md" and "--run-config" in c.words]
+    words = list(command.words[1:])
+    config = words[words.index("--run-config") + 1]
     out = tmp_path / "run"
-    config = f'overrides="strategy=krum num_rounds=3" output-dir="{out}"'
-    run = _flwr("run", ".", "--stream", "--federation-config", "num-supernodes=5", "--run-config", config,
-                home=flwr_home, timeout=1200)  # fmt: skip
+    words[words.index("--run-config") + 1] = re.sub(r'output-dir="[^"]*"', f'output-dir="{out}"', config)
+    assert words != list(command.words[1:])  # it names an output directory, which the test replaces
+    run = _flwr(*words, home=flwr_home, timeout=1200)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     assert _status(flwr_home) == "finished:completed", (run.stdout + run.stderr)[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert [r["status"] for r in results["rounds"]] == ["finalized"] * 3
+    rounds = int(re.search(r"num_rounds=(\d+)", config).group(1))  # type: ignore[union-attr]
+    assert [r["status"] for r in results["rounds"]] == ["finalized"] * rounds
+    assert len([line for line in run.stdout.splitlines() if "(attempt " in line]) == rounds
