@@ -28,8 +28,9 @@ before it):
    claimed noise's power, summed and soft-thresholded per coordinate at
    ``REFERENCE_THRESHOLD`` times their noise std: ``v_i``;
    ``z_i = <r_i, v_i> / (|v_i| * max(s_i, rms(r_i)))``, at most a standard normal for
-   anything independent of the others. Refused below ``MIN_AGREEMENT``; in a round
-   where no update reaches ``ROUND_AGREEMENT``, below ``-MIN_AGREEMENT`` only.
+   anything independent of the others. Refused below ``MIN_AGREEMENT`` in a round where
+   at least two updates, and a quarter of those tested, reach it; in another round (its
+   updates stand out from noise no more than noise would) below ``-MIN_AGREEMENT`` only.
 6. ``score_i = SCORE_SCALE`` when admitted, else 0: equal shares.
 
 Conventions are :mod:`.scores`' (docs/protocol.md §4): updates in canonical order,
@@ -58,7 +59,6 @@ __all__ = [
     "MOMENTUM",
     "NOISE_FLOOR",
     "REFERENCE_THRESHOLD",
-    "ROUND_AGREEMENT",
     "SHARED_NOISE",
     "ShareVerdict",
     "duplicate_bars",
@@ -83,11 +83,6 @@ REFERENCE_THRESHOLD = 1.0
 #: Least agreement with the others, in standard deviations of chance (step 5): noise sent
 #: as an update passes about one round in twenty (one-sided 5 %).
 MIN_AGREEMENT = 1.645
-#: A round is judged by MIN_AGREEMENT only when some update reaches this (one-sided 1 %:
-#: the best of three noises reaches it in 3 % of rounds, of five in 5 %); otherwise its
-#: updates are told apart from noise by none, and only what points against the others is
-#: refused (step 5).
-ROUND_AGREEMENT = 2.326
 
 
 def duplicate_bars(coordinates: int) -> tuple[float, float]:
@@ -294,7 +289,9 @@ def share_verdicts(spec: RunSpec, updates: Sequence[RevealedUpdate], global_arra
             agreements[i] = c / (math.sqrt(mass) * scale) if mass > 0.0 and scale > 0.0 else 0.0
     tested = [z for z in agreements if z is not None]
     # step 5's fallback: a round in which no update stands out from chance refuses only what points against the others
-    bar = MIN_AGREEMENT if any(z >= ROUND_AGREEMENT for z in tested) else -MIN_AGREEMENT
+    standing_out = sum(z >= MIN_AGREEMENT for z in tested)
+    strict = standing_out >= 2 and 4 * standing_out >= len(tested)
+    bar = MIN_AGREEMENT if strict else -MIN_AGREEMENT
     verdicts: dict[str, ShareVerdict] = {}
     for i, update in enumerate(ordered):
         refused, agreement = first[i], agreements[i]
