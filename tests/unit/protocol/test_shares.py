@@ -310,3 +310,21 @@ def test_the_others_blocks_cancel_exactly() -> None:
 
     R = [[1e16, 1.0, -1e16], [3.0, 0.5, 2.0**-60], [-1e16, 7.0, 1e16]]
     assert _others_blocks(R) == [0.5 + 2.0**-60 + 7.0 + 1e16, 1e16 - 1e16 - 1e16 + 1e16, 1e16 + 1.0 + 3.0 + 0.5]
+
+
+def test_a_round_is_judged_strictly_only_when_two_and_a_quarter_of_its_updates_stand_out() -> None:
+    # one update beyond chance is what noise alone gives in a round of three one time in
+    # seven: it does not refuse the others; two (and a quarter of the round) do
+    lone = strict = 0
+    for seed in range(40):
+        base, _, updates = honest_round(3, strength=0.08, seed=seed)
+        verdicts = list(share_verdicts(SPEC, updates, base).values())
+        above = sum(v.agreement >= 1.645 for v in verdicts)
+        refused = {i for i, v in enumerate(verdicts) if v.refused == "direction"}
+        if above >= 2:
+            strict += 1
+            assert refused == {i for i, v in enumerate(verdicts) if v.agreement < 1.645}
+        else:
+            lone += above == 1
+            assert refused == {i for i, v in enumerate(verdicts) if v.agreement < -1.645}
+    assert lone > 0 and strict > 0
