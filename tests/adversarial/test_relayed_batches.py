@@ -206,7 +206,7 @@ def tampering(victims: dict[int, str]) -> Callable[[Message, Context], Message]:
         if how is None or answer.has_error():
             return answer
         status = answer.content["status"]
-        if how == "inflate" and status.get("state") == "handed":
+        if how == "inflate" and status.get("state") == "handed" and "record" in status:  # its reveal, not its commit
             record = bytes(status["record"])
             status["record"] = record[:36] + (2**40).to_bytes(8, "big") + record[44:]
         elif how == "foreign" and status.get("state") == "signed":

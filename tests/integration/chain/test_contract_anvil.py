@@ -12,6 +12,11 @@ from unit.chain import test_contract as _suite
 
 globals().update({name: test for name, test in vars(_suite).items() if name.startswith("test_")})
 
+# Protocol 0.7's rules (attester pay, commitMany, decline), on anvil too.
+from unit.chain import test_contract_07 as _v07  # noqa: E402
+
+globals().update({name: item for name, item in vars(_v07).items() if name.startswith("test_")})
+
 # The relayer's attacks on the contract (revealMany, attestMany), on anvil too; the
 # attack through the apps stays on the embedded chain.
 from adversarial import test_relayed_batches as _relayed  # noqa: E402
