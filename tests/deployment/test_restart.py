@@ -58,6 +58,7 @@ def _wait(what: str, predicate, timeout: float) -> None:  # type: ignore[no-unty
         time.sleep(0.5)
 
 
+@pytest.mark.timeout(2400)  # 7 to 11 min measured on a loaded 2-core machine
 def test_a_killed_supernode_and_a_stopped_coordinator_are_started_again_and_the_run_completes(
     tmp_path: Path,
 ) -> None:

@@ -13,12 +13,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from deai_flower.chain.devnode import free_port
 
 HERE = Path(__file__).parent
 BIN = Path(sys.executable).parent
 
 
+@pytest.mark.timeout(2700)  # a dozen minutes on a loaded 2-core machine; the suite's 900 s is for one test
 def test_the_runbook_walks_an_admin_and_three_hospitals_to_a_verified_run(tmp_path: Path) -> None:
     trial = tmp_path / "trial"
     node_port0 = free_port()
