@@ -21,9 +21,16 @@ Each point runs in a process of its own (a clean interpreter, its memory alone):
   does not learn; ``sampled_1000_nodp`` is the same without DP (``privacy=none``).
 * ``inprocess_100_anvil`` and ``ray_100_anvil``: the 100-client points on an anvil node
   instead of the embedded chain, to tell the chain's share of a round from the protocol's.
+* ``inprocess_1000``: 1,000 clients a round in-process on the embedded chain (every
+  registered participant sampled), scored by ``alignment`` (O(n) per attester; the
+  ``shares`` score's Gram matrix is O(n^2) pairs per attester, minutes at 1,000).
 * ``attester``: an attester's work on 100 updates of ~1M float32 parameters, measured
   directly (``rules.aggregate("fedavg")`` and ``scores.alignment_scores``): time, and the
   tracemalloc peak beyond the updates themselves.
+
+CPU: ``process_cpu_seconds`` is the user and system time of the point's process and the
+descendants it waited for (Ray's daemons are not among them): on a shared machine the
+wall time grows with the others' load, the CPU time much less.
 
 Memory: a sampler walks the point's process tree every 0.2 s (psutil), keeping each
 process's peak RSS (the larger of the sampled RSS and the kernel's VmHWM). RSS counts
@@ -42,6 +49,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -54,7 +62,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "scale.json"
 POINTS = ("inprocess_100", "ray_100", "plain_ray_100", "sampled_1000", "sampled_1000_nodp", "attester",
-          "inprocess_100_anvil", "ray_100_anvil")
+          "inprocess_100_anvil", "ray_100_anvil", "inprocess_1000")
 SAMPLE_EVERY_S = 0.2
 #: What the runs that made this bench showed besides their numbers (written into scale.json).
 NOTES = [
@@ -219,6 +227,7 @@ def run_measured(argv: list[str], *, timeout_s: float, tmp: str) -> dict[str, An
     """Run ``argv``, sampling its process tree's memory; its rc, wall time, memory and log tail."""
     log_path = Path(tmp) / "log.txt"
     load_before = os.getloadavg()
+    used_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1", "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
@@ -231,8 +240,11 @@ def run_measured(argv: list[str], *, timeout_s: float, tmp: str) -> dict[str, An
                 rc = "timeout"
                 proc.wait()
     wall = time.perf_counter() - started
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (used.ru_utime + used.ru_stime) - (used_before.ru_utime + used_before.ru_stime)
     text = log_path.read_text(encoding="utf-8", errors="replace")
-    return {"rc": rc, "process_wall_seconds": round(wall, 2), "memory": sampler.summary(),
+    return {"rc": rc, "process_wall_seconds": round(wall, 2), "process_cpu_seconds": round(cpu, 2),
+            "memory": sampler.summary(),
             "load_average": {"before": [round(v, 2) for v in load_before], "max_1min_during": round(sampler.load_peak, 2),
                              "after": [round(v, 2) for v in os.getloadavg()]},
             "log_tail": _scrub("\n".join(text.strip().splitlines()[-25:]), tmp)}  # fmt: skip
@@ -608,6 +620,8 @@ def main() -> None:
         elif name.startswith("ray_100"):
             point = deai_point(["num_clients=100", *rounds, "engine=ray", f"engine.num_cpus_per_client={args.ray_cpus}"],
                                timeout_s=args.timeout, anvil=name.endswith("_anvil"))  # fmt: skip
+        elif name == "inprocess_1000":
+            point = deai_point(["num_clients=1000", *rounds, "incentives.score=alignment"], timeout_s=args.timeout)
         elif name.startswith("sampled_1000"):
             nodp = ["privacy=none"] if name.endswith("_nodp") else []
             point = deai_point(["num_clients=1000", "strategy.sample_fraction=0.1", *rounds,
