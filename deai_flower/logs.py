@@ -63,6 +63,28 @@ def drop_opacus_root_handler() -> None:
             root.removeHandler(handler)
 
 
+#: The run's log-file handlers :func:`flower_lines_once` gave Flower's logger.
+_FILES_FOR_FLOWER: list[logging.Handler] = []
+
+
+def flower_lines_once() -> None:
+    """Print each of Flower's log lines once under Hydra's job logging.
+
+    Flower's logger prints its records with a console handler of its own and passes them
+    on to the root logger, where Hydra's job logging prints them again (and writes them to
+    the run's log file). Flower's records stop at Flower's logger, which is handed the
+    root's file handlers instead, so the log file still holds them. Called once Hydra set
+    up a job's logging (each job of a sweep has a log file of its own).
+    """
+    flower, root = logging.getLogger("flwr"), logging.getLogger()
+    for handler in _FILES_FOR_FLOWER:
+        flower.removeHandler(handler)
+    _FILES_FOR_FLOWER[:] = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+    for handler in _FILES_FOR_FLOWER:
+        flower.addHandler(handler)
+    flower.propagate = False
+
+
 class _ProjectErrorsInOneLine(logging.Filter):
     """A record carrying one of the project's own errors (:class:`~deai_flower.errors.DeaiError`,
     whose message already says what is wrong) loses its traceback: the line ends with the

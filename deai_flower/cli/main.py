@@ -131,9 +131,10 @@ def run_main(cfg: DictConfig) -> None:
 def _run(cfg: DictConfig, output_dir: Path) -> None:
     from rich.console import Console
 
-    from ..logs import quiet_third_party
+    from ..logs import flower_lines_once, quiet_third_party
 
     quiet_third_party(verbose=bool(cfg.get("verbose", False)))
+    flower_lines_once()
     from ..outputs import CLIENTS_CSV, CURVE_PNG, MODEL_FILE, ROUNDS_CSV, clients_table
     from ..report import results_table  # the ML stack, Flower and the chain: after the summary line
     from ..experiment import run_experiment
