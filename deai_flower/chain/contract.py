@@ -424,9 +424,14 @@ class RoundsContract:
         sent), or None."""
         return self._refusal("attestMany", run_id, round_id, result_cid, outcome, bytes(signature))
 
-    def _refusal(self, fn_name: str, *args: Any) -> ContractRevertError | None:
+    def commit_refusal_now(self, run_id: int, round_id: int, commitment: bytes) -> ContractRevertError | None:
+        """Why the chain would refuse this account's own ``commit`` now (called, not sent),
+        or None: a pending slash that a commit settles first may leave the stake short."""
+        return self._refusal("commit", run_id, round_id, bytes(commitment), sender=True)
+
+    def _refusal(self, fn_name: str, *args: Any, sender: bool = False) -> ContractRevertError | None:
         try:
-            self._call(fn_name, *args)
+            self._call(fn_name, *args, sender=sender)
         except ContractRevertError as exc:
             return exc
         return None
@@ -505,11 +510,13 @@ class RoundsContract:
 
     # ------------------------------------------------------------------ views
 
-    def _call(self, fn_name: str, *args: Any) -> Any:
+    def _call(self, fn_name: str, *args: Any, sender: bool = False) -> Any:
         spec = self._functions[fn_name]
+        call = {"to": self.address, "data": "0x" + spec.calldata(args).hex()}
+        if sender:  # as this account would send it
+            call["from"] = self.account.address
         try:
-            answer = self.node.request("eth_call", [{"to": self.address, "data": "0x" + spec.calldata(args).hex()},
-                                                    "latest"])  # fmt: skip
+            answer = self.node.request("eth_call", [call, "latest"])
             raw = bytes.fromhex(answer.removeprefix("0x"))
             values = [_checksummed(v, p) for v, p in zip(decode(spec.output_types, raw), spec.outputs, strict=True)]
             return values[0] if len(values) == 1 else tuple(values)

@@ -31,7 +31,7 @@ from flwr.common import log
 
 from ..chain import DpParams, commitment_of
 from ..chain.phases import await_phase_end
-from ..protocol.encoding import STAGES, from_wad, reveal_record
+from ..protocol.encoding import from_wad, reveal_record
 from ..errors import (
     ChainError,
     ConfigError,
@@ -321,10 +321,6 @@ def _commit(participant: Participant, view: RunView, context: Context, round_id:
                   "(the contract refuses a reveal above the bound)")  # fmt: skip
         log(WARNING, "participant %s declines round %s: %s", participant.label, round_id, reason)
         return _decline(participant, view, round_id, reason, relay=relay)
-    if relay:  # a commitMany item that would settle a missing-reveal slash first could fall short of the stake
-        member = contract.get_member(view.run_id, participant.address)
-        if 0 < int(member["round"]) < round_id and STAGES[int(member["stage"])] == "committed":
-            contract.settle(view.run_id, participant.address)
     stake_gas = _ensure_stake(view)
     ledger = _load_ledger(view, context)
     try:
@@ -377,8 +373,14 @@ def _commit(participant: Participant, view: RunView, context: Context, round_id:
     )
     try:
         # relayed: signed for the coordinator's commitMany (the reveal guard sends it if the
-        # coordinator does not in time); a pending penalty then settles there first
-        tx = None if relay else contract.commit(view.run_id, round_id, commitment)
+        # coordinator does not in time), once a call of its own commit shows the item would land
+        if relay:
+            refusal = contract.commit_refusal_now(view.run_id, round_id, commitment)
+            if refusal is not None:
+                raise refusal
+            tx = None
+        else:
+            tx = contract.commit(view.run_id, round_id, commitment)
     except ContractRevertError as exc:
         if exc.error_name != "InsufficientStake":
             raise
@@ -387,7 +389,7 @@ def _commit(participant: Participant, view: RunView, context: Context, round_id:
         # the stake up again and commit (rare: most rounds leave nothing to settle, and a
         # settle of its own would cost every commit a transaction).
         stake_gas += contract.settle(view.run_id, participant.address).gas_used + _ensure_stake(view)
-        tx = contract.commit(view.run_id, round_id, commitment)
+        tx = None if relay else contract.commit(view.run_id, round_id, commitment)
     if _PENDING in context.state:  # a round abandoned before its reveal
         view.store.discard(str(context.state[_PENDING].get("staged", "")))
     # Published only at the reveal; staging writes it meanwhile, out of sight (after the

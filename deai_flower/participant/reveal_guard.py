@@ -182,6 +182,8 @@ def _guard_commit(contract: RoundsContract, pending: PendingReveal, clock: _Chai
     fallback = commit_deadline - duration // 8
     while True:
         member = contract.get_member(run_id, pending.participant)
+        if int(member["round"]) > round_id:  # it has committed since: this round is over
+            return None
         if int(member["round"]) == round_id:
             if STAGES[int(member["stage"])] == "declined":
                 return GuardOutcome(False, f"{pending.label}: declined, nothing to reveal")
