@@ -1,6 +1,7 @@
 """Who the reward pool pays: honest silos against the defections of issue 24, per score.
 
-For each strategy (honest only, and each simulated adversary of conf/adversary/) x score
+For each strategy (honest only, and each simulated adversary of conf/adversary/, which
+includes ``fit_validation``: no noise, trained on the validation set a loss-scored spec names) x score
 (``incentives.score``) x seed, the real experiment runs (in-process engine, embedded
 chain, the real contract, digits, 5 clients, ε = 8, 3 rounds) and the pool's payouts are
 read from results.json's ``incentives`` section (replayed from the chain's events). Per
@@ -30,7 +31,8 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results" / "incentives.json"
 ETHER = 10**18
-ADVERSARIES = ("none", "public_step", "public_step_bare", "no_noise", "sybil", "sign_flip_twins", "freerider")
+ADVERSARIES = ("none", "public_step", "public_step_bare", "no_noise", "sybil", "sign_flip_twins", "freerider",
+               "fit_validation")
 #: Cases that are an adversary config with settings changed.
 VARIANTS = {"public_step_bare": ("public_step", ["adversary.look_honest=false"]),
             "freerider": ("freerider", ["adversary.noise=0.05"])}
@@ -88,6 +90,7 @@ def run_case(*, dataset: str, clients: int, adversary: str, score: str, seed: in
         "attacker_total": round(sum(clients_out[c]["payout"] for c in attackers), 4) if attackers else None,
         "attacker_each": [round(clients_out[c]["payout"], 4) for c in sorted(attackers)] or None,
         "pool_left": round(incentives["pool_left"] / ETHER, 4), "conserved": incentives["conserved"],
+        "reproducible_noise": reproducible,
         "accuracy": finalized[-1].get("accuracy") if finalized else None,
         "finalized": f"{len(finalized)}/{len(results['rounds'])}",
         "seconds": round(time.perf_counter() - started, 1),
