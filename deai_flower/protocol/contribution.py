@@ -1,7 +1,7 @@
 """The contribution score a run's spec names: one dispatch for attesters and ``deai verify``.
 
-``alignment`` (:mod:`.scores`), ``shares`` (:mod:`.shares`) or ``loss`` (validation
-losses the caller evaluates, with torch). It sits above the score modules, which share
+``shares`` (:mod:`.shares`, the default), ``alignment`` (:mod:`.scores`) or ``loss``
+(validation losses the caller evaluates, with torch). It sits above the score modules, which share
 :mod:`.piecewise`'s sums and never import each other's dispatch.
 """
 
