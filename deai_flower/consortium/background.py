@@ -156,19 +156,28 @@ def stop(directory: Path, names: Sequence[str] = (), *, timeout_s: float = 15.0)
                               f"(recorded: {', '.join(sorted(known)) or 'none'})")  # fmt: skip
     chosen = [r for r in records if not names or r.name in names]
     chosen.sort(key=lambda r: r.start_ticks, reverse=True)  # the SuperNodes before the SuperLink, the chain last
-    done = []
-    for record in chosen:
+    done, groups = [], []
+    for record in chosen:  # all asked at once, then waited for together: a loaded machine is slow to stop
         try:
             if not record.alive():
                 raise ProcessLookupError
             if os.getpgid(record.pid) == record.pid:
-                _stop_group(record.pid, timeout_s=timeout_s)
+                os.killpg(record.pid, signal.SIGTERM)
+                groups.append(record.pid)
             else:  # not started by start(): only the process itself
                 os.kill(record.pid, signal.SIGTERM)
             done.append((record.name, f"stopped (process {record.pid})"))
         except ProcessLookupError:
             done.append((record.name, "had exited already"))
         (Path(directory) / "run" / f"{record.name}.json").unlink(missing_ok=True)
+    deadline = time.monotonic() + timeout_s
+    while any(_group_alive(g) for g in groups) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for group in groups:  # what did not stop in time
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     return done
 
 
