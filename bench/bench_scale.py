@@ -615,13 +615,13 @@ def main() -> None:
     started = time.perf_counter()
     for name in names:
         print(f"running {name} …", flush=True)
-        if name.startswith("inprocess_100"):
+        if name == "inprocess_1000":
+            point = deai_point(["num_clients=1000", *rounds, "incentives.score=alignment"], timeout_s=args.timeout)
+        elif name.startswith("inprocess_100"):
             point = deai_point(["num_clients=100", *rounds], timeout_s=args.timeout, anvil=name.endswith("_anvil"))
         elif name.startswith("ray_100"):
             point = deai_point(["num_clients=100", *rounds, "engine=ray", f"engine.num_cpus_per_client={args.ray_cpus}"],
                                timeout_s=args.timeout, anvil=name.endswith("_anvil"))  # fmt: skip
-        elif name == "inprocess_1000":
-            point = deai_point(["num_clients=1000", *rounds, "incentives.score=alignment"], timeout_s=args.timeout)
         elif name.startswith("sampled_1000"):
             nodp = ["privacy=none"] if name.endswith("_nodp") else []
             point = deai_point(["num_clients=1000", "strategy.sample_fraction=0.1", *rounds,
