@@ -84,6 +84,10 @@ NOTES = [
     "embedded.py); see embedded_chain_before_after.",
     "1,000 registered on digits: 1 or 2 training rows per participant; DP-SGD (q = 1) does not learn on them "
     "(accuracy ~0.1), nor does plain SGD much (sampled_1000_nodp).",
+    "Points named <name>_before were measured before the release that answers each eth_call once per head, "
+    "defaults to a committee of 25 and sums the scores at their own width (docs/benchmarks.md, scale section); "
+    "the points without the suffix after it, at the load average each records (this session's machine ran at "
+    "13-36 on 2 cores: plain_ray_100 did not finish a round within 910 s at load 36, so no new ratio).",
 ]
 MIB = 1024 * 1024
 
