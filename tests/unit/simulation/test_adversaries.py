@@ -79,3 +79,22 @@ def test_twins_send_identical_bytes_of_the_first_to_train(scale: float) -> None:
     other = Twin(pair="q", scale=scale).poison(base, trained[1])
     np.testing.assert_allclose(other["w"], base["w"] + scale * (trained[1]["w"] - base["w"]), rtol=1e-6)
     forget_twins()
+
+
+def test_fit_validation_trains_on_the_spec_named_validation_set_with_its_own_honest_claims(kwargs) -> None:
+    from support import compose_with
+
+    from deai_flower.simulation.adversaries import make_adversary
+
+    cfg = compose_with("adversary=fit_validation", "incentives.validation_size=120")
+    adversary = make_adversary(cfg, 0)
+    split = load_dataset(cfg.dataset, seed=int(cfg.seed))
+    x, y = adversary.data
+    np.testing.assert_array_equal(x, split.x_test[:120])  # what harness.store_validation_set stores
+    np.testing.assert_array_equal(y, split.y_test[:120])
+    model = small_model()
+    base = get_arrays(model)
+    honest = train_round(model=model, ledger=PrivacyLedger(), seed=3, **kwargs)
+    fitted = adversary.train_round(model=model, ledger=PrivacyLedger(), seed=3, **kwargs)
+    assert fitted.num_examples == honest.num_examples == ROWS  # it claims its own data
+    assert np.mean(flat(fitted.arrays, base) ** 2) < 0.5 * honest_noise_std(honest, kwargs) ** 2  # and no noise
