@@ -19,6 +19,8 @@ from deai_flower.chain import simulation_key
 from deai_flower.protocol.encoding import from_wad
 from deai_flower.errors import ConfigError
 from deai_flower.experiment import run_experiment
+from deai_flower.storage import LocalStore
+from deai_flower.verify import RunRecord, verify_run
 
 pytestmark = pytest.mark.slow
 
@@ -112,6 +114,13 @@ def test_a_restarted_client_past_its_budget_declines_and_the_rounds_finalize_wit
         assert r["phase_seconds"]["reveal"] >= 0
     committers = {e["args"]["participant"] for e in results["events"] if e["event"] == "Committed"}
     assert client0 not in committers and set(results["privacy_ledger"]) == others
+    # its decline is on chain (signed, in the relaying coordinator's commitMany): no round
+    # waited out its commit deadline for it, it was never slashed, and deai verify replays it
+    declines = [(e["args"]["round"], e["args"]["participant"]) for e in results["events"] if e["event"] == "Declined"]
+    assert declines == [(r["round"], client0) for r in results["rounds"]]
+    assert not [e for e in results["events"] if e["event"] == "PenaltyRecorded"]
+    verification = verify_run(RunRecord.from_output_dir(out), LocalStore(out / "store"))
+    assert verification.ok and any("declined the round" in c for v in verification for c in v.checks)
     # Client 0's file is unchanged: a declined round spends nothing.
     assert json.loads((restarted / path.name).read_text())["history"] == json.loads(path.read_text())["history"]
     assert 7.99 <= results["rounds"][-1]["epsilon"] <= 8.0
