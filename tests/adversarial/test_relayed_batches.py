@@ -108,6 +108,27 @@ def test_a_relayer_publishes_only_the_committed_records(five: Deployment) -> Non
         (a, records[a][:36], int.from_bytes(records[a][36:44], "big")) for a in order]  # fmt: skip
 
 
+def test_a_large_batch_goes_in_chunks_that_fit_a_block(five: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relayed round of any size fits the chain's blocks: the batch is sent in chunks of
+    ``BATCH_ITEMS`` (434 commitments in one ``commitMany`` asked for 47.9M gas of a 30M
+    block), and an item the chain refuses is left out of its own chunk only."""
+    from deai_flower.strategies import relay
+
+    d = five
+    run_id = d.create_run(quorum=2, minReveals=2)
+    round_id, records = committed_round(d, run_id, 5)
+    d.node.advance_to(int(d.admin.get_round(run_id, round_id)["commitDeadline"]), timeout=5)
+    relayer = d.admin.as_account(simulation_key(seed=123, role="outsider"))
+    addresses = list(records)
+    tampered = {**records, addresses[3]: record_of(3, round_id, num_examples=2**40)}
+    monkeypatch.setattr(relay, "BATCH_ITEMS", 2)
+    relayed = relay.relay_reveals(relayer, run_id, round_id, tampered)
+    assert len(relayed.gas) == 3  # chunks of 2, 2 and 1
+    assert list(relayed.refused) == [addresses[3]]
+    assert relayed.landed == [a for a in addresses if a != addresses[3]]
+    assert int(d.admin.get_round(run_id, round_id)["revealCount"]) == 4
+
+
 def test_signed_votes_count_once_for_their_own_pair_and_a_minority_never_finalizes(five: Deployment) -> None:
     d = five
     run_id = d.create_run(quorum=2, minReveals=2)
