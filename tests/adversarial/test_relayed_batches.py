@@ -71,6 +71,15 @@ def attest_phase(d: Deployment, run_id: int, n: int) -> tuple[int, bytes, Rounds
     return round_id, encode_outcome(dict.fromkeys(records, 1), {}), relayer
 
 
+def reveal_phase(d: Deployment, n: int) -> tuple[int, int, dict[str, bytes], RoundsContract]:
+    """A new run's first round in its reveal phase with clients 0..n-1 committed; return
+    the run, the round, their records and a relayer (an account that is no participant)."""
+    run_id = d.create_run(quorum=2, minReveals=2)
+    round_id, records = committed_round(d, run_id, n)
+    d.node.advance_to(int(d.admin.get_round(run_id, round_id)["commitDeadline"]), timeout=5)
+    return run_id, round_id, records, d.admin.as_account(simulation_key(seed=123, role="outsider"))
+
+
 @pytest.fixture
 def five(deployment: Deployment) -> Deployment:
     return with_members(deployment, 5)
@@ -78,10 +87,7 @@ def five(deployment: Deployment) -> Deployment:
 
 def test_a_relayer_publishes_only_the_committed_records(five: Deployment) -> None:
     d = five
-    run_id = d.create_run(quorum=2, minReveals=2)
-    round_id, records = committed_round(d, run_id, 5)
-    d.node.advance_to(int(d.admin.get_round(run_id, round_id)["commitDeadline"]), timeout=5)
-    relayer = d.admin.as_account(simulation_key(seed=123, role="outsider"))
+    run_id, round_id, records, relayer = reveal_phase(d, 5)
     addresses = list(records)
     inflated = {**records, addresses[0]: record_of(0, round_id, num_examples=2**40)}
     with expect_revert("CommitmentMismatch"):
@@ -115,10 +121,7 @@ def test_a_large_batch_goes_in_chunks_that_fit_a_block(five: Deployment, monkeyp
     from deai_flower.strategies import relay
 
     d = five
-    run_id = d.create_run(quorum=2, minReveals=2)
-    round_id, records = committed_round(d, run_id, 5)
-    d.node.advance_to(int(d.admin.get_round(run_id, round_id)["commitDeadline"]), timeout=5)
-    relayer = d.admin.as_account(simulation_key(seed=123, role="outsider"))
+    run_id, round_id, records, relayer = reveal_phase(d, 5)
     addresses = list(records)
     tampered = {**records, addresses[3]: record_of(3, round_id, num_examples=2**40)}
     monkeypatch.setattr(relay, "BATCH_ITEMS", 2)
