@@ -72,6 +72,10 @@ RELAYED_GAS_PER_VOTE = 30_000
 #: Added to a ``commitMany``'s limit per signed commitment: a signature recovery, the
 #: commit's own checks (a permutation where the sample is partial, a settlement) and writes.
 RELAYED_GAS_PER_COMMIT = 110_000
+#: Gas limit of a native-currency ``deposit`` (about 57k through the extension's fallback):
+#: sent without an estimate, since every sampled participant of a staked run deposits
+#: before its first commit and the estimate's EVM runs made most of that commit phase.
+DEPOSIT_GAS = 100_000
 
 
 @dataclass(frozen=True)
@@ -482,7 +486,9 @@ class RoundsContract:
     def deposit(self, run_id: int, amount: int, *, native: bool = True) -> TxResult:
         """Add ``amount`` to this account's stake in ``run_id`` (a token stake must be
         approved to the contract first)."""
-        return self._transact("deposit", run_id, int(amount), value=int(amount) if native else 0)
+        if native:
+            return self._transact("deposit", run_id, int(amount), value=int(amount), gas=DEPOSIT_GAS)
+        return self._transact("deposit", run_id, int(amount))  # a token's transferFrom: estimated
 
     def approve_token(self, token: str, amount: int) -> TxResult:
         """Let this contract pull ``amount`` of the ERC-20 ``token`` from this account

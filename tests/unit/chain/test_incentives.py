@@ -17,7 +17,7 @@ from support import Deployment, cid_of, with_members
 
 from deai_flower.chain import RoundsContract, TxResult, commitment_of, to_wad
 from deai_flower.chain.artifact import load_artifact, rounds_abi
-from deai_flower.chain.contract import ATTEST_GAS_PER_REVEALER, ROUND_CALL_GAS, ZERO_ADDRESS
+from deai_flower.chain.contract import ATTEST_GAS_PER_REVEALER, DEPOSIT_GAS, ROUND_CALL_GAS, ZERO_ADDRESS
 from deai_flower.errors import ContractRevertError
 from deai_flower.protocol.encoding import PENALTY_REASONS, reveal_record
 from deai_flower.protocol.outcome import VERDICTS, encode_outcome
@@ -757,6 +757,17 @@ def test_a_token_run_stakes_pays_and_slashes_in_the_token(deployment: Deployment
 
 
 # ---------------------------------------------------------------------- gas
+
+
+def test_native_deposits_stay_well_within_their_fixed_gas_limit(deployment: Deployment) -> None:
+    """A native deposit is sent with a fixed limit (no estimate): a first and a topping-up
+    deposit use at most 2/3 of it, and the stake counts both."""
+    d = with_members(deployment, 1)
+    run_id = incentive_run(d)
+    first = d.as_client(0).deposit(run_id, STAKE)
+    again = d.as_client(0).deposit(run_id, STAKE)
+    assert all(3 * tx.gas_used <= 2 * DEPOSIT_GAS for tx in (first, again)), (first.gas_used, again.gas_used)
+    assert int(d.admin.get_account(run_id, addr(d, 0))["stake"]) == 2 * STAKE
 
 
 def test_incentive_paths_stay_well_within_the_fixed_round_gas_limits(
