@@ -616,8 +616,9 @@ def _check_funds(verification: Verification, funds: IncentiveReplay, reported: d
     funds to the wei, and are what ``results.json`` reports."""
     verification.problems.extend(f"incentives: {p}" for p in funds.problems)
     if not funds.problems:
-        verification.checks.append(f"incentives: funded {funds.funded}, slashed {funds.slashed}, paid {funds.paid}, "
-                                   f"pool left {funds.pool} (conserved to the wei)")  # fmt: skip
+        verification.checks.append(f"incentives: funded {funds.funded}, slashed {funds.slashed}, paid {funds.paid} by "
+                                   f"score and {funds.attester_paid} to attesters, pool left {funds.pool}, withdrawn "
+                                   f"by its creator {funds.pool_withdrawn} (conserved to the wei)")  # fmt: skip
     section = (reported or {}).get("incentives")
     if section is None:
         return

@@ -75,3 +75,5 @@ def test_an_eligible_attester_that_never_votes_earns_less_than_one_that_does(tmp
     assert lazy not in {c["attester"] for c in credited}
     verification = verify_run(RunRecord.from_output_dir(tmp_path), LocalStore(tmp_path / "store"))
     assert verification.ok, [v.problems for v in verification] + verification.problems
+    books = next(c for c in verification.checks if c.startswith("incentives: funded"))
+    assert f"and {incentives['attester_paid']} to attesters" in books, books  # the line adds up as printed
