@@ -141,6 +141,8 @@ def _stop_superlink_and_check(env: dict[str, str], port: int, control: int,
 
     # a port held by something else is refused, and nothing is stopped
     with socket.socket() as holder:
+        # the stopped SuperLink's connections may linger in TIME_WAIT on its port
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         holder.bind(("127.0.0.1", port))
         holder.listen()
         refused = _deai("local", "stop-superlink", "--port", str(port), env=env)

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
 import hydra
-import pytest
 from hydra.core.utils import configure_log
 from omegaconf import OmegaConf
 
 from deai_flower.logs import flower_lines_once
 
 
-def test_flowers_lines_print_once_under_hydras_job_logging(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_flowers_lines_print_once_under_hydras_job_logging(tmp_path: Path) -> None:
     from flwr.common.logger import log
 
     # Hydra's own job logging, as deai-flower's run gets it: root prints to stdout and writes the log file
@@ -25,15 +25,25 @@ def test_flowers_lines_print_once_under_hydras_job_logging(tmp_path: Path, capfd
         configure_log(job_logging)
         flower_lines_once()
         flower_lines_once()  # a sweep's next job: still once
-        log(logging.WARNING, "participant client-3: reveal guard: nothing to reveal")
+        # The screen is every console handler's stream, whichever stream each was given when
+        # created (Flower's is made at import, which under xdist can be pytest's own capture
+        # object, out of a capture fixture's sight): all of them print into one buffer here.
+        screen = io.StringIO()
+        consoles = [h for h in (*root.handlers, *flower.handlers)
+                    if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]  # fmt: skip
+        streams = [h.setStream(screen) for h in consoles]
+        try:
+            log(logging.WARNING, "participant client-3: reveal guard: nothing to reveal")
+        finally:
+            for handler, stream in zip(consoles, streams, strict=True):
+                handler.setStream(stream)
         for handler in root.handlers:
             handler.flush()
     finally:
         root.handlers[:], flower.handlers[:] = saved[0], saved[2]
         root.setLevel(saved[1])
         flower.propagate = saved[3]
-    captured = capfd.readouterr()
-    printed = [line for line in (captured.out + captured.err).splitlines() if "reveal guard" in line]
+    printed = [line for line in screen.getvalue().splitlines() if "reveal guard" in line]
     assert len(printed) == 1, printed
     written = (tmp_path / "deai-flower.log").read_text(encoding="utf-8").splitlines()
     assert len([line for line in written if "reveal guard" in line]) == 1, written
