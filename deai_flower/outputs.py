@@ -113,6 +113,7 @@ def client_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
             "epsilon_spent": max(epsilons) if epsilons else None,
             "score": sum(int(s) for s in scores.values()) if scores else None,
             "payout_wei": int(entry.get("payout", 0)),
+            "attester_pay_wei": int(entry.get("attester_pay", 0)),
             "slashed_wei": int(entry.get("slashed", 0)),
             "refused": "; ".join(f"round {r}: {v}" for r, v in sorted(refused.items(), key=lambda kv: int(kv[0]))),
         })  # fmt: skip
@@ -130,7 +131,8 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> No
 
 
 ROUND_COLUMNS = ["round", "attempt", "status", "accuracy", "loss", "max_epsilon", "gas_used", "seconds", "reason"]
-CLIENT_COLUMNS = ["client", "address", "role", "epsilon_spent", "score", "payout_wei", "slashed_wei", "refused"]
+CLIENT_COLUMNS = ["client", "address", "role", "epsilon_spent", "score", "payout_wei", "attester_pay_wei", "slashed_wei",
+                  "refused"]
 
 
 # ---------------------------------------------------------------------------- screen
@@ -146,7 +148,8 @@ def clients_table(results: Mapping[str, Any]) -> Any:
     from rich.table import Table
 
     table = Table(title="participants (ε spent, score summed over rounds, payout and slashed stake in 10^18 units)")
-    for column in ("client", "address", "role", "ε spent", "score", "payout", "slashed", "refused"):
+    for column in ("client", "address", "role", "ε spent", "score", "payout", "attester pay", "slashed",
+                   "refused"):
         table.add_column(column, justify="left" if column in ("address", "role", "refused") else "right",
                          no_wrap=column in ("address", "role"))  # fmt: skip
     for row in client_rows(results):
@@ -157,6 +160,7 @@ def clients_table(results: Mapping[str, Any]) -> Any:
             "-" if row["epsilon_spent"] is None else f"{row['epsilon_spent']:.3f}",
             "-" if row["score"] is None else f"{row['score']:,}",
             _ether(row["payout_wei"]),
+            _ether(row["attester_pay_wei"]),
             _ether(row["slashed_wei"]),
             row["refused"] or "-",
         )

@@ -66,6 +66,9 @@ def test_the_client_table_says_who_attacked_and_how_each_scored(freerider_run: t
     assert [r["role"] for r in rows] == ["freerider", "honest", "honest"]
     assert int(rows[0]["payout_wei"]) == 0  # the free-rider sends the global model back: it scores 0
     assert all(int(r["payout_wei"]) > 0 for r in rows[1:])
+    funds = results["incentives"]["participants"]  # the attesters' part, beside the score's
+    assert [int(r["attester_pay_wei"]) for r in rows] == [funds[r["address"]]["attester_pay"] for r in rows]
+    assert sum(int(r["attester_pay_wei"]) for r in rows) == results["incentives"]["attester_paid"] > 0
     assert all(0 < float(r["epsilon_spent"]) <= 8.0 for r in rows[1:])
 
 
