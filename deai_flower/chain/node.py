@@ -200,6 +200,12 @@ class ChainNode:
         return receipt
 
     @property
+    def reverts_cost_nothing(self) -> bool:
+        """Whether a transaction that reverts costs nothing real: the embedded chain, whose
+        ether is development ether and whose blocks nobody else waits for."""
+        return self._tester is not None
+
+    @property
     def chain_id(self) -> int:
         """The chain's id, read once: a connection's chain does not change."""
         if self._chain_id is None:

@@ -60,7 +60,7 @@ from ..messages import (
 from ..models import evaluate, set_arrays
 from ..privacy import PrivacyLedger, ledger_path, load_ledger, reconcile_with_chain, save_ledger, train_round
 from ..protocol.judgment import RevealClaims, judge_reveal
-from ..protocol.outcome import Refusal, round_outcome
+from ..protocol.outcome import Refusal, RoundOutcome, round_outcome
 from ..protocol.rules import RevealedUpdate
 from ..recovery import fetch_result
 from ..storage import cid_from_bytes, cid_to_bytes, compute_cid, encode_arrays
@@ -70,6 +70,7 @@ from .reveal_guard import GuardOutcome, PendingReveal, guard_in_thread, spawn_gu
 from .run_view import RunView, run_view
 from .public_history import previous_global_cid
 from .scoring import validation_losses_of
+from .shared_outcome import shared_outcome
 
 __all__ = ["handle_attest", "handle_commit", "handle_evaluate", "handle_reveal", "handle_round", "revealed_updates"]
 
@@ -572,8 +573,15 @@ def _attest(participant: Participant, view: RunView, round_id: int, *, relay: bo
     # shares: the model before the round's, whose public step is removed before scoring
     previous_cid = previous_global_cid(view, round_id) if view.spec.incentives.score == "shares" else None
     previous = _global_model(view, previous_cid) if previous_cid is not None else None
-    voted = round_outcome(view.spec, updates, rejected, global_arrays=global_arrays,
-                          validation_losses=validation_losses_of(view), previous_global=previous)  # fmt: skip
+    losses = validation_losses_of(view)
+
+    def compute() -> RoundOutcome:
+        return round_outcome(view.spec, updates, rejected, global_arrays=global_arrays, validation_losses=losses,
+                             previous_global=previous)  # fmt: skip
+
+    # attesters sharing a process (a simulation) compute an outcome of the same inputs once
+    voted = compute() if losses is not None else \
+        shared_outcome(view.spec_digest, updates, rejected, global_arrays, previous, compute)  # fmt: skip
     result_cid, outcome = view.store.put(voted.result), voted.outcome
     if relay:
         signature = contract.sign_vote(view.run_id, round_id, cid_to_bytes(result_cid), outcome)
@@ -582,8 +590,9 @@ def _attest(participant: Participant, view: RunView, round_id: int, *, relay: bo
     try:
         tx = contract.attest(view.run_id, round_id, cid_to_bytes(result_cid), outcome)
     except ChainError:
-        # Other attesters may have reached the quorum while this one aggregated (the
-        # eth_call check refuses the attestation before anything is sent).
+        # Other attesters may have reached the quorum while this one aggregated (the chain
+        # refuses the attestation with its reason: a call before sending, or, on the
+        # embedded chain, the reverted transaction explained).
         if contract.phase(view.run_id, round_id) != "finalized":
             raise
         return _finalized(view, result_cid, rejected)
