@@ -181,6 +181,9 @@ def _guard_commit(contract: RoundsContract, pending: PendingReveal, clock: _Chai
     duration = int(contract.get_run(run_id)["commitDuration"])
     fallback = commit_deadline - duration // 8
     while True:
+        # the phase before the member: a batch landing between the two reads (and ending
+        # the phase: every sampled participant committed) is then seen as landed
+        phase, now = contract.phase(run_id, round_id), clock.now()
         member = contract.get_member(run_id, pending.participant)
         if int(member["round"]) > round_id:  # it has committed since: this round is over
             return None
@@ -188,7 +191,6 @@ def _guard_commit(contract: RoundsContract, pending: PendingReveal, clock: _Chai
             if STAGES[int(member["stage"])] == "declined":
                 return GuardOutcome(False, f"{pending.label}: declined, nothing to reveal")
             return None
-        phase, now = contract.phase(run_id, round_id), clock.now()
         if phase != "commit" or now >= commit_deadline:
             return GuardOutcome(False, f"{pending.label}: its commitment was never recorded (phase {phase}); "
                                        "nothing to reveal", failed=True)  # fmt: skip
