@@ -16,19 +16,28 @@ none of its bytes is unpacked or imported. An approved one is answered by the Cl
 the release installed on the silo (the same code, since the silo approved the FAB that
 release builds). Flower's own Runtime API client, task heartbeat and message transfer do
 the rest.
+
+Each task still starts as a fresh process, but not from a cold interpreter: importing the
+release (torch, Opacus, Flower, ``deai_flower.apps``) takes seconds, and a deployment sends
+a node several messages a round. The gate keeps a forkserver that imported the installed
+release once and forks every task from it (:data:`WARM_PRELOAD`); where there is no
+forkserver, or it fails, a task starts cold as ``python -m deai_flower.silo_gate``. Nothing
+of a run is in the forkserver: it holds the silo's own installed code, and the FAB check is
+still the first thing each task does.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import multiprocessing
 import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterable
 from logging import ERROR, INFO, WARNING
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 
@@ -36,9 +45,22 @@ if TYPE_CHECKING:
     from flwr.app import Message
     from flwr.supercore.runtime import RuntimeHttpClient
 
-__all__ = ["fab_refusal", "parse_approved", "run_task", "serve"]
+__all__ = ["WARM_PRELOAD", "TaskStarter", "fab_refusal", "parse_approved", "run_task", "serve"]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+#: What the forkserver imports once, before it forks any task: the installed release's
+#: ClientApp and what its handlers import (``deai_flower.apps`` loads them lazily, at a
+#: task's first message). A name that no longer imports is skipped (the task imports what
+#: it needs, cold). Checked (see ``tests/unit/test_silo_gate_warm.py``):
+#: these imports open no socket or channel and start no Python thread; the only native
+#: threads they start are OpenBLAS's idle workers (numpy's and scipy's), which OpenBLAS's own
+#: ``pthread_atfork`` handler stops before each fork. Torch's OpenMP pool starts only at the
+#: first parallel op, which the forkserver never runs. ``__main__`` (the ``deai`` entry
+#: point) is imported there too, so that a task does not import it again.
+WARM_PRELOAD = ("__main__", "torch", "opacus", "flwr.app", "flwr.supercore.heartbeat",
+                "flwr.supernode.runtime.run_clientapp", "deai_flower.silo_gate", "deai_flower.apps",
+                "deai_flower.participant.app", "deai_flower.participant.handlers")  # fmt: skip
 
 
 def parse_approved(hashes: Iterable[str]) -> frozenset[str]:
@@ -62,6 +84,14 @@ def fab_refusal(fab_content: bytes, approved: frozenset[str]) -> str:
         return ""
     return (f"this silo runs only releases it approved: the run's FAB has SHA-256 {digest}, "
             f"which is not among the {len(approved)} it pinned")  # fmt: skip
+
+
+def _certificates(path: str | None) -> bytes | None:
+    """The CA certificate of the Runtime API's TLS; None for a loopback without TLS."""
+    if path is None:
+        return None
+    with open(path, "rb") as file:
+        return file.read()
 
 
 def _runtime_client(address: str, root_certificates: bytes | None, component: str,
@@ -130,25 +160,120 @@ def run_task(runtime_api_address: str, token: str, approved: frozenset[str], *,
     return status
 
 
+class TaskStarter:
+    """Starts each of the gate's tasks in a fresh process: forked from a forkserver that has
+    the installed release imported (``warm``), else as a new interpreter. The task's token
+    never appears on a command line (``ps``): it is pickled to the forked task over the
+    forkserver's socket, or written to a cold task's standard input."""
+
+    def __init__(self, runtime_api_address: str, approved: frozenset[str], *,
+                 root_certificates_path: str | None = None, warm: bool = True,
+                 preload: Iterable[str] = WARM_PRELOAD, target: Any = None) -> None:  # fmt: skip
+        self.address, self.approved, self.root_certificates_path = runtime_api_address, approved, root_certificates_path
+        #: What a warm task runs (``run_task`` by way of :func:`_warm_task`; a test passes its own).
+        self.target = target or _warm_task
+        self.context: Any = _forkserver(tuple(preload)) if warm else None
+        self.running: list[multiprocessing.process.BaseProcess | subprocess.Popen[bytes]] = []
+
+    @property
+    def warm(self) -> bool:
+        return self.context is not None
+
+    def start(self, token: str) -> int:
+        """Start one task with ``token``; its process id."""
+        self.reap()
+        if self.context is not None:
+            try:
+                process = self.context.Process(target=self.target, name="deai-gate-task",
+                                               args=(self.address, token, sorted(self.approved),
+                                                     self.root_certificates_path))  # fmt: skip
+                process.start()
+            except (OSError, EOFError) as exc:  # the forkserver died (a broken release): start cold from now on
+                from flwr.supercore import log
+
+                log(WARNING, "code gate: the warm start failed (%s); tasks start cold from now on", exc)
+                self.context = None
+            else:
+                self.running.append(process)
+                assert process.pid is not None
+                return process.pid
+        argv = [sys.executable, "-m", __name__, "--runtime-api-address", self.address]
+        argv += [arg for digest in sorted(self.approved) for arg in ("--approved-fab", digest)]
+        if self.root_certificates_path is not None:
+            argv += ["--root-certificates", self.root_certificates_path]
+        task = subprocess.Popen(argv, stdin=subprocess.PIPE)
+        assert task.stdin is not None
+        task.stdin.write(token.encode())
+        task.stdin.close()
+        self.running.append(task)
+        return task.pid
+
+    def reap(self) -> None:
+        """Forget the tasks that have ended (and collect their exit status)."""
+        alive: list[multiprocessing.process.BaseProcess | subprocess.Popen[bytes]] = []
+        for task in self.running:
+            if isinstance(task, subprocess.Popen):
+                if task.poll() is None:
+                    alive.append(task)
+            elif task.is_alive():
+                alive.append(task)
+            else:
+                task.close()
+        self.running = alive
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for the running tasks to end (tests and benchmarks; :func:`serve` never does)."""
+        for task in self.running:
+            if isinstance(task, subprocess.Popen):
+                task.wait(timeout)
+            else:
+                task.join(timeout)
+        self.reap()
+
+
+def _forkserver(preload: tuple[str, ...]) -> Any:
+    """A forkserver context that has imported ``preload``, started now (the imports take
+    seconds, better spent before the first task than in it); None where there is none."""
+    try:
+        context = multiprocessing.get_context("forkserver")
+    except ValueError:  # no forkserver on this platform (Windows): cold starts
+        return None
+    from multiprocessing import forkserver
+
+    context.set_forkserver_preload(list(preload))
+    try:
+        forkserver.ensure_running()
+    except OSError:
+        return None
+    return context
+
+
+def _warm_task(runtime_api_address: str, token: str, approved: list[str],
+               root_certificates_path: str | None) -> None:  # fmt: skip
+    """A task forked from the warm forkserver: :func:`run_task`, as the cold ``_main`` does."""
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:  # a fork shares numpy's global random state: draw as a fresh process would
+        numpy.random.seed()
+    sys.exit(run_task(runtime_api_address, token, frozenset(approved),
+                      root_certificates=_certificates(root_certificates_path)))  # fmt: skip
+
+
 def serve(runtime_api_address: str, approved: frozenset[str], *, root_certificates_path: str | None = None,
-          poll_s: float = 1.0) -> None:  # fmt: skip
+          poll_s: float = 1.0, warm: bool = True) -> None:  # fmt: skip
     """Take the SuperNode's ClientApp tasks for ever, one gated process each (what
-    ``flower-superexec`` does with ``flwr-clientapp``); a SuperNode that is away (restarting)
-    is waited for."""
+    ``flower-superexec`` does with ``flwr-clientapp``), forked from a warm forkserver unless
+    ``warm`` is false; a SuperNode that is away (restarting) is waited for."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore import log
     from flwr.supercore.constant import TaskType
 
-    root_certificates = None
-    if root_certificates_path is not None:
-        with open(root_certificates_path, "rb") as file:
-            root_certificates = file.read()
-    client = _runtime_client(runtime_api_address, root_certificates, "SuperExec")
-    log(INFO, "code gate: ClientApp tasks of the SuperNode at %s run only for FABs with SHA-256 %s",
-        runtime_api_address, ", ".join(sorted(approved)))  # fmt: skip
-    running: list[subprocess.Popen[bytes]] = []
+    client = _runtime_client(runtime_api_address, _certificates(root_certificates_path), "SuperExec")
+    tasks = TaskStarter(runtime_api_address, approved, root_certificates_path=root_certificates_path, warm=warm)
+    log(INFO, "code gate: ClientApp tasks of the SuperNode at %s run only for FABs with SHA-256 %s; each task %s",
+        runtime_api_address, ", ".join(sorted(approved)),
+        "is forked from a forkserver holding the installed release" if tasks.warm else "starts a new interpreter")  # fmt: skip
     while True:
-        running = [p for p in running if p.poll() is None]  # reap the finished ones
+        tasks.reap()
         try:
             answer = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
         except Exception as exc:  # noqa: BLE001 - the SuperNode is restarting: wait for it
@@ -156,15 +281,8 @@ def serve(runtime_api_address: str, approved: frozenset[str], *, root_certificat
             time.sleep(5 * poll_s)
             continue
         if answer.HasField("task") and answer.token:
-            argv = [sys.executable, "-m", __name__, "--runtime-api-address", runtime_api_address]
-            argv += [arg for digest in sorted(approved) for arg in ("--approved-fab", digest)]
-            if root_certificates_path is not None:
-                argv += ["--root-certificates", root_certificates_path]
-            task = subprocess.Popen(argv, stdin=subprocess.PIPE)  # the token travels on stdin, not in `ps`
-            assert task.stdin is not None
-            task.stdin.write(answer.token.encode())
-            task.stdin.close()
-            running.append(task)
+            tasks.start(answer.token)
+            continue  # another message may be waiting: ask again at once
         time.sleep(poll_s)
 
 
@@ -176,13 +294,9 @@ def _main() -> None:
     parser.add_argument("--approved-fab", action="append", default=[])
     parser.add_argument("--root-certificates", default=None)
     args = parser.parse_args()
-    root_certificates = None
-    if args.root_certificates is not None:
-        with open(args.root_certificates, "rb") as file:
-            root_certificates = file.read()
     token = sys.stdin.read().strip()
     sys.exit(run_task(args.runtime_api_address, token, parse_approved(args.approved_fab),
-                      root_certificates=root_certificates))  # fmt: skip
+                      root_certificates=_certificates(args.root_certificates)))  # fmt: skip
 
 
 if __name__ == "__main__":

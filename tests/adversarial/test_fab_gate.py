@@ -32,6 +32,8 @@ pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 
 OVERRIDES = ["num_rounds=1", "dataset=breast_cancer", "training.local_epochs=1", "training.batch_size=16"]
 REFUSAL = "this silo runs only releases it approved"
+WARM = "each task is forked from a forkserver holding the installed release"
+COLD_FALLBACK = "the warm start failed"
 PAYLOAD = "    __import__('pathlib').Path({marker!r}).write_text(str(node_config.get('keystore')))  # adversary\n"
 
 
@@ -85,6 +87,9 @@ def test_a_fab_that_is_not_the_approved_release_runs_none_of_its_code_on_a_silo(
         assert f"SHA-256 {fab_sha256(tampered)}" in log, log[-3000:]
         for node in net.supernodes.values():
             assert REFUSAL in node.gate_log(), node.gate_log()[-3000:]
+            # The refusal came from a task forked warm: the forkserver holds the installed
+            # release, and the FAB check still comes before any of the run's bytes is used.
+            assert WARM in node.gate_log() and COLD_FALLBACK not in node.gate_log(), node.gate_log()[-3000:]
         assert not marker.exists(), f"the adversary's code ran on a silo: {marker.read_text()}"
 
         run_config = {**net.coordinator_run_config(created, tmp_path / "results"), "federated-evaluation": False}
@@ -95,3 +100,7 @@ def test_a_fab_that_is_not_the_approved_release_runs_none_of_its_code_on_a_silo(
         assert [r["status"] for r in results["rounds"]] == ["finalized"], results["rounds"]
         assert set(results["rounds"][0]["revealed"]) == {s.key.address for s in silos}
         assert not marker.exists()
+        # Warm-started tasks played the approved run with the installed release: its
+        # participants' log lines, written by the gate's tasks, none started cold.
+        for node in net.supernodes.values():
+            assert "participant 0x" in node.gate_log() and COLD_FALLBACK not in node.gate_log(), node.gate_log()[-3000:]
