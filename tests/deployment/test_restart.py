@@ -74,7 +74,10 @@ def test_a_killed_supernode_and_a_stopped_coordinator_are_started_again_and_the_
             node_ids.append(net.register_supernode(silo))
             net.start_supernode(silo, silo.node_config(chain_url=net.rpc, store=net.store, **NO_DP))
         net.wait_for_nodes(3)
-        run_config = {**net.coordinator_run_config(created, tmp_path / "results"), **NO_EVALUATION}
+        # One train.round message per node (not the step-wise default): the kill and the hold
+        # below are timed on that flow's messages.
+        run_config = {**net.coordinator_run_config(created, tmp_path / "results"), **NO_EVALUATION,
+                      "phase-messages": False}  # fmt: skip
         first = net.run(run_config)
         victim = net.supernodes["silo-2"]
         # killed as soon as round 1 asked it to play (its ClientApp with it)
