@@ -31,7 +31,7 @@ from flwr.common import log
 
 from ..chain import DpParams, commitment_of
 from ..chain.phases import await_phase_end
-from ..protocol.encoding import from_wad, reveal_record
+from ..protocol.encoding import STAGES, from_wad, reveal_record
 from ..errors import (
     ChainError,
     ConfigError,
@@ -222,6 +222,18 @@ def _ensure_stake(view: RunView) -> int:
     return gas + tx.gas_used
 
 
+def _settling_may_slash(view: RunView) -> bool:
+    """Whether this participant's commit, which settles its previous round first, could find
+    its stake short: only in a staked run, and only after a round it committed to without
+    revealing or voted in (a missing reveal, a minority vote: the only penalties a
+    settlement applies). Otherwise the call that would show it is skipped: at 100 clients
+    those calls, each a commit run on the EVM, were seconds of every commit phase."""
+    if view.spec.incentives.stake == 0:
+        return False
+    stage = STAGES[int(view.contract.get_member(view.run_id, view.account.address)["stage"])]
+    return stage in ("committed", "attested")
+
+
 def _global_model(view: RunView, model_cid: str) -> dict[str, np.ndarray]:
     """The chain's global model from the store, rebuilt from its round's reveals when the
     store has lost it (:func:`~deai_flower.recovery.fetch_result`)."""
@@ -376,7 +388,8 @@ def _commit(participant: Participant, view: RunView, context: Context, round_id:
         # relayed: signed for the coordinator's commitMany (the reveal guard sends it if the
         # coordinator does not in time), once a call of its own commit shows the item would land
         if relay:
-            refusal = contract.commit_refusal_now(view.run_id, round_id, commitment)
+            refusal = contract.commit_refusal_now(view.run_id, round_id, commitment) \
+                if _settling_may_slash(view) else None  # fmt: skip
             if refusal is not None:
                 raise refusal
             tx = None
