@@ -57,8 +57,10 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 #: threads they start are OpenBLAS's idle workers (numpy's and scipy's), which OpenBLAS's own
 #: ``pthread_atfork`` handler stops before each fork. Torch's OpenMP pool starts only at the
 #: first parallel op, which the forkserver never runs. ``__main__`` (the ``deai`` entry
-#: point) is imported there too, so that a task does not import it again.
-WARM_PRELOAD = ("__main__", "torch", "opacus", "flwr.app", "flwr.supercore.heartbeat",
+#: point) is imported there too, so that a task does not import it again. ``torch._dynamo``:
+#: torch imports it at the first optimizer a process makes (DP-SGD's, in every training
+#: task), 3 s of a quiet core.
+WARM_PRELOAD = ("__main__", "torch", "torch._dynamo", "opacus", "flwr.app", "flwr.supercore.heartbeat",
                 "flwr.supernode.runtime.run_clientapp", "deai_flower.silo_gate", "deai_flower.apps",
                 "deai_flower.participant.app", "deai_flower.participant.handlers")  # fmt: skip
 

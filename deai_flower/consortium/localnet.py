@@ -296,7 +296,8 @@ class LocalConsortium:
 
     def gate_ids(self, name: str) -> list[int]:
         """The process ids of the code gate of the SuperNode ``name`` (the SuperNode's children
-        running ``deai release gate``; the ClientApps the gate runs are its own children)."""
+        running ``deai release gate``; the ClientApps it runs are children of its forkserver, and a
+        paused gate starts none)."""
         node = self.supernodes[name]
         return [pid for pid in _children(node.process.pid) if b"gate" in _cmdline(pid)]
 
