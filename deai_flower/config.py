@@ -376,6 +376,14 @@ def validate(cfg: ExperimentConfig, *, targets: bool = True, loader: bool = True
         # the contract keeps phase durations in 24 bits
         _require(0 < getattr(s, key) < 2**24, f"strategy.{key} must be between 1 and {2**24 - 1} seconds")
     _require(cfg.chain.kind in ("embedded", "rpc"), f"chain.kind must be 'embedded' or 'rpc' (got {cfg.chain.kind!r})")
+    # The embedded chain mines a block a transaction and its clock moves at least a second a
+    # block: a round's first stake deposits, one per sampled client (and without a relayer
+    # every commit), must fit the commit phase in chain time, or it lapses on chain first.
+    sampled = math.ceil(int(cfg.num_clients) * float(s.sample_fraction))
+    _require(cfg.chain.kind != "embedded" or s.commit_timeout_s >= 2 * sampled,
+             f"strategy.commit_timeout_s={s.commit_timeout_s} is too short for {sampled} sampled clients on the "
+             f"embedded chain, whose clock moves a second for each of their blocks (a stake deposit each in "
+             f"their first round): use strategy.commit_timeout_s={2 * sampled} or more, or chain=anvil")  # fmt: skip
     _require(cfg.chain.kind != "rpc" or bool(cfg.chain.rpc_url), "chain.rpc_url is required when chain.kind=rpc")
     _require(cfg.storage.kind in ("local", "ipfs"), f"storage.kind must be 'local' or 'ipfs' (got {cfg.storage.kind!r})")
     _require(cfg.storage.kind != "ipfs" or cfg.storage.api_addr.startswith("/"),

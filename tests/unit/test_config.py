@@ -151,3 +151,13 @@ def test_a_data_schema_is_declared_whole() -> None:
         declared_schema(compose_with("dataset.schema.num_features=30"))
     with pytest.raises(ConfigError, match="num_classes >= 2"):
         declared_schema(compose_with("dataset.schema.num_classes=1"))
+
+
+def test_a_commit_phase_too_short_for_the_embedded_chains_clock_is_refused() -> None:
+    """1,000 first deposits are 1,000 blocks, and the embedded chain's clock moves a second
+    a block: a 600 s commit phase lapsed on chain before the relayer's batch landed."""
+    with pytest.raises(ConfigError, match=r"strategy.commit_timeout_s=600 is too short for 1000 sampled clients "
+                                          r".* use strategy.commit_timeout_s=2000 or more, or chain=anvil"):  # fmt: skip
+        validate(compose_with("num_clients=1000"))
+    validate(compose_with("num_clients=1000", "strategy.commit_timeout_s=2000"))
+    validate(compose_with("num_clients=1000", "strategy.sample_fraction=0.1"))  # 100 sampled a round
