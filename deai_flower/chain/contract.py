@@ -328,6 +328,8 @@ class RoundsContract:
     def _transact(self, fn_name: str, *args: Any, value: int = 0, gas: int | None = None) -> TxResult:
         data = self._functions[fn_name].calldata(args)
         limit = gas if gas is not None else ROUND_CALL_GAS.get(fn_name)
+        if limit is not None:  # allowances per item grow with a round; no block holds more than its limit
+            limit = min(limit, self.node.block_gas_limit())
         return self._tx_result(self._send(data, to=self.address, label=fn_name, gas=limit, value=value))
 
     def register(self, participant: str, identity: bytes, max_examples: int | None = None) -> TxResult:

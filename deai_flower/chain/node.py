@@ -112,6 +112,8 @@ class ChainNode:
     final_answers: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
     #: the embedded chain's answers to ``eth_call`` at its head (see :class:`_HeadAnswers`)
     _head_answers: _HeadAnswers = field(default_factory=lambda: _HeadAnswers(), repr=False)
+    #: the latest block's gas limit when first asked (see :meth:`block_gas_limit`)
+    _block_gas_limit: int | None = field(default=None, repr=False)
     #: the embedded chain's first account, which eth-tester's middleware would look up
     #: (two ``eth_accounts`` requests) for every call that names no sender
     _default_sender: str | None = field(default=None, repr=False)
@@ -198,6 +200,15 @@ class ChainNode:
             time.sleep(pause)
             pause = min(2 * pause, 1.0)
         return receipt
+
+    def block_gas_limit(self) -> int:
+        """The most gas a transaction may ask for here: fifteen sixteenths of the latest
+        block's gas limit when first asked (a chain's limit moves by at most 1/1024 a
+        block), read once per connection."""
+        if self._block_gas_limit is None:
+            latest = self.request("eth_getBlockByNumber", ["latest", False])
+            self._block_gas_limit = int(latest["gasLimit"], 16) * 15 // 16
+        return self._block_gas_limit
 
     @property
     def reverts_cost_nothing(self) -> bool:

@@ -20,6 +20,7 @@ from deai_flower.chain import (
     simulation_key,
     to_wad,
 )
+from deai_flower.chain import contract as contract_module
 from deai_flower.chain.contract import ATTEST_GAS_PER_REVEALER, ROUND_CALL_GAS, TxResult
 from deai_flower.protocol.encoding import (
     NO_EXAMPLE_BOUND,
@@ -1001,3 +1002,19 @@ def test_a_rounds_contract_without_extension_code_is_refused(deployment: Deploym
     d = deployment
     with pytest.raises(ContractRevertError, match="NoExtensionCode"):
         RoundsContract.deploy(d.node, d.admin.account, extension=d.clients[3].address)
+
+
+def test_a_call_asks_for_no_more_gas_than_a_block_holds(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finalizing attestation's allowance grows with its revealers (45,000 each): at 1,000
+    it asked for 45.9M gas of a 30M block and the node refused the transaction."""
+    d = deployment
+    run_id = d.create_run(quorum=3, minReveals=3)
+    round_id, _ = d.admin.open_round(run_id)
+    for i, r in enumerate([commit(d, i, run_id, round_id) for i in range(3)]):
+        do_reveal(d, i, run_id, round_id, r)
+    outcome = outcome_of(d.admin, run_id, round_id)
+    monkeypatch.setattr(contract_module, "ATTEST_GAS_PER_REVEALER", 10**9)  # far past any block
+    for i in range(3):
+        tx = attest(d.as_client(i), run_id, round_id, cid_of(5, 0x70), outcome)
+    assert [e["event"] for e in tx.events][:3] == ["Attested", "RoundSettled", "RoundFinalized"]
+    assert d.node.block_gas_limit() < 30_029_122
