@@ -233,6 +233,7 @@ class CommitRevealStrategy(Strategy):
         self.initial_metrics: dict[str, float] = {}
         self._grid: Grid | None = None
         self._commit_closed: set[int] = set()  # rounds whose commit phase was ended early
+        self._declines_relayed: set[int] = set()  # one-message rounds: nodes whose reply was looked at
         self._round_state: dict[str, Any] = {}  # the current round's getRound, read when it opened
         self._sample: RoundSample | None = None  # the current round's sample
         self._positions: dict[str, int] = {}  # sampled address -> its position in the round's shuffle
@@ -410,6 +411,7 @@ class CommitRevealStrategy(Strategy):
         :meth:`reveal` and :meth:`attest` record theirs.
         """
         self._mark(report, "round")
+        self._declines_relayed = set()
         replies = self._exchange(self._sampled_nodes(report), RoundRequest(report.round, report.model_cid), report,
                                  timeout=self._longest_phase(), until_closed=True)  # fmt: skip
         played = {n: r for n, r in self._read(report, replies, RoundReply).items()
@@ -641,11 +643,34 @@ class CommitRevealStrategy(Strategy):
 
         def round_closed(replies: list[Message]) -> bool:
             assert report is not None
+            self._relay_declines(report, replies)
             self._close_commit_phase_if_done(report, asked=len(messages), replies=replies)
             return self.contract.phase(self.run_id, report.round) in ("finalized", "failed")
 
         watch = round_closed if until_closed and report is not None else None
         return exchange(self._grid, messages, timeout=timeout, poll_s=self.reply_poll_s, round_closed=watch)
+
+    def _relay_declines(self, report: RoundReport, replies: list[Message]) -> None:
+        """On one-message rounds, record the signed declines among the replies so far in
+        one ``commitMany``, each once, as they arrive (:func:`.relay.relay_commits`, which
+        checks each signature first: replies are untrusted): the chain then stops waiting
+        for those silos, and the commit phase ends once the others committed, also on a
+        chain whose clock nobody moves. Whether or not one lands, the decline is recorded
+        in the report when the replies are read (:meth:`_read`)."""
+        signed: dict[str, tuple[bytes, bytes]] = {}
+        for reply in replies:
+            node_id = reply.metadata.src_node_id
+            if node_id in self._declines_relayed or reply.has_error():
+                continue
+            self._declines_relayed.add(node_id)
+            try:
+                commit = read_reply(RoundReply, reply).commit
+            except ProtocolError:
+                continue  # recorded as the node's error when the replies are read
+            if commit.state is ReplyState.DECLINED and commit.signature:
+                signed[self.admission.name(node_id)] = (bytes(32), commit.signature)
+        if signed and self.contract.phase(self.run_id, report.round) == "commit":
+            self._record_relayed(report, "commitMany", relay_commits(self.contract, self.run_id, report.round, signed))
 
     def _close_commit_phase_if_done(self, report: RoundReport, *, asked: int, replies: list[Message]) -> None:
         """On one-message rounds, end the commit phase once no more commits can come.

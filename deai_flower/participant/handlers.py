@@ -292,14 +292,38 @@ def _terms_refusal(participant: Participant, view: RunView) -> str | None:
                                    spec_digest=view.spec_digest, params=params)  # fmt: skip
 
 
+def _signed_decline(view: RunView, round_id: int) -> bytes:
+    """This silo's signed decline of ``round_id``, for whoever relays it (``commitMany``
+    with a zero commitment): signed, never sent by the silo, so that a sampled silo whose
+    terms refuse the run does not hold the round's commit phase to its deadline on a
+    chain whose clock nobody moves (protocol §2.3).
+
+    It costs the silo nothing and cannot be replayed: the signed digest
+    (``_signedDigest``; :meth:`~deai_flower.chain.RoundsContract.sign_commit`) is
+    ``keccak256(abi.encode(COMMIT_TAG, chainId, contract, runId, round, 0))``, which the
+    chain rebuilds from its own ``block.chainid`` and ``address(this)``, so it is good
+    in this contract, on this chain, for this run's round only, and only as a decline
+    (the tag keeps it apart from a vote; no record hashes to a zero commitment). A
+    decline stakes nothing, is never penalized, and settles nothing this silo owes
+    (it never committed in a run its terms refuse).
+
+    Also when the refusal is that the contract is not the one the silo pinned: the
+    signature is then usable only in that unpinned contract, as that round's decline,
+    and the silo holds nothing there to lose (no stake, no approval, no reveal), so
+    whatever that contract's code makes of it touches nothing of the silo's; it only
+    tells that contract's coordinator, truthfully, that the silo does not serve it.
+    """
+    return view.contract.sign_commit(view.run_id, round_id, None)
+
+
 def _decline(participant: Participant, view: RunView, round_id: int, reason: str, *, relay: bool) -> CommitReply:
     """Decline a round this node was sampled for, on chain (protocol §2.3), so that the
     commit phase stops waiting for it: signed for the relaying coordinator's
     ``commitMany``, or by its own transaction (a chain that refuses it, say the node is
     not sampled, changes nothing: the decline is reported either way)."""
     if relay:
-        signature = view.contract.sign_commit(view.run_id, round_id, None)
-        return CommitReply(ReplyState.DECLINED, participant.address, reason=reason, signature=signature)
+        return CommitReply(ReplyState.DECLINED, participant.address, reason=reason,
+                           signature=_signed_decline(view, round_id))
     try:
         view.contract.decline(view.run_id, round_id)
     except ChainError as exc:
@@ -316,9 +340,10 @@ def _commit(participant: Participant, view: RunView, context: Context, round_id:
     started = time.perf_counter()
 
     refusal = _terms_refusal(participant, view)
-    if refusal is not None:  # before anything is fetched, staked, trained or signed
+    if refusal is not None:  # before anything is fetched, staked or trained
         log(WARNING, "participant %s refuses run %s: %s", participant.label, view.run_id, refusal)
-        return CommitReply(ReplyState.DECLINED, participant.address, reason=refusal, terms=True)
+        return CommitReply(ReplyState.DECLINED, participant.address, reason=refusal, terms=True,
+                           signature=_signed_decline(view, round_id))  # fmt: skip
 
     model_cid = cid_from_bytes(bytes(contract.get_run(view.run_id)["modelCid"]))
     if announced_cid != model_cid:

@@ -5,7 +5,10 @@ a deployed node trained with σ = 0 (ε = ∞) and staked 50 ether for a run its
 up. A silo's node config now pins what it serves (:mod:`deai_flower.participant.terms`):
 a non-private run, a stake above its maximum, a contract it did not pin are refused
 before it stakes or trains (its stake on chain stays 0, its ledger directory empty), and
-the reason reaches the coordinator's refused nodes and ``results.json``.
+the reason reaches the coordinator's refused nodes and ``results.json``. It signs a
+decline of the round instead (sending nothing), which the coordinator checks and records
+at once, so on a chain whose clock nobody moves the round does not wait for it; a decline
+signed by another key is not recorded.
 
 Attack B: a registered silo whose SuperNode has a misspelt ``data-path`` fails every
 message; the chain samples it, and every round waited out the whole commit phase, with
@@ -40,6 +43,7 @@ from flwr.app import Array, ArrayRecord, Message
 from flwr.common.constant import SUPERLINK_NODE_ID
 
 from deai_flower.chain import RoundsContract
+from deai_flower.chain.node import connect_rpc
 from deai_flower.flower_compat import task_identity
 from deai_flower.models import get_arrays, instantiate_model
 from deai_flower.participant.app import client_app
@@ -47,6 +51,7 @@ from deai_flower.protocol.spec import IncentivesSpec, PrivacySpec, RunSpec
 from deai_flower.server_app import with_nodes
 from deai_flower.storage import LocalStore, array_spec, cid_to_bytes, encode_arrays
 from deai_flower.strategies import CommitRevealStrategy
+from deai_flower.strategies.relay import relay_commits
 from e2e.test_deployed_participants import _consortium
 from e2e.test_node_identity import SuperLinkGrid
 from unit.participant._support import small_spec
@@ -104,16 +109,20 @@ class ConcurrentGrid(SuperLinkGrid):
 
 
 def _play_one_round(net: Consortium, run_id: int, spec: RunSpec, honest_terms: dict[str, Any],
-                    victim_terms: dict[str, Any], *, one_message: bool = False) -> tuple[CommitRevealStrategy, SuperLinkGrid]:  # fmt: skip
+                    victim_terms: dict[str, Any], *, one_message: bool = False,
+                    real_clock: bool = False) -> tuple[CommitRevealStrategy, SuperLinkGrid]:  # fmt: skip
     """One round of ``run_id`` through the real ClientApp: the honest silos with
     ``honest_terms`` in their node configs, the victim with ``victim_terms``; with
-    ``one_message``, as a deployment plays it (one ``train.round`` per node, all at once)."""
+    ``one_message``, as a deployment plays it (one ``train.round`` per node, all at once);
+    with ``real_clock``, the coordinator reaches the chain over JSON-RPC too, which
+    refuses to move its clock (as a production chain does)."""
     nodes = {n: ({**cfg, **(victim_terms if n == VICTIM_NODE else honest_terms)}, b"")
              for n, (cfg, _) in net.silos.items()}  # fmt: skip
     grid = (ConcurrentGrid if one_message else SuperLinkGrid)(client_app, nodes, {"contract": net.admin.address,
                                                                                   "run-id": run_id})  # fmt: skip
     model = instantiate_model(spec.model, spec.data, seed=0)
-    strategy = CommitRevealStrategy(contract=net.admin, run_id=run_id, spec=spec, store=LocalStore(net.store_dir),
+    contract = RoundsContract(connect_rpc(net.url), net.admin.address, net.admin.account) if real_clock else net.admin
+    strategy = CommitRevealStrategy(contract=contract, run_id=run_id, spec=spec, store=LocalStore(net.store_dir),
                                     expected_spec=array_spec(get_arrays(model)), max_failed_rounds=0,
                                     one_message_rounds=one_message, reply_poll_s=0.2 if one_message else None,
                                     locator={"contract": net.admin.address, "run-id": run_id, "chain-url": net.url,
@@ -204,6 +213,90 @@ def test_one_message_rounds_do_not_wait_out_the_commit_phase_for_a_silo_that_can
     assert sorted(report.committed) == sorted(a for n, (_, a) in consortium.silos.items() if n != VICTIM_NODE)
     assert report.phase_seconds["round"] < 100, report.phase_seconds  # old: at least the 150 s
     assert strategy.refused[VICTIM_NODE]["reason"].startswith("cannot serve:")
+
+
+# ------------------------------------------- a refusing silo's signed decline (real clock)
+
+#: The commit phase of the real-clock cases: a round that waited for the refusing silo
+#: would take at least this long.
+REAL_CLOCK_COMMIT_S = 120
+
+
+def _pinned_elsewhere(net: Consortium) -> dict[str, Any]:
+    """Victim terms that refuse the run: they pin a second deployment of the contract."""
+    pinned, _ = RoundsContract.deploy(net.admin.node, net.admin.account)
+    return {"contract": pinned.address}
+
+
+def _assert_declined_on_chain_at_once(net: Consortium, run_id: int, strategy: CommitRevealStrategy) -> None:
+    """The victim's signed decline is on chain, the round finalized with the two others
+    long before the commit deadline, and the victim staked, trained and lost nothing."""
+    report = strategy.reports[0]
+    assert report.status == "finalized", report.reason
+    assert sorted(report.committed) == sorted(a for n, (_, a) in net.silos.items() if n != VICTIM_NODE)
+    assert net.victim in report.declined and net.victim not in report.errors
+    events = [e for e in net.admin.event_log() if e["args"].get("runId") == run_id]
+    assert [(e["args"]["round"], e["args"]["participant"]) for e in events if e["event"] == "Declined"] == \
+        [(report.round, net.victim)]  # fmt: skip
+    assert not [e for e in events if e["event"] == "PenaltyRecorded" and net.victim in e["args"].values()]
+    seconds = sum(report.phase_seconds.values())
+    assert seconds < REAL_CLOCK_COMMIT_S / 2, report.phase_seconds  # old: at least the commit deadline
+    account = net.admin.get_account(run_id, net.victim)
+    assert account["stake"] == 0, account  # nothing deposited, so nothing to slash
+    assert not list(Path(net.silos[VICTIM_NODE][0]["ledger-dir"]).glob("privacy-ledger-*.json"))  # nothing trained
+
+
+@pytest.mark.parametrize("one_message", [False, True], ids=["step-wise", "one-message"])
+def test_a_refusing_silo_signs_its_decline_so_a_real_clock_round_does_not_wait_for_it(
+    consortium: Consortium, one_message: bool
+) -> None:
+    """The victim's terms refuse the run (it pinned another contract); the coordinator
+    cannot move the chain's clock. The victim signs a decline (and sends nothing), the
+    coordinator records it with commitMany, and the round goes on as soon as the others
+    committed, not at the 120 s commit deadline."""
+    spec = small_spec(rounds=dataclasses.replace(small_spec().rounds, commit_s=REAL_CLOCK_COMMIT_S))
+    run_id = _create_run(consortium, spec)
+    strategy, grid = _play_one_round(consortium, run_id, spec, {}, _pinned_elsewhere(consortium),
+                                     one_message=one_message, real_clock=True)  # fmt: skip
+    _assert_declined_on_chain_at_once(consortium, run_id, strategy)
+    assert "is not the one this silo serves" in strategy.reports[0].declined[consortium.victim]
+
+
+@pytest.mark.parametrize("one_message", [False, True], ids=["step-wise", "one-message"])
+def test_a_forged_decline_handed_in_a_reply_is_not_recorded(consortium: Consortium, one_message: bool,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The victim's reply carries a decline signed by another key (or by its own key for
+    another round): the coordinator checks each signature before sending, and no decline
+    lands in the victim's name (the round goes on at its deadline, as before)."""
+    from deai_flower.participant import handlers
+
+    forger = Account.create()
+    monkeypatch.setattr(handlers, "_signed_decline",
+                        lambda view, round_id: view.contract.as_account(forger).sign_commit(view.run_id, round_id, None))  # fmt: skip
+    spec = small_spec()
+    run_id = _create_run(consortium, spec)
+    strategy, _ = _play_one_round(consortium, run_id, spec, {}, _pinned_elsewhere(consortium), one_message=one_message)
+    report = strategy.reports[0]
+    assert report.status == "finalized", report.reason
+    assert consortium.victim in report.declined  # as the node said, in the report only
+    assert "not its own" in report.errors[consortium.victim]
+    events = consortium.admin.event_log()
+    assert not [e for e in events if e["event"] == "Declined"]
+    # a decline the victim signed for another round is refused alike (the digest binds the round)
+    victim = RoundsContract(consortium.admin.node, consortium.admin.address, Account.from_key(_victim_key(consortium)))
+    round_id = report.round + 1  # the strategy opened it when its round finalized
+    assert consortium.admin.phase(run_id, round_id) == "commit"
+    relayed = relay_commits(consortium.admin, run_id, round_id,
+                            {consortium.victim: (bytes(32), victim.sign_commit(run_id, round_id + 1, None))})  # fmt: skip
+    assert relayed.landed == [] and "not its own" in relayed.refused[consortium.victim]
+    assert not [e for e in consortium.admin.event_log() if e["event"] == "Declined"]
+
+
+def _victim_key(net: Consortium) -> bytes:
+    """The victim's private key, from its keystore."""
+    cfg = net.silos[VICTIM_NODE][0]
+    password = Path(cfg["password-file"]).read_text().splitlines()[0]
+    return bytes(Account.decrypt(json.loads(Path(cfg["keystore"]).read_text()), password))
 
 
 # ---------------------------------------------------------------------------- a deployment
