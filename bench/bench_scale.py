@@ -620,7 +620,11 @@ def main() -> None:
     for name in names:
         print(f"running {name} …", flush=True)
         if name == "inprocess_1000":
-            point = deai_point(["num_clients=1000", *rounds, "incentives.score=alignment"], timeout_s=args.timeout)
+            # Round 1's 1,000 stake deposits are 1,000 blocks, and the embedded chain's clock
+            # moves at least a second a block: a 600 s commit phase lapses on chain before the
+            # coordinator's commitMany (UnexpectedPhase); an hour's phase holds the round.
+            point = deai_point(["num_clients=1000", *rounds, "incentives.score=alignment",
+                                "strategy.commit_timeout_s=3600"], timeout_s=args.timeout)  # fmt: skip
         elif name.startswith("inprocess_100"):
             point = deai_point(["num_clients=100", *rounds], timeout_s=args.timeout, anvil=name.endswith("_anvil"))
         elif name.startswith("ray_100"):
