@@ -81,6 +81,7 @@ from deai_flower.messages import (
     read_reply,
     request_message,
 )
+from deai_flower.protocol.encoding import STAGES
 from deai_flower.protocol.sampling import RoundSample, round_sample
 from deai_flower.protocol.spec import RunSpec
 from deai_flower.recovery import fetch_result
@@ -709,7 +710,7 @@ class CommitRevealStrategy(Strategy):
         if address is None:
             return False
         member = self.contract.get_member(self.run_id, address)
-        return int(member["round"]) == round_id and member["stage"] != "none"
+        return int(member["round"]) == round_id and STAGES[int(member["stage"])] in ("committed", "revealed", "attested")
 
     def _round_to_play(self) -> tuple[dict[str, Any], dict[str, Any], TxResult | None]:
         """The run (``getRun``) and the chain round to play next (``getRound``) as the
