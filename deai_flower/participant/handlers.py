@@ -413,8 +413,10 @@ def _commit(participant: Participant, view: RunView, context: Context, round_id:
         # relayed: signed for the coordinator's commitMany (the reveal guard sends it if the
         # coordinator does not in time), once a call of its own commit shows the item would land
         if relay:
-            refusal = contract.commit_refusal_now(view.run_id, round_id, commitment) \
-                if _settling_may_slash(view) else None  # fmt: skip
+            # skipped in the commit phase when no settlement can slash (most commits): a late
+            # or unsampled node still learns here that its item would not land
+            check = contract.phase(view.run_id, round_id) != "commit" or _settling_may_slash(view)
+            refusal = contract.commit_refusal_now(view.run_id, round_id, commitment) if check else None
             if refusal is not None:
                 raise refusal
             tx = None

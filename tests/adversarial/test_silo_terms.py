@@ -363,5 +363,6 @@ def test_deployed_silos_refuse_a_non_private_run_and_a_broken_silo_does_not_stal
         assert "data-path" in refused[node_ids["broken"]]["reason"]
         assert round_one["status"] == "finalized", round_one["reason"]
         assert sorted(round_one["committed"]) == sorted(to_checksum_address(s.key.address) for s in silos[:2])
-        assert round_one["phase_seconds"]["round"] < commit_s * 0.6, round_one["phase_seconds"]
+        phases = round_one["phase_seconds"]  # the commit step (one message a phase) or the whole round on one
+        assert phases.get("commit", phases.get("round", commit_s)) < commit_s * 0.6, phases
         print(f"deployment: run {seconds:.0f} s; round phases {round_one['phase_seconds']}", file=sys.stderr)
